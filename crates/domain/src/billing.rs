@@ -1,0 +1,94 @@
+//! The Stripe facts that the aggregates record, already translated out of Stripe's JSON.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CustomerId, InvoiceId, PriceId, SubscriptionId};
+use crate::money::Money;
+
+/// A subscription status, exactly the set Stripe documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Incomplete,
+    IncompleteExpired,
+    Trialing,
+    Active,
+    PastDue,
+    Unpaid,
+    Canceled,
+    Paused,
+}
+
+impl SubscriptionStatus {
+    /// Parses Stripe's spelling; `None` for a status this build does not know.
+    pub fn parse(status: &str) -> Option<Self> {
+        Some(match status {
+            "incomplete" => Self::Incomplete,
+            "incomplete_expired" => Self::IncompleteExpired,
+            "trialing" => Self::Trialing,
+            "active" => Self::Active,
+            "past_due" => Self::PastDue,
+            "unpaid" => Self::Unpaid,
+            "canceled" => Self::Canceled,
+            "paused" => Self::Paused,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Incomplete => "incomplete",
+            Self::IncompleteExpired => "incomplete_expired",
+            Self::Trialing => "trialing",
+            Self::Active => "active",
+            Self::PastDue => "past_due",
+            Self::Unpaid => "unpaid",
+            Self::Canceled => "canceled",
+            Self::Paused => "paused",
+        }
+    }
+
+    /// Whether a subscription in this status grants its plan's features. `past_due` keeps access
+    /// while Stripe retries the payment.
+    pub fn grants_access(self) -> bool {
+        matches!(self, Self::Trialing | Self::Active | Self::PastDue)
+    }
+
+    /// Stripe never moves a subscription out of these statuses.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Canceled | Self::IncompleteExpired)
+    }
+}
+
+/// One line of a subscription: which price, and how many.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionItem {
+    pub price_id: PriceId,
+    pub lookup_key: Option<String>,
+    pub quantity: u64,
+}
+
+/// A subscription as Stripe described it at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionSnapshot {
+    pub id: SubscriptionId,
+    pub customer_id: CustomerId,
+    pub status: SubscriptionStatus,
+    pub items: Vec<SubscriptionItem>,
+    pub cancel_at_period_end: bool,
+    pub cancel_at: Option<DateTime<Utc>>,
+    pub current_period_end: Option<DateTime<Utc>>,
+    pub trial_end: Option<DateTime<Utc>>,
+}
+
+/// What an invoice event tells about the invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceFacts {
+    pub id: InvoiceId,
+    pub subscription_id: Option<SubscriptionId>,
+    pub amount_due: Money,
+    pub amount_paid: Money,
+    pub attempt_count: u32,
+    pub next_payment_attempt: Option<DateTime<Utc>>,
+}

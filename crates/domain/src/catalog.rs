@@ -1,0 +1,394 @@
+//! The plan catalog: which Stripe prices belong to which plan, and what each plan grants.
+//!
+//! ```yaml
+//! default_plan: free
+//! plans:
+//!   free:
+//!     features: { api_calls: 1000 }
+//!   pro:
+//!     prices: [price_1ProMonthly, pro_monthly]   # price ids or lookup keys
+//!     features: { sso: true, seats: 10, api_calls: 100000 }
+//! ```
+//!
+//! `true` is a boolean feature, a non-negative integer a limit, `false` an explicit "not granted".
+//! Every error names the source, the line and the problem.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use marked_yaml::{LoadError, Node, Span};
+
+/// What one plan grants for one feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureGrant {
+    Enabled,
+    Disabled,
+    Limit(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub name: String,
+    pub prices: Vec<String>,
+    pub features: BTreeMap<String, FeatureGrant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    default_plan: String,
+    plans: BTreeMap<String, Plan>,
+    /// Price id or lookup key -> plan name.
+    plan_by_price: HashMap<String, String>,
+    /// Every feature any plan names, so answers list features a customer lacks too.
+    features: BTreeSet<String>,
+}
+
+/// A catalog that could not be loaded: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogError {
+    pub source: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.source, line, self.message),
+            None => write!(f, "{}: {}", self.source, self.message),
+        }
+    }
+}
+
+impl std::error::Error for CatalogError {}
+
+impl Catalog {
+    /// Parses a catalog. `source` names where the text came from (a file path) for errors.
+    pub fn from_yaml(source: &str, text: &str) -> Result<Self, CatalogError> {
+        Parser { source }.catalog(text)
+    }
+
+    pub fn default_plan(&self) -> &Plan {
+        // The parser guarantees the default plan exists; fall back to an empty plan rather
+        // than panic if that ever stops being true.
+        self.plans.get(&self.default_plan).unwrap_or(&EMPTY_PLAN)
+    }
+
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.get(name)
+    }
+
+    /// The plan a subscription item belongs to, by price id first, then by lookup key.
+    pub fn plan_for_price(&self, price_id: &str, lookup_key: Option<&str>) -> Option<&Plan> {
+        let name = self
+            .plan_by_price
+            .get(price_id)
+            .or_else(|| lookup_key.and_then(|key| self.plan_by_price.get(key)))?;
+        self.plans.get(name)
+    }
+
+    pub fn features(&self) -> &BTreeSet<String> {
+        &self.features
+    }
+}
+
+static EMPTY_PLAN: Plan = Plan {
+    name: String::new(),
+    prices: Vec::new(),
+    features: BTreeMap::new(),
+};
+
+struct Parser<'a> {
+    source: &'a str,
+}
+
+impl Parser<'_> {
+    fn error(&self, span: &Span, message: impl Into<String>) -> CatalogError {
+        CatalogError {
+            source: self.source.to_owned(),
+            line: span.start().map(|marker| marker.line()),
+            message: message.into(),
+        }
+    }
+
+    fn load_error(&self, error: &LoadError) -> CatalogError {
+        #[allow(deprecated)]
+        let (marker, message) = match error {
+            LoadError::TopLevelMustBeMapping(m) => {
+                (Some(*m), "the catalog must be a mapping".to_owned())
+            }
+            LoadError::TopLevelMustBeSequence(m) => (Some(*m), "unexpected sequence".to_owned()),
+            LoadError::UnexpectedAnchor(m) => (Some(*m), "anchors are not supported".to_owned()),
+            LoadError::MappingKeyMustBeScalar(m) => {
+                (Some(*m), "keys must be plain names".to_owned())
+            }
+            LoadError::UnexpectedTag(m) => (Some(*m), "tags are not supported".to_owned()),
+            LoadError::ScanError(m, e) => (Some(*m), format!("invalid YAML: {}", e.info())),
+            LoadError::DuplicateKey(inner) => (
+                inner.key.span().start().copied(),
+                format!("duplicate key `{}`", inner.key.as_str()),
+            ),
+        };
+        CatalogError {
+            source: self.source.to_owned(),
+            line: marker.map(|m| m.line()),
+            message,
+        }
+    }
+
+    fn catalog(&self, text: &str) -> Result<Catalog, CatalogError> {
+        let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+        let root = marked_yaml::parse_yaml_with_options(0, text, options)
+            .map_err(|e| self.load_error(&e))?;
+        let root = root
+            .as_mapping()
+            .ok_or_else(|| self.error(root.span(), "the catalog must be a mapping"))?;
+        for key in root.keys() {
+            if !matches!(key.as_str(), "default_plan" | "plans") {
+                return Err(self.error(
+                    key.span(),
+                    format!(
+                        "unknown key `{}` (expected `default_plan` or `plans`)",
+                        key.as_str()
+                    ),
+                ));
+            }
+        }
+        let plans_node = root.get_node("plans").ok_or_else(|| {
+            self.error(
+                root.span(),
+                "missing `plans`: a mapping of plan names to plans",
+            )
+        })?;
+        let plans_map = plans_node.as_mapping().ok_or_else(|| {
+            self.error(
+                plans_node.span(),
+                "`plans` must be a mapping of plan names to plans",
+            )
+        })?;
+        if plans_map.is_empty() {
+            return Err(self.error(plans_node.span(), "`plans` is empty"));
+        }
+
+        let mut plans = BTreeMap::new();
+        let mut plan_by_price: HashMap<String, String> = HashMap::new();
+        let mut features = BTreeSet::new();
+        for (name, node) in plans_map.iter() {
+            let plan = self.plan(name.as_str(), node)?;
+            if let Some(prices) = node.as_mapping().and_then(|m| m.get_sequence("prices")) {
+                for (price, price_node) in plan.prices.iter().zip(prices.iter()) {
+                    if let Some(other) = plan_by_price.insert(price.clone(), plan.name.clone()) {
+                        return Err(self.error(
+                            price_node.span(),
+                            format!(
+                                "price `{price}` is listed by both plan `{other}` and plan `{}`",
+                                plan.name
+                            ),
+                        ));
+                    }
+                }
+            }
+            features.extend(plan.features.keys().cloned());
+            plans.insert(plan.name.clone(), plan);
+        }
+
+        let default = root.get_node("default_plan").ok_or_else(|| {
+            self.error(
+                root.span(),
+                "missing `default_plan`: the plan of customers without an active subscription",
+            )
+        })?;
+        let default_plan = default
+            .as_scalar()
+            .map(|s| s.as_str().to_owned())
+            .ok_or_else(|| self.error(default.span(), "`default_plan` must be a plan name"))?;
+        if !plans.contains_key(&default_plan) {
+            return Err(self.error(
+                default.span(),
+                format!("default_plan `{default_plan}` is not one of the plans"),
+            ));
+        }
+        Ok(Catalog {
+            default_plan,
+            plans,
+            plan_by_price,
+            features,
+        })
+    }
+
+    fn plan(&self, name: &str, node: &Node) -> Result<Plan, CatalogError> {
+        let map = node
+            .as_mapping()
+            .ok_or_else(|| self.error(node.span(), format!("plan `{name}` must be a mapping")))?;
+        for key in map.keys() {
+            if !matches!(key.as_str(), "prices" | "features") {
+                return Err(self.error(
+                    key.span(),
+                    format!(
+                        "unknown key `{}` in plan `{name}` (expected `prices` or `features`)",
+                        key.as_str()
+                    ),
+                ));
+            }
+        }
+        let mut prices = Vec::new();
+        if let Some(prices_node) = map.get_node("prices") {
+            let list = prices_node.as_sequence().ok_or_else(|| {
+                self.error(
+                    prices_node.span(),
+                    format!("`prices` of plan `{name}` must be a list of price ids or lookup keys"),
+                )
+            })?;
+            for price in list.iter() {
+                let id = price
+                    .as_scalar()
+                    .filter(|s| !s.as_str().is_empty())
+                    .ok_or_else(|| {
+                        self.error(
+                            price.span(),
+                            format!("a price of plan `{name}` must be a price id or lookup key"),
+                        )
+                    })?;
+                prices.push(id.as_str().to_owned());
+            }
+        }
+        let mut features = BTreeMap::new();
+        if let Some(features_node) = map.get_node("features") {
+            let feature_map = features_node.as_mapping().ok_or_else(|| {
+                self.error(
+                    features_node.span(),
+                    format!("`features` of plan `{name}` must be a mapping"),
+                )
+            })?;
+            for (feature, value) in feature_map.iter() {
+                let grant = value
+                    .as_scalar()
+                    .and_then(|s| parse_grant(s.as_str()))
+                    .ok_or_else(|| {
+                        self.error(
+                            value.span(),
+                            format!(
+                                "feature `{}` of plan `{name}` must be true, false or a non-negative integer limit",
+                                feature.as_str()
+                            ),
+                        )
+                    })?;
+                features.insert(feature.as_str().to_owned(), grant);
+            }
+        }
+        Ok(Plan {
+            name: name.to_owned(),
+            prices,
+            features,
+        })
+    }
+}
+
+fn parse_grant(value: &str) -> Option<FeatureGrant> {
+    match value {
+        "true" => Some(FeatureGrant::Enabled),
+        "false" => Some(FeatureGrant::Disabled),
+        number => number.parse::<u64>().ok().map(FeatureGrant::Limit),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "\
+default_plan: free
+plans:
+  free:
+    features: { api_calls: 1000 }
+  pro:
+    prices: [price_1ProMonthly, pro_monthly]
+    features: { sso: true, seats: 10, api_calls: 100000 }
+";
+
+    #[test]
+    fn it_maps_prices_and_lookup_keys_to_plans() {
+        let catalog = Catalog::from_yaml("catalog.yaml", EXAMPLE).unwrap();
+        assert_eq!(catalog.default_plan().name, "free");
+        assert_eq!(
+            catalog
+                .plan_for_price("price_1ProMonthly", None)
+                .unwrap()
+                .name,
+            "pro"
+        );
+        assert_eq!(
+            catalog
+                .plan_for_price("price_other", Some("pro_monthly"))
+                .unwrap()
+                .name,
+            "pro"
+        );
+        assert!(catalog.plan_for_price("price_other", None).is_none());
+        let pro = catalog.plan("pro").unwrap();
+        assert_eq!(pro.features["sso"], FeatureGrant::Enabled);
+        assert_eq!(pro.features["seats"], FeatureGrant::Limit(10));
+        assert_eq!(
+            catalog
+                .features()
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["api_calls", "seats", "sso"]
+        );
+    }
+
+    fn error_of(text: &str) -> CatalogError {
+        Catalog::from_yaml("plans.yaml", text).unwrap_err()
+    }
+
+    #[test]
+    fn it_names_file_and_line_of_a_bad_feature_value() {
+        let error =
+            error_of("default_plan: free\nplans:\n  free:\n    features:\n      seats: lots\n");
+        assert_eq!(error.line, Some(5));
+        assert!(
+            error
+                .to_string()
+                .starts_with("plans.yaml:5: feature `seats` of plan `free`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn it_rejects_a_default_plan_that_does_not_exist() {
+        let error = error_of("default_plan: gratis\nplans:\n  free: {}\n");
+        assert_eq!(error.line, Some(1));
+        assert!(
+            error.message.contains("`gratis` is not one of the plans"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn it_rejects_a_price_listed_by_two_plans() {
+        let error = error_of(
+            "default_plan: a\nplans:\n  a:\n    prices: [p1]\n  b:\n    prices: [p2, p1]\n",
+        );
+        assert_eq!(error.line, Some(6));
+        assert!(
+            error
+                .message
+                .contains("price `p1` is listed by both plan `a` and plan `b`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn it_rejects_unknown_keys_and_broken_yaml() {
+        let error = error_of("default_plan: a\nplanz: {}\n");
+        assert_eq!(error.line, Some(2));
+        let error = error_of("default_plan: a\nplans:\n  a: {features: [\n");
+        assert!(error.line.is_some());
+        assert!(error.message.starts_with("invalid YAML"), "{error}");
+        let error = error_of("default_plan: a\nplans:\n  a: {}\n  a: {}\n");
+        assert_eq!(error.line, Some(4));
+        let error = error_of("default_plan: a\nplans:\n  a:\n    features: { seats: -3 }\n");
+        assert_eq!(error.line, Some(4));
+    }
+}

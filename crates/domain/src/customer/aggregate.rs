@@ -1,0 +1,434 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+
+use super::{CustomerCommand, CustomerEvent};
+use crate::billing::{InvoiceFacts, SubscriptionSnapshot};
+use crate::ids::{InvoiceId, SubscriptionId};
+
+/// A customer's billing account as the recorded facts describe it.
+///
+/// Stripe is the source of truth, so this aggregate never refuses a fact. Its job is to judge
+/// whether a fact is *new*: a duplicate, a fact Stripe has since superseded, or a snapshot equal
+/// to what is already known yields no events. That also makes every command idempotent, which
+/// is what lets the worker re-run an inbox row after a crash without double-applying it.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Customer {
+    metadata: BTreeMap<String, String>,
+    details_as_of: Option<DateTime<Utc>>,
+    deleted: bool,
+    subscriptions: BTreeMap<SubscriptionId, Tracked<SubscriptionSnapshot>>,
+    invoices: BTreeMap<InvoiceId, TrackedInvoice>,
+}
+
+/// A recorded snapshot and the Stripe time it describes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Tracked<T> {
+    value: T,
+    as_of: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TrackedInvoice {
+    paid: bool,
+    attempt_count: u32,
+}
+
+/// The `Customer` aggregate records facts and never rejects one (see [`Customer`]), so this
+/// error has no variants; the type exists because cqrs-es asks for one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CustomerError {}
+
+impl Customer {
+    fn decide(&self, command: CustomerCommand) -> Vec<CustomerEvent> {
+        match command {
+            CustomerCommand::RecordDetails {
+                metadata,
+                occurred_at,
+            } => {
+                let stale = self.details_as_of.is_some_and(|as_of| occurred_at < as_of);
+                if self.deleted
+                    || stale
+                    || self.details_as_of.is_some() && metadata == self.metadata
+                {
+                    return vec![];
+                }
+                vec![CustomerEvent::DetailsRecorded {
+                    metadata,
+                    occurred_at,
+                }]
+            }
+            CustomerCommand::RecordDeletion { occurred_at } => {
+                if self.deleted {
+                    return vec![];
+                }
+                vec![CustomerEvent::CustomerDeleted { occurred_at }]
+            }
+            CustomerCommand::RecordSubscription {
+                subscription,
+                occurred_at,
+            } => self.decide_subscription(subscription, occurred_at),
+            CustomerCommand::RecordInvoicePaid {
+                invoice,
+                occurred_at,
+            } => {
+                // `invoice.paid` and `invoice.payment_succeeded` describe one payment: count it once.
+                if self
+                    .invoices
+                    .get(&invoice.id)
+                    .is_some_and(|known| known.paid)
+                {
+                    return vec![];
+                }
+                vec![CustomerEvent::InvoicePaid {
+                    invoice,
+                    occurred_at,
+                }]
+            }
+            CustomerCommand::RecordInvoicePaymentFailed {
+                invoice,
+                occurred_at,
+            } => {
+                // A failure reported after the payment succeeded, or an attempt already
+                // recorded, is old news.
+                let known = self.invoices.get(&invoice.id);
+                if known
+                    .is_some_and(|known| known.paid || known.attempt_count >= invoice.attempt_count)
+                {
+                    return vec![];
+                }
+                vec![CustomerEvent::InvoicePaymentFailed {
+                    invoice,
+                    occurred_at,
+                }]
+            }
+        }
+    }
+
+    fn decide_subscription(
+        &self,
+        subscription: SubscriptionSnapshot,
+        occurred_at: DateTime<Utc>,
+    ) -> Vec<CustomerEvent> {
+        match self.subscriptions.get(&subscription.id) {
+            // An ended subscription never comes back: anything after the end is stale.
+            Some(known) if known.value.status.is_terminal() => vec![],
+            // Stripe's clock has one-second resolution; only a strictly older snapshot is
+            // known to be stale. Same-second snapshots are applied.
+            Some(known) if occurred_at < known.as_of => vec![],
+            Some(known) if known.value == subscription => vec![],
+            known => {
+                let event = if subscription.status.is_terminal() {
+                    CustomerEvent::SubscriptionEnded {
+                        subscription,
+                        occurred_at,
+                    }
+                } else if known.is_some() {
+                    CustomerEvent::SubscriptionChanged {
+                        subscription,
+                        occurred_at,
+                    }
+                } else {
+                    CustomerEvent::SubscriptionStarted {
+                        subscription,
+                        occurred_at,
+                    }
+                };
+                vec![event]
+            }
+        }
+    }
+
+    fn track_invoice(&mut self, invoice: &InvoiceFacts, paid: bool) {
+        let entry = self
+            .invoices
+            .entry(invoice.id.clone())
+            .or_insert(TrackedInvoice {
+                paid: false,
+                attempt_count: 0,
+            });
+        entry.paid |= paid;
+        entry.attempt_count = entry.attempt_count.max(invoice.attempt_count);
+    }
+}
+
+impl Aggregate for Customer {
+    const TYPE: &'static str = "Customer";
+    type Command = CustomerCommand;
+    type Event = CustomerEvent;
+    type Error = CustomerError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command) {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            CustomerEvent::DetailsRecorded {
+                metadata,
+                occurred_at,
+            } => {
+                self.metadata = metadata;
+                self.details_as_of = Some(occurred_at);
+            }
+            CustomerEvent::CustomerDeleted { .. } => self.deleted = true,
+            CustomerEvent::SubscriptionStarted {
+                subscription,
+                occurred_at,
+            }
+            | CustomerEvent::SubscriptionChanged {
+                subscription,
+                occurred_at,
+            }
+            | CustomerEvent::SubscriptionEnded {
+                subscription,
+                occurred_at,
+            } => {
+                self.subscriptions.insert(
+                    subscription.id.clone(),
+                    Tracked {
+                        value: subscription,
+                        as_of: occurred_at,
+                    },
+                );
+            }
+            CustomerEvent::InvoicePaid { invoice, .. } => self.track_invoice(&invoice, true),
+            CustomerEvent::InvoicePaymentFailed { invoice, .. } => {
+                self.track_invoice(&invoice, false)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+    use crate::billing::{SubscriptionItem, SubscriptionStatus};
+    use crate::ids::{CustomerId, PriceId};
+    use crate::money::Money;
+
+    type CustomerTest = TestFramework<Customer>;
+
+    fn at(second: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + second, 0).unwrap()
+    }
+
+    fn subscription(status: SubscriptionStatus, price: &str) -> SubscriptionSnapshot {
+        SubscriptionSnapshot {
+            id: SubscriptionId::new("sub_1"),
+            customer_id: CustomerId::new("cus_1"),
+            status,
+            items: vec![SubscriptionItem {
+                price_id: PriceId::new(price),
+                lookup_key: None,
+                quantity: 1,
+            }],
+            cancel_at_period_end: false,
+            cancel_at: None,
+            current_period_end: None,
+            trial_end: None,
+        }
+    }
+
+    fn invoice(attempt_count: u32) -> InvoiceFacts {
+        InvoiceFacts {
+            id: InvoiceId::new("in_1"),
+            subscription_id: Some(SubscriptionId::new("sub_1")),
+            amount_due: Money::new(2000, "usd"),
+            amount_paid: Money::new(0, "usd"),
+            attempt_count,
+            next_payment_attempt: None,
+        }
+    }
+
+    fn started(status: SubscriptionStatus, price: &str, second: i64) -> CustomerEvent {
+        CustomerEvent::SubscriptionStarted {
+            subscription: subscription(status, price),
+            occurred_at: at(second),
+        }
+    }
+
+    #[test]
+    fn it_starts_a_subscription_it_has_not_seen() {
+        CustomerTest::with(())
+            .given_no_previous_events()
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(0),
+            })
+            .then_expect_events(vec![started(SubscriptionStatus::Active, "price_pro", 0)]);
+    }
+
+    #[test]
+    fn it_records_a_plan_change() {
+        CustomerTest::with(())
+            .given(vec![started(SubscriptionStatus::Active, "price_basic", 0)])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(10),
+            })
+            .then_expect_events(vec![CustomerEvent::SubscriptionChanged {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(10),
+            }]);
+    }
+
+    #[test]
+    fn it_ignores_a_snapshot_older_than_the_one_it_has() {
+        CustomerTest::with(())
+            .given(vec![started(SubscriptionStatus::Active, "price_pro", 10)])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(SubscriptionStatus::Incomplete, "price_pro"),
+                occurred_at: at(5),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn it_applies_a_different_snapshot_from_the_same_second() {
+        CustomerTest::with(())
+            .given(vec![started(
+                SubscriptionStatus::Incomplete,
+                "price_pro",
+                10,
+            )])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(10),
+            })
+            .then_expect_events(vec![CustomerEvent::SubscriptionChanged {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(10),
+            }]);
+    }
+
+    #[test]
+    fn it_ignores_a_duplicate_snapshot() {
+        CustomerTest::with(())
+            .given(vec![started(SubscriptionStatus::Active, "price_pro", 10)])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(12),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn it_ends_a_subscription_when_stripe_cancels_it() {
+        CustomerTest::with(())
+            .given(vec![started(SubscriptionStatus::Active, "price_pro", 0)])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(SubscriptionStatus::Canceled, "price_pro"),
+                occurred_at: at(20),
+            })
+            .then_expect_events(vec![CustomerEvent::SubscriptionEnded {
+                subscription: subscription(SubscriptionStatus::Canceled, "price_pro"),
+                occurred_at: at(20),
+            }]);
+    }
+
+    #[test]
+    fn it_never_resurrects_an_ended_subscription() {
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::SubscriptionEnded {
+                subscription: subscription(SubscriptionStatus::Canceled, "price_pro"),
+                occurred_at: at(20),
+            }])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(30),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn it_counts_a_paid_invoice_once() {
+        let paid = CustomerEvent::InvoicePaid {
+            invoice: invoice(1),
+            occurred_at: at(0),
+        };
+        CustomerTest::with(())
+            .given(vec![paid])
+            .when(CustomerCommand::RecordInvoicePaid {
+                invoice: invoice(1),
+                occurred_at: at(0),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn it_records_each_new_failed_attempt_but_not_a_repeat() {
+        let failed = |attempt| CustomerEvent::InvoicePaymentFailed {
+            invoice: invoice(attempt),
+            occurred_at: at(0),
+        };
+        CustomerTest::with(())
+            .given(vec![failed(1)])
+            .when(CustomerCommand::RecordInvoicePaymentFailed {
+                invoice: invoice(2),
+                occurred_at: at(0),
+            })
+            .then_expect_events(vec![failed(2)]);
+        CustomerTest::with(())
+            .given(vec![failed(2)])
+            .when(CustomerCommand::RecordInvoicePaymentFailed {
+                invoice: invoice(1),
+                occurred_at: at(0),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn it_ignores_a_failure_reported_after_the_invoice_was_paid() {
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::InvoicePaid {
+                invoice: invoice(1),
+                occurred_at: at(5),
+            }])
+            .when(CustomerCommand::RecordInvoicePaymentFailed {
+                invoice: invoice(2),
+                occurred_at: at(9),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn it_ignores_details_after_the_customer_was_deleted() {
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::CustomerDeleted { occurred_at: at(5) }])
+            .when(CustomerCommand::RecordDetails {
+                metadata: BTreeMap::from([("user_id".to_owned(), "u1".to_owned())]),
+                occurred_at: at(9),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn it_records_details_the_first_time_even_when_empty() {
+        CustomerTest::with(())
+            .given_no_previous_events()
+            .when(CustomerCommand::RecordDetails {
+                metadata: BTreeMap::new(),
+                occurred_at: at(1),
+            })
+            .then_expect_events(vec![CustomerEvent::DetailsRecorded {
+                metadata: BTreeMap::new(),
+                occurred_at: at(1),
+            }]);
+    }
+}

@@ -1,0 +1,30 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::billing::{InvoiceFacts, SubscriptionSnapshot};
+
+/// What the Stripe translator asks a `Customer` to record. `occurred_at` is the Stripe event's
+/// `created`: when the fact became true at Stripe, not when Subledger learned it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CustomerCommand {
+    RecordDetails {
+        metadata: BTreeMap<String, String>,
+        occurred_at: DateTime<Utc>,
+    },
+    RecordDeletion {
+        occurred_at: DateTime<Utc>,
+    },
+    RecordSubscription {
+        subscription: SubscriptionSnapshot,
+        occurred_at: DateTime<Utc>,
+    },
+    RecordInvoicePaid {
+        invoice: InvoiceFacts,
+        occurred_at: DateTime<Utc>,
+    },
+    RecordInvoicePaymentFailed {
+        invoice: InvoiceFacts,
+        occurred_at: DateTime<Utc>,
+    },
+}

@@ -1,0 +1,73 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::billing::{InvoiceFacts, SubscriptionSnapshot};
+
+/// What happened to a customer's billing account. Every event keeps `occurred_at`, the time
+/// Stripe says it happened, so projections never need a clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CustomerEvent {
+    DetailsRecorded {
+        metadata: BTreeMap<String, String>,
+        occurred_at: DateTime<Utc>,
+    },
+    CustomerDeleted {
+        occurred_at: DateTime<Utc>,
+    },
+    SubscriptionStarted {
+        subscription: SubscriptionSnapshot,
+        occurred_at: DateTime<Utc>,
+    },
+    SubscriptionChanged {
+        subscription: SubscriptionSnapshot,
+        occurred_at: DateTime<Utc>,
+    },
+    SubscriptionEnded {
+        subscription: SubscriptionSnapshot,
+        occurred_at: DateTime<Utc>,
+    },
+    InvoicePaid {
+        invoice: InvoiceFacts,
+        occurred_at: DateTime<Utc>,
+    },
+    InvoicePaymentFailed {
+        invoice: InvoiceFacts,
+        occurred_at: DateTime<Utc>,
+    },
+}
+
+impl CustomerEvent {
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        match self {
+            Self::DetailsRecorded { occurred_at, .. }
+            | Self::CustomerDeleted { occurred_at }
+            | Self::SubscriptionStarted { occurred_at, .. }
+            | Self::SubscriptionChanged { occurred_at, .. }
+            | Self::SubscriptionEnded { occurred_at, .. }
+            | Self::InvoicePaid { occurred_at, .. }
+            | Self::InvoicePaymentFailed { occurred_at, .. } => *occurred_at,
+        }
+    }
+}
+
+impl DomainEvent for CustomerEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::DetailsRecorded { .. } => "DetailsRecorded",
+            Self::CustomerDeleted { .. } => "CustomerDeleted",
+            Self::SubscriptionStarted { .. } => "SubscriptionStarted",
+            Self::SubscriptionChanged { .. } => "SubscriptionChanged",
+            Self::SubscriptionEnded { .. } => "SubscriptionEnded",
+            Self::InvoicePaid { .. } => "InvoicePaid",
+            Self::InvoicePaymentFailed { .. } => "InvoicePaymentFailed",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}

@@ -1,0 +1,19 @@
+//! Subledger's billing model.
+//!
+//! Everything here is pure: no IO and no clock reads. Time and outside facts arrive inside
+//! commands, so replaying the same commands always yields the same domain events.
+//!
+//! - [`ids`], [`money`]: identifier and amount newtypes.
+//! - [`billing`]: the Stripe facts the aggregates record (subscription snapshots, invoices).
+//! - [`customer`]: the `Customer` aggregate, the consistency boundary for a billing account.
+//! - [`payment`]: the `Payment` aggregate, one Stripe PaymentIntent.
+//! - [`catalog`]: the plan catalog (prices to plans, plans to features) and its YAML format.
+//! - [`entitlements`]: what a customer may use, derived from their subscriptions and the catalog.
+
+pub mod billing;
+pub mod catalog;
+pub mod customer;
+pub mod entitlements;
+pub mod ids;
+pub mod money;
+pub mod payment;
