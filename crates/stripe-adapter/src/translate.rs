@@ -1,0 +1,319 @@
+//! Stripe event -> domain command. Stripe's JSON stops here.
+//!
+//! Fields are read tolerantly so that every API version an endpoint may be pinned to
+//! translates: subscription periods live on the subscription before `2025-03-31.basil` and on
+//! its items since; an invoice's subscription moved under `parent.subscription_details`;
+//! expandable fields arrive as an id or as an object.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use subledger_domain::billing::{
+    InvoiceFacts, SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus,
+};
+use subledger_domain::customer::CustomerCommand;
+use subledger_domain::ids::{CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId};
+use subledger_domain::money::Money;
+use subledger_domain::payment::{PaymentCommand, PaymentFacts};
+
+/// Where a Stripe event goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Translation {
+    Customer {
+        customer_id: CustomerId,
+        command: CustomerCommand,
+    },
+    Payment {
+        payment_intent_id: PaymentIntentId,
+        command: PaymentCommand,
+    },
+    /// Not a billing fact Subledger tracks; recorded with the reason, never an error.
+    Ignored { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranslationError {
+    #[error("`{field}` is missing or not {expected}")]
+    InvalidField {
+        field: String,
+        expected: &'static str,
+    },
+    #[error("unknown subscription status `{0}`")]
+    UnknownSubscriptionStatus(String),
+}
+
+/// Translates one stored Stripe event (the whole event object as received).
+pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
+    let event_type = event
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("type", "a string"))?;
+    let created = timestamp(event, "created")?;
+    let object = event
+        .get("data")
+        .and_then(|data| data.get("object"))
+        .and_then(Value::as_object)
+        .ok_or_else(|| invalid("data.object", "an object"))?;
+    let object = Fields {
+        map: object,
+        prefix: "data.object",
+    };
+
+    let translation = match event_type {
+        "customer.created" | "customer.updated" => Translation::Customer {
+            customer_id: CustomerId::new(object.str("id")?),
+            command: CustomerCommand::RecordDetails {
+                metadata: object.metadata()?,
+                occurred_at: created,
+            },
+        },
+        "customer.deleted" => Translation::Customer {
+            customer_id: CustomerId::new(object.str("id")?),
+            command: CustomerCommand::RecordDeletion {
+                occurred_at: created,
+            },
+        },
+        "customer.subscription.created"
+        | "customer.subscription.updated"
+        | "customer.subscription.deleted" => {
+            let subscription = subscription_snapshot(&object)?;
+            Translation::Customer {
+                customer_id: subscription.customer_id.clone(),
+                command: CustomerCommand::RecordSubscription {
+                    subscription,
+                    occurred_at: created,
+                },
+            }
+        }
+        "invoice.paid" | "invoice.payment_succeeded" => {
+            let (customer_id, invoice) = invoice_facts(&object)?;
+            Translation::Customer {
+                customer_id,
+                command: CustomerCommand::RecordInvoicePaid {
+                    invoice,
+                    occurred_at: created,
+                },
+            }
+        }
+        "invoice.payment_failed" => {
+            let (customer_id, invoice) = invoice_facts(&object)?;
+            Translation::Customer {
+                customer_id,
+                command: CustomerCommand::RecordInvoicePaymentFailed {
+                    invoice,
+                    occurred_at: created,
+                },
+            }
+        }
+        "payment_intent.succeeded" => {
+            let payment = payment_facts(&object)?;
+            Translation::Payment {
+                payment_intent_id: payment.id.clone(),
+                command: PaymentCommand::RecordSucceeded {
+                    payment,
+                    occurred_at: created,
+                },
+            }
+        }
+        "payment_intent.payment_failed" => {
+            let payment = payment_facts(&object)?;
+            Translation::Payment {
+                payment_intent_id: payment.id.clone(),
+                command: PaymentCommand::RecordFailed {
+                    payment,
+                    occurred_at: created,
+                },
+            }
+        }
+        other => Translation::Ignored {
+            reason: format!("event type `{other}` does not change billing state"),
+        },
+    };
+    Ok(translation)
+}
+
+fn invalid(field: impl Into<String>, expected: &'static str) -> TranslationError {
+    TranslationError::InvalidField {
+        field: field.into(),
+        expected,
+    }
+}
+
+fn timestamp(value: &Value, field: &str) -> Result<DateTime<Utc>, TranslationError> {
+    value
+        .get(field)
+        .and_then(Value::as_i64)
+        .and_then(|secs| DateTime::from_timestamp(secs, 0))
+        .ok_or_else(|| invalid(field, "a unix timestamp"))
+}
+
+/// A JSON object with the path it was found at, for error messages.
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    prefix: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    fn path(&self, field: &str) -> String {
+        format!("{}.{field}", self.prefix)
+    }
+
+    fn get(&self, field: &str) -> Option<&'a Value> {
+        self.map.get(field).filter(|value| !value.is_null())
+    }
+
+    fn str(&self, field: &str) -> Result<&'a str, TranslationError> {
+        self.get(field)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid(self.path(field), "a non-empty string"))
+    }
+
+    fn opt_str(&self, field: &str) -> Option<&'a str> {
+        self.get(field).and_then(Value::as_str)
+    }
+
+    /// An expandable field: an id, or the expanded object with its `id`.
+    fn id(&self, field: &str) -> Result<&'a str, TranslationError> {
+        self.opt_id(field)
+            .ok_or_else(|| invalid(self.path(field), "an id or an object with an id"))
+    }
+
+    fn opt_id(&self, field: &str) -> Option<&'a str> {
+        match self.get(field)? {
+            Value::String(id) => Some(id.as_str()),
+            Value::Object(object) => object.get("id").and_then(Value::as_str),
+            _ => None,
+        }
+    }
+
+    fn i64(&self, field: &str) -> Result<i64, TranslationError> {
+        self.get(field)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| invalid(self.path(field), "an integer"))
+    }
+
+    fn opt_time(&self, field: &str) -> Option<DateTime<Utc>> {
+        self.get(field)
+            .and_then(Value::as_i64)
+            .and_then(|secs| DateTime::from_timestamp(secs, 0))
+    }
+
+    fn bool(&self, field: &str) -> bool {
+        self.get(field).and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    fn object(&self, field: &str) -> Option<Fields<'a>> {
+        self.get(field)
+            .and_then(Value::as_object)
+            .map(|map| Fields {
+                map,
+                prefix: self.prefix,
+            })
+    }
+
+    fn metadata(&self) -> Result<BTreeMap<String, String>, TranslationError> {
+        let Some(metadata) = self.get("metadata") else {
+            return Ok(BTreeMap::new());
+        };
+        let map = metadata
+            .as_object()
+            .ok_or_else(|| invalid(self.path("metadata"), "an object"))?;
+        Ok(map
+            .iter()
+            .filter_map(|(key, value)| match value {
+                Value::String(s) => Some((key.clone(), s.clone())),
+                Value::Null => None,
+                other => Some((key.clone(), other.to_string())),
+            })
+            .collect())
+    }
+}
+
+fn subscription_snapshot(object: &Fields<'_>) -> Result<SubscriptionSnapshot, TranslationError> {
+    let status = object.str("status")?;
+    let status = SubscriptionStatus::parse(status)
+        .ok_or_else(|| TranslationError::UnknownSubscriptionStatus(status.to_owned()))?;
+    let mut items = Vec::new();
+    let mut item_period_end = None;
+    let data = object
+        .object("items")
+        .and_then(|items| items.get("data"))
+        .and_then(Value::as_array);
+    for item in data.into_iter().flatten() {
+        let Some(item) = item.as_object() else {
+            return Err(invalid(object.path("items.data[]"), "an object"));
+        };
+        let item = Fields {
+            map: item,
+            prefix: "data.object.items.data[]",
+        };
+        // Prices replaced plans in 2018; very old API versions only carry `plan`.
+        let price = item.object("price").or_else(|| item.object("plan"));
+        let price = price.ok_or_else(|| invalid(item.path("price"), "an object"))?;
+        let quantity = item.get("quantity").and_then(Value::as_u64).unwrap_or(1);
+        items.push(SubscriptionItem {
+            price_id: PriceId::new(price.str("id")?),
+            lookup_key: price.opt_str("lookup_key").map(str::to_owned),
+            quantity,
+        });
+        item_period_end = item_period_end.max(item.opt_time("current_period_end"));
+    }
+    Ok(SubscriptionSnapshot {
+        id: SubscriptionId::new(object.str("id")?),
+        customer_id: CustomerId::new(object.id("customer")?),
+        status,
+        items,
+        cancel_at_period_end: object.bool("cancel_at_period_end"),
+        cancel_at: object.opt_time("cancel_at"),
+        // Before `basil` the period is on the subscription; since, on each item.
+        current_period_end: object.opt_time("current_period_end").or(item_period_end),
+        trial_end: object.opt_time("trial_end"),
+    })
+}
+
+fn invoice_facts(object: &Fields<'_>) -> Result<(CustomerId, InvoiceFacts), TranslationError> {
+    let currency = object.str("currency")?;
+    let subscription_id = object.opt_id("subscription").or_else(|| {
+        object
+            .object("parent")
+            .and_then(|parent| parent.object("subscription_details"))
+            .and_then(|details| details.opt_id("subscription"))
+    });
+    let attempt_count = object
+        .get("attempt_count")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0);
+    let invoice = InvoiceFacts {
+        id: InvoiceId::new(object.str("id")?),
+        subscription_id: subscription_id.map(SubscriptionId::new),
+        amount_due: Money::new(object.i64("amount_due")?, currency),
+        amount_paid: Money::new(object.i64("amount_paid")?, currency),
+        attempt_count,
+        next_payment_attempt: object.opt_time("next_payment_attempt"),
+    };
+    Ok((CustomerId::new(object.id("customer")?), invoice))
+}
+
+fn payment_facts(object: &Fields<'_>) -> Result<PaymentFacts, TranslationError> {
+    let error = object.object("last_payment_error");
+    Ok(PaymentFacts {
+        id: PaymentIntentId::new(object.str("id")?),
+        customer_id: object.opt_id("customer").map(CustomerId::new),
+        amount: Money::new(object.i64("amount")?, object.str("currency")?),
+        order_id: object
+            .object("metadata")
+            .and_then(|metadata| metadata.opt_str("order_id"))
+            .map(str::to_owned),
+        failure_code: error
+            .as_ref()
+            .and_then(|e| e.opt_str("code"))
+            .map(str::to_owned),
+        decline_code: error
+            .as_ref()
+            .and_then(|e| e.opt_str("decline_code"))
+            .map(str::to_owned),
+    })
+}

@@ -1,0 +1,209 @@
+//! The translator against Stripe's own object fixtures (stripe/openapi `fixtures3.json`), plus
+//! the older shapes that endpoints pinned to earlier API versions still send.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use subledger_domain::billing::SubscriptionStatus;
+use subledger_domain::customer::CustomerCommand;
+use subledger_domain::payment::PaymentCommand;
+use subledger_stripe::{translate, Translation, TranslationError};
+
+fn fixture(resource: &str) -> Value {
+    let text = include_str!("../fixtures/stripe-openapi/fixtures3.json");
+    let all: Value = serde_json::from_str(text).unwrap();
+    all["resources"][resource].clone()
+}
+
+fn event(event_type: &str, object: Value) -> Value {
+    json!({
+        "id": "evt_test",
+        "object": "event",
+        "type": event_type,
+        "created": 1_700_000_000,
+        "api_version": "2025-03-31.basil",
+        "livemode": false,
+        "data": { "object": object },
+    })
+}
+
+fn created() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+}
+
+#[test]
+fn a_subscription_fixture_becomes_a_subscription_snapshot() {
+    let Translation::Customer {
+        customer_id,
+        command:
+            CustomerCommand::RecordSubscription {
+                subscription,
+                occurred_at,
+            },
+    } = translate(&event(
+        "customer.subscription.updated",
+        fixture("subscription"),
+    ))
+    .unwrap()
+    else {
+        panic!("not a subscription command");
+    };
+    assert_eq!(customer_id.as_str(), "cus_QXg1o8vcGmoR32");
+    assert_eq!(occurred_at, created());
+    assert_eq!(subscription.id.as_str(), "sub_1Pgc6rB7WZ01zgkWNy0Cn5nw");
+    assert_eq!(subscription.status, SubscriptionStatus::Active);
+    assert_eq!(subscription.items.len(), 1);
+    assert_eq!(
+        subscription.items[0].price_id.as_str(),
+        "price_1PgafmB7WZ01zgkW6dKueIc5"
+    );
+    assert_eq!(subscription.items[0].quantity, 1);
+    // Post-basil: the period comes from the item.
+    assert_eq!(
+        subscription.current_period_end,
+        DateTime::from_timestamp(976_287_773, 0)
+    );
+}
+
+#[test]
+fn a_pre_basil_subscription_with_an_expanded_customer_translates_too() {
+    let object = json!({
+        "id": "sub_old",
+        "object": "subscription",
+        "customer": { "id": "cus_old", "object": "customer" },
+        "status": "past_due",
+        "current_period_end": 1_600_000_000,
+        "cancel_at_period_end": true,
+        "items": { "data": [ { "plan": { "id": "plan_legacy" }, "quantity": 3 } ] },
+    });
+    let Translation::Customer {
+        customer_id,
+        command: CustomerCommand::RecordSubscription { subscription, .. },
+    } = translate(&event("customer.subscription.updated", object)).unwrap()
+    else {
+        panic!("not a subscription command");
+    };
+    assert_eq!(customer_id.as_str(), "cus_old");
+    assert_eq!(subscription.status, SubscriptionStatus::PastDue);
+    assert_eq!(subscription.items[0].price_id.as_str(), "plan_legacy");
+    assert_eq!(subscription.items[0].quantity, 3);
+    assert!(subscription.cancel_at_period_end);
+    assert_eq!(
+        subscription.current_period_end,
+        DateTime::from_timestamp(1_600_000_000, 0)
+    );
+}
+
+#[test]
+fn invoice_fixtures_become_paid_and_failed_commands() {
+    let mut invoice = fixture("invoice");
+    invoice["attempt_count"] = json!(2);
+    invoice["parent"]["subscription_details"]["subscription"] = json!("sub_1");
+    for (event_type, paid) in [
+        ("invoice.paid", true),
+        ("invoice.payment_succeeded", true),
+        ("invoice.payment_failed", false),
+    ] {
+        let Translation::Customer {
+            customer_id,
+            command,
+        } = translate(&event(event_type, invoice.clone())).unwrap()
+        else {
+            panic!("{event_type}: not a customer command");
+        };
+        assert_eq!(customer_id.as_str(), "cus_QXg1o8vcGmoR32");
+        let facts = match command {
+            CustomerCommand::RecordInvoicePaid { invoice, .. } if paid => invoice,
+            CustomerCommand::RecordInvoicePaymentFailed { invoice, .. } if !paid => invoice,
+            other => panic!("{event_type}: {other:?}"),
+        };
+        assert_eq!(facts.id.as_str(), "in_1Pgc6tB7WZ01zgkWu9fdqL6I");
+        assert_eq!(
+            facts.subscription_id.as_ref().map(|s| s.as_str()),
+            Some("sub_1")
+        );
+        assert_eq!(facts.amount_due.amount.0, 1000);
+        assert_eq!(facts.attempt_count, 2);
+    }
+}
+
+#[test]
+fn customer_fixtures_record_details_and_deletion() {
+    let mut customer = fixture("customer");
+    customer["metadata"] = json!({ "user_id": "u_42" });
+    let translation = translate(&event("customer.created", customer.clone())).unwrap();
+    let Translation::Customer {
+        customer_id,
+        command: CustomerCommand::RecordDetails { metadata, .. },
+    } = translation
+    else {
+        panic!("not a details command");
+    };
+    assert_eq!(customer_id.as_str(), "cus_QXg1o8vcGmoR32");
+    assert_eq!(metadata["user_id"], "u_42");
+    assert!(matches!(
+        translate(&event("customer.deleted", customer)).unwrap(),
+        Translation::Customer {
+            command: CustomerCommand::RecordDeletion { .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn payment_intent_fixtures_become_payment_commands() {
+    let mut intent = fixture("payment_intent");
+    intent["metadata"] = json!({ "order_id": "order_9" });
+    intent["last_payment_error"] = json!({ "type": "card_error", "code": "card_declined", "decline_code": "insufficient_funds" });
+    let Translation::Payment {
+        payment_intent_id,
+        command: PaymentCommand::RecordFailed { payment, .. },
+    } = translate(&event("payment_intent.payment_failed", intent.clone())).unwrap()
+    else {
+        panic!("not a payment failure");
+    };
+    assert_eq!(payment_intent_id.as_str(), "pi_1PgafyB7WZ01zgkWSjxsAJo3");
+    assert_eq!(payment.order_id.as_deref(), Some("order_9"));
+    assert_eq!(payment.decline_code.as_deref(), Some("insufficient_funds"));
+    assert_eq!(payment.amount.amount.0, 1099);
+    assert!(matches!(
+        translate(&event("payment_intent.succeeded", intent)).unwrap(),
+        Translation::Payment {
+            command: PaymentCommand::RecordSucceeded { .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn other_event_types_are_ignored_with_a_reason() {
+    let Translation::Ignored { reason } =
+        translate(&event("plan.created", fixture("plan"))).unwrap()
+    else {
+        panic!("not ignored");
+    };
+    assert!(reason.contains("plan.created"), "{reason}");
+}
+
+#[test]
+fn a_broken_object_is_an_error_naming_the_field() {
+    let mut subscription = fixture("subscription");
+    subscription.as_object_mut().unwrap().remove("customer");
+    assert_eq!(
+        translate(&event(
+            "customer.subscription.created",
+            subscription.clone()
+        )),
+        Err(TranslationError::InvalidField {
+            field: "data.object.customer".to_owned(),
+            expected: "an id or an object with an id",
+        })
+    );
+    subscription["customer"] = json!("cus_1");
+    subscription["status"] = json!("dormant");
+    assert_eq!(
+        translate(&event("customer.subscription.created", subscription)),
+        Err(TranslationError::UnknownSubscriptionStatus(
+            "dormant".to_owned()
+        ))
+    );
+}
