@@ -1,0 +1,112 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres_es::PostgresEventRepository;
+use sqlite_es::SqliteEventRepository;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::error::{Redacted, StoreError};
+
+/// Which database a [`Database`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool to one of the two supported databases. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// How long a caller waits for a connection before the store counts as unavailable. Short,
+/// so the webhook receiver can answer 503 well within Stripe's delivery timeout.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Database {
+    /// The embedded default: a SQLite file in the working directory.
+    pub const DEFAULT_URL: &'static str = "sqlite://subledger.db";
+
+    /// Connects to `url`: `sqlite://path`, `sqlite::memory:`, or `postgres://…`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // sqlx's parse errors can echo the URL, password included: never pass them on.
+            let options = PgConnectOptions::from_str(url).map_err(|_| {
+                StoreError::InvalidUrl(Redacted(
+                    "expected postgres://user:password@host:port/database".to_owned(),
+                ))
+            })?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            Ok(Self::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| StoreError::InvalidUrl(Redacted(e.to_string())))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a webhook is acknowledged only once its row is on disk for good.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            // An in-memory database lives and dies with its one connection.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(if in_memory { 1 } else { 8 })
+                .min_connections(if in_memory { 1 } else { 0 })
+                .idle_timeout(None::<Duration>)
+                .max_lifetime(None::<Duration>)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            Ok(Self::Sqlite(pool))
+        } else {
+            Err(StoreError::InvalidUrl(Redacted(
+                "expected a URL starting with sqlite: or postgres://".to_owned(),
+            )))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies the migrations in `migrations/<backend>` that have not run yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(pool) => sqlx::migrate!("../../migrations/sqlite").run(pool).await?,
+            Self::Postgres(pool) => {
+                sqlx::migrate!("../../migrations/postgres")
+                    .run(pool)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// The cqrs-es repository for SQLite, on the `events` table.
+    pub fn sqlite_repository(pool: &SqlitePool) -> SqliteEventRepository {
+        SqliteEventRepository::new(pool.clone()).with_tables("events", "snapshots")
+    }
+
+    /// The cqrs-es repository for PostgreSQL, on the `events` table.
+    pub fn postgres_repository(pool: &PgPool) -> PostgresEventRepository {
+        PostgresEventRepository::new(pool.clone()).with_tables("events", "snapshots")
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}

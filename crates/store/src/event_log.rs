@@ -1,0 +1,108 @@
+//! The global event log, read in an order that is safe to follow with a checkpoint.
+
+use std::collections::HashMap;
+
+use sqlx::FromRow;
+
+use crate::database::Database;
+use crate::error::StoreError;
+
+/// A position in the event log a projector has read up to.
+///
+/// On SQLite `position` alone is commit order and `tx` is always 0. On PostgreSQL events are
+/// read in `(tx, position)` order, and only from transactions older than every running one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Checkpoint {
+    pub tx: i64,
+    pub position: i64,
+}
+
+/// One domain event as stored, with its place in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub checkpoint: Checkpoint,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub payload: serde_json::Value,
+    pub metadata: HashMap<String, String>,
+}
+
+#[derive(FromRow)]
+struct EventRow {
+    tx: i64,
+    position: i64,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    payload: String,
+    metadata: String,
+}
+
+impl EventRow {
+    fn into_event(self) -> Result<StoredEvent, StoreError> {
+        let corrupt = |what: &str, e: serde_json::Error| {
+            StoreError::Corrupt(format!(
+                "{what} of event {} #{} at position {}: {e}",
+                self.aggregate_id, self.sequence, self.position
+            ))
+        };
+        let payload = serde_json::from_str(&self.payload).map_err(|e| corrupt("payload", e))?;
+        let metadata = serde_json::from_str(&self.metadata).map_err(|e| corrupt("metadata", e))?;
+        Ok(StoredEvent {
+            checkpoint: Checkpoint {
+                tx: self.tx,
+                position: self.position,
+            },
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            payload,
+            metadata,
+        })
+    }
+}
+
+impl Database {
+    /// Up to `limit` events after `after`, in log order.
+    pub async fn read_events_after(
+        &self,
+        after: Checkpoint,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows: Vec<EventRow> = match self {
+            Self::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT 0 AS tx, position, aggregate_type, aggregate_id, sequence, event_type,
+                            payload, metadata
+                       FROM events
+                      WHERE position > ?1
+                      ORDER BY position
+                      LIMIT ?2",
+                )
+                .bind(after.position)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+            Self::Postgres(pool) => sqlx::query_as(
+                "SELECT tx::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence,
+                            event_type, payload::text AS payload, metadata::text AS metadata
+                       FROM events
+                      WHERE (tx, position) > ($1::bigint::text::xid8, $2)
+                        AND tx < pg_snapshot_xmin(pg_current_snapshot())
+                      ORDER BY tx, position
+                      LIMIT $3",
+            )
+            .bind(after.tx)
+            .bind(after.position)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?,
+        };
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+}

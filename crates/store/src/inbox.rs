@@ -1,0 +1,299 @@
+//! The durable inbox: every verified Stripe event exactly as it arrived, unique on its id.
+//!
+//! Rows are inserted by the webhook receiver in batches (concurrent deliveries share one
+//! commit), claimed by workers with a lease, and finished as `processed` or `ignored`. A row
+//! whose processing failed stays `pending` with its error and a later `available_at`.
+
+use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
+
+use crate::database::Database;
+use crate::error::StoreError;
+
+/// A verified Stripe event to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInboxEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub api_version: Option<String>,
+    pub livemode: bool,
+    pub account: Option<String>,
+    pub stripe_created: i64,
+    /// The request body, byte for byte (it is valid UTF-8: it parsed as JSON).
+    pub payload: String,
+    pub received_at_ms: i64,
+    pub correlation_id: String,
+}
+
+/// An inbox row a worker has claimed.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ClaimedEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub stripe_created: i64,
+    pub received_at_ms: i64,
+    pub correlation_id: String,
+    /// Including this one.
+    pub attempts: i32,
+}
+
+/// How an inbox row ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxStatus {
+    Processed,
+    Ignored,
+}
+
+impl InboxStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Processed => "processed",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+/// Counts of inbox rows by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InboxStats {
+    pub pending: i64,
+    pub processed: i64,
+    pub ignored: i64,
+    /// Pending rows whose last attempt failed.
+    pub failing: i64,
+}
+
+const INSERT_COLUMNS: &str =
+    "INSERT INTO inbox (event_id, event_type, api_version, livemode, account, \
+     stripe_created, payload, received_at_ms, correlation_id, available_at_ms) ";
+
+const CLAIM_ORDER: &str = "ORDER BY stripe_created, received_at_ms, event_id";
+
+impl Database {
+    /// Stores a batch in one transaction. Returns, for each input, whether it was new (`false`:
+    /// an event with that id was already stored, or appears earlier in the same batch).
+    pub async fn insert_inbox_events(
+        &self,
+        events: &[NewInboxEvent],
+    ) -> Result<Vec<bool>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Duplicates inside one batch: only the first occurrence is attempted.
+        let mut first_index = std::collections::HashMap::new();
+        let unique: Vec<&NewInboxEvent> = events
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| *first_index.entry(e.event_id.as_str()).or_insert(*i) == *i)
+            .map(|(_, e)| e)
+            .collect();
+        let inserted: Vec<String> = match self {
+            Self::Sqlite(pool) => {
+                let mut query = QueryBuilder::<Sqlite>::new(INSERT_COLUMNS);
+                query.push_values(&unique, |mut row, e| {
+                    row.push_bind(&e.event_id)
+                        .push_bind(&e.event_type)
+                        .push_bind(&e.api_version)
+                        .push_bind(e.livemode)
+                        .push_bind(&e.account)
+                        .push_bind(e.stripe_created)
+                        .push_bind(&e.payload)
+                        .push_bind(e.received_at_ms)
+                        .push_bind(&e.correlation_id)
+                        .push_bind(e.received_at_ms);
+                });
+                query.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
+                let mut tx = pool.begin().await?;
+                let rows = query.build().fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows.iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?
+            }
+            Self::Postgres(pool) => {
+                let mut query = QueryBuilder::<Postgres>::new(INSERT_COLUMNS);
+                query.push_values(&unique, |mut row, e| {
+                    row.push_bind(&e.event_id)
+                        .push_bind(&e.event_type)
+                        .push_bind(&e.api_version)
+                        .push_bind(e.livemode)
+                        .push_bind(&e.account)
+                        .push_bind(e.stripe_created)
+                        .push_bind(&e.payload)
+                        .push_bind(e.received_at_ms)
+                        .push_bind(&e.correlation_id)
+                        .push_bind(e.received_at_ms);
+                });
+                query.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
+                // One statement is one transaction: it commits before we answer.
+                let rows = query.build().fetch_all(pool).await?;
+                rows.iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        let inserted: std::collections::HashSet<&str> =
+            inserted.iter().map(String::as_str).collect();
+        Ok(events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                first_index.get(e.event_id.as_str()) == Some(&i)
+                    && inserted.contains(e.event_id.as_str())
+            })
+            .collect())
+    }
+
+    /// Claims up to `limit` pending rows that are due and not leased by another worker, leasing
+    /// them until `now_ms + lease_ms`. Oldest Stripe time first.
+    pub async fn claim_inbox_events(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedEvent>, StoreError> {
+        let lease_until = now_ms.saturating_add(lease_ms);
+        let mut rows = match self {
+            Self::Sqlite(pool) => {
+                // SQLite has one writer at a time, so the UPDATE is the lock.
+                let sql = format!(
+                    "UPDATE inbox SET locked_until_ms = ?1, attempts = attempts + 1
+                      WHERE event_id IN (
+                        SELECT event_id FROM inbox
+                         WHERE status = 'pending' AND available_at_ms <= ?2
+                           AND (locked_until_ms IS NULL OR locked_until_ms <= ?2)
+                         {CLAIM_ORDER} LIMIT ?3)
+                  RETURNING event_id, event_type, payload, stripe_created, received_at_ms,
+                            correlation_id, attempts"
+                );
+                sqlx::query_as::<_, ClaimedEvent>(&sql)
+                    .bind(lease_until)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Self::Postgres(pool) => {
+                // SKIP LOCKED: concurrent workers each take different rows, never the same one.
+                let sql = format!(
+                    "UPDATE inbox SET locked_until_ms = $1, attempts = attempts + 1
+                      WHERE event_id IN (
+                        SELECT event_id FROM inbox
+                         WHERE status = 'pending' AND available_at_ms <= $2
+                           AND (locked_until_ms IS NULL OR locked_until_ms <= $2)
+                         {CLAIM_ORDER} LIMIT $3
+                         FOR UPDATE SKIP LOCKED)
+                  RETURNING event_id, event_type, payload, stripe_created, received_at_ms,
+                            correlation_id, attempts"
+                );
+                sqlx::query_as::<_, ClaimedEvent>(&sql)
+                    .bind(lease_until)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        // RETURNING does not promise an order.
+        rows.sort_by(|a, b| {
+            (a.stripe_created, a.received_at_ms, &a.event_id).cmp(&(
+                b.stripe_created,
+                b.received_at_ms,
+                &b.event_id,
+            ))
+        });
+        Ok(rows)
+    }
+
+    /// Marks a claimed row finished.
+    pub async fn finish_inbox_event(
+        &self,
+        event_id: &str,
+        status: InboxStatus,
+        outcome: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(pool) => {
+                sqlx::query(
+                    "UPDATE inbox SET status = ?1, outcome = ?2, processed_at_ms = ?3,
+                            locked_until_ms = NULL, last_error = NULL
+                      WHERE event_id = ?4",
+                )
+                .bind(status.as_str())
+                .bind(outcome)
+                .bind(now_ms)
+                .bind(event_id)
+                .execute(pool)
+                .await?;
+            }
+            Self::Postgres(pool) => {
+                sqlx::query(
+                    "UPDATE inbox SET status = $1, outcome = $2, processed_at_ms = $3,
+                            locked_until_ms = NULL, last_error = NULL
+                      WHERE event_id = $4",
+                )
+                .bind(status.as_str())
+                .bind(outcome)
+                .bind(now_ms)
+                .bind(event_id)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a failed attempt and when to try again. The row stays pending: never dropped.
+    pub async fn retry_inbox_event_later(
+        &self,
+        event_id: &str,
+        error: &str,
+        available_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(pool) => {
+                sqlx::query(
+                    "UPDATE inbox SET last_error = ?1, available_at_ms = ?2, locked_until_ms = NULL
+                      WHERE event_id = ?3 AND status = 'pending'",
+                )
+                .bind(error)
+                .bind(available_at_ms)
+                .bind(event_id)
+                .execute(pool)
+                .await?;
+            }
+            Self::Postgres(pool) => {
+                sqlx::query(
+                    "UPDATE inbox SET last_error = $1, available_at_ms = $2, locked_until_ms = NULL
+                      WHERE event_id = $3 AND status = 'pending'",
+                )
+                .bind(error)
+                .bind(available_at_ms)
+                .bind(event_id)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn inbox_stats(&self) -> Result<InboxStats, StoreError> {
+        const SQL: &str = "SELECT
+                COUNT(CASE WHEN status = 'pending' THEN 1 END),
+                COUNT(CASE WHEN status = 'processed' THEN 1 END),
+                COUNT(CASE WHEN status = 'ignored' THEN 1 END),
+                COUNT(CASE WHEN status = 'pending' AND last_error IS NOT NULL THEN 1 END)
+              FROM inbox";
+        let (pending, processed, ignored, failing): (i64, i64, i64, i64) = match self {
+            Self::Sqlite(pool) => sqlx::query_as(SQL).fetch_one(pool).await?,
+            Self::Postgres(pool) => sqlx::query_as(SQL).fetch_one(pool).await?,
+        };
+        Ok(InboxStats {
+            pending,
+            processed,
+            ignored,
+            failing,
+        })
+    }
+}

@@ -1,0 +1,95 @@
+//! Fresh, migrated databases for tests, on every configured backend.
+//!
+//! SQLite (in memory) always; PostgreSQL when `SUBLEDGER_TEST_POSTGRES_URL` is set, each test in
+//! a schema of its own so tests never share state and can run in parallel.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::database::Database;
+use crate::error::StoreError;
+
+/// The environment variable naming the PostgreSQL server tests may use.
+pub const POSTGRES_URL_VAR: &str = "SUBLEDGER_TEST_POSTGRES_URL";
+
+/// A migrated database that belongs to one test.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: &'static str,
+    pub database: Database,
+    /// The URL another process can use to reach the same data.
+    pub url: String,
+    schema: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    /// A fresh in-memory SQLite database.
+    pub async fn sqlite() -> Result<Self, StoreError> {
+        let database = Database::connect("sqlite::memory:").await?;
+        database.migrate().await?;
+        Ok(Self {
+            name: "sqlite",
+            database,
+            url: "sqlite::memory:".to_owned(),
+            schema: None,
+        })
+    }
+
+    /// A fresh schema on the configured PostgreSQL server, or `None` when none is configured.
+    pub async fn postgres() -> Result<Option<Self>, StoreError> {
+        let Ok(base_url) = std::env::var(POSTGRES_URL_VAR) else {
+            return Ok(None);
+        };
+        let schema = format!("subledger_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = Database::connect(&base_url).await?;
+        if let Database::Postgres(pool) = &admin {
+            sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                .execute(pool)
+                .await?;
+        }
+        admin.close().await;
+        let options = PgConnectOptions::from_str(&base_url)
+            .map_err(StoreError::Database)?
+            .options([("search_path", schema.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        let database = Database::Postgres(pool);
+        database.migrate().await?;
+        let separator = if base_url.contains('?') { '&' } else { '?' };
+        let url = format!("{base_url}{separator}options[search_path]={schema}");
+        Ok(Some(Self {
+            name: "postgres",
+            database,
+            url,
+            schema: Some((base_url, schema)),
+        }))
+    }
+
+    /// Every configured backend, SQLite first.
+    pub async fn all() -> Result<Vec<Self>, StoreError> {
+        let mut databases = vec![Self::sqlite().await?];
+        match Self::postgres().await? {
+            Some(postgres) => databases.push(postgres),
+            None => eprintln!("PostgreSQL skipped: {POSTGRES_URL_VAR} is not set"),
+        }
+        Ok(databases)
+    }
+
+    /// Drops the test's PostgreSQL schema.
+    pub async fn cleanup(self) -> Result<(), StoreError> {
+        self.database.close().await;
+        if let Some((base_url, schema)) = self.schema {
+            let admin = Database::connect(&base_url).await?;
+            if let Database::Postgres(pool) = &admin {
+                sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                    .execute(pool)
+                    .await?;
+            }
+            admin.close().await;
+        }
+        Ok(())
+    }
+}

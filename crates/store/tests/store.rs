@@ -1,0 +1,314 @@
+//! Store behaviour, identical on SQLite and (when configured) PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::DateTime;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::CqrsFramework;
+use subledger_domain::customer::{Customer, CustomerCommand};
+use subledger_store::projection::ViewRow;
+use subledger_store::testing::TestDatabase;
+use subledger_store::{Checkpoint, Database, InboxStatus, NewInboxEvent};
+
+fn inbox_event(id: &str, created: i64, received: i64) -> NewInboxEvent {
+    NewInboxEvent {
+        event_id: id.to_owned(),
+        event_type: "customer.created".to_owned(),
+        api_version: Some("2025-03-31.basil".to_owned()),
+        livemode: false,
+        account: None,
+        stripe_created: created,
+        payload: format!(r#"{{"id":"{id}"}}"#),
+        received_at_ms: received,
+        correlation_id: format!("corr-{id}"),
+    }
+}
+
+#[tokio::test]
+async fn the_inbox_stores_each_event_id_once() {
+    for test in TestDatabase::all().await.unwrap() {
+        let db = &test.database;
+        let batch = [
+            inbox_event("evt_a", 10, 1),
+            inbox_event("evt_b", 11, 1),
+            inbox_event("evt_a", 10, 2),
+        ];
+        assert_eq!(
+            db.insert_inbox_events(&batch).await.unwrap(),
+            [true, true, false],
+            "{}",
+            test.name
+        );
+        assert_eq!(
+            db.insert_inbox_events(&[inbox_event("evt_b", 11, 3), inbox_event("evt_c", 9, 3)])
+                .await
+                .unwrap(),
+            [false, true],
+            "{}",
+            test.name
+        );
+        let stats = db.inbox_stats().await.unwrap();
+        assert_eq!(stats.pending, 3, "{}", test.name);
+        test.cleanup().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn workers_claim_due_rows_oldest_first_and_leases_keep_others_off() {
+    for test in TestDatabase::all().await.unwrap() {
+        let db = &test.database;
+        db.insert_inbox_events(&[
+            inbox_event("evt_late", 20, 1),
+            inbox_event("evt_early", 10, 2),
+            inbox_event("evt_mid", 15, 3),
+        ])
+        .await
+        .unwrap();
+        let claimed = db.claim_inbox_events(1_000, 60_000, 2).await.unwrap();
+        let ids: Vec<_> = claimed.iter().map(|c| c.event_id.as_str()).collect();
+        assert_eq!(ids, ["evt_early", "evt_mid"], "{}", test.name);
+        assert_eq!(claimed[0].attempts, 1);
+        assert_eq!(claimed[0].correlation_id, "corr-evt_early");
+
+        // The leased rows are not handed out again; the third one is.
+        let next = db.claim_inbox_events(2_000, 60_000, 10).await.unwrap();
+        assert_eq!(next.len(), 1, "{}", test.name);
+        assert_eq!(next[0].event_id, "evt_late");
+
+        db.finish_inbox_event("evt_early", InboxStatus::Processed, "applied", 3_000)
+            .await
+            .unwrap();
+        db.retry_inbox_event_later("evt_mid", "boom", 100_000)
+            .await
+            .unwrap();
+        // After the lease ran out, an unfinished row comes back: a crashed worker loses nothing.
+        let after_lease = db.claim_inbox_events(70_000, 60_000, 10).await.unwrap();
+        let ids: Vec<_> = after_lease.iter().map(|c| c.event_id.as_str()).collect();
+        assert_eq!(ids, ["evt_late"], "{}", test.name);
+        assert_eq!(after_lease[0].attempts, 2);
+        // The failed one waits for its retry time.
+        let retried = db.claim_inbox_events(100_000, 60_000, 10).await.unwrap();
+        assert_eq!(retried.len(), 1, "{}", test.name);
+        assert_eq!(retried[0].event_id, "evt_mid");
+
+        let stats = db.inbox_stats().await.unwrap();
+        assert_eq!(
+            (stats.pending, stats.processed, stats.failing),
+            (2, 1, 1),
+            "{}",
+            test.name
+        );
+        test.cleanup().await.unwrap();
+    }
+}
+
+fn metadata(event_id: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("stripe_event_id".to_owned(), event_id.to_owned()),
+        ("stripe_created".to_owned(), "1700000000".to_owned()),
+        ("received_at".to_owned(), "2023-11-14T22:13:20Z".to_owned()),
+        ("correlation_id".to_owned(), "corr-1".to_owned()),
+    ])
+}
+
+async fn record_details(db: &Database, customer: &str, event_id: &str, second: i64) {
+    let command = CustomerCommand::RecordDetails {
+        metadata: BTreeMap::from([("n".to_owned(), second.to_string())]),
+        occurred_at: DateTime::from_timestamp(1_700_000_000 + second, 0).unwrap(),
+    };
+    match db {
+        Database::Sqlite(pool) => {
+            let store = PersistedEventStore::<_, Customer>::new_event_store(
+                Database::sqlite_repository(pool),
+            );
+            CqrsFramework::new(store, vec![], ())
+                .execute_with_metadata(customer, command, metadata(event_id))
+                .await
+                .unwrap();
+        }
+        Database::Postgres(pool) => {
+            let store = PersistedEventStore::<_, Customer>::new_event_store(
+                Database::postgres_repository(pool),
+            );
+            CqrsFramework::new(store, vec![], ())
+                .execute_with_metadata(customer, command, metadata(event_id))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_event_log_is_read_in_order_with_metadata() {
+    for test in TestDatabase::all().await.unwrap() {
+        let db = &test.database;
+        record_details(db, "cus_1", "evt_1", 1).await;
+        record_details(db, "cus_2", "evt_2", 2).await;
+        record_details(db, "cus_1", "evt_3", 3).await;
+
+        let events = db
+            .read_events_after(Checkpoint::default(), 10)
+            .await
+            .unwrap();
+        let seen: Vec<_> = events
+            .iter()
+            .map(|e| (e.aggregate_id.as_str(), e.sequence))
+            .collect();
+        assert_eq!(
+            seen,
+            [("cus_1", 1), ("cus_2", 1), ("cus_1", 2)],
+            "{}",
+            test.name
+        );
+        assert!(
+            events.windows(2).all(|w| w[0].checkpoint < w[1].checkpoint),
+            "{}",
+            test.name
+        );
+        assert_eq!(events[1].metadata["stripe_event_id"], "evt_2");
+        assert_eq!(events[0].event_type, "DetailsRecorded");
+
+        let rest = db
+            .read_events_after(events[0].checkpoint, 10)
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 2, "{}", test.name);
+        assert!(db
+            .read_events_after(events[2].checkpoint, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        test.cleanup().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn metadata_is_queryable_as_columns() {
+    for test in TestDatabase::all().await.unwrap() {
+        record_details(&test.database, "cus_1", "evt_42", 1).await;
+        let row: (String, i64, String) = match &test.database {
+            Database::Sqlite(pool) => {
+                sqlx::query_as("SELECT stripe_event_id, stripe_created, correlation_id FROM events")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+            }
+            Database::Postgres(pool) => {
+                sqlx::query_as("SELECT stripe_event_id, stripe_created, correlation_id FROM events")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            row,
+            ("evt_42".to_owned(), 1_700_000_000, "corr-1".to_owned()),
+            "{}",
+            test.name
+        );
+        test.cleanup().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_projection_saves_only_from_the_checkpoint_it_read() {
+    for test in TestDatabase::all().await.unwrap() {
+        let db = &test.database;
+        let (start, rows) = db.load_billing_views().await.unwrap();
+        assert_eq!(start, Checkpoint::default());
+        assert!(rows.is_empty());
+        let to = Checkpoint { tx: 0, position: 5 };
+        let row = |json: &str| ViewRow {
+            key: "cus_1".to_owned(),
+            json: json.to_owned(),
+        };
+        assert!(db
+            .save_billing_views(start, to, &[row("{\"v\":1}")])
+            .await
+            .unwrap());
+        // A second saver that read the old checkpoint saves nothing.
+        assert!(!db
+            .save_billing_views(
+                start,
+                Checkpoint { tx: 0, position: 6 },
+                &[row("{\"v\":2}")]
+            )
+            .await
+            .unwrap());
+        let (checkpoint, rows) = db.load_billing_views().await.unwrap();
+        assert_eq!(checkpoint, to, "{}", test.name);
+        assert_eq!(rows, [row("{\"v\":1}")], "{}", test.name);
+        db.reset_billing_views().await.unwrap();
+        assert_eq!(
+            db.load_billing_views().await.unwrap(),
+            (Checkpoint::default(), vec![])
+        );
+        test.cleanup().await.unwrap();
+    }
+}
+
+/// On PostgreSQL a sequence value is not commit order. An event whose transaction commits after
+/// a later position became visible must not be skipped, and a rolled-back one must not stall.
+#[tokio::test]
+async fn postgres_projectors_neither_skip_late_commits_nor_stall_on_rollbacks() {
+    let Some(test) = TestDatabase::postgres().await.unwrap() else {
+        eprintln!("PostgreSQL skipped: SUBLEDGER_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let Database::Postgres(pool) = &test.database else {
+        unreachable!()
+    };
+    let insert = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+                  VALUES ('Customer', $1, 1, 'DetailsRecorded', '1', '{}', '{}')";
+
+    let mut slow = pool.begin().await.unwrap();
+    sqlx::query(insert)
+        .bind("cus_slow")
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+    sqlx::query(insert)
+        .bind("cus_fast")
+        .execute(pool)
+        .await
+        .unwrap();
+    // The slow transaction holds the lower position and has not committed: nothing is readable
+    // yet, not even the committed later position (reading it would skip the slow one).
+    assert!(test
+        .database
+        .read_events_after(Checkpoint::default(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    slow.commit().await.unwrap();
+    let events = test
+        .database
+        .read_events_after(Checkpoint::default(), 10)
+        .await
+        .unwrap();
+    let ids: Vec<_> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+    assert_eq!(ids, ["cus_slow", "cus_fast"]);
+
+    let mut doomed = pool.begin().await.unwrap();
+    sqlx::query(insert)
+        .bind("cus_doomed")
+        .execute(&mut *doomed)
+        .await
+        .unwrap();
+    doomed.rollback().await.unwrap();
+    sqlx::query(insert)
+        .bind("cus_after")
+        .execute(pool)
+        .await
+        .unwrap();
+    let after = test
+        .database
+        .read_events_after(events[1].checkpoint, 10)
+        .await
+        .unwrap();
+    let ids: Vec<_> = after.iter().map(|e| e.aggregate_id.as_str()).collect();
+    assert_eq!(ids, ["cus_after"]);
+    test.cleanup().await.unwrap();
+}
