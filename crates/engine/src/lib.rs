@@ -1,1 +1,24 @@
+//! The application façade every binary calls: accept a webhook, process the inbox, project
+//! read models, answer entitlement queries. It owns the mapping from failures to outcomes.
+//!
+//! - [`Engine`]: the façade, wired from an [`EngineConfig`].
+//! - [`ingest`]: verification and the group-committing inbox writer behind the webhook route.
+//! - [`worker`]: claims inbox rows and runs the translated commands on the aggregates.
+//! - [`projector`]: the catch-up projector that keeps billing views and the in-memory
+//!   entitlement index current.
+//! - [`clock`]: the one place wall time is read, replaceable in tests.
 
+pub mod clock;
+mod config;
+mod engine;
+pub mod ingest;
+pub mod projector;
+pub mod worker;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, EngineError, Shutdown};
+pub use ingest::{IngestError, Receipt};
+pub use projector::CustomerEntitlements;
+pub use subledger_domain as domain;
+pub use subledger_stripe::{WebhookSecret, WebhookVerifier};
+pub use worker::WorkReport;

@@ -52,6 +52,17 @@ impl Database {
         ))
     }
 
+    /// Where the saved billing views are up to.
+    pub async fn billing_views_checkpoint(&self) -> Result<Checkpoint, StoreError> {
+        const CHECKPOINT: &str =
+            "SELECT tx, position FROM projector_checkpoints WHERE name = 'billing_views'";
+        let (tx, position): (i64, i64) = match self {
+            Self::Sqlite(pool) => sqlx::query_as(CHECKPOINT).fetch_one(pool).await?,
+            Self::Postgres(pool) => sqlx::query_as(CHECKPOINT).fetch_one(pool).await?,
+        };
+        Ok(Checkpoint { tx, position })
+    }
+
     /// Moves the billing-view checkpoint from `from` to `to` and saves `rows`, atomically.
     /// Returns `false`, saving nothing, if the checkpoint is no longer at `from` (another
     /// process saved the same deterministic result first).

@@ -2,10 +2,13 @@
 //!
 //! - [`signature`]: verifies `Stripe-Signature` over the raw body (secret rotation, tolerance).
 //! - [`envelope`]: the few event fields the inbox needs, read without trusting the rest.
+//! - `fixtures` (feature `fixtures`): Stripe events built from Stripe's own object fixtures.
 //! - [`translate`]: turns a stored Stripe event into a domain command, reading only the
 //!   fields it needs and tolerating every API version's shape.
 
 pub mod envelope;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod signature;
 pub mod translate;
 

@@ -1,0 +1,214 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use subledger_domain::customer::Customer;
+use subledger_domain::entitlements::BillingView;
+use subledger_domain::ids::CustomerId;
+use subledger_domain::payment::Payment;
+use subledger_store::{Backend, CommandBus, Database, InboxStats, StoreError};
+use subledger_stripe::WebhookVerifier;
+use tokio::sync::{watch, Mutex, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::EngineConfig;
+use crate::ingest::{inbox_row, InboxWriter, IngestError, Receipt};
+use crate::projector::{BillingProjector, CustomerEntitlements, EntitlementIndex, ProjectionError};
+
+/// Subledger's application façade. Share it as `Arc<Engine>`.
+#[derive(Debug)]
+pub struct Engine {
+    pub(crate) db: Database,
+    pub(crate) config: EngineConfig,
+    pub(crate) customers: CommandBus<Customer>,
+    pub(crate) payments: CommandBus<Payment>,
+    verifier: WebhookVerifier,
+    inbox: InboxWriter,
+    projector: Mutex<BillingProjector>,
+    entitlements: EntitlementIndex,
+    /// Rows were stored in the inbox: wake the worker.
+    inbox_stored: Arc<Notify>,
+    /// Domain events were appended: wake the projector.
+    pub(crate) events_appended: Notify,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+}
+
+/// Tells background loops to stop; they finish the item in hand first.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A signal and the handle that fires it.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (sender, receiver) = watch::channel(false);
+        (sender, Self(receiver))
+    }
+
+    fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits up to `timeout` or until shutdown is requested.
+    async fn sleep(&mut self, timeout: Duration, wake: &Notify) {
+        tokio::select! {
+            _ = tokio::time::sleep(timeout) => {}
+            _ = wake.notified() => {}
+            _ = self.0.wait_for(|stop| *stop) => {}
+        }
+    }
+}
+
+impl Engine {
+    /// Connects, migrates, loads the saved read models and starts the inbox writer.
+    pub async fn start(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
+        let db = Database::connect(&config.database_url).await?;
+        db.migrate().await?;
+        let entitlements = EntitlementIndex::default();
+        let projector = BillingProjector::load(&db, &config.catalog, &entitlements).await?;
+        let inbox_stored = Arc::new(Notify::new());
+        let engine = Self {
+            customers: CommandBus::new(&db),
+            payments: CommandBus::new(&db),
+            verifier: WebhookVerifier::new(
+                config.webhook_secrets.clone(),
+                config.signature_tolerance,
+            ),
+            inbox: InboxWriter::spawn(db.clone(), Arc::clone(&inbox_stored)),
+            projector: Mutex::new(projector),
+            entitlements,
+            inbox_stored,
+            events_appended: Notify::new(),
+            db,
+            config,
+        };
+        Ok(Arc::new(engine))
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.db.backend()
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.config.clock.now().timestamp_millis()
+    }
+
+    /// Verifies a delivery and stores it in the inbox. Nothing else happens here: the answer
+    /// goes back to Stripe as soon as the row is committed.
+    #[tracing::instrument(skip_all, fields(correlation_id = %correlation_id))]
+    pub async fn receive_webhook(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        correlation_id: &str,
+    ) -> Result<Receipt, IngestError> {
+        if !self.verifier.has_secrets() {
+            return Err(IngestError::NoSecretsConfigured);
+        }
+        let now = self.config.clock.now();
+        self.verifier.verify(signature, body, now.timestamp())?;
+        let row = inbox_row(body, now.timestamp_millis(), correlation_id)?;
+        let event_id = row.event_id.clone();
+        let is_new = self
+            .inbox
+            .store(row)
+            .await
+            .map_err(IngestError::StoreUnavailable)?;
+        tracing::debug!(stripe_event_id = %event_id, duplicate = !is_new, "webhook stored");
+        Ok(Receipt {
+            event_id,
+            duplicate: !is_new,
+        })
+    }
+
+    /// Applies every new event in the log to the read models.
+    pub async fn project(&self) -> Result<usize, ProjectionError> {
+        let mut projector = self.projector.lock().await;
+        projector
+            .catch_up(&self.db, &self.config.catalog, &self.entitlements)
+            .await
+    }
+
+    /// Processes the inbox until nothing is due, then projects. For tests and one-shot runs.
+    pub async fn drain(&self) -> Result<(), EngineError> {
+        while self.process_inbox().await?.handled() > 0 {}
+        self.project().await?;
+        Ok(())
+    }
+
+    /// A customer's current entitlements, from memory. `None` for a customer never seen.
+    pub fn entitlements(&self, customer_id: &str) -> Option<Arc<CustomerEntitlements>> {
+        self.entitlements.get(customer_id)
+    }
+
+    pub async fn inbox_stats(&self) -> Result<InboxStats, StoreError> {
+        self.db.inbox_stats().await
+    }
+
+    /// Replays the whole log into fresh views, without touching the saved ones, and returns
+    /// them: a projection can be dropped and rebuilt at any time and must come out identical.
+    pub async fn rebuild_views(&self) -> Result<Vec<BillingView>, ProjectionError> {
+        let scratch = EntitlementIndex::default();
+        let mut fresh = BillingProjector::empty();
+        fresh
+            .replay(&self.db, &self.config.catalog, &scratch)
+            .await?;
+        Ok(fresh.views().values().cloned().collect())
+    }
+
+    /// The views this engine serves from, for comparison with a rebuild.
+    pub async fn current_views(&self) -> Vec<BillingView> {
+        self.projector
+            .lock()
+            .await
+            .views()
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn knows_customer(&self, customer_id: &CustomerId) -> bool {
+        self.entitlements.get(customer_id.as_str()).is_some()
+    }
+
+    /// Runs the inbox worker until shutdown.
+    pub fn spawn_worker(self: &Arc<Self>, mut shutdown: Shutdown) -> JoinHandle<()> {
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            while !shutdown.is_requested() {
+                match engine.process_inbox().await {
+                    Ok(report) if report.handled() > 0 => continue,
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(%error, "inbox worker could not reach the store"),
+                }
+                shutdown
+                    .sleep(engine.config.poll_interval, &engine.inbox_stored)
+                    .await;
+            }
+        })
+    }
+
+    /// Runs the projector until shutdown.
+    pub fn spawn_projector(self: &Arc<Self>, mut shutdown: Shutdown) -> JoinHandle<()> {
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            while !shutdown.is_requested() {
+                if let Err(error) = engine.project().await {
+                    tracing::error!(%error, "projector failed; retrying");
+                }
+                shutdown
+                    .sleep(engine.config.poll_interval, &engine.events_appended)
+                    .await;
+            }
+        })
+    }
+
+    pub async fn close(&self) {
+        self.db.close().await;
+    }
+}

@@ -1,0 +1,259 @@
+//! The billing projector: a catch-up projector over the global event log.
+//!
+//! It keeps one [`BillingView`] per customer in memory, saves changed views with its checkpoint
+//! in one transaction, and publishes freshly resolved entitlements (with their JSON answer
+//! already serialized) to the [`EntitlementIndex`] that serves reads without touching the
+//! database. Several processes may run it against one PostgreSQL: each keeps its own memory
+//! current from the log, and whichever saves first moves the shared checkpoint.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use cqrs_es::Aggregate;
+use subledger_domain::catalog::Catalog;
+use subledger_domain::customer::{Customer, CustomerEvent};
+use subledger_domain::entitlements::{BillingView, Entitlements};
+use subledger_domain::ids::CustomerId;
+use subledger_store::projection::ViewRow;
+use subledger_store::{Checkpoint, Database, StoreError, StoredEvent};
+
+/// How many log events one step reads.
+const BATCH: i64 = 500;
+
+/// A customer's resolved entitlements and the JSON answer for them.
+#[derive(Debug)]
+pub struct CustomerEntitlements {
+    pub entitlements: Entitlements,
+    /// `GET /v1/customers/{id}/entitlements`, serialized once when the facts changed.
+    pub json: Bytes,
+}
+
+impl CustomerEntitlements {
+    fn new(entitlements: Entitlements) -> Result<Self, serde_json::Error> {
+        let json = Bytes::from(serde_json::to_vec(&entitlements)?);
+        Ok(Self { entitlements, json })
+    }
+}
+
+/// Entitlements by customer id, read by request handlers, written by the projector.
+#[derive(Debug, Default)]
+pub struct EntitlementIndex {
+    by_customer: RwLock<HashMap<String, Arc<CustomerEntitlements>>>,
+}
+
+impl EntitlementIndex {
+    pub fn get(&self, customer_id: &str) -> Option<Arc<CustomerEntitlements>> {
+        let map = self
+            .by_customer
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.get(customer_id).cloned()
+    }
+
+    fn publish(&self, updates: Vec<(String, Arc<CustomerEntitlements>)>) {
+        let mut map = self
+            .by_customer
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.extend(updates);
+    }
+
+    fn clear(&self) {
+        self.by_customer
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("event {aggregate_id} #{sequence} ({event_type}) cannot be read: {source}")]
+    UnreadableEvent {
+        aggregate_id: String,
+        sequence: i64,
+        event_type: String,
+        source: serde_json::Error,
+    },
+    #[error("billing view of {customer_id} cannot be read: {source}")]
+    UnreadableView {
+        customer_id: String,
+        source: serde_json::Error,
+    },
+    #[error("entitlements cannot be serialized: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+#[derive(Debug)]
+pub(crate) struct BillingProjector {
+    views: BTreeMap<CustomerId, BillingView>,
+    /// Where each view last changed, so a save can include every view the shared checkpoint
+    /// has not seen yet, even after another process saved for a while.
+    changed_at: HashMap<CustomerId, Checkpoint>,
+    /// How far this process has applied the log.
+    applied: Checkpoint,
+    /// The checkpoint stored in the database, as last seen.
+    saved: Checkpoint,
+}
+
+impl BillingProjector {
+    /// Starts from the saved views and checkpoint.
+    pub(crate) async fn load(
+        db: &Database,
+        catalog: &Catalog,
+        index: &EntitlementIndex,
+    ) -> Result<Self, ProjectionError> {
+        let (checkpoint, rows) = db.load_billing_views().await?;
+        let mut views = BTreeMap::new();
+        for row in rows {
+            let view: BillingView = serde_json::from_str(&row.json).map_err(|source| {
+                ProjectionError::UnreadableView {
+                    customer_id: row.key.clone(),
+                    source,
+                }
+            })?;
+            views.insert(view.customer_id.clone(), view);
+        }
+        let projector = Self {
+            views,
+            changed_at: HashMap::new(),
+            applied: checkpoint,
+            saved: checkpoint,
+        };
+        index.clear();
+        index.publish(projector.resolve(projector.views.keys(), catalog)?);
+        Ok(projector)
+    }
+
+    /// A projector at position 0 with no views, that never saves: for rebuilds.
+    pub(crate) fn empty() -> Self {
+        Self {
+            views: BTreeMap::new(),
+            changed_at: HashMap::new(),
+            applied: Checkpoint::default(),
+            saved: Checkpoint {
+                tx: i64::MAX,
+                position: i64::MAX,
+            },
+        }
+    }
+
+    /// Applies the whole log in memory, saving nothing.
+    pub(crate) async fn replay(
+        &mut self,
+        db: &Database,
+        catalog: &Catalog,
+        index: &EntitlementIndex,
+    ) -> Result<usize, ProjectionError> {
+        self.catch_up(db, catalog, index).await
+    }
+
+    /// Applies everything the log has after the checkpoint. Returns how many events it applied.
+    pub(crate) async fn catch_up(
+        &mut self,
+        db: &Database,
+        catalog: &Catalog,
+        index: &EntitlementIndex,
+    ) -> Result<usize, ProjectionError> {
+        let mut applied = 0;
+        loop {
+            let events = db.read_events_after(self.applied, BATCH).await?;
+            let Some(last) = events.last().map(|e| e.checkpoint) else {
+                return Ok(applied);
+            };
+            applied += events.len();
+            let mut changed = BTreeSet::new();
+            for event in &events {
+                if let Some(customer_id) = self.apply(event)? {
+                    changed.insert(customer_id);
+                }
+            }
+            self.applied = last;
+            index.publish(self.resolve(changed.iter(), catalog)?);
+            self.save(db).await?;
+        }
+    }
+
+    fn apply(&mut self, stored: &StoredEvent) -> Result<Option<CustomerId>, ProjectionError> {
+        if stored.aggregate_type != Customer::TYPE {
+            return Ok(None);
+        }
+        let event: CustomerEvent =
+            serde_json::from_value(stored.payload.clone()).map_err(|source| {
+                ProjectionError::UnreadableEvent {
+                    aggregate_id: stored.aggregate_id.clone(),
+                    sequence: stored.sequence,
+                    event_type: stored.event_type.clone(),
+                    source,
+                }
+            })?;
+        let customer_id = CustomerId::new(stored.aggregate_id.as_str());
+        self.views
+            .entry(customer_id.clone())
+            .or_insert_with(|| BillingView::new(customer_id.clone()))
+            .apply(&event);
+        self.changed_at
+            .insert(customer_id.clone(), stored.checkpoint);
+        Ok(Some(customer_id))
+    }
+
+    fn resolve<'a>(
+        &self,
+        customers: impl Iterator<Item = &'a CustomerId>,
+        catalog: &Catalog,
+    ) -> Result<Vec<(String, Arc<CustomerEntitlements>)>, ProjectionError> {
+        customers
+            .filter_map(|id| self.views.get(id))
+            .map(|view| {
+                let entitlements = Entitlements::resolve(view, catalog);
+                Ok((
+                    view.customer_id.as_str().to_owned(),
+                    Arc::new(CustomerEntitlements::new(entitlements)?),
+                ))
+            })
+            .collect()
+    }
+
+    /// Saves every view changed since the stored checkpoint and moves it to `applied`.
+    async fn save(&mut self, db: &Database) -> Result<(), ProjectionError> {
+        if self.applied <= self.saved {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for (customer_id, at) in &self.changed_at {
+            if *at > self.saved {
+                if let Some(view) = self.views.get(customer_id) {
+                    rows.push(ViewRow {
+                        key: customer_id.as_str().to_owned(),
+                        json: serde_json::to_string(view)?,
+                    });
+                }
+            }
+        }
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        if db
+            .save_billing_views(self.saved, self.applied, &rows)
+            .await?
+        {
+            self.saved = self.applied;
+            self.changed_at.clear();
+        } else {
+            // Another process moved the checkpoint; read where it is now and keep serving from
+            // memory. Views changed after that point are saved on the next step.
+            let stored = db.billing_views_checkpoint().await?;
+            tracing::debug!(?stored, applied = ?self.applied, "billing views saved by another process");
+            self.saved = stored;
+            let saved = self.saved;
+            self.changed_at.retain(|_, at| *at > saved);
+        }
+        Ok(())
+    }
+
+    /// The views in memory, for rebuild comparisons.
+    pub(crate) fn views(&self) -> &BTreeMap<CustomerId, BillingView> {
+        &self.views
+    }
+}

@@ -1,0 +1,190 @@
+//! The inbox worker: claim rows, translate each Stripe event into a domain command, run it on
+//! its aggregate, and finish the row. Stripe's JSON goes no further than the translator.
+//!
+//! Commands are idempotent (an aggregate emits nothing for a fact it already has), so a row
+//! re-run after a crash or an expired lease changes nothing twice. A row that fails is retried
+//! later with backoff and its error recorded; it never holds up other rows.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use cqrs_es::AggregateError;
+use subledger_store::{ClaimedEvent, InboxStatus, StoreError};
+use subledger_stripe::{translate, Translation};
+
+use crate::engine::Engine;
+
+/// What one pass over the inbox did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkReport {
+    pub applied: usize,
+    pub ignored: usize,
+    pub failed: usize,
+}
+
+impl WorkReport {
+    pub fn handled(&self) -> usize {
+        self.applied + self.ignored + self.failed
+    }
+}
+
+/// How often a command is re-run at once when another worker appended to the same aggregate
+/// in between (optimistic concurrency), before the row is retried later instead.
+const CONFLICT_RETRIES: usize = 5;
+
+/// The longest a failing row waits between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// Exponential backoff from 1 s, capped: attempt 1 waits 1 s, attempt 2 2 s, …
+pub(crate) fn backoff(attempts: i32) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 12)).unwrap_or(12);
+    Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
+}
+
+enum Outcome {
+    Applied(String),
+    Ignored(String),
+}
+
+impl Engine {
+    /// Claims and handles one batch of due inbox rows.
+    pub async fn process_inbox(&self) -> Result<WorkReport, StoreError> {
+        let now = self.now_ms();
+        let lease = i64::try_from(self.config.worker_lease.as_millis()).unwrap_or(i64::MAX);
+        let claimed = self
+            .db
+            .claim_inbox_events(now, lease, self.config.worker_batch_size)
+            .await?;
+        let mut report = WorkReport::default();
+        for row in claimed {
+            match self.handle(&row).await {
+                Ok(Outcome::Applied(outcome)) => {
+                    self.db
+                        .finish_inbox_event(
+                            &row.event_id,
+                            InboxStatus::Processed,
+                            &outcome,
+                            self.now_ms(),
+                        )
+                        .await?;
+                    report.applied += 1;
+                }
+                Ok(Outcome::Ignored(reason)) => {
+                    self.db
+                        .finish_inbox_event(
+                            &row.event_id,
+                            InboxStatus::Ignored,
+                            &reason,
+                            self.now_ms(),
+                        )
+                        .await?;
+                    report.ignored += 1;
+                }
+                Err(error) => {
+                    let wait = backoff(row.attempts);
+                    tracing::warn!(
+                        stripe_event_id = %row.event_id,
+                        correlation_id = %row.correlation_id,
+                        attempts = row.attempts,
+                        retry_in_secs = wait.as_secs(),
+                        %error,
+                        "stripe event failed; will retry"
+                    );
+                    let retry_at = self
+                        .now_ms()
+                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+                    self.db
+                        .retry_inbox_event_later(&row.event_id, &error, retry_at)
+                        .await?;
+                    report.failed += 1;
+                }
+            }
+        }
+        if report.applied > 0 {
+            self.events_appended.notify_one();
+        }
+        Ok(report)
+    }
+
+    #[tracing::instrument(skip_all, fields(stripe_event_id = %row.event_id, correlation_id = %row.correlation_id, event_type = %row.event_type))]
+    async fn handle(&self, row: &ClaimedEvent) -> Result<Outcome, String> {
+        let event: serde_json::Value = serde_json::from_str(&row.payload)
+            .map_err(|e| format!("stored payload is not JSON: {e}"))?;
+        let translation = translate(&event).map_err(|e| format!("cannot translate: {e}"))?;
+        let metadata = metadata(row);
+        match translation {
+            Translation::Ignored { reason } => Ok(Outcome::Ignored(reason)),
+            Translation::Customer {
+                customer_id,
+                command,
+            } => {
+                run_with_conflict_retries(|| {
+                    self.customers
+                        .execute(customer_id.as_str(), command.clone(), metadata.clone())
+                })
+                .await?;
+                Ok(Outcome::Applied(format!("Customer {customer_id}")))
+            }
+            Translation::Payment {
+                payment_intent_id,
+                command,
+            } => {
+                run_with_conflict_retries(|| {
+                    self.payments.execute(
+                        payment_intent_id.as_str(),
+                        command.clone(),
+                        metadata.clone(),
+                    )
+                })
+                .await?;
+                Ok(Outcome::Applied(format!("Payment {payment_intent_id}")))
+            }
+        }
+    }
+}
+
+async fn run_with_conflict_retries<E, F, Fut>(mut run: F) -> Result<(), String>
+where
+    E: std::error::Error,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), AggregateError<E>>>,
+{
+    for _ in 0..CONFLICT_RETRIES {
+        match run().await {
+            Err(AggregateError::AggregateConflict) => continue,
+            Err(error) => return Err(error.to_string()),
+            Ok(()) => return Ok(()),
+        }
+    }
+    Err("aggregate kept changing underneath (optimistic concurrency conflicts)".to_owned())
+}
+
+/// The metadata every domain event carries: which Stripe event it came from, when it happened
+/// at Stripe, when Subledger learned it, and the correlation id of the delivery.
+fn metadata(row: &ClaimedEvent) -> HashMap<String, String> {
+    let received_at = DateTime::<Utc>::from_timestamp_millis(row.received_at_ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    HashMap::from([
+        ("stripe_event_id".to_owned(), row.event_id.clone()),
+        ("stripe_event_type".to_owned(), row.event_type.clone()),
+        ("stripe_created".to_owned(), row.stripe_created.to_string()),
+        ("received_at".to_owned(), received_at),
+        ("correlation_id".to_owned(), row.correlation_id.clone()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_up_to_an_hour() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+        assert_eq!(backoff(0), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,356 @@
+//! The engine end to end below HTTP: signed deliveries in, entitlements out, on every backend.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Value};
+use subledger_domain::catalog::Catalog;
+use subledger_engine::clock::ManualClock;
+use subledger_engine::{Engine, EngineConfig, IngestError, WebhookSecret};
+use subledger_store::testing::TestDatabase;
+use subledger_stripe::fixtures;
+use subledger_stripe::SignatureError;
+
+const SECRET: &str = "whsec_engine_test";
+const START: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+
+const CATALOG: &str = "\
+default_plan: free
+plans:
+  free:
+    features: { api_calls: 1000 }
+  pro:
+    prices: [price_pro]
+    features: { sso: true, seats: 10, api_calls: 100000 }
+  team:
+    prices: [price_team]
+    features: { sso: true, seats: 50, api_calls: 500000 }
+";
+
+struct Harness {
+    engine: Arc<Engine>,
+    clock: Arc<ManualClock>,
+    name: &'static str,
+    test_db: TestDatabase,
+}
+
+impl Harness {
+    async fn all() -> Vec<Harness> {
+        let mut harnesses = Vec::new();
+        for test_db in TestDatabase::all().await.unwrap() {
+            harnesses.push(Self::on(test_db).await);
+        }
+        harnesses
+    }
+
+    async fn on(test_db: TestDatabase) -> Harness {
+        let clock = Arc::new(ManualClock::new(
+            DateTime::from_timestamp(START, 0).unwrap(),
+        ));
+        let engine = Engine::start(config(&test_db.url, &clock)).await.unwrap();
+        Harness {
+            engine,
+            clock,
+            name: test_db.name,
+            test_db,
+        }
+    }
+
+    /// Delivers `event` signed as Stripe signs it, `created` seconds after the start.
+    async fn deliver(&self, event: &Value) -> Result<subledger_engine::Receipt, IngestError> {
+        let body = serde_json::to_vec(event).unwrap();
+        let now = self.clock.now_secs();
+        let header = WebhookSecret::new(SECRET).header(now, &body);
+        self.engine
+            .receive_webhook(Some(&header), &body, "corr-test")
+            .await
+    }
+
+    async fn deliver_and_apply(&self, event: &Value) {
+        self.deliver(event).await.unwrap();
+        self.engine.drain().await.unwrap();
+    }
+
+    fn entitlements(&self, customer: &str) -> Value {
+        let found = self
+            .engine
+            .entitlements(customer)
+            .expect("customer is known");
+        serde_json::from_slice(&found.json).unwrap()
+    }
+
+    async fn cleanup(self) {
+        self.engine.close().await;
+        self.test_db.cleanup().await.unwrap();
+    }
+}
+
+trait NowSecs {
+    fn now_secs(&self) -> i64;
+}
+
+impl NowSecs for ManualClock {
+    fn now_secs(&self) -> i64 {
+        use subledger_engine::clock::Clock;
+        self.now().timestamp()
+    }
+}
+
+fn config(url: &str, clock: &Arc<ManualClock>) -> EngineConfig {
+    let mut config = EngineConfig::new(url, Catalog::from_yaml("catalog", CATALOG).unwrap());
+    config.webhook_secrets = vec![WebhookSecret::new("whsec_old"), WebhookSecret::new(SECRET)];
+    config.clock = clock.clone();
+    config
+}
+
+fn at(offset: i64) -> i64 {
+    START + offset
+}
+
+#[tokio::test]
+async fn entitlements_follow_a_subscription_through_its_life() {
+    for h in Harness::all().await {
+        let name = h.name;
+        h.deliver_and_apply(&fixtures::event(
+            "evt_c1",
+            "customer.created",
+            at(0),
+            fixtures::customer("cus_1", json!({ "user_id": "u_1" })),
+        ))
+        .await;
+        let free = h.entitlements("cus_1");
+        assert_eq!(free["plans"], json!(["free"]), "{name}");
+        assert_eq!(
+            free["features"]["api_calls"],
+            json!({ "enabled": true, "limit": 1000 }),
+            "{name}"
+        );
+
+        h.deliver_and_apply(&fixtures::event(
+            "evt_s1",
+            "customer.subscription.created",
+            at(1),
+            fixtures::subscription("sub_1", "cus_1", "active", "price_pro"),
+        ))
+        .await;
+        h.deliver_and_apply(&fixtures::event(
+            "evt_i1",
+            "invoice.paid",
+            at(2),
+            fixtures::invoice("in_1", "cus_1", "sub_1", true, 1),
+        ))
+        .await;
+        let pro = h.entitlements("cus_1");
+        assert_eq!(pro["plans"], json!(["pro"]), "{name}");
+        assert_eq!(
+            pro["features"]["sso"],
+            json!({ "enabled": true, "limit": null }),
+            "{name}"
+        );
+        assert_eq!(pro["subscriptions"][0]["status"], json!("active"), "{name}");
+
+        h.deliver_and_apply(&fixtures::event(
+            "evt_s2",
+            "customer.subscription.updated",
+            at(100),
+            fixtures::subscription("sub_1", "cus_1", "active", "price_team"),
+        ))
+        .await;
+        assert_eq!(
+            h.entitlements("cus_1")["features"]["seats"]["limit"],
+            json!(50),
+            "{name}"
+        );
+
+        h.deliver_and_apply(&fixtures::event(
+            "evt_s3",
+            "customer.subscription.deleted",
+            at(200),
+            fixtures::subscription("sub_1", "cus_1", "canceled", "price_team"),
+        ))
+        .await;
+        let ended = h.entitlements("cus_1");
+        assert_eq!(ended["plans"], json!(["free"]), "{name}");
+        assert_eq!(ended["features"]["sso"]["enabled"], json!(false), "{name}");
+        assert_eq!(
+            ended["subscriptions"][0]["status"],
+            json!("canceled"),
+            "{name}"
+        );
+        h.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_redelivered_event_is_acknowledged_as_a_duplicate_and_applied_once() {
+    for h in Harness::all().await {
+        let event = fixtures::event(
+            "evt_dup",
+            "customer.subscription.created",
+            at(1),
+            fixtures::subscription("sub_1", "cus_1", "active", "price_pro"),
+        );
+        assert!(!h.deliver(&event).await.unwrap().duplicate, "{}", h.name);
+        assert!(h.deliver(&event).await.unwrap().duplicate, "{}", h.name);
+        h.engine.drain().await.unwrap();
+        assert!(h.deliver(&event).await.unwrap().duplicate, "{}", h.name);
+        h.engine.drain().await.unwrap();
+        let stats = h.engine.inbox_stats().await.unwrap();
+        assert_eq!((stats.pending, stats.processed), (0, 1), "{}", h.name);
+        assert_eq!(h.engine.rebuild_views().await.unwrap().len(), 1);
+        h.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_bad_signature_or_body_is_refused_and_nothing_is_stored() {
+    for h in Harness::all().await {
+        let body = serde_json::to_vec(&fixtures::event(
+            "evt_x",
+            "customer.created",
+            at(0),
+            fixtures::customer("cus_x", json!({})),
+        ))
+        .unwrap();
+        let now = h.clock.now_secs();
+        let wrong = WebhookSecret::new("whsec_wrong").header(now, &body);
+        let result = h.engine.receive_webhook(Some(&wrong), &body, "c").await;
+        assert!(matches!(
+            result,
+            Err(IngestError::Signature(SignatureError::NoMatchingSignature))
+        ));
+        let stale = WebhookSecret::new(SECRET).header(now - 301, &body);
+        let result = h.engine.receive_webhook(Some(&stale), &body, "c").await;
+        assert!(matches!(
+            result,
+            Err(IngestError::Signature(
+                SignatureError::OutsideTolerance { .. }
+            ))
+        ));
+        let not_event = b"{\"hello\":\"world\"}";
+        let signed = WebhookSecret::new(SECRET).header(now, not_event);
+        let result = h
+            .engine
+            .receive_webhook(Some(&signed), not_event, "c")
+            .await;
+        assert!(matches!(result, Err(IngestError::NotAnEvent(_))));
+        // The rotated-out secret still works while it is configured.
+        let old = WebhookSecret::new("whsec_old").header(now, &body);
+        assert!(h
+            .engine
+            .receive_webhook(Some(&old), &body, "c")
+            .await
+            .is_ok());
+        assert_eq!(
+            h.engine.inbox_stats().await.unwrap().pending,
+            1,
+            "{}",
+            h.name
+        );
+        h.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_event_is_retried_with_backoff_and_blocks_no_one_else() {
+    for h in Harness::all().await {
+        let name = h.name;
+        let mut broken = fixtures::subscription("sub_bad", "cus_bad", "active", "price_pro");
+        broken["status"] = json!("dormant");
+        h.deliver(&fixtures::event(
+            "evt_bad",
+            "customer.subscription.created",
+            at(0),
+            broken,
+        ))
+        .await
+        .unwrap();
+        h.deliver(&fixtures::event(
+            "evt_good",
+            "customer.subscription.created",
+            at(1),
+            fixtures::subscription("sub_ok", "cus_ok", "active", "price_pro"),
+        ))
+        .await
+        .unwrap();
+        h.engine.drain().await.unwrap();
+        assert_eq!(h.entitlements("cus_ok")["plans"], json!(["pro"]), "{name}");
+        assert!(h.engine.entitlements("cus_bad").is_none(), "{name}");
+        let stats = h.engine.inbox_stats().await.unwrap();
+        assert_eq!(
+            (stats.pending, stats.failing, stats.processed),
+            (1, 1, 1),
+            "{name}"
+        );
+
+        // Not due before its backoff has passed, due after.
+        assert_eq!(
+            h.engine.process_inbox().await.unwrap().handled(),
+            0,
+            "{name}"
+        );
+        h.clock.advance(Duration::seconds(2));
+        assert_eq!(h.engine.process_inbox().await.unwrap().failed, 1, "{name}");
+        h.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_event_types_are_recorded_as_ignored() {
+    for h in Harness::all().await {
+        h.deliver_and_apply(&fixtures::event(
+            "evt_plan",
+            "plan.created",
+            at(0),
+            fixtures::resource("plan"),
+        ))
+        .await;
+        let stats = h.engine.inbox_stats().await.unwrap();
+        assert_eq!((stats.pending, stats.ignored), (0, 1), "{}", h.name);
+        h.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn projections_rebuilt_from_the_log_equal_the_live_ones_and_survive_restarts() {
+    for h in Harness::all().await {
+        let name = h.name;
+        for (n, (customer, price)) in [
+            ("cus_a", "price_pro"),
+            ("cus_b", "price_team"),
+            ("cus_a", "price_team"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let offset = i64::try_from(n).unwrap();
+            h.deliver(&fixtures::event(
+                &format!("evt_{n}"),
+                "customer.subscription.updated",
+                at(offset),
+                fixtures::subscription(&format!("sub_{customer}"), customer, "active", price),
+            ))
+            .await
+            .unwrap();
+        }
+        h.engine.drain().await.unwrap();
+        let live = h.engine.current_views().await;
+        assert_eq!(live.len(), 2, "{name}");
+        assert_eq!(h.engine.rebuild_views().await.unwrap(), live, "{name}");
+
+        if name == "postgres" {
+            // A second process on the same database starts from the saved views.
+            let clock = Arc::new(ManualClock::new(Utc::now()));
+            let other = Engine::start(config(&h.test_db.url, &clock)).await.unwrap();
+            assert_eq!(other.current_views().await, live);
+            assert_eq!(
+                other.entitlements("cus_a").unwrap().json,
+                h.engine.entitlements("cus_a").unwrap().json
+            );
+            other.close().await;
+        }
+        h.cleanup().await;
+    }
+}
