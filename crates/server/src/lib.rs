@@ -1,1 +1,95 @@
+//! Subledger's HTTP surface as an axum [`Router`]: built by [`router`], tested with `oneshot`.
+//!
+//! - `POST /webhooks/stripe` ([`webhooks`]): verify and enqueue; nothing else.
+//! - `GET /v1/customers/{id}/entitlements[/{feature}]` ([`entitlements`]): served from memory.
+//! - `GET /healthz`.
+//! - [`auth`]: bearer tokens for `/v1`; [`error`]: the one JSON error type.
 
+pub mod auth;
+pub mod entitlements;
+pub mod error;
+pub mod webhooks;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use serde_json::json;
+use subledger_engine::Engine;
+
+pub use auth::ApiToken;
+pub use error::ApiError;
+
+/// The largest webhook body accepted. Stripe's events are far smaller.
+pub const MAX_WEBHOOK_BODY: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub api_tokens: Arc<Vec<ApiToken>>,
+}
+
+/// The whole HTTP API. With no `api_tokens`, `/v1` is open (for local use).
+pub fn router(engine: Arc<Engine>, api_tokens: Vec<ApiToken>) -> Router {
+    let state = AppState {
+        engine,
+        api_tokens: Arc::new(api_tokens),
+    };
+    let v1 = Router::new()
+        .route(
+            "/customers/{customer_id}/entitlements",
+            get(entitlements::customer_entitlements),
+        )
+        .route(
+            "/customers/{customer_id}/entitlements/{feature}",
+            get(entitlements::customer_feature),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route(
+            "/webhooks/stripe",
+            post(webhooks::receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY)),
+        )
+        .route("/healthz", get(healthz))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.engine.inbox_stats().await {
+        Ok(stats) => Json(json!({
+            "status": "ok",
+            "store": format!("{:?}", state.engine.backend()).to_lowercase(),
+            "inbox": { "pending": stats.pending, "failing": stats.failing },
+        }))
+        .into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "health check: store unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "error": "store_unavailable" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}

@@ -1,0 +1,100 @@
+//! `POST /webhooks/stripe`: verify the signature over the raw bytes, store the event durably,
+//! answer. The answer waits for the commit, so a 200 means the event cannot be lost.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use subledger_engine::IngestError;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub(crate) async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "webhook bodies are limited to {} bytes",
+                    crate::MAX_WEBHOOK_BODY
+                ),
+            )
+        } else {
+            ApiError::new(rejection.status(), "unreadable_body", rejection.body_text())
+        }
+    })?;
+    let signature = match headers.get("stripe-signature") {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_signature_header",
+                "Stripe-Signature is not ASCII",
+            )
+        })?),
+    };
+    let correlation_id = correlation_id(&headers);
+    match state
+        .engine
+        .receive_webhook(signature, &body, &correlation_id)
+        .await
+    {
+        Ok(receipt) => Ok((
+            [("x-request-id", correlation_id)],
+            Json(json!({ "received": true, "duplicate": receipt.duplicate })),
+        )
+            .into_response()),
+        Err(error) => Err(ingest_error(error)),
+    }
+}
+
+fn ingest_error(error: IngestError) -> ApiError {
+    match error {
+        IngestError::Signature(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
+        }
+        IngestError::NotAnEvent(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "not_a_stripe_event", e.to_string())
+        }
+        IngestError::NoSecretsConfigured => {
+            tracing::error!("webhook refused: SUBLEDGER_WEBHOOK_SECRETS is not set");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "webhook_secrets_not_configured",
+                "the receiver has no webhook signing secret configured",
+            )
+        }
+        IngestError::StoreUnavailable(cause) => {
+            tracing::error!(error = %cause, "webhook not stored; asking Stripe to retry");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the event could not be stored; retry later",
+            )
+        }
+    }
+}
+
+/// The caller's `X-Request-Id` when it is a sane token, else a fresh one.
+fn correlation_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}

@@ -1,0 +1,388 @@
+//! The HTTP API through the router, on every configured backend, including an end-to-end run
+//! where the background worker and projector turn signed webhooks into entitlements.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use subledger_domain::catalog::Catalog;
+use subledger_engine::{Engine, EngineConfig, Shutdown, WebhookSecret};
+use subledger_server::{router, ApiToken};
+use subledger_store::testing::TestDatabase;
+use subledger_stripe::fixtures;
+
+const SECRET: &str = "whsec_http_test";
+
+const CATALOG: &str = "\
+default_plan: free
+plans:
+  free:
+    features: { api_calls: 1000 }
+  pro:
+    prices: [price_1ProMonthly, pro_monthly]
+    features: { sso: true, seats: 10, api_calls: 100000 }
+  team:
+    prices: [price_team]
+    features: { sso: true, seats: 50, api_calls: 500000 }
+";
+
+async fn start(test_db: &TestDatabase, tokens: &[&str]) -> (Arc<Engine>, Router) {
+    let mut config = EngineConfig::new(
+        &test_db.url,
+        Catalog::from_yaml("catalog", CATALOG).unwrap(),
+    );
+    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
+    config.poll_interval = Duration::from_millis(20);
+    let engine = Engine::start(config).await.unwrap();
+    let app = router(
+        engine.clone(),
+        tokens.iter().map(|t| ApiToken::new(*t)).collect(),
+    );
+    (engine, app)
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn signed_webhook(event: &Value) -> Request<Body> {
+    let body = serde_json::to_vec(event).unwrap();
+    let header = WebhookSecret::new(SECRET).header(now(), &body);
+    Request::post("/webhooks/stripe")
+        .header("stripe-signature", header)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
+    use tower::ServiceExt;
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&bytes) }));
+    (status, body)
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn subscription_event(
+    id: &str,
+    event_type: &str,
+    created: i64,
+    status: &str,
+    price: &str,
+) -> Value {
+    fixtures::event(
+        id,
+        event_type,
+        created,
+        fixtures::subscription("sub_1", "cus_1", status, price),
+    )
+}
+
+#[tokio::test]
+async fn webhooks_are_acknowledged_once_stored_and_duplicates_say_so() {
+    for test_db in TestDatabase::all().await.unwrap() {
+        let (engine, app) = start(&test_db, &[]).await;
+        let event = subscription_event(
+            "evt_1",
+            "customer.subscription.created",
+            now(),
+            "active",
+            "price_1ProMonthly",
+        );
+        let (status, body) = send(&app, signed_webhook(&event)).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::OK,
+                json!({ "received": true, "duplicate": false })
+            )
+        );
+        let (status, body) = send(&app, signed_webhook(&event)).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::OK,
+                json!({ "received": true, "duplicate": true })
+            )
+        );
+        engine.close().await;
+        test_db.cleanup().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn bad_deliveries_get_a_400_naming_the_reason_and_store_nothing() {
+    let test_db = TestDatabase::sqlite().await.unwrap();
+    let (engine, app) = start(&test_db, &[]).await;
+    let body = serde_json::to_vec(&subscription_event(
+        "evt_1",
+        "customer.subscription.created",
+        now(),
+        "active",
+        "p",
+    ))
+    .unwrap();
+    let good = WebhookSecret::new(SECRET).header(now(), &body);
+    let cases: Vec<(Option<String>, Vec<u8>, &str)> = vec![
+        (None, body.clone(), "missing_signature"),
+        (
+            Some("t=abc,v1=00".to_owned()),
+            body.clone(),
+            "malformed_signature_header",
+        ),
+        (
+            Some(format!("t={},v0=00", now())),
+            body.clone(),
+            "no_v1_signature",
+        ),
+        (
+            Some(WebhookSecret::new("whsec_other").header(now(), &body)),
+            body.clone(),
+            "signature_mismatch",
+        ),
+        (
+            Some(WebhookSecret::new(SECRET).header(now() - 3600, &body)),
+            body.clone(),
+            "timestamp_outside_tolerance",
+        ),
+        (
+            Some(good.clone()),
+            b"tampered".to_vec(),
+            "signature_mismatch",
+        ),
+        (
+            Some(WebhookSecret::new(SECRET).header(now(), b"not json")),
+            b"not json".to_vec(),
+            "not_a_stripe_event",
+        ),
+    ];
+    for (header, body, code) in cases {
+        let mut request = Request::post("/webhooks/stripe");
+        if let Some(header) = header {
+            request = request.header("stripe-signature", header);
+        }
+        let (status, answer) = send(&app, request.body(Body::from(body)).unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{code}: {answer}");
+        assert_eq!(answer["error"], json!(code), "{answer}");
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(engine.inbox_stats().await.unwrap().pending, 0);
+    engine.close().await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_a_413() {
+    let test_db = TestDatabase::sqlite().await.unwrap();
+    let (engine, app) = start(&test_db, &[]).await;
+    let body = vec![b' '; subledger_server::MAX_WEBHOOK_BODY + 1];
+    let header = WebhookSecret::new(SECRET).header(now(), &body);
+    let request = Request::post("/webhooks/stripe")
+        .header("stripe-signature", header)
+        .body(Body::from(body))
+        .unwrap();
+    let (status, answer) = send(&app, request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer["error"], json!("payload_too_large"));
+    engine.close().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_store_gets_a_503_so_stripe_retries() {
+    let test_db = TestDatabase::sqlite().await.unwrap();
+    let (engine, app) = start(&test_db, &[]).await;
+    engine.close().await;
+    let event = subscription_event(
+        "evt_1",
+        "customer.subscription.created",
+        now(),
+        "active",
+        "p",
+    );
+    let (status, answer) = send(&app, signed_webhook(&event)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer["error"], json!("store_unavailable"));
+    let (status, _) = send(&app, get("/healthz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn the_api_requires_a_configured_token_but_webhooks_and_health_do_not() {
+    let test_db = TestDatabase::sqlite().await.unwrap();
+    let (engine, app) = start(&test_db, &["tok_a", "tok_b"]).await;
+    let (status, body) = send(&app, get("/v1/customers/cus_1/entitlements")).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("unauthorized"))
+    );
+    let wrong = Request::get("/v1/customers/cus_1/entitlements")
+        .header("authorization", "Bearer tok_c")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, wrong).await.0, StatusCode::UNAUTHORIZED);
+    let right = Request::get("/v1/customers/cus_1/entitlements")
+        .header("authorization", "Bearer tok_b")
+        .body(Body::empty())
+        .unwrap();
+    // Authorized, and the customer is unknown.
+    let (status, body) = send(&app, right).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (StatusCode::NOT_FOUND, json!("customer_not_found"))
+    );
+    let (status, body) = send(&app, get("/healthz")).await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (StatusCode::OK, json!("ok"))
+    );
+    let event = subscription_event(
+        "evt_1",
+        "customer.subscription.created",
+        now(),
+        "active",
+        "p",
+    );
+    assert_eq!(send(&app, signed_webhook(&event)).await.0, StatusCode::OK);
+    engine.close().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_json() {
+    let test_db = TestDatabase::sqlite().await.unwrap();
+    let (engine, app) = start(&test_db, &[]).await;
+    let (status, body) = send(&app, get("/nope")).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
+    let (status, body) = send(&app, get("/webhooks/stripe")).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (StatusCode::METHOD_NOT_ALLOWED, json!("method_not_allowed"))
+    );
+    engine.close().await;
+}
+
+/// Waits for the background worker and projector to make `check` true.
+async fn eventually(app: &Router, uri: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = send(app, get(uri)).await;
+        if status == StatusCode::OK && check(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting on {uri}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn signed_webhooks_change_what_the_entitlement_endpoint_returns() {
+    for test_db in TestDatabase::all().await.unwrap() {
+        let (engine, app) = start(&test_db, &[]).await;
+        let (stop, shutdown) = Shutdown::new();
+        let worker = engine.spawn_worker(shutdown.clone());
+        let projector = engine.spawn_projector(shutdown);
+        let uri = "/v1/customers/cus_1/entitlements";
+        let t0 = now() - 60;
+
+        let created = subscription_event(
+            "evt_1",
+            "customer.subscription.created",
+            t0,
+            "active",
+            "price_1ProMonthly",
+        );
+        assert_eq!(send(&app, signed_webhook(&created)).await.0, StatusCode::OK);
+        let paid = fixtures::event(
+            "evt_2",
+            "invoice.paid",
+            t0 + 1,
+            fixtures::invoice("in_1", "cus_1", "sub_1", true, 1),
+        );
+        assert_eq!(send(&app, signed_webhook(&paid)).await.0, StatusCode::OK);
+        let body = eventually(&app, uri, |b| b["plans"] == json!(["pro"])).await;
+        assert_eq!(body["customer"], json!("cus_1"));
+        assert_eq!(body["subscriptions"][0]["id"], json!("sub_1"));
+        assert_eq!(body["subscriptions"][0]["plan"], json!("pro"));
+        assert_eq!(
+            body["features"]["sso"],
+            json!({ "enabled": true, "limit": null })
+        );
+        assert_eq!(
+            body["features"]["seats"],
+            json!({ "enabled": true, "limit": 10 })
+        );
+
+        let upgraded = subscription_event(
+            "evt_3",
+            "customer.subscription.updated",
+            t0 + 10,
+            "active",
+            "price_team",
+        );
+        assert_eq!(
+            send(&app, signed_webhook(&upgraded)).await.0,
+            StatusCode::OK
+        );
+        eventually(&app, uri, |b| b["features"]["seats"]["limit"] == json!(50)).await;
+        let (status, feature) = send(&app, get("/v1/customers/cus_1/entitlements/seats")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            feature,
+            json!({ "customer": "cus_1", "feature": "seats", "enabled": true, "limit": 50 })
+        );
+
+        let deleted = subscription_event(
+            "evt_4",
+            "customer.subscription.deleted",
+            t0 + 20,
+            "canceled",
+            "price_team",
+        );
+        assert_eq!(send(&app, signed_webhook(&deleted)).await.0, StatusCode::OK);
+        // A stale update delivered after the deletion must not bring the plan back.
+        let stale = subscription_event(
+            "evt_5",
+            "customer.subscription.updated",
+            t0 + 15,
+            "active",
+            "price_team",
+        );
+        assert_eq!(send(&app, signed_webhook(&stale)).await.0, StatusCode::OK);
+        let body = eventually(&app, uri, |b| b["plans"] == json!(["free"])).await;
+        assert_eq!(body["subscriptions"][0]["status"], json!("canceled"));
+        let (_, sso) = send(&app, get("/v1/customers/cus_1/entitlements/sso")).await;
+        assert_eq!(sso["enabled"], json!(false));
+        let (_, unknown) = send(&app, get("/v1/customers/cus_1/entitlements/teleportation")).await;
+        assert_eq!(unknown["enabled"], json!(false));
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, after) = send(&app, get(uri)).await;
+        assert_eq!(
+            after["plans"],
+            json!(["free"]),
+            "the stale update resurrected the plan"
+        );
+
+        stop.send(true).unwrap();
+        worker.await.unwrap();
+        projector.await.unwrap();
+        engine.close().await;
+        test_db.cleanup().await.unwrap();
+    }
+}
