@@ -1,0 +1,48 @@
+# Every target here is what CI runs, one to one (.ci/run calls `make ci`).
+#
+#   make run     serve on the embedded SQLite store with the example catalog
+#   make test    every test on SQLite, and on PostgreSQL too when SUBLEDGER_TEST_POSTGRES_URL is set
+#   make lint    rustfmt and clippy, warnings denied
+#   make ci      lint + test
+
+CARGO ?= cargo
+CATALOG ?= catalog.example.yaml
+# A development secret so `make run` accepts locally signed webhooks out of the box. For
+# `stripe listen`, export the whsec_... it prints as SUBLEDGER_WEBHOOK_SECRETS instead.
+SUBLEDGER_WEBHOOK_SECRETS ?= whsec_subledger_local_development
+export SUBLEDGER_WEBHOOK_SECRETS
+
+.PHONY: run worker migrate test test-sqlite lint fmt ci build
+
+build:
+	$(CARGO) build --workspace
+
+run:
+	$(CARGO) run -p subledger-cli -- serve --catalog $(CATALOG)
+
+worker:
+	$(CARGO) run -p subledger-cli -- worker --catalog $(CATALOG)
+
+migrate:
+	$(CARGO) run -p subledger-cli -- migrate
+
+test:
+	@if [ -z "$$SUBLEDGER_TEST_POSTGRES_URL" ]; then \
+	  echo "NOTE: PostgreSQL tests are SKIPPED (SUBLEDGER_TEST_POSTGRES_URL is not set)."; \
+	  echo "      To run them: make test SUBLEDGER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test"; \
+	else \
+	  echo "Running every test on SQLite and on PostgreSQL"; \
+	fi
+	$(CARGO) test --workspace
+	@if [ -z "$$SUBLEDGER_TEST_POSTGRES_URL" ]; then \
+	  echo "NOTE: only SQLite was tested; PostgreSQL tests were skipped."; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+ci: lint test

@@ -1,0 +1,129 @@
+//! Command-line flags, each with its `SUBLEDGER_` environment variable. Secrets come from the
+//! environment only, so they never show up in `ps` or shell history, and are never printed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use subledger_domain::catalog::Catalog;
+use subledger_engine::{EngineConfig, WebhookSecret};
+use subledger_server::ApiToken;
+use subledger_store::Database;
+
+#[derive(Debug, Parser)]
+#[command(name = "subledger", version, about = "Billing state engine for Stripe")]
+pub struct Cli {
+    /// Where state lives: a SQLite file (embedded, zero setup) or postgres://user:pass@host/db.
+    #[arg(long, env = "SUBLEDGER_DATABASE_URL", default_value = Database::DEFAULT_URL, global = true, hide_env_values = true)]
+    pub database_url: String,
+
+    /// Log output format.
+    #[arg(long, env = "SUBLEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the webhook receiver and the entitlement API (with the worker, unless --no-worker).
+    Serve(ServeArgs),
+    /// Process the inbox (and keep saved read models current) without serving HTTP.
+    Worker(WorkerArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SUBLEDGER_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+
+    /// Do not process the inbox in this process (run `subledger worker` separately).
+    #[arg(long, env = "SUBLEDGER_NO_WORKER")]
+    pub no_worker: bool,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// The plan catalog (YAML): which prices make which plan, what each plan grants.
+    #[arg(long, env = "SUBLEDGER_CATALOG")]
+    pub catalog: Option<PathBuf>,
+
+    /// How far a webhook signature's timestamp may be from now, either way, in seconds.
+    #[arg(
+        long,
+        env = "SUBLEDGER_SIGNATURE_TOLERANCE_SECS",
+        default_value_t = 300
+    )]
+    pub signature_tolerance_secs: u64,
+
+    /// How often to look for work written by other processes, in milliseconds.
+    #[arg(long, env = "SUBLEDGER_POLL_INTERVAL_MS", default_value_t = 250)]
+    pub poll_interval_ms: u64,
+}
+
+impl EngineArgs {
+    pub fn engine_config(&self, database_url: &str) -> anyhow::Result<EngineConfig> {
+        let Some(path) = &self.catalog else {
+            bail!("no plan catalog: pass --catalog FILE or set SUBLEDGER_CATALOG (see catalog.example.yaml)");
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the catalog {}", path.display()))?;
+        let catalog = Catalog::from_yaml(&path.display().to_string(), &text)?;
+        let mut config = EngineConfig::new(database_url, catalog);
+        config.webhook_secrets = webhook_secrets()?;
+        config.signature_tolerance = Duration::from_secs(self.signature_tolerance_secs);
+        config.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
+        Ok(config)
+    }
+}
+
+/// `SUBLEDGER_WEBHOOK_SECRETS`: comma-separated `whsec_…` secrets (two while rotating).
+fn webhook_secrets() -> anyhow::Result<Vec<WebhookSecret>> {
+    let Ok(value) = std::env::var("SUBLEDGER_WEBHOOK_SECRETS") else {
+        return Ok(Vec::new());
+    };
+    let mut secrets = Vec::new();
+    for (index, secret) in list(&value).enumerate() {
+        if !secret.starts_with("whsec_") {
+            // Say which entry, never what it is.
+            bail!(
+                "SUBLEDGER_WEBHOOK_SECRETS: entry {} does not start with whsec_ (copy the endpoint's signing secret from Stripe)",
+                index + 1
+            );
+        }
+        secrets.push(WebhookSecret::new(secret));
+    }
+    Ok(secrets)
+}
+
+/// `SUBLEDGER_API_TOKENS`: comma-separated bearer tokens for `/v1`.
+pub fn api_tokens() -> Vec<ApiToken> {
+    std::env::var("SUBLEDGER_API_TOKENS")
+        .map(|value| list(&value).map(ApiToken::new).collect())
+        .unwrap_or_default()
+}
+
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
