@@ -2,14 +2,17 @@ use std::fmt;
 
 /// A storage failure. `Unavailable` means the database could not be reached at all (the
 /// webhook receiver answers 503 so Stripe retries); the rest are failures of a reachable store.
+///
+/// The driver's message is part of each variant's own message (so a log line with just the
+/// error is complete), hence no `#[source]`: a chain would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(sqlx::Error),
     #[error("database error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
-    Migration(#[from] sqlx::migrate::MigrateError),
+    Migration(sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("invalid database URL: {0}")]
@@ -26,6 +29,12 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::WorkerCrashed => Self::Unavailable(error),
             other => Self::Database(other),
         }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        Self::Migration(error)
     }
 }
 
