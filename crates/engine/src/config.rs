@@ -6,8 +6,9 @@ use subledger_stripe::WebhookSecret;
 
 use crate::clock::{Clock, SystemClock};
 
-/// Everything the engine needs, already parsed and validated.
-#[derive(Debug, Clone)]
+/// Everything the engine needs, already parsed and validated. Its `Debug` leaves out the
+/// database URL (it may hold a password) and the secrets.
+#[derive(Clone)]
 pub struct EngineConfig {
     /// `sqlite://…`, `sqlite::memory:` or `postgres://…`.
     pub database_url: String,
@@ -37,5 +38,35 @@ impl EngineConfig {
             worker_lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(250),
         }
+    }
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.database_url.split(':').next().unwrap_or_default();
+        f.debug_struct("EngineConfig")
+            .field("database", &format_args!("{scheme}:<redacted>"))
+            .field("webhook_secrets", &self.webhook_secrets.len())
+            .field("signature_tolerance", &self.signature_tolerance)
+            .field("worker_batch_size", &self.worker_batch_size)
+            .field("worker_lease", &self.worker_lease)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let catalog = Catalog::from_yaml("c", "default_plan: free\nplans:\n  free: {}\n").unwrap();
+        let mut config = EngineConfig::new("postgres://app:hunter2@db/billing", catalog);
+        config.webhook_secrets = vec![WebhookSecret::new("whsec_topsecret")];
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("topsecret"), "{printed}");
+        assert!(printed.contains("postgres:<redacted>"), "{printed}");
     }
 }

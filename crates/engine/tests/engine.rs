@@ -354,3 +354,68 @@ async fn projections_rebuilt_from_the_log_equal_the_live_ones_and_survive_restar
         h.cleanup().await;
     }
 }
+
+/// Several workers against one PostgreSQL: every row is handled by exactly one of them.
+#[tokio::test]
+async fn concurrent_workers_on_postgres_never_handle_a_row_twice() {
+    let Some(test_db) = TestDatabase::postgres().await.unwrap() else {
+        eprintln!("PostgreSQL skipped: SUBLEDGER_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let first = Harness::on(test_db).await;
+    let clock = Arc::new(ManualClock::new(
+        DateTime::from_timestamp(START, 0).unwrap(),
+    ));
+    let mut second_config = config(&first.test_db.url, &clock);
+    second_config.worker_batch_size = 7;
+    let second = Engine::start(second_config).await.unwrap();
+
+    const EVENTS: usize = 120;
+    for n in 0..EVENTS {
+        let customer = format!("cus_{}", n % 12);
+        let offset = i64::try_from(n).unwrap();
+        first
+            .deliver(&fixtures::event(
+                &format!("evt_{n}"),
+                "customer.subscription.created",
+                at(offset),
+                fixtures::subscription(&format!("sub_{n}"), &customer, "active", "price_pro"),
+            ))
+            .await
+            .unwrap();
+    }
+
+    let drain = |engine: Arc<Engine>| async move {
+        let mut handled = 0;
+        loop {
+            let report = engine.process_inbox().await.unwrap();
+            if report.handled() == 0 {
+                return handled;
+            }
+            assert_eq!(report.failed, 0);
+            handled += report.handled();
+        }
+    };
+    let (a, b) = tokio::join!(drain(first.engine.clone()), drain(second.clone()));
+    assert_eq!(
+        a + b,
+        EVENTS,
+        "rows handled twice or not at all ({a} + {b})"
+    );
+    assert!(a > 0 && b > 0, "both workers took part ({a} + {b})");
+
+    first.engine.project().await.unwrap();
+    let views = first.engine.rebuild_views().await.unwrap();
+    assert_eq!(views.len(), 12);
+    assert_eq!(
+        views.iter().map(|v| v.subscriptions.len()).sum::<usize>(),
+        EVENTS
+    );
+    let stats = first.engine.inbox_stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.processed),
+        (0, i64::try_from(EVENTS).unwrap())
+    );
+    second.close().await;
+    first.cleanup().await;
+}
