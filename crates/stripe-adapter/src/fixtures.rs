@@ -1,22 +1,29 @@
 //! Stripe events built from Stripe's own object fixtures (stripe/openapi `fixtures3.json`), for
 //! tests across the workspace. Enabled by the `fixtures` feature.
 
+use std::sync::OnceLock;
+
 use serde_json::{json, Value};
 
 const FIXTURES: &str = include_str!("../fixtures/stripe-openapi/fixtures3.json");
 
+/// The parsed fixture set, parsed once per process.
+#[allow(clippy::expect_used)]
+fn all() -> &'static Value {
+    static ALL: OnceLock<Value> = OnceLock::new();
+    ALL.get_or_init(|| serde_json::from_str(FIXTURES).expect("vendored fixtures3.json is JSON"))
+}
+
 /// One resource from the fixture set, e.g. `"subscription"` or `"invoice"`.
 ///
 /// # Panics
-/// If the vendored fixture file is broken or has no such resource: a test-setup bug.
-#[allow(clippy::expect_used)]
+/// If the vendored fixture file has no such resource: a programming error.
+#[allow(clippy::panic)]
 pub fn resource(name: &str) -> Value {
-    let all: Value = serde_json::from_str(FIXTURES).expect("vendored fixtures3.json is JSON");
-    let resource = all["resources"][name].clone();
-    assert!(
-        resource.is_object(),
-        "fixtures3.json has no resource {name}"
-    );
+    let resource = all()["resources"][name].clone();
+    if !resource.is_object() {
+        panic!("fixtures3.json has no resource {name}");
+    }
     resource
 }
 

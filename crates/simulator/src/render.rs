@@ -1,0 +1,264 @@
+//! Simulated objects as Stripe's JSON: each starts from Stripe's own fixture for that resource
+//! (so every field Stripe sends is there, in the current API version's shape) and the fields
+//! the simulation controls are overwritten.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use subledger_stripe::fixtures::resource;
+
+use crate::model::{
+    Charge, Customer, Dispute, Invoice, PaymentIntent, PaymentMethod, Price, Subscription,
+};
+
+/// The API version the simulator speaks, the one Subledger pins.
+pub const API_VERSION: &str = "2025-03-31.basil";
+
+pub fn ts(time: DateTime<Utc>) -> Value {
+    json!(time.timestamp())
+}
+
+fn opt_ts(time: Option<DateTime<Utc>>) -> Value {
+    time.map_or(Value::Null, ts)
+}
+
+pub fn customer(customer: &Customer, clock: &str) -> Value {
+    let mut object = resource("customer");
+    object["id"] = json!(customer.id);
+    object["created"] = ts(customer.created);
+    object["metadata"] = json!(customer.metadata);
+    object["invoice_settings"]["default_payment_method"] = json!(customer.default_payment_method);
+    object["test_clock"] = json!(clock);
+    object["livemode"] = json!(false);
+    object["email"] = json!(format!("{}@example.com", customer.id));
+    if customer.deleted {
+        return json!({ "id": customer.id, "object": "customer", "deleted": true });
+    }
+    object
+}
+
+pub fn payment_method(method: &PaymentMethod) -> Value {
+    let mut object = resource("payment_method");
+    object["id"] = json!(method.id);
+    object["customer"] = json!(method.customer);
+    object["created"] = ts(method.created);
+    object["type"] = json!("card");
+    object["card"]["last4"] = json!(method.card.last4());
+    object["card"]["brand"] = json!("visa");
+    object["livemode"] = json!(false);
+    object
+}
+
+pub fn price(price: &Price) -> Value {
+    let mut object = resource("price");
+    object["id"] = json!(price.id);
+    object["product"] = json!(price.product);
+    object["unit_amount"] = json!(price.unit_amount);
+    object["unit_amount_decimal"] = json!(price.unit_amount.to_string());
+    object["currency"] = json!(price.currency);
+    object["lookup_key"] = json!(price.lookup_key);
+    object["created"] = ts(price.created);
+    object["type"] = json!("recurring");
+    object["recurring"]["interval"] = json!(price.interval.as_str());
+    object["recurring"]["interval_count"] = json!(1);
+    object["livemode"] = json!(false);
+    object
+}
+
+pub fn subscription(
+    subscription: &Subscription,
+    prices: &dyn Fn(&str) -> Option<Value>,
+    clock: &str,
+) -> Value {
+    let mut object = resource("subscription");
+    let template = object["items"]["data"][0].clone();
+    let items: Vec<Value> = subscription
+        .items
+        .iter()
+        .map(|item| {
+            let mut rendered = template.clone();
+            rendered["id"] = json!(item.id);
+            rendered["subscription"] = json!(subscription.id);
+            rendered["quantity"] = json!(item.quantity);
+            rendered["created"] = ts(subscription.created);
+            rendered["current_period_start"] = ts(subscription.current_period_start);
+            rendered["current_period_end"] = ts(subscription.current_period_end);
+            if let Some(price) = prices(&item.price) {
+                rendered["plan"]["id"] = price["id"].clone();
+                rendered["plan"]["amount"] = price["unit_amount"].clone();
+                rendered["plan"]["currency"] = price["currency"].clone();
+                rendered["plan"]["interval"] = price["recurring"]["interval"].clone();
+                rendered["plan"]["interval_count"] = json!(1);
+                rendered["plan"]["product"] = price["product"].clone();
+                rendered["price"] = price;
+            }
+            rendered
+        })
+        .collect();
+    object["id"] = json!(subscription.id);
+    object["customer"] = json!(subscription.customer);
+    object["status"] = json!(subscription.status.as_str());
+    object["created"] = ts(subscription.created);
+    object["start_date"] = ts(subscription.created);
+    object["billing_cycle_anchor"] = ts(subscription.billing_cycle_anchor);
+    object["cancel_at_period_end"] = json!(subscription.cancel_at_period_end);
+    object["cancel_at"] = opt_ts(subscription.cancel_at);
+    object["canceled_at"] = opt_ts(subscription.canceled_at);
+    object["ended_at"] = opt_ts(subscription.ended_at);
+    object["trial_start"] = opt_ts(subscription.trial_start);
+    object["trial_end"] = opt_ts(subscription.trial_end);
+    object["latest_invoice"] = json!(subscription.latest_invoice);
+    object["pause_collection"] = subscription.pause_collection.map_or(
+        Value::Null,
+        |b| json!({ "behavior": b.as_str(), "resumes_at": null }),
+    );
+    object["items"]["data"] = Value::Array(items);
+    object["items"]["url"] = json!(format!(
+        "/v1/subscription_items?subscription={}",
+        subscription.id
+    ));
+    object["test_clock"] = json!(clock);
+    object["metadata"] = json!({});
+    object["livemode"] = json!(false);
+    object["schedule"] = Value::Null;
+    object
+}
+
+pub fn invoice(invoice: &Invoice, clock: &str) -> Value {
+    let mut object = resource("invoice");
+    object["id"] = json!(invoice.id);
+    object["customer"] = json!(invoice.customer);
+    object["status"] = json!(invoice.status.as_str());
+    object["amount_due"] = json!(invoice.amount_due);
+    object["amount_paid"] = json!(invoice.amount_paid);
+    object["amount_remaining"] = json!(invoice.amount_due - invoice.amount_paid);
+    object["total"] = json!(invoice.amount_due);
+    object["subtotal"] = json!(invoice.amount_due);
+    object["currency"] = json!(invoice.currency);
+    object["attempt_count"] = json!(invoice.attempt_count);
+    object["attempted"] = json!(invoice.attempt_count > 0);
+    object["next_payment_attempt"] = opt_ts(invoice.next_payment_attempt);
+    object["billing_reason"] = json!(invoice.billing_reason);
+    object["created"] = ts(invoice.created);
+    object["period_start"] = ts(invoice.period_start);
+    object["period_end"] = ts(invoice.period_end);
+    object["auto_advance"] = json!(matches!(
+        invoice.status,
+        crate::model::InvoiceStatus::Draft | crate::model::InvoiceStatus::Open
+    ));
+    object["collection_method"] = json!("charge_automatically");
+    object["subscription"] = Value::Null;
+    object["parent"] = match &invoice.subscription {
+        Some(subscription) => json!({
+            "type": "subscription_details",
+            "quote_details": null,
+            "subscription_details": { "metadata": {}, "subscription": subscription },
+        }),
+        None => Value::Null,
+    };
+    object["number"] = json!(format!("SIM-{}", invoice.id.trim_start_matches("in_")));
+    object["test_clock"] = json!(clock);
+    object["livemode"] = json!(false);
+    object
+}
+
+pub fn payment_intent(intent: &PaymentIntent) -> Value {
+    let mut object = resource("payment_intent");
+    object["id"] = json!(intent.id);
+    object["customer"] = json!(intent.customer);
+    object["amount"] = json!(intent.amount);
+    object["amount_received"] = json!(if intent.status == "succeeded" {
+        intent.amount
+    } else {
+        0
+    });
+    object["currency"] = json!(intent.currency);
+    object["status"] = json!(intent.status);
+    object["created"] = ts(intent.created);
+    object["payment_method"] = json!(intent.payment_method);
+    object["latest_charge"] = json!(intent.latest_charge);
+    object["client_secret"] = json!(format!("{}_secret_sim", intent.id));
+    object["metadata"] = json!({});
+    object["livemode"] = json!(false);
+    object["last_payment_error"] = match intent.last_error {
+        Some((code, decline_code)) => json!({
+            "type": "card_error",
+            "code": code,
+            "decline_code": decline_code,
+            "message": "Your card was declined.",
+        }),
+        None => Value::Null,
+    };
+    object["next_action"] = if intent.status == "requires_action" {
+        json!({ "type": "use_stripe_sdk", "use_stripe_sdk": {} })
+    } else {
+        Value::Null
+    };
+    object
+}
+
+pub fn charge(charge: &Charge) -> Value {
+    let mut object = resource("charge");
+    object["id"] = json!(charge.id);
+    object["customer"] = json!(charge.customer);
+    object["payment_intent"] = json!(charge.payment_intent);
+    object["amount"] = json!(charge.amount);
+    object["amount_captured"] = json!(if charge.succeeded { charge.amount } else { 0 });
+    object["currency"] = json!(charge.currency);
+    object["status"] = json!(if charge.succeeded {
+        "succeeded"
+    } else {
+        "failed"
+    });
+    object["paid"] = json!(charge.succeeded);
+    object["captured"] = json!(charge.succeeded);
+    object["disputed"] = json!(charge.disputed);
+    object["failure_code"] = json!(charge.decline_code.map(|_| "card_declined"));
+    object["failure_message"] = json!(charge.decline_code.map(|_| "Your card was declined."));
+    object["created"] = ts(charge.created);
+    object["livemode"] = json!(false);
+    object
+}
+
+pub fn dispute(dispute: &Dispute) -> Value {
+    let mut object = resource("dispute");
+    object["id"] = json!(dispute.id);
+    object["charge"] = json!(dispute.charge);
+    object["payment_intent"] = json!(dispute.payment_intent);
+    object["amount"] = json!(dispute.amount);
+    object["currency"] = json!(dispute.currency);
+    object["status"] = json!(dispute.status);
+    object["reason"] = json!("fraudulent");
+    object["created"] = ts(dispute.created);
+    object["livemode"] = json!(false);
+    object
+}
+
+/// `data.previous_attributes` as Stripe computes it: every top-level field whose value changed,
+/// with its old value.
+pub fn previous_attributes(old: &Value, new: &Value) -> Option<Value> {
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return None;
+    };
+    let changed: Map<String, Value> = old
+        .iter()
+        .filter(|(key, value)| new.get(*key) != Some(value))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    (!changed.is_empty()).then_some(Value::Object(changed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previous_attributes_hold_the_old_values_of_changed_fields_only() {
+        let old = json!({ "id": "sub_1", "status": "incomplete", "items": { "data": [1] } });
+        let new = json!({ "id": "sub_1", "status": "active", "items": { "data": [1] } });
+        assert_eq!(
+            previous_attributes(&old, &new),
+            Some(json!({ "status": "incomplete" }))
+        );
+        assert_eq!(previous_attributes(&new, &new), None);
+    }
+}
