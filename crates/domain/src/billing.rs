@@ -59,6 +59,30 @@ impl SubscriptionStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Canceled | Self::IncompleteExpired)
     }
+
+    /// Whether Stripe moves a subscription from `self` to `next` in one step.
+    pub fn can_become(self, next: Self) -> bool {
+        use SubscriptionStatus::*;
+        match self {
+            Incomplete => matches!(next, Active | IncompleteExpired | Canceled),
+            Trialing => matches!(next, Active | PastDue | Paused | Canceled | Unpaid),
+            Active => matches!(next, PastDue | Unpaid | Canceled | Paused),
+            PastDue => matches!(next, Active | Unpaid | Canceled | Paused),
+            Unpaid => matches!(next, Active | PastDue | Canceled),
+            Paused => matches!(next, Active | Canceled),
+            Canceled | IncompleteExpired => false,
+        }
+    }
+}
+
+/// Where a snapshot sits in the object's history, as far as the Stripe event tells. Stripe's
+/// `created` has one-second resolution, so this is what orders facts from the same second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The snapshot is the object's creation (a `*.created` event): its first state.
+    pub creation: bool,
+    /// `previous_attributes.status`: the status this change moved the object from.
+    pub previous_status: Option<SubscriptionStatus>,
 }
 
 /// One line of a subscription: which price, and how many.

@@ -220,6 +220,7 @@ plans:
             view.apply(&CustomerEvent::SubscriptionStarted {
                 subscription,
                 occurred_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+                provenance: Default::default(),
             });
         }
         view

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use subledger_domain::catalog::Catalog;
 use subledger_engine::clock::ManualClock;
 use subledger_engine::{Engine, EngineConfig, IngestError, WebhookSecret};
-use subledger_store::testing::TestDatabase;
+use subledger_store::scratch::ScratchDatabase;
 use subledger_stripe::fixtures;
 use subledger_stripe::SignatureError;
 
@@ -33,19 +33,19 @@ struct Harness {
     engine: Arc<Engine>,
     clock: Arc<ManualClock>,
     name: &'static str,
-    test_db: TestDatabase,
+    test_db: ScratchDatabase,
 }
 
 impl Harness {
     async fn all() -> Vec<Harness> {
         let mut harnesses = Vec::new();
-        for test_db in TestDatabase::all().await.unwrap() {
+        for test_db in ScratchDatabase::all().await.unwrap() {
             harnesses.push(Self::on(test_db).await);
         }
         harnesses
     }
 
-    async fn on(test_db: TestDatabase) -> Harness {
+    async fn on(test_db: ScratchDatabase) -> Harness {
         let clock = Arc::new(ManualClock::new(
             DateTime::from_timestamp(START, 0).unwrap(),
         ));
@@ -358,7 +358,7 @@ async fn projections_rebuilt_from_the_log_equal_the_live_ones_and_survive_restar
 /// Several workers against one PostgreSQL: every row is handled by exactly one of them.
 #[tokio::test]
 async fn concurrent_workers_on_postgres_never_handle_a_row_twice() {
-    let Some(test_db) = TestDatabase::postgres().await.unwrap() else {
+    let Some(test_db) = ScratchDatabase::postgres().await.unwrap() else {
         eprintln!("PostgreSQL skipped: SUBLEDGER_TEST_POSTGRES_URL is not set");
         return;
     };

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use subledger_domain::catalog::Catalog;
 use subledger_engine::{Engine, EngineConfig, Shutdown, WebhookSecret};
 use subledger_server::{router, ApiToken};
-use subledger_store::testing::TestDatabase;
+use subledger_store::scratch::ScratchDatabase;
 use subledger_stripe::fixtures;
 
 const SECRET: &str = "whsec_http_test";
@@ -32,7 +32,7 @@ plans:
     features: { sso: true, seats: 50, api_calls: 500000 }
 ";
 
-async fn start(test_db: &TestDatabase, tokens: &[&str]) -> (Arc<Engine>, Router) {
+async fn start(test_db: &ScratchDatabase, tokens: &[&str]) -> (Arc<Engine>, Router) {
     let mut config = EngineConfig::new(
         &test_db.url,
         Catalog::from_yaml("catalog", CATALOG).unwrap(),
@@ -92,7 +92,7 @@ fn subscription_event(
 
 #[tokio::test]
 async fn webhooks_are_acknowledged_once_stored_and_duplicates_say_so() {
-    for test_db in TestDatabase::all().await.unwrap() {
+    for test_db in ScratchDatabase::all().await.unwrap() {
         let (engine, app) = start(&test_db, &[]).await;
         let event = subscription_event(
             "evt_1",
@@ -124,7 +124,7 @@ async fn webhooks_are_acknowledged_once_stored_and_duplicates_say_so() {
 
 #[tokio::test]
 async fn bad_deliveries_get_a_400_naming_the_reason_and_store_nothing() {
-    let test_db = TestDatabase::sqlite().await.unwrap();
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
     let (engine, app) = start(&test_db, &[]).await;
     let body = serde_json::to_vec(&subscription_event(
         "evt_1",
@@ -184,7 +184,7 @@ async fn bad_deliveries_get_a_400_naming_the_reason_and_store_nothing() {
 
 #[tokio::test]
 async fn an_oversized_body_gets_a_413() {
-    let test_db = TestDatabase::sqlite().await.unwrap();
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
     let (engine, app) = start(&test_db, &[]).await;
     let body = vec![b' '; subledger_server::MAX_WEBHOOK_BODY + 1];
     let header = WebhookSecret::new(SECRET).header(now(), &body);
@@ -200,7 +200,7 @@ async fn an_oversized_body_gets_a_413() {
 
 #[tokio::test]
 async fn an_unreachable_store_gets_a_503_so_stripe_retries() {
-    let test_db = TestDatabase::sqlite().await.unwrap();
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
     let (engine, app) = start(&test_db, &[]).await;
     engine.close().await;
     let event = subscription_event(
@@ -219,7 +219,7 @@ async fn an_unreachable_store_gets_a_503_so_stripe_retries() {
 
 #[tokio::test]
 async fn the_api_requires_a_configured_token_but_webhooks_and_health_do_not() {
-    let test_db = TestDatabase::sqlite().await.unwrap();
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
     let (engine, app) = start(&test_db, &["tok_a", "tok_b"]).await;
     let (status, body) = send(&app, get("/v1/customers/cus_1/entitlements")).await;
     assert_eq!(
@@ -259,7 +259,7 @@ async fn the_api_requires_a_configured_token_but_webhooks_and_health_do_not() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_in_json() {
-    let test_db = TestDatabase::sqlite().await.unwrap();
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
     let (engine, app) = start(&test_db, &[]).await;
     let (status, body) = send(&app, get("/nope")).await;
     assert_eq!(
@@ -292,7 +292,7 @@ async fn eventually(app: &Router, uri: &str, check: impl Fn(&Value) -> bool) -> 
 
 #[tokio::test]
 async fn signed_webhooks_change_what_the_entitlement_endpoint_returns() {
-    for test_db in TestDatabase::all().await.unwrap() {
+    for test_db in ScratchDatabase::all().await.unwrap() {
         let (engine, app) = start(&test_db, &[]).await;
         let (stop, shutdown) = Shutdown::new();
         let worker = engine.spawn_worker(shutdown.clone());

@@ -6,11 +6,13 @@
 //! `data.object` built from Stripe's own object fixtures and `previous_attributes` on updates.
 //! Nothing here reads the wall clock or a random source: the same calls give the same events.
 //!
+//! - [`delivery`]: signed webhook delivery, in order or disordered on purpose.
 //! - [`model`]: the simulated objects.
 //! - [`simulator`]: operations and the test clock.
 //! - [`render`]: objects as Stripe's JSON.
 //! - [`rng`]: the seeded generator delivery modes use.
 
+pub mod delivery;
 pub mod model;
 pub mod render;
 pub mod rng;

@@ -161,7 +161,13 @@ impl Simulator {
     }
 
     fn emit(&mut self, event_type: &str, object: Value, previous: Option<Value>) {
-        let id = self.next_id("evt");
+        // Stripe's event ids carry no order; neither do these (a scrambled counter), so nothing
+        // downstream can get order from them by accident.
+        self.counter += 1;
+        let id = format!(
+            "evt_sim{:016x}",
+            crate::rng::Rng::new(self.counter).next_u64()
+        );
         let mut data = json!({ "object": object });
         if let Some(previous) = previous {
             data["previous_attributes"] = previous;

@@ -13,7 +13,7 @@ pub mod error;
 pub mod event_log;
 pub mod inbox;
 pub mod projection;
-pub mod testing;
+pub mod scratch;
 
 pub use command_bus::CommandBus;
 pub use database::{Backend, Database};

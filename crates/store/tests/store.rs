@@ -9,7 +9,7 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::CqrsFramework;
 use subledger_domain::customer::{Customer, CustomerCommand};
 use subledger_store::projection::ViewRow;
-use subledger_store::testing::TestDatabase;
+use subledger_store::scratch::ScratchDatabase;
 use subledger_store::{Checkpoint, Database, InboxStatus, NewInboxEvent};
 
 fn inbox_event(id: &str, created: i64, received: i64) -> NewInboxEvent {
@@ -28,7 +28,7 @@ fn inbox_event(id: &str, created: i64, received: i64) -> NewInboxEvent {
 
 #[tokio::test]
 async fn the_inbox_stores_each_event_id_once() {
-    for test in TestDatabase::all().await.unwrap() {
+    for test in ScratchDatabase::all().await.unwrap() {
         let db = &test.database;
         let batch = [
             inbox_event("evt_a", 10, 1),
@@ -57,7 +57,7 @@ async fn the_inbox_stores_each_event_id_once() {
 
 #[tokio::test]
 async fn workers_claim_due_rows_oldest_first_and_leases_keep_others_off() {
-    for test in TestDatabase::all().await.unwrap() {
+    for test in ScratchDatabase::all().await.unwrap() {
         let db = &test.database;
         db.insert_inbox_events(&[
             inbox_event("evt_late", 20, 1),
@@ -117,6 +117,7 @@ async fn record_details(db: &Database, customer: &str, event_id: &str, second: i
     let command = CustomerCommand::RecordDetails {
         metadata: BTreeMap::from([("n".to_owned(), second.to_string())]),
         occurred_at: DateTime::from_timestamp(1_700_000_000 + second, 0).unwrap(),
+        creation: false,
     };
     match db {
         Database::Sqlite(pool) => {
@@ -142,7 +143,7 @@ async fn record_details(db: &Database, customer: &str, event_id: &str, second: i
 
 #[tokio::test]
 async fn the_event_log_is_read_in_order_with_metadata() {
-    for test in TestDatabase::all().await.unwrap() {
+    for test in ScratchDatabase::all().await.unwrap() {
         let db = &test.database;
         record_details(db, "cus_1", "evt_1", 1).await;
         record_details(db, "cus_2", "evt_2", 2).await;
@@ -186,7 +187,7 @@ async fn the_event_log_is_read_in_order_with_metadata() {
 
 #[tokio::test]
 async fn metadata_is_queryable_as_columns() {
-    for test in TestDatabase::all().await.unwrap() {
+    for test in ScratchDatabase::all().await.unwrap() {
         record_details(&test.database, "cus_1", "evt_42", 1).await;
         let row: (String, i64, String) = match &test.database {
             Database::Sqlite(pool) => {
@@ -214,7 +215,7 @@ async fn metadata_is_queryable_as_columns() {
 
 #[tokio::test]
 async fn a_projection_saves_only_from_the_checkpoint_it_read() {
-    for test in TestDatabase::all().await.unwrap() {
+    for test in ScratchDatabase::all().await.unwrap() {
         let db = &test.database;
         let (start, rows) = db.load_billing_views().await.unwrap();
         assert_eq!(start, Checkpoint::default());
@@ -253,7 +254,7 @@ async fn a_projection_saves_only_from_the_checkpoint_it_read() {
 /// a later position became visible must not be skipped, and a rolled-back one must not stall.
 #[tokio::test]
 async fn postgres_projectors_neither_skip_late_commits_nor_stall_on_rollbacks() {
-    let Some(test) = TestDatabase::postgres().await.unwrap() else {
+    let Some(test) = ScratchDatabase::postgres().await.unwrap() else {
         eprintln!("PostgreSQL skipped: SUBLEDGER_TEST_POSTGRES_URL is not set");
         return;
     };

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use subledger_domain::billing::{
-    InvoiceFacts, SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus,
+    InvoiceFacts, Provenance, SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus,
 };
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::ids::{CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId};
@@ -66,6 +66,7 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
             command: CustomerCommand::RecordDetails {
                 metadata: object.metadata()?,
                 occurred_at: created,
+                creation: event_type == "customer.created",
             },
         },
         "customer.deleted" => Translation::Customer {
@@ -74,15 +75,31 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
                 occurred_at: created,
             },
         },
+        // Every subscription event carries the whole subscription: each is a snapshot.
         "customer.subscription.created"
         | "customer.subscription.updated"
-        | "customer.subscription.deleted" => {
+        | "customer.subscription.deleted"
+        | "customer.subscription.paused"
+        | "customer.subscription.resumed"
+        | "customer.subscription.trial_will_end"
+        | "customer.subscription.pending_update_applied"
+        | "customer.subscription.pending_update_expired" => {
             let subscription = subscription_snapshot(&object)?;
+            let previous_status = event
+                .get("data")
+                .and_then(|data| data.get("previous_attributes"))
+                .and_then(|previous| previous.get("status"))
+                .and_then(Value::as_str)
+                .and_then(SubscriptionStatus::parse);
             Translation::Customer {
                 customer_id: subscription.customer_id.clone(),
                 command: CustomerCommand::RecordSubscription {
                     subscription,
                     occurred_at: created,
+                    provenance: Provenance {
+                        creation: event_type == "customer.subscription.created",
+                        previous_status,
+                    },
                 },
             }
         }

@@ -40,6 +40,7 @@ fn a_subscription_fixture_becomes_a_subscription_snapshot() {
             CustomerCommand::RecordSubscription {
                 subscription,
                 occurred_at,
+                ..
             },
     } = translate(&event(
         "customer.subscription.updated",
@@ -208,4 +209,35 @@ fn a_broken_object_is_an_error_naming_the_field() {
             "dormant".to_owned()
         ))
     );
+}
+
+#[test]
+fn subscription_events_say_where_the_snapshot_sits_in_its_history() {
+    let provenance = |event: Value| match translate(&event).unwrap() {
+        Translation::Customer {
+            command: CustomerCommand::RecordSubscription { provenance, .. },
+            ..
+        } => provenance,
+        other => panic!("{other:?}"),
+    };
+    let created = provenance(event(
+        "customer.subscription.created",
+        fixture("subscription"),
+    ));
+    assert!(created.creation);
+    assert_eq!(created.previous_status, None);
+    let mut updated = event("customer.subscription.updated", fixture("subscription"));
+    updated["data"]["previous_attributes"] =
+        json!({ "status": "incomplete", "latest_invoice": null });
+    let updated = provenance(updated);
+    assert!(!updated.creation);
+    assert_eq!(
+        updated.previous_status,
+        Some(SubscriptionStatus::Incomplete)
+    );
+    let paused = provenance(event(
+        "customer.subscription.paused",
+        fixture("subscription"),
+    ));
+    assert!(!paused.creation);
 }

@@ -6,7 +6,7 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
 use super::{CustomerCommand, CustomerEvent};
-use crate::billing::{InvoiceFacts, SubscriptionSnapshot};
+use crate::billing::{InvoiceFacts, Provenance, SubscriptionSnapshot};
 use crate::ids::{InvoiceId, SubscriptionId};
 
 /// A customer's billing account as the recorded facts describe it.
@@ -24,11 +24,12 @@ pub struct Customer {
     invoices: BTreeMap<InvoiceId, TrackedInvoice>,
 }
 
-/// A recorded snapshot and the Stripe time it describes.
+/// A recorded snapshot, the Stripe time it describes, and where it sat in the object's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Tracked<T> {
     value: T,
     as_of: DateTime<Utc>,
+    provenance: Provenance,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,12 +49,12 @@ impl Customer {
             CustomerCommand::RecordDetails {
                 metadata,
                 occurred_at,
+                creation,
             } => {
                 let stale = self.details_as_of.is_some_and(|as_of| occurred_at < as_of);
-                if self.deleted
-                    || stale
-                    || self.details_as_of.is_some() && metadata == self.metadata
-                {
+                // A creation is the customer's first state: anything already known is as new.
+                let known = self.details_as_of.is_some();
+                if self.deleted || stale || known && (creation || metadata == self.metadata) {
                     return vec![];
                 }
                 vec![CustomerEvent::DetailsRecorded {
@@ -70,7 +71,8 @@ impl Customer {
             CustomerCommand::RecordSubscription {
                 subscription,
                 occurred_at,
-            } => self.decide_subscription(subscription, occurred_at),
+                provenance,
+            } => self.decide_subscription(subscription, occurred_at, provenance),
             CustomerCommand::RecordInvoicePaid {
                 invoice,
                 occurred_at,
@@ -112,34 +114,40 @@ impl Customer {
         &self,
         subscription: SubscriptionSnapshot,
         occurred_at: DateTime<Utc>,
+        provenance: Provenance,
     ) -> Vec<CustomerEvent> {
-        match self.subscriptions.get(&subscription.id) {
-            // An ended subscription never comes back: anything after the end is stale.
-            Some(known) if known.value.status.is_terminal() => vec![],
-            // Stripe's clock has one-second resolution; only a strictly older snapshot is
-            // known to be stale. Same-second snapshots are applied.
-            Some(known) if occurred_at < known.as_of => vec![],
-            Some(known) if known.value == subscription => vec![],
-            known => {
-                let event = if subscription.status.is_terminal() {
-                    CustomerEvent::SubscriptionEnded {
-                        subscription,
-                        occurred_at,
-                    }
-                } else if known.is_some() {
-                    CustomerEvent::SubscriptionChanged {
-                        subscription,
-                        occurred_at,
-                    }
-                } else {
-                    CustomerEvent::SubscriptionStarted {
-                        subscription,
-                        occurred_at,
-                    }
-                };
-                vec![event]
+        let known = self.subscriptions.get(&subscription.id);
+        if let Some(known) = known {
+            let newer = if occurred_at == known.as_of {
+                follows_in_the_same_second(known, &subscription, provenance)
+            } else {
+                occurred_at > known.as_of
+            };
+            // An ended subscription never comes back; a stale or identical snapshot is no news.
+            if known.value.status.is_terminal() || !newer || known.value == subscription {
+                return vec![];
             }
         }
+        let event = if subscription.status.is_terminal() {
+            CustomerEvent::SubscriptionEnded {
+                subscription,
+                occurred_at,
+                provenance,
+            }
+        } else if known.is_some() {
+            CustomerEvent::SubscriptionChanged {
+                subscription,
+                occurred_at,
+                provenance,
+            }
+        } else {
+            CustomerEvent::SubscriptionStarted {
+                subscription,
+                occurred_at,
+                provenance,
+            }
+        };
+        vec![event]
     }
 
     fn track_invoice(&mut self, invoice: &InvoiceFacts, paid: bool) {
@@ -152,6 +160,35 @@ impl Customer {
             });
         entry.paid |= paid;
         entry.attempt_count = entry.attempt_count.max(invoice.attempt_count);
+    }
+}
+
+/// Decides whether `incoming` comes after `known` when Stripe stamped both with the same
+/// second, from what the events say about the object's history:
+/// - a creation is the first state, so it never follows anything;
+/// - a change *from* the known status follows it; the known snapshot's change *from* the
+///   incoming status means the incoming one is older;
+/// - otherwise Stripe's legal status transitions decide, and when even they cannot (same
+///   status, or either order possible), the later arrival is taken.
+fn follows_in_the_same_second(
+    known: &Tracked<SubscriptionSnapshot>,
+    incoming: &SubscriptionSnapshot,
+    provenance: Provenance,
+) -> bool {
+    if provenance.creation {
+        return false;
+    }
+    let (from, to) = (known.value.status, incoming.status);
+    if provenance.previous_status == Some(from) && from != to {
+        return true;
+    }
+    if known.provenance.previous_status == Some(to) && from != to {
+        return false;
+    }
+    match (from.can_become(to), to.can_become(from)) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => true,
     }
 }
 
@@ -187,20 +224,24 @@ impl Aggregate for Customer {
             CustomerEvent::SubscriptionStarted {
                 subscription,
                 occurred_at,
+                provenance,
             }
             | CustomerEvent::SubscriptionChanged {
                 subscription,
                 occurred_at,
+                provenance,
             }
             | CustomerEvent::SubscriptionEnded {
                 subscription,
                 occurred_at,
+                provenance,
             } => {
                 self.subscriptions.insert(
                     subscription.id.clone(),
                     Tracked {
                         value: subscription,
                         as_of: occurred_at,
+                        provenance,
                     },
                 );
             }
@@ -218,6 +259,7 @@ mod tests {
     use cqrs_es::test::TestFramework;
 
     use super::*;
+    use crate::billing::Provenance;
     use crate::billing::{SubscriptionItem, SubscriptionStatus};
     use crate::ids::{CustomerId, PriceId};
     use crate::money::Money;
@@ -260,6 +302,7 @@ mod tests {
         CustomerEvent::SubscriptionStarted {
             subscription: subscription(status, price),
             occurred_at: at(second),
+            provenance: Provenance::default(),
         }
     }
 
@@ -270,6 +313,7 @@ mod tests {
             .when(CustomerCommand::RecordSubscription {
                 subscription: subscription(SubscriptionStatus::Active, "price_pro"),
                 occurred_at: at(0),
+                provenance: Provenance::default(),
             })
             .then_expect_events(vec![started(SubscriptionStatus::Active, "price_pro", 0)]);
     }
@@ -281,10 +325,12 @@ mod tests {
             .when(CustomerCommand::RecordSubscription {
                 subscription: subscription(SubscriptionStatus::Active, "price_pro"),
                 occurred_at: at(10),
+                provenance: Provenance::default(),
             })
             .then_expect_events(vec![CustomerEvent::SubscriptionChanged {
                 subscription: subscription(SubscriptionStatus::Active, "price_pro"),
                 occurred_at: at(10),
+                provenance: Provenance::default(),
             }]);
     }
 
@@ -295,6 +341,7 @@ mod tests {
             .when(CustomerCommand::RecordSubscription {
                 subscription: subscription(SubscriptionStatus::Incomplete, "price_pro"),
                 occurred_at: at(5),
+                provenance: Provenance::default(),
             })
             .then_expect_events(vec![]);
     }
@@ -310,10 +357,12 @@ mod tests {
             .when(CustomerCommand::RecordSubscription {
                 subscription: subscription(SubscriptionStatus::Active, "price_pro"),
                 occurred_at: at(10),
+                provenance: Provenance::default(),
             })
             .then_expect_events(vec![CustomerEvent::SubscriptionChanged {
                 subscription: subscription(SubscriptionStatus::Active, "price_pro"),
                 occurred_at: at(10),
+                provenance: Provenance::default(),
             }]);
     }
 
@@ -324,6 +373,7 @@ mod tests {
             .when(CustomerCommand::RecordSubscription {
                 subscription: subscription(SubscriptionStatus::Active, "price_pro"),
                 occurred_at: at(12),
+                provenance: Provenance::default(),
             })
             .then_expect_events(vec![]);
     }
@@ -335,10 +385,12 @@ mod tests {
             .when(CustomerCommand::RecordSubscription {
                 subscription: subscription(SubscriptionStatus::Canceled, "price_pro"),
                 occurred_at: at(20),
+                provenance: Provenance::default(),
             })
             .then_expect_events(vec![CustomerEvent::SubscriptionEnded {
                 subscription: subscription(SubscriptionStatus::Canceled, "price_pro"),
                 occurred_at: at(20),
+                provenance: Provenance::default(),
             }]);
     }
 
@@ -348,10 +400,12 @@ mod tests {
             .given(vec![CustomerEvent::SubscriptionEnded {
                 subscription: subscription(SubscriptionStatus::Canceled, "price_pro"),
                 occurred_at: at(20),
+                provenance: Provenance::default(),
             }])
             .when(CustomerCommand::RecordSubscription {
                 subscription: subscription(SubscriptionStatus::Active, "price_pro"),
                 occurred_at: at(30),
+                provenance: Provenance::default(),
             })
             .then_expect_events(vec![]);
     }
@@ -414,6 +468,7 @@ mod tests {
             .when(CustomerCommand::RecordDetails {
                 metadata: BTreeMap::from([("user_id".to_owned(), "u1".to_owned())]),
                 occurred_at: at(9),
+                creation: false,
             })
             .then_expect_events(vec![]);
     }
@@ -425,10 +480,96 @@ mod tests {
             .when(CustomerCommand::RecordDetails {
                 metadata: BTreeMap::new(),
                 occurred_at: at(1),
+                creation: true,
             })
             .then_expect_events(vec![CustomerEvent::DetailsRecorded {
                 metadata: BTreeMap::new(),
                 occurred_at: at(1),
             }]);
+    }
+
+    fn from_status(previous: SubscriptionStatus) -> Provenance {
+        Provenance {
+            creation: false,
+            previous_status: Some(previous),
+        }
+    }
+
+    const CREATION: Provenance = Provenance {
+        creation: true,
+        previous_status: None,
+    };
+
+    #[test]
+    fn a_creation_delivered_after_an_update_from_the_same_second_is_stale() {
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::SubscriptionStarted {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(0),
+                provenance: from_status(SubscriptionStatus::Incomplete),
+            }])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(SubscriptionStatus::Incomplete, "price_pro"),
+                occurred_at: at(0),
+                provenance: CREATION,
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn an_update_from_the_known_status_in_the_same_second_applies() {
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::SubscriptionStarted {
+                subscription: subscription(SubscriptionStatus::Incomplete, "price_pro"),
+                occurred_at: at(0),
+                provenance: CREATION,
+            }])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(0),
+                provenance: from_status(SubscriptionStatus::Incomplete),
+            })
+            .then_expect_events(vec![CustomerEvent::SubscriptionChanged {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(0),
+                provenance: from_status(SubscriptionStatus::Incomplete),
+            }]);
+    }
+
+    #[test]
+    fn a_same_second_snapshot_the_known_change_moved_away_from_is_stale() {
+        // Renewal: the period moves (status stays active), then the payment fails
+        // (active -> past_due), both in one second, delivered in reverse.
+        let mut renewed = subscription(SubscriptionStatus::Active, "price_pro");
+        renewed.cancel_at_period_end = false;
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::SubscriptionChanged {
+                subscription: subscription(SubscriptionStatus::PastDue, "price_pro"),
+                occurred_at: at(50),
+                provenance: from_status(SubscriptionStatus::Active),
+            }])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: renewed,
+                occurred_at: at(50),
+                provenance: Provenance::default(),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn legal_transitions_order_same_second_snapshots_without_other_clues() {
+        // past_due can become active, but incomplete_expired can never be left.
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::SubscriptionChanged {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(7),
+                provenance: Provenance::default(),
+            }])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(SubscriptionStatus::Incomplete, "price_pro"),
+                occurred_at: at(7),
+                provenance: Provenance::default(),
+            })
+            .then_expect_events(vec![]);
     }
 }

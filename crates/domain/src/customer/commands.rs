@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::billing::{InvoiceFacts, SubscriptionSnapshot};
+use crate::billing::{InvoiceFacts, Provenance, SubscriptionSnapshot};
 
 /// What the Stripe translator asks a `Customer` to record. `occurred_at` is the Stripe event's
 /// `created`: when the fact became true at Stripe, not when Subledger learned it.
@@ -11,6 +11,8 @@ pub enum CustomerCommand {
     RecordDetails {
         metadata: BTreeMap<String, String>,
         occurred_at: DateTime<Utc>,
+        /// From `customer.created`: the customer's first state.
+        creation: bool,
     },
     RecordDeletion {
         occurred_at: DateTime<Utc>,
@@ -18,6 +20,7 @@ pub enum CustomerCommand {
     RecordSubscription {
         subscription: SubscriptionSnapshot,
         occurred_at: DateTime<Utc>,
+        provenance: Provenance,
     },
     RecordInvoicePaid {
         invoice: InvoiceFacts,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::billing::{InvoiceFacts, SubscriptionSnapshot};
+use crate::billing::{InvoiceFacts, Provenance, SubscriptionSnapshot};
 
 /// What happened to a customer's billing account. Every event keeps `occurred_at`, the time
 /// Stripe says it happened, so projections never need a clock.
@@ -20,14 +20,20 @@ pub enum CustomerEvent {
     SubscriptionStarted {
         subscription: SubscriptionSnapshot,
         occurred_at: DateTime<Utc>,
+        #[serde(default)]
+        provenance: Provenance,
     },
     SubscriptionChanged {
         subscription: SubscriptionSnapshot,
         occurred_at: DateTime<Utc>,
+        #[serde(default)]
+        provenance: Provenance,
     },
     SubscriptionEnded {
         subscription: SubscriptionSnapshot,
         occurred_at: DateTime<Utc>,
+        #[serde(default)]
+        provenance: Provenance,
     },
     InvoicePaid {
         invoice: InvoiceFacts,

@@ -1,7 +1,7 @@
-//! Fresh, migrated databases for tests, on every configured backend.
+//! Fresh, migrated scratch databases, for tests and scenario runs, on every backend.
 //!
-//! SQLite (in memory) always; PostgreSQL when `SUBLEDGER_TEST_POSTGRES_URL` is set, each test in
-//! a schema of its own so tests never share state and can run in parallel.
+//! SQLite in memory; on PostgreSQL a schema of its own on a given server, so runs never share
+//! state and can go in parallel. Tests find their server in `SUBLEDGER_TEST_POSTGRES_URL`.
 
 use std::str::FromStr;
 
@@ -13,9 +13,9 @@ use crate::error::StoreError;
 /// The environment variable naming the PostgreSQL server tests may use.
 pub const POSTGRES_URL_VAR: &str = "SUBLEDGER_TEST_POSTGRES_URL";
 
-/// A migrated database that belongs to one test.
+/// A migrated database that belongs to one test or scenario run.
 #[derive(Debug)]
-pub struct TestDatabase {
+pub struct ScratchDatabase {
     pub name: &'static str,
     pub database: Database,
     /// The URL another process can use to reach the same data.
@@ -23,7 +23,7 @@ pub struct TestDatabase {
     schema: Option<(String, String)>,
 }
 
-impl TestDatabase {
+impl ScratchDatabase {
     /// A fresh in-memory SQLite database.
     pub async fn sqlite() -> Result<Self, StoreError> {
         let database = Database::connect("sqlite::memory:").await?;
@@ -36,12 +36,31 @@ impl TestDatabase {
         })
     }
 
-    /// A fresh schema on the configured PostgreSQL server, or `None` when none is configured.
+    /// A SQLite database at `url` (a file the caller chose), migrated.
+    pub async fn sqlite_at(url: &str) -> Result<Self, StoreError> {
+        let database = Database::connect(url).await?;
+        database.migrate().await?;
+        Ok(Self {
+            name: "sqlite",
+            database,
+            url: url.to_owned(),
+            schema: None,
+        })
+    }
+
+    /// A fresh schema on the PostgreSQL server of `SUBLEDGER_TEST_POSTGRES_URL`, or `None`
+    /// when it is not set.
     pub async fn postgres() -> Result<Option<Self>, StoreError> {
-        let Ok(base_url) = std::env::var(POSTGRES_URL_VAR) else {
-            return Ok(None);
-        };
-        let schema = format!("subledger_test_{}", uuid::Uuid::new_v4().simple());
+        match std::env::var(POSTGRES_URL_VAR) {
+            Ok(base_url) => Self::postgres_at(&base_url).await.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// A fresh schema on the PostgreSQL server at `base_url`.
+    pub async fn postgres_at(base_url: &str) -> Result<Self, StoreError> {
+        let base_url = base_url.to_owned();
+        let schema = format!("subledger_scratch_{}", uuid::Uuid::new_v4().simple());
         let admin = Database::connect(&base_url).await?;
         if let Database::Postgres(pool) = &admin {
             sqlx::query(&format!("CREATE SCHEMA {schema}"))
@@ -50,7 +69,11 @@ impl TestDatabase {
         }
         admin.close().await;
         let options = PgConnectOptions::from_str(&base_url)
-            .map_err(StoreError::Database)?
+            .map_err(|_| {
+                StoreError::InvalidUrl(crate::error::Redacted(
+                    "expected postgres://user:password@host:port/database".to_owned(),
+                ))
+            })?
             .options([("search_path", schema.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(8)
@@ -60,12 +83,12 @@ impl TestDatabase {
         database.migrate().await?;
         let separator = if base_url.contains('?') { '&' } else { '?' };
         let url = format!("{base_url}{separator}options[search_path]={schema}");
-        Ok(Some(Self {
+        Ok(Self {
             name: "postgres",
             database,
             url,
             schema: Some((base_url, schema)),
-        }))
+        })
     }
 
     /// Every configured backend, SQLite first.

@@ -1,0 +1,814 @@
+//! The scenario file format.
+//!
+//! ```yaml
+//! name: Renewal fails, Stripe retries, the customer recovers
+//! start: 2026-01-01T00:00:00Z
+//! catalog: catalogs/standard.yaml          # relative to this file
+//! retry_policy: { retry_after_days: [3, 7, 14, 21], when_exhausted: cancel }   # optional
+//! prices:
+//!   - { id: price_pro_monthly, amount: 2000, interval: month, lookup_key: pro_monthly }
+//! steps:
+//!   - create_customer: { id: cus_alice, card: pm_card_visa, metadata: { user_id: u_1 } }
+//!   - subscribe: { customer: cus_alice, subscription: sub_alice, price: price_pro_monthly }
+//!   - change_card: { customer: cus_alice, card: pm_card_chargeCustomerFail }
+//!   - advance: 1 month                     # N second|minute|hour|day|week|month|year[s]
+//!   - advance_to: 2026-03-01T00:00:00Z
+//!   - expect:
+//!       customer: cus_alice
+//!       subscriptions: { sub_alice: past_due }   # as Subledger reports them
+//!       plans: [pro]
+//!       features: { sso: true, seats: 10, audit_log: false }
+//!       stripe: { sub_alice: past_due }          # as the simulated Stripe has them
+//!       invoices: { sub_alice: [paid, open] }    # oldest first
+//! ```
+//!
+//! Other steps: `upgrade` (`subscription`, `price`, `proration`: always_invoice |
+//! create_prorations | none), `downgrade` (at period end), `cancel` (`at_period_end`),
+//! `undo_cancel`, `pause` (`behavior`), `resume`, `complete_3ds`, `abandon_3ds`,
+//! `open_dispute` (`customer`), `close_dispute` (`customer`, `outcome`: won | lost).
+//! Every problem is reported with the file and line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{LoadError, Node, Span};
+use subledger_domain::catalog::Catalog;
+use subledger_simulator::model::Interval;
+use subledger_simulator::{RetryPolicy, WhenRetriesRunOut};
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub path: PathBuf,
+    pub name: String,
+    pub start: DateTime<Utc>,
+    pub catalog: Catalog,
+    pub retry_policy: RetryPolicy,
+    pub prices: Vec<PriceSpec>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceSpec {
+    pub id: String,
+    pub amount: i64,
+    pub currency: String,
+    pub interval: Interval,
+    pub lookup_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub line: usize,
+    pub action: Action,
+}
+
+/// How far to move the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockStep {
+    Seconds(i64),
+    Months(u32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    CreateCustomer {
+        id: String,
+        card: Option<String>,
+        metadata: BTreeMap<String, String>,
+    },
+    ChangeCard {
+        customer: String,
+        card: String,
+    },
+    Subscribe {
+        customer: String,
+        subscription: String,
+        price: String,
+        quantity: u64,
+        trial_days: Option<u32>,
+    },
+    Advance(ClockStep),
+    AdvanceTo(DateTime<Utc>),
+    Upgrade {
+        subscription: String,
+        price: String,
+        proration: String,
+    },
+    Downgrade {
+        subscription: String,
+        price: String,
+    },
+    Cancel {
+        subscription: String,
+        at_period_end: bool,
+    },
+    UndoCancel {
+        subscription: String,
+    },
+    Pause {
+        subscription: String,
+        behavior: String,
+    },
+    Resume {
+        subscription: String,
+    },
+    Complete3ds {
+        subscription: String,
+    },
+    Abandon3ds {
+        subscription: String,
+    },
+    OpenDispute {
+        customer: String,
+    },
+    CloseDispute {
+        customer: String,
+        outcome: String,
+    },
+    Expect(Expectation),
+}
+
+impl Action {
+    /// A short description for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::CreateCustomer { id, card, .. } => match card {
+                Some(card) => format!("create_customer {id} with {card}"),
+                None => format!("create_customer {id}"),
+            },
+            Self::ChangeCard { customer, card } => format!("change_card {customer} to {card}"),
+            Self::Subscribe {
+                subscription,
+                price,
+                trial_days,
+                ..
+            } => match trial_days {
+                Some(days) => {
+                    format!("subscribe {subscription} to {price} with a {days}-day trial")
+                }
+                None => format!("subscribe {subscription} to {price}"),
+            },
+            Self::Advance(ClockStep::Seconds(s)) => format!("advance {s} s"),
+            Self::Advance(ClockStep::Months(m)) => format!("advance {m} month(s)"),
+            Self::AdvanceTo(t) => format!("advance to {}", t.to_rfc3339()),
+            Self::Upgrade {
+                subscription,
+                price,
+                proration,
+            } => {
+                format!("upgrade {subscription} to {price} ({proration})")
+            }
+            Self::Downgrade {
+                subscription,
+                price,
+            } => {
+                format!("downgrade {subscription} to {price} at period end")
+            }
+            Self::Cancel {
+                subscription,
+                at_period_end,
+            } => {
+                if *at_period_end {
+                    format!("cancel {subscription} at period end")
+                } else {
+                    format!("cancel {subscription} now")
+                }
+            }
+            Self::UndoCancel { subscription } => format!("undo_cancel {subscription}"),
+            Self::Pause {
+                subscription,
+                behavior,
+            } => format!("pause collection of {subscription} ({behavior})"),
+            Self::Resume { subscription } => format!("resume collection of {subscription}"),
+            Self::Complete3ds { subscription } => format!("complete 3-D Secure for {subscription}"),
+            Self::Abandon3ds { subscription } => format!("abandon 3-D Secure for {subscription}"),
+            Self::OpenDispute { customer } => format!("open a dispute for {customer}"),
+            Self::CloseDispute { customer, outcome } => {
+                format!("close {customer}'s dispute as {outcome}")
+            }
+            Self::Expect(_) => "expect".to_owned(),
+        }
+    }
+}
+
+/// A feature's expected value: `true`/`false` for on/off, a number for an enabled limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureExpectation {
+    Enabled(bool),
+    Limit(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Expectation {
+    pub customer: Option<String>,
+    pub subscriptions: BTreeMap<String, String>,
+    pub plans: Option<Vec<String>>,
+    pub features: BTreeMap<String, FeatureExpectation>,
+    pub stripe: BTreeMap<String, String>,
+    pub invoices: BTreeMap<String, Vec<String>>,
+}
+
+/// A scenario file that cannot be used: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+/// Reads and checks a scenario file (and the catalog it names).
+pub fn parse_file(path: &Path) -> Result<Scenario, ScenarioError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        file: file.clone(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses scenario `text` that came from `path` (used for messages and relative catalogs).
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let reader = Reader {
+        file: path.display().to_string(),
+    };
+    let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
+    let root = marked_yaml::parse_yaml_with_options(0, text, options)
+        .map_err(|e| reader.load_error(&e))?;
+    let root = reader.mapping(&root, "the scenario")?;
+    reader.only_keys(
+        root,
+        "the scenario",
+        &[
+            "name",
+            "start",
+            "catalog",
+            "retry_policy",
+            "prices",
+            "steps",
+        ],
+    )?;
+
+    let name = reader.required_str(root, "name")?.to_owned();
+    let start_node = reader.required(root, "start")?;
+    let start = reader.time(start_node)?;
+    let catalog_node = reader.required(root, "catalog")?;
+    let catalog_path = reader.scalar(catalog_node, "`catalog` (a path to a catalog file)")?;
+    let catalog_path = path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(catalog_path.as_str());
+    let catalog_text = std::fs::read_to_string(&catalog_path).map_err(|e| {
+        reader.error(
+            catalog_node.span(),
+            format!("cannot read catalog {}: {e}", catalog_path.display()),
+        )
+    })?;
+    let catalog =
+        Catalog::from_yaml(&catalog_path.display().to_string(), &catalog_text).map_err(|e| {
+            ScenarioError {
+                file: e.source,
+                line: e.line,
+                message: e.message,
+            }
+        })?;
+
+    let retry_policy = match root.get_node("retry_policy") {
+        None => RetryPolicy::default(),
+        Some(node) => reader.retry_policy(node)?,
+    };
+    let mut prices = Vec::new();
+    if let Some(node) = root.get_node("prices") {
+        let list = node
+            .as_sequence()
+            .ok_or_else(|| reader.error(node.span(), "`prices` must be a list"))?;
+        for price in list.iter() {
+            prices.push(reader.price(price)?);
+        }
+    }
+    let steps_node = reader.required(root, "steps")?;
+    let steps_list = steps_node
+        .as_sequence()
+        .ok_or_else(|| reader.error(steps_node.span(), "`steps` must be a list"))?;
+    let mut steps = Vec::new();
+    for step in steps_list.iter() {
+        steps.push(reader.step(step)?);
+    }
+    if steps.is_empty() {
+        return Err(reader.error(steps_node.span(), "`steps` is empty"));
+    }
+    Ok(Scenario {
+        path: path.to_owned(),
+        name,
+        start,
+        catalog,
+        retry_policy,
+        prices,
+        steps,
+    })
+}
+
+struct Reader {
+    file: String,
+}
+
+impl Reader {
+    fn error(&self, span: &Span, message: impl Into<String>) -> ScenarioError {
+        ScenarioError {
+            file: self.file.clone(),
+            line: span.start().map(|m| m.line()),
+            message: message.into(),
+        }
+    }
+
+    #[allow(deprecated)]
+    fn load_error(&self, error: &LoadError) -> ScenarioError {
+        let (marker, message) = match error {
+            LoadError::TopLevelMustBeMapping(m) => {
+                (Some(*m), "a scenario must be a mapping".to_owned())
+            }
+            LoadError::TopLevelMustBeSequence(m) => (Some(*m), "unexpected sequence".to_owned()),
+            LoadError::UnexpectedAnchor(m) => (Some(*m), "anchors are not supported".to_owned()),
+            LoadError::MappingKeyMustBeScalar(m) => {
+                (Some(*m), "keys must be plain names".to_owned())
+            }
+            LoadError::UnexpectedTag(m) => (Some(*m), "tags are not supported".to_owned()),
+            LoadError::ScanError(m, e) => (Some(*m), format!("invalid YAML: {}", e.info())),
+            LoadError::DuplicateKey(inner) => (
+                inner.key.span().start().copied(),
+                format!("duplicate key `{}`", inner.key.as_str()),
+            ),
+        };
+        ScenarioError {
+            file: self.file.clone(),
+            line: marker.map(|m| m.line()),
+            message,
+        }
+    }
+
+    fn mapping<'n>(
+        &self,
+        node: &'n Node,
+        what: &str,
+    ) -> Result<&'n MarkedMappingNode, ScenarioError> {
+        node.as_mapping()
+            .ok_or_else(|| self.error(node.span(), format!("{what} must be a mapping")))
+    }
+
+    fn only_keys(
+        &self,
+        map: &MarkedMappingNode,
+        what: &str,
+        allowed: &[&str],
+    ) -> Result<(), ScenarioError> {
+        for key in map.keys() {
+            if !allowed.contains(&key.as_str()) {
+                return Err(self.error(
+                    key.span(),
+                    format!(
+                        "unknown key `{}` in {what} (expected one of: {})",
+                        key.as_str(),
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn required<'n>(
+        &self,
+        map: &'n MarkedMappingNode,
+        key: &str,
+    ) -> Result<&'n Node, ScenarioError> {
+        map.get_node(key)
+            .ok_or_else(|| self.error(map.span(), format!("missing `{key}`")))
+    }
+
+    fn scalar<'n>(
+        &self,
+        node: &'n Node,
+        what: &str,
+    ) -> Result<&'n MarkedScalarNode, ScenarioError> {
+        node.as_scalar()
+            .filter(|s| !s.as_str().is_empty())
+            .ok_or_else(|| self.error(node.span(), format!("{what} must be a value")))
+    }
+
+    fn required_str<'n>(
+        &self,
+        map: &'n MarkedMappingNode,
+        key: &str,
+    ) -> Result<&'n str, ScenarioError> {
+        let node = self.required(map, key)?;
+        Ok(self.scalar(node, &format!("`{key}`"))?.as_str())
+    }
+
+    fn optional_str(
+        &self,
+        map: &MarkedMappingNode,
+        key: &str,
+    ) -> Result<Option<String>, ScenarioError> {
+        map.get_node(key)
+            .map(|node| {
+                self.scalar(node, &format!("`{key}`"))
+                    .map(|s| s.as_str().to_owned())
+            })
+            .transpose()
+    }
+
+    fn number<T: std::str::FromStr>(&self, node: &Node, what: &str) -> Result<T, ScenarioError> {
+        self.scalar(node, what)?
+            .as_str()
+            .parse::<T>()
+            .map_err(|_| self.error(node.span(), format!("{what} must be a whole number")))
+    }
+
+    fn bool(&self, node: &Node, what: &str) -> Result<bool, ScenarioError> {
+        match self.scalar(node, what)?.as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(self.error(node.span(), format!("{what} must be true or false"))),
+        }
+    }
+
+    fn time(&self, node: &Node) -> Result<DateTime<Utc>, ScenarioError> {
+        let text = self.scalar(node, "a time")?.as_str();
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                self.error(
+                    node.span(),
+                    format!("`{text}` is not an RFC 3339 time like 2026-01-01T00:00:00Z"),
+                )
+            })
+    }
+
+    fn string_map(
+        &self,
+        node: &Node,
+        what: &str,
+    ) -> Result<BTreeMap<String, String>, ScenarioError> {
+        let map = self.mapping(node, what)?;
+        map.iter()
+            .map(|(key, value)| {
+                let value = self.scalar(value, &format!("`{}` in {what}", key.as_str()))?;
+                Ok((key.as_str().to_owned(), value.as_str().to_owned()))
+            })
+            .collect()
+    }
+
+    fn string_list(&self, node: &Node, what: &str) -> Result<Vec<String>, ScenarioError> {
+        let list = node
+            .as_sequence()
+            .ok_or_else(|| self.error(node.span(), format!("{what} must be a list")))?;
+        list.iter()
+            .map(|item| self.scalar(item, what).map(|s| s.as_str().to_owned()))
+            .collect()
+    }
+
+    fn retry_policy(&self, node: &Node) -> Result<RetryPolicy, ScenarioError> {
+        let map = self.mapping(node, "`retry_policy`")?;
+        self.only_keys(
+            map,
+            "`retry_policy`",
+            &["retry_after_days", "when_exhausted"],
+        )?;
+        let mut policy = RetryPolicy::default();
+        if let Some(days) = map.get_node("retry_after_days") {
+            let list = days.as_sequence().ok_or_else(|| {
+                self.error(days.span(), "`retry_after_days` must be a list of days")
+            })?;
+            policy.retry_after_days = list
+                .iter()
+                .map(|d| self.number::<i64>(d, "a retry day"))
+                .collect::<Result<_, _>>()?;
+            if policy.retry_after_days.windows(2).any(|w| w[0] >= w[1])
+                || policy.retry_after_days.iter().any(|d| *d <= 0)
+            {
+                return Err(self.error(
+                    days.span(),
+                    "`retry_after_days` must be positive and increasing",
+                ));
+            }
+        }
+        if let Some(node) = map.get_node("when_exhausted") {
+            policy.when_exhausted = match self.scalar(node, "`when_exhausted`")?.as_str() {
+                "cancel" => WhenRetriesRunOut::Cancel,
+                "unpaid" => WhenRetriesRunOut::MarkUnpaid,
+                "past_due" => WhenRetriesRunOut::LeavePastDue,
+                other => {
+                    return Err(self.error(
+                        node.span(),
+                        format!(
+                            "`when_exhausted` is `{other}`, expected cancel, unpaid or past_due"
+                        ),
+                    ))
+                }
+            };
+        }
+        Ok(policy)
+    }
+
+    fn price(&self, node: &Node) -> Result<PriceSpec, ScenarioError> {
+        let map = self.mapping(node, "a price")?;
+        self.only_keys(
+            map,
+            "a price",
+            &["id", "amount", "currency", "interval", "lookup_key"],
+        )?;
+        let interval = match map.get_node("interval") {
+            None => Interval::Month,
+            Some(node) => match self.scalar(node, "`interval`")?.as_str() {
+                "month" => Interval::Month,
+                "year" => Interval::Year,
+                other => {
+                    return Err(self.error(
+                        node.span(),
+                        format!("`interval` is `{other}`, expected month or year"),
+                    ))
+                }
+            },
+        };
+        Ok(PriceSpec {
+            id: self.required_str(map, "id")?.to_owned(),
+            amount: self.number(self.required(map, "amount")?, "`amount` (minor units)")?,
+            currency: self
+                .optional_str(map, "currency")?
+                .unwrap_or_else(|| "usd".to_owned()),
+            interval,
+            lookup_key: self.optional_str(map, "lookup_key")?,
+        })
+    }
+
+    fn step(&self, node: &Node) -> Result<Step, ScenarioError> {
+        let line = node.span().start().map_or(0, |m| m.line());
+        let map = self.mapping(node, "a step (`- action: …`)")?;
+        let mut entries = map.iter();
+        let (Some((key, value)), None) = (entries.next(), entries.next()) else {
+            return Err(self.error(
+                node.span(),
+                "a step must have exactly one action, like `- advance: 1 month`",
+            ));
+        };
+        let action = self.action(key, value)?;
+        Ok(Step { line, action })
+    }
+
+    fn args<'n>(
+        &self,
+        value: &'n Node,
+        action: &str,
+        allowed: &[&str],
+    ) -> Result<&'n MarkedMappingNode, ScenarioError> {
+        let map = self.mapping(value, &format!("`{action}`"))?;
+        self.only_keys(map, &format!("`{action}`"), allowed)?;
+        Ok(map)
+    }
+
+    fn action(&self, key: &MarkedScalarNode, value: &Node) -> Result<Action, ScenarioError> {
+        let name = key.as_str();
+        let sub = |allowed: &[&str]| -> Result<(&MarkedMappingNode, String), ScenarioError> {
+            let map = self.args(value, name, allowed)?;
+            Ok((map, self.required_str(map, "subscription")?.to_owned()))
+        };
+        Ok(match name {
+            "create_customer" => {
+                let map = self.args(value, name, &["id", "card", "metadata"])?;
+                Action::CreateCustomer {
+                    id: self.required_str(map, "id")?.to_owned(),
+                    card: self.optional_str(map, "card")?,
+                    metadata: match map.get_node("metadata") {
+                        Some(node) => self.string_map(node, "`metadata`")?,
+                        None => BTreeMap::new(),
+                    },
+                }
+            }
+            "change_card" => {
+                let map = self.args(value, name, &["customer", "card"])?;
+                Action::ChangeCard {
+                    customer: self.required_str(map, "customer")?.to_owned(),
+                    card: self.required_str(map, "card")?.to_owned(),
+                }
+            }
+            "subscribe" => {
+                let map = self.args(value, name, &["customer", "subscription", "price", "quantity", "trial_days"])?;
+                Action::Subscribe {
+                    customer: self.required_str(map, "customer")?.to_owned(),
+                    subscription: self.required_str(map, "subscription")?.to_owned(),
+                    price: self.required_str(map, "price")?.to_owned(),
+                    quantity: map.get_node("quantity").map(|n| self.number(n, "`quantity`")).transpose()?.unwrap_or(1),
+                    trial_days: map.get_node("trial_days").map(|n| self.number(n, "`trial_days`")).transpose()?,
+                }
+            }
+            "advance" => Action::Advance(self.span_of(value)?),
+            "advance_to" => Action::AdvanceTo(self.time(value)?),
+            "upgrade" => {
+                let (map, subscription) = sub(&["subscription", "price", "proration"])?;
+                Action::Upgrade {
+                    subscription,
+                    price: self.required_str(map, "price")?.to_owned(),
+                    proration: self.optional_str(map, "proration")?.unwrap_or_else(|| "create_prorations".to_owned()),
+                }
+            }
+            "downgrade" => {
+                let (map, subscription) = sub(&["subscription", "price"])?;
+                Action::Downgrade {
+                    subscription,
+                    price: self.required_str(map, "price")?.to_owned(),
+                }
+            }
+            "cancel" => {
+                let (map, subscription) = sub(&["subscription", "at_period_end"])?;
+                Action::Cancel {
+                    subscription,
+                    at_period_end: map.get_node("at_period_end").map(|n| self.bool(n, "`at_period_end`")).transpose()?.unwrap_or(false),
+                }
+            }
+            "undo_cancel" => Action::UndoCancel { subscription: sub(&["subscription"])?.1 },
+            "pause" => {
+                let (map, subscription) = sub(&["subscription", "behavior"])?;
+                Action::Pause {
+                    subscription,
+                    behavior: self.optional_str(map, "behavior")?.unwrap_or_else(|| "void".to_owned()),
+                }
+            }
+            "resume" => Action::Resume { subscription: sub(&["subscription"])?.1 },
+            "complete_3ds" => Action::Complete3ds { subscription: sub(&["subscription"])?.1 },
+            "abandon_3ds" => Action::Abandon3ds { subscription: sub(&["subscription"])?.1 },
+            "open_dispute" => {
+                let map = self.args(value, name, &["customer"])?;
+                Action::OpenDispute { customer: self.required_str(map, "customer")?.to_owned() }
+            }
+            "close_dispute" => {
+                let map = self.args(value, name, &["customer", "outcome"])?;
+                Action::CloseDispute {
+                    customer: self.required_str(map, "customer")?.to_owned(),
+                    outcome: self.required_str(map, "outcome")?.to_owned(),
+                }
+            }
+            "expect" => Action::Expect(self.expectation(value)?),
+            other => {
+                return Err(self.error(
+                    key.span(),
+                    format!(
+                        "unknown step `{other}` (expected create_customer, change_card, subscribe, advance, advance_to, \
+                         upgrade, downgrade, cancel, undo_cancel, pause, resume, complete_3ds, abandon_3ds, \
+                         open_dispute, close_dispute or expect)"
+                    ),
+                ))
+            }
+        })
+    }
+
+    fn span_of(&self, node: &Node) -> Result<ClockStep, ScenarioError> {
+        let text = self.scalar(node, "`advance`")?.as_str();
+        let bad = || {
+            self.error(
+                node.span(),
+                format!("`{text}` is not a duration like `3 days` or `1 month`"),
+            )
+        };
+        let (count, unit) = text.trim().split_once(' ').ok_or_else(bad)?;
+        let count: i64 = count.parse().map_err(|_| bad())?;
+        if count <= 0 {
+            return Err(self.error(
+                node.span(),
+                "a clock only moves forward: the duration must be positive",
+            ));
+        }
+        let seconds = |per: i64| {
+            count
+                .checked_mul(per)
+                .map(ClockStep::Seconds)
+                .ok_or_else(bad)
+        };
+        match unit.trim().trim_end_matches('s') {
+            "second" => seconds(1),
+            "minute" => seconds(60),
+            "hour" => seconds(3600),
+            "day" => seconds(86_400),
+            "week" => seconds(7 * 86_400),
+            "month" => u32::try_from(count)
+                .map(ClockStep::Months)
+                .map_err(|_| bad()),
+            "year" => u32::try_from(count)
+                .ok()
+                .and_then(|c| c.checked_mul(12))
+                .map(ClockStep::Months)
+                .ok_or_else(bad),
+            _ => Err(bad()),
+        }
+    }
+
+    fn expectation(&self, node: &Node) -> Result<Expectation, ScenarioError> {
+        let map = self.args(
+            node,
+            "expect",
+            &[
+                "customer",
+                "subscriptions",
+                "plans",
+                "features",
+                "stripe",
+                "invoices",
+            ],
+        )?;
+        let mut expectation = Expectation {
+            customer: self.optional_str(map, "customer")?,
+            ..Expectation::default()
+        };
+        if let Some(node) = map.get_node("subscriptions") {
+            expectation.subscriptions = self.statuses(node, "`subscriptions`")?;
+        }
+        if let Some(node) = map.get_node("stripe") {
+            expectation.stripe = self.statuses(node, "`stripe`")?;
+        }
+        if let Some(node) = map.get_node("plans") {
+            expectation.plans = Some(self.string_list(node, "`plans`")?);
+        }
+        if let Some(node) = map.get_node("features") {
+            let features = self.mapping(node, "`features`")?;
+            for (feature, value) in features.iter() {
+                let text = self.scalar(value, "a feature's expected value")?.as_str();
+                let expected = match text {
+                    "true" => FeatureExpectation::Enabled(true),
+                    "false" => FeatureExpectation::Enabled(false),
+                    number => FeatureExpectation::Limit(number.parse().map_err(|_| {
+                        self.error(
+                            value.span(),
+                            format!(
+                                "feature `{}`: expected true, false or a limit, not `{number}`",
+                                feature.as_str()
+                            ),
+                        )
+                    })?),
+                };
+                expectation
+                    .features
+                    .insert(feature.as_str().to_owned(), expected);
+            }
+        }
+        if let Some(node) = map.get_node("invoices") {
+            let invoices = self.mapping(node, "`invoices`")?;
+            for (subscription, list) in invoices.iter() {
+                let statuses = self.string_list(list, "invoice statuses")?;
+                for status in &statuses {
+                    if !matches!(
+                        status.as_str(),
+                        "draft" | "open" | "paid" | "void" | "uncollectible"
+                    ) {
+                        return Err(
+                            self.error(list.span(), format!("`{status}` is not an invoice status"))
+                        );
+                    }
+                }
+                expectation
+                    .invoices
+                    .insert(subscription.as_str().to_owned(), statuses);
+            }
+        }
+        let about_engine = !expectation.subscriptions.is_empty()
+            || expectation.plans.is_some()
+            || !expectation.features.is_empty();
+        if about_engine && expectation.customer.is_none() {
+            return Err(self.error(
+                node.span(),
+                "`expect` needs `customer` to check subscriptions, plans or features",
+            ));
+        }
+        Ok(expectation)
+    }
+
+    fn statuses(&self, node: &Node, what: &str) -> Result<BTreeMap<String, String>, ScenarioError> {
+        let statuses = self.string_map(node, what)?;
+        let map = self.mapping(node, what)?;
+        for (key, value) in map.iter() {
+            let status = value.as_scalar().map(|s| s.as_str()).unwrap_or_default();
+            if subledger_domain::billing::SubscriptionStatus::parse(status).is_none() {
+                return Err(self.error(
+                    value.span(),
+                    format!(
+                        "`{status}` is not a subscription status (of `{}`)",
+                        key.as_str()
+                    ),
+                ));
+            }
+        }
+        Ok(statuses)
+    }
+}

@@ -1,0 +1,11 @@
+//! Billing stories as files, played against Subledger.
+//!
+//! - [`format`]: the scenario file format, parsed with the line of every problem.
+//! - [`runner`]: plays a scenario through the Stripe simulator into a fresh engine, checks
+//!   each expectation, and reports step by step.
+
+pub mod format;
+pub mod runner;
+
+pub use format::{parse_file, Scenario, ScenarioError};
+pub use runner::{run, RunOptions, ScenarioReport};

@@ -1,0 +1,389 @@
+//! Plays a scenario: each step runs on the simulated Stripe, its events are delivered as
+//! signed webhooks to a fresh engine through its router, and at each `expect` every delivery is
+//! flushed, the engine catches up, and Subledger's answers are compared with the expectation.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use subledger_engine::{Engine, EngineConfig, WebhookSecret};
+use subledger_simulator::delivery::{Deliverer, DeliveryMode, DeliveryStats, Target};
+use subledger_simulator::Simulator;
+use subledger_store::scratch::ScratchDatabase;
+
+use crate::format::{Action, ClockStep, Expectation, FeatureExpectation, Scenario};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub delivery: DeliveryMode,
+    pub seed: u64,
+    /// `None`: an in-memory SQLite store. A `postgres://` URL gets a fresh schema per run.
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub line: usize,
+    pub description: String,
+    /// Empty when the step did what was expected.
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScenarioReport {
+    pub file: String,
+    pub name: String,
+    pub delivery: DeliveryMode,
+    pub seed: u64,
+    pub steps: Vec<StepReport>,
+    pub elapsed: Duration,
+    pub advances: u64,
+    pub events: usize,
+    pub delivery_stats: DeliveryStats,
+    /// The engine's billing views at the end, serialized, for comparing runs.
+    pub final_views: String,
+}
+
+impl ScenarioReport {
+    pub fn passed(&self) -> bool {
+        self.steps.iter().all(|s| s.failures.is_empty())
+    }
+
+    /// The human-readable report: one line per step, expected versus actual on failure.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} — {} (delivery {}, seed {})",
+            self.file,
+            self.name,
+            self.delivery.as_str(),
+            self.seed
+        );
+        for (index, step) in self.steps.iter().enumerate() {
+            let mark = if step.failures.is_empty() {
+                "ok  "
+            } else {
+                "FAIL"
+            };
+            let _ = writeln!(
+                out,
+                "  {mark} {:>2}. {} (line {})",
+                index + 1,
+                step.description,
+                step.line
+            );
+            for failure in &step.failures {
+                let _ = writeln!(out, "           {failure}");
+            }
+        }
+        let stats = self.delivery_stats;
+        let _ = writeln!(
+            out,
+            "  {} in {} ms: {} events, {} deliveries ({} duplicates, {} delayed, {} failed attempts), {} clock advances",
+            if self.passed() { "passed" } else { "FAILED" },
+            self.elapsed.as_millis(),
+            self.events,
+            stats.deliveries,
+            stats.duplicates,
+            stats.delayed,
+            stats.failed_attempts,
+            self.advances
+        );
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot start the engine: {0}")]
+    Engine(String),
+}
+
+const SECRET: &str = "whsec_subledger_scenario_runner";
+
+/// Runs one scenario against a fresh engine.
+pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioReport, RunError> {
+    let started = Instant::now();
+    let scratch = match options.database_url.as_deref() {
+        None => ScratchDatabase::sqlite().await,
+        Some(url) if url.starts_with("postgres") => ScratchDatabase::postgres_at(url).await,
+        Some(url) => {
+            // A SQLite file the caller chose: used as it is.
+            ScratchDatabase::sqlite_at(url).await
+        }
+    }
+    .map_err(|e| RunError::Engine(e.to_string()))?;
+    let mut config = EngineConfig::new(scratch.url.clone(), scenario.catalog.clone());
+    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
+    let engine = Engine::start(config)
+        .await
+        .map_err(|e| RunError::Engine(e.to_string()))?;
+    let router = subledger_server::router(engine.clone(), Vec::new());
+    let mut deliverer = Deliverer::new(
+        options.delivery,
+        options.seed,
+        WebhookSecret::new(SECRET),
+        Target::Router(router),
+    );
+    let mut simulator = Simulator::new(scenario.start, scenario.retry_policy.clone());
+
+    let mut steps = Vec::new();
+    let mut setup = StepReport {
+        line: 0,
+        description: format!("create {} price(s)", scenario.prices.len()),
+        failures: Vec::new(),
+    };
+    for price in &scenario.prices {
+        if let Err(e) = simulator.create_price(
+            &price.id,
+            price.amount,
+            &price.currency,
+            price.interval,
+            price.lookup_key.as_deref(),
+        ) {
+            setup.failures.push(e.to_string());
+        }
+    }
+    let mut stopped = !setup.failures.is_empty();
+    steps.push(setup);
+
+    for step in &scenario.steps {
+        if stopped {
+            break;
+        }
+        let mut report = StepReport {
+            line: step.line,
+            description: step.action.describe(),
+            failures: Vec::new(),
+        };
+        let outcome = match &step.action {
+            Action::Expect(expectation) => {
+                match settle(&engine, &mut deliverer, &mut simulator).await {
+                    Ok(()) => report.failures = check(expectation, &engine, &simulator),
+                    Err(e) => report.failures.push(e),
+                }
+                Ok(())
+            }
+            action => apply(action, &mut simulator).map_err(|e| e.to_string()),
+        };
+        if let Err(error) = outcome {
+            report.failures.push(error);
+            stopped = true;
+        } else {
+            deliverer.enqueue(simulator.take_new_events());
+            if let Err(error) = deliverer.deliver(false).await {
+                report.failures.push(error.to_string());
+                stopped = true;
+            }
+        }
+        steps.push(report);
+    }
+
+    let mut closing = StepReport {
+        line: 0,
+        description: "deliver everything; the projection equals a rebuild from the log".to_owned(),
+        failures: Vec::new(),
+    };
+    let mut final_views = String::new();
+    match settle(&engine, &mut deliverer, &mut simulator).await {
+        Err(e) => closing.failures.push(e),
+        Ok(()) => {
+            let live = engine.current_views().await;
+            match engine.rebuild_views().await {
+                Ok(rebuilt) if rebuilt == live => {
+                    final_views = serde_json::to_string(&live).unwrap_or_default();
+                }
+                Ok(_) => closing.failures.push(
+                    "the live billing views differ from a rebuild from the event log".to_owned(),
+                ),
+                Err(e) => closing.failures.push(format!("rebuild failed: {e}")),
+            }
+        }
+    }
+    steps.push(closing);
+
+    engine.close().await;
+    let _ = scratch.cleanup().await;
+    Ok(ScenarioReport {
+        file: scenario.path.display().to_string(),
+        name: scenario.name.clone(),
+        delivery: options.delivery,
+        seed: options.seed,
+        steps,
+        elapsed: started.elapsed(),
+        advances: simulator.advances(),
+        events: simulator.events().len(),
+        delivery_stats: deliverer.stats(),
+        final_views,
+    })
+}
+
+/// Delivers everything still pending and lets the engine apply it.
+async fn settle(
+    engine: &Engine,
+    deliverer: &mut Deliverer,
+    simulator: &mut Simulator,
+) -> Result<(), String> {
+    deliverer.enqueue(simulator.take_new_events());
+    deliverer.deliver(true).await.map_err(|e| e.to_string())?;
+    engine
+        .drain()
+        .await
+        .map_err(|e| format!("the engine failed: {e}"))?;
+    let stats = engine.inbox_stats().await.map_err(|e| e.to_string())?;
+    if stats.pending > 0 {
+        return Err(format!(
+            "{} inbox event(s) failed to apply (see the worker's log)",
+            stats.pending
+        ));
+    }
+    Ok(())
+}
+
+fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator::SimError> {
+    match action {
+        Action::CreateCustomer { id, card, metadata } => {
+            sim.create_customer(id, metadata.clone())?;
+            if let Some(card) = card {
+                sim.attach_card(id, card)?;
+            }
+            Ok(())
+        }
+        Action::ChangeCard { customer, card } => sim.attach_card(customer, card).map(|_| ()),
+        Action::Subscribe {
+            customer,
+            subscription,
+            price,
+            quantity,
+            trial_days,
+        } => sim.subscribe(customer, subscription, price, *quantity, *trial_days),
+        Action::Advance(ClockStep::Seconds(seconds)) => sim
+            .advance_by(chrono::Duration::seconds(*seconds))
+            .map(|_| ()),
+        Action::Advance(ClockStep::Months(months)) => {
+            let to = sim
+                .now()
+                .checked_add_months(chrono::Months::new(*months))
+                .ok_or_else(|| {
+                    subledger_simulator::SimError::Invalid("the clock would overflow".to_owned())
+                })?;
+            sim.advance_to(to).map(|_| ())
+        }
+        Action::AdvanceTo(to) => sim.advance_to(*to).map(|_| ()),
+        Action::Upgrade {
+            subscription,
+            price,
+            proration,
+        } => sim.change_price_now(subscription, price, proration),
+        Action::Downgrade {
+            subscription,
+            price,
+        } => sim.change_price_at_period_end(subscription, price),
+        Action::Cancel {
+            subscription,
+            at_period_end,
+        } => {
+            if *at_period_end {
+                sim.cancel_at_period_end(subscription)
+            } else {
+                sim.cancel_now(subscription)
+            }
+        }
+        Action::UndoCancel { subscription } => sim.undo_cancel(subscription),
+        Action::Pause {
+            subscription,
+            behavior,
+        } => sim.pause_collection(subscription, behavior),
+        Action::Resume { subscription } => sim.resume_collection(subscription),
+        Action::Complete3ds { subscription } => sim.complete_3ds(subscription),
+        Action::Abandon3ds { subscription } => sim.abandon_3ds(subscription),
+        Action::OpenDispute { customer } => sim.open_dispute(customer).map(|_| ()),
+        Action::CloseDispute { customer, outcome } => sim.close_dispute(customer, outcome),
+        Action::Expect(_) => Ok(()),
+    }
+}
+
+/// Compares an expectation with the engine's answers and the simulator's state.
+fn check(expectation: &Expectation, engine: &Engine, sim: &Simulator) -> Vec<String> {
+    let mut failures = Vec::new();
+    if let Some(customer) = &expectation.customer {
+        let answer: Option<Value> = engine
+            .entitlements(customer)
+            .and_then(|found| serde_json::from_slice(&found.json).ok());
+        match answer {
+            None => failures.push(format!("Subledger knows nothing about customer {customer}")),
+            Some(answer) => check_entitlements(expectation, &answer, &mut failures),
+        }
+    }
+    for (subscription, expected) in &expectation.stripe {
+        match sim.subscription(subscription) {
+            Ok(actual) if actual.status.as_str() == expected => {}
+            Ok(actual) => failures.push(format!(
+                "Stripe's subscription {subscription}: expected {expected}, is {}",
+                actual.status.as_str()
+            )),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    for (subscription, expected) in &expectation.invoices {
+        let actual: Vec<&str> = sim
+            .invoices_of(subscription)
+            .iter()
+            .map(|i| i.status.as_str())
+            .collect();
+        if actual != *expected {
+            failures.push(format!(
+                "invoices of {subscription}: expected {expected:?}, are {actual:?}"
+            ));
+        }
+    }
+    failures
+}
+
+fn check_entitlements(expectation: &Expectation, answer: &Value, failures: &mut Vec<String>) {
+    for (subscription, expected) in &expectation.subscriptions {
+        let actual = answer["subscriptions"]
+            .as_array()
+            .and_then(|subs| subs.iter().find(|s| s["id"] == subscription.as_str()))
+            .and_then(|s| s["status"].as_str());
+        match actual {
+            Some(actual) if actual == expected => {}
+            Some(actual) => failures.push(format!(
+                "subscription {subscription}: expected {expected}, Subledger says {actual}"
+            )),
+            None => failures.push(format!(
+                "subscription {subscription}: expected {expected}, Subledger does not know it"
+            )),
+        }
+    }
+    if let Some(plans) = &expectation.plans {
+        let actual: Vec<&str> = answer["plans"]
+            .as_array()
+            .map(|p| p.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if actual != *plans {
+            failures.push(format!(
+                "plans: expected {plans:?}, Subledger says {actual:?}"
+            ));
+        }
+    }
+    for (feature, expected) in &expectation.features {
+        let value = &answer["features"][feature];
+        let enabled = value["enabled"].as_bool().unwrap_or(false);
+        let limit = value["limit"].as_u64();
+        let ok = match expected {
+            FeatureExpectation::Enabled(on) => enabled == *on,
+            FeatureExpectation::Limit(n) => limit == Some(*n),
+        };
+        if !ok {
+            let expected = match expected {
+                FeatureExpectation::Enabled(on) => format!("enabled: {on}"),
+                FeatureExpectation::Limit(n) => format!("limit {n}"),
+            };
+            failures.push(format!(
+                "feature {feature}: expected {expected}, Subledger says {value}"
+            ));
+        }
+    }
+}

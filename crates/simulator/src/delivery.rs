@@ -1,0 +1,289 @@
+//! Webhook delivery as Stripe does it, and as badly as Stripe may do it.
+//!
+//! Events are signed exactly as Stripe signs them (`t=<delivery time>,v1=HMAC`) and sent to a
+//! router in-process or to a running Subledger over HTTP. Seeded modes reproduce what real
+//! delivery does to order:
+//! - `InOrder`: one delivery per event, in emission order.
+//! - `Shuffled`: order shuffled within windows of consecutive events, and some events
+//!   delivered twice.
+//! - `Chaos`: shuffled with duplicates, some events held back until a later step (delayed),
+//!   and some attempts failing first (sent with a broken signature, refused, retried later).
+//!
+//! A delivery the receiver does not acknowledge with 2xx is retried, as Stripe retries.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::http::Request;
+use axum::Router;
+use serde_json::Value;
+use subledger_stripe::WebhookSecret;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    InOrder,
+    Shuffled,
+    Chaos,
+}
+
+impl DeliveryMode {
+    pub fn parse(mode: &str) -> Option<Self> {
+        Some(match mode {
+            "in-order" => Self::InOrder,
+            "shuffled" => Self::Shuffled,
+            "chaos" => Self::Chaos,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InOrder => "in-order",
+            Self::Shuffled => "shuffled",
+            Self::Chaos => "chaos",
+        }
+    }
+}
+
+/// Where webhooks go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Subledger's router, called in-process.
+    Router(Router),
+    /// A running Subledger: `host:port` and the webhook path.
+    Http { addr: SocketAddr, path: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("the receiver refused a correctly signed event {event_id} with {status}: {body}")]
+    Refused {
+        event_id: String,
+        status: u16,
+        body: String,
+    },
+    #[error(
+        "event {event_id} was still not acknowledged after {attempts} attempts (last: {last})"
+    )]
+    GaveUp {
+        event_id: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("cannot reach the receiver: {0}")]
+    Transport(String),
+}
+
+/// What delivery did, for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryStats {
+    pub events: u64,
+    pub deliveries: u64,
+    pub duplicates: u64,
+    pub delayed: u64,
+    pub failed_attempts: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    event_id: String,
+    body: Vec<u8>,
+    attempts: u32,
+}
+
+/// Events per window that `Shuffled` and `Chaos` reorder.
+const WINDOW: usize = 8;
+/// Attempts before a delivery counts as lost.
+const MAX_ATTEMPTS: u32 = 8;
+
+#[derive(Debug)]
+pub struct Deliverer {
+    mode: DeliveryMode,
+    rng: Rng,
+    secret: WebhookSecret,
+    target: Target,
+    queue: Vec<Pending>,
+    stats: DeliveryStats,
+}
+
+impl Deliverer {
+    pub fn new(mode: DeliveryMode, seed: u64, secret: WebhookSecret, target: Target) -> Self {
+        Self {
+            mode,
+            rng: Rng::new(seed),
+            secret,
+            target,
+            queue: Vec::new(),
+            stats: DeliveryStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> DeliveryStats {
+        self.stats
+    }
+
+    pub fn enqueue(&mut self, events: Vec<Value>) {
+        for event in events {
+            let event_id = event["id"].as_str().unwrap_or_default().to_owned();
+            let body = serde_json::to_vec(&event).unwrap_or_default();
+            self.stats.events += 1;
+            self.queue.push(Pending {
+                event_id,
+                body,
+                attempts: 0,
+            });
+        }
+    }
+
+    /// Delivers what is queued. Unless `flush`, `Chaos` may keep some events for later;
+    /// with `flush` every queued event is acknowledged before this returns.
+    pub async fn deliver(&mut self, flush: bool) -> Result<(), DeliveryError> {
+        let mut batch = std::mem::take(&mut self.queue);
+        if self.mode != DeliveryMode::InOrder {
+            self.disorder(&mut batch);
+        }
+        let mut retry = Vec::new();
+        for pending in batch {
+            if self.mode == DeliveryMode::Chaos && !flush && self.rng.chance(20) {
+                self.stats.delayed += 1;
+                self.queue.push(pending);
+                continue;
+            }
+            if let Some(failed) = self.send(pending).await? {
+                retry.push(failed);
+            }
+        }
+        // Stripe retries what was not acknowledged; here, right away (or at the next step).
+        let mut rounds = 0;
+        while !retry.is_empty() {
+            rounds += 1;
+            let again = std::mem::take(&mut retry);
+            for pending in again {
+                if !flush && rounds > 1 {
+                    self.queue.push(pending);
+                    continue;
+                }
+                if let Some(failed) = self.send(pending).await? {
+                    retry.push(failed);
+                }
+            }
+        }
+        if flush && !self.queue.is_empty() {
+            return Box::pin(self.deliver(true)).await;
+        }
+        Ok(())
+    }
+
+    /// Shuffles within windows and adds duplicates.
+    fn disorder(&mut self, batch: &mut Vec<Pending>) {
+        let mut duplicated = Vec::with_capacity(batch.len() * 2);
+        for pending in batch.drain(..) {
+            if self.rng.chance(25) {
+                self.stats.duplicates += 1;
+                duplicated.push(pending.clone());
+            }
+            duplicated.push(pending);
+        }
+        for window in duplicated.chunks_mut(WINDOW) {
+            self.rng.shuffle(window);
+        }
+        *batch = duplicated;
+    }
+
+    /// One attempt. `Ok(Some(_))`: not acknowledged, retry later.
+    async fn send(&mut self, mut pending: Pending) -> Result<Option<Pending>, DeliveryError> {
+        pending.attempts += 1;
+        let now = chrono::Utc::now().timestamp();
+        let break_it = self.mode == DeliveryMode::Chaos && self.rng.chance(10);
+        let signature = if break_it {
+            // A delivery mangled in transit: the receiver must refuse it and Stripe retries.
+            format!("t={now},v1={}", "0".repeat(64))
+        } else {
+            self.secret.header(now, &pending.body)
+        };
+        let (status, body) = self.post(&signature, &pending.body).await?;
+        self.stats.deliveries += 1;
+        if (200..300).contains(&status) && !break_it {
+            return Ok(None);
+        }
+        if break_it && status == 400 {
+            self.stats.failed_attempts += 1;
+            return Ok(Some(pending));
+        }
+        if break_it || (400..500).contains(&status) && status != 408 && status != 429 {
+            return Err(DeliveryError::Refused {
+                event_id: pending.event_id,
+                status,
+                body,
+            });
+        }
+        self.stats.failed_attempts += 1;
+        if pending.attempts >= MAX_ATTEMPTS {
+            return Err(DeliveryError::GaveUp {
+                event_id: pending.event_id,
+                attempts: pending.attempts,
+                last: format!("{status} {body}"),
+            });
+        }
+        Ok(Some(pending))
+    }
+
+    async fn post(&self, signature: &str, body: &[u8]) -> Result<(u16, String), DeliveryError> {
+        match &self.target {
+            Target::Router(router) => {
+                let request = Request::post("/webhooks/stripe")
+                    .header("stripe-signature", signature)
+                    .header("content-type", "application/json")
+                    .body(Body::from(body.to_vec()))
+                    .map_err(|e| DeliveryError::Transport(e.to_string()))?;
+                let response = router
+                    .clone()
+                    .oneshot(request)
+                    .await
+                    .map_err(|e| DeliveryError::Transport(e.to_string()))?;
+                let status = response.status().as_u16();
+                let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+                    .await
+                    .map_err(|e| DeliveryError::Transport(e.to_string()))?;
+                Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+            }
+            Target::Http { addr, path } => http_post(*addr, path, signature, body).await,
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 POST, enough to talk to a Subledger on this machine.
+async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    signature: &str,
+    body: &[u8],
+) -> Result<(u16, String), DeliveryError> {
+    let transport = |e: std::io::Error| DeliveryError::Transport(e.to_string());
+    let mut stream = TcpStream::connect(addr).await.map_err(transport)?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Stripe-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.map_err(transport)?;
+    stream.write_all(body).await.map_err(transport)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.map_err(transport)?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| DeliveryError::Transport(format!("not an HTTP response: {:.80}", text)))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
