@@ -3,6 +3,7 @@
 #   make run     serve on the embedded SQLite store with the example catalog
 #   make test    every test on SQLite, and on PostgreSQL too when SUBLEDGER_TEST_POSTGRES_URL is set
 #   make lint    rustfmt and clippy, warnings denied
+#   make scenarios  every scenario file through the CLI, in every delivery mode
 #   make ci      lint + test
 
 CARGO ?= cargo
@@ -12,7 +13,7 @@ CATALOG ?= catalog.example.yaml
 SUBLEDGER_WEBHOOK_SECRETS ?= whsec_subledger_local_development
 export SUBLEDGER_WEBHOOK_SECRETS
 
-.PHONY: run worker migrate test test-sqlite lint fmt ci build
+.PHONY: run worker migrate test lint fmt ci build scenarios
 
 build:
 	$(CARGO) build --workspace
@@ -46,3 +47,9 @@ fmt:
 	$(CARGO) fmt --all
 
 ci: lint test
+
+# Every scenario through the CLI, in order and in shuffled-with-duplicates delivery.
+scenarios:
+	$(CARGO) run -q -p subledger-cli -- scenario run --delivery in-order
+	$(CARGO) run -q -p subledger-cli -- scenario run --delivery shuffled --seed 1
+	$(CARGO) run -q -p subledger-cli -- scenario run --delivery chaos --seed 1

@@ -10,14 +10,19 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use subledger_domain::catalog::Catalog;
 use subledger_engine::{EngineConfig, WebhookSecret};
 use subledger_server::ApiToken;
-use subledger_store::Database;
 
 #[derive(Debug, Parser)]
 #[command(name = "subledger", version, about = "Billing state engine for Stripe")]
 pub struct Cli {
     /// Where state lives: a SQLite file (embedded, zero setup) or postgres://user:pass@host/db.
-    #[arg(long, env = "SUBLEDGER_DATABASE_URL", default_value = Database::DEFAULT_URL, global = true, hide_env_values = true)]
-    pub database_url: String,
+    /// Default: sqlite://subledger.db (for `scenario run`: a fresh in-memory store per scenario).
+    #[arg(
+        long,
+        env = "SUBLEDGER_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
 
     /// Log output format.
     #[arg(long, env = "SUBLEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -41,6 +46,30 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Apply database migrations and exit.
     Migrate,
+    /// Play scenario files against a fresh engine through the built-in Stripe simulator.
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCommand {
+    /// Run scenario files (default: every scenarios/*.yaml); exits non-zero if any fails.
+    Run(ScenarioRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScenarioRunArgs {
+    /// Scenario files, or directories whose *.yaml files to run.
+    #[arg(default_value = "scenarios")]
+    pub paths: Vec<PathBuf>,
+
+    /// How webhooks reach the engine.
+    #[arg(long, value_parser = ["in-order", "shuffled", "chaos"], default_value = "in-order")]
+    pub delivery: String,
+
+    /// Seed for shuffled and chaos delivery.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args)]

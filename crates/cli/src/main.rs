@@ -2,6 +2,7 @@
 //! `worker` runs the inbox worker alone, `migrate` applies the database migrations.
 
 mod config;
+mod scenarios;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use subledger_engine::{Engine, Shutdown};
 use subledger_store::Database;
 use tokio::net::TcpListener;
 
-use crate::config::{Cli, Command, LogFormat, ServeArgs, WorkerArgs};
+use crate::config::{Cli, Command, LogFormat, ScenarioCommand, ServeArgs, WorkerArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,11 +38,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let database_url = cli
+        .database_url
+        .clone()
+        .unwrap_or_else(|| Database::DEFAULT_URL.to_owned());
     match cli.command {
-        Command::Serve(args) => serve(&cli.database_url, args).await,
-        Command::Worker(args) => worker(&cli.database_url, args).await,
+        Command::Serve(args) => serve(&database_url, args).await,
+        Command::Worker(args) => worker(&database_url, args).await,
+        Command::Scenario(ScenarioCommand::Run(args)) => {
+            scenarios::run(args, cli.database_url).await
+        }
         Command::Migrate => {
-            let db = Database::connect(&cli.database_url)
+            let db = Database::connect(&database_url)
                 .await
                 .context("connecting to the database")?;
             db.migrate().await.context("migrating")?;

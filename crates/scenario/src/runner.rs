@@ -66,12 +66,16 @@ impl ScenarioReport {
             } else {
                 "FAIL"
             };
+            let place = if step.line == 0 {
+                String::new()
+            } else {
+                format!(" (line {})", step.line)
+            };
             let _ = writeln!(
                 out,
-                "  {mark} {:>2}. {} (line {})",
+                "  {mark} {:>2}. {}{place}",
                 index + 1,
-                step.description,
-                step.line
+                step.description
             );
             for failure in &step.failures {
                 let _ = writeln!(out, "           {failure}");

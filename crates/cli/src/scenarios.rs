@@ -1,0 +1,92 @@
+//! `subledger scenario run`: plays scenario files and reports each step.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::bail;
+use subledger_scenario::format::parse_file;
+use subledger_scenario::runner::{run as run_scenario, RunOptions};
+use subledger_simulator::delivery::DeliveryMode;
+
+use crate::config::ScenarioRunArgs;
+
+pub async fn run(args: ScenarioRunArgs, database_url: Option<String>) -> anyhow::Result<()> {
+    let Some(delivery) = DeliveryMode::parse(&args.delivery) else {
+        bail!("--delivery must be in-order, shuffled or chaos");
+    };
+    let files = scenario_files(&args.paths)?;
+    if files.is_empty() {
+        bail!("no scenario files found in {}", display(&args.paths));
+    }
+    let options = RunOptions {
+        delivery,
+        seed: args.seed,
+        database_url,
+    };
+    let started = Instant::now();
+    let (mut passed, mut failed, mut advances) = (0usize, 0usize, 0u64);
+    for file in &files {
+        let scenario = match parse_file(file) {
+            Ok(scenario) => scenario,
+            Err(error) => {
+                println!("{error}\n");
+                failed += 1;
+                continue;
+            }
+        };
+        let report = run_scenario(&scenario, &options).await?;
+        println!("{}", report.render());
+        advances += report.advances;
+        if report.passed() {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!(
+        "{} scenario(s) in {} ms with {} clock advances, delivery {} (seed {})",
+        files.len(),
+        started.elapsed().as_millis(),
+        advances,
+        delivery.as_str(),
+        args.seed
+    );
+    println!("scenarios: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} scenario(s) failed");
+    }
+    Ok(())
+}
+
+/// Files as given, and the `*.yaml` files directly inside given directories, sorted.
+fn scenario_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)?
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension()
+                            .is_some_and(|ext| ext == "yaml" || ext == "yml")
+                })
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else if path.is_file() {
+            files.push(path.clone());
+        } else {
+            bail!("{}: no such file or directory", path.display());
+        }
+    }
+    Ok(files)
+}
+
+fn display(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| Path::new(p).display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
