@@ -4,7 +4,7 @@
 #   make test    every test on SQLite, and on PostgreSQL too when SUBLEDGER_TEST_POSTGRES_URL is set
 #   make lint    rustfmt and clippy, warnings denied
 #   make scenarios  every scenario file through the CLI, in every delivery mode
-#   make ci      lint + test
+#   make ci      lint + test + scenarios
 
 CARGO ?= cargo
 CATALOG ?= catalog.example.yaml
@@ -46,7 +46,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-ci: lint test
+ci: lint test scenarios
 
 # Every scenario through the CLI, in order and in shuffled-with-duplicates delivery.
 scenarios:
