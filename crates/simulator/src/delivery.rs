@@ -179,6 +179,16 @@ impl Deliverer {
         Ok(())
     }
 
+    /// One signed attempt at one event, for a receiver that is not under test: `true` if it
+    /// was acknowledged. What was not is for the caller to record (Stripe's `delivery_success`).
+    pub async fn deliver_one(&mut self, event: Value) -> bool {
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        let signature = self.secret.header(chrono::Utc::now().timestamp(), &body);
+        self.stats.events += 1;
+        self.stats.deliveries += 1;
+        matches!(self.post(&signature, &body).await, Ok((status, _)) if (200..300).contains(&status))
+    }
+
     /// Shuffles within windows and adds duplicates.
     fn disorder(&mut self, batch: &mut Vec<Pending>) {
         let mut duplicated = Vec::with_capacity(batch.len() * 2);

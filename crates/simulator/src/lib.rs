@@ -6,12 +6,14 @@
 //! `data.object` built from Stripe's own object fixtures and `previous_attributes` on updates.
 //! Nothing here reads the wall clock or a random source: the same calls give the same events.
 //!
+//! - [`api`]: the REST API subset Subledger calls, for async-stripe and `simulator serve`.
 //! - [`delivery`]: signed webhook delivery, in order or disordered on purpose.
 //! - [`model`]: the simulated objects.
 //! - [`simulator`]: operations and the test clock.
 //! - [`render`]: objects as Stripe's JSON.
 //! - [`rng`]: the seeded generator delivery modes use.
 
+pub mod api;
 pub mod delivery;
 pub mod model;
 pub mod render;

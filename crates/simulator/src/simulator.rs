@@ -55,6 +55,9 @@ pub struct Simulator {
     events: Vec<Value>,
     taken: usize,
     advances: u64,
+    /// Distinguishes the ids of several simulators (test clocks) in one account.
+    space: u32,
+    name: Option<String>,
 }
 
 /// Something the clock makes happen.
@@ -92,9 +95,31 @@ impl Simulator {
             events: Vec::new(),
             taken: 0,
             advances: 0,
+            space: 0,
+            name: None,
         };
         simulator.clock_id = simulator.next_id("clock");
         simulator
+    }
+
+    /// A simulator whose ids cannot collide with those of simulators in other `space`s.
+    pub fn in_space(
+        start: DateTime<Utc>,
+        policy: RetryPolicy,
+        space: u32,
+        name: Option<String>,
+    ) -> Self {
+        let mut simulator = Self::new(start, policy);
+        simulator.space = space;
+        simulator.name = name;
+        simulator.counter = 0;
+        simulator.clock_id = simulator.next_id("clock");
+        simulator
+    }
+
+    /// A new id for an object the caller is about to create (`cus`, `sub`, `price`, …).
+    pub fn fresh_id(&mut self, prefix: &str) -> String {
+        self.next_id(prefix)
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -154,10 +179,62 @@ impl Simulator {
         self.invoices.values()
     }
 
-    /// Ids sort in creation order: a prefix and a zero-padded counter.
+    /// Ids sort in creation order: a prefix, the space, and a zero-padded counter.
     fn next_id(&mut self, prefix: &str) -> String {
         self.counter += 1;
-        format!("{prefix}_sim{:010}", self.counter)
+        if self.space == 0 {
+            format!("{prefix}_sim{:010}", self.counter)
+        } else {
+            format!("{prefix}_sim{}x{:010}", self.space, self.counter)
+        }
+    }
+
+    // ---- Stripe's JSON for the REST API --------------------------------------------------
+
+    pub fn customer_json(&self, id: &str) -> Result<Value, SimError> {
+        self.render_customer(id)
+    }
+
+    pub fn subscription_json(&self, id: &str) -> Result<Value, SimError> {
+        self.render_subscription(id)
+    }
+
+    pub fn invoice_json(&self, id: &str) -> Result<Value, SimError> {
+        self.render_invoice(id)
+    }
+
+    pub fn payment_method_json(&self, id: &str) -> Result<Value, SimError> {
+        self.payment_methods
+            .get(id)
+            .map(render::payment_method)
+            .ok_or_else(|| not_found("payment_method", id))
+    }
+
+    pub fn price_json(&self, id: &str) -> Result<Value, SimError> {
+        self.price(id).map(render::price)
+    }
+
+    pub fn has_price(&self, id: &str) -> bool {
+        self.prices.contains_key(id)
+    }
+
+    pub fn has_invoice(&self, id: &str) -> bool {
+        self.invoices.contains_key(id)
+    }
+
+    pub fn has_subscription(&self, id: &str) -> bool {
+        self.subscriptions.contains_key(id)
+    }
+
+    /// The test clock object, `ready`: advances here are synchronous.
+    pub fn clock_json(&self) -> Value {
+        let mut clock = subledger_stripe::fixtures::resource("test_helpers.test_clock");
+        clock["id"] = json!(self.clock_id);
+        clock["frozen_time"] = render::ts(self.now);
+        clock["status"] = json!("ready");
+        clock["name"] = json!(self.name);
+        clock["livemode"] = json!(false);
+        clock
     }
 
     fn emit(&mut self, event_type: &str, object: Value, previous: Option<Value>) {
@@ -258,6 +335,22 @@ impl Simulator {
         Ok(())
     }
 
+    /// Makes a price created elsewhere in the account usable here, without an event (prices
+    /// belong to the account, not to a test clock).
+    pub fn register_price(&mut self, price: &Price) {
+        self.prices
+            .entry(price.id.clone())
+            .or_insert_with(|| price.clone());
+    }
+
+    pub fn prices_all(&self) -> impl Iterator<Item = &Price> {
+        self.prices.values()
+    }
+
+    pub fn price_record(&self, id: &str) -> Option<&Price> {
+        self.prices.get(id)
+    }
+
     pub fn create_customer(
         &mut self,
         id: &str,
@@ -284,6 +377,17 @@ impl Simulator {
     /// Attaches a test card (`pm_card_visa`, …) and makes it the default payment method.
     /// Declining cards attach too, as through Checkout; their charges fail.
     pub fn attach_card(&mut self, customer: &str, test_card: &str) -> Result<String, SimError> {
+        let id = self.attach_payment_method(customer, test_card)?;
+        self.set_default_payment_method(customer, &id)?;
+        Ok(id)
+    }
+
+    /// Attaches a test card without making it the default (`POST /v1/payment_methods/…/attach`).
+    pub fn attach_payment_method(
+        &mut self,
+        customer: &str,
+        test_card: &str,
+    ) -> Result<String, SimError> {
         let card = Card::from_test_id(test_card)
             .ok_or_else(|| SimError::UnknownCard(test_card.to_owned()))?;
         self.customer(customer)?;
@@ -297,14 +401,33 @@ impl Simulator {
         let rendered = render::payment_method(&method);
         self.payment_methods.insert(id.clone(), method);
         self.emit("payment_method.attached", rendered, None);
+        Ok(id)
+    }
+
+    /// Makes an attached payment method the customer's default.
+    pub fn set_default_payment_method(
+        &mut self,
+        customer: &str,
+        payment_method: &str,
+    ) -> Result<(), SimError> {
+        let owner = self
+            .payment_methods
+            .get(payment_method)
+            .map(|m| m.customer.clone());
+        if owner.as_deref() != Some(customer) {
+            return Err(SimError::Invalid(format!(
+                "payment method `{payment_method}` is not attached to customer `{customer}`"
+            )));
+        }
         let before = self.render_customer(customer)?;
         if let Some(record) = self.customers.get_mut(customer) {
-            record.default_payment_method = Some(id.clone());
+            record.default_payment_method = Some(payment_method.to_owned());
         }
         let after = self.render_customer(customer)?;
-        let previous = render::previous_attributes(&before, &after);
-        self.emit("customer.updated", after, previous);
-        Ok(id)
+        if let Some(previous) = render::previous_attributes(&before, &after) {
+            self.emit("customer.updated", after, Some(previous));
+        }
+        Ok(())
     }
 
     pub fn update_customer_metadata(

@@ -1,0 +1,767 @@
+//! The part of Stripe's REST API that Subledger's own code calls, served by the simulator:
+//! test clocks (create, retrieve, advance), customers, payment methods, prices,
+//! subscriptions, invoices and events (with `delivery_success`). Requests are form-encoded
+//! and answers are Stripe's JSON, lists and errors, so async-stripe pointed at this base URL
+//! works. Mutating requests honour `Idempotency-Key` as Stripe does.
+//!
+//! Objects created with `test_clock` live on that clock; the rest live on a default clock that
+//! stays at the time the account was created. Every event emitted is forwarded, signed, to the
+//! configured webhook endpoint, and its delivery outcome is what `delivery_success` filters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use subledger_stripe::WebhookSecret;
+use tokio::sync::Mutex;
+
+use crate::delivery::{Deliverer, DeliveryMode, Target};
+use crate::model::{Interval, RetryPolicy};
+use crate::simulator::{SimError, Simulator};
+
+/// Where the account forwards its events.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    pub target: Target,
+    pub secret: WebhookSecret,
+}
+
+/// A simulated Stripe account: several test clocks and what lives on them.
+#[derive(Debug)]
+pub struct Account {
+    clocks: BTreeMap<String, Simulator>,
+    default_clock: String,
+    policy: RetryPolicy,
+    next_space: u32,
+    idempotency: HashMap<String, (String, StatusCode, Value)>,
+    delivered: HashMap<String, bool>,
+    forwarding: Option<Deliverer>,
+}
+
+pub type SharedAccount = Arc<Mutex<Account>>;
+
+impl Account {
+    pub fn new(now: DateTime<Utc>, policy: RetryPolicy, forwarding: Option<Forwarding>) -> Self {
+        let default = Simulator::in_space(now, policy.clone(), 1, Some("default".to_owned()));
+        let default_clock = default.clock_id().to_owned();
+        Self {
+            clocks: BTreeMap::from([(default_clock.clone(), default)]),
+            default_clock,
+            policy,
+            next_space: 2,
+            idempotency: HashMap::new(),
+            delivered: HashMap::new(),
+            forwarding: forwarding
+                .map(|f| Deliverer::new(DeliveryMode::InOrder, 0, f.secret, f.target)),
+        }
+    }
+
+    pub fn shared(self) -> SharedAccount {
+        Arc::new(Mutex::new(self))
+    }
+
+    fn clock_of(&self, predicate: impl Fn(&Simulator) -> bool) -> Option<String> {
+        self.clocks
+            .iter()
+            .find(|(_, sim)| predicate(sim))
+            .map(|(id, _)| id.clone())
+    }
+
+    fn sim(&mut self, clock: &str) -> Result<&mut Simulator, ApiError> {
+        self.clocks
+            .get_mut(clock)
+            .ok_or_else(|| ApiError::missing("test_clock", clock))
+    }
+
+    fn customer_clock(&self, customer: &str) -> Result<String, ApiError> {
+        self.clock_of(|sim| sim.customer(customer).is_ok())
+            .ok_or_else(|| ApiError::missing("customer", customer))
+    }
+
+    fn subscription_clock(&self, subscription: &str) -> Result<String, ApiError> {
+        self.clock_of(|sim| sim.has_subscription(subscription))
+            .ok_or_else(|| ApiError::missing("subscription", subscription))
+    }
+
+    /// Forwards every event not yet delivered and records each outcome.
+    async fn forward(&mut self) {
+        let mut events = Vec::new();
+        for sim in self.clocks.values_mut() {
+            events.extend(sim.take_new_events());
+        }
+        let Some(deliverer) = self.forwarding.as_mut() else {
+            return;
+        };
+        for event in events {
+            let id = event["id"].as_str().unwrap_or_default().to_owned();
+            let ok = deliverer.deliver_one(event).await;
+            self.delivered.insert(id, ok);
+        }
+    }
+
+    fn all_events(&self) -> Vec<&Value> {
+        let mut events: Vec<(usize, &Value)> = Vec::new();
+        for sim in self.clocks.values() {
+            events.extend(sim.events().iter().enumerate());
+        }
+        // Newest first, as Stripe lists them; emission order breaks ties within a clock.
+        events.sort_by(|(ia, a), (ib, b)| {
+            (b["created"].as_i64(), ib).cmp(&(a["created"].as_i64(), ia))
+        });
+        events.into_iter().map(|(_, e)| e).collect()
+    }
+}
+
+/// An error in Stripe's shape: `{"error": {"type", "code", "message", "param"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    message: String,
+    param: Option<String>,
+}
+
+impl ApiError {
+    fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code: None,
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
+    }
+
+    fn missing(kind: &str, id: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: Some("resource_missing"),
+            message: format!("No such {kind}: '{id}'"),
+            param: Some("id".to_owned()),
+        }
+    }
+}
+
+impl From<SimError> for ApiError {
+    fn from(error: SimError) -> Self {
+        match error {
+            SimError::NotFound { kind, id } => Self::missing(kind, &id),
+            SimError::UnknownCard(_) => Self::invalid(error.to_string(), Some("payment_method")),
+            other => Self::invalid(other.to_string(), None),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": {
+            "type": self.kind,
+            "code": self.code,
+            "message": self.message,
+            "param": self.param,
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type Params = Vec<(String, String)>;
+
+fn param<'a>(params: &'a Params, key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn required<'a>(params: &'a Params, key: &str) -> Result<&'a str, ApiError> {
+    param(params, key)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::invalid(format!("Missing required param: {key}."), Some(key)))
+}
+
+fn number<T: std::str::FromStr>(params: &Params, key: &str) -> Result<Option<T>, ApiError> {
+    param(params, key)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| ApiError::invalid(format!("Invalid integer: {v}"), Some(key)))
+        })
+        .transpose()
+}
+
+fn metadata(params: &Params) -> BTreeMap<String, String> {
+    params
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("metadata[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .map(|key| (key.to_owned(), v.clone()))
+        })
+        .collect()
+}
+
+fn time(params: &Params, key: &str) -> Result<DateTime<Utc>, ApiError> {
+    let secs: i64 = number(params, key)?
+        .ok_or_else(|| ApiError::invalid(format!("Missing required param: {key}."), Some(key)))?;
+    DateTime::from_timestamp(secs, 0)
+        .ok_or_else(|| ApiError::invalid("Invalid timestamp", Some(key)))
+}
+
+/// Serves the simulated REST API for `account`.
+pub fn router(account: SharedAccount) -> Router {
+    Router::new()
+        .route("/v1/test_helpers/test_clocks", post(create_clock))
+        .route("/v1/test_helpers/test_clocks/{id}", get(retrieve_clock))
+        .route(
+            "/v1/test_helpers/test_clocks/{id}/advance",
+            post(advance_clock),
+        )
+        .route("/v1/customers", post(create_customer).get(list_customers))
+        .route(
+            "/v1/customers/{id}",
+            get(retrieve_customer).post(update_customer),
+        )
+        .route(
+            "/v1/payment_methods/{id}/attach",
+            post(attach_payment_method),
+        )
+        .route("/v1/prices", post(create_price))
+        .route(
+            "/v1/subscriptions",
+            post(create_subscription).get(list_subscriptions),
+        )
+        .route(
+            "/v1/subscriptions/{id}",
+            get(retrieve_subscription)
+                .post(update_subscription)
+                .delete(cancel_subscription),
+        )
+        .route("/v1/invoices", get(list_invoices))
+        .route("/v1/invoices/{id}", get(retrieve_invoice))
+        .route("/v1/events", get(list_events))
+        .route("/v1/events/{id}", get(retrieve_event))
+        .layer(axum::middleware::from_fn(require_api_key))
+        .with_state(account)
+}
+
+/// Stripe refuses requests without a secret or restricted key.
+async fn require_api_key(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let key = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !(key.starts_with("sk_test_") || key.starts_with("rk_test_")) {
+        let body = json!({ "error": {
+            "type": "authentication_error",
+            "message": "Invalid API Key provided: this simulator takes test-mode keys (sk_test_… or rk_test_…)",
+        }});
+        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    }
+    next.run(request).await
+}
+
+/// Runs a mutating request once per `Idempotency-Key`, replaying the first answer for the
+/// same request and refusing the key for a different one, as Stripe does.
+async fn idempotent(
+    account: &SharedAccount,
+    headers: &HeaderMap,
+    fingerprint: String,
+    work: impl FnOnce(&mut Account) -> Result<Value, ApiError>,
+) -> Response {
+    let mut account = account.lock().await;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(key) = &key {
+        if let Some((seen, status, body)) = account.idempotency.get(key) {
+            if *seen != fingerprint {
+                let body = json!({ "error": {
+                    "type": "idempotency_error",
+                    "message": format!("Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}'."),
+                }});
+                return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
+            return (*status, Json(body.clone())).into_response();
+        }
+    }
+    let body = match work(&mut account) {
+        Ok(body) => body,
+        Err(error) => return error.into_response(),
+    };
+    let status = StatusCode::OK;
+    account.forward().await;
+    if let Some(key) = key {
+        account
+            .idempotency
+            .insert(key, (fingerprint, status, body.clone()));
+    }
+    (status, Json(body)).into_response()
+}
+
+fn fingerprint(method: &Method, path: &str, params: &Params) -> String {
+    let mut sorted = params.clone();
+    sorted.sort();
+    format!("{method} {path} {sorted:?}")
+}
+
+async fn create_clock(
+    State(account): State<SharedAccount>,
+    headers: HeaderMap,
+    Form(params): Form<Params>,
+) -> Response {
+    let print = fingerprint(&Method::POST, "/v1/test_helpers/test_clocks", &params);
+    idempotent(&account, &headers, print, |account| {
+        let frozen = time(&params, "frozen_time")?;
+        let space = account.next_space;
+        account.next_space += 1;
+        let mut sim = Simulator::in_space(
+            frozen,
+            account.policy.clone(),
+            space,
+            param(&params, "name").map(str::to_owned),
+        );
+        // Prices belong to the account: make every known price usable on the new clock.
+        let prices: Vec<_> = account
+            .clocks
+            .values()
+            .flat_map(|s| s.prices_all().cloned().collect::<Vec<_>>())
+            .collect();
+        for price in &prices {
+            sim.register_price(price);
+        }
+        let body = sim.clock_json();
+        account.clocks.insert(sim.clock_id().to_owned(), sim);
+        Ok(body)
+    })
+    .await
+}
+
+async fn retrieve_clock(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut account = account.lock().await;
+    Ok(Json(account.sim(&id)?.clock_json()))
+}
+
+async fn advance_clock(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(params): Form<Params>,
+) -> Response {
+    let print = fingerprint(
+        &Method::POST,
+        &format!("/v1/test_helpers/test_clocks/{id}/advance"),
+        &params,
+    );
+    idempotent(&account, &headers, print, |account| {
+        let to = time(&params, "frozen_time")?;
+        let sim = account.sim(&id)?;
+        if to <= sim.now() {
+            return Err(ApiError::invalid(
+                "The test clock can only be advanced to a time after its current frozen_time.",
+                Some("frozen_time"),
+            ));
+        }
+        sim.advance_to(to)?;
+        Ok(sim.clock_json())
+    })
+    .await
+}
+
+async fn create_customer(
+    State(account): State<SharedAccount>,
+    headers: HeaderMap,
+    Form(params): Form<Params>,
+) -> Response {
+    let print = fingerprint(&Method::POST, "/v1/customers", &params);
+    idempotent(&account, &headers, print, |account| {
+        let clock = param(&params, "test_clock")
+            .map_or_else(|| account.default_clock.clone(), str::to_owned);
+        let sim = account.sim(&clock)?;
+        let id = sim.fresh_id("cus");
+        sim.create_customer(&id, metadata(&params))?;
+        if let Some(card) = param(&params, "payment_method") {
+            let pm = sim.attach_payment_method(&id, card)?;
+            if param(&params, "invoice_settings[default_payment_method]").is_some() {
+                sim.set_default_payment_method(&id, &pm)?;
+            }
+        }
+        Ok(sim.customer_json(&id)?)
+    })
+    .await
+}
+
+async fn update_customer(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(params): Form<Params>,
+) -> Response {
+    let print = fingerprint(&Method::POST, &format!("/v1/customers/{id}"), &params);
+    idempotent(&account, &headers, print, |account| {
+        let clock = account.customer_clock(&id)?;
+        let sim = account.sim(&clock)?;
+        let metadata = metadata(&params);
+        if !metadata.is_empty() {
+            sim.update_customer_metadata(&id, metadata)?;
+        }
+        if let Some(pm) = param(&params, "invoice_settings[default_payment_method]") {
+            sim.set_default_payment_method(&id, pm)?;
+        }
+        Ok(sim.customer_json(&id)?)
+    })
+    .await
+}
+
+async fn retrieve_customer(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut account = account.lock().await;
+    let clock = account.customer_clock(&id)?;
+    Ok(Json(account.sim(&clock)?.customer_json(&id)?))
+}
+
+async fn attach_payment_method(
+    State(account): State<SharedAccount>,
+    Path(card): Path<String>,
+    headers: HeaderMap,
+    Form(params): Form<Params>,
+) -> Response {
+    let print = fingerprint(
+        &Method::POST,
+        &format!("/v1/payment_methods/{card}/attach"),
+        &params,
+    );
+    idempotent(&account, &headers, print, |account| {
+        let customer = required(&params, "customer")?.to_owned();
+        let clock = account.customer_clock(&customer)?;
+        let sim = account.sim(&clock)?;
+        let pm = sim.attach_payment_method(&customer, &card)?;
+        Ok(sim.payment_method_json(&pm)?)
+    })
+    .await
+}
+
+async fn create_price(
+    State(account): State<SharedAccount>,
+    headers: HeaderMap,
+    Form(params): Form<Params>,
+) -> Response {
+    let print = fingerprint(&Method::POST, "/v1/prices", &params);
+    idempotent(&account, &headers, print, |account| {
+        let amount: i64 = number(&params, "unit_amount")?.ok_or_else(|| {
+            ApiError::invalid("Missing required param: unit_amount.", Some("unit_amount"))
+        })?;
+        let currency = required(&params, "currency")?.to_owned();
+        let interval = match required(&params, "recurring[interval]")? {
+            "month" => Interval::Month,
+            "year" => Interval::Year,
+            other => {
+                return Err(ApiError::invalid(
+                    format!("Invalid recurring[interval]: must be month or year, not {other}"),
+                    Some("recurring[interval]"),
+                ))
+            }
+        };
+        let lookup_key = param(&params, "lookup_key").map(str::to_owned);
+        let default_clock = account.default_clock.clone();
+        let sim = account.sim(&default_clock)?;
+        let id = sim.fresh_id("price");
+        sim.create_price(&id, amount, &currency, interval, lookup_key.as_deref())?;
+        let price = sim.price_record(&id).cloned();
+        let body = sim.price_json(&id)?;
+        if let Some(price) = price {
+            for sim in account.clocks.values_mut() {
+                sim.register_price(&price);
+            }
+        }
+        Ok(body)
+    })
+    .await
+}
+
+async fn create_subscription(
+    State(account): State<SharedAccount>,
+    headers: HeaderMap,
+    Form(params): Form<Params>,
+) -> Response {
+    let print = fingerprint(&Method::POST, "/v1/subscriptions", &params);
+    idempotent(&account, &headers, print, |account| {
+        let customer = required(&params, "customer")?.to_owned();
+        let price = required(&params, "items[0][price]")?.to_owned();
+        let quantity = number(&params, "items[0][quantity]")?.unwrap_or(1);
+        let trial_days = number(&params, "trial_period_days")?;
+        let clock = account.customer_clock(&customer)?;
+        let sim = account.sim(&clock)?;
+        let id = sim.fresh_id("sub");
+        sim.subscribe(&customer, &id, &price, quantity, trial_days)?;
+        Ok(sim.subscription_json(&id)?)
+    })
+    .await
+}
+
+async fn update_subscription(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(params): Form<Params>,
+) -> Response {
+    let print = fingerprint(&Method::POST, &format!("/v1/subscriptions/{id}"), &params);
+    idempotent(&account, &headers, print, |account| {
+        let clock = account.subscription_clock(&id)?;
+        let sim = account.sim(&clock)?;
+        match param(&params, "cancel_at_period_end") {
+            Some("true") => sim.cancel_at_period_end(&id)?,
+            Some("false") => {
+                if sim.subscription(&id)?.cancel_at_period_end {
+                    sim.undo_cancel(&id)?;
+                }
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    format!("Invalid boolean: {other}"),
+                    Some("cancel_at_period_end"),
+                ))
+            }
+            None => {}
+        }
+        if let Some(price) = param(&params, "items[0][price]") {
+            let proration = param(&params, "proration_behavior").unwrap_or("create_prorations");
+            sim.change_price_now(&id, price, proration)?;
+        }
+        if let Some(behavior) = param(&params, "pause_collection[behavior]") {
+            sim.pause_collection(&id, behavior)?;
+        } else if param(&params, "pause_collection") == Some("") {
+            sim.resume_collection(&id)?;
+        }
+        Ok(sim.subscription_json(&id)?)
+    })
+    .await
+}
+
+async fn cancel_subscription(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let print = fingerprint(
+        &Method::DELETE,
+        &format!("/v1/subscriptions/{id}"),
+        &Vec::new(),
+    );
+    idempotent(&account, &headers, print, |account| {
+        let clock = account.subscription_clock(&id)?;
+        let sim = account.sim(&clock)?;
+        sim.cancel_now(&id)?;
+        Ok(sim.subscription_json(&id)?)
+    })
+    .await
+}
+
+async fn retrieve_subscription(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut account = account.lock().await;
+    let clock = account.subscription_clock(&id)?;
+    Ok(Json(account.sim(&clock)?.subscription_json(&id)?))
+}
+
+async fn retrieve_invoice(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut account = account.lock().await;
+    let clock = account
+        .clock_of(|sim| sim.has_invoice(&id))
+        .ok_or_else(|| ApiError::missing("invoice", &id))?;
+    Ok(Json(account.sim(&clock)?.invoice_json(&id)?))
+}
+
+async fn retrieve_event(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let account = account.lock().await;
+    account
+        .all_events()
+        .into_iter()
+        .find(|e| e["id"] == id.as_str())
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::missing("event", &id))
+}
+
+/// A Stripe list page: newest first, `limit` (1–100, default 10), `starting_after`.
+fn page(
+    objects: Vec<Value>,
+    url: &str,
+    query: &HashMap<String, String>,
+) -> Result<Json<Value>, ApiError> {
+    let limit: usize = match query.get("limit") {
+        Some(l) => l
+            .parse()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit must be between 1 and 100", Some("limit")))?,
+        None => 10,
+    };
+    let start = match query.get("starting_after") {
+        Some(after) => objects
+            .iter()
+            .position(|o| o["id"] == after.as_str())
+            .map(|i| i + 1)
+            .ok_or_else(|| ApiError::missing("object", after))?,
+        None => 0,
+    };
+    let rest = objects.len().saturating_sub(start);
+    let data: Vec<Value> = objects.into_iter().skip(start).take(limit).collect();
+    Ok(Json(
+        json!({ "object": "list", "data": data, "has_more": rest > limit, "url": url }),
+    ))
+}
+
+fn newest_first(mut objects: Vec<Value>) -> Vec<Value> {
+    objects.sort_by(|a, b| {
+        (b["created"].as_i64(), b["id"].as_str()).cmp(&(a["created"].as_i64(), a["id"].as_str()))
+    });
+    objects
+}
+
+/// The clocks a list looks at: the named one, or (like Stripe, which hides test-clock objects
+/// unless asked) the default clock.
+fn listed_clocks<'a>(
+    account: &'a Account,
+    query: &HashMap<String, String>,
+) -> Result<Vec<&'a Simulator>, ApiError> {
+    match query.get("test_clock") {
+        Some(clock) => account
+            .clocks
+            .get(clock)
+            .map(|sim| vec![sim])
+            .ok_or_else(|| ApiError::missing("test_clock", clock)),
+        None => Ok(account
+            .clocks
+            .get(&account.default_clock)
+            .into_iter()
+            .collect()),
+    }
+}
+
+async fn list_customers(
+    State(account): State<SharedAccount>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let account = account.lock().await;
+    let mut objects = Vec::new();
+    for sim in listed_clocks(&account, &query)? {
+        for customer in sim.customers() {
+            objects.push(sim.customer_json(&customer.id)?);
+        }
+    }
+    page(newest_first(objects), "/v1/customers", &query)
+}
+
+async fn list_subscriptions(
+    State(account): State<SharedAccount>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let account = account.lock().await;
+    let status = query.get("status").map(String::as_str);
+    let mut objects = Vec::new();
+    let clocks: Vec<&Simulator> = match query.get("customer") {
+        Some(customer) => account
+            .clocks
+            .values()
+            .filter(|s| s.customer(customer).is_ok())
+            .collect(),
+        None => listed_clocks(&account, &query)?,
+    };
+    for sim in clocks {
+        for subscription in sim.subscriptions() {
+            if query
+                .get("customer")
+                .is_some_and(|c| *c != subscription.customer)
+            {
+                continue;
+            }
+            let shown = match status {
+                // Like Stripe: canceled subscriptions only with status=all or status=canceled.
+                None => subscription.status.as_str() != "canceled",
+                Some("all") => true,
+                Some(wanted) => subscription.status.as_str() == wanted,
+            };
+            if shown {
+                objects.push(sim.subscription_json(&subscription.id)?);
+            }
+        }
+    }
+    page(newest_first(objects), "/v1/subscriptions", &query)
+}
+
+async fn list_invoices(
+    State(account): State<SharedAccount>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let account = account.lock().await;
+    let mut objects = Vec::new();
+    for sim in account.clocks.values() {
+        for invoice in sim.invoices() {
+            let wanted = query.get("customer").is_none_or(|c| *c == invoice.customer)
+                && query
+                    .get("subscription")
+                    .is_none_or(|s| Some(s) == invoice.subscription.as_ref());
+            if wanted {
+                objects.push(sim.invoice_json(&invoice.id)?);
+            }
+        }
+    }
+    page(newest_first(objects), "/v1/invoices", &query)
+}
+
+async fn list_events(
+    State(account): State<SharedAccount>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let account = account.lock().await;
+    let delivery_success = match query.get("delivery_success").map(String::as_str) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "delivery_success must be true or false",
+                Some("delivery_success"),
+            ))
+        }
+    };
+    let objects: Vec<Value> = account
+        .all_events()
+        .into_iter()
+        .filter(|e| query.get("type").is_none_or(|t| e["type"] == t.as_str()))
+        .filter(|e| {
+            delivery_success.is_none_or(|wanted| {
+                e["id"].as_str().and_then(|id| account.delivered.get(id)) == Some(&wanted)
+            })
+        })
+        .cloned()
+        .collect();
+    page(objects, "/v1/events", &query)
+}

@@ -1,0 +1,251 @@
+//! The simulated REST API answers as Stripe does: form-encoded requests, Stripe's JSON, lists,
+//! errors and idempotency, test clocks that advance billing, and `delivery_success`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use subledger_simulator::api::{router, Account, Forwarding};
+use subledger_simulator::delivery::Target;
+use subledger_simulator::RetryPolicy;
+use subledger_stripe::WebhookSecret;
+use tower::ServiceExt;
+
+const KEY: &str = "Bearer sk_test_simulator";
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    form: &str,
+    idempotency_key: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", KEY)
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(key) = idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(form.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+/// A webhook receiver that acknowledges everything but invoice events.
+fn receiver() -> Router {
+    Router::new().route(
+        "/webhooks/stripe",
+        post(|body: String| async move {
+            if body.contains("\"type\":\"invoice.") {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            }
+        }),
+    )
+}
+
+fn app() -> Router {
+    let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+    let forwarding = Forwarding {
+        target: Target::Router(receiver()),
+        secret: WebhookSecret::new("whsec_api_test"),
+    };
+    router(Account::new(start, RetryPolicy::default(), Some(forwarding)).shared())
+}
+
+#[tokio::test]
+async fn a_test_clock_drives_a_subscription_through_the_rest_api() {
+    let app = app();
+    let (status, clock) = call(
+        &app,
+        "POST",
+        "/v1/test_helpers/test_clocks",
+        "frozen_time=1767225600&name=ci",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{clock}");
+    let clock_id = clock["id"].as_str().unwrap().to_owned();
+    assert_eq!(clock["status"], "ready");
+
+    let (_, price) = call(&app, "POST", "/v1/prices", "unit_amount=2900&currency=usd&recurring[interval]=month&lookup_key=pro_monthly&product_data[name]=Pro", None).await;
+    let price_id = price["id"].as_str().unwrap().to_owned();
+    let (_, customer) = call(
+        &app,
+        "POST",
+        "/v1/customers",
+        &format!("test_clock={clock_id}&metadata[user_id]=u_1"),
+        None,
+    )
+    .await;
+    let customer_id = customer["id"].as_str().unwrap().to_owned();
+    assert_eq!(customer["metadata"]["user_id"], "u_1");
+    let (_, pm) = call(
+        &app,
+        "POST",
+        "/v1/payment_methods/pm_card_visa/attach",
+        &format!("customer={customer_id}"),
+        None,
+    )
+    .await;
+    let pm_id = pm["id"].as_str().unwrap().to_owned();
+    call(
+        &app,
+        "POST",
+        &format!("/v1/customers/{customer_id}"),
+        &format!("invoice_settings[default_payment_method]={pm_id}"),
+        None,
+    )
+    .await;
+
+    let (status, subscription) = call(
+        &app,
+        "POST",
+        "/v1/subscriptions",
+        &format!("customer={customer_id}&items[0][price]={price_id}"),
+        Some("sub-1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{subscription}");
+    assert_eq!(subscription["status"], "active");
+    let subscription_id = subscription["id"].as_str().unwrap().to_owned();
+
+    // The same key and parameters replay the first answer; other parameters are refused.
+    let (_, replay) = call(
+        &app,
+        "POST",
+        "/v1/subscriptions",
+        &format!("customer={customer_id}&items[0][price]={price_id}"),
+        Some("sub-1"),
+    )
+    .await;
+    assert_eq!(replay["id"], subscription_id.as_str());
+    let (status, refused) = call(
+        &app,
+        "POST",
+        "/v1/subscriptions",
+        &format!("customer={customer_id}&items[0][price]={price_id}&items[0][quantity]=2"),
+        Some("sub-1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["error"]["type"], "idempotency_error");
+
+    let (status, advanced) = call(
+        &app,
+        "POST",
+        &format!("/v1/test_helpers/test_clocks/{clock_id}/advance"),
+        &format!("frozen_time={}", 1_767_225_600 + 32 * 86_400),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{advanced}");
+    let (_, invoices) = call(
+        &app,
+        "GET",
+        &format!("/v1/invoices?subscription={subscription_id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(invoices["object"], "list");
+    let statuses: Vec<&str> = invoices["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["paid", "paid"]);
+
+    // Clock customers are listed only when their clock is named, as on Stripe.
+    let (_, hidden) = call(&app, "GET", "/v1/customers", "", None).await;
+    assert_eq!(hidden["data"].as_array().unwrap().len(), 0);
+    let (_, listed) = call(
+        &app,
+        "GET",
+        &format!("/v1/customers?test_clock={clock_id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(listed["data"][0]["id"], customer_id.as_str());
+
+    let (_, canceled) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/subscriptions/{subscription_id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(canceled["status"], "canceled");
+    let (_, default_list) = call(
+        &app,
+        "GET",
+        &format!("/v1/subscriptions?customer={customer_id}"),
+        "",
+        None,
+    )
+    .await;
+    assert!(
+        default_list["data"].as_array().unwrap().is_empty(),
+        "canceled subscriptions need status=all"
+    );
+    let (_, all) = call(
+        &app,
+        "GET",
+        &format!("/v1/subscriptions?customer={customer_id}&status=all"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 1);
+
+    // The receiver refused every invoice event: those are the failed deliveries.
+    let (_, failed) = call(
+        &app,
+        "GET",
+        "/v1/events?delivery_success=false&limit=100",
+        "",
+        None,
+    )
+    .await;
+    let failed = failed["data"].as_array().unwrap();
+    assert!(!failed.is_empty());
+    assert!(failed
+        .iter()
+        .all(|e| e["type"].as_str().unwrap().starts_with("invoice.")));
+    let (_, page) = call(&app, "GET", "/v1/events?limit=3", "", None).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 3);
+    assert_eq!(page["has_more"], true);
+    let newest = page["data"][0]["id"].as_str().unwrap();
+    let (_, event) = call(&app, "GET", &format!("/v1/events/{newest}"), "", None).await;
+    assert_eq!(event["object"], "event");
+}
+
+#[tokio::test]
+async fn errors_come_in_stripes_shape() {
+    let app = app();
+    let (status, missing) = call(&app, "GET", "/v1/customers/cus_nope", "", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(missing["error"]["code"], "resource_missing");
+    let (status, invalid) =
+        call(&app, "POST", "/v1/subscriptions", "items[0][price]=p", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(invalid["error"]["param"], "customer");
+    let unauthenticated = Request::get("/v1/customers").body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(unauthenticated).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
