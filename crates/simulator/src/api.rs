@@ -527,20 +527,17 @@ async fn update_subscription(
     idempotent(&account, &headers, print, |account| {
         let clock = account.subscription_clock(&id)?;
         let sim = account.sim(&clock)?;
+        let cancel_scheduled = sim.subscription(&id)?.cancel_at_period_end;
         match param(&params, "cancel_at_period_end") {
             Some("true") => sim.cancel_at_period_end(&id)?,
-            Some("false") => {
-                if sim.subscription(&id)?.cancel_at_period_end {
-                    sim.undo_cancel(&id)?;
-                }
-            }
+            Some("false") if cancel_scheduled => sim.undo_cancel(&id)?,
+            Some("false") | None => {}
             Some(other) => {
                 return Err(ApiError::invalid(
                     format!("Invalid boolean: {other}"),
                     Some("cancel_at_period_end"),
                 ))
             }
-            None => {}
         }
         if let Some(price) = param(&params, "items[0][price]") {
             let proration = param(&params, "proration_behavior").unwrap_or("create_prorations");
