@@ -49,6 +49,32 @@ pub enum Command {
     /// Play scenario files against a fresh engine through the built-in Stripe simulator.
     #[command(subcommand)]
     Scenario(ScenarioCommand),
+    /// The built-in, deterministic Stripe simulator.
+    #[command(subcommand)]
+    Simulator(SimulatorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimulatorCommand {
+    /// Serve the simulated Stripe REST API (point async-stripe or curl at it) and forward its
+    /// events as signed webhooks.
+    Serve(SimulatorServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulatorServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SUBLEDGER_SIMULATOR_ADDR", default_value = "127.0.0.1:12111")]
+    pub addr: SocketAddr,
+
+    /// Where to deliver webhooks, e.g. http://127.0.0.1:8080/webhooks/stripe.
+    #[arg(long, env = "SUBLEDGER_SIMULATOR_FORWARD_TO")]
+    pub forward_to: Option<String>,
+
+    /// The signing secret for forwarded webhooks (Subledger's SUBLEDGER_WEBHOOK_SECRETS must
+    /// include it).
+    #[arg(long, env = "SUBLEDGER_SIMULATOR_WEBHOOK_SECRET", default_value = "whsec_subledger_local_development", hide_env_values = true, hide_default_value = true)]
+    pub webhook_secret: String,
 }
 
 #[derive(Debug, Subcommand)]

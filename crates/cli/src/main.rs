@@ -13,7 +13,10 @@ use subledger_engine::{Engine, Shutdown};
 use subledger_store::Database;
 use tokio::net::TcpListener;
 
-use crate::config::{Cli, Command, LogFormat, ScenarioCommand, ServeArgs, WorkerArgs};
+use crate::config::{
+    Cli, Command, LogFormat, ScenarioCommand, ServeArgs, SimulatorCommand, SimulatorServeArgs,
+    WorkerArgs,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -45,6 +48,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(&database_url, args).await,
         Command::Worker(args) => worker(&database_url, args).await,
+        Command::Simulator(SimulatorCommand::Serve(args)) => simulator_serve(args).await,
         Command::Scenario(ScenarioCommand::Run(args)) => {
             scenarios::run(args, cli.database_url).await
         }
@@ -111,6 +115,50 @@ async fn worker(database_url: &str, args: WorkerArgs) -> anyhow::Result<()> {
     engine.close().await;
     tracing::info!("subledger worker stopped");
     Ok(())
+}
+
+async fn simulator_serve(args: SimulatorServeArgs) -> anyhow::Result<()> {
+    use subledger_simulator::api::{router, Account, Forwarding};
+    use subledger_simulator::delivery::Target;
+    if !args.webhook_secret.starts_with("whsec_") {
+        anyhow::bail!("--webhook-secret must start with whsec_");
+    }
+    let forwarding = match &args.forward_to {
+        None => None,
+        Some(url) => {
+            let (addr, path) = parse_http_url(url)?;
+            Some(Forwarding {
+                target: Target::Http { addr, path },
+                secret: subledger_engine::WebhookSecret::new(args.webhook_secret.clone()),
+            })
+        }
+    };
+    let account = Account::new(chrono::Utc::now(), Default::default(), forwarding);
+    let listener = TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("binding {}", args.addr))?;
+    tracing::info!(addr = %args.addr, forward_to = ?args.forward_to, "Stripe simulator serving");
+    axum::serve(listener, router(account.shared()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    Ok(())
+}
+
+/// `http://host:port/path` to a socket address and a path (loopback use; no TLS, no DNS
+/// beyond what the standard library resolves).
+fn parse_http_url(url: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("--forward-to must be an http:// URL, not {url}"))?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr = authority
+        .to_socket_addrs()
+        .with_context(|| format!("--forward-to: cannot resolve {authority}"))?
+        .next()
+        .with_context(|| format!("--forward-to: no address for {authority}"))?;
+    Ok((addr, format!("/{path}")))
 }
 
 /// Ctrl-C or SIGTERM.
