@@ -64,7 +64,11 @@ pub enum SimulatorCommand {
 #[derive(Debug, Args)]
 pub struct SimulatorServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "SUBLEDGER_SIMULATOR_ADDR", default_value = "127.0.0.1:12111")]
+    #[arg(
+        long,
+        env = "SUBLEDGER_SIMULATOR_ADDR",
+        default_value = "127.0.0.1:12111"
+    )]
     pub addr: SocketAddr,
 
     /// Where to deliver webhooks, e.g. http://127.0.0.1:8080/webhooks/stripe.
@@ -73,7 +77,13 @@ pub struct SimulatorServeArgs {
 
     /// The signing secret for forwarded webhooks (Subledger's SUBLEDGER_WEBHOOK_SECRETS must
     /// include it).
-    #[arg(long, env = "SUBLEDGER_SIMULATOR_WEBHOOK_SECRET", default_value = "whsec_subledger_local_development", hide_env_values = true, hide_default_value = true)]
+    #[arg(
+        long,
+        env = "SUBLEDGER_SIMULATOR_WEBHOOK_SECRET",
+        default_value = "whsec_subledger_local_development",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub webhook_secret: String,
 }
 
