@@ -345,7 +345,11 @@ fn check(expectation: &Expectation, engine: &Engine, sim: &Simulator) -> Vec<Str
     failures
 }
 
-fn check_entitlements(expectation: &Expectation, answer: &Value, failures: &mut Vec<String>) {
+pub(crate) fn check_entitlements(
+    expectation: &Expectation,
+    answer: &Value,
+    failures: &mut Vec<String>,
+) {
     for (subscription, expected) in &expectation.subscriptions {
         let actual = answer["subscriptions"]
             .as_array()

@@ -262,38 +262,78 @@ impl Deliverer {
                     .map_err(|e| DeliveryError::Transport(e.to_string()))?;
                 Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
             }
-            Target::Http { addr, path } => http_post(*addr, path, signature, body).await,
+            Target::Http { addr, path } => {
+                let headers = [
+                    ("Stripe-Signature", signature),
+                    ("Content-Type", "application/json"),
+                ];
+                http_request(*addr, "POST", path, &headers, body)
+                    .await
+                    .map_err(DeliveryError::Transport)
+            }
         }
     }
 }
 
-/// A minimal HTTP/1.1 POST, enough to talk to a Subledger on this machine.
-async fn http_post(
+/// A minimal HTTP/1.1 request over a fresh connection, enough to talk to a Subledger on this
+/// machine: returns the status and the body.
+pub async fn http_request(
     addr: SocketAddr,
+    method: &str,
     path: &str,
-    signature: &str,
+    headers: &[(&str, &str)],
     body: &[u8],
-) -> Result<(u16, String), DeliveryError> {
-    let transport = |e: std::io::Error| DeliveryError::Transport(e.to_string());
+) -> Result<(u16, String), String> {
+    let transport = |e: std::io::Error| format!("{addr}: {e}");
     let mut stream = TcpStream::connect(addr).await.map_err(transport)?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Stripe-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     stream.write_all(head.as_bytes()).await.map_err(transport)?;
     stream.write_all(body).await.map_err(transport)?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.map_err(transport)?;
-    let text = String::from_utf8_lossy(&response);
-    let status = text
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| "not an HTTP response: no header end".to_owned())?;
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let rest = &response[split + 4..];
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| DeliveryError::Transport(format!("not an HTTP response: {:.80}", text)))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+        .ok_or_else(|| format!("not an HTTP response: {head:.80}"))?;
+    // Chunked bodies (what axum sends without a known length) are reassembled.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..line_end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let after = &rest[line_end + 2..];
+        match size {
+            Some(size) if size > 0 && after.len() >= size => {
+                body.extend_from_slice(&after[..size]);
+                rest = after[size..]
+                    .strip_prefix(b"\r\n")
+                    .unwrap_or(&after[size..]);
+            }
+            _ => break,
+        }
+    }
+    body
 }

@@ -240,11 +240,10 @@ impl Simulator {
     fn emit(&mut self, event_type: &str, object: Value, previous: Option<Value>) {
         // Stripe's event ids carry no order; neither do these (a scrambled counter), so nothing
         // downstream can get order from them by accident.
+        // The space is part of the seed: two clocks of one account never share an event id.
         self.counter += 1;
-        let id = format!(
-            "evt_sim{:016x}",
-            crate::rng::Rng::new(self.counter).next_u64()
-        );
+        let seed = (u64::from(self.space) << 40) | self.counter;
+        let id = format!("evt_sim{:016x}", crate::rng::Rng::new(seed).next_u64());
         let mut data = json!({ "object": object });
         if let Some(previous) = previous {
             data["previous_attributes"] = previous;

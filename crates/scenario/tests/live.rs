@@ -1,0 +1,136 @@
+//! The `--stripe` runner's calls, tested against the simulator's REST API: async-stripe talks
+//! to the simulated Stripe over HTTP, which forwards signed webhooks to a running Subledger.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use subledger_engine::{Engine, EngineConfig, Shutdown, WebhookSecret};
+use subledger_scenario::format::{parse, parse_file};
+use subledger_scenario::live::{run_live, LiveOptions};
+use subledger_simulator::api::{router as stripe_router, Account, Forwarding};
+use subledger_simulator::delivery::Target;
+use subledger_simulator::RetryPolicy;
+use subledger_stripe_client::{ApiKey, StripeApi};
+use tokio::net::TcpListener;
+
+const SECRET: &str = "whsec_live_runner_test";
+
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn scenarios_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios")
+}
+
+/// A running Subledger (engine, worker, projector) and a simulated Stripe forwarding to it.
+async fn setup(catalog: subledger_domain::catalog::Catalog, namespace: &str) -> LiveOptions {
+    let mut config = EngineConfig::new("sqlite::memory:", catalog);
+    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
+    config.poll_interval = Duration::from_millis(10);
+    let engine = Engine::start(config).await.unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    engine.spawn_worker(shutdown.clone());
+    engine.spawn_projector(shutdown);
+    std::mem::forget(stop);
+    let engine_addr = serve(subledger_server::router(engine, Vec::new())).await;
+
+    let forwarding = Forwarding {
+        target: Target::Http {
+            addr: engine_addr,
+            path: "/webhooks/stripe".to_owned(),
+        },
+        secret: WebhookSecret::new(SECRET),
+    };
+    let account = Account::new(chrono::Utc::now(), RetryPolicy::default(), Some(forwarding));
+    let stripe_addr = serve(stripe_router(account.shared())).await;
+    let api = StripeApi::new(
+        &ApiKey::new("sk_test_live_runner"),
+        Some(&format!("http://{stripe_addr}/")),
+        namespace,
+    )
+    .unwrap();
+    LiveOptions {
+        api,
+        engine: engine_addr,
+        engine_token: None,
+        settle_timeout: Duration::from_secs(10),
+        clock_timeout: Duration::from_secs(10),
+        poll_interval: Duration::from_millis(20),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_files_run_through_async_stripe_against_the_simulated_api() {
+    let files = [
+        "card-visa.yaml",
+        "card-generic-decline.yaml",
+        "trial-to-active.yaml",
+        "trial-without-payment-method.yaml",
+        "renewal-failure-recovery.yaml",
+        "retries-exhausted-canceled.yaml",
+        "cancel-at-period-end.yaml",
+        "cancel-undone.yaml",
+        "pause-collection.yaml",
+        "two-subscriptions.yaml",
+        "year-of-renewals.yaml",
+    ];
+    let mut failures = Vec::new();
+    for file in files {
+        let scenario = parse_file(&scenarios_dir().join(file)).unwrap();
+        let options = setup(scenario.catalog.clone(), file).await;
+        let report = run_live(&scenario, &options).await;
+        if !report.passed() {
+            failures.push(report.render());
+        }
+        if file == "year-of-renewals.yaml" {
+            // Twelve months in advances of at most two monthly intervals each (a month-end
+            // start makes one step shorter: Jul 31 + 2 months is Sep 30).
+            assert!((6..=8).contains(&report.advances), "{}", report.render());
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_customer_gets_a_second_clock_and_both_clocks_advance() {
+    let dir = scenarios_dir();
+    let mut text = String::from(
+        "name: four customers\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/standard.yaml\n\
+         prices:\n  - { id: price_pro_monthly, amount: 2900, lookup_key: pro_monthly }\nsteps:\n",
+    );
+    for n in 1..=4 {
+        text.push_str(&format!(
+            "  - create_customer: {{ id: cus_{n}, card: pm_card_visa }}\n  - subscribe: {{ customer: cus_{n}, subscription: sub_{n}, price: price_pro_monthly }}\n"
+        ));
+    }
+    text.push_str("  - advance: 1 month\n");
+    for n in 1..=4 {
+        text.push_str(&format!(
+            "  - expect:\n      customer: cus_{n}\n      subscriptions: {{ sub_{n}: active }}\n      invoices: {{ sub_{n}: [paid, paid] }}\n"
+        ));
+    }
+    let scenario = parse(&dir.join("four-customers.yaml"), &text).unwrap();
+    let options = setup(scenario.catalog.clone(), "four-customers").await;
+    let report = run_live(&scenario, &options).await;
+    assert!(report.passed(), "{}", report.render());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_stripes_api_cannot_drive_fail_with_a_reason() {
+    let scenario = parse_file(&scenarios_dir().join("dispute-lost.yaml")).unwrap();
+    let options = setup(scenario.catalog.clone(), "dispute").await;
+    let report = run_live(&scenario, &options).await;
+    assert!(!report.passed());
+    assert!(
+        report.render().contains("cannot open or settle a dispute"),
+        "{}",
+        report.render()
+    );
+}

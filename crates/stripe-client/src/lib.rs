@@ -1,0 +1,526 @@
+//! Subledger's calls to Stripe's API, through async-stripe.
+//!
+//! - Every mutating call carries a deterministic idempotency key the caller names (so a retry,
+//!   or a re-run of the same step, can never create a second object).
+//! - Failures are classified as Stripe documents them ([`ApiError`]): card declines and
+//!   invalid requests are final, API errors, rate limits and network failures are retried
+//!   with exponential backoff under the same key, authentication failures stop at once.
+//! - The API key never reaches `Debug` output or logs.
+//!
+//! The base URL is configurable so the same code runs against Subledger's Stripe simulator.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_billing::invoice::ListInvoice;
+use stripe_billing::subscription::{
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems, RetrieveSubscription,
+    UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionPauseCollection,
+    UpdateSubscriptionPauseCollectionBehavior, UpdateSubscriptionProrationBehavior,
+};
+use stripe_billing::test_helpers_test_clock::{
+    AdvanceTestHelpersTestClock, CreateTestHelpersTestClock, RetrieveTestHelpersTestClock,
+};
+use stripe_client_core::{RequestBuilder, StripeMethod};
+use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
+use stripe_payment::payment_method::AttachPaymentMethod;
+use stripe_product::price::{
+    CreatePrice, CreatePriceProductData, CreatePriceRecurring, CreatePriceRecurringInterval,
+};
+
+/// A Stripe secret or restricted key. Never printed.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// Test-mode keys only: this crate's callers drive test clocks.
+    pub fn is_test_mode(&self) -> bool {
+        self.0.starts_with("sk_test_") || self.0.starts_with("rk_test_")
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// A failed Stripe call, by Stripe's error classes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// A card was declined: final for this attempt; show the customer a friendly message.
+    #[error("card declined ({})", decline_code.as_deref().unwrap_or("no decline code"))]
+    Card { decline_code: Option<String> },
+    /// Our request was wrong: a bug to fix, never retried.
+    #[error("invalid request: {message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    /// The key was refused or rolled: stop making calls and alert.
+    #[error("Stripe refused the API key")]
+    Authentication,
+    /// An idempotency key was reused with different parameters.
+    #[error("idempotency key reused with different parameters: {0}")]
+    Idempotency(String),
+    /// Still rate limited after retries.
+    #[error("rate limited by Stripe")]
+    RateLimit,
+    /// Stripe failed (5xx, `api_error`), or the network did, after retries.
+    #[error("Stripe or the network failed: {0}")]
+    Unavailable(String),
+    /// Stripe answered something this build cannot read.
+    #[error("unexpected answer from Stripe: {0}")]
+    Unexpected(String),
+}
+
+impl ApiError {
+    fn from_stripe(error: StripeError) -> Self {
+        match error {
+            StripeError::Stripe(details, status) => {
+                let message = details.message.clone().unwrap_or_default();
+                match (status, details.type_.as_str()) {
+                    (401, _) | (_, "authentication_error") => Self::Authentication,
+                    (429, _) | (_, "rate_limit_error") => Self::RateLimit,
+                    (_, "card_error") => Self::Card {
+                        decline_code: details.decline_code.clone(),
+                    },
+                    (_, "idempotency_error") => Self::Idempotency(message),
+                    (_, "invalid_request_error") => Self::InvalidRequest {
+                        message,
+                        param: details.param.clone(),
+                    },
+                    _ => Self::Unavailable(format!("{status}: {message}")),
+                }
+            }
+            StripeError::ClientError(e) => Self::Unavailable(e),
+            StripeError::Timeout => Self::Unavailable("timed out".to_owned()),
+            StripeError::JSONDeserialize(e) => Self::Unexpected(e),
+            StripeError::ConfigError(e) => Self::Unexpected(e),
+        }
+    }
+
+    /// Worth another attempt with the same idempotency key.
+    fn is_transient(&self) -> bool {
+        matches!(self, Self::RateLimit | Self::Unavailable(_))
+    }
+}
+
+/// A test clock as Stripe reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestClock {
+    pub id: String,
+    pub frozen_time: i64,
+    /// `advancing`, `ready` or `internal_failure`.
+    pub status: String,
+}
+
+/// The parts of a subscription the callers need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionState {
+    pub id: String,
+    pub status: String,
+    pub first_item: Option<String>,
+}
+
+/// Stripe's API, with retries and deterministic idempotency keys.
+#[derive(Debug, Clone)]
+pub struct StripeApi {
+    client: Client,
+    /// Prefixes every idempotency key: one namespace per run.
+    namespace: String,
+    max_attempts: u32,
+    first_backoff: Duration,
+}
+
+const MAX_ATTEMPTS: u32 = 4;
+
+impl StripeApi {
+    /// A client for `key`; `base_url` (ending in `/`) points it at another Stripe, such as the
+    /// simulator. Keys of idempotent calls are prefixed with `namespace`.
+    pub fn new(key: &ApiKey, base_url: Option<&str>, namespace: &str) -> Result<Self, ApiError> {
+        let mut builder = ClientBuilder::new(key.0.clone());
+        if let Some(url) = base_url {
+            builder = builder.url(url);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| ApiError::Unexpected(format!("cannot build the Stripe client: {e}")))?;
+        Ok(Self {
+            client,
+            namespace: namespace.to_owned(),
+            max_attempts: MAX_ATTEMPTS,
+            first_backoff: Duration::from_millis(500),
+        })
+    }
+
+    fn key(&self, name: &str) -> Result<IdempotencyKey, ApiError> {
+        IdempotencyKey::new(format!("{}:{name}", self.namespace))
+            .map_err(|e| ApiError::Unexpected(format!("bad idempotency key `{name}`: {e}")))
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or runs out of attempts, backing off
+    /// exponentially between transient failures. The same idempotency key rides every attempt.
+    async fn with_retries<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StripeError>>,
+    {
+        let mut wait = self.first_backoff;
+        let mut attempt = 1;
+        loop {
+            match call().await.map_err(ApiError::from_stripe) {
+                Ok(value) => return Ok(value),
+                Err(error) if error.is_transient() && attempt < self.max_attempts => {
+                    tracing::warn!(%error, attempt, what, "Stripe call failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    pub async fn create_test_clock(
+        &self,
+        key: &str,
+        frozen_time: i64,
+        name: &str,
+    ) -> Result<TestClock, ApiError> {
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        let request = CreateTestHelpersTestClock::new(frozen_time).name(name);
+        let clock = self
+            .with_retries("create test clock", || {
+                request
+                    .customize()
+                    .request_strategy(strategy.clone())
+                    .send(&self.client)
+            })
+            .await?;
+        Ok(clock_state(&clock))
+    }
+
+    pub async fn test_clock(&self, id: &str) -> Result<TestClock, ApiError> {
+        let request = RetrieveTestHelpersTestClock::new(id);
+        let clock = self
+            .with_retries("retrieve test clock", || request.send(&self.client))
+            .await?;
+        Ok(clock_state(&clock))
+    }
+
+    pub async fn advance_test_clock(
+        &self,
+        key: &str,
+        id: &str,
+        frozen_time: i64,
+    ) -> Result<TestClock, ApiError> {
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        let request = AdvanceTestHelpersTestClock::new(id, frozen_time);
+        let clock = self
+            .with_retries("advance test clock", || {
+                request
+                    .customize()
+                    .request_strategy(strategy.clone())
+                    .send(&self.client)
+            })
+            .await?;
+        Ok(clock_state(&clock))
+    }
+
+    /// A monthly or yearly price (with its product), carrying `lookup_key` (taken over from
+    /// an older price that had it, so reruns keep working).
+    pub async fn create_price(
+        &self,
+        key: &str,
+        unit_amount: i64,
+        currency: &str,
+        yearly: bool,
+        lookup_key: Option<&str>,
+        product_name: &str,
+    ) -> Result<String, ApiError> {
+        let currency =
+            currency
+                .parse::<stripe_types::Currency>()
+                .map_err(|_| ApiError::InvalidRequest {
+                    message: format!("unknown currency {currency}"),
+                    param: Some("currency".to_owned()),
+                })?;
+        let interval = if yearly {
+            CreatePriceRecurringInterval::Year
+        } else {
+            CreatePriceRecurringInterval::Month
+        };
+        let mut request = CreatePrice::new(currency)
+            .unit_amount(unit_amount)
+            .recurring(CreatePriceRecurring::new(interval))
+            .product_data(CreatePriceProductData::new(product_name));
+        if let Some(lookup_key) = lookup_key {
+            request = request.lookup_key(lookup_key).transfer_lookup_key(true);
+        }
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        let price = self
+            .with_retries("create price", || {
+                request
+                    .customize()
+                    .request_strategy(strategy.clone())
+                    .send(&self.client)
+            })
+            .await?;
+        Ok(price.id.to_string())
+    }
+
+    pub async fn create_customer(
+        &self,
+        key: &str,
+        test_clock: &str,
+        metadata: HashMap<String, String>,
+    ) -> Result<String, ApiError> {
+        let request = CreateCustomer::new()
+            .test_clock(test_clock)
+            .metadata(metadata);
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        let customer = self
+            .with_retries("create customer", || {
+                request
+                    .customize()
+                    .request_strategy(strategy.clone())
+                    .send(&self.client)
+            })
+            .await?;
+        Ok(customer.id.to_string())
+    }
+
+    /// Attaches a test card (`pm_card_visa`, …) and makes it the customer's default.
+    pub async fn attach_default_card(
+        &self,
+        key: &str,
+        customer: &str,
+        test_card: &str,
+    ) -> Result<String, ApiError> {
+        let attach = AttachPaymentMethod::new(test_card).customer(customer);
+        let strategy = RequestStrategy::Idempotent(self.key(&format!("{key}:attach"))?);
+        let method = self
+            .with_retries("attach payment method", || {
+                attach
+                    .customize()
+                    .request_strategy(strategy.clone())
+                    .send(&self.client)
+            })
+            .await?;
+        let method_id = method.id.to_string();
+        let mut settings = UpdateCustomerInvoiceSettings::new();
+        settings.default_payment_method = Some(method_id.clone());
+        let update = UpdateCustomer::new(customer).invoice_settings(settings);
+        let strategy = RequestStrategy::Idempotent(self.key(&format!("{key}:default"))?);
+        self.with_retries("set default payment method", || {
+            update
+                .customize()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+        })
+        .await?;
+        Ok(method_id)
+    }
+
+    pub async fn create_subscription(
+        &self,
+        key: &str,
+        customer: &str,
+        price: &str,
+        quantity: u64,
+        trial_days: Option<u32>,
+    ) -> Result<SubscriptionState, ApiError> {
+        let mut item = CreateSubscriptionItems::new();
+        item.price = Some(price.to_owned());
+        item.quantity = Some(quantity);
+        let mut request = CreateSubscription::new()
+            .customer(customer)
+            .items(vec![item]);
+        if let Some(days) = trial_days {
+            request = request.trial_period_days(days);
+        }
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        let subscription = self
+            .with_retries("create subscription", || {
+                request
+                    .customize()
+                    .request_strategy(strategy.clone())
+                    .send(&self.client)
+            })
+            .await?;
+        Ok(subscription_state(&subscription))
+    }
+
+    pub async fn subscription(&self, id: &str) -> Result<SubscriptionState, ApiError> {
+        let request = RetrieveSubscription::new(id);
+        let subscription = self
+            .with_retries("retrieve subscription", || request.send(&self.client))
+            .await?;
+        Ok(subscription_state(&subscription))
+    }
+
+    /// Moves the subscription's first item to `price` now.
+    pub async fn change_price(
+        &self,
+        key: &str,
+        subscription: &str,
+        price: &str,
+        proration: &str,
+    ) -> Result<(), ApiError> {
+        let current = self.subscription(subscription).await?;
+        let mut item = UpdateSubscriptionItems::new();
+        item.id = current.first_item;
+        item.price = Some(price.to_owned());
+        let proration = match proration {
+            "always_invoice" => UpdateSubscriptionProrationBehavior::AlwaysInvoice,
+            "none" => UpdateSubscriptionProrationBehavior::None,
+            _ => UpdateSubscriptionProrationBehavior::CreateProrations,
+        };
+        let request = UpdateSubscription::new(subscription)
+            .items(vec![item])
+            .proration_behavior(proration);
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        self.with_retries("change price", || {
+            request
+                .customize()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn set_cancel_at_period_end(
+        &self,
+        key: &str,
+        subscription: &str,
+        cancel: bool,
+    ) -> Result<(), ApiError> {
+        let request = UpdateSubscription::new(subscription).cancel_at_period_end(cancel);
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        self.with_retries("set cancel_at_period_end", || {
+            request
+                .customize()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn cancel_subscription(&self, key: &str, subscription: &str) -> Result<(), ApiError> {
+        let request = CancelSubscription::new(subscription);
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        self.with_retries("cancel subscription", || {
+            request
+                .customize()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn pause_collection(
+        &self,
+        key: &str,
+        subscription: &str,
+        behavior: &str,
+    ) -> Result<(), ApiError> {
+        let behavior = match behavior {
+            "keep_as_draft" => UpdateSubscriptionPauseCollectionBehavior::KeepAsDraft,
+            "mark_uncollectible" => UpdateSubscriptionPauseCollectionBehavior::MarkUncollectible,
+            "void" => UpdateSubscriptionPauseCollectionBehavior::Void,
+            other => {
+                return Err(ApiError::InvalidRequest {
+                    message: format!("pause_collection behavior {other} is not keep_as_draft, mark_uncollectible or void"),
+                    param: Some("pause_collection[behavior]".to_owned()),
+                })
+            }
+        };
+        let request = UpdateSubscription::new(subscription)
+            .pause_collection(UpdateSubscriptionPauseCollection::new(behavior));
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        self.with_retries("pause collection", || {
+            request
+                .customize()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Resumes collection. Stripe unsets `pause_collection` with an empty value, which
+    /// async-stripe's typed builder cannot express, so this one request is built by hand.
+    pub async fn resume_collection(&self, key: &str, subscription: &str) -> Result<(), ApiError> {
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        let path = format!("/subscriptions/{subscription}");
+        self.with_retries("resume collection", || {
+            RequestBuilder::new(StripeMethod::Post, path.clone())
+                .form(&std::collections::BTreeMap::from([(
+                    "pause_collection",
+                    "",
+                )]))
+                .customize::<stripe_shared::Subscription>()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The statuses of a subscription's invoices, oldest first.
+    pub async fn invoice_statuses(&self, subscription: &str) -> Result<Vec<String>, ApiError> {
+        let request = ListInvoice::new().subscription(subscription).limit(100);
+        let list = self
+            .with_retries("list invoices", || request.send(&self.client))
+            .await?;
+        let mut invoices: Vec<(i64, String, String)> = list
+            .data
+            .iter()
+            .map(|invoice| {
+                let status = invoice
+                    .status
+                    .as_ref()
+                    .map_or("draft", |s| s.as_str())
+                    .to_owned();
+                let id = invoice
+                    .id
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .unwrap_or_default();
+                (invoice.created, id, status)
+            })
+            .collect();
+        invoices.sort();
+        Ok(invoices.into_iter().map(|(_, _, status)| status).collect())
+    }
+}
+
+fn clock_state(clock: &stripe_shared::TestHelpersTestClock) -> TestClock {
+    TestClock {
+        id: clock.id.to_string(),
+        frozen_time: clock.frozen_time,
+        status: clock.status.as_str().to_owned(),
+    }
+}
+
+fn subscription_state(subscription: &stripe_shared::Subscription) -> SubscriptionState {
+    SubscriptionState {
+        id: subscription.id.to_string(),
+        status: subscription.status.as_str().to_owned(),
+        first_item: subscription
+            .items
+            .data
+            .first()
+            .map(|item| item.id.to_string()),
+    }
+}
