@@ -106,6 +106,23 @@ pub struct ScenarioRunArgs {
     /// Seed for shuffled and chaos delivery.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+
+    /// Run against Stripe test mode (STRIPE_API_KEY, test keys only) with real test clocks,
+    /// checking a running Subledger that receives the webhooks (`stripe listen --forward-to`).
+    #[arg(long)]
+    pub stripe: bool,
+
+    /// With --stripe: the running Subledger to check, host:port.
+    #[arg(long, env = "SUBLEDGER_ENGINE_ADDR", default_value = "127.0.0.1:8080")]
+    pub engine_addr: String,
+
+    /// With --stripe: Stripe's API base URL (point it at `subledger simulator serve` to rehearse).
+    #[arg(long, env = "STRIPE_API_BASE")]
+    pub stripe_api_base: Option<String>,
+
+    /// With --stripe: how long an expectation may wait for webhooks, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub settle_timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]

@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use anyhow::bail;
 use subledger_scenario::format::parse_file;
+use subledger_scenario::live::{run_live, LiveOptions};
 use subledger_scenario::runner::{run as run_scenario, RunOptions};
 use subledger_simulator::delivery::DeliveryMode;
+use subledger_stripe_client::{ApiKey, StripeApi};
 
 use crate::config::ScenarioRunArgs;
 
@@ -23,6 +25,11 @@ pub async fn run(args: ScenarioRunArgs, database_url: Option<String>) -> anyhow:
         seed: args.seed,
         database_url,
     };
+    let live = if args.stripe {
+        Some(live_options(&args)?)
+    } else {
+        None
+    };
     let started = Instant::now();
     let (mut passed, mut failed, mut advances) = (0usize, 0usize, 0u64);
     for file in &files {
@@ -34,7 +41,10 @@ pub async fn run(args: ScenarioRunArgs, database_url: Option<String>) -> anyhow:
                 continue;
             }
         };
-        let report = run_scenario(&scenario, &options).await?;
+        let report = match &live {
+            Some(live) => run_live(&scenario, live).await,
+            None => run_scenario(&scenario, &options).await?,
+        };
         println!("{}", report.render());
         advances += report.advances;
         if report.passed() {
@@ -56,6 +66,45 @@ pub async fn run(args: ScenarioRunArgs, database_url: Option<String>) -> anyhow:
         bail!("{failed} scenario(s) failed");
     }
     Ok(())
+}
+
+/// The `--stripe` setup: a test-mode key from the environment and the Subledger to check.
+fn live_options(args: &ScenarioRunArgs) -> anyhow::Result<LiveOptions> {
+    use std::net::ToSocketAddrs;
+    let Ok(key) = std::env::var("STRIPE_API_KEY") else {
+        bail!("--stripe needs STRIPE_API_KEY (a test-mode secret or restricted key) in the environment");
+    };
+    let key = ApiKey::new(key);
+    if !key.is_test_mode() {
+        bail!("STRIPE_API_KEY is not a test-mode key (sk_test_… or rk_test_…): scenarios create and advance test clocks");
+    }
+    let engine = args
+        .engine_addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| anyhow::anyhow!("--engine-addr {} is not host:port", args.engine_addr))?;
+    let base = args.stripe_api_base.as_ref().map(|b| {
+        if b.ends_with('/') {
+            b.clone()
+        } else {
+            format!("{b}/")
+        }
+    });
+    // One idempotency namespace per run: reruns create new objects, retries within a run never do.
+    let namespace = format!(
+        "subledger-scenario-{}",
+        chrono::Utc::now().timestamp_millis()
+    );
+    let api = StripeApi::new(&key, base.as_deref(), &namespace)?;
+    Ok(LiveOptions {
+        api,
+        engine,
+        engine_token: std::env::var("SUBLEDGER_API_TOKEN").ok(),
+        settle_timeout: std::time::Duration::from_secs(args.settle_timeout_secs),
+        clock_timeout: std::time::Duration::from_secs(120),
+        poll_interval: std::time::Duration::from_secs(1),
+    })
 }
 
 /// Files as given, and the `*.yaml` files directly inside given directories, sorted.

@@ -48,6 +48,8 @@ struct Clock {
 
 struct LiveRun<'a> {
     options: &'a LiveOptions,
+    /// Prefixes idempotency keys: the scenario file, so scenarios of one run never share keys.
+    scope: String,
     now: DateTime<Utc>,
     clocks: Vec<Clock>,
     ids: HashMap<String, String>,
@@ -62,6 +64,7 @@ pub async fn run_live(scenario: &Scenario, options: &LiveOptions) -> ScenarioRep
     let started = Instant::now();
     let mut run = LiveRun {
         options,
+        scope: scope(scenario),
         now: scenario.start,
         clocks: Vec::new(),
         ids: HashMap::new(),
@@ -77,7 +80,7 @@ pub async fn run_live(scenario: &Scenario, options: &LiveOptions) -> ScenarioRep
     };
     for price in &scenario.prices {
         let yearly = price.interval == Interval::Year;
-        let key = format!("price:{}", price.id);
+        let key = format!("{}:price:{}", scope(scenario), price.id);
         match options
             .api
             .create_price(
@@ -132,6 +135,7 @@ pub async fn run_live(scenario: &Scenario, options: &LiveOptions) -> ScenarioRep
         events: 0,
         delivery_stats: Default::default(),
         final_views: String::new(),
+        against_stripe: true,
     }
 }
 
@@ -139,7 +143,19 @@ fn stripe_failed(error: ApiError) -> String {
     format!("Stripe: {error}")
 }
 
+/// The scenario's file name, which scopes its idempotency keys within a run.
+fn scope(scenario: &Scenario) -> String {
+    scenario.path.file_stem().map_or_else(
+        || scenario.name.clone(),
+        |stem| stem.to_string_lossy().into_owned(),
+    )
+}
+
 impl LiveRun<'_> {
+    fn key(&self, key: String) -> String {
+        format!("{}:{key}", self.scope)
+    }
+
     fn id(&self, alias: &str) -> Result<String, String> {
         self.ids
             .get(alias)
@@ -162,7 +178,7 @@ impl LiveRun<'_> {
             .options
             .api
             .create_test_clock(
-                &format!("clock:{n}"),
+                &self.key(format!("clock:{n}")),
                 self.now.timestamp(),
                 &format!("subledger scenario clock {n}"),
             )
@@ -181,15 +197,15 @@ impl LiveRun<'_> {
             Action::CreateCustomer { id, card, metadata } => {
                 let clock = self.clock_for_new_customer().await?;
                 let metadata: HashMap<String, String> = metadata.clone().into_iter().collect();
-                let real = api.create_customer(&format!("customer:{id}"), &clock, metadata).await.map_err(stripe_failed)?;
+                let real = api.create_customer(&self.key(format!("customer:{id}")), &clock, metadata).await.map_err(stripe_failed)?;
                 if let Some(card) = card {
-                    api.attach_default_card(&format!("card:{id}:{line}"), &real, card).await.map_err(stripe_failed)?;
+                    api.attach_default_card(&self.key(format!("card:{id}:{line}")), &real, card).await.map_err(stripe_failed)?;
                 }
                 self.ids.insert(id.clone(), real);
             }
             Action::ChangeCard { customer, card } => {
                 let real = self.id(customer)?;
-                api.attach_default_card(&format!("card:{customer}:{line}"), &real, card).await.map_err(stripe_failed)?;
+                api.attach_default_card(&self.key(format!("card:{customer}:{line}")), &real, card).await.map_err(stripe_failed)?;
             }
             Action::Subscribe {
                 customer,
@@ -199,7 +215,7 @@ impl LiveRun<'_> {
                 trial_days,
             } => {
                 let created = api
-                    .create_subscription(&format!("subscription:{subscription}"), &self.id(customer)?, &self.id(price)?, *quantity, *trial_days)
+                    .create_subscription(&self.key(format!("subscription:{subscription}")), &self.id(customer)?, &self.id(price)?, *quantity, *trial_days)
                     .await
                     .map_err(stripe_failed)?;
                 self.ids.insert(subscription.clone(), created.id);
@@ -223,7 +239,7 @@ impl LiveRun<'_> {
                 price,
                 proration,
             } => {
-                api.change_price(&format!("upgrade:{subscription}:{line}"), &self.id(subscription)?, &self.id(price)?, proration)
+                api.change_price(&self.key(format!("upgrade:{subscription}:{line}")), &self.id(subscription)?, &self.id(price)?, proration)
                     .await
                     .map_err(stripe_failed)?;
                 if let Some(interval) = self.price_intervals.get(price).copied() {
@@ -235,7 +251,7 @@ impl LiveRun<'_> {
                 at_period_end,
             } => {
                 let real = self.id(subscription)?;
-                let key = format!("cancel:{subscription}:{line}");
+                let key = self.key(format!("cancel:{subscription}:{line}"));
                 if *at_period_end {
                     api.set_cancel_at_period_end(&key, &real, true).await.map_err(stripe_failed)?;
                 } else {
@@ -244,17 +260,17 @@ impl LiveRun<'_> {
                 }
             }
             Action::UndoCancel { subscription } => {
-                api.set_cancel_at_period_end(&format!("undo_cancel:{subscription}:{line}"), &self.id(subscription)?, false)
+                api.set_cancel_at_period_end(&self.key(format!("undo_cancel:{subscription}:{line}")), &self.id(subscription)?, false)
                     .await
                     .map_err(stripe_failed)?;
             }
             Action::Pause { subscription, behavior } => {
-                api.pause_collection(&format!("pause:{subscription}:{line}"), &self.id(subscription)?, behavior)
+                api.pause_collection(&self.key(format!("pause:{subscription}:{line}")), &self.id(subscription)?, behavior)
                     .await
                     .map_err(stripe_failed)?;
             }
             Action::Resume { subscription } => {
-                api.resume_collection(&format!("resume:{subscription}:{line}"), &self.id(subscription)?)
+                api.resume_collection(&self.key(format!("resume:{subscription}:{line}")), &self.id(subscription)?)
                     .await
                     .map_err(stripe_failed)?;
             }
@@ -296,7 +312,7 @@ impl LiveRun<'_> {
                 None => to,
             };
             for clock in &self.clocks {
-                let key = format!("advance:{}:{}", clock.id, step_end.timestamp());
+                let key = self.key(format!("advance:{}:{}", clock.id, step_end.timestamp()));
                 self.options
                     .api
                     .advance_test_clock(&key, &clock.id, step_end.timestamp())

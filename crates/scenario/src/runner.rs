@@ -42,6 +42,8 @@ pub struct ScenarioReport {
     pub delivery_stats: DeliveryStats,
     /// The engine's billing views at the end, serialized, for comparing runs.
     pub final_views: String,
+    /// Played against Stripe's API and a running Subledger rather than the simulator.
+    pub against_stripe: bool,
 }
 
 impl ScenarioReport {
@@ -52,14 +54,12 @@ impl ScenarioReport {
     /// The human-readable report: one line per step, expected versus actual on failure.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{} — {} (delivery {}, seed {})",
-            self.file,
-            self.name,
-            self.delivery.as_str(),
-            self.seed
-        );
+        let how = if self.against_stripe {
+            "against Stripe's API".to_owned()
+        } else {
+            format!("delivery {}, seed {}", self.delivery.as_str(), self.seed)
+        };
+        let _ = writeln!(out, "{} — {} ({how})", self.file, self.name);
         for (index, step) in self.steps.iter().enumerate() {
             let mark = if step.failures.is_empty() {
                 "ok  "
@@ -81,19 +81,22 @@ impl ScenarioReport {
                 let _ = writeln!(out, "           {failure}");
             }
         }
-        let stats = self.delivery_stats;
-        let _ = writeln!(
-            out,
-            "  {} in {} ms: {} events, {} deliveries ({} duplicates, {} delayed, {} failed attempts), {} clock advances",
-            if self.passed() { "passed" } else { "FAILED" },
-            self.elapsed.as_millis(),
-            self.events,
-            stats.deliveries,
-            stats.duplicates,
-            stats.delayed,
-            stats.failed_attempts,
-            self.advances
-        );
+        let verdict = if self.passed() { "passed" } else { "FAILED" };
+        let elapsed = self.elapsed.as_millis();
+        if self.against_stripe {
+            let _ = writeln!(
+                out,
+                "  {verdict} in {elapsed} ms, {} clock advances",
+                self.advances
+            );
+        } else {
+            let stats = self.delivery_stats;
+            let _ = writeln!(
+                out,
+                "  {verdict} in {elapsed} ms: {} events, {} deliveries ({} duplicates, {} delayed, {} failed attempts), {} clock advances",
+                self.events, stats.deliveries, stats.duplicates, stats.delayed, stats.failed_attempts, self.advances
+            );
+        }
         out
     }
 }
@@ -220,6 +223,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
         events: simulator.events().len(),
         delivery_stats: deliverer.stats(),
         final_views,
+        against_stripe: false,
     })
 }
 
