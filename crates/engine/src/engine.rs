@@ -31,8 +31,13 @@ pub struct Engine {
     pub(crate) events_appended: Notify,
 }
 
+/// How long [`Engine::drain`] waits for the projection to catch up.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    #[error("the projection did not catch up within {0:?}: a long transaction in the database holds back the events")]
+    NotCaughtUp(Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -134,11 +139,23 @@ impl Engine {
             .await
     }
 
-    /// Processes the inbox until nothing is due, then projects. For tests and one-shot runs.
+    /// Processes the inbox until nothing is due, then projects until every committed event is
+    /// applied. For tests and one-shot runs. On PostgreSQL the last step waits for the
+    /// visibility horizon (see ARCHITECTURE.md), at most [`DRAIN_TIMEOUT`].
     pub async fn drain(&self) -> Result<(), EngineError> {
         while self.process_inbox().await?.handled() > 0 {}
-        self.project().await?;
-        Ok(())
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            self.project().await?;
+            let applied = self.projector.lock().await.applied();
+            if !self.db.has_events_after(applied).await? {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EngineError::NotCaughtUp(DRAIN_TIMEOUT));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// A customer's current entitlements, from memory. `None` for a customer never seen.

@@ -252,6 +252,11 @@ impl BillingProjector {
         Ok(())
     }
 
+    /// How far this projector has applied the log.
+    pub(crate) fn applied(&self) -> Checkpoint {
+        self.applied
+    }
+
     /// The views in memory, for rebuild comparisons.
     pub(crate) fn views(&self) -> &BTreeMap<CustomerId, BillingView> {
         &self.views

@@ -67,6 +67,29 @@ impl EventRow {
 }
 
 impl Database {
+    /// Whether committed events exist after `after`, including (on PostgreSQL) those not yet
+    /// readable because an older transaction in the cluster is still running.
+    pub async fn has_events_after(&self, after: Checkpoint) -> Result<bool, StoreError> {
+        let exists = match self {
+            Self::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE position > ?1)")
+                    .bind(after.position)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Self::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM events WHERE (tx, position) > ($1::bigint::text::xid8, $2))",
+                )
+                .bind(after.tx)
+                .bind(after.position)
+                .fetch_one(pool)
+                .await?
+            }
+        };
+        Ok(exists)
+    }
+
     /// Up to `limit` events after `after`, in log order.
     pub async fn read_events_after(
         &self,

@@ -284,11 +284,9 @@ async fn postgres_projectors_neither_skip_late_commits_nor_stall_on_rollbacks() 
         .unwrap()
         .is_empty());
     slow.commit().await.unwrap();
-    let events = test
-        .database
-        .read_events_after(Checkpoint::default(), 10)
-        .await
-        .unwrap();
+    // Visibility waits for every older transaction in the cluster (other tests run their own),
+    // so poll; what matters is the order, and that the slow event is not skipped.
+    let events = read_until(&test.database, Checkpoint::default(), 2).await;
     let ids: Vec<_> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
     assert_eq!(ids, ["cus_slow", "cus_fast"]);
 
@@ -304,12 +302,24 @@ async fn postgres_projectors_neither_skip_late_commits_nor_stall_on_rollbacks() 
         .execute(pool)
         .await
         .unwrap();
-    let after = test
-        .database
-        .read_events_after(events[1].checkpoint, 10)
-        .await
-        .unwrap();
+    let after = read_until(&test.database, events[1].checkpoint, 1).await;
     let ids: Vec<_> = after.iter().map(|e| e.aggregate_id.as_str()).collect();
     assert_eq!(ids, ["cus_after"]);
     test.cleanup().await.unwrap();
+}
+
+/// Reads from `after` until at least `count` events are visible (or ten seconds pass).
+async fn read_until(
+    db: &Database,
+    after: Checkpoint,
+    count: usize,
+) -> Vec<subledger_store::StoredEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let events = db.read_events_after(after, 10).await.unwrap();
+        if events.len() >= count || std::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
