@@ -281,8 +281,10 @@ impl LiveRun<'_> {
             Action::OpenDispute { .. } | Action::CloseDispute { .. } => {
                 return Err("Stripe's API cannot open or settle a dispute on an existing charge; test mode makes disputes only from special card numbers (run this scenario on the simulator)".to_owned())
             }
-            Action::Downgrade { .. } => {
-                return Err("a downgrade at period end needs a subscription schedule, which this runner does not drive against Stripe yet (run this scenario on the simulator)".to_owned())
+            Action::Downgrade { subscription, price } => {
+                api.change_price_at_period_end(&self.key(format!("downgrade:{subscription}:{line}")), &self.id(subscription)?, &self.id(price)?)
+                    .await
+                    .map_err(stripe_failed)?;
             }
             Action::Expect(_) => {}
         }

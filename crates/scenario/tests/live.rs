@@ -80,6 +80,7 @@ async fn scenario_files_run_through_async_stripe_against_the_simulated_api() {
         "pause-collection.yaml",
         "two-subscriptions.yaml",
         "year-of-renewals.yaml",
+        "upgrade-now-downgrade-at-period-end.yaml",
     ];
     let mut failures = Vec::new();
     for file in files {

@@ -40,6 +40,8 @@ pub struct Account {
     policy: RetryPolicy,
     next_space: u32,
     idempotency: HashMap<String, (String, StatusCode, Value)>,
+    /// Subscription schedules: id -> (clock, subscription, the next phase's price).
+    schedules: BTreeMap<String, (String, String, Option<String>)>,
     delivered: HashMap<String, bool>,
     forwarding: Option<Deliverer>,
 }
@@ -56,6 +58,7 @@ impl Account {
             policy,
             next_space: 2,
             idempotency: HashMap::new(),
+            schedules: BTreeMap::new(),
             delivered: HashMap::new(),
             forwarding: forwarding
                 .map(|f| Deliverer::new(DeliveryMode::InOrder, 0, f.secret, f.target)),
@@ -244,6 +247,8 @@ pub fn router(account: SharedAccount) -> Router {
                 .post(update_subscription)
                 .delete(cancel_subscription),
         )
+        .route("/v1/subscription_schedules", post(create_schedule))
+        .route("/v1/subscription_schedules/{id}", post(update_schedule))
         .route("/v1/invoices", get(list_invoices))
         .route("/v1/invoices/{id}", get(retrieve_invoice))
         .route("/v1/events", get(list_events))
@@ -761,4 +766,116 @@ async fn list_events(
         .cloned()
         .collect();
     page(objects, "/v1/events", &query)
+}
+
+/// A schedule as Stripe renders it: the current phase until the period ends, and the next
+/// phase (the scheduled price) when one is set.
+fn schedule_json(account: &Account, id: &str) -> Result<Value, ApiError> {
+    let (clock, subscription, next_price) = account
+        .schedules
+        .get(id)
+        .ok_or_else(|| ApiError::missing("subscription_schedule", id))?;
+    let sim = account
+        .clocks
+        .get(clock)
+        .ok_or_else(|| ApiError::missing("test_clock", clock))?;
+    let current = sim.subscription(subscription)?;
+    let mut schedule = subledger_stripe::fixtures::resource("subscription_schedule");
+    let template = schedule["phases"][0].clone();
+    let phase = |price: &str, start: i64, end: i64| {
+        let mut phase = template.clone();
+        phase["start_date"] = json!(start);
+        phase["end_date"] = json!(end);
+        phase["items"][0]["price"] = json!(price);
+        phase["items"][0]["plan"]["id"] = json!(price);
+        phase["items"][0]["quantity"] = json!(current.items.first().map_or(1, |i| i.quantity));
+        phase
+    };
+    let start = current.current_period_start.timestamp();
+    let end = current.current_period_end.timestamp();
+    let current_price = current
+        .items
+        .first()
+        .map(|i| i.price.clone())
+        .unwrap_or_default();
+    let mut phases = vec![phase(&current_price, start, end)];
+    if let Some(next) = next_price {
+        phases.push(phase(next, end, end + (end - start)));
+    }
+    schedule["id"] = json!(id);
+    schedule["customer"] = json!(current.customer);
+    schedule["subscription"] = json!(subscription);
+    schedule["status"] = json!("active");
+    schedule["end_behavior"] = json!("release");
+    schedule["canceled_at"] = Value::Null;
+    schedule["completed_at"] = Value::Null;
+    schedule["released_at"] = Value::Null;
+    schedule["released_subscription"] = Value::Null;
+    schedule["created"] = json!(sim.now().timestamp());
+    schedule["current_phase"] = json!({ "start_date": start, "end_date": end });
+    schedule["phases"] = Value::Array(phases);
+    schedule["test_clock"] = json!(clock);
+    schedule["livemode"] = json!(false);
+    Ok(schedule)
+}
+
+async fn create_schedule(
+    State(account): State<SharedAccount>,
+    headers: HeaderMap,
+    Form(params): Form<Params>,
+) -> Response {
+    let print = fingerprint(&Method::POST, "/v1/subscription_schedules", &params);
+    idempotent(&account, &headers, print, |account| {
+        let subscription = required(&params, "from_subscription")?.to_owned();
+        let clock = account.subscription_clock(&subscription)?;
+        if account
+            .schedules
+            .values()
+            .any(|(_, s, _)| *s == subscription)
+        {
+            return Err(ApiError::invalid(
+                format!(
+                    "Subscription {subscription} is already managed by a subscription schedule."
+                ),
+                Some("from_subscription"),
+            ));
+        }
+        let id = account.sim(&clock)?.fresh_id("sub_sched");
+        account
+            .schedules
+            .insert(id.clone(), (clock, subscription, None));
+        schedule_json(account, &id)
+    })
+    .await
+}
+
+/// Accepts the two-phase update that schedules a price for the end of the current period:
+/// `phases[1][items][0][price]` is the next phase's price.
+async fn update_schedule(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(params): Form<Params>,
+) -> Response {
+    let print = fingerprint(
+        &Method::POST,
+        &format!("/v1/subscription_schedules/{id}"),
+        &params,
+    );
+    idempotent(&account, &headers, print, |account| {
+        let (clock, subscription, _) = account
+            .schedules
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::missing("subscription_schedule", &id))?;
+        let next = required(&params, "phases[1][items][0][price]")?.to_owned();
+        account
+            .sim(&clock)?
+            .schedule_price_change(&subscription, &next)?;
+        account
+            .schedules
+            .insert(id.clone(), (clock, subscription, Some(next)));
+        schedule_json(account, &id)
+    })
+    .await
 }

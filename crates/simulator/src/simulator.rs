@@ -639,8 +639,9 @@ impl Simulator {
         Ok(())
     }
 
-    /// Changes the price when the current period ends (a subscription schedule).
-    pub fn change_price_at_period_end(
+    /// Records a price change for the end of the current period, as a schedule's next phase
+    /// does (`POST /v1/subscription_schedules/…`), without an event of its own.
+    pub fn schedule_price_change(
         &mut self,
         subscription: &str,
         price: &str,
@@ -652,6 +653,17 @@ impl Simulator {
             .get_mut(subscription)
             .ok_or_else(|| not_found("subscription", subscription))?
             .scheduled_price = Some(price.to_owned());
+        Ok(())
+    }
+
+    /// Changes the price when the current period ends (a subscription schedule).
+    pub fn change_price_at_period_end(
+        &mut self,
+        subscription: &str,
+        price: &str,
+    ) -> Result<(), SimError> {
+        self.schedule_price_change(subscription, price)?;
+        let current = self.subscription(subscription)?.clone();
         let mut schedule = subledger_stripe::fixtures::resource("subscription_schedule");
         let schedule_id = self.next_id("sub_sched");
         schedule["id"] = json!(schedule_id);

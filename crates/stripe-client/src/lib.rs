@@ -20,6 +20,12 @@ use stripe_billing::subscription::{
     UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionPauseCollection,
     UpdateSubscriptionPauseCollectionBehavior, UpdateSubscriptionProrationBehavior,
 };
+use stripe_billing::subscription_schedule::{
+    CreateSubscriptionSchedule, UpdateSubscriptionSchedule, UpdateSubscriptionSchedulePhases,
+    UpdateSubscriptionSchedulePhasesDuration, UpdateSubscriptionSchedulePhasesDurationInterval,
+    UpdateSubscriptionSchedulePhasesEndDate, UpdateSubscriptionSchedulePhasesItems,
+    UpdateSubscriptionSchedulePhasesStartDate,
+};
 use stripe_billing::test_helpers_test_clock::{
     AdvanceTestHelpersTestClock, CreateTestHelpersTestClock, RetrieveTestHelpersTestClock,
 };
@@ -389,6 +395,63 @@ impl StripeApi {
         let strategy = RequestStrategy::Idempotent(self.key(key)?);
         self.with_retries("change price", || {
             request
+                .customize()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Moves the subscription to `price` when its current period ends, as Stripe does it: a
+    /// schedule made from the subscription, whose current phase ends with the period and
+    /// whose next phase has the new price; the schedule then releases the subscription.
+    pub async fn change_price_at_period_end(
+        &self,
+        key: &str,
+        subscription: &str,
+        price: &str,
+    ) -> Result<(), ApiError> {
+        let create = CreateSubscriptionSchedule::new().from_subscription(subscription);
+        let strategy = RequestStrategy::Idempotent(self.key(&format!("{key}:schedule"))?);
+        let schedule = self
+            .with_retries("create subscription schedule", || {
+                create
+                    .customize()
+                    .request_strategy(strategy.clone())
+                    .send(&self.client)
+            })
+            .await?;
+        let current = schedule.phases.first().ok_or_else(|| {
+            ApiError::Unexpected("a schedule made from a subscription has no phase".to_owned())
+        })?;
+        let current_item = current.items.first().ok_or_else(|| {
+            ApiError::Unexpected("the schedule's current phase has no item".to_owned())
+        })?;
+        let item = |price: String| {
+            let mut item = UpdateSubscriptionSchedulePhasesItems::new();
+            item.price = Some(price);
+            item.quantity = current_item.quantity;
+            item
+        };
+        let mut now =
+            UpdateSubscriptionSchedulePhases::new(vec![item(current_item.price.id().to_string())]);
+        now.start_date = Some(UpdateSubscriptionSchedulePhasesStartDate::Timestamp(
+            current.start_date,
+        ));
+        now.end_date = Some(UpdateSubscriptionSchedulePhasesEndDate::Timestamp(
+            current.end_date,
+        ));
+        let mut next = UpdateSubscriptionSchedulePhases::new(vec![item(price.to_owned())]);
+        next.duration = Some(UpdateSubscriptionSchedulePhasesDuration::new(
+            UpdateSubscriptionSchedulePhasesDurationInterval::Month,
+        ));
+        let update = UpdateSubscriptionSchedule::new(schedule.id.as_str())
+            .phases(vec![now, next])
+            .end_behavior(stripe_shared::SubscriptionScheduleEndBehavior::Release);
+        let strategy = RequestStrategy::Idempotent(self.key(&format!("{key}:phases"))?);
+        self.with_retries("schedule the price change", || {
+            update
                 .customize()
                 .request_strategy(strategy.clone())
                 .send(&self.client)
