@@ -4,7 +4,7 @@
 //! commit), claimed by workers with a lease, and finished as `processed` or `ignored`. A row
 //! whose processing failed stays `pending` with its error and a later `available_at`.
 
-use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row};
 
 use crate::database::Database;
 use crate::error::StoreError;
@@ -87,51 +87,30 @@ impl Database {
             .filter(|(i, e)| *first_index.entry(e.event_id.as_str()).or_insert(*i) == *i)
             .map(|(_, e)| e)
             .collect();
-        let inserted: Vec<String> = match self {
-            Self::Sqlite(pool) => {
-                let mut query = QueryBuilder::<Sqlite>::new(INSERT_COLUMNS);
-                query.push_values(&unique, |mut row, e| {
-                    row.push_bind(&e.event_id)
-                        .push_bind(&e.event_type)
-                        .push_bind(&e.api_version)
-                        .push_bind(e.livemode)
-                        .push_bind(&e.account)
-                        .push_bind(e.stripe_created)
-                        .push_bind(&e.payload)
-                        .push_bind(e.received_at_ms)
-                        .push_bind(&e.correlation_id)
-                        .push_bind(e.received_at_ms);
-                });
-                query.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
-                let mut tx = pool.begin().await?;
-                let rows = query.build().fetch_all(&mut *tx).await?;
-                tx.commit().await?;
-                rows.iter()
-                    .map(|r| r.try_get(0))
-                    .collect::<Result<_, _>>()?
-            }
-            Self::Postgres(pool) => {
-                let mut query = QueryBuilder::<Postgres>::new(INSERT_COLUMNS);
-                query.push_values(&unique, |mut row, e| {
-                    row.push_bind(&e.event_id)
-                        .push_bind(&e.event_type)
-                        .push_bind(&e.api_version)
-                        .push_bind(e.livemode)
-                        .push_bind(&e.account)
-                        .push_bind(e.stripe_created)
-                        .push_bind(&e.payload)
-                        .push_bind(e.received_at_ms)
-                        .push_bind(&e.correlation_id)
-                        .push_bind(e.received_at_ms);
-                });
-                query.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
-                // One statement is one transaction: it commits before we answer.
-                let rows = query.build().fetch_all(pool).await?;
-                rows.iter()
-                    .map(|r| r.try_get(0))
-                    .collect::<Result<_, _>>()?
-            }
-        };
+        // One statement, one commit, before anyone is answered.
+        let inserted: Vec<String> = on_pool!(self, pool => {
+            let mut query = QueryBuilder::new(INSERT_COLUMNS);
+            query.push_values(&unique, |mut row, e| {
+                row.push_bind(&e.event_id)
+                    .push_bind(&e.event_type)
+                    .push_bind(&e.api_version)
+                    .push_bind(e.livemode)
+                    .push_bind(&e.account)
+                    .push_bind(e.stripe_created)
+                    .push_bind(&e.payload)
+                    .push_bind(e.received_at_ms)
+                    .push_bind(&e.correlation_id)
+                    .push_bind(e.received_at_ms);
+            });
+            query.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
+            query
+                .build()
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?
+        });
         let inserted: std::collections::HashSet<&str> =
             inserted.iter().map(String::as_str).collect();
         Ok(events
@@ -153,47 +132,30 @@ impl Database {
         limit: i64,
     ) -> Result<Vec<ClaimedEvent>, StoreError> {
         let lease_until = now_ms.saturating_add(lease_ms);
-        let mut rows = match self {
-            Self::Sqlite(pool) => {
-                // SQLite has one writer at a time, so the UPDATE is the lock.
-                let sql = format!(
-                    "UPDATE inbox SET locked_until_ms = ?1, attempts = attempts + 1
-                      WHERE event_id IN (
-                        SELECT event_id FROM inbox
-                         WHERE status = 'pending' AND available_at_ms <= ?2
-                           AND (locked_until_ms IS NULL OR locked_until_ms <= ?2)
-                         {CLAIM_ORDER} LIMIT ?3)
-                  RETURNING event_id, event_type, payload, stripe_created, received_at_ms,
-                            correlation_id, attempts"
-                );
-                sqlx::query_as::<_, ClaimedEvent>(&sql)
-                    .bind(lease_until)
-                    .bind(now_ms)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await?
-            }
-            Self::Postgres(pool) => {
-                // SKIP LOCKED: concurrent workers each take different rows, never the same one.
-                let sql = format!(
-                    "UPDATE inbox SET locked_until_ms = $1, attempts = attempts + 1
-                      WHERE event_id IN (
-                        SELECT event_id FROM inbox
-                         WHERE status = 'pending' AND available_at_ms <= $2
-                           AND (locked_until_ms IS NULL OR locked_until_ms <= $2)
-                         {CLAIM_ORDER} LIMIT $3
-                         FOR UPDATE SKIP LOCKED)
-                  RETURNING event_id, event_type, payload, stripe_created, received_at_ms,
-                            correlation_id, attempts"
-                );
-                sqlx::query_as::<_, ClaimedEvent>(&sql)
-                    .bind(lease_until)
-                    .bind(now_ms)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await?
-            }
+        // SQLite has one writer at a time, so the UPDATE itself is the lock; on PostgreSQL,
+        // SKIP LOCKED makes concurrent workers take different rows, never the same one.
+        let lock = match self {
+            Self::Sqlite(_) => "",
+            Self::Postgres(_) => "FOR UPDATE SKIP LOCKED",
         };
+        let sql = format!(
+            "UPDATE inbox SET locked_until_ms = $1, attempts = attempts + 1
+              WHERE event_id IN (
+                SELECT event_id FROM inbox
+                 WHERE status = 'pending' AND available_at_ms <= $2
+                   AND (locked_until_ms IS NULL OR locked_until_ms <= $2)
+                 {CLAIM_ORDER} LIMIT $3 {lock})
+          RETURNING event_id, event_type, payload, stripe_created, received_at_ms,
+                    correlation_id, attempts"
+        );
+        let mut rows: Vec<ClaimedEvent> = on_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(lease_until)
+                .bind(now_ms)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        });
         // RETURNING does not promise an order.
         rows.sort_by(|a, b| {
             (a.stripe_created, a.received_at_ms, &a.event_id).cmp(&(
@@ -213,34 +175,18 @@ impl Database {
         outcome: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        match self {
-            Self::Sqlite(pool) => {
-                sqlx::query(
-                    "UPDATE inbox SET status = ?1, outcome = ?2, processed_at_ms = ?3,
-                            locked_until_ms = NULL, last_error = NULL
-                      WHERE event_id = ?4",
-                )
+        const SQL: &str = "UPDATE inbox SET status = $1, outcome = $2, processed_at_ms = $3,
+                                  locked_until_ms = NULL, last_error = NULL
+                            WHERE event_id = $4";
+        on_pool!(self, pool => {
+            sqlx::query(SQL)
                 .bind(status.as_str())
                 .bind(outcome)
                 .bind(now_ms)
                 .bind(event_id)
                 .execute(pool)
                 .await?;
-            }
-            Self::Postgres(pool) => {
-                sqlx::query(
-                    "UPDATE inbox SET status = $1, outcome = $2, processed_at_ms = $3,
-                            locked_until_ms = NULL, last_error = NULL
-                      WHERE event_id = $4",
-                )
-                .bind(status.as_str())
-                .bind(outcome)
-                .bind(now_ms)
-                .bind(event_id)
-                .execute(pool)
-                .await?;
-            }
-        }
+        });
         Ok(())
     }
 
@@ -251,30 +197,17 @@ impl Database {
         error: &str,
         available_at_ms: i64,
     ) -> Result<(), StoreError> {
-        match self {
-            Self::Sqlite(pool) => {
-                sqlx::query(
-                    "UPDATE inbox SET last_error = ?1, available_at_ms = ?2, locked_until_ms = NULL
-                      WHERE event_id = ?3 AND status = 'pending'",
-                )
+        const SQL: &str =
+            "UPDATE inbox SET last_error = $1, available_at_ms = $2, locked_until_ms = NULL
+                            WHERE event_id = $3 AND status = 'pending'";
+        on_pool!(self, pool => {
+            sqlx::query(SQL)
                 .bind(error)
                 .bind(available_at_ms)
                 .bind(event_id)
                 .execute(pool)
                 .await?;
-            }
-            Self::Postgres(pool) => {
-                sqlx::query(
-                    "UPDATE inbox SET last_error = $1, available_at_ms = $2, locked_until_ms = NULL
-                      WHERE event_id = $3 AND status = 'pending'",
-                )
-                .bind(error)
-                .bind(available_at_ms)
-                .bind(event_id)
-                .execute(pool)
-                .await?;
-            }
-        }
+        });
         Ok(())
     }
 
@@ -285,10 +218,8 @@ impl Database {
                 COUNT(CASE WHEN status = 'ignored' THEN 1 END),
                 COUNT(CASE WHEN status = 'pending' AND last_error IS NOT NULL THEN 1 END)
               FROM inbox";
-        let (pending, processed, ignored, failing): (i64, i64, i64, i64) = match self {
-            Self::Sqlite(pool) => sqlx::query_as(SQL).fetch_one(pool).await?,
-            Self::Postgres(pool) => sqlx::query_as(SQL).fetch_one(pool).await?,
-        };
+        let (pending, processed, ignored, failing): (i64, i64, i64, i64) =
+            on_pool!(self, pool => sqlx::query_as(SQL).fetch_one(pool).await?);
         Ok(InboxStats {
             pending,
             processed,

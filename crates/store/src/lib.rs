@@ -7,6 +7,18 @@
 //! - [`projection`]: projector checkpoints and the read models saved with them.
 //! - [`error`]: the one place driver errors are classified.
 
+/// Runs the same sqlx code on whichever pool a [`Database`] holds. The body is compiled once
+/// per backend, so one query text serves both wherever their SQL agrees (both accept `$n`
+/// placeholders); code whose SQL differs matches on the backend itself.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::database::Database::Sqlite($pool) => $body,
+            $crate::database::Database::Postgres($pool) => $body,
+        }
+    };
+}
+
 pub mod command_bus;
 pub mod database;
 pub mod error;

@@ -194,21 +194,36 @@ impl StripeApi {
         }
     }
 
+    /// Sends a mutating request under idempotency key `key` (namespaced), with retries.
+    async fn send_idempotent<R>(
+        &self,
+        what: &str,
+        key: &str,
+        request: &R,
+    ) -> Result<R::Output, ApiError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        self.with_retries(what, || {
+            request
+                .customize()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+        })
+        .await
+    }
+
     pub async fn create_test_clock(
         &self,
         key: &str,
         frozen_time: i64,
         name: &str,
     ) -> Result<TestClock, ApiError> {
-        let strategy = RequestStrategy::Idempotent(self.key(key)?);
         let request = CreateTestHelpersTestClock::new(frozen_time).name(name);
         let clock = self
-            .with_retries("create test clock", || {
-                request
-                    .customize()
-                    .request_strategy(strategy.clone())
-                    .send(&self.client)
-            })
+            .send_idempotent("create test clock", key, &request)
             .await?;
         Ok(clock_state(&clock))
     }
@@ -227,15 +242,9 @@ impl StripeApi {
         id: &str,
         frozen_time: i64,
     ) -> Result<TestClock, ApiError> {
-        let strategy = RequestStrategy::Idempotent(self.key(key)?);
         let request = AdvanceTestHelpersTestClock::new(id, frozen_time);
         let clock = self
-            .with_retries("advance test clock", || {
-                request
-                    .customize()
-                    .request_strategy(strategy.clone())
-                    .send(&self.client)
-            })
+            .send_idempotent("advance test clock", key, &request)
             .await?;
         Ok(clock_state(&clock))
     }
@@ -270,15 +279,7 @@ impl StripeApi {
         if let Some(lookup_key) = lookup_key {
             request = request.lookup_key(lookup_key).transfer_lookup_key(true);
         }
-        let strategy = RequestStrategy::Idempotent(self.key(key)?);
-        let price = self
-            .with_retries("create price", || {
-                request
-                    .customize()
-                    .request_strategy(strategy.clone())
-                    .send(&self.client)
-            })
-            .await?;
+        let price = self.send_idempotent("create price", key, &request).await?;
         Ok(price.id.to_string())
     }
 
@@ -291,14 +292,8 @@ impl StripeApi {
         let request = CreateCustomer::new()
             .test_clock(test_clock)
             .metadata(metadata);
-        let strategy = RequestStrategy::Idempotent(self.key(key)?);
         let customer = self
-            .with_retries("create customer", || {
-                request
-                    .customize()
-                    .request_strategy(strategy.clone())
-                    .send(&self.client)
-            })
+            .send_idempotent("create customer", key, &request)
             .await?;
         Ok(customer.id.to_string())
     }
@@ -311,26 +306,18 @@ impl StripeApi {
         test_card: &str,
     ) -> Result<String, ApiError> {
         let attach = AttachPaymentMethod::new(test_card).customer(customer);
-        let strategy = RequestStrategy::Idempotent(self.key(&format!("{key}:attach"))?);
         let method = self
-            .with_retries("attach payment method", || {
-                attach
-                    .customize()
-                    .request_strategy(strategy.clone())
-                    .send(&self.client)
-            })
+            .send_idempotent("attach payment method", &format!("{key}:attach"), &attach)
             .await?;
         let method_id = method.id.to_string();
         let mut settings = UpdateCustomerInvoiceSettings::new();
         settings.default_payment_method = Some(method_id.clone());
         let update = UpdateCustomer::new(customer).invoice_settings(settings);
-        let strategy = RequestStrategy::Idempotent(self.key(&format!("{key}:default"))?);
-        self.with_retries("set default payment method", || {
-            update
-                .customize()
-                .request_strategy(strategy.clone())
-                .send(&self.client)
-        })
+        self.send_idempotent(
+            "set default payment method",
+            &format!("{key}:default"),
+            &update,
+        )
         .await?;
         Ok(method_id)
     }
@@ -352,14 +339,8 @@ impl StripeApi {
         if let Some(days) = trial_days {
             request = request.trial_period_days(days);
         }
-        let strategy = RequestStrategy::Idempotent(self.key(key)?);
         let subscription = self
-            .with_retries("create subscription", || {
-                request
-                    .customize()
-                    .request_strategy(strategy.clone())
-                    .send(&self.client)
-            })
+            .send_idempotent("create subscription", key, &request)
             .await?;
         Ok(subscription_state(&subscription))
     }
@@ -392,15 +373,9 @@ impl StripeApi {
         let request = UpdateSubscription::new(subscription)
             .items(vec![item])
             .proration_behavior(proration);
-        let strategy = RequestStrategy::Idempotent(self.key(key)?);
-        self.with_retries("change price", || {
-            request
-                .customize()
-                .request_strategy(strategy.clone())
-                .send(&self.client)
-        })
-        .await
-        .map(|_| ())
+        self.send_idempotent("change price", key, &request)
+            .await
+            .map(|_| ())
     }
 
     /// Moves the subscription to `price` when its current period ends, as Stripe does it: a
@@ -413,14 +388,12 @@ impl StripeApi {
         price: &str,
     ) -> Result<(), ApiError> {
         let create = CreateSubscriptionSchedule::new().from_subscription(subscription);
-        let strategy = RequestStrategy::Idempotent(self.key(&format!("{key}:schedule"))?);
         let schedule = self
-            .with_retries("create subscription schedule", || {
-                create
-                    .customize()
-                    .request_strategy(strategy.clone())
-                    .send(&self.client)
-            })
+            .send_idempotent(
+                "create subscription schedule",
+                &format!("{key}:schedule"),
+                &create,
+            )
             .await?;
         let current = schedule.phases.first().ok_or_else(|| {
             ApiError::Unexpected("a schedule made from a subscription has no phase".to_owned())
@@ -449,13 +422,11 @@ impl StripeApi {
         let update = UpdateSubscriptionSchedule::new(schedule.id.as_str())
             .phases(vec![now, next])
             .end_behavior(stripe_shared::SubscriptionScheduleEndBehavior::Release);
-        let strategy = RequestStrategy::Idempotent(self.key(&format!("{key}:phases"))?);
-        self.with_retries("schedule the price change", || {
-            update
-                .customize()
-                .request_strategy(strategy.clone())
-                .send(&self.client)
-        })
+        self.send_idempotent(
+            "schedule the price change",
+            &format!("{key}:phases"),
+            &update,
+        )
         .await
         .map(|_| ())
     }
@@ -467,28 +438,16 @@ impl StripeApi {
         cancel: bool,
     ) -> Result<(), ApiError> {
         let request = UpdateSubscription::new(subscription).cancel_at_period_end(cancel);
-        let strategy = RequestStrategy::Idempotent(self.key(key)?);
-        self.with_retries("set cancel_at_period_end", || {
-            request
-                .customize()
-                .request_strategy(strategy.clone())
-                .send(&self.client)
-        })
-        .await
-        .map(|_| ())
+        self.send_idempotent("set cancel_at_period_end", key, &request)
+            .await
+            .map(|_| ())
     }
 
     pub async fn cancel_subscription(&self, key: &str, subscription: &str) -> Result<(), ApiError> {
         let request = CancelSubscription::new(subscription);
-        let strategy = RequestStrategy::Idempotent(self.key(key)?);
-        self.with_retries("cancel subscription", || {
-            request
-                .customize()
-                .request_strategy(strategy.clone())
-                .send(&self.client)
-        })
-        .await
-        .map(|_| ())
+        self.send_idempotent("cancel subscription", key, &request)
+            .await
+            .map(|_| ())
     }
 
     pub async fn pause_collection(
@@ -510,15 +469,9 @@ impl StripeApi {
         };
         let request = UpdateSubscription::new(subscription)
             .pause_collection(UpdateSubscriptionPauseCollection::new(behavior));
-        let strategy = RequestStrategy::Idempotent(self.key(key)?);
-        self.with_retries("pause collection", || {
-            request
-                .customize()
-                .request_strategy(strategy.clone())
-                .send(&self.client)
-        })
-        .await
-        .map(|_| ())
+        self.send_idempotent("pause collection", key, &request)
+            .await
+            .map(|_| ())
     }
 
     /// Resumes collection. Stripe unsets `pause_collection` with an empty value, which
