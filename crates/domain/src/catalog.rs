@@ -11,6 +11,16 @@
 //! ```
 //!
 //! `true` is a boolean feature, a non-negative integer a limit, `false` an explicit "not granted".
+//!
+//! An optional `policy` says how billing trouble limits access:
+//!
+//! ```yaml
+//! policy:
+//!   grace_period_days: 7   # access kept this long after the first failed renewal payment
+//!   unpaid: none           # what an `unpaid` subscription grants: none | plan
+//!   paused: none           # what a `paused` subscription grants: none | plan
+//! ```
+//!
 //! Every error names the source, the line and the problem.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,9 +43,38 @@ pub struct Plan {
     pub features: BTreeMap<String, FeatureGrant>,
 }
 
+/// What a subscription in a troubled status still grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Nothing: the customer falls back to the default plan.
+    None,
+    /// The subscription's plan, as if it were active.
+    Plan,
+}
+
+/// How billing trouble limits access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessPolicy {
+    /// How long access is kept after the first failed renewal payment.
+    pub grace_period: chrono::Duration,
+    pub unpaid: Grant,
+    pub paused: Grant,
+}
+
+impl Default for AccessPolicy {
+    fn default() -> Self {
+        Self {
+            grace_period: chrono::Duration::days(7),
+            unpaid: Grant::None,
+            paused: Grant::None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Catalog {
     default_plan: String,
+    policy: AccessPolicy,
     plans: BTreeMap<String, Plan>,
     /// Price id or lookup key -> plan name.
     plan_by_price: HashMap<String, String>,
@@ -72,6 +111,10 @@ impl Catalog {
         // The parser guarantees the default plan exists; fall back to an empty plan rather
         // than panic if that ever stops being true.
         self.plans.get(&self.default_plan).unwrap_or(&EMPTY_PLAN)
+    }
+
+    pub fn policy(&self) -> &AccessPolicy {
+        &self.policy
     }
 
     pub fn plan(&self, name: &str) -> Option<&Plan> {
@@ -144,11 +187,11 @@ impl Parser<'_> {
             .as_mapping()
             .ok_or_else(|| self.error(root.span(), "the catalog must be a mapping"))?;
         for key in root.keys() {
-            if !matches!(key.as_str(), "default_plan" | "plans") {
+            if !matches!(key.as_str(), "default_plan" | "plans" | "policy") {
                 return Err(self.error(
                     key.span(),
                     format!(
-                        "unknown key `{}` (expected `default_plan` or `plans`)",
+                        "unknown key `{}` (expected `default_plan`, `plans` or `policy`)",
                         key.as_str()
                     ),
                 ));
@@ -208,12 +251,59 @@ impl Parser<'_> {
                 format!("default_plan `{default_plan}` is not one of the plans"),
             ));
         }
+        let policy = match root.get_node("policy") {
+            Some(node) => self.policy(node)?,
+            None => AccessPolicy::default(),
+        };
         Ok(Catalog {
             default_plan,
+            policy,
             plans,
             plan_by_price,
             features,
         })
+    }
+
+    fn policy(&self, node: &Node) -> Result<AccessPolicy, CatalogError> {
+        let map = node
+            .as_mapping()
+            .ok_or_else(|| self.error(node.span(), "`policy` must be a mapping"))?;
+        let mut policy = AccessPolicy::default();
+        for (key, value) in map.iter() {
+            let text = value.as_scalar().map(|s| s.as_str()).unwrap_or_default();
+            match key.as_str() {
+                "grace_period_days" => {
+                    let days: i64 = text.parse().ok().filter(|d| (0..=365).contains(d)).ok_or_else(|| {
+                        self.error(value.span(), "`grace_period_days` must be a whole number of days from 0 to 365")
+                    })?;
+                    policy.grace_period = chrono::Duration::days(days);
+                }
+                "unpaid" | "paused" => {
+                    let grant = match text {
+                        "none" => Grant::None,
+                        "plan" => Grant::Plan,
+                        _ => {
+                            return Err(self.error(
+                                value.span(),
+                                format!("`{}` must be `none` or `plan`", key.as_str()),
+                            ))
+                        }
+                    };
+                    if key.as_str() == "unpaid" {
+                        policy.unpaid = grant;
+                    } else {
+                        policy.paused = grant;
+                    }
+                }
+                other => {
+                    return Err(self.error(
+                        key.span(),
+                        format!("unknown key `{other}` in `policy` (expected grace_period_days, unpaid or paused)"),
+                    ))
+                }
+            }
+        }
+        Ok(policy)
     }
 
     fn plan(&self, name: &str, node: &Node) -> Result<Plan, CatalogError> {
@@ -375,6 +465,24 @@ plans:
             error
                 .message
                 .contains("price `p1` is listed by both plan `a` and plan `b`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn it_reads_the_access_policy_with_defaults() {
+        let catalog = Catalog::from_yaml("c", EXAMPLE).unwrap();
+        assert_eq!(*catalog.policy(), AccessPolicy::default());
+        assert_eq!(catalog.policy().grace_period, chrono::Duration::days(7));
+        let text = format!("{EXAMPLE}policy:\n  grace_period_days: 3\n  unpaid: plan\n");
+        let catalog = Catalog::from_yaml("c", &text).unwrap();
+        assert_eq!(catalog.policy().grace_period, chrono::Duration::days(3));
+        assert_eq!(catalog.policy().unpaid, Grant::Plan);
+        assert_eq!(catalog.policy().paused, Grant::None);
+        let error = error_of(&format!("{EXAMPLE}policy:\n  paused: sometimes\n"));
+        assert_eq!(error.line, Some(9));
+        assert!(
+            error.message.contains("`paused` must be `none` or `plan`"),
             "{error}"
         );
     }

@@ -10,8 +10,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::billing::{SubscriptionSnapshot, SubscriptionStatus};
-use crate::catalog::{Catalog, FeatureGrant};
+use crate::catalog::{AccessPolicy, Catalog, FeatureGrant, Grant};
 use crate::customer::CustomerEvent;
+use crate::dunning::{Dunning, UnpaidInvoice};
 use crate::ids::{CustomerId, SubscriptionId};
 
 /// The per-customer facts that entitlements depend on.
@@ -21,6 +22,9 @@ pub struct BillingView {
     pub deleted: bool,
     pub metadata: BTreeMap<String, String>,
     pub subscriptions: BTreeMap<SubscriptionId, SubscriptionSnapshot>,
+    /// Each subscription's oldest unpaid renewal invoice, while one is unpaid.
+    #[serde(default)]
+    pub unpaid: BTreeMap<SubscriptionId, UnpaidInvoice>,
     /// Stripe time of the latest fact applied.
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -32,6 +36,7 @@ impl BillingView {
             deleted: false,
             metadata: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
+            unpaid: BTreeMap::new(),
             updated_at: None,
         }
     }
@@ -46,7 +51,41 @@ impl BillingView {
                 self.subscriptions
                     .insert(subscription.id.clone(), subscription.clone());
             }
-            CustomerEvent::InvoicePaid { .. } | CustomerEvent::InvoicePaymentFailed { .. } => {}
+            CustomerEvent::InvoicePaymentFailed {
+                invoice,
+                occurred_at,
+            } => {
+                if let Some(subscription) = &invoice.subscription_id {
+                    let unpaid =
+                        self.unpaid
+                            .entry(subscription.clone())
+                            .or_insert_with(|| UnpaidInvoice {
+                                invoice: invoice.id.clone(),
+                                since: *occurred_at,
+                                attempt: 0,
+                                next_attempt_at: None,
+                            });
+                    // A newer invoice failing while an older one is unpaid changes nothing:
+                    // the older one says since when payment has been owed.
+                    if unpaid.invoice == invoice.id && invoice.attempt_count >= unpaid.attempt {
+                        unpaid.attempt = invoice.attempt_count;
+                        unpaid.next_attempt_at = invoice.next_payment_attempt;
+                        unpaid.since = unpaid.since.min(*occurred_at);
+                    }
+                }
+            }
+            CustomerEvent::InvoicePaid { invoice, .. } => {
+                // Recovery: the owed invoice was paid.
+                if let Some(subscription) = &invoice.subscription_id {
+                    if self
+                        .unpaid
+                        .get(subscription)
+                        .is_some_and(|u| u.invoice == invoice.id)
+                    {
+                        self.unpaid.remove(subscription);
+                    }
+                }
+            }
         }
         let occurred_at = event.occurred_at();
         self.updated_at = Some(self.updated_at.map_or(occurred_at, |t| t.max(occurred_at)));
@@ -92,6 +131,18 @@ pub struct SubscriptionEntitlement {
     pub plan: Option<String>,
     /// Whether this subscription currently grants its plan.
     pub grants_access: bool,
+    pub cancel_at_period_end: bool,
+    pub current_period_end: Option<DateTime<Utc>>,
+    pub dunning: Dunning,
+}
+
+/// A change Stripe will make later, reported in advance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledChange {
+    pub subscription: SubscriptionId,
+    /// `cancel`: the subscription ends and its plan with it.
+    pub change: String,
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// What a customer may use right now, with the subscriptions it came from.
@@ -103,41 +154,70 @@ pub struct Entitlements {
     /// The plans in effect: those of entitling subscriptions, else the default plan.
     pub plans: Vec<String>,
     pub features: BTreeMap<String, FeatureValue>,
+    /// The most serious dunning state among the subscriptions.
+    pub dunning: Dunning,
+    pub scheduled_changes: Vec<ScheduledChange>,
+    /// When this answer stops being true without any new fact (a grace period ends).
+    #[serde(skip)]
+    pub valid_until: Option<DateTime<Utc>>,
+}
+
+/// Whether a subscription in `status`, with `dunning`, grants its plan under `policy`.
+fn grants_access(status: SubscriptionStatus, dunning: &Dunning, policy: &AccessPolicy) -> bool {
+    match status {
+        SubscriptionStatus::Unpaid => policy.unpaid == Grant::Plan,
+        SubscriptionStatus::Paused => policy.paused == Grant::Plan,
+        status => status.grants_access() && !dunning.blocks_access(),
+    }
 }
 
 impl Entitlements {
-    pub fn resolve(view: &BillingView, catalog: &Catalog) -> Self {
-        let subscriptions: Vec<SubscriptionEntitlement> = view
-            .subscriptions
-            .values()
-            .map(|subscription| SubscriptionEntitlement {
-                id: subscription.id.clone(),
-                status: subscription.status,
-                plan: subscription
-                    .items
-                    .iter()
-                    .find_map(|item| {
-                        catalog.plan_for_price(item.price_id.as_str(), item.lookup_key.as_deref())
-                    })
-                    .map(|plan| plan.name.clone()),
-                grants_access: subscription.status.grants_access() && !view.deleted,
+    /// What `view` entitles the customer to at `at`.
+    pub fn resolve(view: &BillingView, catalog: &Catalog, at: DateTime<Utc>) -> Self {
+        let policy = catalog.policy();
+        let plan_of = |subscription: &SubscriptionSnapshot| {
+            subscription.items.iter().find_map(|item| {
+                catalog.plan_for_price(item.price_id.as_str(), item.lookup_key.as_deref())
             })
-            .collect();
-
+        };
+        let mut subscriptions = Vec::new();
         let mut plans: Vec<&crate::catalog::Plan> = Vec::new();
+        let mut scheduled_changes = Vec::new();
+        let mut valid_until: Option<DateTime<Utc>> = None;
         for subscription in view.subscriptions.values() {
-            if !subscription.status.grants_access() || view.deleted {
-                continue;
+            let dunning =
+                Dunning::assess(subscription, view.unpaid.get(&subscription.id), policy, at);
+            if let Some(grace_ends_at) = dunning.grace_ends_at.filter(|t| *t > at) {
+                valid_until = Some(valid_until.map_or(grace_ends_at, |t| t.min(grace_ends_at)));
             }
-            for item in &subscription.items {
-                if let Some(plan) =
-                    catalog.plan_for_price(item.price_id.as_str(), item.lookup_key.as_deref())
-                {
-                    if !plans.iter().any(|known| known.name == plan.name) {
-                        plans.push(plan);
+            let grants = grants_access(subscription.status, &dunning, policy) && !view.deleted;
+            if grants {
+                for item in &subscription.items {
+                    if let Some(plan) =
+                        catalog.plan_for_price(item.price_id.as_str(), item.lookup_key.as_deref())
+                    {
+                        if !plans.iter().any(|known| known.name == plan.name) {
+                            plans.push(plan);
+                        }
                     }
                 }
+                if subscription.cancel_at_period_end {
+                    scheduled_changes.push(ScheduledChange {
+                        subscription: subscription.id.clone(),
+                        change: "cancel".to_owned(),
+                        at: subscription.cancel_at.or(subscription.current_period_end),
+                    });
+                }
             }
+            subscriptions.push(SubscriptionEntitlement {
+                id: subscription.id.clone(),
+                status: subscription.status,
+                plan: plan_of(subscription).map(|plan| plan.name.clone()),
+                grants_access: grants,
+                cancel_at_period_end: subscription.cancel_at_period_end,
+                current_period_end: subscription.current_period_end,
+                dunning,
+            });
         }
         // A deleted customer has no plan at all, not even the default one.
         if plans.is_empty() && !view.deleted {
@@ -160,9 +240,12 @@ impl Entitlements {
         Self {
             customer: view.customer_id.clone(),
             deleted: view.deleted,
+            dunning: Dunning::most_serious(subscriptions.iter().map(|s| s.dunning.clone())),
             subscriptions,
             plans: plans.iter().map(|plan| plan.name.clone()).collect(),
             features,
+            scheduled_changes,
+            valid_until,
         }
     }
 
@@ -196,6 +279,10 @@ plans:
     features: { seats: 50, audit_log: true }
 ";
 
+    fn now() -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_500, 0).unwrap()
+    }
+
     fn catalog() -> Catalog {
         Catalog::from_yaml("test", CATALOG).unwrap()
     }
@@ -228,7 +315,7 @@ plans:
 
     #[test]
     fn a_customer_without_subscriptions_gets_the_default_plan() {
-        let entitlements = Entitlements::resolve(&view_with(&[]), &catalog());
+        let entitlements = Entitlements::resolve(&view_with(&[]), &catalog(), now());
         assert_eq!(entitlements.plans, ["free"]);
         assert_eq!(
             entitlements.feature("api_calls"),
@@ -249,6 +336,7 @@ plans:
         let entitlements = Entitlements::resolve(
             &view_with(&[("sub_1", SubscriptionStatus::Active, "price_pro")]),
             &catalog(),
+            now(),
         );
         assert_eq!(entitlements.plans, ["pro"]);
         assert_eq!(entitlements.subscriptions[0].plan.as_deref(), Some("pro"));
@@ -267,6 +355,7 @@ plans:
         let entitlements = Entitlements::resolve(
             &view_with(&[("sub_1", SubscriptionStatus::Trialing, "price_by_key")]),
             &catalog(),
+            now(),
         );
         assert_eq!(entitlements.plans, ["pro"]);
     }
@@ -279,6 +368,7 @@ plans:
                 ("sub_2", SubscriptionStatus::PastDue, "price_team"),
             ]),
             &catalog(),
+            now(),
         );
         assert_eq!(
             entitlements.feature("seats"),
@@ -300,8 +390,11 @@ plans:
             SubscriptionStatus::IncompleteExpired,
             SubscriptionStatus::Paused,
         ] {
-            let entitlements =
-                Entitlements::resolve(&view_with(&[("sub_1", status, "price_pro")]), &catalog());
+            let entitlements = Entitlements::resolve(
+                &view_with(&[("sub_1", status, "price_pro")]),
+                &catalog(),
+                now(),
+            );
             assert_eq!(entitlements.plans, ["free"], "{status:?}");
             assert!(!entitlements.feature("sso").enabled, "{status:?}");
         }
@@ -313,8 +406,124 @@ plans:
         view.apply(&CustomerEvent::CustomerDeleted {
             occurred_at: Utc.timestamp_opt(1_700_000_100, 0).unwrap(),
         });
-        let entitlements = Entitlements::resolve(&view, &catalog());
+        let entitlements = Entitlements::resolve(&view, &catalog(), now());
         assert!(entitlements.plans.is_empty());
         assert!(!entitlements.feature("api_calls").enabled);
+    }
+
+    fn failed(
+        view: &mut BillingView,
+        subscription: &str,
+        invoice: &str,
+        attempt: u32,
+        at: DateTime<Utc>,
+    ) {
+        use crate::billing::InvoiceFacts;
+        use crate::ids::InvoiceId;
+        use crate::money::Money;
+        view.apply(&CustomerEvent::InvoicePaymentFailed {
+            invoice: InvoiceFacts {
+                id: InvoiceId::new(invoice),
+                subscription_id: Some(SubscriptionId::new(subscription)),
+                amount_due: Money::new(2900, "usd"),
+                amount_paid: Money::new(0, "usd"),
+                attempt_count: attempt,
+                next_payment_attempt: Some(at + chrono::Duration::days(3)),
+            },
+            occurred_at: at,
+        });
+    }
+
+    #[test]
+    fn a_failed_renewal_keeps_the_plan_for_the_grace_period_then_suspends_it() {
+        let mut view = view_with(&[("sub_1", SubscriptionStatus::PastDue, "price_pro")]);
+        failed(&mut view, "sub_1", "in_1", 1, now());
+        let during = Entitlements::resolve(&view, &catalog(), now() + chrono::Duration::days(6));
+        assert_eq!(during.plans, ["pro"]);
+        assert_eq!(during.dunning.state, crate::dunning::DunningState::PastDue);
+        assert_eq!(during.dunning.attempt, 1);
+        assert_eq!(during.valid_until, Some(now() + chrono::Duration::days(7)));
+        let after = Entitlements::resolve(&view, &catalog(), now() + chrono::Duration::days(7));
+        assert_eq!(after.plans, ["free"]);
+        assert_eq!(after.dunning.state, crate::dunning::DunningState::Suspended);
+        assert!(!after.subscriptions[0].grants_access);
+    }
+
+    #[test]
+    fn paying_the_owed_invoice_recovers_full_access() {
+        use crate::billing::InvoiceFacts;
+        use crate::ids::InvoiceId;
+        use crate::money::Money;
+        let mut view = view_with(&[("sub_1", SubscriptionStatus::Active, "price_pro")]);
+        failed(&mut view, "sub_1", "in_1", 1, now());
+        view.apply(&CustomerEvent::InvoicePaid {
+            invoice: InvoiceFacts {
+                id: InvoiceId::new("in_1"),
+                subscription_id: Some(SubscriptionId::new("sub_1")),
+                amount_due: Money::new(2900, "usd"),
+                amount_paid: Money::new(2900, "usd"),
+                attempt_count: 2,
+                next_payment_attempt: None,
+            },
+            occurred_at: now() + chrono::Duration::days(10),
+        });
+        let recovered =
+            Entitlements::resolve(&view, &catalog(), now() + chrono::Duration::days(10));
+        assert_eq!(recovered.dunning, Dunning::OK);
+        assert_eq!(recovered.plans, ["pro"]);
+    }
+
+    #[test]
+    fn a_block_on_one_subscription_leaves_another_paid_up_one_alone() {
+        let mut view = view_with(&[
+            ("sub_1", SubscriptionStatus::PastDue, "price_pro"),
+            ("sub_2", SubscriptionStatus::Active, "price_team"),
+        ]);
+        failed(&mut view, "sub_1", "in_1", 2, now());
+        let entitlements =
+            Entitlements::resolve(&view, &catalog(), now() + chrono::Duration::days(8));
+        assert_eq!(entitlements.plans, ["team"]);
+        assert!(entitlements.feature("audit_log").enabled);
+        assert!(
+            !entitlements.feature("sso").enabled,
+            "sso came only from the suspended subscription"
+        );
+        assert_eq!(entitlements.subscriptions[1].dunning, Dunning::OK);
+    }
+
+    #[test]
+    fn the_policy_decides_what_unpaid_and_paused_grant() {
+        let text = format!("{CATALOG}policy:\n  unpaid: plan\n  paused: plan\n");
+        let generous = Catalog::from_yaml("test", &text).unwrap();
+        for status in [SubscriptionStatus::Unpaid, SubscriptionStatus::Paused] {
+            let view = view_with(&[("sub_1", status, "price_pro")]);
+            assert_eq!(
+                Entitlements::resolve(&view, &generous, now()).plans,
+                ["pro"],
+                "{status:?}"
+            );
+            assert_eq!(
+                Entitlements::resolve(&view, &catalog(), now()).plans,
+                ["free"],
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cancellation_at_period_end_is_reported_in_advance() {
+        let mut view = view_with(&[("sub_1", SubscriptionStatus::Active, "price_pro")]);
+        if let Some(subscription) = view.subscriptions.values_mut().next() {
+            subscription.cancel_at_period_end = true;
+            subscription.current_period_end = Some(now() + chrono::Duration::days(20));
+        }
+        let entitlements = Entitlements::resolve(&view, &catalog(), now());
+        assert_eq!(entitlements.plans, ["pro"]);
+        assert_eq!(entitlements.scheduled_changes.len(), 1);
+        assert_eq!(entitlements.scheduled_changes[0].change, "cancel");
+        assert_eq!(
+            entitlements.scheduled_changes[0].at,
+            Some(now() + chrono::Duration::days(20))
+        );
     }
 }

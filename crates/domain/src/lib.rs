@@ -8,11 +8,13 @@
 //! - [`customer`]: the `Customer` aggregate, the consistency boundary for a billing account.
 //! - [`payment`]: the `Payment` aggregate, one Stripe PaymentIntent.
 //! - [`catalog`]: the plan catalog (prices to plans, plans to features) and its YAML format.
+//! - [`dunning`]: where a subscription stands when renewal payments fail.
 //! - [`entitlements`]: what a customer may use, derived from their subscriptions and the catalog.
 
 pub mod billing;
 pub mod catalog;
 pub mod customer;
+pub mod dunning;
 pub mod entitlements;
 pub mod ids;
 pub mod money;

@@ -1,8 +1,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use subledger_domain::customer::Customer;
-use subledger_domain::entitlements::BillingView;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use serde::Serialize;
+use subledger_domain::customer::{Customer, CustomerEvent};
+use subledger_domain::entitlements::{BillingView, Entitlements};
 use subledger_domain::ids::CustomerId;
 use subledger_domain::payment::Payment;
 use subledger_store::{Backend, CommandBus, Database, InboxStats, StoreError};
@@ -29,6 +32,30 @@ pub struct Engine {
     inbox_stored: Arc<Notify>,
     /// Domain events were appended: wake the projector.
     pub(crate) events_appended: Notify,
+}
+
+/// Which clock a question about the past is asked on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// When things happened at Stripe (`?at=`).
+    Effective,
+    /// When Subledger learned them (`?as_known_at=`).
+    Known,
+}
+
+/// One domain event of a customer, with both clocks and its Stripe origin.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEntry {
+    pub sequence: i64,
+    pub event_type: String,
+    /// When it happened at Stripe.
+    pub occurred_at: DateTime<Utc>,
+    /// When Subledger learned it.
+    pub recorded_at: Option<DateTime<Utc>>,
+    pub stripe_event_id: Option<String>,
+    pub stripe_event_type: Option<String>,
+    #[serde(rename = "data")]
+    pub event: CustomerEvent,
 }
 
 /// How long [`Engine::drain`] waits for the projection to catch up.
@@ -75,7 +102,8 @@ impl Engine {
         let db = Database::connect(&config.database_url).await?;
         db.migrate().await?;
         let entitlements = EntitlementIndex::default();
-        let projector = BillingProjector::load(&db, &config.catalog, &entitlements).await?;
+        let projector =
+            BillingProjector::load(&db, &config.catalog, &entitlements, config.clock.now()).await?;
         let inbox_stored = Arc::new(Notify::new());
         let engine = Self {
             customers: CommandBus::new(&db),
@@ -135,7 +163,12 @@ impl Engine {
     pub async fn project(&self) -> Result<usize, ProjectionError> {
         let mut projector = self.projector.lock().await;
         projector
-            .catch_up(&self.db, &self.config.catalog, &self.entitlements)
+            .catch_up(
+                &self.db,
+                &self.config.catalog,
+                &self.entitlements,
+                self.config.clock.now(),
+            )
             .await
     }
 
@@ -160,7 +193,64 @@ impl Engine {
 
     /// A customer's current entitlements, from memory. `None` for a customer never seen.
     pub fn entitlements(&self, customer_id: &str) -> Option<Arc<CustomerEntitlements>> {
-        self.entitlements.get(customer_id)
+        self.entitlements
+            .get(customer_id, &self.config.catalog, self.config.clock.now())
+    }
+
+    /// A customer's domain events in order, with both clocks and the Stripe event behind each.
+    pub async fn timeline(&self, customer_id: &str) -> Result<Vec<TimelineEntry>, EngineError> {
+        let stored = self.db.events_of(Customer::TYPE, customer_id).await?;
+        stored
+            .into_iter()
+            .map(|stored| {
+                let event: CustomerEvent =
+                    serde_json::from_value(stored.payload.clone()).map_err(|source| {
+                        ProjectionError::UnreadableEvent {
+                            aggregate_id: stored.aggregate_id.clone(),
+                            sequence: stored.sequence,
+                            event_type: stored.event_type.clone(),
+                            source,
+                        }
+                    })?;
+                let recorded_at = stored
+                    .metadata
+                    .get("received_at")
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                Ok(TimelineEntry {
+                    sequence: stored.sequence,
+                    event_type: stored.event_type,
+                    occurred_at: event.occurred_at(),
+                    recorded_at,
+                    stripe_event_id: stored.metadata.get("stripe_event_id").cloned(),
+                    stripe_event_type: stored.metadata.get("stripe_event_type").cloned(),
+                    event,
+                })
+            })
+            .collect()
+    }
+
+    /// What the customer was entitled to at `at`: by when things happened at Stripe
+    /// ([`Basis::Effective`]), or by what Subledger had learned by then ([`Basis::Known`]).
+    /// `None` for a customer not known at that moment.
+    pub async fn entitlements_at(
+        &self,
+        customer_id: &str,
+        at: DateTime<Utc>,
+        basis: Basis,
+    ) -> Result<Option<Entitlements>, EngineError> {
+        let mut view: Option<BillingView> = None;
+        for entry in self.timeline(customer_id).await? {
+            let counted = match basis {
+                Basis::Effective => entry.occurred_at <= at,
+                Basis::Known => entry.recorded_at.is_some_and(|t| t <= at),
+            };
+            if counted {
+                view.get_or_insert_with(|| BillingView::new(CustomerId::new(customer_id)))
+                    .apply(&entry.event);
+            }
+        }
+        Ok(view.map(|view| Entitlements::resolve(&view, &self.config.catalog, at)))
     }
 
     pub async fn inbox_stats(&self) -> Result<InboxStats, StoreError> {
@@ -173,7 +263,12 @@ impl Engine {
         let scratch = EntitlementIndex::default();
         let mut fresh = BillingProjector::empty();
         fresh
-            .replay(&self.db, &self.config.catalog, &scratch)
+            .replay(
+                &self.db,
+                &self.config.catalog,
+                &scratch,
+                self.config.clock.now(),
+            )
             .await?;
         Ok(fresh.views().values().cloned().collect())
     }
@@ -190,7 +285,7 @@ impl Engine {
     }
 
     pub fn knows_customer(&self, customer_id: &CustomerId) -> bool {
-        self.entitlements.get(customer_id.as_str()).is_some()
+        self.entitlements(customer_id.as_str()).is_some()
     }
 
     /// Runs the inbox worker until shutdown.

@@ -16,7 +16,7 @@ pub mod projector;
 pub mod worker;
 
 pub use config::EngineConfig;
-pub use engine::{Engine, EngineError, Shutdown};
+pub use engine::{Basis, Engine, EngineError, Shutdown, TimelineEntry};
 pub use ingest::{IngestError, Receipt};
 pub use projector::CustomerEntitlements;
 pub use subledger_domain as domain;

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use subledger_domain::catalog::Catalog;
 use subledger_domain::customer::{Customer, CustomerEvent};
@@ -25,14 +26,30 @@ const BATCH: i64 = 500;
 #[derive(Debug)]
 pub struct CustomerEntitlements {
     pub entitlements: Entitlements,
-    /// `GET /v1/customers/{id}/entitlements`, serialized once when the facts changed.
+    /// `GET /v1/customers/{id}/entitlements`, serialized once when the answer changed.
     pub json: Bytes,
+    /// The facts it was resolved from, to resolve again when a deadline passes.
+    view: Arc<BillingView>,
 }
 
 impl CustomerEntitlements {
-    fn new(entitlements: Entitlements) -> Result<Self, serde_json::Error> {
+    pub(crate) fn resolve(
+        view: Arc<BillingView>,
+        catalog: &Catalog,
+        at: DateTime<Utc>,
+    ) -> Result<Self, serde_json::Error> {
+        let entitlements = Entitlements::resolve(&view, catalog, at);
         let json = Bytes::from(serde_json::to_vec(&entitlements)?);
-        Ok(Self { entitlements, json })
+        Ok(Self {
+            entitlements,
+            json,
+            view,
+        })
+    }
+
+    /// Whether the answer still holds at `at` (no grace period has ended since).
+    fn holds_at(&self, at: DateTime<Utc>) -> bool {
+        self.entitlements.valid_until.is_none_or(|until| at < until)
     }
 }
 
@@ -43,12 +60,34 @@ pub struct EntitlementIndex {
 }
 
 impl EntitlementIndex {
-    pub fn get(&self, customer_id: &str) -> Option<Arc<CustomerEntitlements>> {
-        let map = self
+    /// A customer's entitlements at `at`: the prepared answer, or, when a deadline (the end of
+    /// a grace period) has passed since it was prepared, a fresh one that replaces it.
+    pub fn get(
+        &self,
+        customer_id: &str,
+        catalog: &Catalog,
+        at: DateTime<Utc>,
+    ) -> Option<Arc<CustomerEntitlements>> {
+        let found = self
             .by_customer
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.get(customer_id).cloned()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(customer_id)
+            .cloned()?;
+        if found.holds_at(at) {
+            return Some(found);
+        }
+        match CustomerEntitlements::resolve(Arc::clone(&found.view), catalog, at) {
+            Ok(fresh) => {
+                let fresh = Arc::new(fresh);
+                self.publish(vec![(customer_id.to_owned(), Arc::clone(&fresh))]);
+                Some(fresh)
+            }
+            Err(error) => {
+                tracing::error!(%error, customer_id, "entitlements cannot be serialized");
+                Some(found)
+            }
+        }
     }
 
     fn publish(&self, updates: Vec<(String, Arc<CustomerEntitlements>)>) {
@@ -105,6 +144,7 @@ impl BillingProjector {
         db: &Database,
         catalog: &Catalog,
         index: &EntitlementIndex,
+        now: DateTime<Utc>,
     ) -> Result<Self, ProjectionError> {
         let (checkpoint, rows) = db.load_billing_views().await?;
         let mut views = BTreeMap::new();
@@ -124,7 +164,7 @@ impl BillingProjector {
             saved: checkpoint,
         };
         index.clear();
-        index.publish(projector.resolve(projector.views.keys(), catalog)?);
+        index.publish(projector.resolve(projector.views.keys(), catalog, now)?);
         Ok(projector)
     }
 
@@ -147,8 +187,9 @@ impl BillingProjector {
         db: &Database,
         catalog: &Catalog,
         index: &EntitlementIndex,
+        now: DateTime<Utc>,
     ) -> Result<usize, ProjectionError> {
-        self.catch_up(db, catalog, index).await
+        self.catch_up(db, catalog, index, now).await
     }
 
     /// Applies everything the log has after the checkpoint. Returns how many events it applied.
@@ -157,6 +198,7 @@ impl BillingProjector {
         db: &Database,
         catalog: &Catalog,
         index: &EntitlementIndex,
+        now: DateTime<Utc>,
     ) -> Result<usize, ProjectionError> {
         let mut applied = 0;
         loop {
@@ -172,7 +214,7 @@ impl BillingProjector {
                 }
             }
             self.applied = last;
-            index.publish(self.resolve(changed.iter(), catalog)?);
+            index.publish(self.resolve(changed.iter(), catalog, now)?);
             self.save(db).await?;
         }
     }
@@ -204,15 +246,13 @@ impl BillingProjector {
         &self,
         customers: impl Iterator<Item = &'a CustomerId>,
         catalog: &Catalog,
+        at: DateTime<Utc>,
     ) -> Result<Vec<(String, Arc<CustomerEntitlements>)>, ProjectionError> {
         customers
             .filter_map(|id| self.views.get(id))
             .map(|view| {
-                let entitlements = Entitlements::resolve(view, catalog);
-                Ok((
-                    view.customer_id.as_str().to_owned(),
-                    Arc::new(CustomerEntitlements::new(entitlements)?),
-                ))
+                let resolved = CustomerEntitlements::resolve(Arc::new(view.clone()), catalog, at)?;
+                Ok((view.customer_id.as_str().to_owned(), Arc::new(resolved)))
             })
             .collect()
     }

@@ -18,6 +18,7 @@
 //!       subscriptions: { sub_alice: past_due }   # as Subledger reports them
 //!       plans: [pro]
 //!       features: { sso: true, seats: 10, audit_log: false }
+//!       dunning: { state: past_due, attempt: 1 }   # or just `dunning: past_due`
 //!       stripe: { sub_alice: past_due }          # as the simulated Stripe has them
 //!       invoices: { sub_alice: [paid, open] }    # oldest first
 //! ```
@@ -201,9 +202,17 @@ pub enum FeatureExpectation {
     Limit(u64),
 }
 
+/// The customer's expected dunning view: its state, and optionally the failed attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DunningExpectation {
+    pub state: String,
+    pub attempt: Option<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Expectation {
     pub customer: Option<String>,
+    pub dunning: Option<DunningExpectation>,
     pub subscriptions: BTreeMap<String, String>,
     pub plans: Option<Vec<String>>,
     pub features: BTreeMap<String, FeatureExpectation>,
@@ -724,6 +733,7 @@ impl Reader {
                 "subscriptions",
                 "plans",
                 "features",
+                "dunning",
                 "stripe",
                 "invoices",
             ],
@@ -782,16 +792,48 @@ impl Reader {
                     .insert(subscription.as_str().to_owned(), statuses);
             }
         }
+        if let Some(node) = map.get_node("dunning") {
+            expectation.dunning = Some(self.dunning(node)?);
+        }
         let about_engine = !expectation.subscriptions.is_empty()
             || expectation.plans.is_some()
-            || !expectation.features.is_empty();
+            || !expectation.features.is_empty()
+            || expectation.dunning.is_some();
         if about_engine && expectation.customer.is_none() {
             return Err(self.error(
                 node.span(),
-                "`expect` needs `customer` to check subscriptions, plans or features",
+                "`expect` needs `customer` to check subscriptions, plans, features or dunning",
             ));
         }
         Ok(expectation)
+    }
+
+    /// `dunning: past_due`, or `dunning: { state: past_due, attempt: 2 }`.
+    fn dunning(&self, node: &Node) -> Result<DunningExpectation, ScenarioError> {
+        let check_state = |value: &Node| -> Result<String, ScenarioError> {
+            let state = self.scalar(value, "the dunning state")?.as_str();
+            if !matches!(state, "ok" | "past_due" | "suspended" | "ended") {
+                return Err(self.error(
+                    value.span(),
+                    format!("`{state}` is not a dunning state (ok, past_due, suspended or ended)"),
+                ));
+            }
+            Ok(state.to_owned())
+        };
+        if node.as_scalar().is_some() {
+            return Ok(DunningExpectation {
+                state: check_state(node)?,
+                attempt: None,
+            });
+        }
+        let map = self.args(node, "dunning", &["state", "attempt"])?;
+        Ok(DunningExpectation {
+            state: check_state(self.required(map, "state")?)?,
+            attempt: map
+                .get_node("attempt")
+                .map(|n| self.number(n, "`attempt`"))
+                .transpose()?,
+        })
     }
 
     fn statuses(&self, node: &Node, what: &str) -> Result<BTreeMap<String, String>, ScenarioError> {

@@ -381,7 +381,7 @@ impl LiveRun<'_> {
                 .iter()
                 .map(|(alias, status)| Ok((self.id(alias)?, status.clone())))
                 .collect::<Result<BTreeMap<_, _>, String>>()?;
-            match self.entitlements(&real).await? {
+            match self.entitlements(&real, self.now).await? {
                 None => failures.push(format!(
                     "Subledger knows nothing about customer {customer} ({real}) yet"
                 )),
@@ -418,8 +418,14 @@ impl LiveRun<'_> {
         Ok(failures)
     }
 
-    async fn entitlements(&self, customer: &str) -> Result<Option<Value>, String> {
-        let path = format!("/v1/customers/{customer}/entitlements");
+    /// The customer's entitlements as of the test clock's time: "now" in the story.
+    async fn entitlements(
+        &self,
+        customer: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Value>, String> {
+        let at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let path = format!("/v1/customers/{customer}/entitlements?at={at}");
         let authorization = self
             .options
             .engine_token

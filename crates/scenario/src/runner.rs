@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use subledger_engine::{Engine, EngineConfig, WebhookSecret};
+use subledger_engine::{Basis, Engine, EngineConfig, WebhookSecret};
 use subledger_simulator::delivery::{Deliverer, DeliveryMode, DeliveryStats, Target};
 use subledger_simulator::Simulator;
 use subledger_store::scratch::ScratchDatabase;
@@ -167,7 +167,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
         let outcome = match &step.action {
             Action::Expect(expectation) => {
                 match settle(&engine, &mut deliverer, &mut simulator).await {
-                    Ok(()) => report.failures = check(expectation, &engine, &simulator),
+                    Ok(()) => report.failures = check(expectation, &engine, &simulator).await,
                     Err(e) => report.failures.push(e),
                 }
                 Ok(())
@@ -312,16 +312,21 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
     }
 }
 
-/// Compares an expectation with the engine's answers and the simulator's state.
-fn check(expectation: &Expectation, engine: &Engine, sim: &Simulator) -> Vec<String> {
+/// Compares an expectation with the engine's answers and the simulator's state. The engine is
+/// asked as of the simulated clock's time (`?at=`), since that is "now" in the story.
+async fn check(expectation: &Expectation, engine: &Engine, sim: &Simulator) -> Vec<String> {
     let mut failures = Vec::new();
     if let Some(customer) = &expectation.customer {
-        let answer: Option<Value> = engine
-            .entitlements(customer)
-            .and_then(|found| serde_json::from_slice(&found.json).ok());
-        match answer {
-            None => failures.push(format!("Subledger knows nothing about customer {customer}")),
-            Some(answer) => check_entitlements(expectation, &answer, &mut failures),
+        match engine
+            .entitlements_at(customer, sim.now(), Basis::Effective)
+            .await
+        {
+            Err(e) => failures.push(format!("Subledger failed to answer: {e}")),
+            Ok(None) => failures.push(format!("Subledger knows nothing about customer {customer}")),
+            Ok(Some(answer)) => match serde_json::to_value(&answer) {
+                Ok(answer) => check_entitlements(expectation, &answer, &mut failures),
+                Err(e) => failures.push(format!("the answer does not serialize: {e}")),
+            },
         }
     }
     for (subscription, expected) in &expectation.stripe {
@@ -377,6 +382,25 @@ pub(crate) fn check_entitlements(
         if actual != *plans {
             failures.push(format!(
                 "plans: expected {plans:?}, Subledger says {actual:?}"
+            ));
+        }
+    }
+    if let Some(expected) = &expectation.dunning {
+        let state = answer["dunning"]["state"].as_str().unwrap_or("missing");
+        let attempt = answer["dunning"]["attempt"].as_u64();
+        if state != expected.state
+            || expected
+                .attempt
+                .is_some_and(|a| Some(u64::from(a)) != attempt)
+        {
+            failures.push(format!(
+                "dunning: expected {}{}, Subledger says {}",
+                expected.state,
+                expected
+                    .attempt
+                    .map(|a| format!(" (attempt {a})"))
+                    .unwrap_or_default(),
+                answer["dunning"]
             ));
         }
     }

@@ -1,34 +1,114 @@
-//! Entitlement reads, answered from the engine's in-memory index: no query per request, and
-//! the whole-customer answer was serialized when the facts last changed.
+//! Entitlement reads. The usual question ("now") is answered from the engine's in-memory
+//! index: no query per request, the whole-customer answer serialized when it last changed.
+//! Questions about the past (`?at=`, `?as_known_at=`) replay the customer's events.
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
-use subledger_engine::CustomerEntitlements;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use subledger_domain::entitlements::{Entitlements, FeatureValue};
+use subledger_engine::Basis;
 
 use crate::error::ApiError;
 use crate::AppState;
 
-fn lookup(
+/// `?at=<RFC 3339>` (by when things happened at Stripe) or `?as_known_at=<RFC 3339>` (by
+/// what Subledger had learned then).
+#[derive(Debug, Deserialize)]
+pub(crate) struct AsOf {
+    at: Option<String>,
+    as_known_at: Option<String>,
+}
+
+fn parse_time(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_time",
+                format!(
+                    "`{name}` must be an RFC 3339 time like 2026-01-31T12:00:00Z, not `{value}`"
+                ),
+            )
+        })
+}
+
+impl AsOf {
+    fn parse(
+        query: Result<Query<AsOf>, QueryRejection>,
+    ) -> Result<Option<(DateTime<Utc>, Basis)>, ApiError> {
+        let Query(query) = query.map_err(|rejection| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                rejection.body_text(),
+            )
+        })?;
+        match (query.at, query.as_known_at) {
+            (Some(_), Some(_)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "ask either `at` or `as_known_at`, not both",
+            )),
+            (Some(at), None) => Ok(Some((parse_time("at", &at)?, Basis::Effective))),
+            (None, Some(known)) => Ok(Some((parse_time("as_known_at", &known)?, Basis::Known))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+fn not_found(customer_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "customer_not_found",
+        format!("no billing facts are known for customer `{customer_id}`"),
+    )
+}
+
+pub(crate) fn engine_failed(error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "engine query failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the answer could not be computed; retry later",
+    )
+}
+
+/// The answer about the past, or `None` when the question is about now.
+async fn in_the_past(
     state: &AppState,
     customer_id: &str,
-) -> Result<std::sync::Arc<CustomerEntitlements>, ApiError> {
-    state.engine.entitlements(customer_id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "customer_not_found",
-            format!("no billing facts are known for customer `{customer_id}`"),
-        )
-    })
+    as_of: Option<(DateTime<Utc>, Basis)>,
+) -> Result<Option<Entitlements>, ApiError> {
+    let Some((at, basis)) = as_of else {
+        return Ok(None);
+    };
+    state
+        .engine
+        .entitlements_at(customer_id, at, basis)
+        .await
+        .map_err(engine_failed)?
+        .map(Some)
+        .ok_or_else(|| not_found(customer_id))
 }
 
 pub(crate) async fn customer_entitlements(
     State(state): State<AppState>,
     Path(customer_id): Path<String>,
+    query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let found = lookup(&state, &customer_id)?;
+    let as_of = AsOf::parse(query)?;
+    if let Some(past) = in_the_past(&state, &customer_id, as_of).await? {
+        return Ok(Json(past).into_response());
+    }
+    let found = state
+        .engine
+        .entitlements(&customer_id)
+        .ok_or_else(|| not_found(&customer_id))?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         found.json.clone(),
@@ -47,9 +127,18 @@ struct FeatureAnswer<'a> {
 pub(crate) async fn customer_feature(
     State(state): State<AppState>,
     Path((customer_id, feature)): Path<(String, String)>,
+    query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let found = lookup(&state, &customer_id)?;
-    let value = found.entitlements.feature(&feature);
+    let as_of = AsOf::parse(query)?;
+    let value: FeatureValue = match in_the_past(&state, &customer_id, as_of).await? {
+        Some(past) => past.feature(&feature),
+        None => state
+            .engine
+            .entitlements(&customer_id)
+            .ok_or_else(|| not_found(&customer_id))?
+            .entitlements
+            .feature(&feature),
+    };
     Ok(Json(FeatureAnswer {
         customer: &customer_id,
         feature: &feature,
@@ -57,4 +146,21 @@ pub(crate) async fn customer_feature(
         limit: value.limit,
     })
     .into_response())
+}
+
+/// `GET /v1/customers/{id}/timeline`: the customer's domain events in order, each with when it
+/// happened at Stripe, when Subledger learned it, and the Stripe event behind it.
+pub(crate) async fn customer_timeline(
+    State(state): State<AppState>,
+    Path(customer_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let events = state
+        .engine
+        .timeline(&customer_id)
+        .await
+        .map_err(engine_failed)?;
+    if events.is_empty() {
+        return Err(not_found(&customer_id));
+    }
+    Ok(Json(serde_json::json!({ "customer": customer_id, "events": events })).into_response())
 }

@@ -1,7 +1,9 @@
 //! Subledger's HTTP surface as an axum [`Router`]: built by [`router`], tested with `oneshot`.
 //!
 //! - `POST /webhooks/stripe` ([`webhooks`]): verify and enqueue; nothing else.
-//! - `GET /v1/customers/{id}/entitlements[/{feature}]` ([`entitlements`]): served from memory.
+//! - `GET /v1/customers/{id}/entitlements[/{feature}]` ([`entitlements`]): served from memory;
+//!   `?at=` and `?as_known_at=` answer about the past.
+//! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
 //! - `GET /healthz`.
 //! - [`auth`]: bearer tokens for `/v1`; [`error`]: the one JSON error type.
 
@@ -46,6 +48,10 @@ pub fn router(engine: Arc<Engine>, api_tokens: Vec<ApiToken>) -> Router {
         .route(
             "/customers/{customer_id}/entitlements/{feature}",
             get(entitlements::customer_feature),
+        )
+        .route(
+            "/customers/{customer_id}/timeline",
+            get(entitlements::customer_timeline),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -386,3 +386,98 @@ async fn signed_webhooks_change_what_the_entitlement_endpoint_returns() {
         test_db.cleanup().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn the_past_can_be_asked_by_stripe_time_or_by_what_was_known_and_the_timeline_shows_both() {
+    for test_db in ScratchDatabase::all().await.unwrap() {
+        let (engine, app) = start(&test_db, &[]).await;
+        let t0 = now() - 3600;
+        let created = subscription_event(
+            "evt_1",
+            "customer.subscription.created",
+            t0,
+            "active",
+            "price_1ProMonthly",
+        );
+        assert_eq!(send(&app, signed_webhook(&created)).await.0, StatusCode::OK);
+        let canceled = subscription_event(
+            "evt_2",
+            "customer.subscription.deleted",
+            t0 + 600,
+            "canceled",
+            "price_1ProMonthly",
+        );
+        assert_eq!(
+            send(&app, signed_webhook(&canceled)).await.0,
+            StatusCode::OK
+        );
+        engine.drain().await.unwrap();
+
+        let at = |secs: i64| {
+            chrono::DateTime::from_timestamp(secs, 0)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
+        let uri = |query: String| format!("/v1/customers/cus_1/entitlements?{query}");
+        let (status, before) = send(&app, get(&uri(format!("at={}", at(t0 - 1))))).await;
+        assert_eq!(
+            (status, before["error"].clone()),
+            (StatusCode::NOT_FOUND, json!("customer_not_found")),
+            "{}",
+            test_db.name
+        );
+        let (_, during) = send(&app, get(&uri(format!("at={}", at(t0 + 60))))).await;
+        assert_eq!(during["plans"], json!(["pro"]), "{}", test_db.name);
+        let (_, after) = send(&app, get(&uri(format!("at={}", at(t0 + 601))))).await;
+        assert_eq!(after["plans"], json!(["free"]), "{}", test_db.name);
+        let (_, feature) = send(
+            &app,
+            get(&format!(
+                "/v1/customers/cus_1/entitlements/sso?at={}",
+                at(t0 + 60)
+            )),
+        )
+        .await;
+        assert_eq!(feature["enabled"], json!(true));
+        // Subledger learned both facts just now: an hour ago it knew nothing.
+        let (status, _) = send(&app, get(&uri(format!("as_known_at={}", at(now() - 1800))))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (_, known_now) = send(&app, get(&uri(format!("as_known_at={}", at(now() + 5))))).await;
+        assert_eq!(known_now["plans"], json!(["free"]));
+
+        for bad in ["at=yesterday", "as_known_at=2026-13-01T00:00:00Z"] {
+            let (status, answer) = send(&app, get(&uri(bad.to_owned()))).await;
+            assert_eq!(
+                (status, answer["error"].clone()),
+                (StatusCode::BAD_REQUEST, json!("invalid_time")),
+                "{bad}"
+            );
+        }
+        let (status, both) = send(
+            &app,
+            get(&uri(format!("at={}&as_known_at={}", at(t0), at(t0)))),
+        )
+        .await;
+        assert_eq!(
+            (status, both["error"].clone()),
+            (StatusCode::BAD_REQUEST, json!("invalid_query"))
+        );
+
+        let (status, timeline) = send(&app, get("/v1/customers/cus_1/timeline")).await;
+        assert_eq!(status, StatusCode::OK);
+        let events = timeline["events"].as_array().unwrap();
+        assert_eq!(events.len(), 2, "{timeline}");
+        assert_eq!(events[0]["event_type"], json!("SubscriptionStarted"));
+        assert_eq!(events[0]["stripe_event_id"], json!("evt_1"));
+        assert_eq!(
+            events[1]["stripe_event_type"],
+            json!("customer.subscription.deleted")
+        );
+        assert_eq!(events[1]["occurred_at"], json!(at(t0 + 600)));
+        assert!(events[1]["recorded_at"].is_string());
+        let (status, _) = send(&app, get("/v1/customers/cus_nobody/timeline")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        engine.close().await;
+        test_db.cleanup().await.unwrap();
+    }
+}

@@ -90,6 +90,41 @@ impl Database {
         Ok(exists)
     }
 
+    /// One aggregate's events, in its own order (for timelines and answers about the past).
+    pub async fn events_of(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows: Vec<EventRow> = match self {
+            Self::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT 0 AS tx, position, aggregate_type, aggregate_id, sequence, event_type,
+                            payload, metadata
+                       FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2
+                      ORDER BY sequence",
+                )
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .fetch_all(pool)
+                .await?
+            }
+            Self::Postgres(pool) => sqlx::query_as(
+                "SELECT tx::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence,
+                            event_type, payload::text AS payload, metadata::text AS metadata
+                       FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2
+                      ORDER BY sequence",
+            )
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .fetch_all(pool)
+            .await?,
+        };
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
     /// Up to `limit` events after `after`, in log order.
     pub async fn read_events_after(
         &self,
