@@ -162,6 +162,14 @@ pub struct EngineArgs {
     /// How often to look for work written by other processes, in milliseconds.
     #[arg(long, env = "SUBLEDGER_POLL_INTERVAL_MS", default_value_t = 250)]
     pub poll_interval_ms: u64,
+
+    /// The customer metadata key holding your product's user id, for /v1/users/{user_id}.
+    #[arg(
+        long,
+        env = "SUBLEDGER_USER_ID_METADATA_KEY",
+        default_value = "user_id"
+    )]
+    pub user_id_metadata_key: String,
 }
 
 impl EngineArgs {
@@ -176,6 +184,9 @@ impl EngineArgs {
         config.webhook_secrets = webhook_secrets()?;
         config.signature_tolerance = Duration::from_secs(self.signature_tolerance_secs);
         config.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
+        config
+            .user_id_metadata_key
+            .clone_from(&self.user_id_metadata_key);
         Ok(config)
     }
 }

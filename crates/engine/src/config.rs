@@ -24,6 +24,8 @@ pub struct EngineConfig {
     pub worker_lease: Duration,
     /// How often workers and projectors look for work written by other processes.
     pub poll_interval: Duration,
+    /// The customer metadata key holding the product's own user id (`/v1/users/{id}`).
+    pub user_id_metadata_key: String,
 }
 
 impl EngineConfig {
@@ -37,6 +39,7 @@ impl EngineConfig {
             worker_batch_size: 64,
             worker_lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(250),
+            user_id_metadata_key: "user_id".to_owned(),
         }
     }
 }
@@ -51,6 +54,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("worker_batch_size", &self.worker_batch_size)
             .field("worker_lease", &self.worker_lease)
             .field("poll_interval", &self.poll_interval)
+            .field("user_id_metadata_key", &self.user_id_metadata_key)
             .finish_non_exhaustive()
     }
 }

@@ -101,7 +101,7 @@ impl Engine {
     pub async fn start(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
         let db = Database::connect(&config.database_url).await?;
         db.migrate().await?;
-        let entitlements = EntitlementIndex::default();
+        let entitlements = EntitlementIndex::new(config.user_id_metadata_key.clone());
         let projector =
             BillingProjector::load(&db, &config.catalog, &entitlements, config.clock.now()).await?;
         let inbox_stored = Arc::new(Notify::new());
@@ -260,7 +260,7 @@ impl Engine {
     /// Replays the whole log into fresh views, without touching the saved ones, and returns
     /// them: a projection can be dropped and rebuilt at any time and must come out identical.
     pub async fn rebuild_views(&self) -> Result<Vec<BillingView>, ProjectionError> {
-        let scratch = EntitlementIndex::default();
+        let scratch = EntitlementIndex::new(self.config.user_id_metadata_key.clone());
         let mut fresh = BillingProjector::empty();
         fresh
             .replay(
@@ -282,6 +282,11 @@ impl Engine {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// The customer whose metadata carries this product user id.
+    pub fn customer_of_user(&self, user_id: &str) -> Option<String> {
+        self.entitlements.customer_of_user(user_id)
     }
 
     pub fn knows_customer(&self, customer_id: &CustomerId) -> bool {

@@ -53,13 +53,39 @@ impl CustomerEntitlements {
     }
 }
 
-/// Entitlements by customer id, read by request handlers, written by the projector.
+/// Entitlements by customer id, read by request handlers, written by the projector; and the
+/// customer of each product user id (the customer metadata key the config names).
 #[derive(Debug, Default)]
 pub struct EntitlementIndex {
     by_customer: RwLock<HashMap<String, Arc<CustomerEntitlements>>>,
+    users: RwLock<UserIndex>,
+    user_key: String,
+}
+
+#[derive(Debug, Default)]
+struct UserIndex {
+    customer_of: HashMap<String, String>,
+    user_of: HashMap<String, String>,
 }
 
 impl EntitlementIndex {
+    pub fn new(user_key: impl Into<String>) -> Self {
+        Self {
+            user_key: user_key.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The customer whose metadata names `user_id`.
+    pub fn customer_of_user(&self, user_id: &str) -> Option<String> {
+        self.users
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .customer_of
+            .get(user_id)
+            .cloned()
+    }
+
     /// A customer's entitlements at `at`: the prepared answer, or, when a deadline (the end of
     /// a grace period) has passed since it was prepared, a fresh one that replaces it.
     pub fn get(
@@ -91,6 +117,27 @@ impl EntitlementIndex {
     }
 
     fn publish(&self, updates: Vec<(String, Arc<CustomerEntitlements>)>) {
+        {
+            let mut users = self
+                .users
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (customer, found) in &updates {
+                let user = found.view.metadata.get(&self.user_key);
+                let previous = users.user_of.get(customer).cloned();
+                if previous.as_ref() == user {
+                    continue;
+                }
+                if let Some(previous) = previous {
+                    users.customer_of.remove(&previous);
+                    users.user_of.remove(customer);
+                }
+                if let Some(user) = user {
+                    users.customer_of.insert(user.clone(), customer.clone());
+                    users.user_of.insert(customer.clone(), user.clone());
+                }
+            }
+        }
         let mut map = self
             .by_customer
             .write()
@@ -103,6 +150,10 @@ impl EntitlementIndex {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clear();
+        *self
+            .users
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = UserIndex::default();
     }
 }
 

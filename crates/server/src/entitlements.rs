@@ -101,14 +101,41 @@ pub(crate) async fn customer_entitlements(
     Path(customer_id): Path<String>,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    entitlements_of(&state, &customer_id, AsOf::parse(query)?).await
+}
+
+/// `GET /v1/users/{user_id}/entitlements`: the same answer, found by the product's user id.
+pub(crate) async fn user_entitlements(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    query: Result<Query<AsOf>, QueryRejection>,
+) -> Result<Response, ApiError> {
     let as_of = AsOf::parse(query)?;
-    if let Some(past) = in_the_past(&state, &customer_id, as_of).await? {
+    entitlements_of(&state, &customer_of_user(&state, &user_id)?, as_of).await
+}
+
+fn customer_of_user(state: &AppState, user_id: &str) -> Result<String, ApiError> {
+    state.engine.customer_of_user(user_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "user_not_found",
+            format!("no customer's metadata names user `{user_id}`"),
+        )
+    })
+}
+
+async fn entitlements_of(
+    state: &AppState,
+    customer_id: &str,
+    as_of: Option<(DateTime<Utc>, Basis)>,
+) -> Result<Response, ApiError> {
+    if let Some(past) = in_the_past(state, customer_id, as_of).await? {
         return Ok(Json(past).into_response());
     }
     let found = state
         .engine
-        .entitlements(&customer_id)
-        .ok_or_else(|| not_found(&customer_id))?;
+        .entitlements(customer_id)
+        .ok_or_else(|| not_found(customer_id))?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         found.json.clone(),
@@ -129,19 +156,42 @@ pub(crate) async fn customer_feature(
     Path((customer_id, feature)): Path<(String, String)>,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    feature_of(&state, &customer_id, &feature, AsOf::parse(query)?).await
+}
+
+pub(crate) async fn user_feature(
+    State(state): State<AppState>,
+    Path((user_id, feature)): Path<(String, String)>,
+    query: Result<Query<AsOf>, QueryRejection>,
+) -> Result<Response, ApiError> {
     let as_of = AsOf::parse(query)?;
-    let value: FeatureValue = match in_the_past(&state, &customer_id, as_of).await? {
-        Some(past) => past.feature(&feature),
+    feature_of(
+        &state,
+        &customer_of_user(&state, &user_id)?,
+        &feature,
+        as_of,
+    )
+    .await
+}
+
+async fn feature_of(
+    state: &AppState,
+    customer_id: &str,
+    feature: &str,
+    as_of: Option<(DateTime<Utc>, Basis)>,
+) -> Result<Response, ApiError> {
+    let value: FeatureValue = match in_the_past(state, customer_id, as_of).await? {
+        Some(past) => past.feature(feature),
         None => state
             .engine
-            .entitlements(&customer_id)
-            .ok_or_else(|| not_found(&customer_id))?
+            .entitlements(customer_id)
+            .ok_or_else(|| not_found(customer_id))?
             .entitlements
-            .feature(&feature),
+            .feature(feature),
     };
     Ok(Json(FeatureAnswer {
-        customer: &customer_id,
-        feature: &feature,
+        customer: customer_id,
+        feature,
         enabled: value.enabled,
         limit: value.limit,
     })

@@ -3,6 +3,7 @@
 //! - `POST /webhooks/stripe` ([`webhooks`]): verify and enqueue; nothing else.
 //! - `GET /v1/customers/{id}/entitlements[/{feature}]` ([`entitlements`]): served from memory;
 //!   `?at=` and `?as_known_at=` answer about the past.
+//! - `GET /v1/users/{user_id}/entitlements[/{feature}]`: the same, by the product's user id.
 //! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
 //! - `GET /healthz`.
 //! - [`auth`]: bearer tokens for `/v1`; [`error`]: the one JSON error type.
@@ -52,6 +53,14 @@ pub fn router(engine: Arc<Engine>, api_tokens: Vec<ApiToken>) -> Router {
         .route(
             "/customers/{customer_id}/timeline",
             get(entitlements::customer_timeline),
+        )
+        .route(
+            "/users/{user_id}/entitlements",
+            get(entitlements::user_entitlements),
+        )
+        .route(
+            "/users/{user_id}/entitlements/{feature}",
+            get(entitlements::user_feature),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -481,3 +481,59 @@ async fn the_past_can_be_asked_by_stripe_time_or_by_what_was_known_and_the_timel
         test_db.cleanup().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn product_services_can_ask_by_their_own_user_id() {
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
+    let (engine, app) = start(&test_db, &[]).await;
+    let t0 = now() - 600;
+    let customer = |id: &str, created: i64, event_type: &str, user: &str| {
+        fixtures::event(
+            id,
+            event_type,
+            created,
+            fixtures::customer("cus_1", json!({ "user_id": user })),
+        )
+    };
+    send(
+        &app,
+        signed_webhook(&customer("evt_c1", t0, "customer.created", "u_1")),
+    )
+    .await;
+    send(
+        &app,
+        signed_webhook(&subscription_event(
+            "evt_s1",
+            "customer.subscription.created",
+            t0 + 1,
+            "active",
+            "price_1ProMonthly",
+        )),
+    )
+    .await;
+    engine.drain().await.unwrap();
+    let (status, by_user) = send(&app, get("/v1/users/u_1/entitlements")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(by_user["customer"], json!("cus_1"));
+    assert_eq!(by_user["plans"], json!(["pro"]));
+    let (_, feature) = send(&app, get("/v1/users/u_1/entitlements/sso")).await;
+    assert_eq!(feature["enabled"], json!(true));
+
+    // The user id moves: the old one is no longer an answer.
+    send(
+        &app,
+        signed_webhook(&customer("evt_c2", t0 + 2, "customer.updated", "u_2")),
+    )
+    .await;
+    engine.drain().await.unwrap();
+    let (status, moved) = send(&app, get("/v1/users/u_1/entitlements")).await;
+    assert_eq!(
+        (status, moved["error"].clone()),
+        (StatusCode::NOT_FOUND, json!("user_not_found"))
+    );
+    assert_eq!(
+        send(&app, get("/v1/users/u_2/entitlements")).await.0,
+        StatusCode::OK
+    );
+    engine.close().await;
+}
