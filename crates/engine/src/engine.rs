@@ -7,7 +7,7 @@ use serde::Serialize;
 use subledger_domain::customer::{Customer, CustomerEvent};
 use subledger_domain::entitlements::{BillingView, Entitlements};
 use subledger_domain::ids::CustomerId;
-use subledger_domain::payment::Payment;
+use subledger_domain::payment::{OrderView, Payment, PaymentEvent};
 use subledger_store::{Backend, CommandBus, Database, InboxStats, StoreError};
 use subledger_stripe::WebhookVerifier;
 use tokio::sync::{watch, Mutex, Notify};
@@ -228,6 +228,31 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// An order (a PaymentIntent with `metadata.order_id`) as its payments' events describe it;
+    /// `None` when no payment for it is known. Several attempts (PaymentIntents) fold together
+    /// in Stripe time.
+    pub async fn order(&self, order_id: &str) -> Result<Option<OrderView>, EngineError> {
+        let mut events: Vec<(DateTime<Utc>, i64, PaymentEvent)> = Vec::new();
+        for payment_intent in self.db.payments_of_order(order_id).await? {
+            for stored in self.db.events_of(Payment::TYPE, &payment_intent).await? {
+                let event: PaymentEvent =
+                    serde_json::from_value(stored.payload.clone()).map_err(|source| {
+                        ProjectionError::UnreadableEvent {
+                            aggregate_id: stored.aggregate_id.clone(),
+                            sequence: stored.sequence,
+                            event_type: stored.event_type.clone(),
+                            source,
+                        }
+                    })?;
+                events.push((event.occurred_at(), stored.sequence, event));
+            }
+        }
+        events.sort_by_key(|(at, sequence, _)| (*at, *sequence));
+        Ok(events.iter().fold(None, |view, (_, _, event)| {
+            OrderView::fold(view, order_id, event)
+        }))
     }
 
     /// What the customer was entitled to at `at`: by when things happened at Stripe

@@ -128,8 +128,14 @@ impl Engine {
             }
             Translation::Payment {
                 payment_intent_id,
+                order_id,
                 command,
             } => {
+                let mut metadata = metadata;
+                if let Some(order_id) = order_id {
+                    // Indexed (a generated column), so an order finds its payments.
+                    metadata.insert("order_id".to_owned(), order_id);
+                }
                 run_with_conflict_retries(|| {
                     self.payments.execute(
                         payment_intent_id.as_str(),

@@ -129,7 +129,37 @@ pub enum Action {
         customer: String,
         outcome: String,
     },
+    Order {
+        id: String,
+        customer: String,
+        amount: i64,
+        currency: String,
+    },
+    /// `pay_order`, `complete_order_3ds`, `cancel_order`, `refund_order`.
+    OrderAction {
+        action: OrderAction,
+        id: String,
+    },
     Expect(Expectation),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderAction {
+    Pay,
+    Complete3ds,
+    Cancel,
+    Refund,
+}
+
+impl OrderAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pay => "pay_order",
+            Self::Complete3ds => "complete_order_3ds",
+            Self::Cancel => "cancel_order",
+            Self::Refund => "refund_order",
+        }
+    }
 }
 
 impl Action {
@@ -190,6 +220,13 @@ impl Action {
             Self::CloseDispute { customer, outcome } => {
                 format!("close {customer}'s dispute as {outcome}")
             }
+            Self::Order {
+                id,
+                amount,
+                currency,
+                ..
+            } => format!("order {id} for {amount} {currency}"),
+            Self::OrderAction { action, id } => format!("{} {id}", action.as_str()),
             Self::Expect(_) => "expect".to_owned(),
         }
     }
@@ -209,9 +246,17 @@ pub struct DunningExpectation {
     pub attempt: Option<u32>,
 }
 
+/// An order's expected state, and optionally its decline code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderExpectation {
+    pub state: String,
+    pub decline_code: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Expectation {
     pub customer: Option<String>,
+    pub orders: BTreeMap<String, OrderExpectation>,
     pub dunning: Option<DunningExpectation>,
     pub subscriptions: BTreeMap<String, String>,
     pub plans: Option<Vec<String>>,
@@ -670,6 +715,28 @@ impl Reader {
                     outcome: self.required_str(map, "outcome")?.to_owned(),
                 }
             }
+            "order" => {
+                let map = self.args(value, name, &["id", "customer", "amount", "currency"])?;
+                Action::Order {
+                    id: self.required_str(map, "id")?.to_owned(),
+                    customer: self.required_str(map, "customer")?.to_owned(),
+                    amount: self.number(self.required(map, "amount")?, "`amount` (minor units)")?,
+                    currency: self.optional_str(map, "currency")?.unwrap_or_else(|| "usd".to_owned()),
+                }
+            }
+            "pay_order" | "complete_order_3ds" | "cancel_order" | "refund_order" => {
+                let map = self.args(value, name, &["id"])?;
+                let action = match name {
+                    "pay_order" => OrderAction::Pay,
+                    "complete_order_3ds" => OrderAction::Complete3ds,
+                    "cancel_order" => OrderAction::Cancel,
+                    _ => OrderAction::Refund,
+                };
+                Action::OrderAction {
+                    action,
+                    id: self.required_str(map, "id")?.to_owned(),
+                }
+            }
             "expect" => Action::Expect(self.expectation(value)?),
             other => {
                 return Err(self.error(
@@ -677,7 +744,8 @@ impl Reader {
                     format!(
                         "unknown step `{other}` (expected create_customer, change_card, subscribe, advance, advance_to, \
                          upgrade, downgrade, cancel, undo_cancel, pause, resume, complete_3ds, abandon_3ds, \
-                         open_dispute, close_dispute or expect)"
+                         open_dispute, close_dispute, order, pay_order, complete_order_3ds, \
+                         cancel_order, refund_order or expect)"
                     ),
                 ))
             }
@@ -734,6 +802,7 @@ impl Reader {
                 "plans",
                 "features",
                 "dunning",
+                "orders",
                 "stripe",
                 "invoices",
             ],
@@ -795,6 +864,14 @@ impl Reader {
         if let Some(node) = map.get_node("dunning") {
             expectation.dunning = Some(self.dunning(node)?);
         }
+        if let Some(node) = map.get_node("orders") {
+            let orders = self.mapping(node, "`orders`")?;
+            for (order, value) in orders.iter() {
+                expectation
+                    .orders
+                    .insert(order.as_str().to_owned(), self.order_expectation(value)?);
+            }
+        }
         let about_engine = !expectation.subscriptions.is_empty()
             || expectation.plans.is_some()
             || !expectation.features.is_empty()
@@ -806,6 +883,34 @@ impl Reader {
             ));
         }
         Ok(expectation)
+    }
+
+    /// `order_1: paid`, or `order_1: { state: failed, decline_code: insufficient_funds }`.
+    fn order_expectation(&self, node: &Node) -> Result<OrderExpectation, ScenarioError> {
+        let check_state = |value: &Node| -> Result<String, ScenarioError> {
+            let state = self.scalar(value, "an order state")?.as_str();
+            if !matches!(
+                state,
+                "pending" | "requires_action" | "paid" | "failed" | "canceled" | "refunded"
+            ) {
+                return Err(self.error(
+                    value.span(),
+                    format!("`{state}` is not an order state (pending, requires_action, paid, failed, canceled or refunded)"),
+                ));
+            }
+            Ok(state.to_owned())
+        };
+        if node.as_scalar().is_some() {
+            return Ok(OrderExpectation {
+                state: check_state(node)?,
+                decline_code: None,
+            });
+        }
+        let map = self.args(node, "an order", &["state", "decline_code"])?;
+        Ok(OrderExpectation {
+            state: check_state(self.required(map, "state")?)?,
+            decline_code: self.optional_str(map, "decline_code")?,
+        })
     }
 
     /// `dunning: past_due`, or `dunning: { state: past_due, attempt: 2 }`.

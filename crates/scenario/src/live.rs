@@ -286,6 +286,9 @@ impl LiveRun<'_> {
                     .await
                     .map_err(stripe_failed)?;
             }
+            Action::Order { .. } | Action::OrderAction { .. } => {
+                return Err("one-off orders are not driven against Stripe by this runner yet (run this scenario on the simulator)".to_owned())
+            }
             Action::Expect(_) => {}
         }
         Ok(())

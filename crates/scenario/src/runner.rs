@@ -11,7 +11,7 @@ use subledger_simulator::delivery::{Deliverer, DeliveryMode, DeliveryStats, Targ
 use subledger_simulator::Simulator;
 use subledger_store::scratch::ScratchDatabase;
 
-use crate::format::{Action, ClockStep, Expectation, FeatureExpectation, Scenario};
+use crate::format::{Action, ClockStep, Expectation, FeatureExpectation, OrderAction, Scenario};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -308,6 +308,18 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
         Action::Abandon3ds { subscription } => sim.abandon_3ds(subscription),
         Action::OpenDispute { customer } => sim.open_dispute(customer).map(|_| ()),
         Action::CloseDispute { customer, outcome } => sim.close_dispute(customer, outcome),
+        Action::Order {
+            id,
+            customer,
+            amount,
+            currency,
+        } => sim.create_order(id, customer, *amount, currency),
+        Action::OrderAction { action, id } => match action {
+            OrderAction::Pay => sim.pay_order(id),
+            OrderAction::Complete3ds => sim.complete_order_3ds(id),
+            OrderAction::Cancel => sim.cancel_order(id),
+            OrderAction::Refund => sim.refund_order(id),
+        },
         Action::Expect(_) => Ok(()),
     }
 }
@@ -327,6 +339,35 @@ async fn check(expectation: &Expectation, engine: &Engine, sim: &Simulator) -> V
                 Ok(answer) => check_entitlements(expectation, &answer, &mut failures),
                 Err(e) => failures.push(format!("the answer does not serialize: {e}")),
             },
+        }
+    }
+    for (order, expected) in &expectation.orders {
+        match engine.order(order).await {
+            Err(e) => failures.push(format!("Subledger failed to answer for order {order}: {e}")),
+            Ok(None) => failures.push(format!(
+                "order {order}: expected {}, Subledger does not know it",
+                expected.state
+            )),
+            Ok(Some(view)) => {
+                let state = serde_json::to_value(view.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                if state != expected.state
+                    || expected
+                        .decline_code
+                        .as_ref()
+                        .is_some_and(|code| view.decline_code.as_ref() != Some(code))
+                {
+                    failures.push(format!(
+                        "order {order}: expected {}{}, Subledger says {state} (decline code {:?}, message {:?})",
+                        expected.state,
+                        expected.decline_code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default(),
+                        view.decline_code,
+                        view.message
+                    ));
+                }
+            }
         }
     }
     for (subscription, expected) in &expectation.stripe {

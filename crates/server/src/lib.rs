@@ -4,6 +4,7 @@
 //! - `GET /v1/customers/{id}/entitlements[/{feature}]` ([`entitlements`]): served from memory;
 //!   `?at=` and `?as_known_at=` answer about the past.
 //! - `GET /v1/users/{user_id}/entitlements[/{feature}]`: the same, by the product's user id.
+//! - `GET /v1/orders/{order_id}` ([`orders`]): one-off payments by the product's order id.
 //! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
 //! - `GET /healthz`.
 //! - [`auth`]: bearer tokens for `/v1`; [`error`]: the one JSON error type.
@@ -11,6 +12,7 @@
 pub mod auth;
 pub mod entitlements;
 pub mod error;
+pub mod orders;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -58,6 +60,7 @@ pub fn router(engine: Arc<Engine>, api_tokens: Vec<ApiToken>) -> Router {
             "/users/{user_id}/entitlements",
             get(entitlements::user_entitlements),
         )
+        .route("/orders/{order_id}", get(orders::order))
         .route(
             "/users/{user_id}/entitlements/{feature}",
             get(entitlements::user_feature),

@@ -537,3 +537,52 @@ async fn product_services_can_ask_by_their_own_user_id() {
     );
     engine.close().await;
 }
+
+#[tokio::test]
+async fn an_order_is_pending_until_stripe_says_it_succeeded() {
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
+    let (engine, app) = start(&test_db, &[]).await;
+    let intent = |status: &str| {
+        let mut pi = fixtures::resource("payment_intent");
+        pi["id"] = json!("pi_order");
+        pi["status"] = json!(status);
+        pi["metadata"] = json!({ "order_id": "order_42" });
+        pi["last_payment_error"] = serde_json::Value::Null;
+        pi
+    };
+    let t0 = now() - 60;
+    send(
+        &app,
+        signed_webhook(&fixtures::event(
+            "evt_p1",
+            "payment_intent.created",
+            t0,
+            intent("requires_payment_method"),
+        )),
+    )
+    .await;
+    engine.drain().await.unwrap();
+    let (status, order) = send(&app, get("/v1/orders/order_42")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(order["state"], json!("pending"));
+    assert_eq!(order["payment_intent"], json!("pi_order"));
+    send(
+        &app,
+        signed_webhook(&fixtures::event(
+            "evt_p2",
+            "payment_intent.succeeded",
+            t0 + 5,
+            intent("succeeded"),
+        )),
+    )
+    .await;
+    engine.drain().await.unwrap();
+    let (_, order) = send(&app, get("/v1/orders/order_42")).await;
+    assert_eq!(order["state"], json!("paid"));
+    let (status, missing) = send(&app, get("/v1/orders/order_nope")).await;
+    assert_eq!(
+        (status, missing["error"].clone()),
+        (StatusCode::NOT_FOUND, json!("order_not_found"))
+    );
+    engine.close().await;
+}

@@ -272,6 +272,8 @@ pub struct PaymentIntent {
     pub last_error: Option<(&'static str, &'static str)>,
     pub latest_charge: Option<String>,
     pub created: DateTime<Utc>,
+    /// `metadata.order_id`: a one-off order this PaymentIntent pays for.
+    pub order_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,6 +286,7 @@ pub struct Charge {
     pub succeeded: bool,
     pub decline_code: Option<&'static str>,
     pub disputed: bool,
+    pub refunded: bool,
     pub created: DateTime<Utc>,
 }
 

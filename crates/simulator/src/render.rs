@@ -177,7 +177,10 @@ pub fn payment_intent(intent: &PaymentIntent) -> Value {
     object["payment_method"] = json!(intent.payment_method);
     object["latest_charge"] = json!(intent.latest_charge);
     object["client_secret"] = json!(format!("{}_secret_sim", intent.id));
-    object["metadata"] = json!({});
+    object["metadata"] = match &intent.order_id {
+        Some(order_id) => json!({ "order_id": order_id }),
+        None => json!({}),
+    };
     object["livemode"] = json!(false);
     object["last_payment_error"] = match intent.last_error {
         Some((code, decline_code)) => json!({
@@ -212,6 +215,8 @@ pub fn charge(charge: &Charge) -> Value {
     object["paid"] = json!(charge.succeeded);
     object["captured"] = json!(charge.succeeded);
     object["disputed"] = json!(charge.disputed);
+    object["refunded"] = json!(charge.refunded);
+    object["amount_refunded"] = json!(if charge.refunded { charge.amount } else { 0 });
     object["failure_code"] = json!(charge.decline_code.map(|_| "card_declined"));
     object["failure_message"] = json!(charge.decline_code.map(|_| "Your card was declined."));
     object["created"] = ts(charge.created);

@@ -860,6 +860,168 @@ impl Simulator {
         Ok(())
     }
 
+    // ---- one-off orders ----------------------------------------------------------------
+
+    /// A one-off payment for an order: a PaymentIntent with `metadata.order_id`, confirmed at
+    /// once with the customer's default card.
+    pub fn create_order(
+        &mut self,
+        order_id: &str,
+        customer: &str,
+        amount: i64,
+        currency: &str,
+    ) -> Result<(), SimError> {
+        self.customer(customer)?;
+        if self
+            .payment_intents
+            .values()
+            .any(|pi| pi.order_id.as_deref() == Some(order_id))
+        {
+            return Err(SimError::AlreadyExists(order_id.to_owned()));
+        }
+        if amount <= 0 {
+            return Err(SimError::Invalid(format!(
+                "order `{order_id}` must have a positive amount"
+            )));
+        }
+        let id = self.next_id("pi");
+        let intent = PaymentIntent {
+            id: id.clone(),
+            customer: customer.to_owned(),
+            amount,
+            currency: currency.to_owned(),
+            status: "requires_payment_method",
+            invoice: None,
+            payment_method: None,
+            last_error: None,
+            latest_charge: None,
+            created: self.now,
+            order_id: Some(order_id.to_owned()),
+        };
+        let rendered = render::payment_intent(&intent);
+        self.payment_intents.insert(id, intent);
+        self.emit("payment_intent.created", rendered, None);
+        self.pay_order(order_id)
+    }
+
+    fn order_intent(&self, order_id: &str) -> Result<PaymentIntent, SimError> {
+        self.payment_intents
+            .values()
+            .find(|pi| pi.order_id.as_deref() == Some(order_id))
+            .cloned()
+            .ok_or_else(|| not_found("order", order_id))
+    }
+
+    /// Tries the order's payment again with the customer's current default card.
+    pub fn pay_order(&mut self, order_id: &str) -> Result<(), SimError> {
+        let intent = self.order_intent(order_id)?;
+        if matches!(intent.status, "succeeded" | "canceled") {
+            return Err(SimError::Invalid(format!(
+                "order `{order_id}` is already {}",
+                intent.status
+            )));
+        }
+        let card = self.card_of(&intent.customer);
+        match card.map_or(ChargeResult::Declined("no_payment_method"), Card::charge) {
+            ChargeResult::Succeeded => self.succeed_intent(&intent.id),
+            ChargeResult::Declined(decline_code) => {
+                let charge = self.new_charge(&intent.id, false, Some(decline_code))?;
+                if let Some(pi) = self.payment_intents.get_mut(&intent.id) {
+                    pi.status = "requires_payment_method";
+                    pi.latest_charge = Some(charge);
+                    pi.last_error = Some(("card_declined", decline_code));
+                }
+                self.emit_intent(&intent.id, "payment_intent.payment_failed");
+                Ok(())
+            }
+            ChargeResult::RequiresAction => {
+                if let Some(pi) = self.payment_intents.get_mut(&intent.id) {
+                    pi.status = "requires_action";
+                }
+                self.emit_intent(&intent.id, "payment_intent.requires_action");
+                Ok(())
+            }
+        }
+    }
+
+    /// The customer completes the 3-D Secure challenge of the order's payment.
+    pub fn complete_order_3ds(&mut self, order_id: &str) -> Result<(), SimError> {
+        let intent = self.order_intent(order_id)?;
+        if intent.status != "requires_action" {
+            return Err(SimError::Invalid(format!(
+                "order `{order_id}` is not waiting for 3-D Secure"
+            )));
+        }
+        self.succeed_intent(&intent.id)
+    }
+
+    pub fn cancel_order(&mut self, order_id: &str) -> Result<(), SimError> {
+        let intent = self.order_intent(order_id)?;
+        if matches!(intent.status, "succeeded" | "canceled") {
+            return Err(SimError::Invalid(format!(
+                "order `{order_id}` is {} and cannot be canceled",
+                intent.status
+            )));
+        }
+        if let Some(pi) = self.payment_intents.get_mut(&intent.id) {
+            pi.status = "canceled";
+        }
+        self.emit_intent(&intent.id, "payment_intent.canceled");
+        Ok(())
+    }
+
+    /// Refunds the order's payment in full (`charge.refunded`).
+    pub fn refund_order(&mut self, order_id: &str) -> Result<(), SimError> {
+        let intent = self.order_intent(order_id)?;
+        let charge_id = intent
+            .latest_charge
+            .filter(|_| intent.status == "succeeded")
+            .ok_or_else(|| {
+                SimError::Invalid(format!(
+                    "order `{order_id}` has no successful payment to refund"
+                ))
+            })?;
+        let charge = self
+            .charges
+            .get_mut(&charge_id)
+            .ok_or_else(|| not_found("charge", &charge_id))?;
+        if charge.refunded {
+            return Err(SimError::Invalid(format!(
+                "order `{order_id}` is already refunded"
+            )));
+        }
+        charge.refunded = true;
+        let rendered = render::charge(charge);
+        self.emit("charge.refunded", rendered, None);
+        Ok(())
+    }
+
+    fn succeed_intent(&mut self, intent_id: &str) -> Result<(), SimError> {
+        let charge = self.new_charge(intent_id, true, None)?;
+        if let Some(pi) = self.payment_intents.get_mut(intent_id) {
+            pi.status = "succeeded";
+            pi.latest_charge = Some(charge);
+            pi.last_error = None;
+        }
+        self.emit_intent(intent_id, "payment_intent.succeeded");
+        Ok(())
+    }
+
+    fn emit_intent(&mut self, intent_id: &str, event_type: &str) {
+        let rendered = self
+            .payment_intents
+            .get(intent_id)
+            .map(render::payment_intent);
+        if let Some(rendered) = rendered {
+            self.emit(event_type, rendered, None);
+        }
+    }
+
+    /// An order's PaymentIntent status, as Stripe reports it.
+    pub fn order_status(&self, order_id: &str) -> Result<&'static str, SimError> {
+        self.order_intent(order_id).map(|pi| pi.status)
+    }
+
     // ---- invoices and payments ---------------------------------------------------------
 
     fn new_invoice(
@@ -941,6 +1103,7 @@ impl Simulator {
                     last_error: None,
                     latest_charge: None,
                     created: self.now,
+                    order_id: None,
                 };
                 let rendered = render::payment_intent(&intent);
                 self.payment_intents.insert(id.clone(), intent);
@@ -1008,6 +1171,7 @@ impl Simulator {
             succeeded,
             decline_code,
             disputed: false,
+            refunded: false,
             created: self.now,
         };
         let rendered = render::charge(&charge);

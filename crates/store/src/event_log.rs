@@ -125,6 +125,17 @@ impl Database {
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
+    /// The PaymentIntents whose events carry `order_id`.
+    pub async fn payments_of_order(&self, order_id: &str) -> Result<Vec<String>, StoreError> {
+        const SQL: &str = "SELECT DISTINCT aggregate_id FROM events
+                            WHERE aggregate_type = 'Payment' AND order_id = $1
+                            ORDER BY aggregate_id";
+        let ids: Vec<String> = on_pool!(self, pool => {
+            sqlx::query_scalar(SQL).bind(order_id).fetch_all(pool).await?
+        });
+        Ok(ids)
+    }
+
     /// Up to `limit` events after `after`, in log order.
     pub async fn read_events_after(
         &self,

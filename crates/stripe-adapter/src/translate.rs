@@ -26,6 +26,8 @@ pub enum Translation {
     },
     Payment {
         payment_intent_id: PaymentIntentId,
+        /// `metadata.order_id` of the PaymentIntent, when it pays for an order.
+        order_id: Option<String>,
         command: PaymentCommand,
     },
     /// Not a billing fact Subledger tracks; recorded with the reason, never an error.
@@ -123,22 +125,57 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
                 },
             }
         }
-        "payment_intent.succeeded" => {
+        "payment_intent.created"
+        | "payment_intent.processing"
+        | "payment_intent.requires_action"
+        | "payment_intent.succeeded"
+        | "payment_intent.payment_failed"
+        | "payment_intent.canceled" => {
             let payment = payment_facts(&object)?;
-            Translation::Payment {
-                payment_intent_id: payment.id.clone(),
-                command: PaymentCommand::RecordSucceeded {
-                    payment,
+            let command = match event_type {
+                "payment_intent.requires_action" => PaymentCommand::RecordRequiresAction {
+                    payment: payment.clone(),
                     occurred_at: created,
                 },
+                "payment_intent.succeeded" => PaymentCommand::RecordSucceeded {
+                    payment: payment.clone(),
+                    occurred_at: created,
+                },
+                "payment_intent.payment_failed" => PaymentCommand::RecordFailed {
+                    payment: payment.clone(),
+                    occurred_at: created,
+                },
+                "payment_intent.canceled" => PaymentCommand::RecordCanceled {
+                    payment: payment.clone(),
+                    occurred_at: created,
+                },
+                _ => PaymentCommand::RecordCreated {
+                    payment: payment.clone(),
+                    occurred_at: created,
+                },
+            };
+            Translation::Payment {
+                payment_intent_id: payment.id,
+                order_id: payment.order_id,
+                command,
             }
         }
-        "payment_intent.payment_failed" => {
-            let payment = payment_facts(&object)?;
+        "charge.refunded" => {
+            let Some(payment_intent) = object.opt_id("payment_intent") else {
+                return Ok(Translation::Ignored {
+                    reason: "a refunded charge without a PaymentIntent is not a payment Subledger tracks".to_owned(),
+                });
+            };
+            let currency = object.str("currency")?;
+            let amount = object.i64("amount")?;
+            let amount_refunded = object.i64("amount_refunded")?;
             Translation::Payment {
-                payment_intent_id: payment.id.clone(),
-                command: PaymentCommand::RecordFailed {
-                    payment,
+                payment_intent_id: PaymentIntentId::new(payment_intent),
+                order_id: None,
+                command: PaymentCommand::RecordRefunded {
+                    payment_intent: PaymentIntentId::new(payment_intent),
+                    amount_refunded: Money::new(amount_refunded, currency),
+                    full: object.bool("refunded") || amount_refunded >= amount,
                     occurred_at: created,
                 },
             }

@@ -160,6 +160,7 @@ fn payment_intent_fixtures_become_payment_commands() {
     let Translation::Payment {
         payment_intent_id,
         command: PaymentCommand::RecordFailed { payment, .. },
+        ..
     } = translate(&event("payment_intent.payment_failed", intent.clone())).unwrap()
     else {
         panic!("not a payment failure");

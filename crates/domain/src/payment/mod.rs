@@ -1,4 +1,10 @@
-//! The `Payment` aggregate: one Stripe PaymentIntent, with or without a customer.
+//! The `Payment` aggregate: one Stripe PaymentIntent, with or without a customer; and the
+//! order view of a PaymentIntent that carries `metadata.order_id`.
+//!
+//! A payment is paid only when Stripe says so (`payment_intent.succeeded`), never because a
+//! client says it confirmed. Stripe's facts arrive in any order, so the aggregate judges what is
+//! new: success and refunds are final, a failure or a request for authentication reported after
+//! the success is old news, and a cancellation cannot undo a payment.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -7,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{CustomerId, PaymentIntentId};
 use crate::money::Money;
+
+mod order;
+
+pub use order::{decline_message, OrderState, OrderView};
 
 /// What a PaymentIntent event tells about the payment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +34,14 @@ pub struct PaymentFacts {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PaymentCommand {
+    RecordCreated {
+        payment: PaymentFacts,
+        occurred_at: DateTime<Utc>,
+    },
+    RecordRequiresAction {
+        payment: PaymentFacts,
+        occurred_at: DateTime<Utc>,
+    },
     RecordSucceeded {
         payment: PaymentFacts,
         occurred_at: DateTime<Utc>,
@@ -32,10 +50,29 @@ pub enum PaymentCommand {
         payment: PaymentFacts,
         occurred_at: DateTime<Utc>,
     },
+    RecordCanceled {
+        payment: PaymentFacts,
+        occurred_at: DateTime<Utc>,
+    },
+    /// A refund of the payment's charge (`charge.refunded`); `full` when nothing is left.
+    RecordRefunded {
+        payment_intent: PaymentIntentId,
+        amount_refunded: Money,
+        full: bool,
+        occurred_at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PaymentEvent {
+    PaymentCreated {
+        payment: PaymentFacts,
+        occurred_at: DateTime<Utc>,
+    },
+    PaymentRequiresAction {
+        payment: PaymentFacts,
+        occurred_at: DateTime<Utc>,
+    },
     PaymentSucceeded {
         payment: PaymentFacts,
         occurred_at: DateTime<Utc>,
@@ -44,13 +81,40 @@ pub enum PaymentEvent {
         payment: PaymentFacts,
         occurred_at: DateTime<Utc>,
     },
+    PaymentCanceled {
+        payment: PaymentFacts,
+        occurred_at: DateTime<Utc>,
+    },
+    PaymentRefunded {
+        payment_intent: PaymentIntentId,
+        amount_refunded: Money,
+        full: bool,
+        occurred_at: DateTime<Utc>,
+    },
+}
+
+impl PaymentEvent {
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        match self {
+            Self::PaymentCreated { occurred_at, .. }
+            | Self::PaymentRequiresAction { occurred_at, .. }
+            | Self::PaymentSucceeded { occurred_at, .. }
+            | Self::PaymentFailed { occurred_at, .. }
+            | Self::PaymentCanceled { occurred_at, .. }
+            | Self::PaymentRefunded { occurred_at, .. } => *occurred_at,
+        }
+    }
 }
 
 impl DomainEvent for PaymentEvent {
     fn event_type(&self) -> String {
         match self {
+            Self::PaymentCreated { .. } => "PaymentCreated",
+            Self::PaymentRequiresAction { .. } => "PaymentRequiresAction",
             Self::PaymentSucceeded { .. } => "PaymentSucceeded",
             Self::PaymentFailed { .. } => "PaymentFailed",
+            Self::PaymentCanceled { .. } => "PaymentCanceled",
+            Self::PaymentRefunded { .. } => "PaymentRefunded",
         }
         .to_owned()
     }
@@ -60,12 +124,18 @@ impl DomainEvent for PaymentEvent {
     }
 }
 
-/// A payment's recorded outcome. Success is final: a failure reported after it (a late or
-/// redelivered event about an earlier attempt) changes nothing.
+/// Where a payment stands, as the recorded facts say.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Payment {
+    known: bool,
     succeeded: bool,
-    last_failure: Option<(PaymentFacts, DateTime<Utc>)>,
+    canceled: bool,
+    refunded: bool,
+    amount_refunded: i64,
+    /// The Stripe time of the latest pending-side fact (created, action, failure).
+    pending_as_of: Option<DateTime<Utc>>,
+    last_failure: Option<PaymentFacts>,
+    requires_action: bool,
 }
 
 /// Like the `Customer` aggregate, `Payment` records Stripe's facts and never refuses one.
@@ -73,13 +143,48 @@ pub struct Payment {
 pub enum PaymentError {}
 
 impl Payment {
+    fn settled(&self) -> bool {
+        self.succeeded || self.canceled || self.refunded
+    }
+
+    /// A pending-side fact is news if nothing settled the payment and it is not older than the
+    /// last one (same-second facts apply in arrival order).
+    fn pending_news(&self, occurred_at: DateTime<Utc>) -> bool {
+        !self.settled() && self.pending_as_of.is_none_or(|at| occurred_at >= at)
+    }
+
     fn decide(&self, command: PaymentCommand) -> Vec<PaymentEvent> {
         match command {
+            PaymentCommand::RecordCreated {
+                payment,
+                occurred_at,
+            } => {
+                if self.known {
+                    return vec![];
+                }
+                vec![PaymentEvent::PaymentCreated {
+                    payment,
+                    occurred_at,
+                }]
+            }
+            PaymentCommand::RecordRequiresAction {
+                payment,
+                occurred_at,
+            } => {
+                if !self.pending_news(occurred_at) || self.requires_action {
+                    return vec![];
+                }
+                vec![PaymentEvent::PaymentRequiresAction {
+                    payment,
+                    occurred_at,
+                }]
+            }
             PaymentCommand::RecordSucceeded {
                 payment,
                 occurred_at,
             } => {
-                if self.succeeded {
+                // A refund already says it was paid; success is recorded once.
+                if self.succeeded || self.refunded {
                     return vec![];
                 }
                 vec![PaymentEvent::PaymentSucceeded {
@@ -91,14 +196,40 @@ impl Payment {
                 payment,
                 occurred_at,
             } => {
-                let already_known = self.last_failure.as_ref().is_some_and(|(known, at)| {
-                    occurred_at < *at || (occurred_at == *at && *known == payment)
-                });
-                if self.succeeded || already_known {
+                let repeat = self.last_failure.as_ref() == Some(&payment);
+                if !self.pending_news(occurred_at) || repeat {
                     return vec![];
                 }
                 vec![PaymentEvent::PaymentFailed {
                     payment,
+                    occurred_at,
+                }]
+            }
+            PaymentCommand::RecordCanceled {
+                payment,
+                occurred_at,
+            } => {
+                if self.settled() {
+                    return vec![];
+                }
+                vec![PaymentEvent::PaymentCanceled {
+                    payment,
+                    occurred_at,
+                }]
+            }
+            PaymentCommand::RecordRefunded {
+                payment_intent,
+                amount_refunded,
+                full,
+                occurred_at,
+            } => {
+                if amount_refunded.amount.0 <= self.amount_refunded || self.refunded && full {
+                    return vec![];
+                }
+                vec![PaymentEvent::PaymentRefunded {
+                    payment_intent,
+                    amount_refunded,
+                    full,
                     occurred_at,
                 }]
             }
@@ -126,12 +257,34 @@ impl Aggregate for Payment {
     }
 
     fn apply(&mut self, event: Self::Event) {
+        self.known = true;
         match event {
+            PaymentEvent::PaymentCreated { occurred_at, .. } => {
+                self.pending_as_of = Some(occurred_at);
+            }
+            PaymentEvent::PaymentRequiresAction { occurred_at, .. } => {
+                self.requires_action = true;
+                self.pending_as_of = Some(occurred_at);
+            }
             PaymentEvent::PaymentSucceeded { .. } => self.succeeded = true,
             PaymentEvent::PaymentFailed {
                 payment,
                 occurred_at,
-            } => self.last_failure = Some((payment, occurred_at)),
+            } => {
+                self.requires_action = false;
+                self.pending_as_of = Some(occurred_at);
+                self.last_failure = Some(payment);
+            }
+            PaymentEvent::PaymentCanceled { .. } => self.canceled = true,
+            PaymentEvent::PaymentRefunded {
+                amount_refunded,
+                full,
+                ..
+            } => {
+                self.succeeded = true;
+                self.amount_refunded = self.amount_refunded.max(amount_refunded.amount.0);
+                self.refunded |= full;
+            }
         }
     }
 }
@@ -142,6 +295,8 @@ mod tests {
     use cqrs_es::test::TestFramework;
 
     use super::*;
+
+    type PaymentTest = TestFramework<Payment>;
 
     fn at(second: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + second, 0).unwrap()
@@ -158,14 +313,17 @@ mod tests {
         }
     }
 
+    fn succeeded(second: i64) -> PaymentEvent {
+        PaymentEvent::PaymentSucceeded {
+            payment: payment(None),
+            occurred_at: at(second),
+        }
+    }
+
     #[test]
     fn it_records_a_success_once() {
-        let succeeded = PaymentEvent::PaymentSucceeded {
-            payment: payment(None),
-            occurred_at: at(1),
-        };
-        TestFramework::<Payment>::with(())
-            .given(vec![succeeded])
+        PaymentTest::with(())
+            .given(vec![succeeded(1)])
             .when(PaymentCommand::RecordSucceeded {
                 payment: payment(None),
                 occurred_at: at(1),
@@ -174,22 +332,31 @@ mod tests {
     }
 
     #[test]
-    fn it_keeps_a_success_when_an_earlier_failure_arrives_late() {
-        TestFramework::<Payment>::with(())
-            .given(vec![PaymentEvent::PaymentSucceeded {
-                payment: payment(None),
-                occurred_at: at(5),
-            }])
-            .when(PaymentCommand::RecordFailed {
+    fn it_keeps_a_success_when_an_earlier_failure_or_action_request_arrives_late() {
+        for command in [
+            PaymentCommand::RecordFailed {
                 payment: payment(Some("insufficient_funds")),
                 occurred_at: at(3),
-            })
-            .then_expect_events(vec![]);
+            },
+            PaymentCommand::RecordRequiresAction {
+                payment: payment(None),
+                occurred_at: at(3),
+            },
+            PaymentCommand::RecordCanceled {
+                payment: payment(None),
+                occurred_at: at(9),
+            },
+        ] {
+            PaymentTest::with(())
+                .given(vec![succeeded(5)])
+                .when(command)
+                .then_expect_events(vec![]);
+        }
     }
 
     #[test]
     fn it_records_a_new_failure() {
-        TestFramework::<Payment>::with(())
+        PaymentTest::with(())
             .given(vec![PaymentEvent::PaymentFailed {
                 payment: payment(Some("generic_decline")),
                 occurred_at: at(1),
@@ -201,6 +368,64 @@ mod tests {
             .then_expect_events(vec![PaymentEvent::PaymentFailed {
                 payment: payment(Some("insufficient_funds")),
                 occurred_at: at(4),
+            }]);
+    }
+
+    #[test]
+    fn it_ignores_a_failure_older_than_the_last_pending_fact() {
+        PaymentTest::with(())
+            .given(vec![PaymentEvent::PaymentRequiresAction {
+                payment: payment(None),
+                occurred_at: at(10),
+            }])
+            .when(PaymentCommand::RecordFailed {
+                payment: payment(Some("generic_decline")),
+                occurred_at: at(2),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_refund_counts_once_and_implies_the_payment() {
+        let refunded = PaymentEvent::PaymentRefunded {
+            payment_intent: PaymentIntentId::new("pi_1"),
+            amount_refunded: Money::new(4200, "eur"),
+            full: true,
+            occurred_at: at(20),
+        };
+        PaymentTest::with(())
+            .given(vec![refunded.clone()])
+            .when(PaymentCommand::RecordRefunded {
+                payment_intent: PaymentIntentId::new("pi_1"),
+                amount_refunded: Money::new(4200, "eur"),
+                full: true,
+                occurred_at: at(20),
+            })
+            .then_expect_events(vec![]);
+        // The success delivered after the refund changes nothing.
+        PaymentTest::with(())
+            .given(vec![refunded])
+            .when(PaymentCommand::RecordSucceeded {
+                payment: payment(None),
+                occurred_at: at(5),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_cancellation_ends_a_pending_payment() {
+        PaymentTest::with(())
+            .given(vec![PaymentEvent::PaymentCreated {
+                payment: payment(None),
+                occurred_at: at(0),
+            }])
+            .when(PaymentCommand::RecordCanceled {
+                payment: payment(None),
+                occurred_at: at(60),
+            })
+            .then_expect_events(vec![PaymentEvent::PaymentCanceled {
+                payment: payment(None),
+                occurred_at: at(60),
             }]);
     }
 }

@@ -1,0 +1,26 @@
+//! `GET /v1/orders/{order_id}`: a one-off payment (a PaymentIntent with `metadata.order_id`),
+//! `pending` until Stripe reports it succeeded.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::entitlements::engine_failed;
+use crate::error::ApiError;
+use crate::AppState;
+
+pub(crate) async fn order(
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let order = state.engine.order(&order_id).await.map_err(engine_failed)?;
+    let order = order.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            format!("no payment is known for order `{order_id}`"),
+        )
+    })?;
+    Ok(Json(order).into_response())
+}
