@@ -21,6 +21,9 @@
 //!   paused: none           # what a `paused` subscription grants: none | plan
 //! ```
 //!
+//! `sum_limits: [seats]` makes those limits add up across subscriptions (each item's limit
+//! times its quantity) instead of the largest one winning.
+//!
 //! Every error names the source, the line and the problem.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -80,6 +83,8 @@ pub struct Catalog {
     plan_by_price: HashMap<String, String>,
     /// Every feature any plan names, so answers list features a customer lacks too.
     features: BTreeSet<String>,
+    /// Limits added up across subscriptions (and item quantities) instead of the largest.
+    summed: BTreeSet<String>,
 }
 
 /// A catalog that could not be loaded: where, and why.
@@ -132,6 +137,11 @@ impl Catalog {
 
     pub fn features(&self) -> &BTreeSet<String> {
         &self.features
+    }
+
+    /// Whether `feature`'s limits add up across subscriptions rather than the largest winning.
+    pub fn sums(&self, feature: &str) -> bool {
+        self.summed.contains(feature)
     }
 }
 
@@ -187,11 +197,14 @@ impl Parser<'_> {
             .as_mapping()
             .ok_or_else(|| self.error(root.span(), "the catalog must be a mapping"))?;
         for key in root.keys() {
-            if !matches!(key.as_str(), "default_plan" | "plans" | "policy") {
+            if !matches!(
+                key.as_str(),
+                "default_plan" | "plans" | "policy" | "sum_limits"
+            ) {
                 return Err(self.error(
                     key.span(),
                     format!(
-                        "unknown key `{}` (expected `default_plan`, `plans` or `policy`)",
+                        "unknown key `{}` (expected `default_plan`, `plans`, `policy` or `sum_limits`)",
                         key.as_str()
                     ),
                 ));
@@ -255,12 +268,29 @@ impl Parser<'_> {
             Some(node) => self.policy(node)?,
             None => AccessPolicy::default(),
         };
+        let mut summed = BTreeSet::new();
+        if let Some(node) = root.get_node("sum_limits") {
+            let list = node.as_sequence().ok_or_else(|| {
+                self.error(node.span(), "`sum_limits` must be a list of limit features")
+            })?;
+            for item in list.iter() {
+                let name = item.as_scalar().map(|s| s.as_str()).unwrap_or_default();
+                if !features.contains(name) {
+                    return Err(self.error(
+                        item.span(),
+                        format!("`sum_limits` names `{name}`, which no plan grants"),
+                    ));
+                }
+                summed.insert(name.to_owned());
+            }
+        }
         Ok(Catalog {
             default_plan,
             policy,
             plans,
             plan_by_price,
             features,
+            summed,
         })
     }
 

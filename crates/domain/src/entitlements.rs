@@ -237,6 +237,31 @@ impl Entitlements {
                 *value = value.combine(*grant);
             }
         }
+        // Summed limits: every entitling item counts, times its quantity.
+        let mut sums: BTreeMap<&str, u64> = BTreeMap::new();
+        for entitlement in subscriptions.iter().filter(|s| s.grants_access) {
+            let Some(subscription) = view.subscriptions.get(&entitlement.id) else {
+                continue;
+            };
+            for item in &subscription.items {
+                let plan =
+                    catalog.plan_for_price(item.price_id.as_str(), item.lookup_key.as_deref());
+                for (name, grant) in plan.iter().flat_map(|plan| &plan.features) {
+                    if let (true, FeatureGrant::Limit(limit)) = (catalog.sums(name), grant) {
+                        let sum = sums.entry(name.as_str()).or_insert(0);
+                        *sum = sum.saturating_add(limit.saturating_mul(item.quantity));
+                    }
+                }
+            }
+        }
+        for (name, sum) in sums {
+            if let Some(value) = features.get_mut(name) {
+                *value = FeatureValue {
+                    enabled: sum > 0,
+                    limit: Some(sum),
+                };
+            }
+        }
         Self {
             customer: view.customer_id.clone(),
             deleted: view.deleted,
@@ -525,5 +550,33 @@ plans:
             entitlements.scheduled_changes[0].at,
             Some(now() + chrono::Duration::days(20))
         );
+    }
+
+    #[test]
+    fn summed_limits_add_up_across_subscriptions_and_quantities() {
+        let text = format!("{CATALOG}sum_limits: [seats]\n");
+        let catalog = Catalog::from_yaml("test", &text).unwrap();
+        let mut view = view_with(&[
+            ("sub_1", SubscriptionStatus::Active, "price_pro"),
+            ("sub_2", SubscriptionStatus::Active, "price_team"),
+            ("sub_3", SubscriptionStatus::Canceled, "price_team"),
+        ]);
+        if let Some(subscription) = view.subscriptions.get_mut(&SubscriptionId::new("sub_2")) {
+            subscription.items[0].quantity = 2;
+        }
+        let entitlements = Entitlements::resolve(&view, &catalog, now());
+        // pro 10 + team 50 x 2; the canceled subscription counts for nothing.
+        assert_eq!(
+            entitlements.feature("seats"),
+            FeatureValue {
+                enabled: true,
+                limit: Some(110)
+            }
+        );
+        // Not summed: the largest wins.
+        assert_eq!(entitlements.feature("api_calls").limit, Some(100_000));
+        let error =
+            Catalog::from_yaml("test", &format!("{CATALOG}sum_limits: [parking]\n")).unwrap_err();
+        assert!(error.message.contains("`parking`"), "{error}");
     }
 }
