@@ -4,7 +4,7 @@
 //! (facts only, so it never goes stale when the catalog changes); [`Entitlements::resolve`]
 //! turns it into the answer product services ask for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,9 @@ pub struct BillingView {
     /// Each subscription's oldest unpaid renewal invoice, while one is unpaid.
     #[serde(default)]
     pub unpaid: BTreeMap<SubscriptionId, UnpaidInvoice>,
+    /// The customer's active features by Stripe's Entitlements API (lookup keys).
+    #[serde(default)]
+    pub stripe_features: BTreeSet<String>,
     /// Stripe time of the latest fact applied.
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -37,6 +40,7 @@ impl BillingView {
             metadata: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             unpaid: BTreeMap::new(),
+            stripe_features: BTreeSet::new(),
             updated_at: None,
         }
     }
@@ -50,6 +54,9 @@ impl BillingView {
             | CustomerEvent::SubscriptionEnded { subscription, .. } => {
                 self.subscriptions
                     .insert(subscription.id.clone(), subscription.clone());
+            }
+            CustomerEvent::StripeEntitlementsRecorded { features, .. } => {
+                self.stripe_features = features.clone();
             }
             CustomerEvent::InvoicePaymentFailed {
                 invoice,
@@ -235,6 +242,17 @@ impl Entitlements {
                     .entry(name.clone())
                     .or_insert(FeatureValue::DISABLED);
                 *value = value.combine(*grant);
+            }
+        }
+        // Stripe's Entitlements API grants boolean features too, but only while a subscription
+        // grants access: Stripe sends no new summary when a trial ends paused, so a summary
+        // alone must never keep access on.
+        if subscriptions.iter().any(|s| s.grants_access) {
+            for name in &view.stripe_features {
+                let value = features
+                    .entry(name.clone())
+                    .or_insert(FeatureValue::DISABLED);
+                *value = value.combine(FeatureGrant::Enabled);
             }
         }
         // Summed limits: every entitling item counts, times its quantity.
@@ -578,5 +596,32 @@ plans:
         let error =
             Catalog::from_yaml("test", &format!("{CATALOG}sum_limits: [parking]\n")).unwrap_err();
         assert!(error.message.contains("`parking`"), "{error}");
+    }
+
+    #[test]
+    fn stripe_entitlements_add_boolean_features_only_while_a_subscription_grants_access() {
+        let record = |view: &mut BillingView| {
+            view.apply(&CustomerEvent::StripeEntitlementsRecorded {
+                features: BTreeSet::from(["sso".to_owned(), "priority_support".to_owned()]),
+                occurred_at: now(),
+            });
+        };
+        let mut active = view_with(&[("sub_1", SubscriptionStatus::Active, "price_team")]);
+        record(&mut active);
+        let entitlements = Entitlements::resolve(&active, &catalog(), now());
+        assert!(entitlements.feature("priority_support").enabled);
+        assert!(entitlements.feature("sso").enabled);
+        assert_eq!(
+            entitlements.feature("seats").limit,
+            Some(50),
+            "limits still come from the catalog"
+        );
+        // The known gap: a trial that ends paused sends no new summary. The stale one must not
+        // keep access on.
+        let mut paused = view_with(&[("sub_1", SubscriptionStatus::Paused, "price_team")]);
+        record(&mut paused);
+        let entitlements = Entitlements::resolve(&paused, &catalog(), now());
+        assert!(!entitlements.feature("priority_support").enabled);
+        assert!(!entitlements.feature("sso").enabled);
     }
 }

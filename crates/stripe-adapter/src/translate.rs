@@ -160,6 +160,34 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
                 command,
             }
         }
+        "entitlements.active_entitlement_summary.updated" => {
+            let entries = object
+                .object("entitlements")
+                .and_then(|list| list.get("data"))
+                .and_then(Value::as_array)
+                .ok_or_else(|| invalid(object.path("entitlements.data"), "a list"))?;
+            let mut features = std::collections::BTreeSet::new();
+            for entry in entries {
+                let lookup_key = entry
+                    .get("lookup_key")
+                    .and_then(Value::as_str)
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| {
+                        invalid(
+                            object.path("entitlements.data[].lookup_key"),
+                            "a non-empty string",
+                        )
+                    })?;
+                features.insert(lookup_key.to_owned());
+            }
+            Translation::Customer {
+                customer_id: CustomerId::new(object.id("customer")?),
+                command: CustomerCommand::RecordStripeEntitlements {
+                    features,
+                    occurred_at: created,
+                },
+            }
+        }
         "charge.refunded" => {
             let Some(payment_intent) = object.opt_id("payment_intent") else {
                 return Ok(Translation::Ignored {

@@ -242,3 +242,23 @@ fn subscription_events_say_where_the_snapshot_sits_in_its_history() {
     ));
     assert!(!paused.creation);
 }
+
+#[test]
+fn an_entitlement_summary_lists_the_active_features_by_lookup_key() {
+    let mut summary = fixture("entitlements.active_entitlement_summary");
+    summary["customer"] = json!("cus_1");
+    summary["entitlements"]["data"][0]["lookup_key"] = json!("sso");
+    let Translation::Customer {
+        customer_id,
+        command: CustomerCommand::RecordStripeEntitlements { features, .. },
+    } = translate(&event(
+        "entitlements.active_entitlement_summary.updated",
+        summary,
+    ))
+    .unwrap()
+    else {
+        panic!("not an entitlement summary");
+    };
+    assert_eq!(customer_id.as_str(), "cus_1");
+    assert_eq!(features.into_iter().collect::<Vec<_>>(), ["sso"]);
+}

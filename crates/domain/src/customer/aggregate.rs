@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -22,6 +22,7 @@ pub struct Customer {
     deleted: bool,
     subscriptions: BTreeMap<SubscriptionId, Tracked<SubscriptionSnapshot>>,
     invoices: BTreeMap<InvoiceId, TrackedInvoice>,
+    stripe_entitlements: Option<Tracked<BTreeSet<String>>>,
 }
 
 /// A recorded snapshot, the Stripe time it describes, and where it sat in the object's history.
@@ -73,6 +74,20 @@ impl Customer {
                 occurred_at,
                 provenance,
             } => self.decide_subscription(subscription, occurred_at, provenance),
+            CustomerCommand::RecordStripeEntitlements {
+                features,
+                occurred_at,
+            } => {
+                // Each summary is the whole list: an older one, or the same list, is no news.
+                let known = self.stripe_entitlements.as_ref();
+                if known.is_some_and(|k| occurred_at < k.as_of || k.value == features) {
+                    return vec![];
+                }
+                vec![CustomerEvent::StripeEntitlementsRecorded {
+                    features,
+                    occurred_at,
+                }]
+            }
             CustomerCommand::RecordInvoicePaid {
                 invoice,
                 occurred_at,
@@ -244,6 +259,16 @@ impl Aggregate for Customer {
                         provenance,
                     },
                 );
+            }
+            CustomerEvent::StripeEntitlementsRecorded {
+                features,
+                occurred_at,
+            } => {
+                self.stripe_entitlements = Some(Tracked {
+                    value: features,
+                    as_of: occurred_at,
+                    provenance: Provenance::default(),
+                });
             }
             CustomerEvent::InvoicePaid { invoice, .. } => self.track_invoice(&invoice, true),
             CustomerEvent::InvoicePaymentFailed { invoice, .. } => {
@@ -570,6 +595,30 @@ mod tests {
                 occurred_at: at(7),
                 provenance: Provenance::default(),
             })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn it_records_a_new_entitlement_summary_but_not_an_older_or_equal_one() {
+        let summary = |features: &[&str], second: i64| CustomerEvent::StripeEntitlementsRecorded {
+            features: features.iter().map(|f| (*f).to_owned()).collect(),
+            occurred_at: at(second),
+        };
+        let command = |features: &[&str], second: i64| CustomerCommand::RecordStripeEntitlements {
+            features: features.iter().map(|f| (*f).to_owned()).collect(),
+            occurred_at: at(second),
+        };
+        CustomerTest::with(())
+            .given(vec![summary(&["sso"], 10)])
+            .when(command(&["sso", "audit"], 11))
+            .then_expect_events(vec![summary(&["sso", "audit"], 11)]);
+        CustomerTest::with(())
+            .given(vec![summary(&["sso", "audit"], 10)])
+            .when(command(&["sso"], 9))
+            .then_expect_events(vec![]);
+        CustomerTest::with(())
+            .given(vec![summary(&["sso"], 10)])
+            .when(command(&["sso"], 12))
             .then_expect_events(vec![]);
     }
 }

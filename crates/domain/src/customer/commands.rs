@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
@@ -21,6 +21,12 @@ pub enum CustomerCommand {
         subscription: SubscriptionSnapshot,
         occurred_at: DateTime<Utc>,
         provenance: Provenance,
+    },
+    /// Stripe's Entitlements API: the customer's active features (lookup keys), as of the
+    /// summary's event.
+    RecordStripeEntitlements {
+        features: BTreeSet<String>,
+        occurred_at: DateTime<Utc>,
     },
     RecordInvoicePaid {
         invoice: InvoiceFacts,

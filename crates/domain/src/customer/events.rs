@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
@@ -35,6 +35,10 @@ pub enum CustomerEvent {
         #[serde(default)]
         provenance: Provenance,
     },
+    StripeEntitlementsRecorded {
+        features: BTreeSet<String>,
+        occurred_at: DateTime<Utc>,
+    },
     InvoicePaid {
         invoice: InvoiceFacts,
         occurred_at: DateTime<Utc>,
@@ -53,6 +57,7 @@ impl CustomerEvent {
             | Self::SubscriptionStarted { occurred_at, .. }
             | Self::SubscriptionChanged { occurred_at, .. }
             | Self::SubscriptionEnded { occurred_at, .. }
+            | Self::StripeEntitlementsRecorded { occurred_at, .. }
             | Self::InvoicePaid { occurred_at, .. }
             | Self::InvoicePaymentFailed { occurred_at, .. } => *occurred_at,
         }
@@ -67,6 +72,7 @@ impl DomainEvent for CustomerEvent {
             Self::SubscriptionStarted { .. } => "SubscriptionStarted",
             Self::SubscriptionChanged { .. } => "SubscriptionChanged",
             Self::SubscriptionEnded { .. } => "SubscriptionEnded",
+            Self::StripeEntitlementsRecorded { .. } => "StripeEntitlementsRecorded",
             Self::InvoicePaid { .. } => "InvoicePaid",
             Self::InvoicePaymentFailed { .. } => "InvoicePaymentFailed",
         }
