@@ -28,6 +28,9 @@ pub struct BillingView {
     /// The customer's active features by Stripe's Entitlements API (lookup keys).
     #[serde(default)]
     pub stripe_features: BTreeSet<String>,
+    /// Operator holds in force, by id.
+    #[serde(default)]
+    pub holds: BTreeMap<String, Hold>,
     /// Stripe time of the latest fact applied.
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -41,6 +44,7 @@ impl BillingView {
             subscriptions: BTreeMap::new(),
             unpaid: BTreeMap::new(),
             stripe_features: BTreeSet::new(),
+            holds: BTreeMap::new(),
             updated_at: None,
         }
     }
@@ -57,6 +61,25 @@ impl BillingView {
             }
             CustomerEvent::StripeEntitlementsRecorded { features, .. } => {
                 self.stripe_features = features.clone();
+            }
+            CustomerEvent::HoldPlaced {
+                hold_id,
+                subscription,
+                reason,
+                occurred_at,
+            } => {
+                self.holds.insert(
+                    hold_id.clone(),
+                    Hold {
+                        id: hold_id.clone(),
+                        subscription: subscription.clone(),
+                        reason: reason.clone(),
+                        since: *occurred_at,
+                    },
+                );
+            }
+            CustomerEvent::HoldLifted { hold_id, .. } => {
+                self.holds.remove(hold_id);
             }
             CustomerEvent::InvoicePaymentFailed {
                 invoice,
@@ -97,6 +120,16 @@ impl BillingView {
         let occurred_at = event.occurred_at();
         self.updated_at = Some(self.updated_at.map_or(occurred_at, |t| t.max(occurred_at)));
     }
+}
+
+/// An operator's hold: access taken away from one subscription, or from the whole customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: String,
+    /// `None`: the whole customer is on hold.
+    pub subscription: Option<SubscriptionId>,
+    pub reason: String,
+    pub since: DateTime<Utc>,
 }
 
 /// One feature's answer.
@@ -141,6 +174,8 @@ pub struct SubscriptionEntitlement {
     pub cancel_at_period_end: bool,
     pub current_period_end: Option<DateTime<Utc>>,
     pub dunning: Dunning,
+    /// Holds on this subscription (or on the whole customer), by id.
+    pub holds: Vec<String>,
 }
 
 /// A change Stripe will make later, reported in advance.
@@ -164,6 +199,7 @@ pub struct Entitlements {
     /// The most serious dunning state among the subscriptions.
     pub dunning: Dunning,
     pub scheduled_changes: Vec<ScheduledChange>,
+    pub holds: Vec<Hold>,
     /// When this answer stops being true without any new fact (a grace period ends).
     #[serde(skip)]
     pub valid_until: Option<DateTime<Utc>>,
@@ -197,7 +233,19 @@ impl Entitlements {
             if let Some(grace_ends_at) = dunning.grace_ends_at.filter(|t| *t > at) {
                 valid_until = Some(valid_until.map_or(grace_ends_at, |t| t.min(grace_ends_at)));
             }
-            let grants = grants_access(subscription.status, &dunning, policy) && !view.deleted;
+            let holds: Vec<String> = view
+                .holds
+                .values()
+                .filter(|h| {
+                    h.subscription
+                        .as_ref()
+                        .is_none_or(|s| *s == subscription.id)
+                })
+                .map(|h| h.id.clone())
+                .collect();
+            let grants = grants_access(subscription.status, &dunning, policy)
+                && !view.deleted
+                && holds.is_empty();
             if grants {
                 for item in &subscription.items {
                     if let Some(plan) =
@@ -224,9 +272,11 @@ impl Entitlements {
                 cancel_at_period_end: subscription.cancel_at_period_end,
                 current_period_end: subscription.current_period_end,
                 dunning,
+                holds,
             });
         }
         // A deleted customer has no plan at all, not even the default one.
+        // A hold on the whole customer leaves the default plan, like any loss of access.
         if plans.is_empty() && !view.deleted {
             plans.push(catalog.default_plan());
         }
@@ -288,6 +338,7 @@ impl Entitlements {
             plans: plans.iter().map(|plan| plan.name.clone()).collect(),
             features,
             scheduled_changes,
+            holds: view.holds.values().cloned().collect(),
             valid_until,
         }
     }
@@ -623,5 +674,37 @@ plans:
         let entitlements = Entitlements::resolve(&paused, &catalog(), now());
         assert!(!entitlements.feature("priority_support").enabled);
         assert!(!entitlements.feature("sso").enabled);
+    }
+
+    #[test]
+    fn a_hold_takes_away_one_subscription_or_the_whole_customer_until_lifted() {
+        let mut view = view_with(&[
+            ("sub_1", SubscriptionStatus::Active, "price_pro"),
+            ("sub_2", SubscriptionStatus::Active, "price_team"),
+        ]);
+        let hold = |id: &str, subscription: Option<&str>| CustomerEvent::HoldPlaced {
+            hold_id: id.to_owned(),
+            subscription: subscription.map(SubscriptionId::new),
+            reason: "fraud review".to_owned(),
+            occurred_at: now(),
+        };
+        view.apply(&hold("hold_1", Some("sub_1")));
+        let entitlements = Entitlements::resolve(&view, &catalog(), now());
+        assert_eq!(entitlements.plans, ["team"]);
+        assert_eq!(entitlements.subscriptions[0].holds, ["hold_1"]);
+        view.apply(&hold("hold_2", None));
+        let entitlements = Entitlements::resolve(&view, &catalog(), now());
+        assert_eq!(entitlements.plans, ["free"]);
+        assert_eq!(entitlements.holds.len(), 2);
+        for id in ["hold_1", "hold_2"] {
+            view.apply(&CustomerEvent::HoldLifted {
+                hold_id: id.to_owned(),
+                occurred_at: now(),
+            });
+        }
+        assert_eq!(
+            Entitlements::resolve(&view, &catalog(), now()).plans,
+            ["pro", "team"]
+        );
     }
 }

@@ -4,9 +4,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Serialize;
-use subledger_domain::customer::{Customer, CustomerEvent};
+use subledger_domain::customer::{Customer, CustomerCommand, CustomerError, CustomerEvent};
 use subledger_domain::entitlements::{BillingView, Entitlements};
-use subledger_domain::ids::CustomerId;
+use subledger_domain::ids::{CustomerId, SubscriptionId};
 use subledger_domain::payment::{OrderView, Payment, PaymentEvent};
 use subledger_store::{Backend, CommandBus, Database, InboxStats, StoreError};
 use subledger_stripe::WebhookVerifier;
@@ -63,6 +63,13 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The domain said no (an operator's request that does not fit the facts).
+    #[error(transparent)]
+    Refused(#[from] CustomerError),
+    #[error("unknown customer `{0}`")]
+    UnknownCustomer(String),
+    #[error("the command could not be stored: {0}")]
+    Command(String),
     #[error("the projection did not catch up within {0:?}: a long transaction in the database holds back the events")]
     NotCaughtUp(Duration),
     #[error(transparent)]
@@ -228,6 +235,73 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// An operator places a hold: the customer (or one subscription) loses access until it is
+    /// lifted. Placing the same `hold_id` again changes nothing.
+    pub async fn place_hold(
+        &self,
+        customer_id: &str,
+        hold_id: &str,
+        subscription: Option<SubscriptionId>,
+        reason: &str,
+        correlation_id: &str,
+    ) -> Result<(), EngineError> {
+        if self.entitlements(customer_id).is_none() {
+            return Err(EngineError::UnknownCustomer(customer_id.to_owned()));
+        }
+        let command = CustomerCommand::PlaceHold {
+            hold_id: hold_id.to_owned(),
+            subscription,
+            reason: reason.to_owned(),
+            placed_at: self.config.clock.now(),
+        };
+        self.operator_command(customer_id, command, correlation_id)
+            .await
+    }
+
+    pub async fn lift_hold(
+        &self,
+        customer_id: &str,
+        hold_id: &str,
+        correlation_id: &str,
+    ) -> Result<(), EngineError> {
+        let command = CustomerCommand::LiftHold {
+            hold_id: hold_id.to_owned(),
+            lifted_at: self.config.clock.now(),
+        };
+        self.operator_command(customer_id, command, correlation_id)
+            .await
+    }
+
+    /// Runs an operator's command; its events carry who asked and when (no Stripe event).
+    async fn operator_command(
+        &self,
+        customer_id: &str,
+        command: CustomerCommand,
+        correlation_id: &str,
+    ) -> Result<(), EngineError> {
+        let now = self
+            .config
+            .clock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let metadata = std::collections::HashMap::from([
+            ("actor".to_owned(), "operator".to_owned()),
+            ("received_at".to_owned(), now),
+            ("correlation_id".to_owned(), correlation_id.to_owned()),
+        ]);
+        match self.customers.execute(customer_id, command, metadata).await {
+            Ok(()) => {}
+            Err(cqrs_es::AggregateError::UserError(refused)) => {
+                return Err(EngineError::Refused(refused))
+            }
+            Err(other) => return Err(EngineError::Command(other.to_string())),
+        }
+        self.events_appended.notify_one();
+        // The operator expects the answer to reflect the hold at once.
+        self.project().await?;
+        Ok(())
     }
 
     /// An order (a PaymentIntent with `metadata.order_id`) as its payments' events describe it;

@@ -5,6 +5,7 @@
 //!   `?at=` and `?as_known_at=` answer about the past.
 //! - `GET /v1/users/{user_id}/entitlements[/{feature}]`: the same, by the product's user id.
 //! - `GET /v1/orders/{order_id}` ([`orders`]): one-off payments by the product's order id.
+//! - `POST /v1/customers/{id}/holds`, `DELETE …/holds/{hold_id}` ([`holds`]): operators' holds.
 //! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
 //! - `GET /healthz`.
 //! - [`auth`]: bearer tokens for `/v1`; [`error`]: the one JSON error type.
@@ -12,6 +13,7 @@
 pub mod auth;
 pub mod entitlements;
 pub mod error;
+pub mod holds;
 pub mod orders;
 pub mod webhooks;
 
@@ -61,6 +63,11 @@ pub fn router(engine: Arc<Engine>, api_tokens: Vec<ApiToken>) -> Router {
             get(entitlements::user_entitlements),
         )
         .route("/orders/{order_id}", get(orders::order))
+        .route("/customers/{customer_id}/holds", post(holds::place))
+        .route(
+            "/customers/{customer_id}/holds/{hold_id}",
+            axum::routing::delete(holds::lift),
+        )
         .route(
             "/users/{user_id}/entitlements/{feature}",
             get(entitlements::user_feature),

@@ -85,7 +85,7 @@ fn ingest_error(error: IngestError) -> ApiError {
 }
 
 /// The caller's `X-Request-Id` when it is a sane token, else a fresh one.
-fn correlation_id(headers: &HeaderMap) -> String {
+pub(crate) fn correlation_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|value| value.to_str().ok())

@@ -586,3 +586,123 @@ async fn an_order_is_pending_until_stripe_says_it_succeeded() {
     );
     engine.close().await;
 }
+
+fn json_request(method: &str, uri: &str, body: Value) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn operators_place_and_lift_holds() {
+    for test_db in ScratchDatabase::all().await.unwrap() {
+        let (engine, app) = start(&test_db, &[]).await;
+        let created = subscription_event(
+            "evt_1",
+            "customer.subscription.created",
+            now() - 60,
+            "active",
+            "price_1ProMonthly",
+        );
+        send(&app, signed_webhook(&created)).await;
+        engine.drain().await.unwrap();
+        let uri = "/v1/customers/cus_1/entitlements";
+        assert_eq!(send(&app, get(uri)).await.1["plans"], json!(["pro"]));
+
+        let (status, hold) = send(
+            &app,
+            json_request(
+                "POST",
+                "/v1/customers/cus_1/holds",
+                json!({ "reason": "chargeback review", "hold_id": "hold_a" }),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{hold}");
+        assert_eq!(hold["hold_id"], json!("hold_a"));
+        let (_, held) = send(&app, get(uri)).await;
+        assert_eq!(held["plans"], json!(["free"]), "{}", test_db.name);
+        assert_eq!(held["holds"][0]["reason"], json!("chargeback review"));
+        // Retrying the same request places no second hold.
+        send(
+            &app,
+            json_request(
+                "POST",
+                "/v1/customers/cus_1/holds",
+                json!({ "reason": "chargeback review", "hold_id": "hold_a" }),
+            ),
+        )
+        .await;
+        assert_eq!(
+            send(&app, get(uri)).await.1["holds"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+
+        let (status, lifted) = send(
+            &app,
+            json_request("DELETE", "/v1/customers/cus_1/holds/hold_a", json!({})),
+        )
+        .await;
+        assert_eq!(
+            (status, lifted["lifted"].clone()),
+            (StatusCode::OK, json!(true))
+        );
+        assert_eq!(send(&app, get(uri)).await.1["plans"], json!(["pro"]));
+
+        let (status, again) = send(
+            &app,
+            json_request("DELETE", "/v1/customers/cus_1/holds/hold_a", json!({})),
+        )
+        .await;
+        assert_eq!(
+            (status, again["error"].clone()),
+            (StatusCode::NOT_FOUND, json!("hold_not_found"))
+        );
+        let (status, bad) = send(
+            &app,
+            json_request("POST", "/v1/customers/cus_1/holds", json!({ "why": "no" })),
+        )
+        .await;
+        assert_eq!(
+            (status, bad["error"].clone()),
+            (StatusCode::BAD_REQUEST, json!("invalid_body"))
+        );
+        let (status, nobody) = send(
+            &app,
+            json_request(
+                "POST",
+                "/v1/customers/cus_nobody/holds",
+                json!({ "reason": "x" }),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, nobody["error"].clone()),
+            (StatusCode::NOT_FOUND, json!("customer_not_found"))
+        );
+        let (status, no_sub) = send(
+            &app,
+            json_request(
+                "POST",
+                "/v1/customers/cus_1/holds",
+                json!({ "reason": "x", "subscription": "sub_nope" }),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, no_sub["error"].clone()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!("subscription_not_found")
+            )
+        );
+        engine.close().await;
+        test_db.cleanup().await.unwrap();
+    }
+}

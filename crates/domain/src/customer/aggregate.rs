@@ -23,6 +23,11 @@ pub struct Customer {
     subscriptions: BTreeMap<SubscriptionId, Tracked<SubscriptionSnapshot>>,
     invoices: BTreeMap<InvoiceId, TrackedInvoice>,
     stripe_entitlements: Option<Tracked<BTreeSet<String>>>,
+    /// Operator holds in force, by id.
+    holds: BTreeSet<String>,
+    /// Every hold id ever placed, so a repeated request is recognised after the lift too.
+    #[serde(default)]
+    placed_holds: BTreeSet<String>,
 }
 
 /// A recorded snapshot, the Stripe time it describes, and where it sat in the object's history.
@@ -39,13 +44,59 @@ struct TrackedInvoice {
     attempt_count: u32,
 }
 
-/// The `Customer` aggregate records facts and never rejects one (see [`Customer`]), so this
-/// error has no variants; the type exists because cqrs-es asks for one.
+/// What the `Customer` aggregate refuses. Stripe's facts are never refused (see [`Customer`]);
+/// only operators' requests can be wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CustomerError {}
+pub enum CustomerError {
+    #[error("no hold `{0}` is in force")]
+    NoSuchHold(String),
+    #[error("the customer has no subscription `{0}`")]
+    NoSuchSubscription(String),
+}
 
 impl Customer {
-    fn decide(&self, command: CustomerCommand) -> Vec<CustomerEvent> {
+    fn decide(&self, command: CustomerCommand) -> Result<Vec<CustomerEvent>, CustomerError> {
+        if let CustomerCommand::PlaceHold {
+            subscription: Some(subscription),
+            ..
+        } = &command
+        {
+            if !self.subscriptions.contains_key(subscription) {
+                return Err(CustomerError::NoSuchSubscription(subscription.to_string()));
+            }
+        }
+        match command {
+            CustomerCommand::PlaceHold {
+                hold_id,
+                subscription,
+                reason,
+                placed_at,
+            } => {
+                // The same request twice places one hold.
+                if self.placed_holds.contains(&hold_id) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![CustomerEvent::HoldPlaced {
+                    hold_id,
+                    subscription,
+                    reason,
+                    occurred_at: placed_at,
+                }])
+            }
+            CustomerCommand::LiftHold { hold_id, lifted_at } => {
+                if !self.holds.contains(&hold_id) {
+                    return Err(CustomerError::NoSuchHold(hold_id));
+                }
+                Ok(vec![CustomerEvent::HoldLifted {
+                    hold_id,
+                    occurred_at: lifted_at,
+                }])
+            }
+            command => Ok(self.decide_fact(command)),
+        }
+    }
+
+    fn decide_fact(&self, command: CustomerCommand) -> Vec<CustomerEvent> {
         match command {
             CustomerCommand::RecordDetails {
                 metadata,
@@ -105,6 +156,7 @@ impl Customer {
                     occurred_at,
                 }]
             }
+            CustomerCommand::PlaceHold { .. } | CustomerCommand::LiftHold { .. } => vec![],
             CustomerCommand::RecordInvoicePaymentFailed {
                 invoice,
                 occurred_at,
@@ -220,7 +272,7 @@ impl Aggregate for Customer {
         _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command) {
+        for event in self.decide(command)? {
             sink.write(event, self).await;
         }
         Ok(())
@@ -269,6 +321,13 @@ impl Aggregate for Customer {
                     as_of: occurred_at,
                     provenance: Provenance::default(),
                 });
+            }
+            CustomerEvent::HoldPlaced { hold_id, .. } => {
+                self.holds.insert(hold_id.clone());
+                self.placed_holds.insert(hold_id);
+            }
+            CustomerEvent::HoldLifted { hold_id, .. } => {
+                self.holds.remove(&hold_id);
             }
             CustomerEvent::InvoicePaid { invoice, .. } => self.track_invoice(&invoice, true),
             CustomerEvent::InvoicePaymentFailed { invoice, .. } => {
@@ -620,5 +679,54 @@ mod tests {
             .given(vec![summary(&["sso"], 10)])
             .when(command(&["sso"], 12))
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn an_operator_places_and_lifts_a_hold_once() {
+        let placed = CustomerEvent::HoldPlaced {
+            hold_id: "hold_1".to_owned(),
+            subscription: None,
+            reason: "chargeback review".to_owned(),
+            occurred_at: at(1),
+        };
+        CustomerTest::with(())
+            .given_no_previous_events()
+            .when(CustomerCommand::PlaceHold {
+                hold_id: "hold_1".to_owned(),
+                subscription: None,
+                reason: "chargeback review".to_owned(),
+                placed_at: at(1),
+            })
+            .then_expect_events(vec![placed.clone()]);
+        CustomerTest::with(())
+            .given(vec![placed.clone()])
+            .when(CustomerCommand::LiftHold {
+                hold_id: "hold_1".to_owned(),
+                lifted_at: at(2),
+            })
+            .then_expect_events(vec![CustomerEvent::HoldLifted {
+                hold_id: "hold_1".to_owned(),
+                occurred_at: at(2),
+            }]);
+        CustomerTest::with(())
+            .given(vec![placed])
+            .when(CustomerCommand::LiftHold {
+                hold_id: "hold_2".to_owned(),
+                lifted_at: at(2),
+            })
+            .then_expect_error(CustomerError::NoSuchHold("hold_2".to_owned()));
+    }
+
+    #[test]
+    fn a_hold_on_an_unknown_subscription_is_refused() {
+        CustomerTest::with(())
+            .given_no_previous_events()
+            .when(CustomerCommand::PlaceHold {
+                hold_id: "hold_1".to_owned(),
+                subscription: Some(SubscriptionId::new("sub_nope")),
+                reason: "r".to_owned(),
+                placed_at: at(1),
+            })
+            .then_expect_error(CustomerError::NoSuchSubscription("sub_nope".to_owned()));
     }
 }

@@ -28,6 +28,18 @@ pub enum CustomerCommand {
         features: BTreeSet<String>,
         occurred_at: DateTime<Utc>,
     },
+    /// An operator takes access away until the hold is lifted: from one subscription, or from
+    /// the whole customer when `subscription` is `None`.
+    PlaceHold {
+        hold_id: String,
+        subscription: Option<crate::ids::SubscriptionId>,
+        reason: String,
+        placed_at: DateTime<Utc>,
+    },
+    LiftHold {
+        hold_id: String,
+        lifted_at: DateTime<Utc>,
+    },
     RecordInvoicePaid {
         invoice: InvoiceFacts,
         occurred_at: DateTime<Utc>,

@@ -39,6 +39,16 @@ pub enum CustomerEvent {
         features: BTreeSet<String>,
         occurred_at: DateTime<Utc>,
     },
+    HoldPlaced {
+        hold_id: String,
+        subscription: Option<crate::ids::SubscriptionId>,
+        reason: String,
+        occurred_at: DateTime<Utc>,
+    },
+    HoldLifted {
+        hold_id: String,
+        occurred_at: DateTime<Utc>,
+    },
     InvoicePaid {
         invoice: InvoiceFacts,
         occurred_at: DateTime<Utc>,
@@ -58,6 +68,8 @@ impl CustomerEvent {
             | Self::SubscriptionChanged { occurred_at, .. }
             | Self::SubscriptionEnded { occurred_at, .. }
             | Self::StripeEntitlementsRecorded { occurred_at, .. }
+            | Self::HoldPlaced { occurred_at, .. }
+            | Self::HoldLifted { occurred_at, .. }
             | Self::InvoicePaid { occurred_at, .. }
             | Self::InvoicePaymentFailed { occurred_at, .. } => *occurred_at,
         }
@@ -73,6 +85,8 @@ impl DomainEvent for CustomerEvent {
             Self::SubscriptionChanged { .. } => "SubscriptionChanged",
             Self::SubscriptionEnded { .. } => "SubscriptionEnded",
             Self::StripeEntitlementsRecorded { .. } => "StripeEntitlementsRecorded",
+            Self::HoldPlaced { .. } => "HoldPlaced",
+            Self::HoldLifted { .. } => "HoldLifted",
             Self::InvoicePaid { .. } => "InvoicePaid",
             Self::InvoicePaymentFailed { .. } => "InvoicePaymentFailed",
         }

@@ -1,0 +1,108 @@
+//! Operators' holds: `POST /v1/customers/{id}/holds` takes access away (from the customer, or
+//! from one subscription) until `DELETE /v1/customers/{id}/holds/{hold_id}` lifts it.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use subledger_domain::customer::CustomerError;
+use subledger_domain::ids::SubscriptionId;
+use subledger_engine::EngineError;
+
+use crate::entitlements::engine_failed;
+use crate::error::ApiError;
+use crate::webhooks::correlation_id;
+use crate::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewHold {
+    reason: String,
+    /// Only this subscription; the whole customer when absent.
+    subscription: Option<String>,
+    /// Makes retries safe: the same id places one hold.
+    hold_id: Option<String>,
+}
+
+fn refused(error: EngineError, customer_id: &str) -> ApiError {
+    match error {
+        EngineError::UnknownCustomer(_) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "customer_not_found",
+            format!("no billing facts are known for customer `{customer_id}`"),
+        ),
+        EngineError::Refused(CustomerError::NoSuchHold(hold)) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "hold_not_found",
+            format!("no hold `{hold}` is in force for customer `{customer_id}`"),
+        ),
+        EngineError::Refused(CustomerError::NoSuchSubscription(subscription)) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "subscription_not_found",
+            format!("customer `{customer_id}` has no subscription `{subscription}`"),
+        ),
+        other => engine_failed(other),
+    }
+}
+
+pub(crate) async fn place(
+    State(state): State<AppState>,
+    Path(customer_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<NewHold>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(hold) = body.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            rejection.body_text(),
+        )
+    })?;
+    let reason = hold.reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "`reason` must say why, in at most 500 characters",
+        ));
+    }
+    let hold_id = hold
+        .hold_id
+        .filter(|id| !id.is_empty() && id.len() <= 100)
+        .unwrap_or_else(|| format!("hold_{}", uuid::Uuid::new_v4().simple()));
+    let subscription = hold.subscription.map(SubscriptionId::new);
+    state
+        .engine
+        .place_hold(
+            &customer_id,
+            &hold_id,
+            subscription.clone(),
+            reason,
+            &correlation_id(&headers),
+        )
+        .await
+        .map_err(|e| refused(e, &customer_id))?;
+    let body = json!({
+        "hold_id": hold_id,
+        "customer": customer_id,
+        "subscription": subscription,
+        "reason": reason,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub(crate) async fn lift(
+    State(state): State<AppState>,
+    Path((customer_id, hold_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .engine
+        .lift_hold(&customer_id, &hold_id, &correlation_id(&headers))
+        .await
+        .map_err(|e| refused(e, &customer_id))?;
+    Ok(Json(json!({ "hold_id": hold_id, "lifted": true })).into_response())
+}
