@@ -14,6 +14,7 @@ use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::EngineConfig;
+use crate::explain::Explanation;
 use crate::ingest::{inbox_row, InboxWriter, IngestError, Receipt};
 use crate::projector::{BillingProjector, CustomerEntitlements, EntitlementIndex, ProjectionError};
 
@@ -32,6 +33,30 @@ pub struct Engine {
     inbox_stored: Arc<Notify>,
     /// Domain events were appended: wake the projector.
     pub(crate) events_appended: Notify,
+}
+
+/// Whether `entry` had happened (or was known) at `at`.
+fn counts(entry: &TimelineEntry, at: DateTime<Utc>, basis: Basis) -> bool {
+    match basis {
+        Basis::Effective => entry.occurred_at <= at,
+        Basis::Known => entry.recorded_at.is_some_and(|t| t <= at),
+    }
+}
+
+/// The customer's billing view from their timeline, optionally only what counts at a moment.
+fn fold_view(
+    customer_id: &str,
+    timeline: &[TimelineEntry],
+    as_of: Option<(DateTime<Utc>, Basis)>,
+) -> Option<BillingView> {
+    let mut view: Option<BillingView> = None;
+    for entry in timeline {
+        if as_of.is_none_or(|(at, basis)| counts(entry, at, basis)) {
+            view.get_or_insert_with(|| BillingView::new(CustomerId::new(customer_id)))
+                .apply(&entry.event);
+        }
+    }
+    view
 }
 
 /// Which clock a question about the past is asked on.
@@ -338,18 +363,28 @@ impl Engine {
         at: DateTime<Utc>,
         basis: Basis,
     ) -> Result<Option<Entitlements>, EngineError> {
-        let mut view: Option<BillingView> = None;
-        for entry in self.timeline(customer_id).await? {
-            let counted = match basis {
-                Basis::Effective => entry.occurred_at <= at,
-                Basis::Known => entry.recorded_at.is_some_and(|t| t <= at),
-            };
-            if counted {
-                view.get_or_insert_with(|| BillingView::new(CustomerId::new(customer_id)))
-                    .apply(&entry.event);
-            }
-        }
+        let timeline = self.timeline(customer_id).await?;
+        let view = fold_view(customer_id, &timeline, Some((at, basis)));
         Ok(view.map(|view| Entitlements::resolve(&view, &self.config.catalog, at)))
+    }
+
+    /// Why the customer has (or lacks) `feature`, now or as of a moment in the past.
+    pub async fn explain(
+        &self,
+        customer_id: &str,
+        feature: &str,
+        as_of: Option<(DateTime<Utc>, Basis)>,
+    ) -> Result<Option<Explanation>, EngineError> {
+        let timeline = self.timeline(customer_id).await?;
+        let at = as_of.map_or_else(|| self.config.clock.now(), |(at, _)| at);
+        let counted: Vec<TimelineEntry> = timeline
+            .into_iter()
+            .filter(|entry| as_of.is_none_or(|(at, basis)| counts(entry, at, basis)))
+            .collect();
+        let view = fold_view(customer_id, &counted, None);
+        Ok(view.map(|view| {
+            crate::explain::explain(&view, &self.config.catalog, &counted, feature, at)
+        }))
     }
 
     pub async fn inbox_stats(&self) -> Result<InboxStats, StoreError> {

@@ -6,11 +6,13 @@
 //! - [`worker`]: claims inbox rows and runs the translated commands on the aggregates.
 //! - [`projector`]: the catch-up projector that keeps billing views and the in-memory
 //!   entitlement index current.
+//! - [`explain`]: why a customer has or lacks a feature, with the events behind it.
 //! - [`clock`]: the one place wall time is read, replaceable in tests.
 
 pub mod clock;
 mod config;
 mod engine;
+pub mod explain;
 pub mod ingest;
 pub mod projector;
 pub mod worker;

@@ -198,6 +198,22 @@ async fn feature_of(
     .into_response())
 }
 
+/// `GET /v1/customers/{id}/entitlements/{feature}/explain`: the decision with its reasons.
+pub(crate) async fn explain_feature(
+    State(state): State<AppState>,
+    Path((customer_id, feature)): Path<(String, String)>,
+    query: Result<Query<AsOf>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let as_of = AsOf::parse(query)?;
+    let explanation = state
+        .engine
+        .explain(&customer_id, &feature, as_of)
+        .await
+        .map_err(engine_failed)?
+        .ok_or_else(|| not_found(&customer_id))?;
+    Ok(Json(explanation).into_response())
+}
+
 /// `GET /v1/customers/{id}/timeline`: the customer's domain events in order, each with when it
 /// happened at Stripe, when Subledger learned it, and the Stripe event behind it.
 pub(crate) async fn customer_timeline(

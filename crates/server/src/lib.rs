@@ -6,6 +6,7 @@
 //! - `GET /v1/users/{user_id}/entitlements[/{feature}]`: the same, by the product's user id.
 //! - `GET /v1/orders/{order_id}` ([`orders`]): one-off payments by the product's order id.
 //! - `POST /v1/customers/{id}/holds`, `DELETE …/holds/{hold_id}` ([`holds`]): operators' holds.
+//! - `GET /v1/customers/{id}/entitlements/{feature}/explain`: the decision and its reasons.
 //! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
 //! - `GET /healthz`.
 //! - [`auth`]: bearer tokens for `/v1`; [`error`]: the one JSON error type.
@@ -53,6 +54,10 @@ pub fn router(engine: Arc<Engine>, api_tokens: Vec<ApiToken>) -> Router {
         .route(
             "/customers/{customer_id}/entitlements/{feature}",
             get(entitlements::customer_feature),
+        )
+        .route(
+            "/customers/{customer_id}/entitlements/{feature}/explain",
+            get(entitlements::explain_feature),
         )
         .route(
             "/customers/{customer_id}/timeline",

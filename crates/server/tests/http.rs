@@ -706,3 +706,80 @@ async fn operators_place_and_lift_holds() {
         test_db.cleanup().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_decision_comes_with_its_reasons_and_the_stripe_events_behind_them() {
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
+    let (engine, app) = start(&test_db, &[]).await;
+    let t0 = now() - 600;
+    send(
+        &app,
+        signed_webhook(&subscription_event(
+            "evt_s1",
+            "customer.subscription.created",
+            t0,
+            "active",
+            "price_1ProMonthly",
+        )),
+    )
+    .await;
+    engine.drain().await.unwrap();
+    let (status, why) = send(&app, get("/v1/customers/cus_1/entitlements/sso/explain")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(why["enabled"], json!(true));
+    assert_eq!(why["reasons"][0]["source"], json!("subscription"));
+    assert_eq!(why["reasons"][0]["plan"], json!("pro"));
+    assert_eq!(
+        why["reasons"][0]["rule"],
+        json!("plan pro grants sso: true")
+    );
+    assert_eq!(why["reasons"][0]["subscription"], json!("sub_1"));
+    assert_eq!(
+        why["reasons"][0]["evidence"][0]["stripe_event_id"],
+        json!("evt_s1")
+    );
+
+    send(
+        &app,
+        json_request(
+            "POST",
+            "/v1/customers/cus_1/holds",
+            json!({ "reason": "abuse report", "hold_id": "hold_x" }),
+        ),
+    )
+    .await;
+    let (_, held) = send(&app, get("/v1/customers/cus_1/entitlements/sso/explain")).await;
+    assert_eq!(held["enabled"], json!(false));
+    assert_eq!(held["blockers"][0]["kind"], json!("hold"));
+    assert!(held["blockers"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("hold_x"));
+
+    // The default plan is a reason too, and the past can be explained.
+    let (_, api_calls) = send(
+        &app,
+        get("/v1/customers/cus_1/entitlements/api_calls/explain"),
+    )
+    .await;
+    assert_eq!(api_calls["reasons"][0]["source"], json!("default_plan"));
+    assert_eq!(api_calls["limit"], json!(1000));
+    let before_hold = chrono::DateTime::from_timestamp(t0 + 1, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (_, past) = send(
+        &app,
+        get(&format!(
+            "/v1/customers/cus_1/entitlements/sso/explain?at={before_hold}"
+        )),
+    )
+    .await;
+    assert_eq!(past["enabled"], json!(true), "{past}");
+    let (status, _) = send(
+        &app,
+        get("/v1/customers/cus_nobody/entitlements/sso/explain"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    engine.close().await;
+}

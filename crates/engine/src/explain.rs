@@ -1,0 +1,227 @@
+//! Why a customer has (or lacks) a feature: the plans and catalog rules that grant it, the
+//! subscriptions they come through, what blocks them, and the domain events (with their Stripe
+//! event ids) behind each of those.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use subledger_domain::catalog::{Catalog, FeatureGrant};
+use subledger_domain::customer::CustomerEvent;
+use subledger_domain::entitlements::{BillingView, Entitlements};
+use subledger_domain::ids::SubscriptionId;
+
+use crate::engine::TimelineEntry;
+
+/// A decision and its reasons.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub customer: String,
+    pub feature: String,
+    pub enabled: bool,
+    pub limit: Option<u64>,
+    /// The moment the decision is about.
+    pub at: DateTime<Utc>,
+    /// What grants the feature.
+    pub reasons: Vec<Reason>,
+    /// What would grant it but is blocked.
+    pub blockers: Vec<Blocker>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reason {
+    /// `subscription`, `default_plan` or `stripe_entitlements`.
+    pub source: &'static str,
+    pub plan: Option<String>,
+    /// The catalog rule, e.g. `plan pro grants sso: true`.
+    pub rule: String,
+    pub subscription: Option<SubscriptionId>,
+    pub status: Option<String>,
+    pub evidence: Vec<Evidence>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Blocker {
+    /// `dunning`, `hold`, `status`, `deleted_customer` or `no_access_for_stripe_entitlements`.
+    pub kind: &'static str,
+    pub subscription: Option<SubscriptionId>,
+    pub detail: String,
+    pub evidence: Vec<Evidence>,
+}
+
+/// A domain event behind a reason, with the Stripe event it came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub stripe_event_id: Option<String>,
+}
+
+fn rule(plan: &str, feature: &str, grant: FeatureGrant) -> String {
+    match grant {
+        FeatureGrant::Enabled => format!("plan {plan} grants {feature}: true"),
+        FeatureGrant::Disabled => format!("plan {plan} sets {feature}: false"),
+        FeatureGrant::Limit(limit) => format!("plan {plan} grants {feature}: {limit}"),
+    }
+}
+
+/// The events that concern one subscription (or, with `None`, the customer as a whole).
+fn evidence(timeline: &[TimelineEntry], subscription: Option<&SubscriptionId>) -> Vec<Evidence> {
+    timeline
+        .iter()
+        .filter(|entry| match (&entry.event, subscription) {
+            (
+                CustomerEvent::SubscriptionStarted {
+                    subscription: s, ..
+                }
+                | CustomerEvent::SubscriptionChanged {
+                    subscription: s, ..
+                }
+                | CustomerEvent::SubscriptionEnded {
+                    subscription: s, ..
+                },
+                Some(id),
+            ) => s.id == *id,
+            (
+                CustomerEvent::InvoicePaid { invoice, .. }
+                | CustomerEvent::InvoicePaymentFailed { invoice, .. },
+                Some(id),
+            ) => invoice.subscription_id.as_ref() == Some(id),
+            (
+                CustomerEvent::HoldPlaced {
+                    subscription: s, ..
+                },
+                id,
+            ) => s.is_none() || s.as_ref() == id,
+            (CustomerEvent::HoldLifted { .. }, _) => true,
+            (
+                CustomerEvent::StripeEntitlementsRecorded { .. }
+                | CustomerEvent::CustomerDeleted { .. },
+                None,
+            ) => true,
+            _ => false,
+        })
+        .map(|entry| Evidence {
+            event_type: entry.event_type.clone(),
+            occurred_at: entry.occurred_at,
+            stripe_event_id: entry.stripe_event_id.clone(),
+        })
+        .collect()
+}
+
+pub(crate) fn explain(
+    view: &BillingView,
+    catalog: &Catalog,
+    timeline: &[TimelineEntry],
+    feature: &str,
+    at: DateTime<Utc>,
+) -> Explanation {
+    let resolved = Entitlements::resolve(view, catalog, at);
+    let value = resolved.feature(feature);
+    let mut reasons = Vec::new();
+    let mut blockers = Vec::new();
+    for entitlement in &resolved.subscriptions {
+        let Some(snapshot) = view.subscriptions.get(&entitlement.id) else {
+            continue;
+        };
+        let plan = snapshot.items.iter().find_map(|item| {
+            catalog.plan_for_price(item.price_id.as_str(), item.lookup_key.as_deref())
+        });
+        let Some((plan, grant)) = plan.and_then(|p| p.features.get(feature).map(|g| (p, *g)))
+        else {
+            continue;
+        };
+        let status = serde_json::to_value(entitlement.status)
+            .ok()
+            .and_then(|s| s.as_str().map(str::to_owned));
+        let evidence = evidence(timeline, Some(&entitlement.id));
+        if entitlement.grants_access {
+            reasons.push(Reason {
+                source: "subscription",
+                plan: Some(plan.name.clone()),
+                rule: rule(&plan.name, feature, grant),
+                subscription: Some(entitlement.id.clone()),
+                status,
+                evidence,
+            });
+            continue;
+        }
+        let (kind, detail) = if view.deleted {
+            (
+                "deleted_customer",
+                "the customer was deleted at Stripe".to_owned(),
+            )
+        } else if !entitlement.holds.is_empty() {
+            ("hold", format!("held by {}", entitlement.holds.join(", ")))
+        } else if entitlement.dunning.blocks_access() {
+            let state = serde_json::to_value(entitlement.dunning.state)
+                .ok()
+                .and_then(|s| s.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            (
+                "dunning",
+                format!(
+                    "payment owed: {state} since {:?}",
+                    entitlement.dunning.since
+                ),
+            )
+        } else {
+            (
+                "status",
+                format!(
+                    "subscription status {} grants nothing",
+                    status.as_deref().unwrap_or("unknown")
+                ),
+            )
+        };
+        blockers.push(Blocker {
+            kind,
+            subscription: Some(entitlement.id.clone()),
+            detail: format!("{} ({})", detail, rule(&plan.name, feature, grant)),
+            evidence,
+        });
+    }
+    let default = catalog.default_plan();
+    if resolved.plans == [default.name.clone()] {
+        if let Some(grant) = default.features.get(feature) {
+            reasons.push(Reason {
+                source: "default_plan",
+                plan: Some(default.name.clone()),
+                rule: rule(&default.name, feature, *grant),
+                subscription: None,
+                status: None,
+                evidence: Vec::new(),
+            });
+        }
+    }
+    if view.stripe_features.contains(feature) {
+        let evidence = evidence(timeline, None)
+            .into_iter()
+            .filter(|e| e.event_type == "StripeEntitlementsRecorded")
+            .collect();
+        if resolved.subscriptions.iter().any(|s| s.grants_access) {
+            reasons.push(Reason {
+                source: "stripe_entitlements",
+                plan: None,
+                rule: format!("Stripe's Entitlements API lists {feature} as active"),
+                subscription: None,
+                status: None,
+                evidence,
+            });
+        } else {
+            blockers.push(Blocker {
+                kind: "no_access_for_stripe_entitlements",
+                subscription: None,
+                detail: format!("Stripe lists {feature}, but no subscription grants access now"),
+                evidence,
+            });
+        }
+    }
+    Explanation {
+        customer: view.customer_id.to_string(),
+        feature: feature.to_owned(),
+        enabled: value.enabled,
+        limit: value.limit,
+        at,
+        reasons,
+        blockers,
+    }
+}
