@@ -9,6 +9,7 @@ use crate::money::Money;
 /// A subscription status, exactly the set Stripe documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SubscriptionStatus {
     Incomplete,
     IncompleteExpired,

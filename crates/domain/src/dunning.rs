@@ -28,6 +28,7 @@ pub struct UnpaidInvoice {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DunningState {
     Ok,
     Ended,
@@ -37,6 +38,7 @@ pub enum DunningState {
 
 /// A subscription's (or, the most serious of them, a customer's) dunning view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dunning {
     pub state: DunningState,
     /// Failed attempts so far.

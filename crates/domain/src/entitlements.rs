@@ -124,6 +124,7 @@ impl BillingView {
 
 /// An operator's hold: access taken away from one subscription, or from the whole customer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Hold {
     pub id: String,
     /// `None`: the whole customer is on hold.
@@ -134,6 +135,7 @@ pub struct Hold {
 
 /// One feature's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FeatureValue {
     pub enabled: bool,
     /// The limit for a metered feature; `null` for a boolean one.
@@ -164,6 +166,7 @@ impl FeatureValue {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SubscriptionEntitlement {
     pub id: SubscriptionId,
     pub status: SubscriptionStatus,
@@ -180,6 +183,7 @@ pub struct SubscriptionEntitlement {
 
 /// A change Stripe will make later, reported in advance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScheduledChange {
     pub subscription: SubscriptionId,
     /// `cancel`: the subscription ends and its plan with it.
@@ -189,6 +193,7 @@ pub struct ScheduledChange {
 
 /// What a customer may use right now, with the subscriptions it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Entitlements {
     pub customer: CustomerId,
     pub deleted: bool,

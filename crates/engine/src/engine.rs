@@ -69,7 +69,7 @@ pub enum Basis {
 }
 
 /// One domain event of a customer, with both clocks and its Stripe origin.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TimelineEntry {
     pub sequence: i64,
     pub event_type: String,
@@ -79,7 +79,9 @@ pub struct TimelineEntry {
     pub recorded_at: Option<DateTime<Utc>>,
     pub stripe_event_id: Option<String>,
     pub stripe_event_type: Option<String>,
+    /// The domain event itself, keyed by its type.
     #[serde(rename = "data")]
+    #[schema(value_type = Object)]
     pub event: CustomerEvent,
 }
 

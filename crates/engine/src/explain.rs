@@ -12,7 +12,7 @@ use subledger_domain::ids::SubscriptionId;
 use crate::engine::TimelineEntry;
 
 /// A decision and its reasons.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Explanation {
     pub customer: String,
     pub feature: String,
@@ -26,7 +26,7 @@ pub struct Explanation {
     pub blockers: Vec<Blocker>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Reason {
     /// `subscription`, `default_plan` or `stripe_entitlements`.
     pub source: &'static str,
@@ -38,7 +38,7 @@ pub struct Reason {
     pub evidence: Vec<Evidence>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Blocker {
     /// `dunning`, `hold`, `status`, `deleted_customer` or `no_access_for_stripe_entitlements`.
     pub kind: &'static str,
@@ -48,7 +48,7 @@ pub struct Blocker {
 }
 
 /// A domain event behind a reason, with the Stripe event it came from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Evidence {
     pub event_type: String,
     pub occurred_at: DateTime<Utc>,

@@ -96,6 +96,18 @@ async fn in_the_past(
         .ok_or_else(|| not_found(customer_id))
 }
 
+/// A customer's entitlements: plans, features, subscriptions, dunning, scheduled changes.
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/entitlements", tag = "entitlements",
+    params(("customer_id" = String, Path, description = "Stripe customer id"),
+        ("at" = Option<String>, Query, description = "RFC 3339: answer by what had happened at Stripe then"),
+        ("as_known_at" = Option<String>, Query, description = "RFC 3339: answer by what Subledger had learned by then"),
+    ),
+    responses((status = 200, body = subledger_domain::entitlements::Entitlements),
+        (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
+        (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 404, description = "Unknown customer", body = crate::error::ApiErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub(crate) async fn customer_entitlements(
     State(state): State<AppState>,
     Path(customer_id): Path<String>,
@@ -105,6 +117,17 @@ pub(crate) async fn customer_entitlements(
 }
 
 /// `GET /v1/users/{user_id}/entitlements`: the same answer, found by the product's user id.
+#[utoipa::path(get, path = "/v1/users/{user_id}/entitlements", tag = "entitlements",
+    params(("user_id" = String, Path, description = "Your product's user id, from the customer's metadata"),
+        ("at" = Option<String>, Query, description = "RFC 3339: answer by what had happened at Stripe then"),
+        ("as_known_at" = Option<String>, Query, description = "RFC 3339: answer by what Subledger had learned by then"),
+    ),
+    responses((status = 200, body = subledger_domain::entitlements::Entitlements),
+        (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
+        (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 404, description = "Unknown customer", body = crate::error::ApiErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub(crate) async fn user_entitlements(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
@@ -143,14 +166,34 @@ async fn entitlements_of(
         .into_response())
 }
 
-#[derive(Serialize)]
-struct FeatureAnswer<'a> {
-    customer: &'a str,
-    feature: &'a str,
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct FeatureAnswer {
+    customer: String,
+    feature: String,
     enabled: bool,
+    /// The limit of a metered feature; null for a boolean one.
     limit: Option<u64>,
 }
 
+/// A customer's domain events, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Timeline {
+    customer: String,
+    events: Vec<subledger_engine::TimelineEntry>,
+}
+
+/// One feature; a feature the customer's plans do not grant is disabled.
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/entitlements/{feature}", tag = "entitlements",
+    params(("customer_id" = String, Path), ("feature" = String, Path),
+        ("at" = Option<String>, Query, description = "RFC 3339: answer by what had happened at Stripe then"),
+        ("as_known_at" = Option<String>, Query, description = "RFC 3339: answer by what Subledger had learned by then"),
+    ),
+    responses((status = 200, body = FeatureAnswer),
+        (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
+        (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 404, description = "Unknown customer", body = crate::error::ApiErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub(crate) async fn customer_feature(
     State(state): State<AppState>,
     Path((customer_id, feature)): Path<(String, String)>,
@@ -159,6 +202,17 @@ pub(crate) async fn customer_feature(
     feature_of(&state, &customer_id, &feature, AsOf::parse(query)?).await
 }
 
+#[utoipa::path(get, path = "/v1/users/{user_id}/entitlements/{feature}", tag = "entitlements",
+    params(("user_id" = String, Path), ("feature" = String, Path),
+        ("at" = Option<String>, Query, description = "RFC 3339: answer by what had happened at Stripe then"),
+        ("as_known_at" = Option<String>, Query, description = "RFC 3339: answer by what Subledger had learned by then"),
+    ),
+    responses((status = 200, body = FeatureAnswer),
+        (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
+        (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 404, description = "Unknown customer", body = crate::error::ApiErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub(crate) async fn user_feature(
     State(state): State<AppState>,
     Path((user_id, feature)): Path<(String, String)>,
@@ -190,8 +244,8 @@ async fn feature_of(
             .feature(feature),
     };
     Ok(Json(FeatureAnswer {
-        customer: customer_id,
-        feature,
+        customer: customer_id.to_owned(),
+        feature: feature.to_owned(),
         enabled: value.enabled,
         limit: value.limit,
     })
@@ -199,6 +253,17 @@ async fn feature_of(
 }
 
 /// `GET /v1/customers/{id}/entitlements/{feature}/explain`: the decision with its reasons.
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/entitlements/{feature}/explain", tag = "entitlements",
+    params(("customer_id" = String, Path), ("feature" = String, Path),
+        ("at" = Option<String>, Query, description = "RFC 3339: answer by what had happened at Stripe then"),
+        ("as_known_at" = Option<String>, Query, description = "RFC 3339: answer by what Subledger had learned by then"),
+    ),
+    responses((status = 200, body = subledger_engine::explain::Explanation),
+        (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
+        (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 404, description = "Unknown customer", body = crate::error::ApiErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub(crate) async fn explain_feature(
     State(state): State<AppState>,
     Path((customer_id, feature)): Path<(String, String)>,
@@ -216,6 +281,14 @@ pub(crate) async fn explain_feature(
 
 /// `GET /v1/customers/{id}/timeline`: the customer's domain events in order, each with when it
 /// happened at Stripe, when Subledger learned it, and the Stripe event behind it.
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/timeline", tag = "history",
+    params(("customer_id" = String, Path)),
+    responses((status = 200, body = Timeline),
+        (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
+        (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 404, description = "Unknown customer", body = crate::error::ApiErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub(crate) async fn customer_timeline(
     State(state): State<AppState>,
     Path(customer_id): Path<String>,
@@ -228,5 +301,9 @@ pub(crate) async fn customer_timeline(
     if events.is_empty() {
         return Err(not_found(&customer_id));
     }
-    Ok(Json(serde_json::json!({ "customer": customer_id, "events": events })).into_response())
+    Ok(Json(Timeline {
+        customer: customer_id,
+        events,
+    })
+    .into_response())
 }

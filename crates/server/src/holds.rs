@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::webhooks::correlation_id;
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewHold {
     reason: String,
@@ -48,6 +48,15 @@ fn refused(error: EngineError, customer_id: &str) -> ApiError {
     }
 }
 
+/// An operator takes access away (from the customer, or one subscription) until lifted.
+#[utoipa::path(post, path = "/v1/customers/{customer_id}/holds", tag = "operations",
+    params(("customer_id" = String, Path)),
+    request_body = NewHold,
+    responses((status = 201, description = "The hold is in force"),
+        (status = 400, body = crate::error::ApiErrorBody),
+        (status = 404, body = crate::error::ApiErrorBody),
+        (status = 422, description = "The customer has no such subscription", body = crate::error::ApiErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn place(
     State(state): State<AppState>,
     Path(customer_id): Path<String>,
@@ -94,6 +103,11 @@ pub(crate) async fn place(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/customers/{customer_id}/holds/{hold_id}", tag = "operations",
+    params(("customer_id" = String, Path), ("hold_id" = String, Path)),
+    responses((status = 200, description = "Lifted"),
+        (status = 404, description = "No such hold in force", body = crate::error::ApiErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn lift(
     State(state): State<AppState>,
     Path((customer_id, hold_id)): Path<(String, String)>,

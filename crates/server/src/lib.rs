@@ -8,13 +8,14 @@
 //! - `POST /v1/customers/{id}/holds`, `DELETE …/holds/{hold_id}` ([`holds`]): operators' holds.
 //! - `GET /v1/customers/{id}/entitlements/{feature}/explain`: the decision and its reasons.
 //! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
-//! - `GET /healthz`.
+//! - `GET /healthz`; `GET /openapi.json` ([`openapi`]): this API's OpenAPI document.
 //! - [`auth`]: bearer tokens for `/v1`; [`error`]: the one JSON error type.
 
 pub mod auth;
 pub mod entitlements;
 pub mod error;
 pub mod holds;
+pub mod openapi;
 pub mod orders;
 pub mod webhooks;
 
@@ -87,6 +88,7 @@ pub fn router(engine: Arc<Engine>, api_tokens: Vec<ApiToken>) -> Router {
             post(webhooks::receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY)),
         )
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi::document))
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -10,6 +10,11 @@ use crate::entitlements::engine_failed;
 use crate::error::ApiError;
 use crate::AppState;
 
+#[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders",
+    params(("order_id" = String, Path, description = "The PaymentIntent's metadata.order_id")),
+    responses((status = 200, body = subledger_domain::payment::OrderView),
+        (status = 404, body = crate::error::ApiErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn order(
     State(state): State<AppState>,
     Path(order_id): Path<String>,

@@ -7,12 +7,19 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use subledger_engine::IngestError;
 
 use crate::error::ApiError;
 use crate::AppState;
 
+/// Stripe's webhook endpoint: verify the signature over the raw body, store, acknowledge.
+#[utoipa::path(post, path = "/webhooks/stripe", tag = "webhooks",
+    params(("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256>")),
+    request_body(content = Object, description = "A Stripe event, exactly as Stripe sent it"),
+    responses((status = 200, description = "Stored (or already stored)", body = WebhookReceipt),
+        (status = 400, description = "Bad signature or not a Stripe event", body = crate::error::ApiErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = crate::error::ApiErrorBody),
+        (status = 503, description = "Store unavailable: Stripe retries", body = crate::error::ApiErrorBody)))]
 pub(crate) async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -50,11 +57,21 @@ pub(crate) async fn receive(
     {
         Ok(receipt) => Ok((
             [("x-request-id", correlation_id)],
-            Json(json!({ "received": true, "duplicate": receipt.duplicate })),
+            Json(WebhookReceipt {
+                received: true,
+                duplicate: receipt.duplicate,
+            }),
         )
             .into_response()),
         Err(error) => Err(ingest_error(error)),
     }
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct WebhookReceipt {
+    received: bool,
+    /// The event id was already stored (a redelivery).
+    duplicate: bool,
 }
 
 fn ingest_error(error: IngestError) -> ApiError {

@@ -783,3 +783,62 @@ async fn a_decision_comes_with_its_reasons_and_the_stripe_events_behind_them() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     engine.close().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_the_router_serves() {
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
+    let (engine, app) = start(&test_db, &[]).await;
+    let (status, document) = send(&app, get("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = document["paths"].as_object().unwrap();
+    for (path, operations) in paths {
+        for method in operations.as_object().unwrap().keys() {
+            // Each documented operation exists: the router never answers "no such route".
+            let uri = path.replace('{', "x").replace('}', "");
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&uri)
+                .body(Body::empty())
+                .unwrap();
+            let (_, answer) = send(&app, request).await;
+            assert_ne!(answer["error"], json!("not_found"), "{method} {path}");
+            assert_ne!(
+                answer["error"],
+                json!("method_not_allowed"),
+                "{method} {path}"
+            );
+        }
+    }
+    for expected in [
+        "/webhooks/stripe",
+        "/v1/customers/{customer_id}/entitlements",
+        "/v1/customers/{customer_id}/entitlements/{feature}/explain",
+        "/v1/users/{user_id}/entitlements",
+        "/v1/orders/{order_id}",
+        "/v1/customers/{customer_id}/holds",
+        "/v1/customers/{customer_id}/timeline",
+    ] {
+        assert!(paths.contains_key(expected), "{expected} is not documented");
+    }
+    let entitlements = &document["components"]["schemas"]["Entitlements"]["properties"];
+    for property in [
+        "customer",
+        "subscriptions",
+        "plans",
+        "features",
+        "dunning",
+        "scheduled_changes",
+        "holds",
+    ] {
+        assert!(
+            entitlements.get(property).is_some(),
+            "Entitlements.{property} is not documented"
+        );
+    }
+    assert!(
+        entitlements.get("valid_until").is_none(),
+        "an internal field leaked into the API"
+    );
+    engine.close().await;
+}

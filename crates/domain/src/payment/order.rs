@@ -10,6 +10,7 @@ use crate::money::Money;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum OrderState {
     /// Created, not paid yet: never paid on a client's word, only on Stripe's.
     Pending,
@@ -24,6 +25,7 @@ pub enum OrderState {
 
 /// An order as the payment's facts describe it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderView {
     pub order_id: String,
     pub state: OrderState,
