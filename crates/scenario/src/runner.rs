@@ -287,7 +287,9 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
         Action::Downgrade {
             subscription,
             price,
-        } => sim.change_price_at_period_end(subscription, price),
+        } => sim
+            .change_price_at_period_end(subscription, price)
+            .map(|_| ()),
         Action::Cancel {
             subscription,
             at_period_end,

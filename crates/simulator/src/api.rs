@@ -780,43 +780,14 @@ fn schedule_json(account: &Account, id: &str) -> Result<Value, ApiError> {
         .get(clock)
         .ok_or_else(|| ApiError::missing("test_clock", clock))?;
     let current = sim.subscription(subscription)?;
-    let mut schedule = subledger_stripe::fixtures::resource("subscription_schedule");
-    let template = schedule["phases"][0].clone();
-    let phase = |price: &str, start: i64, end: i64| {
-        let mut phase = template.clone();
-        phase["start_date"] = json!(start);
-        phase["end_date"] = json!(end);
-        phase["items"][0]["price"] = json!(price);
-        phase["items"][0]["plan"]["id"] = json!(price);
-        phase["items"][0]["quantity"] = json!(current.items.first().map_or(1, |i| i.quantity));
-        phase
-    };
-    let start = current.current_period_start.timestamp();
-    let end = current.current_period_end.timestamp();
-    let current_price = current
-        .items
-        .first()
-        .map(|i| i.price.clone())
-        .unwrap_or_default();
-    let mut phases = vec![phase(&current_price, start, end)];
-    if let Some(next) = next_price {
-        phases.push(phase(next, end, end + (end - start)));
-    }
-    schedule["id"] = json!(id);
-    schedule["customer"] = json!(current.customer);
-    schedule["subscription"] = json!(subscription);
-    schedule["status"] = json!("active");
-    schedule["end_behavior"] = json!("release");
-    schedule["canceled_at"] = Value::Null;
-    schedule["completed_at"] = Value::Null;
-    schedule["released_at"] = Value::Null;
-    schedule["released_subscription"] = Value::Null;
-    schedule["created"] = json!(sim.now().timestamp());
-    schedule["current_phase"] = json!({ "start_date": start, "end_date": end });
-    schedule["phases"] = Value::Array(phases);
-    schedule["test_clock"] = json!(clock);
-    schedule["livemode"] = json!(false);
-    Ok(schedule)
+    Ok(crate::render::schedule(
+        id,
+        current,
+        next_price.as_deref(),
+        false,
+        sim.now(),
+        clock,
+    ))
 }
 
 async fn create_schedule(
@@ -871,7 +842,7 @@ async fn update_schedule(
         let next = required(&params, "phases[1][items][0][price]")?.to_owned();
         account
             .sim(&clock)?
-            .schedule_price_change(&subscription, &next)?;
+            .schedule_change(&subscription, &next, Some(&id))?;
         account
             .schedules
             .insert(id.clone(), (clock, subscription, Some(next)));

@@ -238,6 +238,68 @@ pub fn dispute(dispute: &Dispute) -> Value {
     object
 }
 
+/// A subscription schedule: the current phase until the period ends and, when a change is
+/// scheduled, the next phase with the new price. `released` once the change took effect.
+pub fn schedule(
+    id: &str,
+    subscription: &Subscription,
+    next_price: Option<&str>,
+    released: bool,
+    now: DateTime<Utc>,
+    clock: &str,
+) -> Value {
+    let mut schedule = resource("subscription_schedule");
+    let template = schedule["phases"][0].clone();
+    let quantity = subscription.items.first().map_or(1, |i| i.quantity);
+    let phase = |price: &str, start: i64, end: i64| {
+        let mut phase = template.clone();
+        phase["start_date"] = json!(start);
+        phase["end_date"] = json!(end);
+        phase["items"][0]["price"] = json!(price);
+        phase["items"][0]["plan"]["id"] = json!(price);
+        phase["items"][0]["quantity"] = json!(quantity);
+        phase
+    };
+    let start = subscription.current_period_start.timestamp();
+    let end = subscription.current_period_end.timestamp();
+    let current_price = subscription
+        .items
+        .first()
+        .map(|i| i.price.clone())
+        .unwrap_or_default();
+    let mut phases = vec![phase(&current_price, start, end)];
+    if let Some(next) = next_price {
+        phases.push(phase(next, end, end + (end - start)));
+    }
+    schedule["id"] = json!(id);
+    schedule["customer"] = json!(subscription.customer);
+    schedule["subscription"] = if released {
+        Value::Null
+    } else {
+        json!(subscription.id)
+    };
+    schedule["status"] = json!(if released { "released" } else { "active" });
+    schedule["end_behavior"] = json!("release");
+    schedule["canceled_at"] = Value::Null;
+    schedule["completed_at"] = Value::Null;
+    schedule["released_at"] = if released { ts(now) } else { Value::Null };
+    schedule["released_subscription"] = if released {
+        json!(subscription.id)
+    } else {
+        Value::Null
+    };
+    schedule["created"] = ts(now);
+    schedule["current_phase"] = if released {
+        Value::Null
+    } else {
+        json!({ "start_date": start, "end_date": end })
+    };
+    schedule["phases"] = Value::Array(phases);
+    schedule["test_clock"] = json!(clock);
+    schedule["livemode"] = json!(false);
+    schedule
+}
+
 /// `data.previous_attributes` as Stripe computes it: every top-level field whose value changed,
 /// with its old value.
 pub fn previous_attributes(old: &Value, new: &Value) -> Option<Value> {

@@ -55,6 +55,8 @@ pub struct Simulator {
     events: Vec<Value>,
     taken: usize,
     advances: u64,
+    /// Subscription schedules in force, by subscription.
+    schedules: BTreeMap<String, String>,
     /// Distinguishes the ids of several simulators (test clocks) in one account.
     space: u32,
     name: Option<String>,
@@ -95,6 +97,7 @@ impl Simulator {
             events: Vec::new(),
             taken: 0,
             advances: 0,
+            schedules: BTreeMap::new(),
             space: 0,
             name: None,
         };
@@ -656,23 +659,37 @@ impl Simulator {
         Ok(())
     }
 
-    /// Changes the price when the current period ends (a subscription schedule).
+    /// Changes the price when the current period ends (a subscription schedule). Returns the
+    /// schedule's id.
     pub fn change_price_at_period_end(
         &mut self,
         subscription: &str,
         price: &str,
-    ) -> Result<(), SimError> {
+    ) -> Result<String, SimError> {
+        self.schedule_change(subscription, price, None)
+    }
+
+    /// Schedules `price` for the end of the current period on schedule `schedule_id` (a new
+    /// schedule when `None`), and emits the schedule as Stripe does.
+    pub fn schedule_change(
+        &mut self,
+        subscription: &str,
+        price: &str,
+        schedule_id: Option<&str>,
+    ) -> Result<String, SimError> {
         self.schedule_price_change(subscription, price)?;
+        let existing = self.schedules.get(subscription).cloned();
+        let (id, event_type) = match (schedule_id, existing) {
+            (Some(id), _) => (id.to_owned(), "subscription_schedule.updated"),
+            (None, Some(id)) => (id, "subscription_schedule.updated"),
+            (None, None) => (self.next_id("sub_sched"), "subscription_schedule.created"),
+        };
+        self.schedules.insert(subscription.to_owned(), id.clone());
         let current = self.subscription(subscription)?.clone();
-        let mut schedule = subledger_stripe::fixtures::resource("subscription_schedule");
-        let schedule_id = self.next_id("sub_sched");
-        schedule["id"] = json!(schedule_id);
-        schedule["customer"] = json!(current.customer);
-        schedule["subscription"] = json!(subscription);
-        schedule["status"] = json!("active");
-        schedule["created"] = render::ts(self.now);
-        self.emit("subscription_schedule.created", schedule, None);
-        Ok(())
+        let rendered =
+            render::schedule(&id, &current, Some(price), false, self.now, &self.clock_id);
+        self.emit(event_type, rendered, None);
+        Ok(id)
     }
 
     fn ensure_live(&self, subscription: &Subscription) -> Result<(), SimError> {
@@ -1418,6 +1435,10 @@ impl Simulator {
         }
         let start = current.current_period_end;
         let paused = current.pause_collection;
+        let released_schedule = current
+            .scheduled_price
+            .as_ref()
+            .and_then(|_| self.schedules.remove(id));
         self.update_subscription(id, |s| {
             if let Some(price) = s.scheduled_price.take() {
                 if let Some(item) = s.items.first_mut() {
@@ -1431,6 +1452,12 @@ impl Simulator {
             }
         })?;
         let renewed = self.subscription(id)?.clone();
+        if let Some(schedule_id) = released_schedule {
+            // The change took effect: the schedule releases the subscription.
+            let rendered =
+                render::schedule(&schedule_id, &renewed, None, true, self.now, &self.clock_id);
+            self.emit("subscription_schedule.released", rendered, None);
+        }
         let (amount, currency) = self.amount_of(&renewed);
         let invoice = self.new_invoice(
             &renewed.customer,
