@@ -107,6 +107,22 @@ pub struct SubscriptionSnapshot {
     pub trial_end: Option<DateTime<Utc>>,
 }
 
+/// A subscription schedule's next phase: the items the subscription will have from `starts_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextPhase {
+    pub starts_at: DateTime<Utc>,
+    pub items: Vec<SubscriptionItem>,
+}
+
+/// What a `subscription_schedule.*` event tells: the change a schedule will make, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleFacts {
+    pub id: String,
+    pub subscription_id: SubscriptionId,
+    /// `None` once the schedule is released, canceled or completed, or has no later phase.
+    pub next_phase: Option<NextPhase>,
+}
+
 /// What an invoice event tells about the invoice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceFacts {

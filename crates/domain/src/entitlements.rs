@@ -31,6 +31,9 @@ pub struct BillingView {
     /// Operator holds in force, by id.
     #[serde(default)]
     pub holds: BTreeMap<String, Hold>,
+    /// Changes subscription schedules will make, by subscription.
+    #[serde(default)]
+    pub scheduled: BTreeMap<SubscriptionId, crate::billing::NextPhase>,
     /// Stripe time of the latest fact applied.
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -45,6 +48,7 @@ impl BillingView {
             unpaid: BTreeMap::new(),
             stripe_features: BTreeSet::new(),
             holds: BTreeMap::new(),
+            scheduled: BTreeMap::new(),
             updated_at: None,
         }
     }
@@ -81,6 +85,15 @@ impl BillingView {
             CustomerEvent::HoldLifted { hold_id, .. } => {
                 self.holds.remove(hold_id);
             }
+            CustomerEvent::ScheduleRecorded { schedule, .. } => match &schedule.next_phase {
+                Some(next) => {
+                    self.scheduled
+                        .insert(schedule.subscription_id.clone(), next.clone());
+                }
+                None => {
+                    self.scheduled.remove(&schedule.subscription_id);
+                }
+            },
             CustomerEvent::InvoicePaymentFailed {
                 invoice,
                 occurred_at,
@@ -186,9 +199,12 @@ pub struct SubscriptionEntitlement {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScheduledChange {
     pub subscription: SubscriptionId,
-    /// `cancel`: the subscription ends and its plan with it.
+    /// `cancel`: the subscription ends and its plan with it; `plan_change`: its items change
+    /// (a schedule's next phase) to `plan`.
     pub change: String,
     pub at: Option<DateTime<Utc>>,
+    /// The plan after a `plan_change`, when the catalog knows the new price.
+    pub plan: Option<String>,
 }
 
 /// What a customer may use right now, with the subscriptions it came from.
@@ -266,6 +282,28 @@ impl Entitlements {
                         subscription: subscription.id.clone(),
                         change: "cancel".to_owned(),
                         at: subscription.cancel_at.or(subscription.current_period_end),
+                        plan: None,
+                    });
+                }
+                if let Some(next) = view
+                    .scheduled
+                    .get(&subscription.id)
+                    .filter(|next| next.starts_at > at)
+                {
+                    scheduled_changes.push(ScheduledChange {
+                        subscription: subscription.id.clone(),
+                        change: "plan_change".to_owned(),
+                        at: Some(next.starts_at),
+                        plan: next
+                            .items
+                            .iter()
+                            .find_map(|item| {
+                                catalog.plan_for_price(
+                                    item.price_id.as_str(),
+                                    item.lookup_key.as_deref(),
+                                )
+                            })
+                            .map(|plan| plan.name.clone()),
                     });
                 }
             }

@@ -19,6 +19,7 @@
 //!       plans: [pro]
 //!       features: { sso: true, seats: 10, audit_log: false }
 //!       dunning: { state: past_due, attempt: 1 }   # or just `dunning: past_due`
+//!       scheduled: { sub_alice: cancel }           # cancel | plan_change | none
 //!       stripe: { sub_alice: past_due }          # as the simulated Stripe has them
 //!       invoices: { sub_alice: [paid, open] }    # oldest first
 //! ```
@@ -257,6 +258,8 @@ pub struct OrderExpectation {
 pub struct Expectation {
     pub customer: Option<String>,
     pub orders: BTreeMap<String, OrderExpectation>,
+    /// The change scheduled for each subscription: `cancel`, `plan_change` or `none`.
+    pub scheduled: BTreeMap<String, String>,
     pub dunning: Option<DunningExpectation>,
     pub subscriptions: BTreeMap<String, String>,
     pub plans: Option<Vec<String>>,
@@ -803,6 +806,7 @@ impl Reader {
                 "features",
                 "dunning",
                 "orders",
+                "scheduled",
                 "stripe",
                 "invoices",
             ],
@@ -864,6 +868,21 @@ impl Reader {
         if let Some(node) = map.get_node("dunning") {
             expectation.dunning = Some(self.dunning(node)?);
         }
+        if let Some(node) = map.get_node("scheduled") {
+            let scheduled = self.mapping(node, "`scheduled`")?;
+            for (subscription, value) in scheduled.iter() {
+                let change = self.scalar(value, "a scheduled change")?.as_str();
+                if !matches!(change, "cancel" | "plan_change" | "none") {
+                    return Err(self.error(
+                        value.span(),
+                        format!("`{change}` is not cancel, plan_change or none"),
+                    ));
+                }
+                expectation
+                    .scheduled
+                    .insert(subscription.as_str().to_owned(), change.to_owned());
+            }
+        }
         if let Some(node) = map.get_node("orders") {
             let orders = self.mapping(node, "`orders`")?;
             for (order, value) in orders.iter() {
@@ -875,7 +894,8 @@ impl Reader {
         let about_engine = !expectation.subscriptions.is_empty()
             || expectation.plans.is_some()
             || !expectation.features.is_empty()
-            || expectation.dunning.is_some();
+            || expectation.dunning.is_some()
+            || !expectation.scheduled.is_empty();
         if about_engine && expectation.customer.is_none() {
             return Err(self.error(
                 node.span(),

@@ -384,6 +384,11 @@ impl LiveRun<'_> {
                 .iter()
                 .map(|(alias, status)| Ok((self.id(alias)?, status.clone())))
                 .collect::<Result<BTreeMap<_, _>, String>>()?;
+            translated.scheduled = expectation
+                .scheduled
+                .iter()
+                .map(|(alias, change)| Ok((self.id(alias)?, change.clone())))
+                .collect::<Result<BTreeMap<_, _>, String>>()?;
             match self.entitlements(&real, self.now).await? {
                 None => failures.push(format!(
                     "Subledger knows nothing about customer {customer} ({real}) yet"

@@ -447,6 +447,25 @@ pub(crate) fn check_entitlements(
             ));
         }
     }
+    for (subscription, expected) in &expectation.scheduled {
+        let changes: Vec<&str> = answer["scheduled_changes"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter(|c| c["subscription"] == subscription.as_str())
+                    .filter_map(|c| c["change"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let matches = if expected == "none" {
+            changes.is_empty()
+        } else {
+            changes.contains(&expected.as_str())
+        };
+        if !matches {
+            failures.push(format!("scheduled change of {subscription}: expected {expected}, Subledger says {changes:?}"));
+        }
+    }
     for (feature, expected) in &expectation.features {
         let value = &answer["features"][feature];
         let enabled = value["enabled"].as_bool().unwrap_or(false);

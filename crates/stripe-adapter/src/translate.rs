@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use subledger_domain::billing::{
-    InvoiceFacts, Provenance, SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus,
+    InvoiceFacts, NextPhase, Provenance, ScheduleFacts, SubscriptionItem, SubscriptionSnapshot,
+    SubscriptionStatus,
 };
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::ids::{CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId};
@@ -188,6 +189,21 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
                 },
             }
         }
+        "subscription_schedule.created"
+        | "subscription_schedule.updated"
+        | "subscription_schedule.released"
+        | "subscription_schedule.canceled"
+        | "subscription_schedule.completed"
+        | "subscription_schedule.aborted" => {
+            let (customer_id, schedule) = schedule_facts(&object, created)?;
+            Translation::Customer {
+                customer_id,
+                command: CustomerCommand::RecordSchedule {
+                    schedule,
+                    occurred_at: created,
+                },
+            }
+        }
         "charge.refunded" => {
             let Some(payment_intent) = object.opt_id("payment_intent") else {
                 return Ok(Translation::Ignored {
@@ -353,6 +369,72 @@ fn subscription_snapshot(object: &Fields<'_>) -> Result<SubscriptionSnapshot, Tr
         current_period_end: object.opt_time("current_period_end").or(item_period_end),
         trial_end: object.opt_time("trial_end"),
     })
+}
+
+/// A schedule's next phase: the first phase starting when (or after) the current one ends.
+fn schedule_facts(
+    object: &Fields<'_>,
+    created: DateTime<Utc>,
+) -> Result<(CustomerId, ScheduleFacts), TranslationError> {
+    let subscription = object
+        .opt_id("subscription")
+        .or_else(|| object.opt_id("released_subscription"))
+        .ok_or_else(|| {
+            invalid(
+                object.path("subscription"),
+                "an id (or released_subscription)",
+            )
+        })?;
+    let active = matches!(object.opt_str("status"), Some("active" | "not_started"));
+    let current_end = object
+        .object("current_phase")
+        .and_then(|phase| phase.opt_time("end_date"))
+        .unwrap_or(created);
+    let phases = object.get("phases").and_then(Value::as_array);
+    let mut next_phase = None;
+    for phase in phases.into_iter().flatten().filter_map(Value::as_object) {
+        let phase = Fields {
+            map: phase,
+            prefix: "data.object.phases[]",
+        };
+        let Some(starts_at) = phase
+            .opt_time("start_date")
+            .filter(|start| *start >= current_end)
+        else {
+            continue;
+        };
+        let mut items = Vec::new();
+        for item in phase
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object)
+        {
+            let item = Fields {
+                map: item,
+                prefix: "data.object.phases[].items[]",
+            };
+            let price = item.id("price")?;
+            let lookup_key = item
+                .object("price")
+                .and_then(|p| p.opt_str("lookup_key"))
+                .map(str::to_owned);
+            items.push(SubscriptionItem {
+                price_id: PriceId::new(price),
+                lookup_key,
+                quantity: item.get("quantity").and_then(Value::as_u64).unwrap_or(1),
+            });
+        }
+        next_phase = Some(NextPhase { starts_at, items });
+        break;
+    }
+    let schedule = ScheduleFacts {
+        id: object.str("id")?.to_owned(),
+        subscription_id: SubscriptionId::new(subscription),
+        next_phase: next_phase.filter(|_| active),
+    };
+    Ok((CustomerId::new(object.id("customer")?), schedule))
 }
 
 fn invoice_facts(object: &Fields<'_>) -> Result<(CustomerId, InvoiceFacts), TranslationError> {

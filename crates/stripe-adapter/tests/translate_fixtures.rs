@@ -262,3 +262,36 @@ fn an_entitlement_summary_lists_the_active_features_by_lookup_key() {
     assert_eq!(customer_id.as_str(), "cus_1");
     assert_eq!(features.into_iter().collect::<Vec<_>>(), ["sso"]);
 }
+
+#[test]
+fn a_schedule_reports_its_next_phase_until_released() {
+    let mut schedule = fixture("subscription_schedule");
+    schedule["customer"] = json!("cus_1");
+    schedule["subscription"] = json!("sub_1");
+    schedule["status"] = json!("active");
+    schedule["current_phase"] = json!({ "start_date": 1_700_000_000, "end_date": 1_702_592_000 });
+    let mut next = schedule["phases"][0].clone();
+    next["start_date"] = json!(1_702_592_000);
+    next["items"][0]["price"] = json!("price_basic");
+    schedule["phases"][0]["start_date"] = json!(1_700_000_000);
+    schedule["phases"][0]["end_date"] = json!(1_702_592_000);
+    schedule["phases"].as_array_mut().unwrap().push(next);
+    let facts = |event: Value| match translate(&event).unwrap() {
+        Translation::Customer {
+            command: CustomerCommand::RecordSchedule { schedule, .. },
+            ..
+        } => schedule,
+        other => panic!("{other:?}"),
+    };
+    let active = facts(event("subscription_schedule.updated", schedule.clone()));
+    assert_eq!(active.subscription_id.as_str(), "sub_1");
+    let next_phase = active.next_phase.unwrap();
+    assert_eq!(next_phase.starts_at.timestamp(), 1_702_592_000);
+    assert_eq!(next_phase.items[0].price_id.as_str(), "price_basic");
+    schedule["status"] = json!("released");
+    schedule["subscription"] = Value::Null;
+    schedule["released_subscription"] = json!("sub_1");
+    let released = facts(event("subscription_schedule.released", schedule));
+    assert_eq!(released.subscription_id.as_str(), "sub_1");
+    assert!(released.next_phase.is_none());
+}

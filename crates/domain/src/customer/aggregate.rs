@@ -23,6 +23,9 @@ pub struct Customer {
     subscriptions: BTreeMap<SubscriptionId, Tracked<SubscriptionSnapshot>>,
     invoices: BTreeMap<InvoiceId, TrackedInvoice>,
     stripe_entitlements: Option<Tracked<BTreeSet<String>>>,
+    /// Subscription schedules, by id.
+    #[serde(default)]
+    schedules: BTreeMap<String, Tracked<crate::billing::ScheduleFacts>>,
     /// Operator holds in force, by id.
     holds: BTreeSet<String>,
     /// Every hold id ever placed, so a repeated request is recognised after the lift too.
@@ -157,6 +160,24 @@ impl Customer {
                 }]
             }
             CustomerCommand::PlaceHold { .. } | CustomerCommand::LiftHold { .. } => vec![],
+            CustomerCommand::RecordSchedule {
+                schedule,
+                occurred_at,
+            } => {
+                let known = self.schedules.get(&schedule.id);
+                // A released schedule stays released; older or equal snapshots are no news.
+                let released =
+                    known.is_some_and(|k| k.value.next_phase.is_none() && k.as_of < occurred_at);
+                if known.is_some_and(|k| occurred_at < k.as_of || k.value == schedule)
+                    || released && schedule.next_phase.is_some()
+                {
+                    return vec![];
+                }
+                vec![CustomerEvent::ScheduleRecorded {
+                    schedule,
+                    occurred_at,
+                }]
+            }
             CustomerCommand::RecordInvoicePaymentFailed {
                 invoice,
                 occurred_at,
@@ -328,6 +349,19 @@ impl Aggregate for Customer {
             }
             CustomerEvent::HoldLifted { hold_id, .. } => {
                 self.holds.remove(&hold_id);
+            }
+            CustomerEvent::ScheduleRecorded {
+                schedule,
+                occurred_at,
+            } => {
+                self.schedules.insert(
+                    schedule.id.clone(),
+                    Tracked {
+                        value: schedule,
+                        as_of: occurred_at,
+                        provenance: Provenance::default(),
+                    },
+                );
             }
             CustomerEvent::InvoicePaid { invoice, .. } => self.track_invoice(&invoice, true),
             CustomerEvent::InvoicePaymentFailed { invoice, .. } => {

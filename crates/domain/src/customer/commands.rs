@@ -40,6 +40,10 @@ pub enum CustomerCommand {
         hold_id: String,
         lifted_at: DateTime<Utc>,
     },
+    RecordSchedule {
+        schedule: crate::billing::ScheduleFacts,
+        occurred_at: DateTime<Utc>,
+    },
     RecordInvoicePaid {
         invoice: InvoiceFacts,
         occurred_at: DateTime<Utc>,

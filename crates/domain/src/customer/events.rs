@@ -49,6 +49,10 @@ pub enum CustomerEvent {
         hold_id: String,
         occurred_at: DateTime<Utc>,
     },
+    ScheduleRecorded {
+        schedule: crate::billing::ScheduleFacts,
+        occurred_at: DateTime<Utc>,
+    },
     InvoicePaid {
         invoice: InvoiceFacts,
         occurred_at: DateTime<Utc>,
@@ -70,6 +74,7 @@ impl CustomerEvent {
             | Self::StripeEntitlementsRecorded { occurred_at, .. }
             | Self::HoldPlaced { occurred_at, .. }
             | Self::HoldLifted { occurred_at, .. }
+            | Self::ScheduleRecorded { occurred_at, .. }
             | Self::InvoicePaid { occurred_at, .. }
             | Self::InvoicePaymentFailed { occurred_at, .. } => *occurred_at,
         }
@@ -87,6 +92,7 @@ impl DomainEvent for CustomerEvent {
             Self::StripeEntitlementsRecorded { .. } => "StripeEntitlementsRecorded",
             Self::HoldPlaced { .. } => "HoldPlaced",
             Self::HoldLifted { .. } => "HoldLifted",
+            Self::ScheduleRecorded { .. } => "ScheduleRecorded",
             Self::InvoicePaid { .. } => "InvoicePaid",
             Self::InvoicePaymentFailed { .. } => "InvoicePaymentFailed",
         }
