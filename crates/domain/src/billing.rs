@@ -123,6 +123,25 @@ pub struct ScheduleFacts {
     pub next_phase: Option<NextPhase>,
 }
 
+/// What a `charge.dispute.*` event tells, with the invoice the disputed payment paid (when
+/// known), which scopes the dispute to that invoice's subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisputeFacts {
+    pub id: String,
+    pub payment_intent: crate::ids::PaymentIntentId,
+    pub invoice: Option<InvoiceId>,
+    /// Stripe's status: `needs_response`, `under_review`, `won`, `lost`, `warning_*`.
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+impl DisputeFacts {
+    /// Stripe decided; the dispute will not change again.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.status.as_str(), "won" | "lost" | "warning_closed")
+    }
+}
+
 /// What an invoice event tells about the invoice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceFacts {

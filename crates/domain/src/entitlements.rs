@@ -31,6 +31,9 @@ pub struct BillingView {
     /// Operator holds in force, by id.
     #[serde(default)]
     pub holds: BTreeMap<String, Hold>,
+    /// Disputes of subscription payments, by dispute id.
+    #[serde(default)]
+    pub disputes: BTreeMap<String, DisputeBlock>,
     /// Changes subscription schedules will make, by subscription.
     #[serde(default)]
     pub scheduled: BTreeMap<SubscriptionId, crate::billing::NextPhase>,
@@ -49,6 +52,7 @@ impl BillingView {
             stripe_features: BTreeSet::new(),
             holds: BTreeMap::new(),
             scheduled: BTreeMap::new(),
+            disputes: BTreeMap::new(),
             updated_at: None,
         }
     }
@@ -84,6 +88,25 @@ impl BillingView {
             }
             CustomerEvent::HoldLifted { hold_id, .. } => {
                 self.holds.remove(hold_id);
+            }
+            CustomerEvent::DisputeRecorded {
+                dispute,
+                subscription,
+                occurred_at,
+            } => {
+                let since = self
+                    .disputes
+                    .get(&dispute.id)
+                    .map_or(*occurred_at, |d| d.since);
+                self.disputes.insert(
+                    dispute.id.clone(),
+                    DisputeBlock {
+                        id: dispute.id.clone(),
+                        subscription: subscription.clone(),
+                        status: dispute.status.clone(),
+                        since,
+                    },
+                );
             }
             CustomerEvent::ScheduleRecorded { schedule, .. } => match &schedule.next_phase {
                 Some(next) => {
@@ -146,6 +169,24 @@ pub struct Hold {
     pub since: DateTime<Utc>,
 }
 
+/// A dispute of a subscription's payment. While it is open, or after it is lost, the
+/// subscription grants nothing; a won dispute blocks nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DisputeBlock {
+    pub id: String,
+    /// The subscription whose invoice the disputed payment paid; `None` for other payments.
+    pub subscription: Option<SubscriptionId>,
+    pub status: String,
+    pub since: DateTime<Utc>,
+}
+
+impl DisputeBlock {
+    pub fn blocks(&self) -> bool {
+        !matches!(self.status.as_str(), "won" | "warning_closed")
+    }
+}
+
 /// One feature's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -192,6 +233,8 @@ pub struct SubscriptionEntitlement {
     pub dunning: Dunning,
     /// Holds on this subscription (or on the whole customer), by id.
     pub holds: Vec<String>,
+    /// Open or lost disputes of this subscription's payments, by id.
+    pub disputes: Vec<String>,
 }
 
 /// A change Stripe will make later, reported in advance.
@@ -264,9 +307,16 @@ impl Entitlements {
                 })
                 .map(|h| h.id.clone())
                 .collect();
+            let disputes: Vec<String> = view
+                .disputes
+                .values()
+                .filter(|d| d.blocks() && d.subscription.as_ref() == Some(&subscription.id))
+                .map(|d| d.id.clone())
+                .collect();
             let grants = grants_access(subscription.status, &dunning, policy)
                 && !view.deleted
-                && holds.is_empty();
+                && holds.is_empty()
+                && disputes.is_empty();
             if grants {
                 for item in &subscription.items {
                     if let Some(plan) =
@@ -316,6 +366,7 @@ impl Entitlements {
                 current_period_end: subscription.current_period_end,
                 dunning,
                 holds,
+                disputes,
             });
         }
         // A deleted customer has no plan at all, not even the default one.

@@ -40,7 +40,8 @@ pub struct Reason {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Blocker {
-    /// `dunning`, `hold`, `status`, `deleted_customer` or `no_access_for_stripe_entitlements`.
+    /// `dunning`, `hold`, `dispute`, `status`, `deleted_customer` or
+    /// `no_access_for_stripe_entitlements`.
     pub kind: &'static str,
     pub subscription: Option<SubscriptionId>,
     pub detail: String,
@@ -92,6 +93,12 @@ fn evidence(timeline: &[TimelineEntry], subscription: Option<&SubscriptionId>) -
                 id,
             ) => s.is_none() || s.as_ref() == id,
             (CustomerEvent::HoldLifted { .. }, _) => true,
+            (
+                CustomerEvent::DisputeRecorded {
+                    subscription: s, ..
+                },
+                Some(id),
+            ) => s.as_ref() == Some(id),
             (
                 CustomerEvent::StripeEntitlementsRecorded { .. }
                 | CustomerEvent::CustomerDeleted { .. },
@@ -151,6 +158,11 @@ pub(crate) fn explain(
             )
         } else if !entitlement.holds.is_empty() {
             ("hold", format!("held by {}", entitlement.holds.join(", ")))
+        } else if !entitlement.disputes.is_empty() {
+            (
+                "dispute",
+                format!("payment disputed: {}", entitlement.disputes.join(", ")),
+            )
         } else if entitlement.dunning.blocks_access() {
             let state = serde_json::to_value(entitlement.dunning.state)
                 .ok()

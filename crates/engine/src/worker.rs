@@ -8,8 +8,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
+use cqrs_es::Aggregate;
 use cqrs_es::AggregateError;
+use subledger_domain::billing::DisputeFacts;
+use subledger_domain::customer::CustomerCommand;
+use subledger_domain::ids::PaymentIntentId;
+use subledger_domain::payment::{Payment, PaymentEvent};
 use subledger_store::{ClaimedEvent, InboxStatus, StoreError};
 use subledger_stripe::{translate, Translation};
 
@@ -144,9 +151,74 @@ impl Engine {
                     )
                 })
                 .await?;
+                self.propagate_disputes(&payment_intent_id, &metadata)
+                    .await?;
                 Ok(Outcome::Applied(format!("Payment {payment_intent_id}")))
             }
         }
+    }
+}
+
+impl Engine {
+    /// Carries a payment's disputes to its customer, scoped by the invoice the payment paid.
+    ///
+    /// A dispute, the payment's customer and its invoice link arrive in any order, as separate
+    /// Stripe events; whichever completes the picture makes this record the dispute on the
+    /// customer (the aggregate ignores what it already has), so every delivery order ends in
+    /// the same state.
+    async fn propagate_disputes(
+        &self,
+        payment_intent: &PaymentIntentId,
+        metadata: &HashMap<String, String>,
+    ) -> Result<(), String> {
+        let events = self
+            .db
+            .events_of(Payment::TYPE, payment_intent.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut customer = None;
+        let mut invoice = None;
+        let mut disputes: BTreeMap<String, (DisputeFacts, DateTime<Utc>)> = BTreeMap::new();
+        for stored in events {
+            let event: PaymentEvent = serde_json::from_value(stored.payload)
+                .map_err(|e| format!("unreadable payment event: {e}"))?;
+            match event {
+                PaymentEvent::PaymentCreated { payment, .. }
+                | PaymentEvent::PaymentRequiresAction { payment, .. }
+                | PaymentEvent::PaymentSucceeded { payment, .. }
+                | PaymentEvent::PaymentFailed { payment, .. }
+                | PaymentEvent::PaymentCanceled { payment, .. } => {
+                    customer = customer.or(payment.customer_id);
+                }
+                PaymentEvent::PaymentLinkedToInvoice {
+                    invoice: linked, ..
+                } => invoice = Some(linked),
+                PaymentEvent::PaymentDisputed {
+                    dispute,
+                    occurred_at,
+                } => {
+                    disputes.insert(dispute.id.clone(), (dispute, occurred_at));
+                }
+                PaymentEvent::PaymentRefunded { .. } => {}
+            }
+        }
+        let Some(customer) = customer else {
+            // The payment's customer is not known yet; its events will bring the dispute along.
+            return Ok(());
+        };
+        for (_, (mut dispute, occurred_at)) in disputes {
+            dispute.invoice.clone_from(&invoice);
+            let command = CustomerCommand::RecordDispute {
+                dispute,
+                occurred_at,
+            };
+            run_with_conflict_retries(|| {
+                self.customers
+                    .execute(customer.as_str(), command.clone(), metadata.clone())
+            })
+            .await?;
+        }
+        Ok(())
     }
 }
 

@@ -238,6 +238,28 @@ pub fn dispute(dispute: &Dispute) -> Value {
     object
 }
 
+/// The payment of an invoice by a PaymentIntent (`invoice_payment.paid`): how an invoice and
+/// its PaymentIntent are linked since Stripe's `basil` API version.
+pub fn invoice_payment(
+    id: &str,
+    invoice: &Invoice,
+    payment_intent: &str,
+    now: DateTime<Utc>,
+) -> Value {
+    let mut object = resource("invoice_payment");
+    object["id"] = json!(id);
+    object["invoice"] = json!(invoice.id);
+    object["payment"] = json!({ "type": "payment_intent", "payment_intent": payment_intent });
+    object["status"] = json!("paid");
+    object["amount_paid"] = json!(invoice.amount_paid);
+    object["amount_requested"] = json!(invoice.amount_due);
+    object["currency"] = json!(invoice.currency);
+    object["created"] = ts(now);
+    object["status_transitions"] = json!({ "canceled_at": null, "paid_at": now.timestamp() });
+    object["livemode"] = json!(false);
+    object
+}
+
 /// A subscription schedule: the current phase until the period ends and, when a change is
 /// scheduled, the next phase with the new price. `released` once the change took effect.
 pub fn schedule(

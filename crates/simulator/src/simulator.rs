@@ -1230,7 +1230,16 @@ impl Simulator {
             self.emit("payment_intent.succeeded", rendered, None);
         }
         self.bump_attempt(invoice)?;
-        self.mark_paid(invoice)
+        self.mark_paid(invoice)?;
+        let paid = self
+            .invoices
+            .get(invoice)
+            .cloned()
+            .ok_or_else(|| not_found("invoice", invoice))?;
+        let id = self.next_id("inpay");
+        let rendered = render::invoice_payment(&id, &paid, intent_id, self.now);
+        self.emit("invoice_payment.paid", rendered, None);
+        Ok(())
     }
 
     fn fail_payment(

@@ -59,12 +59,13 @@ fn a_successful_signup_emits_stripes_sequence_in_one_second() {
             "payment_intent.succeeded",
             "invoice.paid",
             "invoice.payment_succeeded",
+            "invoice_payment.paid",
             "customer.subscription.updated",
         ]
     );
     assert!(events.iter().all(|e| e["created"] == events[0]["created"]));
     assert_eq!(events[0]["data"]["object"]["status"], "incomplete");
-    let updated = &events[8]["data"];
+    let updated = &events[9]["data"];
     assert_eq!(updated["object"]["status"], "active");
     assert_eq!(updated["previous_attributes"]["status"], "incomplete");
     // The shape is Stripe's current one: periods on the items.

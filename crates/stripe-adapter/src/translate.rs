@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use subledger_domain::billing::{
-    InvoiceFacts, NextPhase, Provenance, ScheduleFacts, SubscriptionItem, SubscriptionSnapshot,
-    SubscriptionStatus,
+    DisputeFacts, InvoiceFacts, NextPhase, Provenance, ScheduleFacts, SubscriptionItem,
+    SubscriptionSnapshot, SubscriptionStatus,
 };
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::ids::{CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId};
@@ -200,6 +200,50 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
                 customer_id,
                 command: CustomerCommand::RecordSchedule {
                     schedule,
+                    occurred_at: created,
+                },
+            }
+        }
+        "invoice_payment.paid" => {
+            let payment = object.object("payment");
+            let kind = payment.as_ref().and_then(|p| p.opt_str("type"));
+            let payment_intent = payment.as_ref().and_then(|p| p.opt_id("payment_intent"));
+            let (Some("payment_intent"), Some(payment_intent)) = (kind, payment_intent) else {
+                return Ok(Translation::Ignored {
+                    reason: "an invoice paid other than by a PaymentIntent".to_owned(),
+                });
+            };
+            Translation::Payment {
+                payment_intent_id: PaymentIntentId::new(payment_intent),
+                order_id: None,
+                command: PaymentCommand::RecordInvoiceLink {
+                    invoice: InvoiceId::new(object.id("invoice")?),
+                    occurred_at: created,
+                },
+            }
+        }
+        "charge.dispute.created"
+        | "charge.dispute.updated"
+        | "charge.dispute.closed"
+        | "charge.dispute.funds_withdrawn"
+        | "charge.dispute.funds_reinstated" => {
+            let Some(payment_intent) = object.opt_id("payment_intent") else {
+                return Ok(Translation::Ignored {
+                    reason: "a dispute of a charge without a PaymentIntent is not a payment Subledger tracks".to_owned(),
+                });
+            };
+            let dispute = DisputeFacts {
+                id: object.str("id")?.to_owned(),
+                payment_intent: PaymentIntentId::new(payment_intent),
+                invoice: None,
+                status: object.str("status")?.to_owned(),
+                reason: object.opt_str("reason").map(str::to_owned),
+            };
+            Translation::Payment {
+                payment_intent_id: PaymentIntentId::new(payment_intent),
+                order_id: None,
+                command: PaymentCommand::RecordDispute {
+                    dispute,
                     occurred_at: created,
                 },
             }

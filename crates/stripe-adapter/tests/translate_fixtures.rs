@@ -295,3 +295,34 @@ fn a_schedule_reports_its_next_phase_until_released() {
     assert_eq!(released.subscription_id.as_str(), "sub_1");
     assert!(released.next_phase.is_none());
 }
+
+#[test]
+fn disputes_and_invoice_payments_go_to_the_payment_they_concern() {
+    let mut dispute = fixture("dispute");
+    dispute["id"] = json!("dp_1");
+    dispute["payment_intent"] = json!("pi_9");
+    dispute["status"] = json!("needs_response");
+    let Translation::Payment {
+        payment_intent_id,
+        command: PaymentCommand::RecordDispute { dispute, .. },
+        ..
+    } = translate(&event("charge.dispute.created", dispute)).unwrap()
+    else {
+        panic!("not a dispute");
+    };
+    assert_eq!(payment_intent_id.as_str(), "pi_9");
+    assert_eq!(dispute.status, "needs_response");
+    assert!(!dispute.is_closed());
+
+    let mut link = fixture("invoice_payment");
+    link["invoice"] = json!("in_7");
+    link["payment"] = json!({ "type": "payment_intent", "payment_intent": "pi_9" });
+    let Translation::Payment {
+        command: PaymentCommand::RecordInvoiceLink { invoice, .. },
+        ..
+    } = translate(&event("invoice_payment.paid", link)).unwrap()
+    else {
+        panic!("not an invoice link");
+    };
+    assert_eq!(invoice.as_str(), "in_7");
+}

@@ -26,6 +26,9 @@ pub struct Customer {
     /// Subscription schedules, by id.
     #[serde(default)]
     schedules: BTreeMap<String, Tracked<crate::billing::ScheduleFacts>>,
+    /// Disputes, by id.
+    #[serde(default)]
+    disputes: BTreeMap<String, Tracked<crate::billing::DisputeFacts>>,
     /// Operator holds in force, by id.
     holds: BTreeSet<String>,
     /// Every hold id ever placed, so a repeated request is recognised after the lift too.
@@ -45,6 +48,8 @@ struct Tracked<T> {
 struct TrackedInvoice {
     paid: bool,
     attempt_count: u32,
+    #[serde(default)]
+    subscription: Option<SubscriptionId>,
 }
 
 /// What the `Customer` aggregate refuses. Stripe's facts are never refused (see [`Customer`]);
@@ -55,6 +60,9 @@ pub enum CustomerError {
     NoSuchHold(String),
     #[error("the customer has no subscription `{0}`")]
     NoSuchSubscription(String),
+    /// A fact about an invoice Subledger has not heard of yet: retried later, in order.
+    #[error("invoice `{0}` is not known yet")]
+    UnknownInvoice(String),
 }
 
 impl Customer {
@@ -84,6 +92,37 @@ impl Customer {
                     subscription,
                     reason,
                     occurred_at: placed_at,
+                }])
+            }
+            CustomerCommand::RecordDispute {
+                dispute,
+                occurred_at,
+            } => {
+                // The disputed invoice scopes the dispute to its subscription; until that
+                // invoice is known the dispute is parked (retried), never misattributed.
+                let subscription = match &dispute.invoice {
+                    Some(invoice) => match self.invoices.get(invoice) {
+                        Some(known) => known.subscription.clone(),
+                        None => return Err(CustomerError::UnknownInvoice(invoice.to_string())),
+                    },
+                    None => None,
+                };
+                let known = self.disputes.get(&dispute.id);
+                // News: a later state, or the invoice that scopes it (which may arrive after the
+                // dispute closed, when Stripe delivered the link late).
+                let gains_invoice =
+                    known.is_some_and(|k| k.value.invoice.is_none() && dispute.invoice.is_some());
+                let stale = known.is_some_and(|k| {
+                    k.value == dispute
+                        || (k.value.is_closed() || occurred_at < k.as_of) && !gains_invoice
+                });
+                if stale {
+                    return Ok(vec![]);
+                }
+                Ok(vec![CustomerEvent::DisputeRecorded {
+                    dispute,
+                    subscription,
+                    occurred_at,
                 }])
             }
             CustomerCommand::LiftHold { hold_id, lifted_at } => {
@@ -159,7 +198,9 @@ impl Customer {
                     occurred_at,
                 }]
             }
-            CustomerCommand::PlaceHold { .. } | CustomerCommand::LiftHold { .. } => vec![],
+            CustomerCommand::PlaceHold { .. }
+            | CustomerCommand::LiftHold { .. }
+            | CustomerCommand::RecordDispute { .. } => vec![],
             CustomerCommand::RecordSchedule {
                 schedule,
                 occurred_at,
@@ -245,7 +286,11 @@ impl Customer {
             .or_insert(TrackedInvoice {
                 paid: false,
                 attempt_count: 0,
+                subscription: None,
             });
+        if entry.subscription.is_none() {
+            entry.subscription.clone_from(&invoice.subscription_id);
+        }
         entry.paid |= paid;
         entry.attempt_count = entry.attempt_count.max(invoice.attempt_count);
     }
@@ -358,6 +403,20 @@ impl Aggregate for Customer {
                     schedule.id.clone(),
                     Tracked {
                         value: schedule,
+                        as_of: occurred_at,
+                        provenance: Provenance::default(),
+                    },
+                );
+            }
+            CustomerEvent::DisputeRecorded {
+                dispute,
+                occurred_at,
+                ..
+            } => {
+                self.disputes.insert(
+                    dispute.id.clone(),
+                    Tracked {
+                        value: dispute,
                         as_of: occurred_at,
                         provenance: Provenance::default(),
                     },
@@ -762,5 +821,76 @@ mod tests {
                 placed_at: at(1),
             })
             .then_expect_error(CustomerError::NoSuchSubscription("sub_nope".to_owned()));
+    }
+
+    fn dispute(status: &str, invoice: Option<&str>) -> crate::billing::DisputeFacts {
+        crate::billing::DisputeFacts {
+            id: "dp_1".to_owned(),
+            payment_intent: crate::ids::PaymentIntentId::new("pi_1"),
+            invoice: invoice.map(InvoiceId::new),
+            status: status.to_owned(),
+            reason: Some("fraudulent".to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_dispute_is_scoped_to_the_subscription_of_the_disputed_invoice() {
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::InvoicePaid {
+                invoice: invoice(1),
+                occurred_at: at(0),
+            }])
+            .when(CustomerCommand::RecordDispute {
+                dispute: dispute("needs_response", Some("in_1")),
+                occurred_at: at(50),
+            })
+            .then_expect_events(vec![CustomerEvent::DisputeRecorded {
+                dispute: dispute("needs_response", Some("in_1")),
+                subscription: Some(SubscriptionId::new("sub_1")),
+                occurred_at: at(50),
+            }]);
+    }
+
+    #[test]
+    fn a_dispute_of_an_invoice_not_known_yet_is_parked() {
+        CustomerTest::with(())
+            .given_no_previous_events()
+            .when(CustomerCommand::RecordDispute {
+                dispute: dispute("needs_response", Some("in_9")),
+                occurred_at: at(50),
+            })
+            .then_expect_error(CustomerError::UnknownInvoice("in_9".to_owned()));
+    }
+
+    #[test]
+    fn a_closed_dispute_changes_no_more_but_still_learns_its_invoice() {
+        let recorded = |status: &str, invoice: Option<&str>, subscription: Option<&str>, second| {
+            CustomerEvent::DisputeRecorded {
+                dispute: dispute(status, invoice),
+                subscription: subscription.map(SubscriptionId::new),
+                occurred_at: at(second),
+            }
+        };
+        let paid = CustomerEvent::InvoicePaid {
+            invoice: invoice(1),
+            occurred_at: at(0),
+        };
+        CustomerTest::with(())
+            .given(vec![
+                paid.clone(),
+                recorded("lost", Some("in_1"), Some("sub_1"), 60),
+            ])
+            .when(CustomerCommand::RecordDispute {
+                dispute: dispute("needs_response", Some("in_1")),
+                occurred_at: at(50),
+            })
+            .then_expect_events(vec![]);
+        CustomerTest::with(())
+            .given(vec![paid, recorded("lost", None, None, 60)])
+            .when(CustomerCommand::RecordDispute {
+                dispute: dispute("lost", Some("in_1")),
+                occurred_at: at(60),
+            })
+            .then_expect_events(vec![recorded("lost", Some("in_1"), Some("sub_1"), 60)]);
     }
 }

@@ -44,6 +44,10 @@ pub enum CustomerCommand {
         schedule: crate::billing::ScheduleFacts,
         occurred_at: DateTime<Utc>,
     },
+    RecordDispute {
+        dispute: crate::billing::DisputeFacts,
+        occurred_at: DateTime<Utc>,
+    },
     RecordInvoicePaid {
         invoice: InvoiceFacts,
         occurred_at: DateTime<Utc>,

@@ -53,6 +53,12 @@ pub enum CustomerEvent {
         schedule: crate::billing::ScheduleFacts,
         occurred_at: DateTime<Utc>,
     },
+    /// A dispute opened or changed; `subscription` is the one the disputed invoice belongs to.
+    DisputeRecorded {
+        dispute: crate::billing::DisputeFacts,
+        subscription: Option<crate::ids::SubscriptionId>,
+        occurred_at: DateTime<Utc>,
+    },
     InvoicePaid {
         invoice: InvoiceFacts,
         occurred_at: DateTime<Utc>,
@@ -75,6 +81,7 @@ impl CustomerEvent {
             | Self::HoldPlaced { occurred_at, .. }
             | Self::HoldLifted { occurred_at, .. }
             | Self::ScheduleRecorded { occurred_at, .. }
+            | Self::DisputeRecorded { occurred_at, .. }
             | Self::InvoicePaid { occurred_at, .. }
             | Self::InvoicePaymentFailed { occurred_at, .. } => *occurred_at,
         }
@@ -93,6 +100,7 @@ impl DomainEvent for CustomerEvent {
             Self::HoldPlaced { .. } => "HoldPlaced",
             Self::HoldLifted { .. } => "HoldLifted",
             Self::ScheduleRecorded { .. } => "ScheduleRecorded",
+            Self::DisputeRecorded { .. } => "DisputeRecorded",
             Self::InvoicePaid { .. } => "InvoicePaid",
             Self::InvoicePaymentFailed { .. } => "InvoicePaymentFailed",
         }

@@ -54,6 +54,16 @@ pub enum PaymentCommand {
         payment: PaymentFacts,
         occurred_at: DateTime<Utc>,
     },
+    /// The payment's charge is disputed (`charge.dispute.*`).
+    RecordDispute {
+        dispute: crate::billing::DisputeFacts,
+        occurred_at: DateTime<Utc>,
+    },
+    /// The payment paid this invoice (`invoice_payment.paid`).
+    RecordInvoiceLink {
+        invoice: crate::ids::InvoiceId,
+        occurred_at: DateTime<Utc>,
+    },
     /// A refund of the payment's charge (`charge.refunded`); `full` when nothing is left.
     RecordRefunded {
         payment_intent: PaymentIntentId,
@@ -91,6 +101,14 @@ pub enum PaymentEvent {
         full: bool,
         occurred_at: DateTime<Utc>,
     },
+    PaymentLinkedToInvoice {
+        invoice: crate::ids::InvoiceId,
+        occurred_at: DateTime<Utc>,
+    },
+    PaymentDisputed {
+        dispute: crate::billing::DisputeFacts,
+        occurred_at: DateTime<Utc>,
+    },
 }
 
 impl PaymentEvent {
@@ -101,7 +119,9 @@ impl PaymentEvent {
             | Self::PaymentSucceeded { occurred_at, .. }
             | Self::PaymentFailed { occurred_at, .. }
             | Self::PaymentCanceled { occurred_at, .. }
-            | Self::PaymentRefunded { occurred_at, .. } => *occurred_at,
+            | Self::PaymentRefunded { occurred_at, .. }
+            | Self::PaymentLinkedToInvoice { occurred_at, .. }
+            | Self::PaymentDisputed { occurred_at, .. } => *occurred_at,
         }
     }
 }
@@ -115,6 +135,8 @@ impl DomainEvent for PaymentEvent {
             Self::PaymentFailed { .. } => "PaymentFailed",
             Self::PaymentCanceled { .. } => "PaymentCanceled",
             Self::PaymentRefunded { .. } => "PaymentRefunded",
+            Self::PaymentLinkedToInvoice { .. } => "PaymentLinkedToInvoice",
+            Self::PaymentDisputed { .. } => "PaymentDisputed",
         }
         .to_owned()
     }
@@ -136,6 +158,11 @@ pub struct Payment {
     pending_as_of: Option<DateTime<Utc>>,
     last_failure: Option<PaymentFacts>,
     requires_action: bool,
+    #[serde(default)]
+    invoice: Option<crate::ids::InvoiceId>,
+    /// The latest known state of each dispute, with its Stripe time.
+    #[serde(default)]
+    disputes: std::collections::BTreeMap<String, (crate::billing::DisputeFacts, DateTime<Utc>)>,
 }
 
 /// Like the `Customer` aggregate, `Payment` records Stripe's facts and never refuses one.
@@ -217,6 +244,33 @@ impl Payment {
                     occurred_at,
                 }]
             }
+            PaymentCommand::RecordDispute {
+                dispute,
+                occurred_at,
+            } => {
+                let stale = self.disputes.get(&dispute.id).is_some_and(|(known, at)| {
+                    *known == dispute || known.is_closed() || occurred_at < *at
+                });
+                if stale {
+                    return vec![];
+                }
+                vec![PaymentEvent::PaymentDisputed {
+                    dispute,
+                    occurred_at,
+                }]
+            }
+            PaymentCommand::RecordInvoiceLink {
+                invoice,
+                occurred_at,
+            } => {
+                if self.invoice.as_ref() == Some(&invoice) {
+                    return vec![];
+                }
+                vec![PaymentEvent::PaymentLinkedToInvoice {
+                    invoice,
+                    occurred_at,
+                }]
+            }
             PaymentCommand::RecordRefunded {
                 payment_intent,
                 amount_refunded,
@@ -276,6 +330,14 @@ impl Aggregate for Payment {
                 self.last_failure = Some(payment);
             }
             PaymentEvent::PaymentCanceled { .. } => self.canceled = true,
+            PaymentEvent::PaymentLinkedToInvoice { invoice, .. } => self.invoice = Some(invoice),
+            PaymentEvent::PaymentDisputed {
+                dispute,
+                occurred_at,
+            } => {
+                self.disputes
+                    .insert(dispute.id.clone(), (dispute, occurred_at));
+            }
             PaymentEvent::PaymentRefunded {
                 amount_refunded,
                 full,

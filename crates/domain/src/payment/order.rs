@@ -67,7 +67,12 @@ impl OrderView {
     pub fn fold(view: Option<Self>, order_id: &str, event: &PaymentEvent) -> Option<Self> {
         let occurred_at = event.occurred_at();
         match (view, event) {
-            (None, PaymentEvent::PaymentRefunded { .. }) => None,
+            (
+                None,
+                PaymentEvent::PaymentRefunded { .. }
+                | PaymentEvent::PaymentLinkedToInvoice { .. }
+                | PaymentEvent::PaymentDisputed { .. },
+            ) => None,
             (
                 None,
                 PaymentEvent::PaymentCreated { payment, .. }
@@ -92,7 +97,9 @@ impl OrderView {
             (Some(mut view), event) => {
                 view.updated_at = view.updated_at.max(occurred_at);
                 match event {
-                    PaymentEvent::PaymentCreated { .. } => {}
+                    PaymentEvent::PaymentCreated { .. }
+                    | PaymentEvent::PaymentLinkedToInvoice { .. }
+                    | PaymentEvent::PaymentDisputed { .. } => {}
                     PaymentEvent::PaymentRequiresAction { .. } => {
                         view.state = OrderState::RequiresAction
                     }
