@@ -327,7 +327,10 @@ impl Entitlements {
                         }
                     }
                 }
-                if subscription.cancel_at_period_end {
+                // Either way Stripe ends the subscription later: at the period end, or at cancel_at.
+                if subscription.cancel_at_period_end
+                    || subscription.cancel_at.is_some_and(|t| t > at)
+                {
                     scheduled_changes.push(ScheduledChange {
                         subscription: subscription.id.clone(),
                         change: "cancel".to_owned(),
@@ -800,5 +803,26 @@ plans:
             Entitlements::resolve(&view, &catalog(), now()).plans,
             ["pro", "team"]
         );
+    }
+
+    #[test]
+    fn a_cancellation_at_a_set_date_is_reported_in_advance_too() {
+        let mut view = view_with(&[("sub_1", SubscriptionStatus::Active, "price_pro")]);
+        if let Some(subscription) = view.subscriptions.values_mut().next() {
+            subscription.cancel_at = Some(now() + chrono::Duration::days(3));
+        }
+        let entitlements = Entitlements::resolve(&view, &catalog(), now());
+        assert_eq!(entitlements.scheduled_changes[0].change, "cancel");
+        assert_eq!(
+            entitlements.scheduled_changes[0].at,
+            Some(now() + chrono::Duration::days(3))
+        );
+        // Undone: cancel_at cleared.
+        if let Some(subscription) = view.subscriptions.values_mut().next() {
+            subscription.cancel_at = None;
+        }
+        assert!(Entitlements::resolve(&view, &catalog(), now())
+            .scheduled_changes
+            .is_empty());
     }
 }

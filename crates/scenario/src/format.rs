@@ -5,7 +5,7 @@
 //! start: 2026-01-01T00:00:00Z
 //! catalog: catalogs/standard.yaml          # relative to this file
 //! retry_policy: { retry_after_days: [3, 7, 14, 21], when_exhausted: cancel }   # optional
-//! prices:
+//! prices:   # `features`: Stripe Entitlements API features of the price's product (optional)
 //!   - { id: price_pro_monthly, amount: 2000, interval: month, lookup_key: pro_monthly }
 //! steps:
 //!   - create_customer: { id: cus_alice, card: pm_card_visa, metadata: { user_id: u_1 } }
@@ -59,6 +59,8 @@ pub struct PriceSpec {
     pub currency: String,
     pub interval: Interval,
     pub lookup_key: Option<String>,
+    /// Stripe Entitlements API features (lookup keys) of the price's product.
+    pub features: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -586,7 +588,14 @@ impl Reader {
         self.only_keys(
             map,
             "a price",
-            &["id", "amount", "currency", "interval", "lookup_key"],
+            &[
+                "id",
+                "amount",
+                "currency",
+                "interval",
+                "lookup_key",
+                "features",
+            ],
         )?;
         let interval = match map.get_node("interval") {
             None => Interval::Month,
@@ -609,6 +618,10 @@ impl Reader {
                 .unwrap_or_else(|| "usd".to_owned()),
             interval,
             lookup_key: self.optional_str(map, "lookup_key")?,
+            features: match map.get_node("features") {
+                Some(node) => self.string_list(node, "`features`")?,
+                None => Vec::new(),
+            },
         })
     }
 

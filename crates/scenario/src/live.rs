@@ -79,6 +79,13 @@ pub async fn run_live(scenario: &Scenario, options: &LiveOptions) -> ScenarioRep
         failures: Vec::new(),
     };
     for price in &scenario.prices {
+        if !price.features.is_empty() {
+            setup.failures.push(format!(
+                "price {}: Entitlements API features are not set up against Stripe by this runner (run this scenario on the simulator)",
+                price.id
+            ));
+            continue;
+        }
         let yearly = price.interval == Interval::Year;
         let key = format!("{}:price:{}", scope(scenario), price.id);
         match options

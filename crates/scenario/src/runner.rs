@@ -151,6 +151,11 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
         ) {
             setup.failures.push(e.to_string());
         }
+        if !price.features.is_empty() {
+            if let Err(e) = simulator.set_price_features(&price.id, price.features.clone()) {
+                setup.failures.push(e.to_string());
+            }
+        }
     }
     let mut stopped = !setup.failures.is_empty();
     steps.push(setup);

@@ -108,6 +108,8 @@ pub struct Price {
     pub interval: Interval,
     pub lookup_key: Option<String>,
     pub created: DateTime<Utc>,
+    /// Entitlements API features (lookup keys) attached to the price's product.
+    pub features: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -238,6 +238,34 @@ pub fn dispute(dispute: &Dispute) -> Value {
     object
 }
 
+/// A customer's active entitlements by Stripe's Entitlements API.
+pub fn entitlement_summary(customer: &str, features: &std::collections::BTreeSet<String>) -> Value {
+    let mut summary = resource("entitlements.active_entitlement_summary");
+    let template = summary["entitlements"]["data"][0].clone();
+    let data: Vec<Value> = features
+        .iter()
+        .map(|lookup_key| {
+            let mut entry = template.clone();
+            entry["id"] = json!(format!("ent_{lookup_key}"));
+            entry["lookup_key"] = json!(lookup_key);
+            entry["feature"]["id"] = json!(format!("feat_{lookup_key}"));
+            entry["feature"]["lookup_key"] = json!(lookup_key);
+            entry["feature"]["name"] = json!(lookup_key);
+            entry["feature"]["livemode"] = json!(false);
+            entry["livemode"] = json!(false);
+            entry
+        })
+        .collect();
+    summary["customer"] = json!(customer);
+    summary["entitlements"]["data"] = Value::Array(data);
+    summary["entitlements"]["has_more"] = json!(false);
+    summary["entitlements"]["url"] = json!(format!(
+        "/v1/entitlements/active_entitlements?customer={customer}"
+    ));
+    summary["livemode"] = json!(false);
+    summary
+}
+
 /// The payment of an invoice by a PaymentIntent (`invoice_payment.paid`): how an invoice and
 /// its PaymentIntent are linked since Stripe's `basil` API version.
 pub fn invoice_payment(

@@ -57,6 +57,10 @@ pub struct Simulator {
     advances: u64,
     /// Subscription schedules in force, by subscription.
     schedules: BTreeMap<String, String>,
+    /// The last Entitlements API summary sent per customer (feature lookup keys).
+    summaries: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Stripe's known gap: no summary update when a trial ends paused.
+    suppress_summaries: bool,
     /// Distinguishes the ids of several simulators (test clocks) in one account.
     space: u32,
     name: Option<String>,
@@ -98,6 +102,8 @@ impl Simulator {
             taken: 0,
             advances: 0,
             schedules: BTreeMap::new(),
+            summaries: BTreeMap::new(),
+            suppress_summaries: false,
             space: 0,
             name: None,
         };
@@ -300,6 +306,9 @@ impl Simulator {
         if let Some(previous) = render::previous_attributes(&before, &after) {
             self.emit("customer.subscription.updated", after, Some(previous));
         }
+        if let Some(customer) = self.subscriptions.get(id).map(|s| s.customer.clone()) {
+            self.sync_entitlement_summary(&customer);
+        }
         Ok(())
     }
 
@@ -330,6 +339,7 @@ impl Simulator {
             interval,
             lookup_key: lookup_key.map(str::to_owned),
             created: self.now,
+            features: Vec::new(),
         };
         let rendered = render::price(&price);
         self.prices.insert(id.to_owned(), price);
@@ -570,11 +580,13 @@ impl Simulator {
         if trial_end.is_some() {
             // A trial's first invoice is for nothing and is paid at once.
             self.mark_paid(&invoice)?;
+            self.sync_entitlement_summary(customer);
             return Ok(());
         }
         if self.attempt_payment(&invoice)? == Attempt::Paid {
             self.update_subscription(id, |s| s.status = SubscriptionStatus::Active)?;
         }
+        self.sync_entitlement_summary(customer);
         Ok(())
     }
 
@@ -750,6 +762,13 @@ impl Simulator {
         record.canceled_at.get_or_insert(now);
         let rendered = self.render_subscription(subscription)?;
         self.emit("customer.subscription.deleted", rendered, None);
+        if let Some(customer) = self
+            .subscriptions
+            .get(subscription)
+            .map(|s| s.customer.clone())
+        {
+            self.sync_entitlement_summary(&customer);
+        }
         Ok(())
     }
 
@@ -875,6 +894,61 @@ impl Simulator {
         let rendered = render::dispute(dispute);
         self.emit("charge.dispute.closed", rendered, None);
         Ok(())
+    }
+
+    // ---- Stripe's Entitlements API ---------------------------------------------------------
+
+    /// Attaches Entitlements API features (lookup keys) to a price's product.
+    pub fn set_price_features(
+        &mut self,
+        price: &str,
+        features: Vec<String>,
+    ) -> Result<(), SimError> {
+        let record = self
+            .prices
+            .get_mut(price)
+            .ok_or_else(|| not_found("price", price))?;
+        record.features = features;
+        Ok(())
+    }
+
+    /// Emits `entitlements.active_entitlement_summary.updated` when the customer's active
+    /// features (those of products on subscriptions that are active, trialing or past due)
+    /// changed since the last summary.
+    fn sync_entitlement_summary(&mut self, customer: &str) {
+        if self.suppress_summaries {
+            return;
+        }
+        let active: std::collections::BTreeSet<String> = self
+            .subscriptions
+            .values()
+            .filter(|s| s.customer == customer)
+            .filter(|s| {
+                matches!(
+                    s.status,
+                    SubscriptionStatus::Active
+                        | SubscriptionStatus::Trialing
+                        | SubscriptionStatus::PastDue
+                )
+            })
+            .flat_map(|s| s.items.iter())
+            .filter_map(|item| self.prices.get(&item.price))
+            .flat_map(|price| price.features.iter().cloned())
+            .collect();
+        let unchanged = self
+            .summaries
+            .get(customer)
+            .map_or(active.is_empty(), |last| *last == active);
+        if unchanged {
+            return;
+        }
+        let rendered = render::entitlement_summary(customer, &active);
+        self.summaries.insert(customer.to_owned(), active);
+        self.emit(
+            "entitlements.active_entitlement_summary.updated",
+            rendered,
+            None,
+        );
     }
 
     // ---- one-off orders ----------------------------------------------------------------
@@ -1424,8 +1498,12 @@ impl Simulator {
         }
         let ending_trial = current.status == SubscriptionStatus::Trialing;
         if ending_trial && self.card_of(&current.customer).is_none() {
-            // A trial that ends without a payment method pauses the subscription.
-            self.update_subscription(id, |s| s.status = SubscriptionStatus::Paused)?;
+            // A trial that ends without a payment method pauses the subscription, and Stripe
+            // sends no entitlement summary update for it (a reported gap, reproduced here).
+            self.suppress_summaries = true;
+            let paused = self.update_subscription(id, |s| s.status = SubscriptionStatus::Paused);
+            self.suppress_summaries = false;
+            paused?;
             let rendered = self.render_subscription(id)?;
             self.emit("customer.subscription.paused", rendered, None);
             return Ok(());

@@ -254,3 +254,31 @@ fn the_same_calls_give_the_same_events() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn entitlement_summaries_follow_subscriptions_except_when_a_trial_ends_paused() {
+    let mut sim = Simulator::new(start(), RetryPolicy::default());
+    sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
+        .unwrap();
+    sim.set_price_features("price_pro", vec!["priority_support".to_owned()])
+        .unwrap();
+    sim.create_customer("cus_a", BTreeMap::new()).unwrap();
+    sim.subscribe("cus_a", "sub_a", "price_pro", 1, Some(7))
+        .unwrap();
+    let events = sim.take_new_events();
+    let summary = events
+        .iter()
+        .find(|e| e["type"] == "entitlements.active_entitlement_summary.updated")
+        .expect("a summary when the trial starts");
+    assert_eq!(summary["data"]["object"]["customer"], "cus_a");
+    assert_eq!(
+        summary["data"]["object"]["entitlements"]["data"][0]["lookup_key"],
+        "priority_support"
+    );
+    sim.advance_by(Duration::days(7)).unwrap();
+    assert_eq!(status(&sim), SubscriptionStatus::Paused);
+    // Stripe's reported gap: no summary update for a trial that ends paused.
+    assert!(
+        !types(&sim.take_new_events()).contains(&"entitlements.active_entitlement_summary.updated")
+    );
+}
