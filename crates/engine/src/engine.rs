@@ -265,13 +265,15 @@ impl Engine {
     }
 
     /// An operator places a hold: the customer (or one subscription) loses access until it is
-    /// lifted. Placing the same `hold_id` again changes nothing.
+    /// lifted. Placing the same `hold_id` again changes nothing. `at` is when the hold starts
+    /// (now when `None`; a replayed back-office action or a simulated story passes its own).
     pub async fn place_hold(
         &self,
         customer_id: &str,
         hold_id: &str,
         subscription: Option<SubscriptionId>,
         reason: &str,
+        at: Option<DateTime<Utc>>,
         correlation_id: &str,
     ) -> Result<(), EngineError> {
         if self.entitlements(customer_id).is_none() {
@@ -281,7 +283,7 @@ impl Engine {
             hold_id: hold_id.to_owned(),
             subscription,
             reason: reason.to_owned(),
-            placed_at: self.config.clock.now(),
+            placed_at: at.unwrap_or_else(|| self.config.clock.now()),
         };
         self.operator_command(customer_id, command, correlation_id)
             .await
@@ -291,11 +293,12 @@ impl Engine {
         &self,
         customer_id: &str,
         hold_id: &str,
+        at: Option<DateTime<Utc>>,
         correlation_id: &str,
     ) -> Result<(), EngineError> {
         let command = CustomerCommand::LiftHold {
             hold_id: hold_id.to_owned(),
-            lifted_at: self.config.clock.now(),
+            lifted_at: at.unwrap_or_else(|| self.config.clock.now()),
         };
         self.operator_command(customer_id, command, correlation_id)
             .await

@@ -109,8 +109,23 @@ pub enum Action {
         subscription: String,
         at_period_end: bool,
     },
+    CancelAt {
+        subscription: String,
+        at: DateTime<Utc>,
+    },
     UndoCancel {
         subscription: String,
+    },
+    /// An operator's hold, through Subledger's own API (not Stripe).
+    PlaceHold {
+        customer: String,
+        id: String,
+        subscription: Option<String>,
+        reason: String,
+    },
+    LiftHold {
+        customer: String,
+        id: String,
     },
     Pause {
         subscription: String,
@@ -211,7 +226,12 @@ impl Action {
                     format!("cancel {subscription} now")
                 }
             }
+            Self::CancelAt { subscription, at } => {
+                format!("cancel {subscription} at {}", at.to_rfc3339())
+            }
             Self::UndoCancel { subscription } => format!("undo_cancel {subscription}"),
+            Self::PlaceHold { customer, id, .. } => format!("place hold {id} on {customer}"),
+            Self::LiftHold { customer, id } => format!("lift hold {id} on {customer}"),
             Self::Pause {
                 subscription,
                 behavior,
@@ -710,6 +730,29 @@ impl Reader {
                 }
             }
             "undo_cancel" => Action::UndoCancel { subscription: sub(&["subscription"])?.1 },
+            "cancel_at" => {
+                let (map, subscription) = sub(&["subscription", "at"])?;
+                Action::CancelAt {
+                    subscription,
+                    at: self.time(self.required(map, "at")?)?,
+                }
+            }
+            "place_hold" => {
+                let map = self.args(value, name, &["customer", "id", "subscription", "reason"])?;
+                Action::PlaceHold {
+                    customer: self.required_str(map, "customer")?.to_owned(),
+                    id: self.required_str(map, "id")?.to_owned(),
+                    subscription: self.optional_str(map, "subscription")?,
+                    reason: self.required_str(map, "reason")?.to_owned(),
+                }
+            }
+            "lift_hold" => {
+                let map = self.args(value, name, &["customer", "id"])?;
+                Action::LiftHold {
+                    customer: self.required_str(map, "customer")?.to_owned(),
+                    id: self.required_str(map, "id")?.to_owned(),
+                }
+            }
             "pause" => {
                 let (map, subscription) = sub(&["subscription", "behavior"])?;
                 Action::Pause {
@@ -760,7 +803,7 @@ impl Reader {
                     format!(
                         "unknown step `{other}` (expected create_customer, change_card, subscribe, advance, advance_to, \
                          upgrade, downgrade, cancel, undo_cancel, pause, resume, complete_3ds, abandon_3ds, \
-                         open_dispute, close_dispute, order, pay_order, complete_order_3ds, \
+                         open_dispute, close_dispute, order, pay_order, complete_order_3ds, cancel_at, place_hold, lift_hold, \
                          cancel_order, refund_order or expect)"
                     ),
                 ))

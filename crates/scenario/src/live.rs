@@ -266,8 +266,32 @@ impl LiveRun<'_> {
                     self.subscription_intervals.remove(subscription);
                 }
             }
+            Action::CancelAt { subscription, at } => {
+                api.set_cancel_at(&self.key(format!("cancel_at:{subscription}:{line}")), &self.id(subscription)?, at.timestamp())
+                    .await
+                    .map_err(stripe_failed)?;
+            }
+            Action::PlaceHold {
+                customer,
+                id,
+                subscription,
+                reason,
+            } => {
+                // Subledger's clock is the wall clock; the story's is the test clock: say when.
+                let body = serde_json::json!({
+                    "hold_id": id,
+                    "reason": reason,
+                    "at": self.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "subscription": subscription.as_deref().map(|s| self.id(s)).transpose()?,
+                });
+                self.engine_call("POST", &format!("/v1/customers/{}/holds", self.id(customer)?), Some(body)).await?;
+            }
+            Action::LiftHold { customer, id } => {
+                let at = self.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                self.engine_call("DELETE", &format!("/v1/customers/{}/holds/{id}?at={at}", self.id(customer)?), None).await?;
+            }
             Action::UndoCancel { subscription } => {
-                api.set_cancel_at_period_end(&self.key(format!("undo_cancel:{subscription}:{line}")), &self.id(subscription)?, false)
+                api.undo_cancellation(&self.key(format!("undo_cancel:{subscription}:{line}")), &self.id(subscription)?)
                     .await
                     .map_err(stripe_failed)?;
             }
@@ -431,6 +455,35 @@ impl LiveRun<'_> {
             }
         }
         Ok(failures)
+    }
+
+    /// A call to the running Subledger's own API (operators' actions).
+    async fn engine_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(), String> {
+        let authorization = self
+            .options
+            .engine_token
+            .as_ref()
+            .map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|a| ("Authorization", a.as_str()))
+            .collect();
+        headers.push(("Content-Type", "application/json"));
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (status, answer) =
+            http_request(self.options.engine, method, path, &headers, body.as_bytes())
+                .await
+                .map_err(|e| format!("cannot reach Subledger: {e}"))?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("Subledger answered {status}: {answer}"))
+        }
     }
 
     /// The customer's entitlements as of the test clock's time: "now" in the story.

@@ -177,6 +177,28 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
                 }
                 Ok(())
             }
+            Action::PlaceHold {
+                customer,
+                id,
+                subscription,
+                reason,
+            } => engine
+                .place_hold(
+                    customer,
+                    id,
+                    subscription
+                        .as_deref()
+                        .map(subledger_domain::ids::SubscriptionId::new),
+                    reason,
+                    Some(simulator.now()),
+                    "scenario",
+                )
+                .await
+                .map_err(|e| format!("Subledger refused the hold: {e}")),
+            Action::LiftHold { customer, id } => engine
+                .lift_hold(customer, id, Some(simulator.now()), "scenario")
+                .await
+                .map_err(|e| format!("Subledger refused to lift the hold: {e}")),
             action => apply(action, &mut simulator).map_err(|e| e.to_string()),
         };
         if let Err(error) = outcome {
@@ -305,7 +327,9 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
                 sim.cancel_now(subscription)
             }
         }
+        Action::CancelAt { subscription, at } => sim.cancel_at(subscription, *at),
         Action::UndoCancel { subscription } => sim.undo_cancel(subscription),
+        Action::PlaceHold { .. } | Action::LiftHold { .. } => Ok(()),
         Action::Pause {
             subscription,
             behavior,

@@ -81,6 +81,7 @@ async fn scenario_files_run_through_async_stripe_against_the_simulated_api() {
         "two-subscriptions.yaml",
         "year-of-renewals.yaml",
         "upgrade-now-downgrade-at-period-end.yaml",
+        "cancel-at-date-and-holds.yaml",
     ];
     let mut failures = Vec::new();
     for file in files {

@@ -2,7 +2,7 @@
 //! from one subscription) until `DELETE /v1/customers/{id}/holds/{hold_id}` lifts it.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,6 +25,29 @@ pub(crate) struct NewHold {
     subscription: Option<String>,
     /// Makes retries safe: the same id places one hold.
     hold_id: Option<String>,
+    /// RFC 3339: when the hold started, to record one decided earlier (default: now).
+    at: Option<String>,
+}
+
+/// `?at=<RFC 3339>` on a lift: when it was lifted (default: now).
+#[derive(Debug, Deserialize)]
+pub(crate) struct LiftedAt {
+    at: Option<String>,
+}
+
+fn moment(at: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    at.map(|at| {
+        chrono::DateTime::parse_from_rfc3339(at)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_time",
+                    format!("`at` must be an RFC 3339 time like 2026-01-31T12:00:00Z, not `{at}`"),
+                )
+            })
+    })
+    .transpose()
 }
 
 fn refused(error: EngineError, customer_id: &str) -> ApiError {
@@ -83,6 +106,7 @@ pub(crate) async fn place(
         .filter(|id| !id.is_empty() && id.len() <= 100)
         .unwrap_or_else(|| format!("hold_{}", uuid::Uuid::new_v4().simple()));
     let subscription = hold.subscription.map(SubscriptionId::new);
+    let at = moment(hold.at.as_deref())?;
     state
         .engine
         .place_hold(
@@ -90,6 +114,7 @@ pub(crate) async fn place(
             &hold_id,
             subscription.clone(),
             reason,
+            at,
             &correlation_id(&headers),
         )
         .await
@@ -104,18 +129,21 @@ pub(crate) async fn place(
 }
 
 #[utoipa::path(delete, path = "/v1/customers/{customer_id}/holds/{hold_id}", tag = "operations",
-    params(("customer_id" = String, Path), ("hold_id" = String, Path)),
+    params(("customer_id" = String, Path), ("hold_id" = String, Path),
+        ("at" = Option<String>, Query, description = "RFC 3339: when it was lifted (default now)")),
     responses((status = 200, description = "Lifted"),
         (status = 404, description = "No such hold in force", body = crate::error::ApiErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn lift(
     State(state): State<AppState>,
     Path((customer_id, hold_id)): Path<(String, String)>,
+    Query(lifted): Query<LiftedAt>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let at = moment(lifted.at.as_deref())?;
     state
         .engine
-        .lift_hold(&customer_id, &hold_id, &correlation_id(&headers))
+        .lift_hold(&customer_id, &hold_id, at, &correlation_id(&headers))
         .await
         .map_err(|e| refused(e, &customer_id))?;
     Ok(Json(json!({ "hold_id": hold_id, "lifted": true })).into_response())

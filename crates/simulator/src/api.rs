@@ -544,6 +544,17 @@ async fn update_subscription(
                 ))
             }
         }
+        let cancel_at = param(&params, "cancel_at");
+        if cancel_at == Some("") {
+            let current = sim.subscription(&id)?;
+            if current.cancel_at.is_some() || current.cancel_at_period_end {
+                sim.undo_cancel(&id)?;
+            }
+        } else if let Some(at) = number::<i64>(&params, "cancel_at")? {
+            let at = DateTime::from_timestamp(at, 0)
+                .ok_or_else(|| ApiError::invalid("Invalid timestamp", Some("cancel_at")))?;
+            sim.cancel_at(&id, at)?;
+        }
         if let Some(price) = param(&params, "items[0][price]") {
             let proration = param(&params, "proration_behavior").unwrap_or("create_prorations");
             sim.change_price_now(&id, price, proration)?;

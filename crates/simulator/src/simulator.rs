@@ -69,6 +69,7 @@ pub struct Simulator {
 /// Something the clock makes happen.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
+    CancelAt(String),
     ExpireIncomplete(String),
     TrialWillEnd(String),
     PeriodEnd(String),
@@ -726,10 +727,25 @@ impl Simulator {
         })
     }
 
+    /// Cancels at a set moment (`cancel_at`), which must be in the future.
+    pub fn cancel_at(&mut self, subscription: &str, at: DateTime<Utc>) -> Result<(), SimError> {
+        let current = self.subscription(subscription)?.clone();
+        self.ensure_live(&current)?;
+        if at <= self.now {
+            return Err(SimError::Invalid(format!(
+                "cancel_at {at} is not in the future"
+            )));
+        }
+        self.update_subscription(subscription, |s| {
+            s.cancel_at_period_end = false;
+            s.cancel_at = Some(at);
+        })
+    }
+
     pub fn undo_cancel(&mut self, subscription: &str) -> Result<(), SimError> {
         let current = self.subscription(subscription)?.clone();
         self.ensure_live(&current)?;
-        if !current.cancel_at_period_end {
+        if !current.cancel_at_period_end && current.cancel_at.is_none() {
             return Err(SimError::Invalid(format!(
                 "subscription `{subscription}` is not set to cancel"
             )));
@@ -1425,6 +1441,13 @@ impl Simulator {
                 }
                 _ => {}
             }
+            // A cancellation at a set date, before the period would end.
+            if let Some(cancel_at) = s
+                .cancel_at
+                .filter(|_| !s.cancel_at_period_end && !s.status.is_ended())
+            {
+                due.push((cancel_at, Due::CancelAt(s.id.clone())));
+            }
         }
         for invoice in self.invoices.values() {
             if invoice.status != InvoiceStatus::Open {
@@ -1449,6 +1472,7 @@ impl Simulator {
 
     fn run(&mut self, due: Due) -> Result<(), SimError> {
         match due {
+            Due::CancelAt(id) => self.end_subscription(&id, SubscriptionStatus::Canceled),
             Due::ExpireIncomplete(id) => {
                 let latest = self.subscription(&id)?.latest_invoice.clone();
                 if let Some(invoice) = latest {

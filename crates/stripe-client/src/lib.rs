@@ -17,8 +17,9 @@ use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError
 use stripe_billing::invoice::ListInvoice;
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, RetrieveSubscription,
-    UpdateSubscription, UpdateSubscriptionItems, UpdateSubscriptionPauseCollection,
-    UpdateSubscriptionPauseCollectionBehavior, UpdateSubscriptionProrationBehavior,
+    UpdateSubscription, UpdateSubscriptionCancelAt, UpdateSubscriptionItems,
+    UpdateSubscriptionPauseCollection, UpdateSubscriptionPauseCollectionBehavior,
+    UpdateSubscriptionProrationBehavior,
 };
 use stripe_billing::subscription_schedule::{
     CreateSubscriptionSchedule, UpdateSubscriptionSchedule, UpdateSubscriptionSchedulePhases,
@@ -443,6 +444,20 @@ impl StripeApi {
             .map(|_| ())
     }
 
+    /// Cancels the subscription at a set moment (`cancel_at`, unix seconds).
+    pub async fn set_cancel_at(
+        &self,
+        key: &str,
+        subscription: &str,
+        at: i64,
+    ) -> Result<(), ApiError> {
+        let request = UpdateSubscription::new(subscription)
+            .cancel_at(UpdateSubscriptionCancelAt::Timestamp(at));
+        self.send_idempotent("set cancel_at", key, &request)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn cancel_subscription(&self, key: &str, subscription: &str) -> Result<(), ApiError> {
         let request = CancelSubscription::new(subscription);
         self.send_idempotent("cancel subscription", key, &request)
@@ -472,6 +487,26 @@ impl StripeApi {
         self.send_idempotent("pause collection", key, &request)
             .await
             .map(|_| ())
+    }
+
+    /// Undoes a scheduled cancellation, whether at period end or at a set date. Stripe clears
+    /// `cancel_at` with an empty value, which async-stripe's builder cannot send: built by hand.
+    pub async fn undo_cancellation(&self, key: &str, subscription: &str) -> Result<(), ApiError> {
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        let path = format!("/subscriptions/{subscription}");
+        let form = std::collections::BTreeMap::from([
+            ("cancel_at", ""),
+            ("cancel_at_period_end", "false"),
+        ]);
+        self.with_retries("undo cancellation", || {
+            RequestBuilder::new(StripeMethod::Post, path.clone())
+                .form(&form)
+                .customize::<stripe_shared::Subscription>()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Resumes collection. Stripe unsets `pause_collection` with an empty value, which
