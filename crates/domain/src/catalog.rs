@@ -145,6 +145,27 @@ impl Catalog {
     }
 }
 
+/// The line and a plain description of a YAML file that does not parse, for this crate's
+/// and other YAML readers' error messages.
+pub fn describe_load_error(error: &LoadError) -> (Option<usize>, String) {
+    #[allow(deprecated)]
+    let (marker, message) = match error {
+        LoadError::TopLevelMustBeMapping(m) => {
+            (Some(*m), "the top level must be a mapping".to_owned())
+        }
+        LoadError::TopLevelMustBeSequence(m) => (Some(*m), "unexpected sequence".to_owned()),
+        LoadError::UnexpectedAnchor(m) => (Some(*m), "anchors are not supported".to_owned()),
+        LoadError::MappingKeyMustBeScalar(m) => (Some(*m), "keys must be plain names".to_owned()),
+        LoadError::UnexpectedTag(m) => (Some(*m), "tags are not supported".to_owned()),
+        LoadError::ScanError(m, e) => (Some(*m), format!("invalid YAML: {}", e.info())),
+        LoadError::DuplicateKey(inner) => (
+            inner.key.span().start().copied(),
+            format!("duplicate key `{}`", inner.key.as_str()),
+        ),
+    };
+    (marker.map(|m| m.line()), message)
+}
+
 static EMPTY_PLAN: Plan = Plan {
     name: String::new(),
     prices: Vec::new(),
@@ -165,26 +186,10 @@ impl Parser<'_> {
     }
 
     fn load_error(&self, error: &LoadError) -> CatalogError {
-        #[allow(deprecated)]
-        let (marker, message) = match error {
-            LoadError::TopLevelMustBeMapping(m) => {
-                (Some(*m), "the catalog must be a mapping".to_owned())
-            }
-            LoadError::TopLevelMustBeSequence(m) => (Some(*m), "unexpected sequence".to_owned()),
-            LoadError::UnexpectedAnchor(m) => (Some(*m), "anchors are not supported".to_owned()),
-            LoadError::MappingKeyMustBeScalar(m) => {
-                (Some(*m), "keys must be plain names".to_owned())
-            }
-            LoadError::UnexpectedTag(m) => (Some(*m), "tags are not supported".to_owned()),
-            LoadError::ScanError(m, e) => (Some(*m), format!("invalid YAML: {}", e.info())),
-            LoadError::DuplicateKey(inner) => (
-                inner.key.span().start().copied(),
-                format!("duplicate key `{}`", inner.key.as_str()),
-            ),
-        };
+        let (line, message) = describe_load_error(error);
         CatalogError {
             source: self.source.to_owned(),
-            line: marker.map(|m| m.line()),
+            line,
             message,
         }
     }

@@ -237,15 +237,7 @@ impl Engine {
         stored
             .into_iter()
             .map(|stored| {
-                let event: CustomerEvent =
-                    serde_json::from_value(stored.payload.clone()).map_err(|source| {
-                        ProjectionError::UnreadableEvent {
-                            aggregate_id: stored.aggregate_id.clone(),
-                            sequence: stored.sequence,
-                            event_type: stored.event_type.clone(),
-                            source,
-                        }
-                    })?;
+                let event: CustomerEvent = crate::projector::decode(&stored)?;
                 let recorded_at = stored
                     .metadata
                     .get("received_at")
@@ -341,15 +333,7 @@ impl Engine {
         let mut events: Vec<(DateTime<Utc>, i64, PaymentEvent)> = Vec::new();
         for payment_intent in self.db.payments_of_order(order_id).await? {
             for stored in self.db.events_of(Payment::TYPE, &payment_intent).await? {
-                let event: PaymentEvent =
-                    serde_json::from_value(stored.payload.clone()).map_err(|source| {
-                        ProjectionError::UnreadableEvent {
-                            aggregate_id: stored.aggregate_id.clone(),
-                            sequence: stored.sequence,
-                            event_type: stored.event_type.clone(),
-                            source,
-                        }
-                    })?;
+                let event: PaymentEvent = crate::projector::decode(&stored)?;
                 events.push((event.occurred_at(), stored.sequence, event));
             }
         }

@@ -177,6 +177,20 @@ pub enum ProjectionError {
     Serialize(#[from] serde_json::Error),
 }
 
+/// A stored domain event's payload, or which event could not be read.
+pub(crate) fn decode<E: serde::de::DeserializeOwned>(
+    stored: &StoredEvent,
+) -> Result<E, ProjectionError> {
+    serde_json::from_value(stored.payload.clone()).map_err(|source| {
+        ProjectionError::UnreadableEvent {
+            aggregate_id: stored.aggregate_id.clone(),
+            sequence: stored.sequence,
+            event_type: stored.event_type.clone(),
+            source,
+        }
+    })
+}
+
 #[derive(Debug)]
 pub(crate) struct BillingProjector {
     views: BTreeMap<CustomerId, BillingView>,
@@ -274,15 +288,7 @@ impl BillingProjector {
         if stored.aggregate_type != Customer::TYPE {
             return Ok(None);
         }
-        let event: CustomerEvent =
-            serde_json::from_value(stored.payload.clone()).map_err(|source| {
-                ProjectionError::UnreadableEvent {
-                    aggregate_id: stored.aggregate_id.clone(),
-                    sequence: stored.sequence,
-                    event_type: stored.event_type.clone(),
-                    source,
-                }
-            })?;
+        let event: CustomerEvent = decode(stored)?;
         let customer_id = CustomerId::new(stored.aggregate_id.as_str());
         self.views
             .entry(customer_id.clone())

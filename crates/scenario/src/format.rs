@@ -414,27 +414,11 @@ impl Reader {
         }
     }
 
-    #[allow(deprecated)]
     fn load_error(&self, error: &LoadError) -> ScenarioError {
-        let (marker, message) = match error {
-            LoadError::TopLevelMustBeMapping(m) => {
-                (Some(*m), "a scenario must be a mapping".to_owned())
-            }
-            LoadError::TopLevelMustBeSequence(m) => (Some(*m), "unexpected sequence".to_owned()),
-            LoadError::UnexpectedAnchor(m) => (Some(*m), "anchors are not supported".to_owned()),
-            LoadError::MappingKeyMustBeScalar(m) => {
-                (Some(*m), "keys must be plain names".to_owned())
-            }
-            LoadError::UnexpectedTag(m) => (Some(*m), "tags are not supported".to_owned()),
-            LoadError::ScanError(m, e) => (Some(*m), format!("invalid YAML: {}", e.info())),
-            LoadError::DuplicateKey(inner) => (
-                inner.key.span().start().copied(),
-                format!("duplicate key `{}`", inner.key.as_str()),
-            ),
-        };
+        let (line, message) = subledger_domain::catalog::describe_load_error(error);
         ScenarioError {
             file: self.file.clone(),
-            line: marker.map(|m| m.line()),
+            line,
             message,
         }
     }
