@@ -20,6 +20,7 @@
 //!       features: { sso: true, seats: 10, audit_log: false }
 //!       dunning: { state: past_due, attempt: 1 }   # or just `dunning: past_due`
 //!       scheduled: { sub_alice: cancel }           # cancel | plan_change | none
+//!       user: u_1                                  # this user id finds the customer
 //!       stripe: { sub_alice: past_due }          # as the simulated Stripe has them
 //!       invoices: { sub_alice: [paid, open] }    # oldest first
 //! ```
@@ -282,6 +283,8 @@ pub struct Expectation {
     pub orders: BTreeMap<String, OrderExpectation>,
     /// The change scheduled for each subscription: `cancel`, `plan_change` or `none`.
     pub scheduled: BTreeMap<String, String>,
+    /// The product user id (customer metadata) that should find `customer`.
+    pub user: Option<String>,
     pub dunning: Option<DunningExpectation>,
     pub subscriptions: BTreeMap<String, String>,
     pub plans: Option<Vec<String>>,
@@ -847,12 +850,14 @@ impl Reader {
                 "dunning",
                 "orders",
                 "scheduled",
+                "user",
                 "stripe",
                 "invoices",
             ],
         )?;
         let mut expectation = Expectation {
             customer: self.optional_str(map, "customer")?,
+            user: self.optional_str(map, "user")?,
             ..Expectation::default()
         };
         if let Some(node) = map.get_node("subscriptions") {
@@ -935,7 +940,8 @@ impl Reader {
             || expectation.plans.is_some()
             || !expectation.features.is_empty()
             || expectation.dunning.is_some()
-            || !expectation.scheduled.is_empty();
+            || !expectation.scheduled.is_empty()
+            || expectation.user.is_some();
         if about_engine && expectation.customer.is_none() {
             return Err(self.error(
                 node.span(),

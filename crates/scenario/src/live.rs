@@ -427,6 +427,27 @@ impl LiveRun<'_> {
                 Some(answer) => check_entitlements(&translated, &answer, &mut failures),
             }
         }
+        if let (Some(user), Some(customer)) = (&expectation.user, &expectation.customer) {
+            let path = format!("/v1/users/{user}/entitlements");
+            let authorization = self
+                .options
+                .engine_token
+                .as_ref()
+                .map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = authorization
+                .iter()
+                .map(|a| ("Authorization", a.as_str()))
+                .collect();
+            let (_, body) = http_request(self.options.engine, "GET", &path, &headers, b"")
+                .await
+                .map_err(|e| format!("cannot reach Subledger: {e}"))?;
+            let found: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if found["customer"] != self.id(customer)?.as_str() {
+                failures.push(format!(
+                    "user {user}: expected customer {customer}, Subledger answers {found}"
+                ));
+            }
+        }
         for (subscription, expected) in &expectation.stripe {
             let actual = self
                 .options

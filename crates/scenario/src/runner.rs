@@ -372,6 +372,14 @@ async fn check(expectation: &Expectation, engine: &Engine, sim: &Simulator) -> V
             },
         }
     }
+    if let (Some(user), Some(customer)) = (&expectation.user, &expectation.customer) {
+        let found = engine.customer_of_user(user);
+        if found.as_deref() != Some(customer.as_str()) {
+            failures.push(format!(
+                "user {user}: expected customer {customer}, Subledger finds {found:?}"
+            ));
+        }
+    }
     for (order, expected) in &expectation.orders {
         match engine.order(order).await {
             Err(e) => failures.push(format!("Subledger failed to answer for order {order}: {e}")),
