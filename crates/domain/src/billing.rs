@@ -78,12 +78,44 @@ impl SubscriptionStatus {
 
 /// Where a snapshot sits in the object's history, as far as the Stripe event tells. Stripe's
 /// `created` has one-second resolution, so this is what orders facts from the same second.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
     /// The snapshot is the object's creation (a `*.created` event): its first state.
     pub creation: bool,
     /// `previous_attributes.status`: the status this change moved the object from.
     pub previous_status: Option<SubscriptionStatus>,
+    /// The other fields `previous_attributes` lists, with the values the change moved away from.
+    #[serde(default)]
+    pub previous: PreviousFields,
+}
+
+/// Fields of a subscription's earlier state, as `previous_attributes` reports them. `None`: the
+/// change did not touch that field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousFields {
+    pub cancel_at_period_end: Option<bool>,
+    pub cancel_at: Option<Option<DateTime<Utc>>>,
+    pub price_ids: Option<Vec<PriceId>>,
+}
+
+impl Provenance {
+    /// Whether this change moved the subscription away from `state`: `None` when the event
+    /// says nothing about what it changed.
+    pub fn moved_away_from(&self, state: &SubscriptionSnapshot) -> Option<bool> {
+        let checks = [
+            self.previous_status.map(|s| s == state.status),
+            self.previous
+                .cancel_at_period_end
+                .map(|c| c == state.cancel_at_period_end),
+            self.previous.cancel_at.map(|c| c == state.cancel_at),
+            self.previous
+                .price_ids
+                .as_ref()
+                .map(|ids| ids.iter().eq(state.items.iter().map(|item| &item.price_id))),
+        ];
+        let listed: Vec<bool> = checks.into_iter().flatten().collect();
+        (!listed.is_empty()).then(|| listed.into_iter().all(|matches| matches))
+    }
 }
 
 /// One line of a subscription: which price, and how many.

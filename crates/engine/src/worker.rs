@@ -64,54 +64,68 @@ impl Engine {
             .claim_inbox_events(now, lease, self.config.worker_batch_size)
             .await?;
         let mut report = WorkReport::default();
+        let mut failed = Vec::new();
         for row in claimed {
             match self.handle(&row).await {
-                Ok(Outcome::Applied(outcome)) => {
-                    self.db
-                        .finish_inbox_event(
-                            &row.event_id,
-                            InboxStatus::Processed,
-                            &outcome,
-                            self.now_ms(),
-                        )
-                        .await?;
-                    report.applied += 1;
-                }
-                Ok(Outcome::Ignored(reason)) => {
-                    self.db
-                        .finish_inbox_event(
-                            &row.event_id,
-                            InboxStatus::Ignored,
-                            &reason,
-                            self.now_ms(),
-                        )
-                        .await?;
-                    report.ignored += 1;
-                }
-                Err(error) => {
-                    let wait = backoff(row.attempts);
-                    tracing::warn!(
-                        stripe_event_id = %row.event_id,
-                        correlation_id = %row.correlation_id,
-                        attempts = row.attempts,
-                        retry_in_secs = wait.as_secs(),
-                        %error,
-                        "stripe event failed; will retry"
-                    );
-                    let retry_at = self
-                        .now_ms()
-                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
-                    self.db
-                        .retry_inbox_event_later(&row.event_id, &error, retry_at)
-                        .await?;
-                    report.failed += 1;
+                Ok(outcome) => self.finish(&row, outcome, &mut report).await?,
+                Err(error) => failed.push((row, error)),
+            }
+        }
+        // A row may have failed for want of a fact that a later row of this same batch brought
+        // (a dispute before its invoice): give those one more try before backing off.
+        if !failed.is_empty() && report.applied > 0 {
+            let mut still_failing = Vec::new();
+            for (row, _) in failed {
+                match self.handle(&row).await {
+                    Ok(outcome) => self.finish(&row, outcome, &mut report).await?,
+                    Err(error) => still_failing.push((row, error)),
                 }
             }
+            failed = still_failing;
+        }
+        for (row, error) in failed {
+            let wait = backoff(row.attempts);
+            tracing::warn!(
+                stripe_event_id = %row.event_id,
+                correlation_id = %row.correlation_id,
+                attempts = row.attempts,
+                retry_in_secs = wait.as_secs(),
+                %error,
+                "stripe event failed; will retry"
+            );
+            let retry_at = self
+                .now_ms()
+                .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+            self.db
+                .retry_inbox_event_later(&row.event_id, &error, retry_at)
+                .await?;
+            report.failed += 1;
         }
         if report.applied > 0 {
             self.events_appended.notify_one();
         }
         Ok(report)
+    }
+
+    async fn finish(
+        &self,
+        row: &ClaimedEvent,
+        outcome: Outcome,
+        report: &mut WorkReport,
+    ) -> Result<(), StoreError> {
+        let (status, text) = match outcome {
+            Outcome::Applied(text) => {
+                report.applied += 1;
+                (InboxStatus::Processed, text)
+            }
+            Outcome::Ignored(reason) => {
+                report.ignored += 1;
+                (InboxStatus::Ignored, reason)
+            }
+        };
+        self.db
+            .finish_inbox_event(&row.event_id, status, &text, self.now_ms())
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(stripe_event_id = %row.event_id, correlation_id = %row.correlation_id, event_type = %row.event_type))]

@@ -262,18 +262,26 @@ async fn settle(
 ) -> Result<(), String> {
     deliverer.enqueue(simulator.take_new_events());
     deliverer.deliver(true).await.map_err(|e| e.to_string())?;
-    engine
-        .drain()
-        .await
-        .map_err(|e| format!("the engine failed: {e}"))?;
-    let stats = engine.inbox_stats().await.map_err(|e| e.to_string())?;
-    if stats.pending > 0 {
-        return Err(format!(
-            "{} inbox event(s) failed to apply (see the worker's log)",
-            stats.pending
-        ));
+    // A row parked for a fact that had not arrived (a dispute before its invoice) is retried
+    // after a short backoff: wait for those, within reason, as Stripe's retries would.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        engine
+            .drain()
+            .await
+            .map_err(|e| format!("the engine failed: {e}"))?;
+        let stats = engine.inbox_stats().await.map_err(|e| e.to_string())?;
+        if stats.pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} inbox event(s) failed to apply (see the worker's log)",
+                stats.pending
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
 }
 
 fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator::SimError> {

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use subledger_domain::billing::{
-    DisputeFacts, InvoiceFacts, NextPhase, Provenance, ScheduleFacts, SubscriptionItem,
-    SubscriptionSnapshot, SubscriptionStatus,
+    DisputeFacts, InvoiceFacts, NextPhase, PreviousFields, Provenance, ScheduleFacts,
+    SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus,
 };
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::ids::{CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId};
@@ -88,21 +88,17 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
         | "customer.subscription.pending_update_applied"
         | "customer.subscription.pending_update_expired" => {
             let subscription = subscription_snapshot(&object)?;
-            let previous_status = event
-                .get("data")
-                .and_then(|data| data.get("previous_attributes"))
-                .and_then(|previous| previous.get("status"))
-                .and_then(Value::as_str)
-                .and_then(SubscriptionStatus::parse);
+            let provenance = provenance(
+                event,
+                event_type == "customer.subscription.created",
+                &subscription,
+            );
             Translation::Customer {
                 customer_id: subscription.customer_id.clone(),
                 command: CustomerCommand::RecordSubscription {
                     subscription,
                     occurred_at: created,
-                    provenance: Provenance {
-                        creation: event_type == "customer.subscription.created",
-                        previous_status,
-                    },
+                    provenance,
                 },
             }
         }
@@ -273,6 +269,56 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
         },
     };
     Ok(translation)
+}
+
+/// Where a subscription snapshot sits in its history: a creation, or a change away from the
+/// values `data.previous_attributes` lists.
+fn provenance(event: &Value, creation: bool, now: &SubscriptionSnapshot) -> Provenance {
+    let previous = event
+        .get("data")
+        .and_then(|data| data.get("previous_attributes"))
+        .and_then(Value::as_object);
+    let Some(previous) = previous else {
+        return Provenance {
+            creation,
+            ..Provenance::default()
+        };
+    };
+    let time = |value: &Value| {
+        value
+            .as_i64()
+            .and_then(|secs| DateTime::from_timestamp(secs, 0))
+    };
+    let price_ids = previous
+        .get("items")
+        .and_then(|items| items.get("data"))
+        .and_then(Value::as_array)
+        .map(|data| {
+            data.iter()
+                .filter_map(|item| {
+                    let price = item.get("price").or_else(|| item.get("plan"))?;
+                    price.get("id").and_then(Value::as_str).map(PriceId::new)
+                })
+                .collect()
+        });
+    // Stripe lists all of `items` when anything in it changed (a new period, say); the price ids
+    // are evidence only when they are what changed.
+    let current_ids: Vec<PriceId> = now.items.iter().map(|item| item.price_id.clone()).collect();
+    let price_ids = price_ids.filter(|ids: &Vec<PriceId>| *ids != current_ids);
+    Provenance {
+        creation,
+        previous_status: previous
+            .get("status")
+            .and_then(Value::as_str)
+            .and_then(SubscriptionStatus::parse),
+        previous: PreviousFields {
+            cancel_at_period_end: previous
+                .get("cancel_at_period_end")
+                .and_then(Value::as_bool),
+            cancel_at: previous.get("cancel_at").map(time),
+            price_ids,
+        },
+    }
 }
 
 fn invalid(field: impl Into<String>, expected: &'static str) -> TranslationError {

@@ -248,7 +248,7 @@ impl Customer {
         let known = self.subscriptions.get(&subscription.id);
         if let Some(known) = known {
             let newer = if occurred_at == known.as_of {
-                follows_in_the_same_second(known, &subscription, provenance)
+                follows_in_the_same_second(known, &subscription, &provenance)
             } else {
                 occurred_at > known.as_of
             };
@@ -299,25 +299,29 @@ impl Customer {
 /// Decides whether `incoming` comes after `known` when Stripe stamped both with the same
 /// second, from what the events say about the object's history:
 /// - a creation is the first state, so it never follows anything;
-/// - a change *from* the known status follows it; the known snapshot's change *from* the
-///   incoming status means the incoming one is older;
+/// - a change whose `previous_attributes` describe the known snapshot follows it; when the
+///   known change's `previous_attributes` describe the incoming snapshot, the incoming one is
+///   what it moved away from, so it is older;
 /// - otherwise Stripe's legal status transitions decide, and when even they cannot (same
 ///   status, or either order possible), the later arrival is taken.
 fn follows_in_the_same_second(
     known: &Tracked<SubscriptionSnapshot>,
     incoming: &SubscriptionSnapshot,
-    provenance: Provenance,
+    provenance: &Provenance,
 ) -> bool {
     if provenance.creation {
         return false;
     }
-    let (from, to) = (known.value.status, incoming.status);
-    if provenance.previous_status == Some(from) && from != to {
+    if provenance.moved_away_from(&known.value) == Some(true) {
         return true;
     }
-    if known.provenance.previous_status == Some(to) && from != to {
+    if known.provenance.creation {
+        return true;
+    }
+    if known.provenance.moved_away_from(incoming) == Some(true) {
         return false;
     }
+    let (from, to) = (known.value.status, incoming.status);
     match (from.can_become(to), to.can_become(from)) {
         (true, false) => true,
         (false, true) => false,
@@ -669,12 +673,18 @@ mod tests {
         Provenance {
             creation: false,
             previous_status: Some(previous),
+            previous: Default::default(),
         }
     }
 
     const CREATION: Provenance = Provenance {
         creation: true,
         previous_status: None,
+        previous: crate::billing::PreviousFields {
+            cancel_at_period_end: None,
+            cancel_at: None,
+            price_ids: None,
+        },
     };
 
     #[test]
