@@ -94,8 +94,15 @@ pub struct Provenance {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousFields {
     pub cancel_at_period_end: Option<bool>,
-    pub cancel_at: Option<Option<DateTime<Utc>>>,
+    /// `Was` keeps "listed, and it was null" apart from "not listed" once stored as JSON.
+    pub cancel_at: Option<Was<Option<DateTime<Utc>>>>,
     pub price_ids: Option<Vec<PriceId>>,
+}
+
+/// An earlier value of a field that may itself be null.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Was<T> {
+    pub was: T,
 }
 
 impl Provenance {
@@ -107,7 +114,10 @@ impl Provenance {
             self.previous
                 .cancel_at_period_end
                 .map(|c| c == state.cancel_at_period_end),
-            self.previous.cancel_at.map(|c| c == state.cancel_at),
+            self.previous
+                .cancel_at
+                .as_ref()
+                .map(|c| c.was == state.cancel_at),
             self.previous
                 .price_ids
                 .as_ref()

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use subledger_domain::billing::{
     DisputeFacts, InvoiceFacts, NextPhase, PreviousFields, Provenance, ScheduleFacts,
-    SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus,
+    SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus, Was,
 };
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::ids::{CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId};
@@ -315,7 +315,9 @@ fn provenance(event: &Value, creation: bool, now: &SubscriptionSnapshot) -> Prov
             cancel_at_period_end: previous
                 .get("cancel_at_period_end")
                 .and_then(Value::as_bool),
-            cancel_at: previous.get("cancel_at").map(time),
+            cancel_at: previous
+                .get("cancel_at")
+                .map(|value| Was { was: time(value) }),
             price_ids,
         },
     }

@@ -903,4 +903,35 @@ mod tests {
             })
             .then_expect_events(vec![recorded("lost", Some("in_1"), Some("sub_1"), 60)]);
     }
+
+    #[test]
+    fn a_change_that_set_a_field_from_null_still_orders_after_a_round_trip_through_json() {
+        // Activation and a cancel_at set in the same second, the cancellation recorded first:
+        // the activation is what the cancellation moved away from (cancel_at was null).
+        let mut cancel = subscription(SubscriptionStatus::Active, "price_pro");
+        cancel.cancel_at = Some(at(1_000));
+        let provenance = Provenance {
+            creation: false,
+            previous_status: None,
+            previous: crate::billing::PreviousFields {
+                cancel_at: Some(crate::billing::Was { was: None }),
+                ..Default::default()
+            },
+        };
+        let stored: Provenance =
+            serde_json::from_value(serde_json::to_value(&provenance).unwrap()).unwrap();
+        assert_eq!(stored, provenance);
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::SubscriptionChanged {
+                subscription: cancel,
+                occurred_at: at(0),
+                provenance: stored,
+            }])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(SubscriptionStatus::Active, "price_pro"),
+                occurred_at: at(0),
+                provenance: from_status(SubscriptionStatus::Incomplete),
+            })
+            .then_expect_events(vec![]);
+    }
 }
