@@ -428,23 +428,13 @@ impl LiveRun<'_> {
             }
         }
         if let (Some(user), Some(customer)) = (&expectation.user, &expectation.customer) {
-            let path = format!("/v1/users/{user}/entitlements");
-            let authorization = self
-                .options
-                .engine_token
-                .as_ref()
-                .map(|t| format!("Bearer {t}"));
-            let headers: Vec<(&str, &str)> = authorization
-                .iter()
-                .map(|a| ("Authorization", a.as_str()))
-                .collect();
-            let (_, body) = http_request(self.options.engine, "GET", &path, &headers, b"")
-                .await
-                .map_err(|e| format!("cannot reach Subledger: {e}"))?;
-            let found: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            if found["customer"] != self.id(customer)?.as_str() {
+            let answer = self
+                .entitlement_answer(&format!("/v1/users/{user}/entitlements"))
+                .await?;
+            let found = answer.as_ref().map(|a| a["customer"].clone());
+            if found.as_ref().and_then(Value::as_str) != Some(self.id(customer)?.as_str()) {
                 failures.push(format!(
-                    "user {user}: expected customer {customer}, Subledger answers {found}"
+                    "user {user}: expected customer {customer}, Subledger finds {found:?}"
                 ));
             }
         }
@@ -478,13 +468,13 @@ impl LiveRun<'_> {
         Ok(failures)
     }
 
-    /// A call to the running Subledger's own API (operators' actions).
-    async fn engine_call(
+    /// One request to the running Subledger, with its API token when one is configured.
+    async fn engine_request(
         &self,
         method: &str,
         path: &str,
-        body: Option<Value>,
-    ) -> Result<(), String> {
+        body: Option<&Value>,
+    ) -> Result<(u16, String), String> {
         let authorization = self
             .options
             .engine_token
@@ -495,11 +485,20 @@ impl LiveRun<'_> {
             .map(|a| ("Authorization", a.as_str()))
             .collect();
         headers.push(("Content-Type", "application/json"));
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let (status, answer) =
-            http_request(self.options.engine, method, path, &headers, body.as_bytes())
-                .await
-                .map_err(|e| format!("cannot reach Subledger: {e}"))?;
+        let body = body.map(Value::to_string).unwrap_or_default();
+        http_request(self.options.engine, method, path, &headers, body.as_bytes())
+            .await
+            .map_err(|e| format!("cannot reach Subledger: {e}"))
+    }
+
+    /// An operator's action on the running Subledger's own API.
+    async fn engine_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(), String> {
+        let (status, answer) = self.engine_request(method, path, body.as_ref()).await?;
         if (200..300).contains(&status) {
             Ok(())
         } else {
@@ -514,19 +513,13 @@ impl LiveRun<'_> {
         at: DateTime<Utc>,
     ) -> Result<Option<Value>, String> {
         let at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let path = format!("/v1/customers/{customer}/entitlements?at={at}");
-        let authorization = self
-            .options
-            .engine_token
-            .as_ref()
-            .map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = authorization
-            .iter()
-            .map(|a| ("Authorization", a.as_str()))
-            .collect();
-        let (status, body) = http_request(self.options.engine, "GET", &path, &headers, b"")
+        self.entitlement_answer(&format!("/v1/customers/{customer}/entitlements?at={at}"))
             .await
-            .map_err(|e| format!("cannot reach Subledger: {e}"))?;
+    }
+
+    /// An entitlement answer: `None` for a 404 (not known yet).
+    async fn entitlement_answer(&self, path: &str) -> Result<Option<Value>, String> {
+        let (status, body) = self.engine_request("GET", path, None).await?;
         match status {
             200 => serde_json::from_str(&body)
                 .map(Some)
