@@ -67,6 +67,20 @@ impl EventRow {
 }
 
 impl Database {
+    /// An [`EventRow`]'s columns as each backend spells them (PostgreSQL keeps JSON as `json` and
+    /// the transaction id as `xid8`; SQLite has no transaction id to order by).
+    fn event_columns(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => {
+                "0 AS tx, position, aggregate_type, aggregate_id, sequence, event_type, payload, metadata"
+            }
+            Self::Postgres(_) => {
+                "tx::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, event_type, \
+                 payload::text AS payload, metadata::text AS metadata"
+            }
+        }
+    }
+
     /// Whether committed events exist after `after`, including (on PostgreSQL) those not yet
     /// readable because an older transaction in the cluster is still running.
     pub async fn has_events_after(&self, after: Checkpoint) -> Result<bool, StoreError> {
@@ -96,32 +110,17 @@ impl Database {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows: Vec<EventRow> = match self {
-            Self::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT 0 AS tx, position, aggregate_type, aggregate_id, sequence, event_type,
-                            payload, metadata
-                       FROM events
-                      WHERE aggregate_type = $1 AND aggregate_id = $2
-                      ORDER BY sequence",
-                )
+        let sql = format!(
+            "SELECT {} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+            self.event_columns()
+        );
+        let rows: Vec<EventRow> = on_pool!(self, pool => {
+            sqlx::query_as(&sql)
                 .bind(aggregate_type)
                 .bind(aggregate_id)
                 .fetch_all(pool)
                 .await?
-            }
-            Self::Postgres(pool) => sqlx::query_as(
-                "SELECT tx::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence,
-                            event_type, payload::text AS payload, metadata::text AS metadata
-                       FROM events
-                      WHERE aggregate_type = $1 AND aggregate_id = $2
-                      ORDER BY sequence",
-            )
-            .bind(aggregate_type)
-            .bind(aggregate_id)
-            .fetch_all(pool)
-            .await?,
-        };
+        });
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
@@ -142,35 +141,35 @@ impl Database {
         after: Checkpoint,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        let columns = self.event_columns();
         let rows: Vec<EventRow> = match self {
+            // One writer at a time: position is commit order.
             Self::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT 0 AS tx, position, aggregate_type, aggregate_id, sequence, event_type,
-                            payload, metadata
-                       FROM events
-                      WHERE position > ?1
-                      ORDER BY position
-                      LIMIT ?2",
-                )
-                .bind(after.position)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
+                let sql = format!(
+                    "SELECT {columns} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+                );
+                sqlx::query_as(&sql)
+                    .bind(after.position)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
             }
-            Self::Postgres(pool) => sqlx::query_as(
-                "SELECT tx::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence,
-                            event_type, payload::text AS payload, metadata::text AS metadata
-                       FROM events
+            // Only transactions older than every running one: nothing can appear behind later.
+            Self::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT {columns} FROM events
                       WHERE (tx, position) > ($1::bigint::text::xid8, $2)
                         AND tx < pg_snapshot_xmin(pg_current_snapshot())
                       ORDER BY tx, position
-                      LIMIT $3",
-            )
-            .bind(after.tx)
-            .bind(after.position)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?,
+                      LIMIT $3"
+                );
+                sqlx::query_as(&sql)
+                    .bind(after.tx)
+                    .bind(after.position)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+            }
         };
         rows.into_iter().map(EventRow::into_event).collect()
     }
