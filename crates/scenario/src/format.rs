@@ -820,7 +820,9 @@ impl Reader {
                 .map(ClockStep::Seconds)
                 .ok_or_else(bad)
         };
-        match unit.trim().trim_end_matches('s') {
+        // A story moves its clock by at most a century per step: every time stays representable.
+        const MAX_SECONDS: i64 = 100 * 366 * 86_400;
+        let step = match unit.trim().trim_end_matches('s') {
             "second" => seconds(1),
             "minute" => seconds(60),
             "hour" => seconds(3600),
@@ -835,6 +837,17 @@ impl Reader {
                 .map(ClockStep::Months)
                 .ok_or_else(bad),
             _ => Err(bad()),
+        };
+        let too_far = || {
+            self.error(
+                node.span(),
+                "a step may advance the clock by at most 100 years",
+            )
+        };
+        match step? {
+            ClockStep::Seconds(s) if s > MAX_SECONDS => Err(too_far()),
+            ClockStep::Months(m) if m > 1200 => Err(too_far()),
+            step => Ok(step),
         }
     }
 

@@ -89,6 +89,7 @@ fn a_malformed_scenario_names_the_file_the_line_and_the_problem() {
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - expect:\n      customer: c\n      subscriptions: { s: dormant }\n", 7, "not a subscription status"),
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/missing.yaml\nsteps:\n  - advance: 1 day\n", 3, "cannot read catalog"),
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - subscribe: { customer: c, price: p }\n", 5, "missing `subscription`"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - advance: 200 years\n", 5, "at most 100 years"),
     ];
     for (text, line, message) in cases {
         let path = dir.join("bad.yaml");

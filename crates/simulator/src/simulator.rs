@@ -34,6 +34,8 @@ pub enum SimError {
 const INCOMPLETE_EXPIRY: Duration = Duration::hours(23);
 /// `customer.subscription.trial_will_end` comes this long before the trial ends.
 const TRIAL_WILL_END_NOTICE: Duration = Duration::days(3);
+/// Stripe allows trials of up to 730 days.
+const MAX_TRIAL_DAYS: u32 = 730;
 /// A guard against a simulation bug turning an advance into an endless loop.
 const MAX_ACTIONS_PER_ADVANCE: usize = 100_000;
 
@@ -521,6 +523,11 @@ impl Simulator {
             return Err(SimError::Invalid("quantity must be at least 1".to_owned()));
         }
         let now = self.now;
+        if trial_days.is_some_and(|d| d > MAX_TRIAL_DAYS) {
+            return Err(SimError::Invalid(format!(
+                "trials last at most {MAX_TRIAL_DAYS} days"
+            )));
+        }
         let trial_end = trial_days
             .filter(|d| *d > 0)
             .map(|d| now + Duration::days(i64::from(d)));
@@ -1384,7 +1391,11 @@ impl Simulator {
     // ---- the test clock ----------------------------------------------------------------
 
     pub fn advance_by(&mut self, by: Duration) -> Result<usize, SimError> {
-        let to = self.now + by;
+        let to = self.now.checked_add_signed(by).ok_or_else(|| {
+            SimError::Invalid(format!(
+                "advancing by {by} leaves the representable calendar"
+            ))
+        })?;
         self.advance_to(to)
     }
 

@@ -126,6 +126,22 @@ fn three_d_secure_waits_for_the_customer() {
 }
 
 #[test]
+fn out_of_range_trials_and_clock_advances_are_refused() {
+    let mut sim = simulator("pm_card_visa", RetryPolicy::default());
+    assert!(matches!(
+        sim.subscribe("cus_a", "sub_a", "price_pro", 1, Some(731)),
+        Err(SimError::Invalid(_))
+    ));
+    assert!(matches!(
+        sim.advance_by(Duration::MAX),
+        Err(SimError::Invalid(_))
+    ));
+    sim.subscribe("cus_a", "sub_a", "price_pro", 1, Some(730))
+        .unwrap();
+    assert_eq!(status(&sim), SubscriptionStatus::Trialing);
+}
+
+#[test]
 fn renewals_follow_the_anchor_without_drifting() {
     let mut sim = simulator("pm_card_visa", RetryPolicy::default());
     sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
