@@ -23,7 +23,7 @@ pub(crate) struct NewHold {
     reason: String,
     /// Only this subscription; the whole customer when absent.
     subscription: Option<String>,
-    /// Makes retries safe: the same id places one hold.
+    /// Makes retries safe: the same id places one hold. 1–100 characters, no `/` or whitespace.
     hold_id: Option<String>,
     /// RFC 3339: when the hold started, to record one decided earlier (default: now).
     at: Option<String>,
@@ -101,10 +101,25 @@ pub(crate) async fn place(
             "`reason` must say why, in at most 500 characters",
         ));
     }
-    let hold_id = hold
-        .hold_id
-        .filter(|id| !id.is_empty() && id.len() <= 100)
-        .unwrap_or_else(|| format!("hold_{}", uuid::Uuid::new_v4().simple()));
+    // A caller-chosen id makes a retried POST land on the same hold, so a bad one is refused
+    // rather than swapped for a fresh id (which would turn each retry into another hold).
+    let hold_id = match hold.hold_id {
+        None => format!("hold_{}", uuid::Uuid::new_v4().simple()),
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 100
+                && !id.contains(|c: char| c == '/' || c.is_whitespace()) =>
+        {
+            id
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "`hold_id` must be 1 to 100 characters without `/` or whitespace",
+            ))
+        }
+    };
     let subscription = hold.subscription.map(SubscriptionId::new);
     let at = moment(hold.at.as_deref())?;
     state

@@ -673,6 +673,25 @@ async fn operators_place_and_lift_holds() {
             (status, bad["error"].clone()),
             (StatusCode::BAD_REQUEST, json!("invalid_body"))
         );
+        let (status, bad_id) = send(
+            &app,
+            json_request(
+                "POST",
+                "/v1/customers/cus_1/holds",
+                json!({ "reason": "x", "hold_id": "" }),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, bad_id["error"].clone()),
+            (StatusCode::BAD_REQUEST, json!("invalid_body"))
+        );
+        assert!(
+            bad_id["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("hold_id")),
+            "{bad_id}"
+        );
         let (status, nobody) = send(
             &app,
             json_request(
