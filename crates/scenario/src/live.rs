@@ -73,11 +73,7 @@ pub async fn run_live(scenario: &Scenario, options: &LiveOptions) -> ScenarioRep
         advances: 0,
     };
     let mut steps = Vec::new();
-    let mut setup = StepReport {
-        line: 0,
-        description: format!("create {} price(s)", scenario.prices.len()),
-        failures: Vec::new(),
-    };
+    let mut setup = StepReport::price_setup(scenario.prices.len());
     for price in &scenario.prices {
         if !price.features.is_empty() {
             setup.failures.push(format!(
@@ -113,11 +109,7 @@ pub async fn run_live(scenario: &Scenario, options: &LiveOptions) -> ScenarioRep
         if stopped {
             break;
         }
-        let mut report = StepReport {
-            line: step.line,
-            description: step.action.describe(),
-            failures: Vec::new(),
-        };
+        let mut report = StepReport::of(step);
         let outcome = match &step.action {
             Action::Expect(expectation) => {
                 report.failures = run.expect(expectation).await;

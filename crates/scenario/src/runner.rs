@@ -11,7 +11,9 @@ use subledger_simulator::delivery::{Deliverer, DeliveryMode, DeliveryStats, Targ
 use subledger_simulator::Simulator;
 use subledger_store::scratch::ScratchDatabase;
 
-use crate::format::{Action, ClockStep, Expectation, FeatureExpectation, OrderAction, Scenario};
+use crate::format::{
+    Action, ClockStep, Expectation, FeatureExpectation, OrderAction, Scenario, Step,
+};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -27,6 +29,25 @@ pub struct StepReport {
     pub description: String,
     /// Empty when the step did what was expected.
     pub failures: Vec<String>,
+}
+
+impl StepReport {
+    fn new(line: usize, description: String) -> Self {
+        Self {
+            line,
+            description,
+            failures: Vec::new(),
+        }
+    }
+
+    /// The setup before a story's first line: its prices.
+    pub(crate) fn price_setup(count: usize) -> Self {
+        Self::new(0, format!("create {count} price(s)"))
+    }
+
+    pub(crate) fn of(step: &Step) -> Self {
+        Self::new(step.line, step.action.describe())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -136,11 +157,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
     let mut simulator = Simulator::new(scenario.start, scenario.retry_policy.clone());
 
     let mut steps = Vec::new();
-    let mut setup = StepReport {
-        line: 0,
-        description: format!("create {} price(s)", scenario.prices.len()),
-        failures: Vec::new(),
-    };
+    let mut setup = StepReport::price_setup(scenario.prices.len());
     for price in &scenario.prices {
         if let Err(e) = simulator.create_price(
             &price.id,
@@ -164,11 +181,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
         if stopped {
             break;
         }
-        let mut report = StepReport {
-            line: step.line,
-            description: step.action.describe(),
-            failures: Vec::new(),
-        };
+        let mut report = StepReport::of(step);
         let outcome = match &step.action {
             Action::Expect(expectation) => {
                 match settle(&engine, &mut deliverer, &mut simulator).await {
@@ -214,11 +227,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
         steps.push(report);
     }
 
-    let mut closing = StepReport {
-        line: 0,
-        description: "deliver everything; the projection equals a rebuild from the log".to_owned(),
-        failures: Vec::new(),
-    };
+    let mut closing = StepReport::new(
+        0,
+        "deliver everything; the projection equals a rebuild from the log".to_owned(),
+    );
     let mut final_views = String::new();
     match settle(&engine, &mut deliverer, &mut simulator).await {
         Err(e) => closing.failures.push(e),
