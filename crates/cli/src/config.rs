@@ -3,13 +3,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use subledger_domain::catalog::Catalog;
-use subledger_engine::{EngineConfig, WebhookSecret};
+use subledger_engine::{EngineConfig, StripeObjects, WebhookSecret};
 use subledger_server::ApiToken;
+use subledger_stripe_client::{ApiKey, StripeApi};
 
 #[derive(Debug, Parser)]
 #[command(name = "subledger", version, about = "Billing state engine for Stripe")]
@@ -170,6 +172,11 @@ pub struct EngineArgs {
         default_value = "user_id"
     )]
     pub user_id_metadata_key: String,
+
+    /// Stripe's API base URL for the worker's fetches (default: Stripe's own). The key comes
+    /// from SUBLEDGER_STRIPE_READ_KEY: a restricted key that may only read subscriptions.
+    #[arg(long, env = "STRIPE_API_BASE")]
+    pub stripe_api_base: Option<String>,
 }
 
 impl EngineArgs {
@@ -187,7 +194,22 @@ impl EngineArgs {
         config
             .user_id_metadata_key
             .clone_from(&self.user_id_metadata_key);
+        config.stripe_objects = self.stripe_reader()?;
         Ok(config)
+    }
+
+    /// The worker asks Stripe for a subscription when two of its events from the same second
+    /// cannot be ordered; it needs read access only, so it gets its own restricted key.
+    fn stripe_reader(&self) -> anyhow::Result<Option<Arc<dyn StripeObjects>>> {
+        let Ok(key) = std::env::var("SUBLEDGER_STRIPE_READ_KEY") else {
+            return Ok(None);
+        };
+        if !["rk_", "sk_"].iter().any(|prefix| key.starts_with(prefix)) {
+            bail!("SUBLEDGER_STRIPE_READ_KEY does not start with rk_ or sk_ (use a restricted key with read access to subscriptions)");
+        }
+        let api = StripeApi::new(&ApiKey::new(key), self.stripe_api_base.as_deref(), "worker")
+            .map_err(|e| anyhow::anyhow!("SUBLEDGER_STRIPE_READ_KEY: {e}"))?;
+        Ok(Some(Arc::new(api)))
     }
 }
 

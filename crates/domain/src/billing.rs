@@ -87,6 +87,10 @@ pub struct Provenance {
     /// The other fields `previous_attributes` lists, with the values the change moved away from.
     #[serde(default)]
     pub previous: PreviousFields,
+    /// The snapshot was fetched from Stripe's API to settle a same-second tie the events could
+    /// not: Stripe's own answer for that second, so it follows every event from it.
+    #[serde(default)]
+    pub fetched: bool,
 }
 
 /// Fields of a subscription's earlier state, as `previous_attributes` reports them. `None`: the
@@ -97,6 +101,9 @@ pub struct PreviousFields {
     /// `Was` keeps "listed, and it was null" apart from "not listed" once stored as JSON.
     pub cancel_at: Option<Was<Option<DateTime<Utc>>>>,
     pub price_ids: Option<Vec<PriceId>>,
+    /// The items' quantities, in item order, when a quantity is what changed.
+    #[serde(default)]
+    pub quantities: Option<Vec<u64>>,
 }
 
 /// An earlier value of a field that may itself be null.
@@ -106,6 +113,14 @@ pub struct Was<T> {
 }
 
 impl Provenance {
+    /// A snapshot fetched from Stripe's API (see [`Provenance::fetched`]).
+    pub fn fetched() -> Self {
+        Self {
+            fetched: true,
+            ..Self::default()
+        }
+    }
+
     /// Whether this change moved the subscription away from `state`: `None` when the event
     /// says nothing about what it changed.
     pub fn moved_away_from(&self, state: &SubscriptionSnapshot) -> Option<bool> {
@@ -122,6 +137,11 @@ impl Provenance {
                 .price_ids
                 .as_ref()
                 .map(|ids| ids.iter().eq(state.items.iter().map(|item| &item.price_id))),
+            self.previous.quantities.as_ref().map(|quantities| {
+                quantities
+                    .iter()
+                    .eq(state.items.iter().map(|i| &i.quantity))
+            }),
         ];
         let listed: Vec<bool> = checks.into_iter().flatten().collect();
         (!listed.is_empty()).then(|| listed.into_iter().all(|matches| matches))

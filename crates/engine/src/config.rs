@@ -5,6 +5,7 @@ use subledger_domain::catalog::Catalog;
 use subledger_stripe::WebhookSecret;
 
 use crate::clock::{Clock, SystemClock};
+use crate::refetch::StripeObjects;
 
 /// Everything the engine needs, already parsed and validated. Its `Debug` leaves out the
 /// database URL (it may hold a password) and the secrets.
@@ -26,6 +27,9 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// The customer metadata key holding the product's own user id (`/v1/users/{id}`).
     pub user_id_metadata_key: String,
+    /// Where the worker fetches an object when its events cannot be ordered. Without it, such
+    /// an event stays parked (retried with backoff) until one is configured.
+    pub stripe_objects: Option<Arc<dyn StripeObjects>>,
 }
 
 impl EngineConfig {
@@ -40,6 +44,7 @@ impl EngineConfig {
             worker_lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(250),
             user_id_metadata_key: "user_id".to_owned(),
+            stripe_objects: None,
         }
     }
 }
@@ -55,6 +60,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("worker_lease", &self.worker_lease)
             .field("poll_interval", &self.poll_interval)
             .field("user_id_metadata_key", &self.user_id_metadata_key)
+            .field("fetches_from_stripe", &self.stripe_objects.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -7,6 +7,7 @@
 //! - [`projector`]: the catch-up projector that keeps billing views and the in-memory
 //!   entitlement index current.
 //! - [`explain`]: why a customer has or lacks a feature, with the events behind it.
+//! - [`refetch`]: Stripe's API as the tie-breaker when events cannot order two snapshots.
 //! - [`clock`]: the one place wall time is read, replaceable in tests.
 
 pub mod clock;
@@ -15,12 +16,14 @@ mod engine;
 pub mod explain;
 pub mod ingest;
 pub mod projector;
+pub mod refetch;
 pub mod worker;
 
 pub use config::EngineConfig;
 pub use engine::{Basis, Engine, EngineError, Shutdown, TimelineEntry};
 pub use ingest::{IngestError, Receipt};
 pub use projector::CustomerEntitlements;
+pub use refetch::StripeObjects;
 pub use subledger_domain as domain;
 pub use subledger_stripe::{WebhookSecret, WebhookVerifier};
 pub use worker::WorkReport;

@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
 use cqrs_es::AggregateError;
-use subledger_domain::billing::DisputeFacts;
-use subledger_domain::customer::CustomerCommand;
-use subledger_domain::ids::PaymentIntentId;
+use subledger_domain::billing::{DisputeFacts, Provenance};
+use subledger_domain::customer::{CustomerCommand, CustomerError};
+use subledger_domain::ids::{CustomerId, PaymentIntentId, SubscriptionId};
 use subledger_domain::payment::{Payment, PaymentEvent};
 use subledger_store::{ClaimedEvent, InboxStatus, StoreError};
-use subledger_stripe::{translate, Translation};
+use subledger_stripe::{subscription_from_object, translate, Translation};
 
 use crate::engine::Engine;
 
@@ -140,12 +140,22 @@ impl Engine {
                 customer_id,
                 command,
             } => {
-                run_with_conflict_retries(|| {
+                let result = run_with_conflict_retries(|| {
                     self.customers
                         .execute(customer_id.as_str(), command.clone(), metadata.clone())
                 })
-                .await?;
-                Ok(Outcome::Applied(format!("Customer {customer_id}")))
+                .await;
+                match result {
+                    Ok(()) => Ok(Outcome::Applied(format!("Customer {customer_id}"))),
+                    Err(AggregateError::UserError(CustomerError::OrderUndecided {
+                        subscription,
+                        second,
+                    })) => {
+                        self.settle_by_fetching(&customer_id, &subscription, second, &metadata)
+                            .await
+                    }
+                    Err(error) => Err(describe(error)),
+                }
             }
             Translation::Payment {
                 payment_intent_id,
@@ -164,7 +174,8 @@ impl Engine {
                         metadata.clone(),
                     )
                 })
-                .await?;
+                .await
+                .map_err(describe)?;
                 self.propagate_disputes(&payment_intent_id, &metadata)
                     .await?;
                 Ok(Outcome::Applied(format!("Payment {payment_intent_id}")))
@@ -230,26 +241,87 @@ impl Engine {
                 self.customers
                     .execute(customer.as_str(), command.clone(), metadata.clone())
             })
-            .await?;
+            .await
+            .map_err(describe)?;
         }
         Ok(())
     }
+
+    /// Two snapshots of `subscription` from the same second that the events cannot order: ask
+    /// Stripe for the subscription as it is now and record that as Stripe's answer for the
+    /// second. Every later arrival from that second is then judged against it, so each
+    /// delivery order ends in the same state.
+    async fn settle_by_fetching(
+        &self,
+        customer_id: &CustomerId,
+        subscription: &SubscriptionId,
+        second: DateTime<Utc>,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Outcome, String> {
+        let Some(objects) = &self.config.stripe_objects else {
+            return Err(format!(
+                "cannot tell which of two snapshots of subscription `{subscription}` from \
+                 {second} is newer, and no Stripe API key is configured to fetch it \
+                 (SUBLEDGER_STRIPE_READ_KEY)"
+            ));
+        };
+        let object = objects.subscription(subscription.as_str()).await?;
+        let fetched = subscription_from_object(&object)
+            .map_err(|e| format!("the subscription Stripe returned cannot be read: {e}"))?;
+        if fetched.id != *subscription || fetched.customer_id != *customer_id {
+            return Err(format!(
+                "asked Stripe for subscription `{subscription}` of `{customer_id}` and got \
+                 `{}` of `{}`",
+                fetched.id, fetched.customer_id
+            ));
+        }
+        tracing::info!(%subscription, %second, "same-second snapshots settled by fetching the subscription from Stripe");
+        let mut metadata = metadata.clone();
+        metadata.insert("source".to_owned(), "stripe_api".to_owned());
+        let command = CustomerCommand::RecordSubscription {
+            subscription: fetched,
+            occurred_at: second,
+            provenance: Provenance::fetched(),
+        };
+        run_with_conflict_retries(|| {
+            self.customers
+                .execute(customer_id.as_str(), command.clone(), metadata.clone())
+        })
+        .await
+        .map_err(describe)?;
+        Ok(Outcome::Applied(format!(
+            "Customer {customer_id}: order of same-second snapshots of {subscription} settled \
+             by fetching it from Stripe"
+        )))
+    }
 }
 
-async fn run_with_conflict_retries<E, F, Fut>(mut run: F) -> Result<(), String>
+/// Runs a command, re-running it at once when another worker appended to the aggregate in
+/// between, up to [`CONFLICT_RETRIES`] times.
+async fn run_with_conflict_retries<E, F, Fut>(mut run: F) -> Result<(), AggregateError<E>>
 where
     E: std::error::Error,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), AggregateError<E>>>,
 {
-    for _ in 0..CONFLICT_RETRIES {
-        match run().await {
-            Err(AggregateError::AggregateConflict) => continue,
-            Err(error) => return Err(error.to_string()),
-            Ok(()) => return Ok(()),
+    let mut result = run().await;
+    for _ in 1..CONFLICT_RETRIES {
+        match result {
+            Err(AggregateError::AggregateConflict) => result = run().await,
+            other => return other,
         }
     }
-    Err("aggregate kept changing underneath (optimistic concurrency conflicts)".to_owned())
+    result
+}
+
+/// The text a failed row keeps as its error.
+fn describe<E: std::error::Error>(error: AggregateError<E>) -> String {
+    match error {
+        AggregateError::AggregateConflict => {
+            "aggregate kept changing underneath (optimistic concurrency conflicts)".to_owned()
+        }
+        error => error.to_string(),
+    }
 }
 
 /// The metadata every domain event carries: which Stripe event it came from, when it happened

@@ -3,13 +3,16 @@
 //! flushed, the engine catches up, and Subledger's answers are compared with the expectation.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use subledger_engine::{Basis, Engine, EngineConfig, WebhookSecret};
+use subledger_engine::refetch::Fetched;
+use subledger_engine::{Basis, Engine, EngineConfig, StripeObjects, WebhookSecret};
 use subledger_simulator::delivery::{Deliverer, DeliveryMode, DeliveryStats, Target};
 use subledger_simulator::Simulator;
 use subledger_store::scratch::ScratchDatabase;
+use tokio::sync::Mutex;
 
 use crate::format::{
     Action, ClockStep, Expectation, FeatureExpectation, OrderAction, Scenario, Step,
@@ -144,6 +147,12 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
     .map_err(|e| RunError::Engine(e.to_string()))?;
     let mut config = EngineConfig::new(scratch.url.clone(), scenario.catalog.clone());
     config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
+    // The simulator is the Stripe the worker asks when events cannot be ordered.
+    let shared = Arc::new(Mutex::new(Simulator::new(
+        scenario.start,
+        scenario.retry_policy.clone(),
+    )));
+    config.stripe_objects = Some(Arc::new(SimulatorObjects(Arc::clone(&shared))));
     let engine = Engine::start(config)
         .await
         .map_err(|e| RunError::Engine(e.to_string()))?;
@@ -154,7 +163,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
         WebhookSecret::new(SECRET),
         Target::Router(router),
     );
-    let mut simulator = Simulator::new(scenario.start, scenario.retry_policy.clone());
+    let mut simulator = shared.lock().await;
 
     let mut steps = Vec::new();
     let mut setup = StepReport::price_setup(scenario.prices.len());
@@ -184,7 +193,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
         let mut report = StepReport::of(step);
         let outcome = match &step.action {
             Action::Expect(expectation) => {
-                match settle(&engine, &mut deliverer, &mut simulator).await {
+                drop(simulator);
+                let settled = settle(&engine, &mut deliverer, &shared).await;
+                simulator = shared.lock().await;
+                match settled {
                     Ok(()) => report.failures = check(expectation, &engine, &simulator).await,
                     Err(e) => report.failures.push(e),
                 }
@@ -232,7 +244,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
         "deliver everything; the projection equals a rebuild from the log".to_owned(),
     );
     let mut final_views = String::new();
-    match settle(&engine, &mut deliverer, &mut simulator).await {
+    drop(simulator);
+    let settled = settle(&engine, &mut deliverer, &shared).await;
+    let simulator = shared.lock().await;
+    match settled {
         Err(e) => closing.failures.push(e),
         Ok(()) => {
             let live = engine.current_views().await;
@@ -266,13 +281,15 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
     })
 }
 
-/// Delivers everything still pending and lets the engine apply it.
+/// Delivers everything still pending and lets the engine apply it. The simulator is not held
+/// meanwhile: the worker may fetch from it.
 async fn settle(
     engine: &Engine,
     deliverer: &mut Deliverer,
-    simulator: &mut Simulator,
+    simulator: &Mutex<Simulator>,
 ) -> Result<(), String> {
-    deliverer.enqueue(simulator.take_new_events());
+    let events = simulator.lock().await.take_new_events();
+    deliverer.enqueue(events);
     deliverer.deliver(true).await.map_err(|e| e.to_string())?;
     // A row parked for a fact that had not arrived (a dispute before its invoice) is retried
     // after a short backoff: wait for those, within reason, as Stripe's retries would.
@@ -293,6 +310,18 @@ async fn settle(
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The simulated Stripe's API as the worker's source of objects.
+struct SimulatorObjects(Arc<Mutex<Simulator>>);
+
+impl StripeObjects for SimulatorObjects {
+    fn subscription<'a>(&'a self, id: &'a str) -> Fetched<'a> {
+        Box::pin(async move {
+            let simulator = self.0.lock().await;
+            simulator.subscription_json(id).map_err(|e| e.to_string())
+        })
     }
 }
 

@@ -271,6 +271,21 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
     Ok(translation)
 }
 
+/// Reads a subscription object as Stripe's API returns it (`GET /v1/subscriptions/{id}`): what
+/// the worker records when the events alone cannot order two snapshots.
+pub fn subscription_from_object(object: &Value) -> Result<SubscriptionSnapshot, TranslationError> {
+    let map = object
+        .as_object()
+        .ok_or_else(|| invalid("subscription", "an object"))?;
+    if map.get("object").and_then(Value::as_str) != Some("subscription") {
+        return Err(invalid("subscription.object", "\"subscription\""));
+    }
+    subscription_snapshot(&Fields {
+        map,
+        prefix: "subscription",
+    })
+}
+
 /// Where a subscription snapshot sits in its history: a creation, or a change away from the
 /// values `data.previous_attributes` lists.
 fn provenance(event: &Value, creation: bool, now: &SubscriptionSnapshot) -> Provenance {
@@ -289,22 +304,36 @@ fn provenance(event: &Value, creation: bool, now: &SubscriptionSnapshot) -> Prov
             .as_i64()
             .and_then(|secs| DateTime::from_timestamp(secs, 0))
     };
-    let price_ids = previous
+    let previous_items = previous
         .get("items")
         .and_then(|items| items.get("data"))
-        .and_then(Value::as_array)
-        .map(|data| {
+        .and_then(Value::as_array);
+    let price_ids = previous_items.map(|data| {
+        data.iter()
+            .filter_map(|item| {
+                let price = item.get("price").or_else(|| item.get("plan"))?;
+                price.get("id").and_then(Value::as_str).map(PriceId::new)
+            })
+            .collect()
+    });
+    let quantities = match previous_items {
+        Some(data) => Some(
             data.iter()
-                .filter_map(|item| {
-                    let price = item.get("price").or_else(|| item.get("plan"))?;
-                    price.get("id").and_then(Value::as_str).map(PriceId::new)
-                })
-                .collect()
-        });
-    // Stripe lists all of `items` when anything in it changed (a new period, say); the price ids
-    // are evidence only when they are what changed.
+                .map(|item| item.get("quantity").and_then(Value::as_u64).unwrap_or(1))
+                .collect(),
+        ),
+        // Before items carried it, the quantity was the subscription's own field.
+        None => previous
+            .get("quantity")
+            .and_then(Value::as_u64)
+            .map(|q| vec![q]),
+    };
+    // Stripe lists all of `items` when anything in it changed (a new period, say); price ids and
+    // quantities are evidence only when they are what changed.
     let current_ids: Vec<PriceId> = now.items.iter().map(|item| item.price_id.clone()).collect();
     let price_ids = price_ids.filter(|ids: &Vec<PriceId>| *ids != current_ids);
+    let current_quantities: Vec<u64> = now.items.iter().map(|item| item.quantity).collect();
+    let quantities = quantities.filter(|q: &Vec<u64>| *q != current_quantities);
     Provenance {
         creation,
         previous_status: previous
@@ -319,7 +348,9 @@ fn provenance(event: &Value, creation: bool, now: &SubscriptionSnapshot) -> Prov
                 .get("cancel_at")
                 .map(|value| Was { was: time(value) }),
             price_ids,
+            quantities,
         },
+        fetched: false,
     }
 }
 

@@ -528,6 +528,29 @@ impl StripeApi {
         .map(|_| ())
     }
 
+    /// A subscription exactly as Stripe returns it, whatever the account's API version: the
+    /// worker reads it with the same translator as the events, which tolerates every shape,
+    /// where async-stripe's typed model follows one version only.
+    pub async fn subscription_object(&self, id: &str) -> Result<serde_json::Value, ApiError> {
+        // The id becomes part of the path: only Stripe's id alphabet may reach it.
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(ApiError::InvalidRequest {
+                message: format!("`{id}` is not a Stripe subscription id"),
+                param: Some("id".to_owned()),
+            });
+        }
+        let path = format!("/subscriptions/{id}");
+        let object = self
+            .with_retries("retrieve subscription", || {
+                RequestBuilder::new(StripeMethod::Get, path.clone())
+                    .customize::<miniserde::json::Value>()
+                    .send(&self.client)
+            })
+            .await?;
+        serde_json::from_str(&miniserde::json::to_string(&object))
+            .map_err(|e| ApiError::Unexpected(format!("Stripe's answer is not JSON: {e}")))
+    }
+
     /// The statuses of a subscription's invoices, oldest first.
     pub async fn invoice_statuses(&self, subscription: &str) -> Result<Vec<String>, ApiError> {
         let request = ListInvoice::new().subscription(subscription).limit(100);

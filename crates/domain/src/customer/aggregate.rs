@@ -63,6 +63,13 @@ pub enum CustomerError {
     /// A fact about an invoice Subledger has not heard of yet: retried later, in order.
     #[error("invoice `{0}` is not known yet")]
     UnknownInvoice(String),
+    /// Two snapshots of one subscription from the same second, and nothing in either event
+    /// tells which came later: the worker settles it with Stripe's current object.
+    #[error("cannot tell which of two snapshots of subscription `{subscription}` from {second} is newer")]
+    OrderUndecided {
+        subscription: SubscriptionId,
+        second: DateTime<Utc>,
+    },
 }
 
 impl Customer {
@@ -134,6 +141,11 @@ impl Customer {
                     occurred_at: lifted_at,
                 }])
             }
+            CustomerCommand::RecordSubscription {
+                subscription,
+                occurred_at,
+                provenance,
+            } => self.decide_subscription(subscription, occurred_at, provenance),
             command => Ok(self.decide_fact(command)),
         }
     }
@@ -162,11 +174,6 @@ impl Customer {
                 }
                 vec![CustomerEvent::CustomerDeleted { occurred_at }]
             }
-            CustomerCommand::RecordSubscription {
-                subscription,
-                occurred_at,
-                provenance,
-            } => self.decide_subscription(subscription, occurred_at, provenance),
             CustomerCommand::RecordStripeEntitlements {
                 features,
                 occurred_at,
@@ -200,6 +207,7 @@ impl Customer {
             }
             CustomerCommand::PlaceHold { .. }
             | CustomerCommand::LiftHold { .. }
+            | CustomerCommand::RecordSubscription { .. }
             | CustomerCommand::RecordDispute { .. } => vec![],
             CustomerCommand::RecordSchedule {
                 schedule,
@@ -244,17 +252,34 @@ impl Customer {
         subscription: SubscriptionSnapshot,
         occurred_at: DateTime<Utc>,
         provenance: Provenance,
-    ) -> Vec<CustomerEvent> {
+    ) -> Result<Vec<CustomerEvent>, CustomerError> {
         let known = self.subscriptions.get(&subscription.id);
         if let Some(known) = known {
+            // An ended subscription never comes back, and an identical snapshot is no news
+            // whichever came first. Except: a fetched one settles the second, so that later
+            // arrivals from it need no fetch; and one whose change started from a state other
+            // than the known one (a set-and-undo whose first half is still on its way) is
+            // recorded for what its `previous_attributes` will say about that first half.
+            let settles = provenance.fetched && !known.provenance.fetched;
+            let skipped_a_state = provenance.moved_away_from(&known.value) == Some(false)
+                && known.provenance != provenance;
+            if known.value.status.is_terminal()
+                || known.value == subscription && !settles && !skipped_a_state
+            {
+                return Ok(vec![]);
+            }
             let newer = if occurred_at == known.as_of {
-                follows_in_the_same_second(known, &subscription, &provenance)
+                follows_in_the_same_second(known, &subscription, &provenance).ok_or_else(|| {
+                    CustomerError::OrderUndecided {
+                        subscription: subscription.id.clone(),
+                        second: occurred_at,
+                    }
+                })?
             } else {
                 occurred_at > known.as_of
             };
-            // An ended subscription never comes back; a stale or identical snapshot is no news.
-            if known.value.status.is_terminal() || !newer || known.value == subscription {
-                return vec![];
+            if !newer {
+                return Ok(vec![]);
             }
         }
         let event = if subscription.status.is_terminal() {
@@ -276,7 +301,7 @@ impl Customer {
                 provenance,
             }
         };
-        vec![event]
+        Ok(vec![event])
     }
 
     fn track_invoice(&mut self, invoice: &InvoiceFacts, paid: bool) {
@@ -302,30 +327,35 @@ impl Customer {
 /// - a change whose `previous_attributes` describe the known snapshot follows it; when the
 ///   known change's `previous_attributes` describe the incoming snapshot, the incoming one is
 ///   what it moved away from, so it is older;
-/// - otherwise Stripe's legal status transitions decide, and when even they cannot (same
-///   status, or either order possible), the later arrival is taken.
+/// - a snapshot fetched from Stripe's API to settle the second follows every event from it;
+/// - otherwise Stripe's legal status transitions decide.
+///
+/// `None` when nothing decides (same status, either order possible, or each change claims to
+/// have moved away from the other): arrival order is no evidence, so the caller asks Stripe.
 fn follows_in_the_same_second(
     known: &Tracked<SubscriptionSnapshot>,
     incoming: &SubscriptionSnapshot,
     provenance: &Provenance,
-) -> bool {
-    if provenance.creation {
-        return false;
+) -> Option<bool> {
+    if known.provenance.fetched || provenance.creation {
+        return Some(provenance.fetched);
     }
-    if provenance.moved_away_from(&known.value) == Some(true) {
-        return true;
+    if provenance.fetched || known.provenance.creation {
+        return Some(true);
     }
-    if known.provenance.creation {
-        return true;
-    }
-    if known.provenance.moved_away_from(incoming) == Some(true) {
-        return false;
+    let incoming_follows = provenance.moved_away_from(&known.value) == Some(true);
+    let known_follows = known.provenance.moved_away_from(incoming) == Some(true);
+    match (incoming_follows, known_follows) {
+        (true, false) => return Some(true),
+        (false, true) => return Some(false),
+        (true, true) => return None,
+        (false, false) => {}
     }
     let (from, to) = (known.value.status, incoming.status);
     match (from.can_become(to), to.can_become(from)) {
-        (true, false) => true,
-        (false, true) => false,
-        _ => true,
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        _ => None,
     }
 }
 
@@ -674,6 +704,7 @@ mod tests {
             creation: false,
             previous_status: Some(previous),
             previous: Default::default(),
+            fetched: false,
         }
     }
 
@@ -684,7 +715,9 @@ mod tests {
             cancel_at_period_end: None,
             cancel_at: None,
             price_ids: None,
+            quantities: None,
         },
+        fetched: false,
     };
 
     #[test]
@@ -758,6 +791,107 @@ mod tests {
                 provenance: Provenance::default(),
             })
             .then_expect_events(vec![]);
+    }
+
+    fn with_quantity(quantity: u64) -> SubscriptionSnapshot {
+        let mut snapshot = subscription(SubscriptionStatus::Active, "price_pro");
+        snapshot.items[0].quantity = quantity;
+        snapshot
+    }
+
+    fn from_quantity(quantity: u64) -> Provenance {
+        Provenance {
+            previous: crate::billing::PreviousFields {
+                quantities: Some(vec![quantity]),
+                ..Default::default()
+            },
+            ..Provenance::default()
+        }
+    }
+
+    #[test]
+    fn same_second_quantity_changes_are_ordered_by_the_quantity_each_moved_from() {
+        // 1 -> 2 -> 3 in one second, the second change delivered first.
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::SubscriptionChanged {
+                subscription: with_quantity(3),
+                occurred_at: at(9),
+                provenance: from_quantity(2),
+            }])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: with_quantity(2),
+                occurred_at: at(9),
+                provenance: from_quantity(1),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_same_second_tie_nothing_orders_is_refused_for_the_worker_to_fetch() {
+        // 1 -> 2 and 2 -> 1 in one second: each moved away from the other's state.
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::SubscriptionChanged {
+                subscription: with_quantity(2),
+                occurred_at: at(9),
+                provenance: from_quantity(1),
+            }])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: with_quantity(1),
+                occurred_at: at(9),
+                provenance: from_quantity(2),
+            })
+            .then_expect_error(CustomerError::OrderUndecided {
+                subscription: SubscriptionId::new("sub_1"),
+                second: at(9),
+            });
+    }
+
+    #[test]
+    fn a_fetched_snapshot_settles_its_second_and_later_arrivals_from_it_are_stale() {
+        let undecided = CustomerEvent::SubscriptionChanged {
+            subscription: with_quantity(2),
+            occurred_at: at(9),
+            provenance: from_quantity(1),
+        };
+        // Stripe's answer is recorded even when it equals what is known: it settles the second.
+        CustomerTest::with(())
+            .given(vec![undecided.clone()])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: with_quantity(2),
+                occurred_at: at(9),
+                provenance: Provenance::fetched(),
+            })
+            .then_expect_events(vec![CustomerEvent::SubscriptionChanged {
+                subscription: with_quantity(2),
+                occurred_at: at(9),
+                provenance: Provenance::fetched(),
+            }]);
+        let settled = CustomerEvent::SubscriptionChanged {
+            subscription: with_quantity(1),
+            occurred_at: at(9),
+            provenance: Provenance::fetched(),
+        };
+        CustomerTest::with(())
+            .given(vec![undecided.clone(), settled.clone()])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: with_quantity(2),
+                occurred_at: at(9),
+                provenance: from_quantity(1),
+            })
+            .then_expect_events(vec![]);
+        // A later second still moves on from it.
+        CustomerTest::with(())
+            .given(vec![undecided, settled])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: with_quantity(5),
+                occurred_at: at(10),
+                provenance: from_quantity(1),
+            })
+            .then_expect_events(vec![CustomerEvent::SubscriptionChanged {
+                subscription: with_quantity(5),
+                occurred_at: at(10),
+                provenance: from_quantity(1),
+            }]);
     }
 
     #[test]
@@ -917,6 +1051,7 @@ mod tests {
                 cancel_at: Some(crate::billing::Was { was: None }),
                 ..Default::default()
             },
+            fetched: false,
         };
         let stored: Provenance =
             serde_json::from_value(serde_json::to_value(&provenance).unwrap()).unwrap();

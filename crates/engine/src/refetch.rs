@@ -1,0 +1,28 @@
+//! Settling what Stripe's events cannot: when two snapshots of a subscription carry the same
+//! second and nothing in either event orders them, the worker asks Stripe's API for the object
+//! and records what it fetched as a domain event (`Provenance::fetched`). Arrival order is never
+//! taken as evidence.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use subledger_stripe_client::StripeApi;
+
+/// What a fetch yields: the object as Stripe's API returns it, or why it could not be had.
+pub type Fetched<'a> = Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send + 'a>>;
+
+/// Read access to Stripe's objects: async-stripe with a restricted read key in production, the
+/// simulator in tests and scenarios.
+pub trait StripeObjects: Send + Sync {
+    fn subscription<'a>(&'a self, id: &'a str) -> Fetched<'a>;
+}
+
+impl StripeObjects for StripeApi {
+    fn subscription<'a>(&'a self, id: &'a str) -> Fetched<'a> {
+        Box::pin(async move {
+            self.subscription_object(id)
+                .await
+                .map_err(|e| format!("fetching subscription `{id}` from Stripe failed: {e}"))
+        })
+    }
+}

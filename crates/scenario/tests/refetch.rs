@@ -1,0 +1,216 @@
+//! Same-second snapshots that Stripe's events cannot order are settled by fetching the
+//! subscription from Stripe's API (the simulator's REST API, through async-stripe), and what was
+//! fetched is recorded as an event: every delivery order ends in Stripe's state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use subledger_domain::catalog::Catalog;
+use subledger_engine::{Engine, EngineConfig, StripeObjects, WebhookSecret};
+use subledger_simulator::api::{router, Account};
+use subledger_simulator::RetryPolicy;
+use subledger_store::scratch::ScratchDatabase;
+use subledger_stripe_client::{ApiKey, StripeApi};
+use tokio::net::TcpListener;
+
+const SECRET: &str = "whsec_refetch_test";
+const CATALOG: &str = "default_plan: free\nplans:\n  free: {}\n  pro:\n    prices: [price_pro]\n    features: { sso: true }\n";
+
+/// A simulated Stripe over HTTP holding one active subscription whose `cancel_at` is `truth`.
+async fn stripe_with_subscription(truth: i64) -> (StripeApi, Value) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+    let app = router(Account::new(start, RetryPolicy::default(), None).shared());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let api = StripeApi::new(
+        &ApiKey::new("rk_test_reader"),
+        Some(&format!("http://{addr}/")),
+        "refetch",
+    )
+    .unwrap();
+    let clock = api
+        .create_test_clock("clock", 1_767_225_600, "c")
+        .await
+        .unwrap();
+    let price = api
+        .create_price("price", 2900, "usd", false, Some("pro"), "Pro")
+        .await
+        .unwrap();
+    let customer = api
+        .create_customer("customer", &clock.id, HashMap::new())
+        .await
+        .unwrap();
+    api.attach_default_card("card", &customer, "pm_card_visa")
+        .await
+        .unwrap();
+    let subscription = api
+        .create_subscription("subscription", &customer, &price, 1, None)
+        .await
+        .unwrap();
+    api.set_cancel_at("cancel", &subscription.id, truth)
+        .await
+        .unwrap();
+    let object = api.subscription_object(&subscription.id).await.unwrap();
+    (api, object)
+}
+
+fn event(id: &str, kind: &str, created: i64, object: &Value, previous: Option<Value>) -> Value {
+    let mut data = json!({ "object": object });
+    if let Some(previous) = previous {
+        data["previous_attributes"] = previous;
+    }
+    json!({
+        "id": id, "object": "event", "type": kind, "created": created,
+        "api_version": "2025-03-31.basil", "livemode": false, "data": data,
+    })
+}
+
+async fn engine(db: &ScratchDatabase, stripe: Option<Arc<dyn StripeObjects>>) -> Arc<Engine> {
+    let mut config = EngineConfig::new(db.url.clone(), Catalog::from_yaml("c", CATALOG).unwrap());
+    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
+    config.stripe_objects = stripe;
+    Engine::start(config).await.unwrap()
+}
+
+async fn deliver(engine: &Engine, event: &Value) {
+    let body = serde_json::to_vec(event).unwrap();
+    let header = WebhookSecret::new(SECRET).header(chrono::Utc::now().timestamp(), &body);
+    engine
+        .receive_webhook(Some(&header), &body, "corr")
+        .await
+        .unwrap();
+    engine.process_inbox().await.unwrap();
+}
+
+/// The subscription's `cancel_at` in the engine's billing view.
+async fn cancel_at(engine: &Engine, subscription: &str) -> Value {
+    let views = serde_json::to_value(engine.current_views().await).unwrap();
+    views[0]["subscriptions"][subscription]["cancel_at"].clone()
+}
+
+#[tokio::test]
+async fn a_tie_the_events_cannot_order_is_settled_by_what_stripe_returns() {
+    let truth = 1_769_904_000; // Stripe's state now: cancel on 2026-02-01.
+    let (api, object) = stripe_with_subscription(truth).await;
+    let id = object["id"].as_str().unwrap().to_owned();
+    let customer = object["customer"].as_str().unwrap().to_owned();
+    let created = object["created"].as_i64().unwrap();
+    // Two changes in one second, each claiming to have moved away from the other's state: a
+    // cancellation set and taken back. Nothing in the events orders them.
+    let (x, tie) = (1_772_323_200, created + 5);
+    let mut set = object.clone();
+    set["cancel_at"] = json!(x);
+    let mut unset = object.clone();
+    unset["cancel_at"] = Value::Null;
+    let start = event(
+        "evt_0",
+        "customer.subscription.created",
+        created,
+        &unset,
+        None,
+    );
+    let a = event(
+        "evt_a",
+        "customer.subscription.updated",
+        tie,
+        &set,
+        Some(json!({ "cancel_at": null })),
+    );
+    let b = event(
+        "evt_b",
+        "customer.subscription.updated",
+        tie,
+        &unset,
+        Some(json!({ "cancel_at": x })),
+    );
+
+    let stripe: Arc<dyn StripeObjects> = Arc::new(api);
+    for order in [[&a, &b], [&b, &a]] {
+        for db in ScratchDatabase::all().await.unwrap() {
+            let engine = engine(&db, Some(Arc::clone(&stripe))).await;
+            for event in [&start, order[0], order[1], order[0]] {
+                deliver(&engine, event).await;
+            }
+            engine.project().await.unwrap();
+            assert_eq!(
+                cancel_at(&engine, &id).await,
+                json!(chrono::DateTime::from_timestamp(truth, 0).unwrap()),
+                "{}",
+                db.name
+            );
+            let stats = engine.inbox_stats().await.unwrap();
+            assert_eq!((stats.pending, stats.processed), (0, 3), "{}", db.name);
+            // What was fetched is in the log, attributed to the event that needed it.
+            let timeline = engine.timeline(&customer).await.unwrap();
+            let fetched: Vec<_> = timeline
+                .iter()
+                .filter(|entry| {
+                    serde_json::to_value(&entry.event)
+                        .unwrap()
+                        .to_string()
+                        .contains("\"fetched\":true")
+                })
+                .collect();
+            assert_eq!(fetched.len(), 1, "{}: {timeline:?}", db.name);
+            assert_eq!(
+                fetched[0].stripe_event_id.as_deref(),
+                Some(order[1]["id"].as_str().unwrap())
+            );
+            engine.close().await;
+            db.cleanup().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_a_key_to_fetch_with_the_undecided_event_is_parked_not_dropped() {
+    let (_api, object) = stripe_with_subscription(1_769_904_000).await;
+    let created = object["created"].as_i64().unwrap();
+    let mut set = object.clone();
+    set["cancel_at"] = json!(1_772_323_200);
+    let mut unset = object.clone();
+    unset["cancel_at"] = Value::Null;
+    let db = ScratchDatabase::sqlite().await.unwrap();
+    let engine = engine(&db, None).await;
+    deliver(
+        &engine,
+        &event(
+            "evt_0",
+            "customer.subscription.created",
+            created,
+            &unset,
+            None,
+        ),
+    )
+    .await;
+    deliver(
+        &engine,
+        &event(
+            "evt_a",
+            "customer.subscription.updated",
+            created + 5,
+            &set,
+            Some(json!({ "cancel_at": null })),
+        ),
+    )
+    .await;
+    deliver(
+        &engine,
+        &event(
+            "evt_b",
+            "customer.subscription.updated",
+            created + 5,
+            &unset,
+            Some(json!({ "cancel_at": 1_772_323_200 })),
+        ),
+    )
+    .await;
+    let stats = engine.inbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.failing, stats.processed), (1, 1, 2));
+    engine.close().await;
+    db.cleanup().await.unwrap();
+}
