@@ -165,6 +165,11 @@ pub struct EngineArgs {
     #[arg(long, env = "SUBLEDGER_POLL_INTERVAL_MS", default_value_t = 250)]
     pub poll_interval_ms: u64,
 
+    /// How long a worker keeps the inbox rows it claimed, in seconds: a worker that dies
+    /// mid-batch leaves them to the others after this long.
+    #[arg(long, env = "SUBLEDGER_WORKER_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub worker_lease_secs: u64,
+
     /// The customer metadata key holding your product's user id, for /v1/users/{user_id}.
     #[arg(
         long,
@@ -191,6 +196,7 @@ impl EngineArgs {
         config.webhook_secrets = webhook_secrets()?;
         config.signature_tolerance = Duration::from_secs(self.signature_tolerance_secs);
         config.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
+        config.worker_lease = Duration::from_secs(self.worker_lease_secs);
         config
             .user_id_metadata_key
             .clone_from(&self.user_id_metadata_key);

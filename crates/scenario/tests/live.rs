@@ -20,6 +20,10 @@ const SECRET: &str = "whsec_live_runner_test";
 
 async fn serve(app: axum::Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, app)
+}
+
+fn serve_on(listener: TcpListener, app: axum::Router) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
@@ -29,33 +33,41 @@ fn scenarios_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios")
 }
 
-/// A running Subledger (engine, worker, projector) and a simulated Stripe forwarding to it.
+/// A running Subledger (engine, worker, projector) and a simulated Stripe forwarding to it,
+/// which is also where the worker fetches what the events cannot order.
 async fn setup(catalog: subledger_domain::catalog::Catalog, namespace: &str) -> LiveOptions {
-    let mut config = EngineConfig::new("sqlite::memory:", catalog);
-    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
-    config.poll_interval = Duration::from_millis(10);
-    let engine = Engine::start(config).await.unwrap();
-    let (stop, shutdown) = Shutdown::new();
-    engine.spawn_worker(shutdown.clone());
-    engine.spawn_projector(shutdown);
-    std::mem::forget(stop);
-    let engine_addr = serve(subledger_server::router(engine, Vec::new())).await;
-
+    let engine_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let forwarding = Forwarding {
         target: Target::Http {
-            addr: engine_addr,
+            addr: engine_listener.local_addr().unwrap(),
             path: "/webhooks/stripe".to_owned(),
         },
         secret: WebhookSecret::new(SECRET),
     };
     let account = Account::new(chrono::Utc::now(), RetryPolicy::default(), Some(forwarding));
-    let stripe_addr = serve(stripe_router(account.shared())).await;
+    let stripe_base = format!("http://{}/", serve(stripe_router(account.shared())).await);
     let api = StripeApi::new(
         &ApiKey::new("sk_test_live_runner"),
-        Some(&format!("http://{stripe_addr}/")),
+        Some(&stripe_base),
         namespace,
     )
     .unwrap();
+    let reader =
+        StripeApi::new(&ApiKey::new("rk_test_worker"), Some(&stripe_base), "worker").unwrap();
+
+    let mut config = EngineConfig::new("sqlite::memory:", catalog);
+    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
+    config.poll_interval = Duration::from_millis(10);
+    config.stripe_objects = Some(std::sync::Arc::new(reader));
+    let engine = Engine::start(config).await.unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    engine.spawn_worker(shutdown.clone());
+    engine.spawn_projector(shutdown);
+    std::mem::forget(stop);
+    let engine_addr = serve_on(
+        engine_listener,
+        subledger_server::router(engine, Vec::new()),
+    );
     LiveOptions {
         api,
         engine: engine_addr,
