@@ -170,6 +170,10 @@ pub struct EngineArgs {
     #[arg(long, env = "SUBLEDGER_WORKER_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub worker_lease_secs: u64,
 
+    /// How many inbox rows a worker claims at once.
+    #[arg(long, env = "SUBLEDGER_WORKER_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub worker_batch_size: i64,
+
     /// The customer metadata key holding your product's user id, for /v1/users/{user_id}.
     #[arg(
         long,
@@ -197,6 +201,7 @@ impl EngineArgs {
         config.signature_tolerance = Duration::from_secs(self.signature_tolerance_secs);
         config.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
         config.worker_lease = Duration::from_secs(self.worker_lease_secs);
+        config.worker_batch_size = self.worker_batch_size;
         config
             .user_id_metadata_key
             .clone_from(&self.user_id_metadata_key);

@@ -1,5 +1,6 @@
 //! Two `subledger worker` processes against one PostgreSQL: every stored event is applied
-//! exactly once, in per-subscription Stripe order, whatever the two claim.
+//! exactly once, and each customer's events in Stripe's order (one worker at a time per
+//! customer), whatever the two claim.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -40,8 +41,8 @@ async fn two_worker_processes_apply_every_event_exactly_once() {
     );
     config.webhook_secrets = vec![WebhookSecret::new("whsec_processes")];
     let engine = Engine::start(config).await.unwrap();
-    const CUSTOMERS: usize = 10;
-    const CHANGES: usize = 6;
+    const CUSTOMERS: usize = 2;
+    const CHANGES: usize = 30;
     let start = chrono::Utc::now().timestamp() - 10_000;
     let mut events = Vec::new();
     for change in 0..CHANGES {
@@ -90,6 +91,8 @@ async fn two_worker_processes_apply_every_event_exactly_once() {
                 .args(["worker", "--catalog"])
                 .arg(&catalog_path)
                 .args(["--database-url", &test_db.url, "--poll-interval-ms", "20"])
+                // Small batches: the two workers take turns within each customer's history.
+                .args(["--worker-batch-size", "1"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -111,6 +114,26 @@ async fn two_worker_processes_apply_every_event_exactly_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(workers);
+
+    // Per-customer order: each customer's changes were applied one after the other in Stripe's
+    // order. Had two workers raced on one customer, an older change applied after a newer one
+    // would have been judged stale and left out of the history.
+    for customer in 0..CUSTOMERS {
+        let log = test_db
+            .database
+            .events_of("Customer", &format!("cus_{customer}"))
+            .await
+            .unwrap();
+        let created: Vec<i64> = log
+            .iter()
+            .map(|event| event.metadata["stripe_created"].parse().unwrap())
+            .collect();
+        assert_eq!(created.len(), CHANGES, "cus_{customer}: {created:?}");
+        assert!(
+            created.windows(2).all(|pair| pair[0] < pair[1]),
+            "cus_{customer} applied out of Stripe's order: {created:?}"
+        );
+    }
 
     engine.drain().await.unwrap();
     let views = engine.rebuild_views().await.unwrap();

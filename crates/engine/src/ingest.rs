@@ -108,6 +108,7 @@ pub(crate) fn inbox_row(
         api_version: envelope.api_version,
         livemode: envelope.livemode,
         account: envelope.account,
+        ordering_key: envelope.ordering_key,
         stripe_created: envelope.created,
         payload,
         received_at_ms,

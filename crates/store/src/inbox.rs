@@ -17,6 +17,8 @@ pub struct NewInboxEvent {
     pub api_version: Option<String>,
     pub livemode: bool,
     pub account: Option<String>,
+    /// Whose events are handled one at a time (the customer): see `claim_inbox_events`.
+    pub ordering_key: Option<String>,
     pub stripe_created: i64,
     /// The request body, byte for byte (it is valid UTF-8: it parsed as JSON).
     pub payload: String,
@@ -65,9 +67,12 @@ pub struct InboxStats {
 
 const INSERT_COLUMNS: &str =
     "INSERT INTO inbox (event_id, event_type, api_version, livemode, account, \
-     stripe_created, payload, received_at_ms, correlation_id, available_at_ms) ";
+     stripe_created, payload, received_at_ms, correlation_id, available_at_ms, ordering_key) ";
 
 const CLAIM_ORDER: &str = "ORDER BY stripe_created, received_at_ms, event_id";
+
+/// The advisory lock that serializes inbox claims on PostgreSQL ("subledgr" in ASCII).
+const CLAIM_LOCK: i64 = 0x7375_626c_6564_6772;
 
 impl Database {
     /// Stores a batch in one transaction. Returns, for each input, whether it was new (`false`:
@@ -100,7 +105,8 @@ impl Database {
                     .push_bind(&e.payload)
                     .push_bind(e.received_at_ms)
                     .push_bind(&e.correlation_id)
-                    .push_bind(e.received_at_ms);
+                    .push_bind(e.received_at_ms)
+                    .push_bind(&e.ordering_key);
             });
             query.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
             query
@@ -125,6 +131,11 @@ impl Database {
 
     /// Claims up to `limit` pending rows that are due and not leased by another worker, leasing
     /// them until `now_ms + lease_ms`. Oldest Stripe time first.
+    ///
+    /// Per-customer order: a row is claimed only while no other worker holds a lease on a row
+    /// with the same ordering key, so one customer's events are handled by one worker at a
+    /// time, in Stripe's order. A row waiting out its backoff holds no lease: a parked event
+    /// never holds up the customer's others (one of which may be what it waits for).
     pub async fn claim_inbox_events(
         &self,
         now_ms: i64,
@@ -132,30 +143,50 @@ impl Database {
         limit: i64,
     ) -> Result<Vec<ClaimedEvent>, StoreError> {
         let lease_until = now_ms.saturating_add(lease_ms);
-        // SQLite has one writer at a time, so the UPDATE itself is the lock; on PostgreSQL,
-        // SKIP LOCKED makes concurrent workers take different rows, never the same one.
-        let lock = match self {
-            Self::Sqlite(_) => "",
-            Self::Postgres(_) => "FOR UPDATE SKIP LOCKED",
-        };
         let sql = format!(
             "UPDATE inbox SET locked_until_ms = $1, attempts = attempts + 1
               WHERE event_id IN (
-                SELECT event_id FROM inbox
+                SELECT event_id FROM inbox candidate
                  WHERE status = 'pending' AND available_at_ms <= $2
                    AND (locked_until_ms IS NULL OR locked_until_ms <= $2)
-                 {CLAIM_ORDER} LIMIT $3 {lock})
+                   AND (ordering_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM inbox leased
+                         WHERE leased.ordering_key = candidate.ordering_key
+                           AND leased.status = 'pending' AND leased.locked_until_ms > $2))
+                 {CLAIM_ORDER} LIMIT $3)
           RETURNING event_id, event_type, payload, stripe_created, received_at_ms,
                     correlation_id, attempts"
         );
-        let mut rows: Vec<ClaimedEvent> = on_pool!(self, pool => {
-            sqlx::query_as(&sql)
-                .bind(lease_until)
-                .bind(now_ms)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-        });
+        let mut rows: Vec<ClaimedEvent> = match self {
+            // One writer at a time: the UPDATE sees every lease committed before it.
+            Self::Sqlite(pool) => {
+                sqlx::query_as(&sql)
+                    .bind(lease_until)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+            }
+            // Claims are serialized by a transaction-scoped advisory lock, taken before the
+            // UPDATE so that its snapshot holds every lease committed by earlier claims. (Row
+            // locks alone would let two claims that overlap take one customer's rows apart.)
+            // A claim is a few milliseconds; the work it hands out runs in parallel.
+            Self::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(CLAIM_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                let rows = sqlx::query_as(&sql)
+                    .bind(lease_until)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                rows
+            }
+        };
         // RETURNING does not promise an order.
         rows.sort_by(|a, b| {
             (a.stripe_created, a.received_at_ms, &a.event_id).cmp(&(

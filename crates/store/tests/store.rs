@@ -19,10 +19,104 @@ fn inbox_event(id: &str, created: i64, received: i64) -> NewInboxEvent {
         api_version: Some("2025-03-31.basil".to_owned()),
         livemode: false,
         account: None,
+        ordering_key: Some(format!("cus_{id}")),
         stripe_created: created,
         payload: format!(r#"{{"id":"{id}"}}"#),
         received_at_ms: received,
         correlation_id: format!("corr-{id}"),
+    }
+}
+
+fn keyed(id: &str, created: i64, customer: &str) -> NewInboxEvent {
+    NewInboxEvent {
+        ordering_key: Some(customer.to_owned()),
+        ..inbox_event(id, created, 1)
+    }
+}
+
+#[tokio::test]
+async fn one_customers_events_go_to_one_worker_at_a_time_in_stripe_order() {
+    for test in ScratchDatabase::all().await.unwrap() {
+        let db = &test.database;
+        db.insert_inbox_events(&[
+            keyed("evt_a1", 1, "cus_a"),
+            keyed("evt_b1", 2, "cus_b"),
+            keyed("evt_a2", 3, "cus_a"),
+            keyed("evt_a3", 4, "cus_a"),
+        ])
+        .await
+        .unwrap();
+        let ids = |claimed: Vec<subledger_store::ClaimedEvent>| -> Vec<String> {
+            claimed.into_iter().map(|c| c.event_id).collect()
+        };
+        // The first worker takes cus_a's oldest; the second may not take cus_a's next while
+        // that lease is held, only another customer's.
+        let first = db.claim_inbox_events(1_000, 60_000, 1).await.unwrap();
+        assert_eq!(ids(first), ["evt_a1"], "{}", test.name);
+        let second = db.claim_inbox_events(1_000, 60_000, 10).await.unwrap();
+        assert_eq!(ids(second), ["evt_b1"], "{}", test.name);
+        // One claim may take several of one customer's rows: its worker runs them in order.
+        db.finish_inbox_event("evt_a1", InboxStatus::Processed, "applied", 2_000)
+            .await
+            .unwrap();
+        let next = db.claim_inbox_events(2_000, 60_000, 10).await.unwrap();
+        assert_eq!(ids(next), ["evt_a2", "evt_a3"], "{}", test.name);
+        // A row waiting out its backoff holds no lease: the customer's others go on.
+        db.retry_inbox_event_later("evt_a2", "invoice not known yet", 100_000)
+            .await
+            .unwrap();
+        db.finish_inbox_event("evt_a3", InboxStatus::Processed, "applied", 3_000)
+            .await
+            .unwrap();
+        db.insert_inbox_events(&[keyed("evt_a4", 5, "cus_a")])
+            .await
+            .unwrap();
+        let meanwhile = db.claim_inbox_events(3_000, 60_000, 10).await.unwrap();
+        assert_eq!(ids(meanwhile), ["evt_a4"], "{}", test.name);
+        test.cleanup().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_never_split_one_customer_between_workers() {
+    for test in ScratchDatabase::all().await.unwrap() {
+        let mut rows = Vec::new();
+        for change in 0..6 {
+            for customer in 0..5 {
+                rows.push(keyed(
+                    &format!("evt_{customer}_{change}"),
+                    change,
+                    &format!("cus_{customer}"),
+                ));
+            }
+        }
+        test.database.insert_inbox_events(&rows).await.unwrap();
+        // Eight workers claim at once; none finishes, so every lease is still held at the end.
+        let claims: Vec<_> = (0..8)
+            .map(|_| {
+                let db = test.database.clone();
+                tokio::spawn(async move { db.claim_inbox_events(1_000, 60_000, 4).await })
+            })
+            .collect();
+        let mut owner = std::collections::HashMap::new();
+        for (worker, claim) in claims.into_iter().enumerate() {
+            for row in claim.await.unwrap().unwrap() {
+                let customer = row.event_id.split('_').nth(1).unwrap().to_owned();
+                let first = *owner.entry(customer.clone()).or_insert(worker);
+                assert_eq!(
+                    first, worker,
+                    "{}: cus_{customer} claimed by two workers",
+                    test.name
+                );
+            }
+        }
+        assert_eq!(
+            owner.len(),
+            5,
+            "{}: every customer is being worked on",
+            test.name
+        );
+        test.cleanup().await.unwrap();
     }
 }
 

@@ -17,6 +17,9 @@ pub struct EventEnvelope {
     pub livemode: bool,
     /// The connected account, for Connect events.
     pub account: Option<String>,
+    /// Whose events must be handled one at a time, in Stripe's order: the customer the object
+    /// belongs to (or is), else the object itself.
+    pub ordering_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,15 +43,46 @@ struct RawEnvelope {
     livemode: bool,
     #[serde(default)]
     account: Option<String>,
-    // Never read: deserializing it is the check that `data.object` is present.
-    #[allow(dead_code)]
     data: RawData,
 }
 
 #[derive(Deserialize)]
 struct RawData {
+    object: RawObject,
+}
+
+/// Only what names the object's owner; any other shape of these fields is tolerated.
+#[derive(Deserialize)]
+struct RawObject {
+    #[serde(default)]
+    id: Loose,
+    #[serde(default)]
+    object: Loose,
+    #[serde(default)]
+    customer: Loose,
+}
+
+/// A field read if it is a string (or an expanded object's `id`), ignored otherwise.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum Loose {
+    Text(String),
+    Expanded {
+        id: String,
+    },
+    #[default]
+    Other,
     #[allow(dead_code)]
-    object: IgnoredAny,
+    Unreadable(IgnoredAny),
+}
+
+impl Loose {
+    fn text(self) -> Option<String> {
+        match self {
+            Self::Text(text) | Self::Expanded { id: text } => Some(text),
+            Self::Other | Self::Unreadable(_) => None,
+        }
+    }
 }
 
 impl EventEnvelope {
@@ -76,7 +110,15 @@ impl EventEnvelope {
         if raw.event_type.is_empty() {
             return Err(EnvelopeError::NotAnEvent("`type` is empty".to_owned()));
         }
+        let object = raw.data.object;
+        let is_customer = matches!(&object.object, Loose::Text(kind) if kind == "customer");
+        let ordering_key = if is_customer {
+            object.id.text()
+        } else {
+            object.customer.text().or_else(|| object.id.text())
+        };
         Ok(Self {
+            ordering_key,
             id: raw.id,
             event_type: raw.event_type,
             created: raw.created,
@@ -102,6 +144,34 @@ mod tests {
         assert_eq!(envelope.created, 1_700_000_000);
         assert_eq!(envelope.api_version.as_deref(), Some("2025-03-31.basil"));
         assert_eq!(envelope.account, None);
+        // Without `object` or `customer`, the object itself is the key.
+        assert_eq!(envelope.ordering_key.as_deref(), Some("cus_1"));
+    }
+
+    #[test]
+    fn the_ordering_key_is_the_customer_the_object_belongs_to_or_is() {
+        let key = |object: &str| {
+            let body = format!(
+                r#"{{"id":"evt_1","object":"event","type":"x","created":1,"data":{{"object":{object}}}}}"#
+            );
+            EventEnvelope::parse(body.as_bytes()).unwrap().ordering_key
+        };
+        let customer = Some("cus_1".to_owned());
+        assert_eq!(key(r#"{"id":"cus_1","object":"customer"}"#), customer);
+        assert_eq!(
+            key(r#"{"id":"sub_1","object":"subscription","customer":"cus_1"}"#),
+            customer
+        );
+        assert_eq!(
+            key(r#"{"id":"in_1","customer":{"id":"cus_1","email":"a@b"}}"#),
+            customer
+        );
+        assert_eq!(
+            key(r#"{"id":"pi_1","customer":null}"#),
+            Some("pi_1".to_owned())
+        );
+        // Odd shapes are tolerated, never refused.
+        assert_eq!(key(r#"{"id":7,"customer":[1]}"#), None);
     }
 
     #[test]
