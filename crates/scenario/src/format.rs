@@ -27,7 +27,8 @@
 //!
 //! Other steps: `upgrade` (`subscription`, `price`, `proration`: always_invoice |
 //! create_prorations | none), `downgrade` (at period end), `cancel` (`at_period_end`),
-//! `undo_cancel`, `pause` (`behavior`), `resume`, `complete_3ds`, `abandon_3ds`,
+//! `undo_cancel`, `delete_customer` (`id`), `pause` (`behavior`), `resume`, `complete_3ds`,
+//! `abandon_3ds`,
 //! `open_dispute` (`customer`), `close_dispute` (`customer`, `outcome`: won | lost).
 //! Every problem is reported with the file and line.
 
@@ -116,6 +117,10 @@ pub enum Action {
     },
     UndoCancel {
         subscription: String,
+    },
+    /// Stripe deletes the customer, canceling its subscriptions.
+    DeleteCustomer {
+        id: String,
     },
     /// An operator's hold, through Subledger's own API (not Stripe).
     PlaceHold {
@@ -231,6 +236,7 @@ impl Action {
                 format!("cancel {subscription} at {}", at.to_rfc3339())
             }
             Self::UndoCancel { subscription } => format!("undo_cancel {subscription}"),
+            Self::DeleteCustomer { id } => format!("delete_customer {id}"),
             Self::PlaceHold { customer, id, .. } => format!("place hold {id} on {customer}"),
             Self::LiftHold { customer, id } => format!("lift hold {id} on {customer}"),
             Self::Pause {
@@ -717,6 +723,10 @@ impl Reader {
                 }
             }
             "undo_cancel" => Action::UndoCancel { subscription: sub(&["subscription"])?.1 },
+            "delete_customer" => {
+                let map = self.args(value, name, &["id"])?;
+                Action::DeleteCustomer { id: self.required_str(map, "id")?.to_owned() }
+            }
             "cancel_at" => {
                 let (map, subscription) = sub(&["subscription", "at"])?;
                 Action::CancelAt {
@@ -791,7 +801,7 @@ impl Reader {
                         "unknown step `{other}` (expected create_customer, change_card, subscribe, advance, advance_to, \
                          upgrade, downgrade, cancel, undo_cancel, pause, resume, complete_3ds, abandon_3ds, \
                          open_dispute, close_dispute, order, pay_order, complete_order_3ds, cancel_at, place_hold, lift_hold, \
-                         cancel_order, refund_order or expect)"
+                         cancel_order, refund_order, delete_customer or expect)"
                     ),
                 ))
             }

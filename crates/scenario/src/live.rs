@@ -287,6 +287,9 @@ impl LiveRun<'_> {
                     .await
                     .map_err(stripe_failed)?;
             }
+            Action::DeleteCustomer { id } => {
+                api.delete_customer(&self.id(id)?).await.map_err(stripe_failed)?;
+            }
             Action::Pause { subscription, behavior } => {
                 api.pause_collection(&self.key(format!("pause:{subscription}:{line}")), &self.id(subscription)?, behavior)
                     .await

@@ -94,6 +94,7 @@ async fn scenario_files_run_through_async_stripe_against_the_simulated_api() {
         "year-of-renewals.yaml",
         "upgrade-now-downgrade-at-period-end.yaml",
         "cancel-at-date-and-holds.yaml",
+        "customer-deleted.yaml",
     ];
     let mut failures = Vec::new();
     for file in files {

@@ -230,7 +230,9 @@ pub fn router(account: SharedAccount) -> Router {
         .route("/v1/customers", post(create_customer).get(list_customers))
         .route(
             "/v1/customers/{id}",
-            get(retrieve_customer).post(update_customer),
+            get(retrieve_customer)
+                .post(update_customer)
+                .delete(delete_customer),
         )
         .route(
             "/v1/payment_methods/{id}/attach",
@@ -441,6 +443,20 @@ async fn retrieve_customer(
     let mut account = account.lock().await;
     let clock = account.customer_clock(&id)?;
     Ok(Json(account.sim(&clock)?.customer_json(&id)?))
+}
+
+async fn delete_customer(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let print = fingerprint(&Method::DELETE, &format!("/v1/customers/{id}"), &Vec::new());
+    idempotent(&account, &headers, print, |account| {
+        let clock = account.customer_clock(&id)?;
+        account.sim(&clock)?.delete_customer(&id)?;
+        Ok(json!({ "id": id, "object": "customer", "deleted": true }))
+    })
+    .await
 }
 
 async fn attach_payment_method(

@@ -764,6 +764,30 @@ impl Simulator {
         })
     }
 
+    /// `DELETE /v1/customers/{id}`: Stripe cancels the customer's live subscriptions at once
+    /// (a `customer.subscription.deleted` each), then sends `customer.deleted` carrying the
+    /// customer's last state. A deleted customer stays deleted.
+    pub fn delete_customer(&mut self, id: &str) -> Result<(), SimError> {
+        if self.customer(id)?.deleted {
+            return Err(not_found("customer", id));
+        }
+        let live: Vec<String> = self
+            .subscriptions
+            .values()
+            .filter(|s| s.customer == id && !s.status.is_ended())
+            .map(|s| s.id.clone())
+            .collect();
+        for subscription in live {
+            self.end_subscription(&subscription, SubscriptionStatus::Canceled)?;
+        }
+        let last_state = self.render_customer(id)?;
+        if let Some(customer) = self.customers.get_mut(id) {
+            customer.deleted = true;
+        }
+        self.emit("customer.deleted", last_state, None);
+        Ok(())
+    }
+
     pub fn cancel_now(&mut self, subscription: &str) -> Result<(), SimError> {
         let current = self.subscription(subscription)?.clone();
         self.ensure_live(&current)?;

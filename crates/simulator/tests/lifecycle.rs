@@ -298,3 +298,24 @@ fn entitlement_summaries_follow_subscriptions_except_when_a_trial_ends_paused() 
         !types(&sim.take_new_events()).contains(&"entitlements.active_entitlement_summary.updated")
     );
 }
+
+#[test]
+fn deleting_a_customer_cancels_its_subscriptions_first_and_only_once() {
+    let mut sim = simulator("pm_card_visa", RetryPolicy::default());
+    sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
+        .unwrap();
+    sim.take_new_events();
+    sim.delete_customer("cus_a").unwrap();
+    let events = sim.take_new_events();
+    assert_eq!(
+        types(&events),
+        ["customer.subscription.deleted", "customer.deleted"]
+    );
+    assert_eq!(status(&sim), SubscriptionStatus::Canceled);
+    // The event carries the customer's last state, not the deleted stub.
+    assert_eq!(events[1]["data"]["object"]["email"], "cus_a@example.com");
+    assert!(matches!(
+        sim.delete_customer("cus_a"),
+        Err(SimError::NotFound { .. })
+    ));
+}

@@ -31,7 +31,9 @@ use stripe_billing::test_helpers_test_clock::{
     AdvanceTestHelpersTestClock, CreateTestHelpersTestClock, RetrieveTestHelpersTestClock,
 };
 use stripe_client_core::{RequestBuilder, StripeMethod};
-use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
+use stripe_core::customer::{
+    CreateCustomer, DeleteCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings,
+};
 use stripe_payment::payment_method::AttachPaymentMethod;
 use stripe_product::price::{
     CreatePrice, CreatePriceProductData, CreatePriceRecurring, CreatePriceRecurringInterval,
@@ -456,6 +458,24 @@ impl StripeApi {
         self.send_idempotent("set cancel_at", key, &request)
             .await
             .map(|_| ())
+    }
+
+    /// Deletes a customer (Stripe cancels its subscriptions). A DELETE takes no idempotency
+    /// key; it is idempotent in effect, so a retry that finds the customer gone is success.
+    pub async fn delete_customer(&self, customer: &str) -> Result<(), ApiError> {
+        let request = DeleteCustomer::new(customer);
+        match self
+            .with_retries("delete customer", || request.send(&self.client))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ApiError::InvalidRequest { message, .. })
+                if message.contains("No such customer") =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
     }
 
     pub async fn cancel_subscription(&self, key: &str, subscription: &str) -> Result<(), ApiError> {
