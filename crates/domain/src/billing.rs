@@ -1,5 +1,7 @@
 //! The Stripe facts that the aggregates record, already translated out of Stripe's JSON.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +93,32 @@ pub struct Provenance {
     /// not: Stripe's own answer for that second, so it follows every event from it.
     #[serde(default)]
     pub fetched: bool,
+}
+
+/// Where a customer's details sit in their history, as far as the event tells: what orders
+/// two `customer.*` snapshots from the same second.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetailsProvenance {
+    /// From `customer.created`: the customer's first state.
+    pub creation: bool,
+    /// `previous_attributes.metadata`: the keys the change touched and their earlier values
+    /// (`None`: the key was not set).
+    pub previous_metadata: Option<BTreeMap<String, Option<String>>>,
+    /// Fetched from Stripe's API to settle a same-second tie: follows every event from it.
+    pub fetched: bool,
+}
+
+impl DetailsProvenance {
+    /// Whether this change moved the metadata away from `metadata`: `None` when the event
+    /// lists no earlier metadata values.
+    pub fn moved_away_from(&self, metadata: &BTreeMap<String, String>) -> Option<bool> {
+        let previous = self.previous_metadata.as_ref().filter(|p| !p.is_empty())?;
+        Some(
+            previous
+                .iter()
+                .all(|(key, was)| metadata.get(key) == was.as_ref()),
+        )
+    }
 }
 
 /// Fields of a subscription's earlier state, as `previous_attributes` reports them. `None`: the

@@ -1,7 +1,7 @@
-//! Settling what Stripe's events cannot: when two snapshots of a subscription carry the same
-//! second and nothing in either event orders them, the worker asks Stripe's API for the object
-//! and records what it fetched as a domain event (`Provenance::fetched`). Arrival order is never
-//! taken as evidence.
+//! Settling what Stripe's events cannot: when two snapshots of a subscription (or of a
+//! customer's details) carry the same second and nothing in either event orders them, the
+//! worker asks Stripe's API for the object and records what it fetched as a domain event, with
+//! `fetched` provenance. Arrival order is never taken as evidence.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,14 +15,23 @@ pub type Fetched<'a> = Pin<Box<dyn Future<Output = Result<serde_json::Value, Str
 /// simulator in tests and scenarios.
 pub trait StripeObjects: Send + Sync {
     fn subscription<'a>(&'a self, id: &'a str) -> Fetched<'a>;
+    fn customer<'a>(&'a self, id: &'a str) -> Fetched<'a>;
 }
 
 impl StripeObjects for StripeApi {
     fn subscription<'a>(&'a self, id: &'a str) -> Fetched<'a> {
         Box::pin(async move {
-            self.subscription_object(id)
+            self.object("subscriptions", id)
                 .await
                 .map_err(|e| format!("fetching subscription `{id}` from Stripe failed: {e}"))
+        })
+    }
+
+    fn customer<'a>(&'a self, id: &'a str) -> Fetched<'a> {
+        Box::pin(async move {
+            self.object("customers", id)
+                .await
+                .map_err(|e| format!("fetching customer `{id}` from Stripe failed: {e}"))
         })
     }
 }

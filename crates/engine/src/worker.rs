@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
 use cqrs_es::AggregateError;
-use subledger_domain::billing::{DisputeFacts, Provenance};
-use subledger_domain::customer::{CustomerCommand, CustomerError};
-use subledger_domain::ids::{CustomerId, PaymentIntentId, SubscriptionId};
+use subledger_domain::billing::DisputeFacts;
+use subledger_domain::customer::{CustomerCommand, CustomerError, TiedObject};
+use subledger_domain::ids::{CustomerId, PaymentIntentId};
 use subledger_domain::payment::{Payment, PaymentEvent};
 use subledger_store::{ClaimedEvent, InboxStatus, StoreError};
-use subledger_stripe::{subscription_from_object, translate, Translation};
+use subledger_stripe::{translate, translate_fetched, Translation};
 
 use crate::engine::Engine;
 
@@ -148,10 +148,10 @@ impl Engine {
                 match result {
                     Ok(()) => Ok(Outcome::Applied(format!("Customer {customer_id}"))),
                     Err(AggregateError::UserError(CustomerError::OrderUndecided {
-                        subscription,
+                        object,
                         second,
                     })) => {
-                        self.settle_by_fetching(&customer_id, &subscription, second, &metadata)
+                        self.settle_by_fetching(&customer_id, &object, second, &metadata)
                             .await
                     }
                     Err(error) => Err(describe(error)),
@@ -247,42 +247,52 @@ impl Engine {
         Ok(())
     }
 
-    /// Two snapshots of `subscription` from the same second that the events cannot order: ask
-    /// Stripe for the subscription as it is now and record that as Stripe's answer for the
-    /// second. Every later arrival from that second is then judged against it, so each
-    /// delivery order ends in the same state.
+    /// Two snapshots of `object` from the same second that the events cannot order: ask
+    /// Stripe for the object as it is now and record that as Stripe's answer for the second.
+    /// Every later arrival from that second is then judged against it, so each delivery order
+    /// ends in the same state.
     async fn settle_by_fetching(
         &self,
         customer_id: &CustomerId,
-        subscription: &SubscriptionId,
+        object: &TiedObject,
         second: DateTime<Utc>,
         metadata: &HashMap<String, String>,
     ) -> Result<Outcome, String> {
         let Some(objects) = &self.config.stripe_objects else {
             return Err(format!(
-                "cannot tell which of two snapshots of subscription `{subscription}` from \
-                 {second} is newer, and no Stripe API key is configured to fetch it \
-                 (SUBLEDGER_STRIPE_READ_KEY)"
+                "cannot tell which of two snapshots of {object} from {second} is newer, and no \
+                 Stripe API key is configured to fetch it (SUBLEDGER_STRIPE_READ_KEY)"
             ));
         };
-        let object = objects.subscription(subscription.as_str()).await?;
-        let fetched = subscription_from_object(&object)
-            .map_err(|e| format!("the subscription Stripe returned cannot be read: {e}"))?;
-        if fetched.id != *subscription || fetched.customer_id != *customer_id {
+        let fetched = match object {
+            TiedObject::Customer => objects.customer(customer_id.as_str()).await?,
+            TiedObject::Subscription(id) => objects.subscription(id.as_str()).await?,
+        };
+        let unreadable = |e| format!("what Stripe returned for {object} cannot be read: {e}");
+        let (owner, command) = match translate_fetched(&fetched, second).map_err(unreadable)? {
+            Translation::Customer {
+                customer_id,
+                command,
+            } => (customer_id, command),
+            _ => return Err(format!("Stripe returned something else than {object}")),
+        };
+        let same_object = match (object, &command) {
+            (
+                TiedObject::Subscription(id),
+                CustomerCommand::RecordSubscription { subscription, .. },
+            ) => subscription.id == *id,
+            (TiedObject::Customer, CustomerCommand::RecordDetails { .. })
+            | (TiedObject::Customer, CustomerCommand::RecordDeletion { .. }) => true,
+            _ => false,
+        };
+        if !same_object || owner != *customer_id {
             return Err(format!(
-                "asked Stripe for subscription `{subscription}` of `{customer_id}` and got \
-                 `{}` of `{}`",
-                fetched.id, fetched.customer_id
+                "asked Stripe for {object} of `{customer_id}` and got another object"
             ));
         }
-        tracing::info!(%subscription, %second, "same-second snapshots settled by fetching the subscription from Stripe");
+        tracing::info!(%object, %second, "same-second snapshots settled by fetching from Stripe");
         let mut metadata = metadata.clone();
         metadata.insert("source".to_owned(), "stripe_api".to_owned());
-        let command = CustomerCommand::RecordSubscription {
-            subscription: fetched,
-            occurred_at: second,
-            provenance: Provenance::fetched(),
-        };
         run_with_conflict_retries(|| {
             self.customers
                 .execute(customer_id.as_str(), command.clone(), metadata.clone())
@@ -290,8 +300,8 @@ impl Engine {
         .await
         .map_err(describe)?;
         Ok(Outcome::Applied(format!(
-            "Customer {customer_id}: order of same-second snapshots of {subscription} settled \
-             by fetching it from Stripe"
+            "Customer {customer_id}: order of same-second snapshots of {object} settled by \
+             fetching it from Stripe"
         )))
     }
 }

@@ -366,9 +366,13 @@ async fn concurrent_workers_on_postgres_never_handle_a_row_twice() {
     let clock = Arc::new(ManualClock::new(
         DateTime::from_timestamp(START, 0).unwrap(),
     ));
-    let mut second_config = config(&first.test_db.url, &clock);
-    second_config.worker_batch_size = 7;
-    let second = Engine::start(second_config).await.unwrap();
+    // Batches smaller than the twelve customers: each worker leaves customers to the other.
+    let worker = |batch_size| {
+        let mut config = config(&first.test_db.url, &clock);
+        config.worker_batch_size = batch_size;
+        Engine::start(config)
+    };
+    let (one, other) = (worker(5).await.unwrap(), worker(7).await.unwrap());
 
     const EVENTS: usize = 120;
     for n in 0..EVENTS {
@@ -401,7 +405,7 @@ async fn concurrent_workers_on_postgres_never_handle_a_row_twice() {
             handled += report.handled();
         }
     };
-    let (a, b) = tokio::join!(drain(first.engine.clone()), drain(second.clone()));
+    let (a, b) = tokio::join!(drain(one.clone()), drain(other.clone()));
     assert_eq!(
         a + b,
         EVENTS,
@@ -421,6 +425,7 @@ async fn concurrent_workers_on_postgres_never_handle_a_row_twice() {
         (stats.pending, stats.processed),
         (0, i64::try_from(EVENTS).unwrap())
     );
-    second.close().await;
+    one.close().await;
+    other.close().await;
     first.cleanup().await;
 }

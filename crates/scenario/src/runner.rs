@@ -323,6 +323,13 @@ impl StripeObjects for SimulatorObjects {
             simulator.subscription_json(id).map_err(|e| e.to_string())
         })
     }
+
+    fn customer<'a>(&'a self, id: &'a str) -> Fetched<'a> {
+        Box::pin(async move {
+            let simulator = self.0.lock().await;
+            simulator.customer_json(id).map_err(|e| e.to_string())
+        })
+    }
 }
 
 fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator::SimError> {

@@ -1,5 +1,5 @@
 //! Same-second snapshots that Stripe's events cannot order are settled by fetching the
-//! subscription from Stripe's API (the simulator's REST API, through async-stripe), and what was
+//! subscription (or customer) from Stripe's API (the simulator's REST API, through async-stripe), and what was
 //! fetched is recorded as an event: every delivery order ends in Stripe's state.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 const SECRET: &str = "whsec_refetch_test";
 const CATALOG: &str = "default_plan: free\nplans:\n  free: {}\n  pro:\n    prices: [price_pro]\n    features: { sso: true }\n";
 
-/// A simulated Stripe over HTTP holding one active subscription whose `cancel_at` is `truth`.
+/// A simulated Stripe over HTTP holding one active subscription whose `cancel_at` is `truth`,
+/// of a customer whose `user_id` is `u_truth`.
 async fn stripe_with_subscription(truth: i64) -> (StripeApi, Value) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -41,7 +42,11 @@ async fn stripe_with_subscription(truth: i64) -> (StripeApi, Value) {
         .await
         .unwrap();
     let customer = api
-        .create_customer("customer", &clock.id, HashMap::new())
+        .create_customer(
+            "customer",
+            &clock.id,
+            HashMap::from([("user_id".to_owned(), "u_truth".to_owned())]),
+        )
         .await
         .unwrap();
     api.attach_default_card("card", &customer, "pm_card_visa")
@@ -54,7 +59,7 @@ async fn stripe_with_subscription(truth: i64) -> (StripeApi, Value) {
     api.set_cancel_at("cancel", &subscription.id, truth)
         .await
         .unwrap();
-    let object = api.subscription_object(&subscription.id).await.unwrap();
+    let object = api.object("subscriptions", &subscription.id).await.unwrap();
     (api, object)
 }
 
@@ -213,4 +218,50 @@ async fn without_a_key_to_fetch_with_the_undecided_event_is_parked_not_dropped()
     assert_eq!((stats.pending, stats.failing, stats.processed), (1, 1, 2));
     engine.close().await;
     db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_customer_details_tie_is_settled_by_what_stripe_returns() {
+    let (api, subscription) = stripe_with_subscription(1_769_904_000).await;
+    let customer_id = subscription["customer"].as_str().unwrap().to_owned();
+    let customer = api.object("customers", &customer_id).await.unwrap();
+    let created = customer["created"].as_i64().unwrap();
+    // A user id set and taken back in one second.
+    let mut without = customer.clone();
+    without["metadata"] = json!({});
+    let mut with = customer.clone();
+    with["metadata"] = json!({ "user_id": "u_1" });
+    let start = event("evt_c0", "customer.created", created, &without, None);
+    let set = event(
+        "evt_c1",
+        "customer.updated",
+        created + 3,
+        &with,
+        Some(json!({ "metadata": { "user_id": null } })),
+    );
+    let unset = event(
+        "evt_c2",
+        "customer.updated",
+        created + 3,
+        &without,
+        Some(json!({ "metadata": { "user_id": "u_1" } })),
+    );
+
+    let stripe: Arc<dyn StripeObjects> = Arc::new(api);
+    for order in [[&set, &unset], [&unset, &set]] {
+        let db = ScratchDatabase::sqlite().await.unwrap();
+        let engine = engine(&db, Some(Arc::clone(&stripe))).await;
+        for event in [&start, order[0], order[1]] {
+            deliver(&engine, event).await;
+        }
+        engine.project().await.unwrap();
+        assert_eq!(
+            engine.customer_of_user("u_truth").as_deref(),
+            Some(customer_id.as_str())
+        );
+        assert_eq!(engine.customer_of_user("u_1"), None);
+        assert_eq!(engine.inbox_stats().await.unwrap().processed, 3);
+        engine.close().await;
+        db.cleanup().await.unwrap();
+    }
 }

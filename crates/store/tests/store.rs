@@ -211,7 +211,7 @@ async fn record_details(db: &Database, customer: &str, event_id: &str, second: i
     let command = CustomerCommand::RecordDetails {
         metadata: BTreeMap::from([("n".to_owned(), second.to_string())]),
         occurred_at: DateTime::from_timestamp(1_700_000_000 + second, 0).unwrap(),
-        creation: false,
+        provenance: Default::default(),
     };
     match db {
         Database::Sqlite(pool) => {

@@ -14,4 +14,4 @@ pub mod translate;
 
 pub use envelope::{EnvelopeError, EventEnvelope};
 pub use signature::{SignatureError, WebhookSecret, WebhookVerifier};
-pub use translate::{subscription_from_object, translate, Translation, TranslationError};
+pub use translate::{translate, translate_fetched, Translation, TranslationError};

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use subledger_domain::billing::{
-    DisputeFacts, InvoiceFacts, NextPhase, PreviousFields, Provenance, ScheduleFacts,
-    SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus, Was,
+    DetailsProvenance, DisputeFacts, InvoiceFacts, NextPhase, PreviousFields, Provenance,
+    ScheduleFacts, SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus, Was,
 };
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::ids::{CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId};
@@ -69,7 +69,7 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
             command: CustomerCommand::RecordDetails {
                 metadata: object.metadata()?,
                 occurred_at: created,
-                creation: event_type == "customer.created",
+                provenance: details_provenance(event, event_type == "customer.created"),
             },
         },
         "customer.deleted" => Translation::Customer {
@@ -271,19 +271,76 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
     Ok(translation)
 }
 
-/// Reads a subscription object as Stripe's API returns it (`GET /v1/subscriptions/{id}`): what
-/// the worker records when the events alone cannot order two snapshots.
-pub fn subscription_from_object(object: &Value) -> Result<SubscriptionSnapshot, TranslationError> {
+/// Translates an object fetched from Stripe's API (`GET /v1/subscriptions/{id}` or
+/// `/v1/customers/{id}`) into what the worker records when the events alone cannot order two
+/// snapshots of it: Stripe's own answer for `second`.
+pub fn translate_fetched(
+    object: &Value,
+    second: DateTime<Utc>,
+) -> Result<Translation, TranslationError> {
     let map = object
         .as_object()
-        .ok_or_else(|| invalid("subscription", "an object"))?;
-    if map.get("object").and_then(Value::as_str) != Some("subscription") {
-        return Err(invalid("subscription.object", "\"subscription\""));
-    }
-    subscription_snapshot(&Fields {
+        .ok_or_else(|| invalid("object", "an object"))?;
+    let fields = Fields {
         map,
-        prefix: "subscription",
-    })
+        prefix: "fetched",
+    };
+    match fields.str("object")? {
+        "subscription" => {
+            let subscription = subscription_snapshot(&fields)?;
+            Ok(Translation::Customer {
+                customer_id: subscription.customer_id.clone(),
+                command: CustomerCommand::RecordSubscription {
+                    subscription,
+                    occurred_at: second,
+                    provenance: Provenance::fetched(),
+                },
+            })
+        }
+        // A deleted customer is a stub: `{"id", "object": "customer", "deleted": true}`.
+        "customer" if fields.bool("deleted") => Ok(Translation::Customer {
+            customer_id: CustomerId::new(fields.str("id")?),
+            command: CustomerCommand::RecordDeletion {
+                occurred_at: second,
+            },
+        }),
+        "customer" => Ok(Translation::Customer {
+            customer_id: CustomerId::new(fields.str("id")?),
+            command: CustomerCommand::RecordDetails {
+                metadata: fields.metadata()?,
+                occurred_at: second,
+                provenance: DetailsProvenance {
+                    fetched: true,
+                    ..DetailsProvenance::default()
+                },
+            },
+        }),
+        _ => Err(invalid(
+            "fetched.object",
+            "\"subscription\" or \"customer\"",
+        )),
+    }
+}
+
+/// Where a customer's details sit in their history: a creation, or a change away from the
+/// metadata values `data.previous_attributes.metadata` lists (null: the key was not set).
+fn details_provenance(event: &Value, creation: bool) -> DetailsProvenance {
+    let previous_metadata = event
+        .get("data")
+        .and_then(|data| data.get("previous_attributes"))
+        .and_then(|previous| previous.get("metadata"))
+        .and_then(Value::as_object)
+        .map(|metadata| {
+            metadata
+                .iter()
+                .map(|(key, was)| (key.clone(), was.as_str().map(str::to_owned)))
+                .collect()
+        });
+    DetailsProvenance {
+        creation,
+        previous_metadata,
+        fetched: false,
+    }
 }
 
 /// Where a subscription snapshot sits in its history: a creation, or a change away from the

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use subledger_domain::billing::SubscriptionStatus;
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::payment::PaymentCommand;
-use subledger_stripe::{translate, Translation, TranslationError};
+use subledger_stripe::{translate, translate_fetched, Translation, TranslationError};
 
 fn fixture(resource: &str) -> Value {
     let text = include_str!("../fixtures/stripe-openapi/fixtures3.json");
@@ -150,6 +150,63 @@ fn customer_fixtures_record_details_and_deletion() {
             ..
         }
     ));
+}
+
+#[test]
+fn a_customer_change_names_the_metadata_it_moved_away_from() {
+    let mut customer = fixture("customer");
+    customer["metadata"] = json!({ "user_id": "u_2" });
+    let mut updated = event("customer.updated", customer);
+    updated["data"]["previous_attributes"] =
+        json!({ "metadata": { "user_id": "u_1", "plan": null } });
+    let Translation::Customer {
+        command: CustomerCommand::RecordDetails { provenance, .. },
+        ..
+    } = translate(&updated).unwrap()
+    else {
+        panic!("not a details command");
+    };
+    assert!(!provenance.creation && !provenance.fetched);
+    let previous = provenance.previous_metadata.unwrap();
+    assert_eq!(previous["user_id"].as_deref(), Some("u_1"));
+    assert_eq!(previous["plan"], None, "null: the key was not set");
+}
+
+#[test]
+fn fetched_objects_become_stripes_answer_for_the_second() {
+    let second = created();
+    let Translation::Customer {
+        command:
+            CustomerCommand::RecordSubscription {
+                provenance,
+                occurred_at,
+                ..
+            },
+        ..
+    } = translate_fetched(&fixture("subscription"), second).unwrap()
+    else {
+        panic!("not a subscription");
+    };
+    assert!(provenance.fetched);
+    assert_eq!(occurred_at, second);
+    let Translation::Customer {
+        command: CustomerCommand::RecordDetails { provenance, .. },
+        ..
+    } = translate_fetched(&fixture("customer"), second).unwrap()
+    else {
+        panic!("not customer details");
+    };
+    assert!(provenance.fetched);
+    let deleted = json!({ "id": "cus_1", "object": "customer", "deleted": true });
+    assert!(matches!(
+        translate_fetched(&deleted, second).unwrap(),
+        Translation::Customer {
+            command: CustomerCommand::RecordDeletion { .. },
+            ..
+        }
+    ));
+    assert!(translate_fetched(&fixture("invoice"), second).is_err());
+    assert!(translate_fetched(&json!("sub_1"), second).is_err());
 }
 
 #[test]

@@ -548,20 +548,20 @@ impl StripeApi {
         .map(|_| ())
     }
 
-    /// A subscription exactly as Stripe returns it, whatever the account's API version: the
-    /// worker reads it with the same translator as the events, which tolerates every shape,
-    /// where async-stripe's typed model follows one version only.
-    pub async fn subscription_object(&self, id: &str) -> Result<serde_json::Value, ApiError> {
+    /// An object of `resource` (`subscriptions`, `customers`) exactly as Stripe returns it,
+    /// whatever the account's API version: the worker reads it with the same translator as the
+    /// events, which tolerates every shape, where async-stripe's typed model follows one version.
+    pub async fn object(&self, resource: &str, id: &str) -> Result<serde_json::Value, ApiError> {
         // The id becomes part of the path: only Stripe's id alphabet may reach it.
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(ApiError::InvalidRequest {
-                message: format!("`{id}` is not a Stripe subscription id"),
+                message: format!("`{id}` is not a Stripe id"),
                 param: Some("id".to_owned()),
             });
         }
-        let path = format!("/subscriptions/{id}");
+        let path = format!("/{resource}/{id}");
         let object = self
-            .with_retries("retrieve subscription", || {
+            .with_retries("retrieve an object", || {
                 RequestBuilder::new(StripeMethod::Get, path.clone())
                     .customize::<miniserde::json::Value>()
                     .send(&self.client)

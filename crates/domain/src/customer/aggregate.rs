@@ -6,7 +6,7 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
 use super::{CustomerCommand, CustomerEvent};
-use crate::billing::{InvoiceFacts, Provenance, SubscriptionSnapshot};
+use crate::billing::{DetailsProvenance, InvoiceFacts, Provenance, SubscriptionSnapshot};
 use crate::ids::{InvoiceId, SubscriptionId};
 
 /// A customer's billing account as the recorded facts describe it.
@@ -19,6 +19,8 @@ use crate::ids::{InvoiceId, SubscriptionId};
 pub struct Customer {
     metadata: BTreeMap<String, String>,
     details_as_of: Option<DateTime<Utc>>,
+    #[serde(default)]
+    details_provenance: DetailsProvenance,
     deleted: bool,
     subscriptions: BTreeMap<SubscriptionId, Tracked<SubscriptionSnapshot>>,
     invoices: BTreeMap<InvoiceId, TrackedInvoice>,
@@ -63,13 +65,30 @@ pub enum CustomerError {
     /// A fact about an invoice Subledger has not heard of yet: retried later, in order.
     #[error("invoice `{0}` is not known yet")]
     UnknownInvoice(String),
-    /// Two snapshots of one subscription from the same second, and nothing in either event
-    /// tells which came later: the worker settles it with Stripe's current object.
-    #[error("cannot tell which of two snapshots of subscription `{subscription}` from {second} is newer")]
+    /// Two snapshots of one object from the same second, and nothing in either event tells
+    /// which came later: the worker settles it with Stripe's current object.
+    #[error("cannot tell which of two snapshots of {object} from {second} is newer")]
     OrderUndecided {
-        subscription: SubscriptionId,
+        object: TiedObject,
         second: DateTime<Utc>,
     },
+}
+
+/// The object whose same-second snapshots could not be ordered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TiedObject {
+    /// The customer's own details.
+    Customer,
+    Subscription(SubscriptionId),
+}
+
+impl std::fmt::Display for TiedObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Customer => f.write_str("the customer's details"),
+            Self::Subscription(id) => write!(f, "subscription `{id}`"),
+        }
+    }
 }
 
 impl Customer {
@@ -146,28 +165,17 @@ impl Customer {
                 occurred_at,
                 provenance,
             } => self.decide_subscription(subscription, occurred_at, provenance),
+            CustomerCommand::RecordDetails {
+                metadata,
+                occurred_at,
+                provenance,
+            } => self.decide_details(metadata, occurred_at, provenance),
             command => Ok(self.decide_fact(command)),
         }
     }
 
     fn decide_fact(&self, command: CustomerCommand) -> Vec<CustomerEvent> {
         match command {
-            CustomerCommand::RecordDetails {
-                metadata,
-                occurred_at,
-                creation,
-            } => {
-                let stale = self.details_as_of.is_some_and(|as_of| occurred_at < as_of);
-                // A creation is the customer's first state: anything already known is as new.
-                let known = self.details_as_of.is_some();
-                if self.deleted || stale || known && (creation || metadata == self.metadata) {
-                    return vec![];
-                }
-                vec![CustomerEvent::DetailsRecorded {
-                    metadata,
-                    occurred_at,
-                }]
-            }
             CustomerCommand::RecordDeletion { occurred_at } => {
                 if self.deleted {
                     return vec![];
@@ -207,6 +215,7 @@ impl Customer {
             }
             CustomerCommand::PlaceHold { .. }
             | CustomerCommand::LiftHold { .. }
+            | CustomerCommand::RecordDetails { .. }
             | CustomerCommand::RecordSubscription { .. }
             | CustomerCommand::RecordDispute { .. } => vec![],
             CustomerCommand::RecordSchedule {
@@ -247,6 +256,49 @@ impl Customer {
         }
     }
 
+    /// The customer's details follow the same rules as a subscription's snapshots: Stripe's
+    /// `created`, and within one second what the events say about the history (a creation
+    /// comes first; a change follows the state its `previous_attributes` name), else Stripe's
+    /// current object.
+    fn decide_details(
+        &self,
+        metadata: BTreeMap<String, String>,
+        occurred_at: DateTime<Utc>,
+        provenance: DetailsProvenance,
+    ) -> Result<Vec<CustomerEvent>, CustomerError> {
+        if self.deleted {
+            return Ok(vec![]);
+        }
+        if let Some(as_of) = self.details_as_of {
+            let known = &self.details_provenance;
+            // A creation is the customer's first state: anything already known is as new. The
+            // same metadata again is no news, with the exceptions `decide_subscription` makes.
+            let settles = provenance.fetched && !known.fetched;
+            let skipped_a_state =
+                provenance.moved_away_from(&self.metadata) == Some(false) && *known != provenance;
+            if provenance.creation || metadata == self.metadata && !settles && !skipped_a_state {
+                return Ok(vec![]);
+            }
+            let newer = if occurred_at == as_of {
+                details_follow_in_the_same_second(known, &self.metadata, &metadata, &provenance)
+                    .ok_or(CustomerError::OrderUndecided {
+                        object: TiedObject::Customer,
+                        second: occurred_at,
+                    })?
+            } else {
+                occurred_at > as_of
+            };
+            if !newer {
+                return Ok(vec![]);
+            }
+        }
+        Ok(vec![CustomerEvent::DetailsRecorded {
+            metadata,
+            occurred_at,
+            provenance,
+        }])
+    }
+
     fn decide_subscription(
         &self,
         subscription: SubscriptionSnapshot,
@@ -271,7 +323,7 @@ impl Customer {
             let newer = if occurred_at == known.as_of {
                 follows_in_the_same_second(known, &subscription, &provenance).ok_or_else(|| {
                     CustomerError::OrderUndecided {
-                        subscription: subscription.id.clone(),
+                        object: TiedObject::Subscription(subscription.id.clone()),
                         second: occurred_at,
                     }
                 })?
@@ -359,6 +411,28 @@ fn follows_in_the_same_second(
     }
 }
 
+/// [`follows_in_the_same_second`] for the customer's details: `None` when nothing decides.
+fn details_follow_in_the_same_second(
+    known: &DetailsProvenance,
+    known_metadata: &BTreeMap<String, String>,
+    incoming_metadata: &BTreeMap<String, String>,
+    incoming: &DetailsProvenance,
+) -> Option<bool> {
+    if known.fetched || incoming.creation {
+        return Some(incoming.fetched);
+    }
+    if incoming.fetched || known.creation {
+        return Some(true);
+    }
+    let incoming_follows = incoming.moved_away_from(known_metadata) == Some(true);
+    let known_follows = known.moved_away_from(incoming_metadata) == Some(true);
+    match (incoming_follows, known_follows) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        _ => None,
+    }
+}
+
 impl Aggregate for Customer {
     const TYPE: &'static str = "Customer";
     type Command = CustomerCommand;
@@ -383,9 +457,11 @@ impl Aggregate for Customer {
             CustomerEvent::DetailsRecorded {
                 metadata,
                 occurred_at,
+                provenance,
             } => {
                 self.metadata = metadata;
                 self.details_as_of = Some(occurred_at);
+                self.details_provenance = provenance;
             }
             CustomerEvent::CustomerDeleted { .. } => self.deleted = true,
             CustomerEvent::SubscriptionStarted {
@@ -679,7 +755,7 @@ mod tests {
             .when(CustomerCommand::RecordDetails {
                 metadata: BTreeMap::from([("user_id".to_owned(), "u1".to_owned())]),
                 occurred_at: at(9),
-                creation: false,
+                provenance: DetailsProvenance::default(),
             })
             .then_expect_events(vec![]);
     }
@@ -691,12 +767,81 @@ mod tests {
             .when(CustomerCommand::RecordDetails {
                 metadata: BTreeMap::new(),
                 occurred_at: at(1),
-                creation: true,
+                provenance: created(),
             })
             .then_expect_events(vec![CustomerEvent::DetailsRecorded {
                 metadata: BTreeMap::new(),
                 occurred_at: at(1),
+                provenance: created(),
             }]);
+    }
+
+    fn created() -> DetailsProvenance {
+        DetailsProvenance {
+            creation: true,
+            ..DetailsProvenance::default()
+        }
+    }
+
+    fn user(id: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("user_id".to_owned(), id.to_owned())])
+    }
+
+    fn changed_from(user_id: &str) -> DetailsProvenance {
+        DetailsProvenance {
+            previous_metadata: Some(BTreeMap::from([(
+                "user_id".to_owned(),
+                Some(user_id.to_owned()),
+            )])),
+            ..DetailsProvenance::default()
+        }
+    }
+
+    #[test]
+    fn same_second_details_follow_the_state_their_change_started_from() {
+        // u1 -> u2 -> u3 in one second, the last change delivered first.
+        let latest = CustomerEvent::DetailsRecorded {
+            metadata: user("u3"),
+            occurred_at: at(4),
+            provenance: changed_from("u2"),
+        };
+        CustomerTest::with(())
+            .given(vec![latest.clone()])
+            .when(CustomerCommand::RecordDetails {
+                metadata: user("u2"),
+                occurred_at: at(4),
+                provenance: changed_from("u1"),
+            })
+            .then_expect_events(vec![]);
+        // A creation from that second is older than anything known.
+        CustomerTest::with(())
+            .given(vec![latest])
+            .when(CustomerCommand::RecordDetails {
+                metadata: user("u0"),
+                occurred_at: at(4),
+                provenance: created(),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn same_second_details_nothing_orders_are_refused_for_the_worker_to_fetch() {
+        // u1 -> u2 and u2 -> u1 in one second.
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::DetailsRecorded {
+                metadata: user("u2"),
+                occurred_at: at(4),
+                provenance: changed_from("u1"),
+            }])
+            .when(CustomerCommand::RecordDetails {
+                metadata: user("u1"),
+                occurred_at: at(4),
+                provenance: changed_from("u2"),
+            })
+            .then_expect_error(CustomerError::OrderUndecided {
+                object: TiedObject::Customer,
+                second: at(4),
+            });
     }
 
     fn from_status(previous: SubscriptionStatus) -> Provenance {
@@ -841,7 +986,7 @@ mod tests {
                 provenance: from_quantity(2),
             })
             .then_expect_error(CustomerError::OrderUndecided {
-                subscription: SubscriptionId::new("sub_1"),
+                object: TiedObject::Subscription(SubscriptionId::new("sub_1")),
                 second: at(9),
             });
     }

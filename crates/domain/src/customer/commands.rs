@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::billing::{InvoiceFacts, Provenance, SubscriptionSnapshot};
+use crate::billing::{DetailsProvenance, InvoiceFacts, Provenance, SubscriptionSnapshot};
 
 /// What the Stripe translator asks a `Customer` to record. `occurred_at` is the Stripe event's
 /// `created`: when the fact became true at Stripe, not when Subledger learned it.
@@ -11,8 +11,7 @@ pub enum CustomerCommand {
     RecordDetails {
         metadata: BTreeMap<String, String>,
         occurred_at: DateTime<Utc>,
-        /// From `customer.created`: the customer's first state.
-        creation: bool,
+        provenance: DetailsProvenance,
     },
     RecordDeletion {
         occurred_at: DateTime<Utc>,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::billing::{InvoiceFacts, Provenance, SubscriptionSnapshot};
+use crate::billing::{DetailsProvenance, InvoiceFacts, Provenance, SubscriptionSnapshot};
 
 /// What happened to a customer's billing account. Every event keeps `occurred_at`, the time
 /// Stripe says it happened, so projections never need a clock.
@@ -13,6 +13,8 @@ pub enum CustomerEvent {
     DetailsRecorded {
         metadata: BTreeMap<String, String>,
         occurred_at: DateTime<Utc>,
+        #[serde(default)]
+        provenance: DetailsProvenance,
     },
     CustomerDeleted {
         occurred_at: DateTime<Utc>,

@@ -7,6 +7,6 @@ mod aggregate;
 mod commands;
 mod events;
 
-pub use aggregate::{Customer, CustomerError};
+pub use aggregate::{Customer, CustomerError, TiedObject};
 pub use commands::CustomerCommand;
 pub use events::CustomerEvent;
