@@ -274,7 +274,7 @@ impl Engine {
                 customer_id,
                 command,
             } => (customer_id, command),
-            _ => return Err(format!("Stripe returned something else than {object}")),
+            _ => return Err(format!("Stripe returned something other than {object}")),
         };
         let same_object = match (object, &command) {
             (
