@@ -313,7 +313,13 @@ impl Engine {
             ("received_at".to_owned(), now),
             ("correlation_id".to_owned(), correlation_id.to_owned()),
         ]);
-        match self.customers.execute(customer_id, command, metadata).await {
+        // A worker may append to the same customer meanwhile: re-run on the fresh aggregate.
+        let result = crate::worker::run_with_conflict_retries(|| {
+            self.customers
+                .execute(customer_id, command.clone(), metadata.clone())
+        })
+        .await;
+        match result {
             Ok(()) => {}
             Err(cqrs_es::AggregateError::UserError(refused)) => {
                 return Err(EngineError::Refused(refused))

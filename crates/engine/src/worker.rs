@@ -306,9 +306,12 @@ impl Engine {
     }
 }
 
-/// Runs a command, re-running it at once when another worker appended to the aggregate in
-/// between, up to [`CONFLICT_RETRIES`] times.
-async fn run_with_conflict_retries<E, F, Fut>(mut run: F) -> Result<(), AggregateError<E>>
+/// Runs a command, re-running it at once when another writer (a worker, an operator's
+/// request) appended to the aggregate in between, up to [`CONFLICT_RETRIES`] times. Each run
+/// loads the aggregate afresh, so the command is judged against what the other one wrote.
+pub(crate) async fn run_with_conflict_retries<E, F, Fut>(
+    mut run: F,
+) -> Result<(), AggregateError<E>>
 where
     E: std::error::Error,
     F: FnMut() -> Fut,
@@ -352,6 +355,47 @@ fn metadata(row: &ClaimedEvent) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("refused")]
+    struct Refused;
+
+    /// Runs `run_with_conflict_retries` over `outcomes` in turn; returns the result and how
+    /// many times the command ran.
+    async fn retried(outcomes: Vec<Result<(), AggregateError<Refused>>>) -> (String, usize) {
+        let outcomes = std::sync::Mutex::new(outcomes.into_iter());
+        let runs = std::sync::atomic::AtomicUsize::new(0);
+        let result = run_with_conflict_retries(|| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let next = outcomes.lock().ok().and_then(|mut o| o.next());
+            async move { next.unwrap_or(Ok(())) }
+        })
+        .await;
+        let result = match result {
+            Ok(()) => "ok".to_owned(),
+            Err(error) => describe(error),
+        };
+        (result, runs.into_inner())
+    }
+
+    #[tokio::test]
+    async fn optimistic_concurrency_conflicts_are_retried_and_nothing_else_is() {
+        let conflict = || Err(AggregateError::AggregateConflict);
+        // Two conflicts, then the command goes through on the fresh aggregate.
+        assert_eq!(
+            retried(vec![conflict(), conflict(), Ok(())]).await,
+            ("ok".to_owned(), 3)
+        );
+        // Endless conflicts give up after CONFLICT_RETRIES runs; the row is retried later.
+        let (error, runs) = retried((0..10).map(|_| conflict()).collect()).await;
+        assert_eq!(runs, CONFLICT_RETRIES);
+        assert!(error.contains("optimistic concurrency"), "{error}");
+        // A refusal is final at once.
+        assert_eq!(
+            retried(vec![Err(AggregateError::UserError(Refused))]).await,
+            ("refused".to_owned(), 1)
+        );
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_up_to_an_hour() {

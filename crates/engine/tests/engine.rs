@@ -429,3 +429,88 @@ async fn concurrent_workers_on_postgres_never_handle_a_row_twice() {
     other.close().await;
     first.cleanup().await;
 }
+
+/// A worker and an operator write to one customer at once, from two engines on one
+/// PostgreSQL: the optimistic-concurrency conflicts between them are retried, so every Stripe
+/// event is applied once, every hold is placed, and the customer's stream has no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_and_an_operator_racing_on_one_customer_lose_nothing() {
+    let Some(test_db) = ScratchDatabase::postgres().await.unwrap() else {
+        eprintln!("PostgreSQL skipped: SUBLEDGER_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let h = Harness::on(test_db).await;
+    let created = fixtures::event(
+        "evt_0",
+        "customer.subscription.created",
+        at(0),
+        fixtures::subscription("sub_1", "cus_1", "active", "price_pro"),
+    );
+    h.deliver_and_apply(&created).await;
+    const CHANGES: i64 = 40;
+    const HOLDS: usize = 30;
+    for n in 1..=CHANGES {
+        let price = if n % 2 == 0 {
+            "price_pro"
+        } else {
+            "price_team"
+        };
+        h.deliver(&fixtures::event(
+            &format!("evt_{n}"),
+            "customer.subscription.updated",
+            at(n),
+            fixtures::subscription("sub_1", "cus_1", "active", price),
+        ))
+        .await
+        .unwrap();
+    }
+    let clock = Arc::new(ManualClock::new(
+        DateTime::from_timestamp(START, 0).unwrap(),
+    ));
+    let mut worker_config = config(&h.test_db.url, &clock);
+    worker_config.worker_batch_size = 1;
+    let worker = Engine::start(worker_config).await.unwrap();
+    let operator = h.engine.clone();
+
+    let applying = tokio::spawn({
+        let worker = worker.clone();
+        async move {
+            while worker.inbox_stats().await.unwrap().pending > 0 {
+                let report = worker.process_inbox().await.unwrap();
+                assert_eq!(report.failed, 0, "a conflict was not retried");
+            }
+        }
+    });
+    for n in 0..HOLDS {
+        operator
+            .place_hold("cus_1", &format!("hold_{n}"), None, "review", None, "op")
+            .await
+            .unwrap_or_else(|e| panic!("hold_{n}: {e}"));
+    }
+    applying.await.unwrap();
+
+    let log = h
+        .test_db
+        .database
+        .events_of("Customer", "cus_1")
+        .await
+        .unwrap();
+    let sequences: Vec<i64> = log.iter().map(|e| e.sequence).collect();
+    assert_eq!(
+        sequences,
+        (1..=i64::try_from(log.len()).unwrap()).collect::<Vec<_>>()
+    );
+    let holds = log.iter().filter(|e| e.event_type == "HoldPlaced").count();
+    let changes = log
+        .iter()
+        .filter(|e| e.event_type.starts_with("Subscription"))
+        .count();
+    assert_eq!(holds, HOLDS);
+    assert_eq!(
+        changes,
+        usize::try_from(CHANGES).unwrap() + 1,
+        "each change applied once"
+    );
+    worker.close().await;
+    h.cleanup().await;
+}
