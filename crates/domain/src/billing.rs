@@ -121,6 +121,25 @@ impl DetailsProvenance {
     }
 }
 
+/// Where a Stripe Entitlements summary sits in its history: each summary is the customer's
+/// whole list of active features, and `previous_attributes` names the list it replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryProvenance {
+    /// The lookup keys of the list this summary replaced, when the event says.
+    pub previous_features: Option<std::collections::BTreeSet<String>>,
+    /// Fetched from Stripe's API to settle a same-second tie: follows every event from it.
+    pub fetched: bool,
+}
+
+impl SummaryProvenance {
+    /// Whether this summary replaced `features`: `None` when the event does not say.
+    pub fn moved_away_from(&self, features: &std::collections::BTreeSet<String>) -> Option<bool> {
+        self.previous_features
+            .as_ref()
+            .map(|previous| previous == features)
+    }
+}
+
 /// Fields of a subscription's earlier state, as `previous_attributes` reports them. `None`: the
 /// change did not touch that field.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

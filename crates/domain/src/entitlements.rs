@@ -752,6 +752,7 @@ plans:
             view.apply(&CustomerEvent::StripeEntitlementsRecorded {
                 features: BTreeSet::from(["sso".to_owned(), "priority_support".to_owned()]),
                 occurred_at: now(),
+                provenance: Default::default(),
             });
         };
         let mut active = view_with(&[("sub_1", SubscriptionStatus::Active, "price_team")]);

@@ -16,6 +16,8 @@ pub type Fetched<'a> = Pin<Box<dyn Future<Output = Result<serde_json::Value, Str
 pub trait StripeObjects: Send + Sync {
     fn subscription<'a>(&'a self, id: &'a str) -> Fetched<'a>;
     fn customer<'a>(&'a self, id: &'a str) -> Fetched<'a>;
+    /// The customer's active entitlements, every page, as one list object.
+    fn active_entitlements<'a>(&'a self, customer: &'a str) -> Fetched<'a>;
 }
 
 impl StripeObjects for StripeApi {
@@ -32,6 +34,14 @@ impl StripeObjects for StripeApi {
             self.object("customers", id)
                 .await
                 .map_err(|e| format!("fetching customer `{id}` from Stripe failed: {e}"))
+        })
+    }
+
+    fn active_entitlements<'a>(&'a self, customer: &'a str) -> Fetched<'a> {
+        Box::pin(async move {
+            StripeApi::active_entitlements(self, customer)
+                .await
+                .map_err(|e| format!("fetching the entitlements of `{customer}` failed: {e}"))
         })
     }
 }

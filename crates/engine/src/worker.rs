@@ -267,22 +267,29 @@ impl Engine {
         let fetched = match object {
             TiedObject::Customer => objects.customer(customer_id.as_str()).await?,
             TiedObject::Subscription(id) => objects.subscription(id.as_str()).await?,
+            TiedObject::StripeEntitlements => {
+                objects.active_entitlements(customer_id.as_str()).await?
+            }
         };
         let unreadable = |e| format!("what Stripe returned for {object} cannot be read: {e}");
-        let (owner, command) = match translate_fetched(&fetched, second).map_err(unreadable)? {
-            Translation::Customer {
-                customer_id,
-                command,
-            } => (customer_id, command),
-            _ => return Err(format!("Stripe returned something other than {object}")),
-        };
+        let (owner, command) =
+            match translate_fetched(&fetched, second, customer_id).map_err(unreadable)? {
+                Translation::Customer {
+                    customer_id,
+                    command,
+                } => (customer_id, command),
+                _ => return Err(format!("Stripe returned something other than {object}")),
+            };
         let same_object = match (object, &command) {
             (
                 TiedObject::Subscription(id),
                 CustomerCommand::RecordSubscription { subscription, .. },
             ) => subscription.id == *id,
             (TiedObject::Customer, CustomerCommand::RecordDetails { .. })
-            | (TiedObject::Customer, CustomerCommand::RecordDeletion { .. }) => true,
+            | (TiedObject::Customer, CustomerCommand::RecordDeletion { .. })
+            | (TiedObject::StripeEntitlements, CustomerCommand::RecordStripeEntitlements { .. }) => {
+                true
+            }
             _ => false,
         };
         if !same_object || owner != *customer_id {

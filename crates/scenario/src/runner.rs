@@ -330,6 +330,15 @@ impl StripeObjects for SimulatorObjects {
             simulator.customer_json(id).map_err(|e| e.to_string())
         })
     }
+
+    fn active_entitlements<'a>(&'a self, customer: &'a str) -> Fetched<'a> {
+        Box::pin(async move {
+            let simulator = self.0.lock().await;
+            simulator
+                .active_entitlements_json(customer)
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator::SimError> {

@@ -265,3 +265,60 @@ async fn a_customer_details_tie_is_settled_by_what_stripe_returns() {
         db.cleanup().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_stripe_entitlements_tie_is_settled_by_the_active_entitlements_stripe_lists() {
+    let (api, subscription) = stripe_with_subscription(1_769_904_000).await;
+    let customer = subscription["customer"].as_str().unwrap().to_owned();
+    let created = subscription["created"].as_i64().unwrap();
+    let summary = |id: &str, second: i64, features: &[&str], previous: Option<&[&str]>| {
+        let entries: Vec<Value> = features
+            .iter()
+            .map(|key| json!({ "object": "entitlements.active_entitlement", "id": format!("ent_{key}"), "lookup_key": key }))
+            .collect();
+        let object = json!({ "object": "entitlements.active_entitlement_summary", "customer": customer,
+            "entitlements": { "object": "list", "data": entries, "has_more": false } });
+        let previous = previous.map(|keys| {
+            let entries: Vec<Value> = keys
+                .iter()
+                .map(|key| json!({ "lookup_key": key }))
+                .collect();
+            json!({ "entitlements": { "data": entries } })
+        });
+        event(
+            id,
+            "entitlements.active_entitlement_summary.updated",
+            second,
+            &object,
+            previous,
+        )
+    };
+    // Stripe lists no active entitlement now; the events show sso granted and taken back
+    // within one second.
+    let first = summary("evt_s0", created, &["audit"], None);
+    let granted = summary("evt_s1", created + 2, &["sso"], Some(&[]));
+    let revoked = summary("evt_s2", created + 2, &[], Some(&["sso"]));
+
+    let stripe: Arc<dyn StripeObjects> = Arc::new(api);
+    for order in [[&granted, &revoked], [&revoked, &granted]] {
+        let db = ScratchDatabase::sqlite().await.unwrap();
+        let engine = engine(&db, Some(Arc::clone(&stripe))).await;
+        for event in [&first, order[0], order[1]] {
+            deliver(&engine, event).await;
+        }
+        engine.project().await.unwrap();
+        let views = serde_json::to_value(engine.current_views().await).unwrap();
+        assert_eq!(views[0]["stripe_features"], json!([]), "{views}");
+        let timeline = engine.timeline(&customer).await.unwrap();
+        let fetched = timeline
+            .iter()
+            .filter(|entry| {
+                let event = serde_json::to_value(&entry.event).unwrap();
+                event.to_string().contains("\"fetched\":true")
+            })
+            .count();
+        assert_eq!(fetched, 1, "{timeline:?}");
+        engine.close().await;
+        db.cleanup().await.unwrap();
+    }
+}

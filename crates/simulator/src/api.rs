@@ -252,6 +252,10 @@ pub fn router(account: SharedAccount) -> Router {
         .route("/v1/subscription_schedules", post(create_schedule))
         .route("/v1/subscription_schedules/{id}", post(update_schedule))
         .route("/v1/invoices", get(list_invoices))
+        .route(
+            "/v1/entitlements/active_entitlements",
+            get(list_active_entitlements),
+        )
         .route("/v1/invoices/{id}", get(retrieve_invoice))
         .route("/v1/events", get(list_events))
         .route("/v1/events/{id}", get(retrieve_event))
@@ -743,6 +747,20 @@ async fn list_subscriptions(
         }
     }
     page(newest_first(objects), "/v1/subscriptions", &query)
+}
+
+async fn list_active_entitlements(
+    State(account): State<SharedAccount>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let customer = query
+        .get("customer")
+        .ok_or_else(|| ApiError::invalid("Missing required param: customer.", Some("customer")))?;
+    let mut account = account.lock().await;
+    let clock = account.customer_clock(customer)?;
+    Ok(Json(
+        account.sim(&clock)?.active_entitlements_json(customer)?,
+    ))
 }
 
 async fn list_invoices(

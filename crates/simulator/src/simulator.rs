@@ -962,12 +962,19 @@ impl Simulator {
     /// Emits `entitlements.active_entitlement_summary.updated` when the customer's active
     /// features (those of products on subscriptions that are active, trialing or past due)
     /// changed since the last summary.
-    fn sync_entitlement_summary(&mut self, customer: &str) {
-        if self.suppress_summaries {
-            return;
-        }
-        let active: std::collections::BTreeSet<String> = self
-            .subscriptions
+    /// `GET /v1/entitlements/active_entitlements?customer=…`: the customer's active
+    /// entitlements now, as one list.
+    pub fn active_entitlements_json(&self, customer: &str) -> Result<Value, SimError> {
+        self.customer(customer)?;
+        let summary = render::entitlement_summary(customer, &self.active_features(customer));
+        let mut list = summary["entitlements"].clone();
+        list["object"] = json!("list");
+        Ok(list)
+    }
+
+    /// The lookup keys of the features the customer's live subscriptions grant.
+    fn active_features(&self, customer: &str) -> std::collections::BTreeSet<String> {
+        self.subscriptions
             .values()
             .filter(|s| s.customer == customer)
             .filter(|s| {
@@ -981,7 +988,14 @@ impl Simulator {
             .flat_map(|s| s.items.iter())
             .filter_map(|item| self.prices.get(&item.price))
             .flat_map(|price| price.features.iter().cloned())
-            .collect();
+            .collect()
+    }
+
+    fn sync_entitlement_summary(&mut self, customer: &str) {
+        if self.suppress_summaries {
+            return;
+        }
+        let active = self.active_features(customer);
         let unchanged = self
             .summaries
             .get(customer)
@@ -989,12 +1003,16 @@ impl Simulator {
         if unchanged {
             return;
         }
+        // Like every `*.updated` event, it names what it replaced.
+        let replaced = self.summaries.get(customer).cloned().unwrap_or_default();
+        let before = render::entitlement_summary(customer, &replaced);
         let rendered = render::entitlement_summary(customer, &active);
+        let previous = render::previous_attributes(&before, &rendered);
         self.summaries.insert(customer.to_owned(), active);
         self.emit(
             "entitlements.active_entitlement_summary.updated",
             rendered,
-            None,
+            previous,
         );
     }
 

@@ -5,13 +5,14 @@
 //! its items since; an invoice's subscription moved under `parent.subscription_details`;
 //! expandable fields arrive as an id or as an object.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use subledger_domain::billing::{
     DetailsProvenance, DisputeFacts, InvoiceFacts, NextPhase, PreviousFields, Provenance,
-    ScheduleFacts, SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus, Was,
+    ScheduleFacts, SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus, SummaryProvenance,
+    Was,
 };
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::ids::{CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId};
@@ -163,25 +164,24 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
                 .and_then(|list| list.get("data"))
                 .and_then(Value::as_array)
                 .ok_or_else(|| invalid(object.path("entitlements.data"), "a list"))?;
-            let mut features = std::collections::BTreeSet::new();
-            for entry in entries {
-                let lookup_key = entry
-                    .get("lookup_key")
-                    .and_then(Value::as_str)
-                    .filter(|k| !k.is_empty())
-                    .ok_or_else(|| {
-                        invalid(
-                            object.path("entitlements.data[].lookup_key"),
-                            "a non-empty string",
-                        )
-                    })?;
-                features.insert(lookup_key.to_owned());
-            }
+            let features = lookup_keys(entries, &object.path("entitlements.data[].lookup_key"))?;
+            // The list this summary replaced, when Stripe says (evidence only if readable).
+            let previous_features = event
+                .get("data")
+                .and_then(|data| data.get("previous_attributes"))
+                .and_then(|previous| previous.get("entitlements"))
+                .and_then(|list| list.get("data"))
+                .and_then(Value::as_array)
+                .and_then(|entries| lookup_keys(entries, "previous_attributes").ok());
             Translation::Customer {
                 customer_id: CustomerId::new(object.id("customer")?),
                 command: CustomerCommand::RecordStripeEntitlements {
                     features,
                     occurred_at: created,
+                    provenance: SummaryProvenance {
+                        previous_features,
+                        fetched: false,
+                    },
                 },
             }
         }
@@ -271,12 +271,29 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
     Ok(translation)
 }
 
-/// Translates an object fetched from Stripe's API (`GET /v1/subscriptions/{id}` or
-/// `/v1/customers/{id}`) into what the worker records when the events alone cannot order two
+/// The lookup keys of active entitlements (`entitlements.active_entitlement` objects).
+fn lookup_keys(entries: &[Value], path: &str) -> Result<BTreeSet<String>, TranslationError> {
+    entries
+        .iter()
+        .map(|entry| {
+            entry
+                .get("lookup_key")
+                .and_then(Value::as_str)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| invalid(path, "a non-empty string"))
+        })
+        .collect()
+}
+
+/// Translates an object fetched from Stripe's API (`GET /v1/subscriptions/{id}`,
+/// `/v1/customers/{id}`, or the list `/v1/entitlements/active_entitlements?customer=…`, which
+/// is `customer`'s) into what the worker records when the events alone cannot order two
 /// snapshots of it: Stripe's own answer for `second`.
 pub fn translate_fetched(
     object: &Value,
     second: DateTime<Utc>,
+    customer: &CustomerId,
 ) -> Result<Translation, TranslationError> {
     let map = object
         .as_object()
@@ -315,9 +332,29 @@ pub fn translate_fetched(
                 },
             },
         }),
+        "list" => {
+            let entries = fields
+                .get("data")
+                .and_then(Value::as_array)
+                .ok_or_else(|| invalid("fetched.data", "a list"))?;
+            if fields.bool("has_more") {
+                return Err(invalid("fetched.has_more", "false (every page fetched)"));
+            }
+            Ok(Translation::Customer {
+                customer_id: customer.clone(),
+                command: CustomerCommand::RecordStripeEntitlements {
+                    features: lookup_keys(entries, "fetched.data[].lookup_key")?,
+                    occurred_at: second,
+                    provenance: SummaryProvenance {
+                        previous_features: None,
+                        fetched: true,
+                    },
+                },
+            })
+        }
         _ => Err(invalid(
             "fetched.object",
-            "\"subscription\" or \"customer\"",
+            "\"subscription\", \"customer\" or a list of active entitlements",
         )),
     }
 }

@@ -175,6 +175,7 @@ fn a_customer_change_names_the_metadata_it_moved_away_from() {
 #[test]
 fn fetched_objects_become_stripes_answer_for_the_second() {
     let second = created();
+    let owner = subledger_domain::ids::CustomerId::new("cus_1");
     let Translation::Customer {
         command:
             CustomerCommand::RecordSubscription {
@@ -183,7 +184,7 @@ fn fetched_objects_become_stripes_answer_for_the_second() {
                 ..
             },
         ..
-    } = translate_fetched(&fixture("subscription"), second).unwrap()
+    } = translate_fetched(&fixture("subscription"), second, &owner).unwrap()
     else {
         panic!("not a subscription");
     };
@@ -192,21 +193,41 @@ fn fetched_objects_become_stripes_answer_for_the_second() {
     let Translation::Customer {
         command: CustomerCommand::RecordDetails { provenance, .. },
         ..
-    } = translate_fetched(&fixture("customer"), second).unwrap()
+    } = translate_fetched(&fixture("customer"), second, &owner).unwrap()
     else {
         panic!("not customer details");
     };
     assert!(provenance.fetched);
     let deleted = json!({ "id": "cus_1", "object": "customer", "deleted": true });
     assert!(matches!(
-        translate_fetched(&deleted, second).unwrap(),
+        translate_fetched(&deleted, second, &owner).unwrap(),
         Translation::Customer {
             command: CustomerCommand::RecordDeletion { .. },
             ..
         }
     ));
-    assert!(translate_fetched(&fixture("invoice"), second).is_err());
-    assert!(translate_fetched(&json!("sub_1"), second).is_err());
+    // The active entitlements list names no customer: it is the one asked about.
+    let list = json!({ "object": "list", "has_more": false, "data": [
+        { "object": "entitlements.active_entitlement", "id": "ent_1", "lookup_key": "sso" } ] });
+    let Translation::Customer {
+        customer_id,
+        command:
+            CustomerCommand::RecordStripeEntitlements {
+                features,
+                provenance,
+                ..
+            },
+    } = translate_fetched(&list, second, &owner).unwrap()
+    else {
+        panic!("not a summary");
+    };
+    assert_eq!(customer_id, owner);
+    assert!(provenance.fetched && features.contains("sso"));
+    let mut partial = list.clone();
+    partial["has_more"] = json!(true);
+    assert!(translate_fetched(&partial, second, &owner).is_err());
+    assert!(translate_fetched(&fixture("invoice"), second, &owner).is_err());
+    assert!(translate_fetched(&json!("sub_1"), second, &owner).is_err());
 }
 
 #[test]
@@ -305,19 +326,24 @@ fn an_entitlement_summary_lists_the_active_features_by_lookup_key() {
     let mut summary = fixture("entitlements.active_entitlement_summary");
     summary["customer"] = json!("cus_1");
     summary["entitlements"]["data"][0]["lookup_key"] = json!("sso");
+    let mut updated = event("entitlements.active_entitlement_summary.updated", summary);
+    // It names the list it replaced.
+    updated["data"]["previous_attributes"] = json!({ "entitlements": { "data": [] } });
     let Translation::Customer {
         customer_id,
-        command: CustomerCommand::RecordStripeEntitlements { features, .. },
-    } = translate(&event(
-        "entitlements.active_entitlement_summary.updated",
-        summary,
-    ))
-    .unwrap()
+        command:
+            CustomerCommand::RecordStripeEntitlements {
+                features,
+                provenance,
+                ..
+            },
+    } = translate(&updated).unwrap()
     else {
         panic!("not an entitlement summary");
     };
     assert_eq!(customer_id.as_str(), "cus_1");
     assert_eq!(features.into_iter().collect::<Vec<_>>(), ["sso"]);
+    assert_eq!(provenance.previous_features, Some(Default::default()));
 }
 
 #[test]

@@ -571,6 +571,43 @@ impl StripeApi {
             .map_err(|e| ApiError::Unexpected(format!("Stripe's answer is not JSON: {e}")))
     }
 
+    /// A customer's active entitlements (`GET /v1/entitlements/active_entitlements`), every
+    /// page, as one list object.
+    pub async fn active_entitlements(&self, customer: &str) -> Result<serde_json::Value, ApiError> {
+        let mut entries: Vec<serde_json::Value> = Vec::new();
+        loop {
+            let mut query =
+                std::collections::BTreeMap::from([("customer", customer), ("limit", "100")]);
+            let after = entries
+                .last()
+                .and_then(|last| last.get("id"))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
+            if let Some(after) = after.as_deref() {
+                query.insert("starting_after", after);
+            }
+            let page = self
+                .with_retries("list active entitlements", || {
+                    RequestBuilder::new(StripeMethod::Get, "/entitlements/active_entitlements")
+                        .query(&query)
+                        .customize::<miniserde::json::Value>()
+                        .send(&self.client)
+                })
+                .await?;
+            let page: serde_json::Value = serde_json::from_str(&miniserde::json::to_string(&page))
+                .map_err(|e| ApiError::Unexpected(format!("Stripe's answer is not JSON: {e}")))?;
+            let data = page.get("data").and_then(serde_json::Value::as_array);
+            let Some(data) = data.filter(|d| !d.is_empty()) else {
+                break;
+            };
+            entries.extend(data.iter().cloned());
+            if page.get("has_more") != Some(&serde_json::Value::Bool(true)) {
+                break;
+            }
+        }
+        Ok(serde_json::json!({ "object": "list", "data": entries, "has_more": false }))
+    }
+
     /// The statuses of a subscription's invoices, oldest first.
     pub async fn invoice_statuses(&self, subscription: &str) -> Result<Vec<String>, ApiError> {
         let request = ListInvoice::new().subscription(subscription).limit(100);

@@ -6,7 +6,9 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
 use super::{CustomerCommand, CustomerEvent};
-use crate::billing::{DetailsProvenance, InvoiceFacts, Provenance, SubscriptionSnapshot};
+use crate::billing::{
+    DetailsProvenance, InvoiceFacts, Provenance, SubscriptionSnapshot, SummaryProvenance,
+};
 use crate::ids::{InvoiceId, SubscriptionId};
 
 /// A customer's billing account as the recorded facts describe it.
@@ -25,6 +27,8 @@ pub struct Customer {
     subscriptions: BTreeMap<SubscriptionId, Tracked<SubscriptionSnapshot>>,
     invoices: BTreeMap<InvoiceId, TrackedInvoice>,
     stripe_entitlements: Option<Tracked<BTreeSet<String>>>,
+    #[serde(default)]
+    summary_provenance: SummaryProvenance,
     /// Subscription schedules, by id.
     #[serde(default)]
     schedules: BTreeMap<String, Tracked<crate::billing::ScheduleFacts>>,
@@ -80,6 +84,8 @@ pub enum TiedObject {
     /// The customer's own details.
     Customer,
     Subscription(SubscriptionId),
+    /// The customer's active features by Stripe's Entitlements API.
+    StripeEntitlements,
 }
 
 impl std::fmt::Display for TiedObject {
@@ -87,6 +93,7 @@ impl std::fmt::Display for TiedObject {
         match self {
             Self::Customer => f.write_str("the customer's details"),
             Self::Subscription(id) => write!(f, "subscription `{id}`"),
+            Self::StripeEntitlements => f.write_str("the customer's Stripe entitlements"),
         }
     }
 }
@@ -170,6 +177,11 @@ impl Customer {
                 occurred_at,
                 provenance,
             } => self.decide_details(metadata, occurred_at, provenance),
+            CustomerCommand::RecordStripeEntitlements {
+                features,
+                occurred_at,
+                provenance,
+            } => self.decide_summary(features, occurred_at, provenance),
             command => Ok(self.decide_fact(command)),
         }
     }
@@ -181,20 +193,6 @@ impl Customer {
                     return vec![];
                 }
                 vec![CustomerEvent::CustomerDeleted { occurred_at }]
-            }
-            CustomerCommand::RecordStripeEntitlements {
-                features,
-                occurred_at,
-            } => {
-                // Each summary is the whole list: an older one, or the same list, is no news.
-                let known = self.stripe_entitlements.as_ref();
-                if known.is_some_and(|k| occurred_at < k.as_of || k.value == features) {
-                    return vec![];
-                }
-                vec![CustomerEvent::StripeEntitlementsRecorded {
-                    features,
-                    occurred_at,
-                }]
             }
             CustomerCommand::RecordInvoicePaid {
                 invoice,
@@ -216,6 +214,7 @@ impl Customer {
             CustomerCommand::PlaceHold { .. }
             | CustomerCommand::LiftHold { .. }
             | CustomerCommand::RecordDetails { .. }
+            | CustomerCommand::RecordStripeEntitlements { .. }
             | CustomerCommand::RecordSubscription { .. }
             | CustomerCommand::RecordDispute { .. } => vec![],
             CustomerCommand::RecordSchedule {
@@ -280,11 +279,20 @@ impl Customer {
                 return Ok(vec![]);
             }
             let newer = if occurred_at == as_of {
-                details_follow_in_the_same_second(known, &self.metadata, &metadata, &provenance)
-                    .ok_or(CustomerError::OrderUndecided {
-                        object: TiedObject::Customer,
-                        second: occurred_at,
-                    })?
+                let known = Clues {
+                    fetched: known.fetched,
+                    creation: known.creation,
+                    moved_from_the_other: known.moved_away_from(&metadata) == Some(true),
+                };
+                let incoming = Clues {
+                    fetched: provenance.fetched,
+                    creation: provenance.creation,
+                    moved_from_the_other: provenance.moved_away_from(&self.metadata) == Some(true),
+                };
+                order_by_clues(known, incoming).map_err(|_| CustomerError::OrderUndecided {
+                    object: TiedObject::Customer,
+                    second: occurred_at,
+                })?
             } else {
                 occurred_at > as_of
             };
@@ -294,6 +302,54 @@ impl Customer {
         }
         Ok(vec![CustomerEvent::DetailsRecorded {
             metadata,
+            occurred_at,
+            provenance,
+        }])
+    }
+
+    /// Each summary is the customer's whole list, ordered like the other snapshots: an older
+    /// one, or the same list, is no news; within one second the list a summary replaced says
+    /// which came first, else Stripe's current list decides.
+    fn decide_summary(
+        &self,
+        features: BTreeSet<String>,
+        occurred_at: DateTime<Utc>,
+        provenance: SummaryProvenance,
+    ) -> Result<Vec<CustomerEvent>, CustomerError> {
+        if let Some(known) = &self.stripe_entitlements {
+            let known_provenance = &self.summary_provenance;
+            let settles = provenance.fetched && !known_provenance.fetched;
+            let skipped_a_state = provenance.moved_away_from(&known.value) == Some(false)
+                && *known_provenance != provenance;
+            if known.value == features && !settles && !skipped_a_state {
+                return Ok(vec![]);
+            }
+            let newer = if occurred_at == known.as_of {
+                let known_clues = Clues {
+                    fetched: known_provenance.fetched,
+                    creation: false,
+                    moved_from_the_other: known_provenance.moved_away_from(&features) == Some(true),
+                };
+                let incoming = Clues {
+                    fetched: provenance.fetched,
+                    creation: false,
+                    moved_from_the_other: provenance.moved_away_from(&known.value) == Some(true),
+                };
+                order_by_clues(known_clues, incoming).map_err(|_| {
+                    CustomerError::OrderUndecided {
+                        object: TiedObject::StripeEntitlements,
+                        second: occurred_at,
+                    }
+                })?
+            } else {
+                occurred_at > known.as_of
+            };
+            if !newer {
+                return Ok(vec![]);
+            }
+        }
+        Ok(vec![CustomerEvent::StripeEntitlementsRecorded {
+            features,
             occurred_at,
             provenance,
         }])
@@ -389,47 +445,65 @@ fn follows_in_the_same_second(
     incoming: &SubscriptionSnapshot,
     provenance: &Provenance,
 ) -> Option<bool> {
-    if known.provenance.fetched || provenance.creation {
-        return Some(provenance.fetched);
-    }
-    if provenance.fetched || known.provenance.creation {
-        return Some(true);
-    }
-    let incoming_follows = provenance.moved_away_from(&known.value) == Some(true);
-    let known_follows = known.provenance.moved_away_from(incoming) == Some(true);
-    match (incoming_follows, known_follows) {
-        (true, false) => return Some(true),
-        (false, true) => return Some(false),
-        (true, true) => return None,
-        (false, false) => {}
-    }
-    let (from, to) = (known.value.status, incoming.status);
-    match (from.can_become(to), to.can_become(from)) {
-        (true, false) => Some(true),
-        (false, true) => Some(false),
-        _ => None,
+    let known_clues = Clues {
+        fetched: known.provenance.fetched,
+        creation: known.provenance.creation,
+        moved_from_the_other: known.provenance.moved_away_from(incoming) == Some(true),
+    };
+    let incoming_clues = Clues {
+        fetched: provenance.fetched,
+        creation: provenance.creation,
+        moved_from_the_other: provenance.moved_away_from(&known.value) == Some(true),
+    };
+    match order_by_clues(known_clues, incoming_clues) {
+        Ok(newer) => Some(newer),
+        Err(Unordered::Contradictory) => None,
+        Err(Unordered::NoClue) => {
+            let (from, to) = (known.value.status, incoming.status);
+            match (from.can_become(to), to.can_become(from)) {
+                (true, false) => Some(true),
+                (false, true) => Some(false),
+                _ => None,
+            }
+        }
     }
 }
 
-/// [`follows_in_the_same_second`] for the customer's details: `None` when nothing decides.
-fn details_follow_in_the_same_second(
-    known: &DetailsProvenance,
-    known_metadata: &BTreeMap<String, String>,
-    incoming_metadata: &BTreeMap<String, String>,
-    incoming: &DetailsProvenance,
-) -> Option<bool> {
+/// What one same-second snapshot's event says about its place next to the other one.
+#[derive(Debug, Clone, Copy)]
+struct Clues {
+    /// Fetched from Stripe's API to settle the second.
+    fetched: bool,
+    /// The object's creation: its first state.
+    creation: bool,
+    /// Its `previous_attributes` describe the other snapshot.
+    moved_from_the_other: bool,
+}
+
+/// Why [`order_by_clues`] could not decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unordered {
+    /// Neither event says anything about the other.
+    NoClue,
+    /// Each claims to have moved away from the other (a set-and-undo in one second).
+    Contradictory,
+}
+
+/// Whether the incoming snapshot follows the known one, by the rules every snapshot of every
+/// object shares: a fetched snapshot follows every event from its second; a creation is
+/// first; a change follows the state its `previous_attributes` name.
+fn order_by_clues(known: Clues, incoming: Clues) -> Result<bool, Unordered> {
     if known.fetched || incoming.creation {
-        return Some(incoming.fetched);
+        return Ok(incoming.fetched);
     }
     if incoming.fetched || known.creation {
-        return Some(true);
+        return Ok(true);
     }
-    let incoming_follows = incoming.moved_away_from(known_metadata) == Some(true);
-    let known_follows = known.moved_away_from(incoming_metadata) == Some(true);
-    match (incoming_follows, known_follows) {
-        (true, false) => Some(true),
-        (false, true) => Some(false),
-        _ => None,
+    match (incoming.moved_from_the_other, known.moved_from_the_other) {
+        (true, false) => Ok(true),
+        (false, true) => Ok(false),
+        (true, true) => Err(Unordered::Contradictory),
+        (false, false) => Err(Unordered::NoClue),
     }
 }
 
@@ -491,12 +565,14 @@ impl Aggregate for Customer {
             CustomerEvent::StripeEntitlementsRecorded {
                 features,
                 occurred_at,
+                provenance,
             } => {
                 self.stripe_entitlements = Some(Tracked {
                     value: features,
                     as_of: occurred_at,
                     provenance: Provenance::default(),
                 });
+                self.summary_provenance = provenance;
             }
             CustomerEvent::HoldPlaced { hold_id, .. } => {
                 self.holds.insert(hold_id.clone());
@@ -1042,12 +1118,14 @@ mod tests {
     #[test]
     fn it_records_a_new_entitlement_summary_but_not_an_older_or_equal_one() {
         let summary = |features: &[&str], second: i64| CustomerEvent::StripeEntitlementsRecorded {
-            features: features.iter().map(|f| (*f).to_owned()).collect(),
+            features: set(features),
             occurred_at: at(second),
+            provenance: SummaryProvenance::default(),
         };
         let command = |features: &[&str], second: i64| CustomerCommand::RecordStripeEntitlements {
-            features: features.iter().map(|f| (*f).to_owned()).collect(),
+            features: set(features),
             occurred_at: at(second),
+            provenance: SummaryProvenance::default(),
         };
         CustomerTest::with(())
             .given(vec![summary(&["sso"], 10)])
@@ -1061,6 +1139,51 @@ mod tests {
             .given(vec![summary(&["sso"], 10)])
             .when(command(&["sso"], 12))
             .then_expect_events(vec![]);
+    }
+
+    fn set(features: &[&str]) -> BTreeSet<String> {
+        features.iter().map(|f| (*f).to_owned()).collect()
+    }
+
+    fn replaced(features: &[&str]) -> SummaryProvenance {
+        SummaryProvenance {
+            previous_features: Some(set(features)),
+            fetched: false,
+        }
+    }
+
+    #[test]
+    fn same_second_summaries_follow_the_list_they_replaced_else_stripe_decides() {
+        // [] -> [sso] -> [sso, audit] in one second, the last delivered first.
+        let latest = CustomerEvent::StripeEntitlementsRecorded {
+            features: set(&["sso", "audit"]),
+            occurred_at: at(3),
+            provenance: replaced(&["sso"]),
+        };
+        CustomerTest::with(())
+            .given(vec![latest])
+            .when(CustomerCommand::RecordStripeEntitlements {
+                features: set(&["sso"]),
+                occurred_at: at(3),
+                provenance: replaced(&[]),
+            })
+            .then_expect_events(vec![]);
+        // [sso] -> [] and [] -> [sso] in one second: only Stripe can tell.
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::StripeEntitlementsRecorded {
+                features: set(&[]),
+                occurred_at: at(3),
+                provenance: replaced(&["sso"]),
+            }])
+            .when(CustomerCommand::RecordStripeEntitlements {
+                features: set(&["sso"]),
+                occurred_at: at(3),
+                provenance: replaced(&[]),
+            })
+            .then_expect_error(CustomerError::OrderUndecided {
+                object: TiedObject::StripeEntitlements,
+                second: at(3),
+            });
     }
 
     #[test]

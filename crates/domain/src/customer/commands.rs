@@ -2,7 +2,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::billing::{DetailsProvenance, InvoiceFacts, Provenance, SubscriptionSnapshot};
+use crate::billing::{
+    DetailsProvenance, InvoiceFacts, Provenance, SubscriptionSnapshot, SummaryProvenance,
+};
 
 /// What the Stripe translator asks a `Customer` to record. `occurred_at` is the Stripe event's
 /// `created`: when the fact became true at Stripe, not when Subledger learned it.
@@ -26,6 +28,7 @@ pub enum CustomerCommand {
     RecordStripeEntitlements {
         features: BTreeSet<String>,
         occurred_at: DateTime<Utc>,
+        provenance: SummaryProvenance,
     },
     /// An operator takes access away until the hold is lifted: from one subscription, or from
     /// the whole customer when `subscription` is `None`.

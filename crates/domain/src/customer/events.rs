@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::billing::{DetailsProvenance, InvoiceFacts, Provenance, SubscriptionSnapshot};
+use crate::billing::{
+    DetailsProvenance, InvoiceFacts, Provenance, SubscriptionSnapshot, SummaryProvenance,
+};
 
 /// What happened to a customer's billing account. Every event keeps `occurred_at`, the time
 /// Stripe says it happened, so projections never need a clock.
@@ -40,6 +42,8 @@ pub enum CustomerEvent {
     StripeEntitlementsRecorded {
         features: BTreeSet<String>,
         occurred_at: DateTime<Utc>,
+        #[serde(default)]
+        provenance: SummaryProvenance,
     },
     HoldPlaced {
         hold_id: String,
