@@ -249,6 +249,27 @@ impl DisputeFacts {
     pub fn is_closed(&self) -> bool {
         matches!(self.status.as_str(), "won" | "lost" | "warning_closed")
     }
+
+    /// Where the status sits in Stripe's dispute lifecycle: an inquiry (`warning_*`) comes
+    /// before a chargeback it may turn into, a response before its review, a review before its
+    /// outcome. `None` for a status Stripe may add later.
+    fn stage(&self) -> Option<u8> {
+        Some(match self.status.as_str() {
+            "warning_needs_response" => 0,
+            "warning_under_review" => 1,
+            "warning_closed" => 2,
+            "needs_response" => 3,
+            "under_review" => 4,
+            "won" | "lost" => 5,
+            _ => return None,
+        })
+    }
+
+    /// Whether this state comes before `other` in the lifecycle: what orders two updates of
+    /// one dispute from the same second.
+    pub fn precedes(&self, other: &Self) -> bool {
+        matches!((self.stage(), other.stage()), (Some(a), Some(b)) if a < b)
+    }
 }
 
 /// What an invoice event tells about the invoice.

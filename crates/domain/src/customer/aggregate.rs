@@ -146,8 +146,9 @@ impl Customer {
                 let gains_invoice =
                     known.is_some_and(|k| k.value.invoice.is_none() && dispute.invoice.is_some());
                 let stale = known.is_some_and(|k| {
-                    k.value == dispute
-                        || (k.value.is_closed() || occurred_at < k.as_of) && !gains_invoice
+                    let older = occurred_at < k.as_of
+                        || occurred_at == k.as_of && dispute.precedes(&k.value);
+                    k.value == dispute || (k.value.is_closed() || older) && !gains_invoice
                 });
                 if stale {
                     return Ok(vec![]);
@@ -1272,6 +1273,33 @@ mod tests {
                 occurred_at: at(50),
             })
             .then_expect_error(CustomerError::UnknownInvoice("in_9".to_owned()));
+    }
+
+    #[test]
+    fn same_second_dispute_updates_follow_the_dispute_lifecycle() {
+        let recorded = |status: &str| CustomerEvent::DisputeRecorded {
+            dispute: dispute(status, None),
+            subscription: None,
+            occurred_at: at(50),
+        };
+        let update = |status: &str| CustomerCommand::RecordDispute {
+            dispute: dispute(status, None),
+            occurred_at: at(50),
+        };
+        // Evidence submitted in the second the dispute opened, delivered first.
+        CustomerTest::with(())
+            .given(vec![recorded("under_review")])
+            .when(update("needs_response"))
+            .then_expect_events(vec![]);
+        CustomerTest::with(())
+            .given(vec![recorded("needs_response")])
+            .when(update("under_review"))
+            .then_expect_events(vec![recorded("under_review")]);
+        // An inquiry that became a chargeback.
+        CustomerTest::with(())
+            .given(vec![recorded("needs_response")])
+            .when(update("warning_under_review"))
+            .then_expect_events(vec![]);
     }
 
     #[test]

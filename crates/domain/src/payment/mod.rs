@@ -249,7 +249,8 @@ impl Payment {
                 occurred_at,
             } => {
                 let stale = self.disputes.get(&dispute.id).is_some_and(|(known, at)| {
-                    *known == dispute || known.is_closed() || occurred_at < *at
+                    let older = occurred_at < *at || occurred_at == *at && dispute.precedes(known);
+                    *known == dispute || known.is_closed() || older
                 });
                 if stale {
                     return vec![];
@@ -380,6 +381,27 @@ mod tests {
             payment: payment(None),
             occurred_at: at(second),
         }
+    }
+
+    #[test]
+    fn a_same_second_dispute_update_from_an_earlier_stage_is_stale() {
+        let dispute = |status: &str| crate::billing::DisputeFacts {
+            id: "dp_1".to_owned(),
+            payment_intent: PaymentIntentId::new("pi_1"),
+            invoice: None,
+            status: status.to_owned(),
+            reason: None,
+        };
+        PaymentTest::with(())
+            .given(vec![PaymentEvent::PaymentDisputed {
+                dispute: dispute("under_review"),
+                occurred_at: at(5),
+            }])
+            .when(PaymentCommand::RecordDispute {
+                dispute: dispute("needs_response"),
+                occurred_at: at(5),
+            })
+            .then_expect_events(vec![]);
     }
 
     #[test]
