@@ -183,8 +183,8 @@ pub struct EngineArgs {
     pub user_id_metadata_key: String,
 
     /// Stripe's API base URL for the worker's fetches (default: Stripe's own). The key comes
-    /// from SUBLEDGER_STRIPE_READ_KEY: a restricted key that may only read customers and
-    /// subscriptions.
+    /// from SUBLEDGER_STRIPE_READ_KEY: a restricted key that may only read customers,
+    /// subscriptions and entitlements.
     #[arg(long, env = "STRIPE_API_BASE")]
     pub stripe_api_base: Option<String>,
 }
@@ -217,7 +217,7 @@ impl EngineArgs {
             return Ok(None);
         };
         if !["rk_", "sk_"].iter().any(|prefix| key.starts_with(prefix)) {
-            bail!("SUBLEDGER_STRIPE_READ_KEY does not start with rk_ or sk_ (use a restricted key with read access to customers and subscriptions)");
+            bail!("SUBLEDGER_STRIPE_READ_KEY does not start with rk_ or sk_ (use a restricted key with read access to customers, subscriptions and entitlements)");
         }
         let api = StripeApi::new(&ApiKey::new(key), self.stripe_api_base.as_deref(), "worker")
             .map_err(|e| anyhow::anyhow!("SUBLEDGER_STRIPE_READ_KEY: {e}"))?;
