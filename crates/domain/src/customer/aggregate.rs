@@ -256,10 +256,7 @@ impl Customer {
         }
     }
 
-    /// The customer's details follow the same rules as a subscription's snapshots: Stripe's
-    /// `created`, and within one second what the events say about the history (a creation
-    /// comes first; a change follows the state its `previous_attributes` name), else Stripe's
-    /// current object.
+    /// The customer's details: see [`judge`].
     fn decide_details(
         &self,
         metadata: BTreeMap<String, String>,
@@ -270,34 +267,18 @@ impl Customer {
             return Ok(vec![]);
         }
         if let Some(as_of) = self.details_as_of {
-            let known = &self.details_provenance;
-            // A creation is the customer's first state: anything already known is as new. The
-            // same metadata again is no news, with the exceptions `decide_subscription` makes.
-            let settles = provenance.fetched && !known.fetched;
-            let skipped_a_state =
-                provenance.moved_away_from(&self.metadata) == Some(false) && *known != provenance;
-            if provenance.creation || metadata == self.metadata && !settles && !skipped_a_state {
-                return Ok(vec![]);
-            }
-            let newer = if occurred_at == as_of {
-                let known = Clues {
-                    fetched: known.fetched,
-                    creation: known.creation,
-                    moved_from_the_other: known.moved_away_from(&metadata) == Some(true),
-                };
-                let incoming = Clues {
-                    fetched: provenance.fetched,
-                    creation: provenance.creation,
-                    moved_from_the_other: provenance.moved_away_from(&self.metadata) == Some(true),
-                };
-                order_by_clues(known, incoming).map_err(|_| CustomerError::OrderUndecided {
+            let known = Known {
+                value: &self.metadata,
+                as_of,
+                provenance: &self.details_provenance,
+            };
+            let news = judge(known, &metadata, occurred_at, &provenance, || None).ok_or(
+                CustomerError::OrderUndecided {
                     object: TiedObject::Customer,
                     second: occurred_at,
-                })?
-            } else {
-                occurred_at > as_of
-            };
-            if !newer {
+                },
+            )?;
+            if !news {
                 return Ok(vec![]);
             }
         }
@@ -308,9 +289,7 @@ impl Customer {
         }])
     }
 
-    /// Each summary is the customer's whole list, ordered like the other snapshots: an older
-    /// one, or the same list, is no news; within one second the list a summary replaced says
-    /// which came first, else Stripe's current list decides.
+    /// Stripe Entitlements summaries, each the customer's whole list: see [`judge`].
     fn decide_summary(
         &self,
         features: BTreeSet<String>,
@@ -318,34 +297,18 @@ impl Customer {
         provenance: SummaryProvenance,
     ) -> Result<Vec<CustomerEvent>, CustomerError> {
         if let Some(known) = &self.stripe_entitlements {
-            let known_provenance = &self.summary_provenance;
-            let settles = provenance.fetched && !known_provenance.fetched;
-            let skipped_a_state = provenance.moved_away_from(&known.value) == Some(false)
-                && *known_provenance != provenance;
-            if known.value == features && !settles && !skipped_a_state {
-                return Ok(vec![]);
-            }
-            let newer = if occurred_at == known.as_of {
-                let known_clues = Clues {
-                    fetched: known_provenance.fetched,
-                    creation: false,
-                    moved_from_the_other: known_provenance.moved_away_from(&features) == Some(true),
-                };
-                let incoming = Clues {
-                    fetched: provenance.fetched,
-                    creation: false,
-                    moved_from_the_other: provenance.moved_away_from(&known.value) == Some(true),
-                };
-                order_by_clues(known_clues, incoming).map_err(|_| {
-                    CustomerError::OrderUndecided {
-                        object: TiedObject::StripeEntitlements,
-                        second: occurred_at,
-                    }
-                })?
-            } else {
-                occurred_at > known.as_of
+            let known = Known {
+                value: &known.value,
+                as_of: known.as_of,
+                provenance: &self.summary_provenance,
             };
-            if !newer {
+            let news = judge(known, &features, occurred_at, &provenance, || None).ok_or(
+                CustomerError::OrderUndecided {
+                    object: TiedObject::StripeEntitlements,
+                    second: occurred_at,
+                },
+            )?;
+            if !news {
                 return Ok(vec![]);
             }
         }
@@ -356,6 +319,8 @@ impl Customer {
         }])
     }
 
+    /// A subscription's snapshots: see [`judge`]; an ended subscription never comes back, and
+    /// within one second Stripe's legal status transitions are evidence too.
     fn decide_subscription(
         &self,
         subscription: SubscriptionSnapshot,
@@ -364,30 +329,28 @@ impl Customer {
     ) -> Result<Vec<CustomerEvent>, CustomerError> {
         let known = self.subscriptions.get(&subscription.id);
         if let Some(known) = known {
-            // An ended subscription never comes back, and an identical snapshot is no news
-            // whichever came first. Except: a fetched one settles the second, so that later
-            // arrivals from it need no fetch; and one whose change started from a state other
-            // than the known one (a set-and-undo whose first half is still on its way) is
-            // recorded for what its `previous_attributes` will say about that first half.
-            let settles = provenance.fetched && !known.provenance.fetched;
-            let skipped_a_state = provenance.moved_away_from(&known.value) == Some(false)
-                && known.provenance != provenance;
-            if known.value.status.is_terminal()
-                || known.value == subscription && !settles && !skipped_a_state
-            {
+            if known.value.status.is_terminal() {
                 return Ok(vec![]);
             }
-            let newer = if occurred_at == known.as_of {
-                follows_in_the_same_second(known, &subscription, &provenance).ok_or_else(|| {
-                    CustomerError::OrderUndecided {
-                        object: TiedObject::Subscription(subscription.id.clone()),
-                        second: occurred_at,
-                    }
-                })?
-            } else {
-                occurred_at > known.as_of
+            let by_status = || {
+                let (from, to) = (known.value.status, subscription.status);
+                match (from.can_become(to), to.can_become(from)) {
+                    (true, false) => Some(true),
+                    (false, true) => Some(false),
+                    _ => None,
+                }
             };
-            if !newer {
+            let tracked = Known {
+                value: &known.value,
+                as_of: known.as_of,
+                provenance: &known.provenance,
+            };
+            let news = judge(tracked, &subscription, occurred_at, &provenance, by_status)
+                .ok_or_else(|| CustomerError::OrderUndecided {
+                    object: TiedObject::Subscription(subscription.id.clone()),
+                    second: occurred_at,
+                })?;
+            if !news {
                 return Ok(vec![]);
             }
         }
@@ -430,81 +393,103 @@ impl Customer {
     }
 }
 
-/// Decides whether `incoming` comes after `known` when Stripe stamped both with the same
-/// second, from what the events say about the object's history:
-/// - a creation is the first state, so it never follows anything;
-/// - a change whose `previous_attributes` describe the known snapshot follows it; when the
-///   known change's `previous_attributes` describe the incoming snapshot, the incoming one is
-///   what it moved away from, so it is older;
-/// - a snapshot fetched from Stripe's API to settle the second follows every event from it;
-/// - otherwise Stripe's legal status transitions decide.
-///
-/// `None` when nothing decides (same status, either order possible, or each change claims to
-/// have moved away from the other): arrival order is no evidence, so the caller asks Stripe.
-fn follows_in_the_same_second(
-    known: &Tracked<SubscriptionSnapshot>,
-    incoming: &SubscriptionSnapshot,
-    provenance: &Provenance,
-) -> Option<bool> {
-    let known_clues = Clues {
-        fetched: known.provenance.fetched,
-        creation: known.provenance.creation,
-        moved_from_the_other: known.provenance.moved_away_from(incoming) == Some(true),
-    };
-    let incoming_clues = Clues {
-        fetched: provenance.fetched,
-        creation: provenance.creation,
-        moved_from_the_other: provenance.moved_away_from(&known.value) == Some(true),
-    };
-    match order_by_clues(known_clues, incoming_clues) {
-        Ok(newer) => Some(newer),
-        Err(Unordered::Contradictory) => None,
-        Err(Unordered::NoClue) => {
-            let (from, to) = (known.value.status, incoming.status);
-            match (from.can_become(to), to.can_become(from)) {
-                (true, false) => Some(true),
-                (false, true) => Some(false),
-                _ => None,
-            }
-        }
-    }
-}
-
-/// What one same-second snapshot's event says about its place next to the other one.
-#[derive(Debug, Clone, Copy)]
-struct Clues {
-    /// Fetched from Stripe's API to settle the second.
-    fetched: bool,
+/// What an event says about where its snapshot sits in the object's history.
+trait History<T> {
     /// The object's creation: its first state.
-    creation: bool,
-    /// Its `previous_attributes` describe the other snapshot.
-    moved_from_the_other: bool,
+    fn creation(&self) -> bool;
+    /// Fetched from Stripe's API to settle a same-second tie: Stripe's answer for the second.
+    fn fetched(&self) -> bool;
+    /// Whether the change moved the object away from `state`, by `previous_attributes`;
+    /// `None` when the event does not say.
+    fn moved_away_from(&self, state: &T) -> Option<bool>;
 }
 
-/// Why [`order_by_clues`] could not decide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unordered {
-    /// Neither event says anything about the other.
-    NoClue,
-    /// Each claims to have moved away from the other (a set-and-undo in one second).
-    Contradictory,
+impl History<SubscriptionSnapshot> for Provenance {
+    fn creation(&self) -> bool {
+        self.creation
+    }
+    fn fetched(&self) -> bool {
+        self.fetched
+    }
+    fn moved_away_from(&self, state: &SubscriptionSnapshot) -> Option<bool> {
+        Provenance::moved_away_from(self, state)
+    }
 }
 
-/// Whether the incoming snapshot follows the known one, by the rules every snapshot of every
-/// object shares: a fetched snapshot follows every event from its second; a creation is
-/// first; a change follows the state its `previous_attributes` name.
-fn order_by_clues(known: Clues, incoming: Clues) -> Result<bool, Unordered> {
-    if known.fetched || incoming.creation {
-        return Ok(incoming.fetched);
+impl History<BTreeMap<String, String>> for DetailsProvenance {
+    fn creation(&self) -> bool {
+        self.creation
     }
-    if incoming.fetched || known.creation {
-        return Ok(true);
+    fn fetched(&self) -> bool {
+        self.fetched
     }
-    match (incoming.moved_from_the_other, known.moved_from_the_other) {
-        (true, false) => Ok(true),
-        (false, true) => Ok(false),
-        (true, true) => Err(Unordered::Contradictory),
-        (false, false) => Err(Unordered::NoClue),
+    fn moved_away_from(&self, state: &BTreeMap<String, String>) -> Option<bool> {
+        DetailsProvenance::moved_away_from(self, state)
+    }
+}
+
+impl History<BTreeSet<String>> for SummaryProvenance {
+    fn creation(&self) -> bool {
+        false
+    }
+    fn fetched(&self) -> bool {
+        self.fetched
+    }
+    fn moved_away_from(&self, state: &BTreeSet<String>) -> Option<bool> {
+        SummaryProvenance::moved_away_from(self, state)
+    }
+}
+
+/// The snapshot already recorded.
+struct Known<'a, T, P> {
+    value: &'a T,
+    as_of: DateTime<Utc>,
+    provenance: &'a P,
+}
+
+/// Whether `incoming` (a whole snapshot of an object, from an event of Stripe second
+/// `occurred_at`) is news next to the known one, by Stripe's facts alone:
+/// - an older second is no news, a later one is;
+/// - a creation is the first state, so nothing known is older than it;
+/// - the same snapshot again is no news, except a fetched one, which settles its second so
+///   that later arrivals from it need no fetch, and one whose change started from a state
+///   other than the known one (the second half of a set-and-undo, delivered first), kept for
+///   what its `previous_attributes` will say about the first half;
+/// - within one second: a fetched snapshot follows every event from it; a change follows the
+///   state its `previous_attributes` name; else `no_clue` (the object's own rules, such as
+///   legal status transitions).
+///
+/// `None` when nothing decides, including two changes that each claim to have moved away from
+/// the other: arrival order is no evidence, so the caller asks Stripe.
+fn judge<T: PartialEq, P: History<T> + PartialEq>(
+    known: Known<'_, T, P>,
+    incoming: &T,
+    occurred_at: DateTime<Utc>,
+    provenance: &P,
+    no_clue: impl FnOnce() -> Option<bool>,
+) -> Option<bool> {
+    let settles = provenance.fetched() && !known.provenance.fetched();
+    let skipped_a_state =
+        provenance.moved_away_from(known.value) == Some(false) && known.provenance != provenance;
+    if provenance.creation() || known.value == incoming && !settles && !skipped_a_state {
+        return Some(false);
+    }
+    if occurred_at != known.as_of {
+        return Some(occurred_at > known.as_of);
+    }
+    if known.provenance.fetched() {
+        return Some(provenance.fetched());
+    }
+    if provenance.fetched() || known.provenance.creation() {
+        return Some(true);
+    }
+    let incoming_follows = provenance.moved_away_from(known.value) == Some(true);
+    let known_follows = known.provenance.moved_away_from(incoming) == Some(true);
+    match (incoming_follows, known_follows) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        (true, true) => None,
+        (false, false) => no_clue(),
     }
 }
 
