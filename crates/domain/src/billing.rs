@@ -230,6 +230,29 @@ pub struct ScheduleFacts {
     pub subscription_id: SubscriptionId,
     /// `None` once the schedule is released, canceled or completed, or has no later phase.
     pub next_phase: Option<NextPhase>,
+    #[serde(default)]
+    pub stage: ScheduleStage,
+}
+
+/// Where a schedule is in its life (Stripe's `status`): what orders two snapshots of one
+/// schedule from the same second when nothing else does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleStage {
+    NotStarted,
+    #[default]
+    Active,
+    /// Released, canceled or completed: it changes nothing any more.
+    Ended,
+}
+
+/// Where a schedule snapshot sits in its history, as far as the event tells.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleProvenance {
+    /// From `subscription_schedule.created`: the schedule's first state.
+    pub creation: bool,
+    /// Fetched from Stripe's API to settle a same-second tie: follows every event from it.
+    pub fetched: bool,
 }
 
 /// What a `charge.dispute.*` event tells, with the invoice the disputed payment paid (when

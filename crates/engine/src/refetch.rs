@@ -16,6 +16,7 @@ pub type Fetched<'a> = Pin<Box<dyn Future<Output = Result<serde_json::Value, Str
 pub trait StripeObjects: Send + Sync {
     fn subscription<'a>(&'a self, id: &'a str) -> Fetched<'a>;
     fn customer<'a>(&'a self, id: &'a str) -> Fetched<'a>;
+    fn schedule<'a>(&'a self, id: &'a str) -> Fetched<'a>;
     /// The customer's active entitlements, every page, as one list object.
     fn active_entitlements<'a>(&'a self, customer: &'a str) -> Fetched<'a>;
 }
@@ -34,6 +35,14 @@ impl StripeObjects for StripeApi {
             self.object("customers", id)
                 .await
                 .map_err(|e| format!("fetching customer `{id}` from Stripe failed: {e}"))
+        })
+    }
+
+    fn schedule<'a>(&'a self, id: &'a str) -> Fetched<'a> {
+        Box::pin(async move {
+            self.object("subscription_schedules", id)
+                .await
+                .map_err(|e| format!("fetching subscription schedule `{id}` failed: {e}"))
         })
     }
 

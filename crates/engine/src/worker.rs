@@ -267,6 +267,7 @@ impl Engine {
         let fetched = match object {
             TiedObject::Customer => objects.customer(customer_id.as_str()).await?,
             TiedObject::Subscription(id) => objects.subscription(id.as_str()).await?,
+            TiedObject::Schedule(id) => objects.schedule(id).await?,
             TiedObject::StripeEntitlements => {
                 objects.active_entitlements(customer_id.as_str()).await?
             }
@@ -285,6 +286,9 @@ impl Engine {
                 TiedObject::Subscription(id),
                 CustomerCommand::RecordSubscription { subscription, .. },
             ) => subscription.id == *id,
+            (TiedObject::Schedule(id), CustomerCommand::RecordSchedule { schedule, .. }) => {
+                schedule.id == *id
+            }
             (TiedObject::Customer, CustomerCommand::RecordDetails { .. })
             | (TiedObject::Customer, CustomerCommand::RecordDeletion { .. })
             | (TiedObject::StripeEntitlements, CustomerCommand::RecordStripeEntitlements { .. }) => {

@@ -331,6 +331,13 @@ impl StripeObjects for SimulatorObjects {
         })
     }
 
+    fn schedule<'a>(&'a self, id: &'a str) -> Fetched<'a> {
+        Box::pin(async move {
+            let simulator = self.0.lock().await;
+            simulator.schedule_json(id).map_err(|e| e.to_string())
+        })
+    }
+
     fn active_entitlements<'a>(&'a self, customer: &'a str) -> Fetched<'a> {
         Box::pin(async move {
             let simulator = self.0.lock().await;

@@ -322,3 +322,73 @@ async fn a_stripe_entitlements_tie_is_settled_by_the_active_entitlements_stripe_
         db.cleanup().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_schedule_tie_is_settled_by_the_schedule_stripe_returns() {
+    let (api, subscription) = stripe_with_subscription(1_769_904_000).await;
+    let subscription_id = subscription["id"].as_str().unwrap().to_owned();
+    let team = api
+        .create_price("team", 9900, "usd", false, Some("team"), "Team")
+        .await
+        .unwrap();
+    api.change_price_at_period_end("downgrade", &subscription_id, &team)
+        .await
+        .unwrap();
+    let schedules = api.object("subscription_schedules", "").await;
+    assert!(schedules.is_err(), "an empty id never reaches Stripe");
+    let truth = subscription_schedule(&api, &subscription_id).await;
+    let created = truth["created"].as_i64().unwrap();
+    let with_next = |price: &str| {
+        let mut object = truth.clone();
+        object["phases"][1]["items"][0]["price"] = json!(price);
+        object
+    };
+    let mut first = truth.clone();
+    first["phases"].as_array_mut().unwrap().truncate(1);
+    let start = event(
+        "evt_h0",
+        "subscription_schedule.created",
+        created,
+        &first,
+        None,
+    );
+    // Two updates in one second that nothing orders.
+    let a = event(
+        "evt_h1",
+        "subscription_schedule.updated",
+        created + 1,
+        &with_next("price_x"),
+        None,
+    );
+    let b = event(
+        "evt_h2",
+        "subscription_schedule.updated",
+        created + 1,
+        &with_next("price_y"),
+        None,
+    );
+
+    let stripe: Arc<dyn StripeObjects> = Arc::new(api);
+    for order in [[&a, &b], [&b, &a]] {
+        let db = ScratchDatabase::sqlite().await.unwrap();
+        let engine = engine(&db, Some(Arc::clone(&stripe))).await;
+        for event in [&start, order[0], order[1]] {
+            deliver(&engine, event).await;
+        }
+        engine.project().await.unwrap();
+        let views = serde_json::to_value(engine.current_views().await).unwrap();
+        let next = &views[0]["scheduled"][&subscription_id]["items"][0]["price_id"];
+        assert_eq!(next, &json!(team), "{views}");
+        engine.close().await;
+        db.cleanup().await.unwrap();
+    }
+}
+
+/// The schedule managing `subscription`, as Stripe's API returns it.
+async fn subscription_schedule(api: &StripeApi, subscription: &str) -> Value {
+    let object = api.object("subscriptions", subscription).await.unwrap();
+    let id = object["schedule"]
+        .as_str()
+        .expect("the subscription has a schedule");
+    api.object("subscription_schedules", id).await.unwrap()
+}

@@ -250,7 +250,10 @@ pub fn router(account: SharedAccount) -> Router {
                 .delete(cancel_subscription),
         )
         .route("/v1/subscription_schedules", post(create_schedule))
-        .route("/v1/subscription_schedules/{id}", post(update_schedule))
+        .route(
+            "/v1/subscription_schedules/{id}",
+            get(retrieve_schedule).post(update_schedule),
+        )
         .route("/v1/invoices", get(list_invoices))
         .route(
             "/v1/entitlements/active_entitlements",
@@ -863,6 +866,26 @@ async fn create_schedule(
         schedule_json(account, &id)
     })
     .await
+}
+
+async fn retrieve_schedule(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let account = account.lock().await;
+    let (clock, _, _) = account
+        .schedules
+        .get(&id)
+        .ok_or_else(|| ApiError::missing("subscription_schedule", &id))?;
+    let sim = account
+        .clocks
+        .get(clock)
+        .ok_or_else(|| ApiError::missing("test_clock", clock))?;
+    // Once a price is scheduled the simulated subscription knows the schedule (and its release).
+    if sim.has_schedule(&id) {
+        return Ok(Json(sim.schedule_json(&id)?));
+    }
+    schedule_json(&account, &id).map(Json)
 }
 
 /// Accepts the two-phase update that schedules a price for the end of the current period:

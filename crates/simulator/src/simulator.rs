@@ -59,6 +59,8 @@ pub struct Simulator {
     advances: u64,
     /// Subscription schedules in force, by subscription.
     schedules: BTreeMap<String, String>,
+    /// Every schedule ever made (released ones too) and its subscription, by schedule id.
+    schedule_subscriptions: BTreeMap<String, String>,
     /// The last Entitlements API summary sent per customer (feature lookup keys).
     summaries: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// Stripe's known gap: no summary update when a trial ends paused.
@@ -105,6 +107,7 @@ impl Simulator {
             taken: 0,
             advances: 0,
             schedules: BTreeMap::new(),
+            schedule_subscriptions: BTreeMap::new(),
             summaries: BTreeMap::new(),
             suppress_summaries: false,
             space: 0,
@@ -278,7 +281,9 @@ impl Simulator {
     fn render_subscription(&self, id: &str) -> Result<Value, SimError> {
         let subscription = self.subscription(id)?;
         let prices = |price: &str| self.prices.get(price).map(render::price);
-        Ok(render::subscription(subscription, &prices, &self.clock_id))
+        let mut object = render::subscription(subscription, &prices, &self.clock_id);
+        object["schedule"] = json!(self.schedules.get(id));
+        Ok(object)
     }
 
     fn render_invoice(&self, id: &str) -> Result<Value, SimError> {
@@ -705,6 +710,8 @@ impl Simulator {
             (None, None) => (self.next_id("sub_sched"), "subscription_schedule.created"),
         };
         self.schedules.insert(subscription.to_owned(), id.clone());
+        self.schedule_subscriptions
+            .insert(id.clone(), subscription.to_owned());
         let current = self.subscription(subscription)?.clone();
         let rendered =
             render::schedule(&id, &current, Some(price), false, self.now, &self.clock_id);
@@ -962,6 +969,30 @@ impl Simulator {
     /// Emits `entitlements.active_entitlement_summary.updated` when the customer's active
     /// features (those of products on subscriptions that are active, trialing or past due)
     /// changed since the last summary.
+    pub fn has_schedule(&self, id: &str) -> bool {
+        self.schedule_subscriptions.contains_key(id)
+    }
+
+    /// `GET /v1/subscription_schedules/{id}`: the schedule now; released once its change took
+    /// effect.
+    pub fn schedule_json(&self, id: &str) -> Result<Value, SimError> {
+        let subscription = self
+            .schedule_subscriptions
+            .get(id)
+            .ok_or_else(|| not_found("subscription_schedule", id))?;
+        let current = self.subscription(subscription)?;
+        let in_force = self.schedules.get(subscription).map(String::as_str) == Some(id);
+        let next_price = current.scheduled_price.as_deref().filter(|_| in_force);
+        Ok(render::schedule(
+            id,
+            current,
+            next_price,
+            !in_force,
+            self.now,
+            &self.clock_id,
+        ))
+    }
+
     /// `GET /v1/entitlements/active_entitlements?customer=…`: the customer's active
     /// entitlements now, as one list.
     pub fn active_entitlements_json(&self, customer: &str) -> Result<Value, SimError> {

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use subledger_domain::billing::{
     DetailsProvenance, DisputeFacts, InvoiceFacts, NextPhase, PreviousFields, Provenance,
-    ScheduleFacts, SubscriptionItem, SubscriptionSnapshot, SubscriptionStatus, SummaryProvenance,
-    Was,
+    ScheduleFacts, ScheduleProvenance, ScheduleStage, SubscriptionItem, SubscriptionSnapshot,
+    SubscriptionStatus, SummaryProvenance, Was,
 };
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::ids::{CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId};
@@ -197,6 +197,10 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
                 command: CustomerCommand::RecordSchedule {
                     schedule,
                     occurred_at: created,
+                    provenance: ScheduleProvenance {
+                        creation: event_type == "subscription_schedule.created",
+                        fetched: false,
+                    },
                 },
             }
         }
@@ -332,6 +336,20 @@ pub fn translate_fetched(
                 },
             },
         }),
+        "subscription_schedule" => {
+            let (customer_id, schedule) = schedule_facts(&fields, second)?;
+            Ok(Translation::Customer {
+                customer_id,
+                command: CustomerCommand::RecordSchedule {
+                    schedule,
+                    occurred_at: second,
+                    provenance: ScheduleProvenance {
+                        creation: false,
+                        fetched: true,
+                    },
+                },
+            })
+        }
         "list" => {
             let entries = fields
                 .get("data")
@@ -602,7 +620,11 @@ fn schedule_facts(
                 "an id (or released_subscription)",
             )
         })?;
-    let active = matches!(object.opt_str("status"), Some("active" | "not_started"));
+    let stage = match object.opt_str("status") {
+        Some("not_started") => ScheduleStage::NotStarted,
+        Some("completed" | "released" | "canceled") => ScheduleStage::Ended,
+        _ => ScheduleStage::Active,
+    };
     let current_end = object
         .object("current_phase")
         .and_then(|phase| phase.opt_time("end_date"))
@@ -649,7 +671,8 @@ fn schedule_facts(
     let schedule = ScheduleFacts {
         id: object.str("id")?.to_owned(),
         subscription_id: SubscriptionId::new(subscription),
-        next_phase: next_phase.filter(|_| active),
+        next_phase: next_phase.filter(|_| stage != ScheduleStage::Ended),
+        stage,
     };
     Ok((CustomerId::new(object.id("customer")?), schedule))
 }

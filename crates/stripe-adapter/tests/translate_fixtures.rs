@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use subledger_domain::billing::SubscriptionStatus;
+use subledger_domain::billing::{ScheduleStage, SubscriptionStatus};
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::payment::PaymentCommand;
 use subledger_stripe::{translate, translate_fetched, Translation, TranslationError};
@@ -368,6 +368,24 @@ fn a_schedule_reports_its_next_phase_until_released() {
     };
     let active = facts(event("subscription_schedule.updated", schedule.clone()));
     assert_eq!(active.subscription_id.as_str(), "sub_1");
+    assert_eq!(active.stage, ScheduleStage::Active);
+    let Translation::Customer {
+        command: CustomerCommand::RecordSchedule { provenance, .. },
+        ..
+    } = translate(&event("subscription_schedule.created", schedule.clone())).unwrap()
+    else {
+        panic!("not a schedule");
+    };
+    assert!(provenance.creation && !provenance.fetched);
+    let owner = subledger_domain::ids::CustomerId::new("cus_1");
+    let Translation::Customer {
+        command: CustomerCommand::RecordSchedule { provenance, .. },
+        ..
+    } = translate_fetched(&schedule, created(), &owner).unwrap()
+    else {
+        panic!("not a schedule");
+    };
+    assert!(provenance.fetched);
     let next_phase = active.next_phase.unwrap();
     assert_eq!(next_phase.starts_at.timestamp(), 1_702_592_000);
     assert_eq!(next_phase.items[0].price_id.as_str(), "price_basic");
@@ -377,6 +395,7 @@ fn a_schedule_reports_its_next_phase_until_released() {
     let released = facts(event("subscription_schedule.released", schedule));
     assert_eq!(released.subscription_id.as_str(), "sub_1");
     assert!(released.next_phase.is_none());
+    assert_eq!(released.stage, ScheduleStage::Ended);
 }
 
 #[test]

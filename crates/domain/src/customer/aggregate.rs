@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{CustomerCommand, CustomerEvent};
 use crate::billing::{
-    DetailsProvenance, InvoiceFacts, Provenance, SubscriptionSnapshot, SummaryProvenance,
+    DetailsProvenance, InvoiceFacts, Provenance, ScheduleFacts, ScheduleProvenance, ScheduleStage,
+    SubscriptionSnapshot, SummaryProvenance,
 };
 use crate::ids::{InvoiceId, SubscriptionId};
 
@@ -31,7 +32,7 @@ pub struct Customer {
     summary_provenance: SummaryProvenance,
     /// Subscription schedules, by id.
     #[serde(default)]
-    schedules: BTreeMap<String, Tracked<crate::billing::ScheduleFacts>>,
+    schedules: BTreeMap<String, Tracked<ScheduleFacts, ScheduleProvenance>>,
     /// Disputes, by id.
     #[serde(default)]
     disputes: BTreeMap<String, Tracked<crate::billing::DisputeFacts>>,
@@ -44,10 +45,10 @@ pub struct Customer {
 
 /// A recorded snapshot, the Stripe time it describes, and where it sat in the object's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Tracked<T> {
+struct Tracked<T, P = Provenance> {
     value: T,
     as_of: DateTime<Utc>,
-    provenance: Provenance,
+    provenance: P,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +87,7 @@ pub enum TiedObject {
     Subscription(SubscriptionId),
     /// The customer's active features by Stripe's Entitlements API.
     StripeEntitlements,
+    Schedule(String),
 }
 
 impl std::fmt::Display for TiedObject {
@@ -94,6 +96,7 @@ impl std::fmt::Display for TiedObject {
             Self::Customer => f.write_str("the customer's details"),
             Self::Subscription(id) => write!(f, "subscription `{id}`"),
             Self::StripeEntitlements => f.write_str("the customer's Stripe entitlements"),
+            Self::Schedule(id) => write!(f, "subscription schedule `{id}`"),
         }
     }
 }
@@ -183,6 +186,11 @@ impl Customer {
                 occurred_at,
                 provenance,
             } => self.decide_summary(features, occurred_at, provenance),
+            CustomerCommand::RecordSchedule {
+                schedule,
+                occurred_at,
+                provenance,
+            } => self.decide_schedule(schedule, occurred_at, provenance),
             command => Ok(self.decide_fact(command)),
         }
     }
@@ -216,26 +224,9 @@ impl Customer {
             | CustomerCommand::LiftHold { .. }
             | CustomerCommand::RecordDetails { .. }
             | CustomerCommand::RecordStripeEntitlements { .. }
+            | CustomerCommand::RecordSchedule { .. }
             | CustomerCommand::RecordSubscription { .. }
             | CustomerCommand::RecordDispute { .. } => vec![],
-            CustomerCommand::RecordSchedule {
-                schedule,
-                occurred_at,
-            } => {
-                let known = self.schedules.get(&schedule.id);
-                // A released schedule stays released; older or equal snapshots are no news.
-                let released =
-                    known.is_some_and(|k| k.value.next_phase.is_none() && k.as_of < occurred_at);
-                if known.is_some_and(|k| occurred_at < k.as_of || k.value == schedule)
-                    || released && schedule.next_phase.is_some()
-                {
-                    return vec![];
-                }
-                vec![CustomerEvent::ScheduleRecorded {
-                    schedule,
-                    occurred_at,
-                }]
-            }
             CustomerCommand::RecordInvoicePaymentFailed {
                 invoice,
                 occurred_at,
@@ -314,6 +305,44 @@ impl Customer {
         }
         Ok(vec![CustomerEvent::StripeEntitlementsRecorded {
             features,
+            occurred_at,
+            provenance,
+        }])
+    }
+
+    /// A schedule's snapshots: see [`judge`]; an ended schedule changes nothing any more, and
+    /// within one second its stage (not started, active, ended) is evidence too.
+    fn decide_schedule(
+        &self,
+        schedule: ScheduleFacts,
+        occurred_at: DateTime<Utc>,
+        provenance: ScheduleProvenance,
+    ) -> Result<Vec<CustomerEvent>, CustomerError> {
+        if let Some(known) = self.schedules.get(&schedule.id) {
+            if known.value.stage == ScheduleStage::Ended {
+                return Ok(vec![]);
+            }
+            let by_stage = || {
+                (schedule.stage != known.value.stage).then_some(schedule.stage > known.value.stage)
+            };
+            let tracked = Known {
+                value: &known.value,
+                as_of: known.as_of,
+                provenance: &known.provenance,
+            };
+            let news =
+                judge(tracked, &schedule, occurred_at, &provenance, by_stage).ok_or_else(|| {
+                    CustomerError::OrderUndecided {
+                        object: TiedObject::Schedule(schedule.id.clone()),
+                        second: occurred_at,
+                    }
+                })?;
+            if !news {
+                return Ok(vec![]);
+            }
+        }
+        Ok(vec![CustomerEvent::ScheduleRecorded {
+            schedule,
             occurred_at,
             provenance,
         }])
@@ -425,6 +454,19 @@ impl History<BTreeMap<String, String>> for DetailsProvenance {
     }
     fn moved_away_from(&self, state: &BTreeMap<String, String>) -> Option<bool> {
         DetailsProvenance::moved_away_from(self, state)
+    }
+}
+
+impl History<ScheduleFacts> for ScheduleProvenance {
+    fn creation(&self) -> bool {
+        self.creation
+    }
+    fn fetched(&self) -> bool {
+        self.fetched
+    }
+    /// A schedule event's `previous_attributes` (phases, mostly) are not read.
+    fn moved_away_from(&self, _: &ScheduleFacts) -> Option<bool> {
+        None
     }
 }
 
@@ -570,13 +612,14 @@ impl Aggregate for Customer {
             CustomerEvent::ScheduleRecorded {
                 schedule,
                 occurred_at,
+                provenance,
             } => {
                 self.schedules.insert(
                     schedule.id.clone(),
                     Tracked {
                         value: schedule,
                         as_of: occurred_at,
-                        provenance: Provenance::default(),
+                        provenance,
                     },
                 );
             }
@@ -1169,6 +1212,75 @@ mod tests {
             .then_expect_error(CustomerError::OrderUndecided {
                 object: TiedObject::StripeEntitlements,
                 second: at(3),
+            });
+    }
+
+    fn schedule(stage: ScheduleStage, next_price: Option<&str>) -> ScheduleFacts {
+        ScheduleFacts {
+            id: "sub_sched_1".to_owned(),
+            subscription_id: SubscriptionId::new("sub_1"),
+            next_phase: next_price.map(|price| crate::billing::NextPhase {
+                starts_at: at(1_000),
+                items: vec![SubscriptionItem {
+                    price_id: PriceId::new(price),
+                    lookup_key: None,
+                    quantity: 1,
+                }],
+            }),
+            stage,
+        }
+    }
+
+    fn scheduled(facts: ScheduleFacts, creation: bool) -> CustomerEvent {
+        CustomerEvent::ScheduleRecorded {
+            schedule: facts,
+            occurred_at: at(20),
+            provenance: ScheduleProvenance {
+                creation,
+                fetched: false,
+            },
+        }
+    }
+
+    fn record_schedule(facts: ScheduleFacts, creation: bool) -> CustomerCommand {
+        CustomerCommand::RecordSchedule {
+            schedule: facts,
+            occurred_at: at(20),
+            provenance: ScheduleProvenance {
+                creation,
+                fetched: false,
+            },
+        }
+    }
+
+    #[test]
+    fn same_second_schedule_snapshots_follow_creation_and_stage_else_stripe_decides() {
+        let active = |price| schedule(ScheduleStage::Active, Some(price));
+        // Released in the second it was updated: the release is last, whatever arrives after.
+        CustomerTest::with(())
+            .given(vec![scheduled(schedule(ScheduleStage::Ended, None), false)])
+            .when(record_schedule(active("price_basic"), false))
+            .then_expect_events(vec![]);
+        // The creation is first.
+        CustomerTest::with(())
+            .given(vec![scheduled(active("price_basic"), false)])
+            .when(record_schedule(active("price_team"), true))
+            .then_expect_events(vec![]);
+        // Not started, then active.
+        CustomerTest::with(())
+            .given(vec![scheduled(active("price_basic"), false)])
+            .when(record_schedule(
+                schedule(ScheduleStage::NotStarted, Some("price_team")),
+                false,
+            ))
+            .then_expect_events(vec![]);
+        // Two updates of an active schedule: only Stripe can tell.
+        CustomerTest::with(())
+            .given(vec![scheduled(active("price_basic"), false)])
+            .when(record_schedule(active("price_team"), false))
+            .then_expect_error(CustomerError::OrderUndecided {
+                object: TiedObject::Schedule("sub_sched_1".to_owned()),
+                second: at(20),
             });
     }
 

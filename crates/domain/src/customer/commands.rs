@@ -45,6 +45,7 @@ pub enum CustomerCommand {
     RecordSchedule {
         schedule: crate::billing::ScheduleFacts,
         occurred_at: DateTime<Utc>,
+        provenance: crate::billing::ScheduleProvenance,
     },
     RecordDispute {
         dispute: crate::billing::DisputeFacts,

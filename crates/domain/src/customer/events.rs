@@ -58,6 +58,8 @@ pub enum CustomerEvent {
     ScheduleRecorded {
         schedule: crate::billing::ScheduleFacts,
         occurred_at: DateTime<Utc>,
+        #[serde(default)]
+        provenance: crate::billing::ScheduleProvenance,
     },
     /// A dispute opened or changed; `subscription` is the one the disputed invoice belongs to.
     DisputeRecorded {
