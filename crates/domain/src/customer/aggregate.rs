@@ -14,7 +14,8 @@ use crate::ids::{InvoiceId, SubscriptionId};
 
 /// A customer's billing account as the recorded facts describe it.
 ///
-/// Stripe is the source of truth, so this aggregate never refuses a fact. Its job is to judge
+/// Stripe is the source of truth, so this aggregate never rejects a fact (a refusal only ever
+/// means "not yet": see [`CustomerError`]). Its job is to judge
 /// whether a fact is *new*: a duplicate, a fact Stripe has since superseded, or a snapshot equal
 /// to what is already known yields no events. That also makes every command idempotent, which
 /// is what lets the worker re-run an inbox row after a crash without double-applying it.
@@ -59,8 +60,9 @@ struct TrackedInvoice {
     subscription: Option<SubscriptionId>,
 }
 
-/// What the `Customer` aggregate refuses. Stripe's facts are never refused (see [`Customer`]);
-/// only operators' requests can be wrong.
+/// What the `Customer` aggregate refuses. Operators' requests can be wrong; a Stripe fact is
+/// only ever refused for now, until what it needs is known (`UnknownInvoice`: retried) or
+/// Stripe has been asked (`OrderUndecided`: the worker fetches the object).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CustomerError {
     #[error("no hold `{0}` is in force")]
