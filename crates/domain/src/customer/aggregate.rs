@@ -21,22 +21,18 @@ use crate::ids::{InvoiceId, SubscriptionId};
 /// is what lets the worker re-run an inbox row after a crash without double-applying it.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Customer {
-    metadata: BTreeMap<String, String>,
-    details_as_of: Option<DateTime<Utc>>,
-    #[serde(default)]
-    details_provenance: DetailsProvenance,
+    /// The customer's metadata, once a `customer.*` event told it.
+    details: Option<Tracked<BTreeMap<String, String>, DetailsProvenance>>,
     deleted: bool,
     subscriptions: BTreeMap<SubscriptionId, Tracked<SubscriptionSnapshot>>,
     invoices: BTreeMap<InvoiceId, TrackedInvoice>,
-    stripe_entitlements: Option<Tracked<BTreeSet<String>>>,
-    #[serde(default)]
-    summary_provenance: SummaryProvenance,
+    stripe_entitlements: Option<Tracked<BTreeSet<String>, SummaryProvenance>>,
     /// Subscription schedules, by id.
     #[serde(default)]
     schedules: BTreeMap<String, Tracked<ScheduleFacts, ScheduleProvenance>>,
     /// Disputes, by id.
     #[serde(default)]
-    disputes: BTreeMap<String, Tracked<crate::billing::DisputeFacts>>,
+    disputes: BTreeMap<String, Tracked<crate::billing::DisputeFacts, ()>>,
     /// Operator holds in force, by id.
     holds: BTreeSet<String>,
     /// Every hold id ever placed, so a repeated request is recognised after the lift too.
@@ -259,27 +255,21 @@ impl Customer {
         if self.deleted {
             return Ok(vec![]);
         }
-        if let Some(as_of) = self.details_as_of {
-            let known = Known {
-                value: &self.metadata,
-                as_of,
-                provenance: &self.details_provenance,
-            };
-            let news = judge(known, &metadata, occurred_at, &provenance, || None).ok_or(
-                CustomerError::OrderUndecided {
-                    object: TiedObject::Customer,
-                    second: occurred_at,
-                },
-            )?;
-            if !news {
-                return Ok(vec![]);
-            }
-        }
-        Ok(vec![CustomerEvent::DetailsRecorded {
-            metadata,
-            occurred_at,
-            provenance,
-        }])
+        let known = self.details.as_ref();
+        let news = is_news(known, &metadata, occurred_at, &provenance, |_| None).ok_or(
+            CustomerError::OrderUndecided {
+                object: TiedObject::Customer,
+                second: occurred_at,
+            },
+        )?;
+        Ok(news
+            .then_some(CustomerEvent::DetailsRecorded {
+                metadata,
+                occurred_at,
+                provenance,
+            })
+            .into_iter()
+            .collect())
     }
 
     /// Stripe Entitlements summaries, each the customer's whole list: see [`judge`].
@@ -289,27 +279,21 @@ impl Customer {
         occurred_at: DateTime<Utc>,
         provenance: SummaryProvenance,
     ) -> Result<Vec<CustomerEvent>, CustomerError> {
-        if let Some(known) = &self.stripe_entitlements {
-            let known = Known {
-                value: &known.value,
-                as_of: known.as_of,
-                provenance: &self.summary_provenance,
-            };
-            let news = judge(known, &features, occurred_at, &provenance, || None).ok_or(
-                CustomerError::OrderUndecided {
-                    object: TiedObject::StripeEntitlements,
-                    second: occurred_at,
-                },
-            )?;
-            if !news {
-                return Ok(vec![]);
-            }
-        }
-        Ok(vec![CustomerEvent::StripeEntitlementsRecorded {
-            features,
-            occurred_at,
-            provenance,
-        }])
+        let known = self.stripe_entitlements.as_ref();
+        let news = is_news(known, &features, occurred_at, &provenance, |_| None).ok_or(
+            CustomerError::OrderUndecided {
+                object: TiedObject::StripeEntitlements,
+                second: occurred_at,
+            },
+        )?;
+        Ok(news
+            .then_some(CustomerEvent::StripeEntitlementsRecorded {
+                features,
+                occurred_at,
+                provenance,
+            })
+            .into_iter()
+            .collect())
     }
 
     /// A schedule's snapshots: see [`judge`]; an ended schedule changes nothing any more, and
@@ -320,34 +304,28 @@ impl Customer {
         occurred_at: DateTime<Utc>,
         provenance: ScheduleProvenance,
     ) -> Result<Vec<CustomerEvent>, CustomerError> {
-        if let Some(known) = self.schedules.get(&schedule.id) {
-            if known.value.stage == ScheduleStage::Ended {
-                return Ok(vec![]);
-            }
-            let by_stage = || {
-                (schedule.stage != known.value.stage).then_some(schedule.stage > known.value.stage)
-            };
-            let tracked = Known {
-                value: &known.value,
-                as_of: known.as_of,
-                provenance: &known.provenance,
-            };
-            let news =
-                judge(tracked, &schedule, occurred_at, &provenance, by_stage).ok_or_else(|| {
-                    CustomerError::OrderUndecided {
-                        object: TiedObject::Schedule(schedule.id.clone()),
-                        second: occurred_at,
-                    }
-                })?;
-            if !news {
-                return Ok(vec![]);
-            }
+        let known = self.schedules.get(&schedule.id);
+        if known.is_some_and(|k| k.value.stage == ScheduleStage::Ended) {
+            return Ok(vec![]);
         }
-        Ok(vec![CustomerEvent::ScheduleRecorded {
-            schedule,
-            occurred_at,
-            provenance,
-        }])
+        let by_stage = |known: &ScheduleFacts| {
+            (schedule.stage != known.stage).then_some(schedule.stage > known.stage)
+        };
+        let news =
+            is_news(known, &schedule, occurred_at, &provenance, by_stage).ok_or_else(|| {
+                CustomerError::OrderUndecided {
+                    object: TiedObject::Schedule(schedule.id.clone()),
+                    second: occurred_at,
+                }
+            })?;
+        Ok(news
+            .then_some(CustomerEvent::ScheduleRecorded {
+                schedule,
+                occurred_at,
+                provenance,
+            })
+            .into_iter()
+            .collect())
     }
 
     /// A subscription's snapshots: see [`judge`]; an ended subscription never comes back, and
@@ -359,31 +337,25 @@ impl Customer {
         provenance: Provenance,
     ) -> Result<Vec<CustomerEvent>, CustomerError> {
         let known = self.subscriptions.get(&subscription.id);
-        if let Some(known) = known {
-            if known.value.status.is_terminal() {
-                return Ok(vec![]);
+        if known.is_some_and(|k| k.value.status.is_terminal()) {
+            return Ok(vec![]);
+        }
+        let by_status = |known: &SubscriptionSnapshot| {
+            let (from, to) = (known.status, subscription.status);
+            match (from.can_become(to), to.can_become(from)) {
+                (true, false) => Some(true),
+                (false, true) => Some(false),
+                _ => None,
             }
-            let by_status = || {
-                let (from, to) = (known.value.status, subscription.status);
-                match (from.can_become(to), to.can_become(from)) {
-                    (true, false) => Some(true),
-                    (false, true) => Some(false),
-                    _ => None,
-                }
-            };
-            let tracked = Known {
-                value: &known.value,
-                as_of: known.as_of,
-                provenance: &known.provenance,
-            };
-            let news = judge(tracked, &subscription, occurred_at, &provenance, by_status)
-                .ok_or_else(|| CustomerError::OrderUndecided {
-                    object: TiedObject::Subscription(subscription.id.clone()),
-                    second: occurred_at,
-                })?;
-            if !news {
-                return Ok(vec![]);
-            }
+        };
+        let news = is_news(known, &subscription, occurred_at, &provenance, by_status).ok_or_else(
+            || CustomerError::OrderUndecided {
+                object: TiedObject::Subscription(subscription.id.clone()),
+                second: occurred_at,
+            },
+        )?;
+        if !news {
+            return Ok(vec![]);
         }
         let event = if subscription.status.is_terminal() {
             CustomerEvent::SubscriptionEnded {
@@ -484,13 +456,6 @@ impl History<BTreeSet<String>> for SummaryProvenance {
     }
 }
 
-/// The snapshot already recorded.
-struct Known<'a, T, P> {
-    value: &'a T,
-    as_of: DateTime<Utc>,
-    provenance: &'a P,
-}
-
 /// Whether `incoming` (a whole snapshot of an object, from an event of Stripe second
 /// `occurred_at`) is news next to the known one, by Stripe's facts alone:
 /// - an older second is no news, a later one is;
@@ -506,16 +471,16 @@ struct Known<'a, T, P> {
 /// `None` when nothing decides, including two changes that each claim to have moved away from
 /// the other: arrival order is no evidence, so the caller asks Stripe.
 fn judge<T: PartialEq, P: History<T> + PartialEq>(
-    known: Known<'_, T, P>,
+    known: &Tracked<T, P>,
     incoming: &T,
     occurred_at: DateTime<Utc>,
     provenance: &P,
-    no_clue: impl FnOnce() -> Option<bool>,
+    no_clue: impl FnOnce(&T) -> Option<bool>,
 ) -> Option<bool> {
     let settles = provenance.fetched() && !known.provenance.fetched();
     let skipped_a_state =
-        provenance.moved_away_from(known.value) == Some(false) && known.provenance != provenance;
-    if provenance.creation() || known.value == incoming && !settles && !skipped_a_state {
+        provenance.moved_away_from(&known.value) == Some(false) && known.provenance != *provenance;
+    if provenance.creation() || known.value == *incoming && !settles && !skipped_a_state {
         return Some(false);
     }
     if occurred_at != known.as_of {
@@ -527,14 +492,27 @@ fn judge<T: PartialEq, P: History<T> + PartialEq>(
     if provenance.fetched() || known.provenance.creation() {
         return Some(true);
     }
-    let incoming_follows = provenance.moved_away_from(known.value) == Some(true);
+    let incoming_follows = provenance.moved_away_from(&known.value) == Some(true);
     let known_follows = known.provenance.moved_away_from(incoming) == Some(true);
     match (incoming_follows, known_follows) {
         (true, false) => Some(true),
         (false, true) => Some(false),
         (true, true) => None,
-        (false, false) => no_clue(),
+        (false, false) => no_clue(&known.value),
     }
+}
+
+/// [`judge`] for a snapshot of an object that may not be known yet (then it is news).
+fn is_news<T: PartialEq, P: History<T> + PartialEq>(
+    known: Option<&Tracked<T, P>>,
+    incoming: &T,
+    occurred_at: DateTime<Utc>,
+    provenance: &P,
+    no_clue: impl FnOnce(&T) -> Option<bool>,
+) -> Option<bool> {
+    known.map_or(Some(true), |known| {
+        judge(known, incoming, occurred_at, provenance, no_clue)
+    })
 }
 
 impl Aggregate for Customer {
@@ -563,9 +541,11 @@ impl Aggregate for Customer {
                 occurred_at,
                 provenance,
             } => {
-                self.metadata = metadata;
-                self.details_as_of = Some(occurred_at);
-                self.details_provenance = provenance;
+                self.details = Some(Tracked {
+                    value: metadata,
+                    as_of: occurred_at,
+                    provenance,
+                });
             }
             CustomerEvent::CustomerDeleted { .. } => self.deleted = true,
             CustomerEvent::SubscriptionStarted {
@@ -600,9 +580,8 @@ impl Aggregate for Customer {
                 self.stripe_entitlements = Some(Tracked {
                     value: features,
                     as_of: occurred_at,
-                    provenance: Provenance::default(),
+                    provenance,
                 });
-                self.summary_provenance = provenance;
             }
             CustomerEvent::HoldPlaced { hold_id, .. } => {
                 self.holds.insert(hold_id.clone());
@@ -635,7 +614,7 @@ impl Aggregate for Customer {
                     Tracked {
                         value: dispute,
                         as_of: occurred_at,
-                        provenance: Provenance::default(),
+                        provenance: (),
                     },
                 );
             }
