@@ -21,6 +21,7 @@ use subledger_store::{ClaimedEvent, InboxStatus, StoreError};
 use subledger_stripe::{translate, translate_fetched, Translation};
 
 use crate::engine::Engine;
+use crate::refetch::StripeResource;
 
 /// What one pass over the inbox did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -264,14 +265,15 @@ impl Engine {
                  Stripe API key is configured to fetch it (SUBLEDGER_STRIPE_READ_KEY)"
             ));
         };
-        let fetched = match object {
-            TiedObject::Customer => objects.customer(customer_id.as_str()).await?,
-            TiedObject::Subscription(id) => objects.subscription(id.as_str()).await?,
-            TiedObject::Schedule(id) => objects.schedule(id).await?,
+        let (resource, id) = match object {
+            TiedObject::Customer => (StripeResource::Customer, customer_id.as_str()),
+            TiedObject::Subscription(id) => (StripeResource::Subscription, id.as_str()),
+            TiedObject::Schedule(id) => (StripeResource::SubscriptionSchedule, id.as_str()),
             TiedObject::StripeEntitlements => {
-                objects.active_entitlements(customer_id.as_str()).await?
+                (StripeResource::ActiveEntitlements, customer_id.as_str())
             }
         };
+        let fetched = objects.retrieve(resource, id).await?;
         let unreadable = |e| format!("what Stripe returned for {object} cannot be read: {e}");
         let (owner, command) =
             match translate_fetched(&fetched, second, customer_id).map_err(unreadable)? {

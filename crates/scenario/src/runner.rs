@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use subledger_engine::refetch::Fetched;
+use subledger_engine::refetch::{Fetched, StripeResource};
 use subledger_engine::{Basis, Engine, EngineConfig, StripeObjects, WebhookSecret};
 use subledger_simulator::delivery::{Deliverer, DeliveryMode, DeliveryStats, Target};
 use subledger_simulator::Simulator;
@@ -317,33 +317,16 @@ async fn settle(
 struct SimulatorObjects(Arc<Mutex<Simulator>>);
 
 impl StripeObjects for SimulatorObjects {
-    fn subscription<'a>(&'a self, id: &'a str) -> Fetched<'a> {
+    fn retrieve<'a>(&'a self, resource: StripeResource, id: &'a str) -> Fetched<'a> {
         Box::pin(async move {
             let simulator = self.0.lock().await;
-            simulator.subscription_json(id).map_err(|e| e.to_string())
-        })
-    }
-
-    fn customer<'a>(&'a self, id: &'a str) -> Fetched<'a> {
-        Box::pin(async move {
-            let simulator = self.0.lock().await;
-            simulator.customer_json(id).map_err(|e| e.to_string())
-        })
-    }
-
-    fn schedule<'a>(&'a self, id: &'a str) -> Fetched<'a> {
-        Box::pin(async move {
-            let simulator = self.0.lock().await;
-            simulator.schedule_json(id).map_err(|e| e.to_string())
-        })
-    }
-
-    fn active_entitlements<'a>(&'a self, customer: &'a str) -> Fetched<'a> {
-        Box::pin(async move {
-            let simulator = self.0.lock().await;
-            simulator
-                .active_entitlements_json(customer)
-                .map_err(|e| e.to_string())
+            match resource {
+                StripeResource::Subscription => simulator.subscription_json(id),
+                StripeResource::Customer => simulator.customer_json(id),
+                StripeResource::SubscriptionSchedule => simulator.schedule_json(id),
+                StripeResource::ActiveEntitlements => simulator.active_entitlements_json(id),
+            }
+            .map_err(|e| e.to_string())
         })
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! The base URL is configurable so the same code runs against Subledger's Stripe simulator.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 
@@ -548,9 +548,10 @@ impl StripeApi {
         .map(|_| ())
     }
 
-    /// An object of `resource` (`subscriptions`, `customers`) exactly as Stripe returns it,
-    /// whatever the account's API version: the worker reads it with the same translator as the
-    /// events, which tolerates every shape, where async-stripe's typed model follows one version.
+    /// An object of `resource` (`subscriptions`, `customers`, `subscription_schedules`)
+    /// exactly as Stripe returns it, whatever the account's API version: the worker reads it
+    /// with the same translator as the events, which tolerates every shape, where async-stripe's
+    /// typed model follows one version.
     pub async fn object(&self, resource: &str, id: &str) -> Result<serde_json::Value, ApiError> {
         // The id becomes part of the path: only Stripe's id alphabet may reach it.
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -559,16 +560,8 @@ impl StripeApi {
                 param: Some("id".to_owned()),
             });
         }
-        let path = format!("/{resource}/{id}");
-        let object = self
-            .with_retries("retrieve an object", || {
-                RequestBuilder::new(StripeMethod::Get, path.clone())
-                    .customize::<miniserde::json::Value>()
-                    .send(&self.client)
-            })
-            .await?;
-        serde_json::from_str(&miniserde::json::to_string(&object))
-            .map_err(|e| ApiError::Unexpected(format!("Stripe's answer is not JSON: {e}")))
+        self.get_json(&format!("/{resource}/{id}"), &BTreeMap::new())
+            .await
     }
 
     /// A customer's active entitlements (`GET /v1/entitlements/active_entitlements`), every
@@ -576,8 +569,7 @@ impl StripeApi {
     pub async fn active_entitlements(&self, customer: &str) -> Result<serde_json::Value, ApiError> {
         let mut entries: Vec<serde_json::Value> = Vec::new();
         loop {
-            let mut query =
-                std::collections::BTreeMap::from([("customer", customer), ("limit", "100")]);
+            let mut query = BTreeMap::from([("customer", customer), ("limit", "100")]);
             let after = entries
                 .last()
                 .and_then(|last| last.get("id"))
@@ -587,15 +579,8 @@ impl StripeApi {
                 query.insert("starting_after", after);
             }
             let page = self
-                .with_retries("list active entitlements", || {
-                    RequestBuilder::new(StripeMethod::Get, "/entitlements/active_entitlements")
-                        .query(&query)
-                        .customize::<miniserde::json::Value>()
-                        .send(&self.client)
-                })
+                .get_json("/entitlements/active_entitlements", &query)
                 .await?;
-            let page: serde_json::Value = serde_json::from_str(&miniserde::json::to_string(&page))
-                .map_err(|e| ApiError::Unexpected(format!("Stripe's answer is not JSON: {e}")))?;
             let data = page.get("data").and_then(serde_json::Value::as_array);
             let Some(data) = data.filter(|d| !d.is_empty()) else {
                 break;
@@ -606,6 +591,24 @@ impl StripeApi {
             }
         }
         Ok(serde_json::json!({ "object": "list", "data": entries, "has_more": false }))
+    }
+
+    /// A GET whose answer is kept as JSON rather than read into async-stripe's types.
+    async fn get_json(
+        &self,
+        path: &str,
+        query: &BTreeMap<&str, &str>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let answer = self
+            .with_retries(path, || {
+                RequestBuilder::new(StripeMethod::Get, path)
+                    .query(query)
+                    .customize::<miniserde::json::Value>()
+                    .send(&self.client)
+            })
+            .await?;
+        serde_json::from_str(&miniserde::json::to_string(&answer))
+            .map_err(|e| ApiError::Unexpected(format!("Stripe's answer is not JSON: {e}")))
     }
 
     /// The statuses of a subscription's invoices, oldest first.
