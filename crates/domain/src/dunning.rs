@@ -49,6 +49,18 @@ pub struct Dunning {
     pub since: Option<DateTime<Utc>>,
 }
 
+impl DunningState {
+    /// The name the API answers with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Ended => "ended",
+            Self::PastDue => "past_due",
+            Self::Suspended => "suspended",
+        }
+    }
+}
+
 impl Dunning {
     pub const OK: Self = Self {
         state: DunningState::Ok,

@@ -2,7 +2,7 @@
 //! subscriptions they come through, what blocks them, and the domain events (with their Stripe
 //! event ids) behind each of those.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use subledger_domain::catalog::{Catalog, FeatureGrant};
 use subledger_domain::customer::CustomerEvent;
@@ -136,9 +136,7 @@ pub(crate) fn explain(
         else {
             continue;
         };
-        let status = serde_json::to_value(entitlement.status)
-            .ok()
-            .and_then(|s| s.as_str().map(str::to_owned));
+        let status = Some(entitlement.status.as_str().to_owned());
         let evidence = evidence(timeline, Some(&entitlement.id));
         if entitlement.grants_access {
             reasons.push(Reason {
@@ -164,23 +162,19 @@ pub(crate) fn explain(
                 format!("payment disputed: {}", entitlement.disputes.join(", ")),
             )
         } else if entitlement.dunning.blocks_access() {
-            let state = serde_json::to_value(entitlement.dunning.state)
-                .ok()
-                .and_then(|s| s.as_str().map(str::to_owned))
+            let state = entitlement.dunning.state.as_str();
+            let since = entitlement
+                .dunning
+                .since
+                .map(|t| format!(" since {}", t.to_rfc3339_opts(SecondsFormat::Secs, true)))
                 .unwrap_or_default();
-            (
-                "dunning",
-                format!(
-                    "payment owed: {state} since {:?}",
-                    entitlement.dunning.since
-                ),
-            )
+            ("dunning", format!("payment owed: {state}{since}"))
         } else {
             (
                 "status",
                 format!(
                     "subscription status {} grants nothing",
-                    status.as_deref().unwrap_or("unknown")
+                    entitlement.status.as_str()
                 ),
             )
         };

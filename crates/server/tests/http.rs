@@ -794,6 +794,24 @@ async fn a_decision_comes_with_its_reasons_and_the_stripe_events_behind_them() {
     )
     .await;
     assert_eq!(past["enabled"], json!(true), "{past}");
+    // A status that grants nothing is named as Stripe names it.
+    let incomplete = fixtures::event(
+        "evt_s2",
+        "customer.subscription.created",
+        t0,
+        fixtures::subscription("sub_2", "cus_2", "incomplete", "price_1ProMonthly"),
+    );
+    send(&app, signed_webhook(&incomplete)).await;
+    engine.drain().await.unwrap();
+    let (_, blocked) = send(&app, get("/v1/customers/cus_2/entitlements/sso/explain")).await;
+    assert_eq!(blocked["blockers"][0]["kind"], json!("status"), "{blocked}");
+    assert!(
+        blocked["blockers"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("subscription status incomplete grants nothing"),
+        "{blocked}"
+    );
     let (status, _) = send(
         &app,
         get("/v1/customers/cus_nobody/entitlements/sso/explain"),
