@@ -17,9 +17,12 @@ use crate::AppState;
 
 /// `?at=<RFC 3339>` (by when things happened at Stripe) or `?as_known_at=<RFC 3339>` (by
 /// what Subledger had learned then).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AsOf {
+    /// RFC 3339: answer by what had happened at Stripe then
     at: Option<String>,
+    /// RFC 3339: answer by what Subledger had learned by then
     as_known_at: Option<String>,
 }
 
@@ -99,8 +102,7 @@ async fn in_the_past(
 /// A customer's entitlements: plans, features, subscriptions, dunning, scheduled changes.
 #[utoipa::path(get, path = "/v1/customers/{customer_id}/entitlements", tag = "entitlements",
     params(("customer_id" = String, Path, description = "Stripe customer id"),
-        ("at" = Option<String>, Query, description = "RFC 3339: answer by what had happened at Stripe then"),
-        ("as_known_at" = Option<String>, Query, description = "RFC 3339: answer by what Subledger had learned by then"),
+        AsOf,
     ),
     responses((status = 200, body = subledger_domain::entitlements::Entitlements),
         (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
@@ -119,8 +121,7 @@ pub(crate) async fn customer_entitlements(
 /// `GET /v1/users/{user_id}/entitlements`: the same answer, found by the product's user id.
 #[utoipa::path(get, path = "/v1/users/{user_id}/entitlements", tag = "entitlements",
     params(("user_id" = String, Path, description = "Your product's user id, from the customer's metadata"),
-        ("at" = Option<String>, Query, description = "RFC 3339: answer by what had happened at Stripe then"),
-        ("as_known_at" = Option<String>, Query, description = "RFC 3339: answer by what Subledger had learned by then"),
+        AsOf,
     ),
     responses((status = 200, body = subledger_domain::entitlements::Entitlements),
         (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
@@ -185,8 +186,7 @@ pub(crate) struct Timeline {
 /// One feature; a feature the customer's plans do not grant is disabled.
 #[utoipa::path(get, path = "/v1/customers/{customer_id}/entitlements/{feature}", tag = "entitlements",
     params(("customer_id" = String, Path), ("feature" = String, Path),
-        ("at" = Option<String>, Query, description = "RFC 3339: answer by what had happened at Stripe then"),
-        ("as_known_at" = Option<String>, Query, description = "RFC 3339: answer by what Subledger had learned by then"),
+        AsOf,
     ),
     responses((status = 200, body = FeatureAnswer),
         (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
@@ -204,8 +204,7 @@ pub(crate) async fn customer_feature(
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/entitlements/{feature}", tag = "entitlements",
     params(("user_id" = String, Path), ("feature" = String, Path),
-        ("at" = Option<String>, Query, description = "RFC 3339: answer by what had happened at Stripe then"),
-        ("as_known_at" = Option<String>, Query, description = "RFC 3339: answer by what Subledger had learned by then"),
+        AsOf,
     ),
     responses((status = 200, body = FeatureAnswer),
         (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
@@ -255,8 +254,7 @@ async fn feature_of(
 /// `GET /v1/customers/{id}/entitlements/{feature}/explain`: the decision with its reasons.
 #[utoipa::path(get, path = "/v1/customers/{customer_id}/entitlements/{feature}/explain", tag = "entitlements",
     params(("customer_id" = String, Path), ("feature" = String, Path),
-        ("at" = Option<String>, Query, description = "RFC 3339: answer by what had happened at Stripe then"),
-        ("as_known_at" = Option<String>, Query, description = "RFC 3339: answer by what Subledger had learned by then"),
+        AsOf,
     ),
     responses((status = 200, body = subledger_engine::explain::Explanation),
         (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
