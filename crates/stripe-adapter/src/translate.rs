@@ -631,7 +631,12 @@ fn schedule_facts(
         .unwrap_or(created);
     let phases = object.get("phases").and_then(Value::as_array);
     let mut next_phase = None;
-    for phase in phases.into_iter().flatten().filter_map(Value::as_object) {
+    for phase in phases.into_iter().flatten() {
+        // A phase or item that is not an object is refused, not skipped: a next phase read
+        // with an item missing would report the wrong scheduled change.
+        let phase = phase
+            .as_object()
+            .ok_or_else(|| invalid("data.object.phases[]", "an object"))?;
         let phase = Fields {
             map: phase,
             prefix: "data.object.phases[]",
@@ -648,8 +653,10 @@ fn schedule_facts(
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(Value::as_object)
         {
+            let item = item
+                .as_object()
+                .ok_or_else(|| invalid("data.object.phases[].items[]", "an object"))?;
             let item = Fields {
                 map: item,
                 prefix: "data.object.phases[].items[]",

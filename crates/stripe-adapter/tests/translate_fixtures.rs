@@ -389,6 +389,10 @@ fn a_schedule_reports_its_next_phase_until_released() {
     let next_phase = active.next_phase.unwrap();
     assert_eq!(next_phase.starts_at.timestamp(), 1_702_592_000);
     assert_eq!(next_phase.items[0].price_id.as_str(), "price_basic");
+    // A malformed phase item is refused rather than dropped from the next phase.
+    let mut broken = schedule.clone();
+    broken["phases"][1]["items"] = json!(["price_basic"]);
+    assert!(translate(&event("subscription_schedule.updated", broken)).is_err());
     schedule["status"] = json!("released");
     schedule["subscription"] = Value::Null;
     schedule["released_subscription"] = json!("sub_1");
