@@ -220,7 +220,11 @@ impl EngineArgs {
             bail!("SUBLEDGER_STRIPE_READ_KEY does not start with rk_ or sk_ (use a restricted key with read access to customers, subscriptions and entitlements)");
         }
         let api = StripeApi::new(&ApiKey::new(key), self.stripe_api_base.as_deref(), "worker")
-            .map_err(|e| anyhow::anyhow!("SUBLEDGER_STRIPE_READ_KEY: {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot set up the Stripe reader (--stripe-api-base / STRIPE_API_BASE): {e}"
+                )
+            })?;
         Ok(Some(Arc::new(api)))
     }
 }
