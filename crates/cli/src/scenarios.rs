@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::bail;
-use subledger_scenario::format::parse_file;
+use anyhow::{bail, Context};
+use subledger_scenario::format::{files_in, parse_file};
 use subledger_scenario::live::{run_live, LiveOptions};
 use subledger_scenario::runner::{run as run_scenario, RunOptions};
 use subledger_simulator::delivery::DeliveryMode;
@@ -112,16 +112,8 @@ fn scenario_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(path)?
-                .filter_map(Result::ok)
-                .map(|entry| entry.path())
-                .filter(|p| {
-                    p.is_file()
-                        && p.extension()
-                            .is_some_and(|ext| ext == "yaml" || ext == "yml")
-                })
-                .collect();
-            found.sort();
+            let found = files_in(path)
+                .with_context(|| format!("reading the directory {}", path.display()))?;
             files.extend(found);
         } else if path.is_file() {
             files.push(path.clone());

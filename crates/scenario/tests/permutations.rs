@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use subledger_scenario::format::parse_file;
+use subledger_scenario::format::{files_in, parse_file};
 use subledger_scenario::runner::{run, RunOptions};
 use subledger_simulator::delivery::DeliveryMode;
 use tokio::sync::Semaphore;
@@ -20,12 +20,7 @@ async fn every_delivery_order_ends_in_the_same_billing_views() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(200);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .collect();
-    files.sort();
+    let files = files_in(&dir).unwrap();
     let started = std::time::Instant::now();
     let slots = Arc::new(Semaphore::new(2));
     let mut runs = 0u64;

@@ -5,18 +5,13 @@
 
 use std::path::PathBuf;
 
-use subledger_scenario::format::parse_file;
+use subledger_scenario::format::{files_in, parse_file};
 use subledger_scenario::runner::{run, RunOptions};
 use subledger_simulator::delivery::DeliveryMode;
 
 fn scenario_files() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .collect();
-    files.sort();
+    let files = files_in(&dir).unwrap();
     assert!(
         files.len() >= 15,
         "scenario files are missing from {}",
