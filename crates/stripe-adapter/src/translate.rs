@@ -130,31 +130,33 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
         | "payment_intent.payment_failed"
         | "payment_intent.canceled" => {
             let payment = payment_facts(&object)?;
+            let (payment_intent_id, order_id) = (payment.id.clone(), payment.order_id.clone());
+            let occurred_at = created;
             let command = match event_type {
                 "payment_intent.requires_action" => PaymentCommand::RecordRequiresAction {
-                    payment: payment.clone(),
-                    occurred_at: created,
+                    payment,
+                    occurred_at,
                 },
                 "payment_intent.succeeded" => PaymentCommand::RecordSucceeded {
-                    payment: payment.clone(),
-                    occurred_at: created,
+                    payment,
+                    occurred_at,
                 },
                 "payment_intent.payment_failed" => PaymentCommand::RecordFailed {
-                    payment: payment.clone(),
-                    occurred_at: created,
+                    payment,
+                    occurred_at,
                 },
                 "payment_intent.canceled" => PaymentCommand::RecordCanceled {
-                    payment: payment.clone(),
-                    occurred_at: created,
+                    payment,
+                    occurred_at,
                 },
                 _ => PaymentCommand::RecordCreated {
-                    payment: payment.clone(),
-                    occurred_at: created,
+                    payment,
+                    occurred_at,
                 },
             };
             Translation::Payment {
-                payment_intent_id: payment.id,
-                order_id: payment.order_id,
+                payment_intent_id,
+                order_id,
                 command,
             }
         }
