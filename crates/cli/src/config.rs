@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use subledger_domain::catalog::Catalog;
 use subledger_engine::{EngineConfig, StripeObjects, WebhookSecret};
 use subledger_server::ApiToken;
-use subledger_stripe_client::{ApiKey, StripeApi};
+use subledger_stripe_client::{ApiKey, ReadPolicy, StripeApi, StripeReader};
 
 #[derive(Debug, Parser)]
 #[command(name = "subledger", version, about = "Billing state engine for Stripe")]
@@ -54,6 +54,52 @@ pub enum Command {
     /// The built-in, deterministic Stripe simulator.
     #[command(subcommand)]
     Simulator(SimulatorCommand),
+    /// Start on a Stripe account that already has customers: read it through the read key
+    /// (SUBLEDGER_STRIPE_READ_KEY) and record what it holds, then apply the events Stripe
+    /// could not deliver in the last 30 days. Resumable; safe to re-run. Exit status 2 on error.
+    Backfill(BackfillArgs),
+}
+
+impl Command {
+    /// Operator commands answer a failure with exit status 2, so that 1 can mean "found
+    /// differences" (as `diff` does); the long-running ones keep 1.
+    pub fn failure_status(&self) -> u8 {
+        match self {
+            Self::Backfill(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// Only this customer (repeatable). Default: every customer the key can list.
+    #[arg(long = "customer", value_name = "ID")]
+    pub customers: Vec<String>,
+
+    /// Only objects created at or after this date (YYYY-MM-DD or RFC 3339).
+    #[arg(long, value_parser = parse_date)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+
+    /// The most requests a second to Stripe (Stripe allows about 25 in test mode, 100 in live
+    /// mode).
+    #[arg(long, env = "SUBLEDGER_STRIPE_MAX_RPS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_requests_per_sec: u32,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `YYYY-MM-DD` (midnight UTC) or an RFC 3339 moment.
+pub fn parse_date(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(moment) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(moment.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc())
+        .ok_or_else(|| format!("`{text}` is not a date: use YYYY-MM-DD or an RFC 3339 time"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,15 +256,28 @@ impl EngineArgs {
         Ok(config)
     }
 
+    /// The read key and where to reach Stripe, for commands that read the whole account.
+    pub fn account_reader(&self, max_requests_per_second: u32) -> anyhow::Result<StripeReader> {
+        let key = read_key()?.ok_or_else(|| {
+            anyhow::anyhow!("SUBLEDGER_STRIPE_READ_KEY is not set: give a restricted key (rk_…) with read access to customers, subscriptions, subscription schedules, invoices, payment intents, entitlements and events")
+        })?;
+        let policy = ReadPolicy {
+            max_requests_per_second,
+            ..ReadPolicy::default()
+        };
+        StripeReader::new(&ApiKey::new(key), self.stripe_api_base.as_deref(), policy).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot set up the Stripe reader (--stripe-api-base / STRIPE_API_BASE): {e}"
+            )
+        })
+    }
+
     /// The worker asks Stripe for a subscription when two of its events from the same second
     /// cannot be ordered; it needs read access only, so it gets its own restricted key.
     fn stripe_reader(&self) -> anyhow::Result<Option<Arc<dyn StripeObjects>>> {
-        let Ok(key) = std::env::var("SUBLEDGER_STRIPE_READ_KEY") else {
+        let Some(key) = read_key()? else {
             return Ok(None);
         };
-        if !["rk_", "sk_"].iter().any(|prefix| key.starts_with(prefix)) {
-            bail!("SUBLEDGER_STRIPE_READ_KEY does not start with rk_ or sk_ (use a restricted key with read access to customers, subscriptions and entitlements)");
-        }
         let api = StripeApi::new(&ApiKey::new(key), self.stripe_api_base.as_deref(), "worker")
             .map_err(|e| {
                 anyhow::anyhow!(
@@ -227,6 +286,17 @@ impl EngineArgs {
             })?;
         Ok(Some(Arc::new(api)))
     }
+}
+
+/// `SUBLEDGER_STRIPE_READ_KEY`, when set; never printed.
+fn read_key() -> anyhow::Result<Option<String>> {
+    let Ok(key) = std::env::var("SUBLEDGER_STRIPE_READ_KEY") else {
+        return Ok(None);
+    };
+    if !["rk_", "sk_"].iter().any(|prefix| key.starts_with(prefix)) {
+        bail!("SUBLEDGER_STRIPE_READ_KEY does not start with rk_ or sk_ (use a restricted key with read access to customers, subscriptions and entitlements)");
+    }
+    Ok(Some(key))
 }
 
 /// `SUBLEDGER_WEBHOOK_SECRETS`: comma-separated `whsec_…` secrets (two while rotating).

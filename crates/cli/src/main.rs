@@ -2,6 +2,8 @@
 //! `worker` runs the inbox worker alone, `migrate` applies the database migrations.
 
 mod config;
+mod operator;
+mod progress;
 mod scenarios;
 
 use std::process::ExitCode;
@@ -31,27 +33,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let failure = ExitCode::from(cli.command.failure_status());
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => status,
         Err(error) => {
             eprintln!("subledger: error: {error:#}");
-            ExitCode::FAILURE
+            failure
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let database_url = cli
         .database_url
         .clone()
         .unwrap_or_else(|| Database::DEFAULT_URL.to_owned());
+    let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     match cli.command {
-        Command::Serve(args) => serve(&database_url, args).await,
-        Command::Worker(args) => worker(&database_url, args).await,
-        Command::Simulator(SimulatorCommand::Serve(args)) => simulator_serve(args).await,
+        Command::Serve(args) => done(serve(&database_url, args).await),
+        Command::Worker(args) => done(worker(&database_url, args).await),
+        Command::Simulator(SimulatorCommand::Serve(args)) => done(simulator_serve(args).await),
         Command::Scenario(ScenarioCommand::Run(args)) => {
-            scenarios::run(args, cli.database_url).await
+            done(scenarios::run(args, cli.database_url).await)
         }
+        Command::Backfill(args) => operator::backfill(&database_url, args).await,
         Command::Migrate => {
             let db = Database::connect(&database_url)
                 .await
@@ -59,7 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db.migrate().await.context("migrating")?;
             tracing::info!(backend = ?db.backend(), "migrations applied");
             db.close().await;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -8,8 +8,10 @@
 //!   entitlement index current.
 //! - [`explain`]: why a customer has or lacks a feature, with the events behind it.
 //! - [`refetch`]: Stripe's API as the tie-breaker when events cannot order two snapshots.
+//! - [`backfill`]: start on an existing account: Stripe's objects recorded as fetched facts.
 //! - [`clock`]: the one place wall time is read, replaceable in tests.
 
+pub mod backfill;
 pub mod clock;
 mod config;
 mod engine;
@@ -19,6 +21,9 @@ pub mod projector;
 pub mod refetch;
 pub mod worker;
 
+pub use backfill::{
+    BackfillError, BackfillOptions, BackfillPhase, BackfillProgress, BackfillSummary,
+};
 pub use config::EngineConfig;
 pub use engine::{Basis, Engine, EngineError, Shutdown, TimelineEntry};
 pub use ingest::{IngestError, Receipt};

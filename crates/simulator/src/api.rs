@@ -44,6 +44,12 @@ pub struct Account {
     schedules: BTreeMap<String, (String, String, Option<String>)>,
     delivered: HashMap<String, bool>,
     forwarding: Option<Deliverer>,
+    /// Webhook delivery switched off (`POST /v1/test_helpers/webhooks enabled=false`): events
+    /// still happen and are listed with `delivery_success=false`, as for an endpoint that is
+    /// down or disabled.
+    webhooks_off: bool,
+    /// How many of the next requests to answer `429` (`POST /v1/test_helpers/rate_limit`).
+    rate_limited: u32,
 }
 
 pub type SharedAccount = Arc<Mutex<Account>>;
@@ -62,6 +68,34 @@ impl Account {
             delivered: HashMap::new(),
             forwarding: forwarding
                 .map(|f| Deliverer::new(DeliveryMode::InOrder, 0, f.secret, f.target)),
+            webhooks_off: false,
+            rate_limited: 0,
+        }
+    }
+
+    /// An account whose default clock is `simulator`, built beforehand (a story told with
+    /// the simulator's own API), so its objects are listed as an account's are.
+    pub fn with_default_clock(
+        simulator: Simulator,
+        policy: RetryPolicy,
+        forwarding: Option<Forwarding>,
+    ) -> Self {
+        let mut account = Self::new(simulator.now(), policy, forwarding);
+        account.default_clock = simulator.clock_id().to_owned();
+        account.clocks = BTreeMap::from([(simulator.clock_id().to_owned(), simulator)]);
+        account.next_space = 1_000;
+        account
+    }
+
+    /// Marks every event so far as never delivered (an endpoint that was never set up, or
+    /// was down for all of it).
+    pub fn mark_all_undelivered(&mut self) {
+        for sim in self.clocks.values_mut() {
+            for event in sim.take_new_events() {
+                if let Some(id) = event["id"].as_str() {
+                    self.delivered.insert(id.to_owned(), false);
+                }
+            }
         }
     }
 
@@ -97,6 +131,14 @@ impl Account {
         let mut events = Vec::new();
         for sim in self.clocks.values_mut() {
             events.extend(sim.take_new_events());
+        }
+        if self.webhooks_off {
+            for event in events {
+                if let Some(id) = event["id"].as_str() {
+                    self.delivered.insert(id.to_owned(), false);
+                }
+            }
+            return;
         }
         let Some(deliverer) = self.forwarding.as_mut() else {
             return;
@@ -249,7 +291,13 @@ pub fn router(account: SharedAccount) -> Router {
                 .post(update_subscription)
                 .delete(cancel_subscription),
         )
-        .route("/v1/subscription_schedules", post(create_schedule))
+        .route(
+            "/v1/subscription_schedules",
+            post(create_schedule).get(list_schedules),
+        )
+        .route("/v1/payment_intents", get(list_payment_intents))
+        .route("/v1/test_helpers/webhooks", post(switch_webhooks))
+        .route("/v1/test_helpers/rate_limit", post(rate_limit))
         .route(
             "/v1/subscription_schedules/{id}",
             get(retrieve_schedule).post(update_schedule),
@@ -262,8 +310,81 @@ pub fn router(account: SharedAccount) -> Router {
         .route("/v1/invoices/{id}", get(retrieve_invoice))
         .route("/v1/events", get(list_events))
         .route("/v1/events/{id}", get(retrieve_event))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&account),
+            answer_rate_limited,
+        ))
         .layer(axum::middleware::from_fn(require_api_key))
         .with_state(account)
+}
+
+/// Answers `429` while the account is told to (`POST /v1/test_helpers/rate_limit`), as
+/// Stripe does past its rate limit: `rate_limit_error`, with `Retry-After` (seconds).
+async fn answer_rate_limited(
+    State(account): State<SharedAccount>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limited = {
+        let mut account = account.lock().await;
+        let limited =
+            account.rate_limited > 0 && request.uri().path() != "/v1/test_helpers/rate_limit";
+        if limited {
+            account.rate_limited -= 1;
+        }
+        limited
+    };
+    if limited {
+        let body = json!({ "error": {
+            "type": "rate_limit_error",
+            "code": "rate_limit",
+            "message": "Request rate limit exceeded. Please retry after a short wait.",
+        }});
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            Json(body),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// `POST /v1/test_helpers/rate_limit` (`requests`: how many of the next requests get `429`).
+/// The simulator's own helper: Stripe has no such endpoint.
+async fn rate_limit(
+    State(account): State<SharedAccount>,
+    Form(params): Form<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let requests = number::<u32>(&params, "requests")?
+        .ok_or_else(|| ApiError::invalid("Missing required param: requests.", Some("requests")))?;
+    account.lock().await.rate_limited = requests;
+    Ok(Json(
+        json!({ "object": "rate_limit", "requests": requests }),
+    ))
+}
+
+/// `POST /v1/test_helpers/webhooks` (`enabled`: true | false): switches delivery to the
+/// endpoint on or off. The simulator's own helper: at Stripe, an endpoint is disabled in the
+/// Dashboard or is simply down.
+async fn switch_webhooks(
+    State(account): State<SharedAccount>,
+    Form(params): Form<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let enabled = match param(&params, "enabled") {
+        Some("true") => true,
+        Some("false") => false,
+        _ => {
+            return Err(ApiError::invalid(
+                "enabled must be true or false",
+                Some("enabled"),
+            ))
+        }
+    };
+    account.lock().await.webhooks_off = !enabled;
+    Ok(Json(
+        json!({ "object": "webhook_endpoint", "enabled": enabled }),
+    ))
 }
 
 /// Stripe refuses requests without a secret or restricted key.
@@ -712,7 +833,11 @@ async fn list_customers(
             objects.push(sim.customer_json(&customer.id)?);
         }
     }
-    page(newest_first(objects), "/v1/customers", &query)
+    page(
+        created_since(newest_first(objects), &query)?,
+        "/v1/customers",
+        &query,
+    )
 }
 
 async fn list_subscriptions(
@@ -745,11 +870,22 @@ async fn list_subscriptions(
                 Some(wanted) => subscription.status.as_str() == wanted,
             };
             if shown {
-                objects.push(sim.subscription_json(&subscription.id)?);
+                let mut object = sim.subscription_json(&subscription.id)?;
+                // `expand[]=data.latest_invoice`: the invoice object in place of its id.
+                if query.get("expand[]").map(String::as_str) == Some("data.latest_invoice") {
+                    if let Some(invoice) = object["latest_invoice"].as_str().map(str::to_owned) {
+                        object["latest_invoice"] = sim.invoice_json(&invoice)?;
+                    }
+                }
+                objects.push(object);
             }
         }
     }
-    page(newest_first(objects), "/v1/subscriptions", &query)
+    page(
+        created_since(newest_first(objects), &query)?,
+        "/v1/subscriptions",
+        &query,
+    )
 }
 
 async fn list_active_entitlements(
@@ -777,13 +913,20 @@ async fn list_invoices(
             let wanted = query.get("customer").is_none_or(|c| *c == invoice.customer)
                 && query
                     .get("subscription")
-                    .is_none_or(|s| Some(s) == invoice.subscription.as_ref());
+                    .is_none_or(|s| Some(s) == invoice.subscription.as_ref())
+                && query
+                    .get("status")
+                    .is_none_or(|s| s == invoice.status.as_str());
             if wanted {
                 objects.push(sim.invoice_json(&invoice.id)?);
             }
         }
     }
-    page(newest_first(objects), "/v1/invoices", &query)
+    page(
+        created_since(newest_first(objects), &query)?,
+        "/v1/invoices",
+        &query,
+    )
 }
 
 async fn list_events(
@@ -813,7 +956,83 @@ async fn list_events(
         })
         .cloned()
         .collect();
-    page(objects, "/v1/events", &query)
+    page(created_since(objects, &query)?, "/v1/events", &query)
+}
+
+/// `created[gte]`, as every Stripe list takes it.
+fn created_since(
+    objects: Vec<Value>,
+    query: &HashMap<String, String>,
+) -> Result<Vec<Value>, ApiError> {
+    let Some(since) = query.get("created[gte]") else {
+        return Ok(objects);
+    };
+    let since: i64 = since
+        .parse()
+        .map_err(|_| ApiError::invalid("created[gte] must be a Unix timestamp", Some("created")))?;
+    Ok(objects
+        .into_iter()
+        .filter(|o| o["created"].as_i64().is_some_and(|c| c >= since))
+        .collect())
+}
+
+async fn list_payment_intents(
+    State(account): State<SharedAccount>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let account = account.lock().await;
+    let objects: Vec<Value> = listed_clocks(&account, &query)?
+        .into_iter()
+        .flat_map(Simulator::payment_intents_json)
+        .filter(|pi| {
+            query
+                .get("customer")
+                .is_none_or(|c| pi["customer"] == c.as_str())
+        })
+        .collect();
+    page(
+        created_since(newest_first(objects), &query)?,
+        "/v1/payment_intents",
+        &query,
+    )
+}
+
+/// Schedules the simulated subscriptions know (scheduled changes) and those created through
+/// this API that have not scheduled anything yet.
+async fn list_schedules(
+    State(account): State<SharedAccount>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let account = account.lock().await;
+    let mut objects = Vec::new();
+    for sim in listed_clocks(&account, &query)? {
+        for id in sim.schedule_ids() {
+            objects.push(sim.schedule_json(id)?);
+        }
+    }
+    let listed = query.get("test_clock").unwrap_or(&account.default_clock);
+    for (id, (clock, _, _)) in &account.schedules {
+        let known = account
+            .clocks
+            .get(clock)
+            .is_some_and(|s| s.has_schedule(id));
+        if !known && clock == listed {
+            objects.push(schedule_json(&account, id)?);
+        }
+    }
+    let objects = objects
+        .into_iter()
+        .filter(|s| {
+            query
+                .get("customer")
+                .is_none_or(|c| s["customer"] == c.as_str())
+        })
+        .collect();
+    page(
+        created_since(newest_first(objects), &query)?,
+        "/v1/subscription_schedules",
+        &query,
+    )
 }
 
 /// A schedule as Stripe renders it: the current phase until the period ends, and the next

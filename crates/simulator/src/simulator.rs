@@ -194,6 +194,19 @@ impl Simulator {
         self.invoices.values()
     }
 
+    /// Every PaymentIntent, as `GET /v1/payment_intents` lists them.
+    pub fn payment_intents_json(&self) -> Vec<Value> {
+        self.payment_intents
+            .values()
+            .map(render::payment_intent)
+            .collect()
+    }
+
+    /// Every subscription schedule this clock made (released ones too).
+    pub fn schedule_ids(&self) -> impl Iterator<Item = &str> {
+        self.schedule_subscriptions.keys().map(String::as_str)
+    }
+
     /// Ids sort in creation order: a prefix, the space, and a zero-padded counter.
     fn next_id(&mut self, prefix: &str) -> String {
         self.counter += 1;

@@ -1,5 +1,6 @@
 //! Subledger's storage, on SQLite (embedded default) or PostgreSQL (production), same behaviour.
 //!
+//! - [`backfill`]: backfill cursors, so an interrupted run continues where it stopped.
 //! - [`command_bus`]: cqrs-es frameworks on either backend behind one type.
 //! - [`database`]: connecting, migrating, and the cqrs-es event repositories.
 //! - [`inbox`]: the durable inbox of verified Stripe events and how workers claim them.
@@ -19,6 +20,7 @@ macro_rules! on_pool {
     };
 }
 
+pub mod backfill;
 pub mod command_bus;
 pub mod database;
 pub mod error;
@@ -27,6 +29,7 @@ pub mod inbox;
 pub mod projection;
 pub mod scratch;
 
+pub use backfill::BackfillCursor;
 pub use command_bus::CommandBus;
 pub use database::{Backend, Database};
 pub use error::StoreError;

@@ -292,10 +292,11 @@ fn lookup_keys(entries: &[Value], path: &str) -> Result<BTreeSet<String>, Transl
         .collect()
 }
 
-/// Translates an object fetched from Stripe's API (`GET /v1/subscriptions/{id}`,
-/// `/v1/customers/{id}`, or the list `/v1/entitlements/active_entitlements?customer=…`, which
-/// is `customer`'s) into what the worker records when the events alone cannot order two
-/// snapshots of it: Stripe's own answer for `second`.
+/// Translates an object fetched from Stripe's API (a subscription, customer, schedule,
+/// invoice or PaymentIntent, or the list `/v1/entitlements/active_entitlements?customer=…`,
+/// which is `customer`'s) into a fact with `fetched` provenance: Stripe's own answer for
+/// `second`. The worker records one when the events alone cannot order two snapshots of an
+/// object; backfill and reconciliation record them for what no event told.
 pub fn translate_fetched(
     object: &Value,
     second: DateTime<Utc>,
@@ -372,11 +373,93 @@ pub fn translate_fetched(
                 },
             })
         }
+        "invoice" => fetched_invoice(&fields, second),
+        "payment_intent" => {
+            let payment = payment_facts(&fields)?;
+            let (payment_intent_id, order_id) = (payment.id.clone(), payment.order_id.clone());
+            let occurred_at = second;
+            let failed = fields.object("last_payment_error").is_some();
+            let command = match fields.str("status")? {
+                "succeeded" => PaymentCommand::RecordSucceeded {
+                    payment,
+                    occurred_at,
+                },
+                "requires_action" => PaymentCommand::RecordRequiresAction {
+                    payment,
+                    occurred_at,
+                },
+                "canceled" => PaymentCommand::RecordCanceled {
+                    payment,
+                    occurred_at,
+                },
+                "requires_payment_method" if failed => PaymentCommand::RecordFailed {
+                    payment,
+                    occurred_at,
+                },
+                _ => PaymentCommand::RecordCreated {
+                    payment,
+                    occurred_at,
+                },
+            };
+            Ok(Translation::Payment {
+                payment_intent_id,
+                order_id,
+                command,
+            })
+        }
         _ => Err(invalid(
             "fetched.object",
-            "\"subscription\", \"customer\" or a list of active entitlements",
+            "a subscription, customer, subscription schedule, invoice, payment intent or a list \
+             of active entitlements",
         )),
     }
+}
+
+/// What an invoice read from Stripe's API tells dunning: a paid invoice is a payment, an open
+/// one that Stripe has tried to collect is an unpaid renewal with its attempts so far; any
+/// other invoice (draft, void, uncollectible, not yet attempted) is no fact dunning counts.
+///
+/// The failure is dated when Stripe first tried to collect (`status_transitions.finalized_at`:
+/// automatic collection charges at finalization; `created` when Stripe leaves it null, as its
+/// OpenAPI fixture does), so the grace period runs from the same moment as it would have from
+/// the `invoice.payment_failed` webhook. A payment is dated `paid_at`, else the read second.
+fn fetched_invoice(
+    fields: &Fields<'_>,
+    second: DateTime<Utc>,
+) -> Result<Translation, TranslationError> {
+    let (customer_id, invoice) = invoice_facts(fields)?;
+    let transition = |name: &str| {
+        fields
+            .object("status_transitions")
+            .and_then(|t| t.opt_time(name))
+    };
+    let command = match fields.str("status")? {
+        "paid" => CustomerCommand::RecordInvoicePaid {
+            invoice,
+            occurred_at: transition("paid_at").unwrap_or(second),
+        },
+        "open" if invoice.attempt_count > 0 && invoice.subscription_id.is_some() => {
+            let first_attempt = transition("finalized_at")
+                .or_else(|| fields.opt_time("created"))
+                .unwrap_or(second);
+            CustomerCommand::RecordInvoicePaymentFailed {
+                invoice,
+                occurred_at: first_attempt.min(second),
+            }
+        }
+        status => {
+            return Ok(Translation::Ignored {
+                reason: format!(
+                    "invoice `{}` ({status}, {} attempts) is no fact dunning counts",
+                    invoice.id, invoice.attempt_count
+                ),
+            })
+        }
+    };
+    Ok(Translation::Customer {
+        customer_id,
+        command,
+    })
 }
 
 /// Where a customer's details sit in their history: a creation, or a change away from the

@@ -9,6 +9,10 @@
 //!
 //! The base URL is configurable so the same code runs against Subledger's Stripe simulator.
 
+pub mod reader;
+
+pub use reader::{ListPage, ReadPolicy, StripeReader};
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
@@ -75,6 +79,12 @@ pub enum ApiError {
     /// The key was refused or rolled: stop making calls and alert.
     #[error("Stripe refused the API key")]
     Authentication,
+    /// The key works but may not do this (a restricted key without the permission).
+    #[error("the API key lacks a permission this needs: {0}")]
+    Permission(String),
+    /// No such object (`resource_missing`).
+    #[error("not found at Stripe: {0}")]
+    NotFound(String),
     /// An idempotency key was reused with different parameters.
     #[error("idempotency key reused with different parameters: {0}")]
     Idempotency(String),
