@@ -58,6 +58,79 @@ pub enum Command {
     /// (SUBLEDGER_STRIPE_READ_KEY) and record what it holds, then apply the events Stripe
     /// could not deliver in the last 30 days. Resumable; safe to re-run. Exit status 2 on error.
     Backfill(BackfillArgs),
+    /// Rebuild the read models from the event log (running servers pick them up without a
+    /// restart). --verify rebuilds in scratch space and compares instead: exit 1 if any
+    /// customer differs.
+    Replay(ReplayArgs),
+    /// Look at and re-run the inbox of Stripe events.
+    #[command(subcommand)]
+    Inbox(InboxCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Compare a rebuild with the saved views instead of replacing them; exit 1 if any differs.
+    #[arg(long)]
+    pub verify: bool,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InboxCommand {
+    /// List inbox rows, oldest received first.
+    List(InboxListArgs),
+    /// Make pending (failing) events due now.
+    Retry(InboxRetryArgs),
+    /// Run processed and ignored events through today's translator again (after an upgrade
+    /// taught it something). Idempotent: facts already recorded are not recorded twice.
+    Reprocess(InboxReprocessArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InboxListArgs {
+    /// Only pending events whose last attempt failed.
+    #[arg(long, conflicts_with_all = ["ignored", "pending"])]
+    pub failing: bool,
+    /// Only events recorded as ignored (not a billing fact Subledger tracks).
+    #[arg(long, conflicts_with = "pending")]
+    pub ignored: bool,
+    /// Only events not processed yet.
+    #[arg(long)]
+    pub pending: bool,
+    /// Only events of this Stripe type (e.g. invoice.paid).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+    /// Only events received at or after this date (YYYY-MM-DD or RFC 3339).
+    #[arg(long, value_parser = parse_date)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub limit: i64,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InboxRetryArgs {
+    /// Stripe event ids (evt_…).
+    #[arg(required = true, value_name = "EVENT_ID")]
+    pub event_ids: Vec<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InboxReprocessArgs {
+    /// Only events of this Stripe type.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+    /// Only events received at or after this date (YYYY-MM-DD or RFC 3339).
+    #[arg(long, value_parser = parse_date)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 impl Command {
@@ -65,7 +138,7 @@ impl Command {
     /// differences" (as `diff` does); the long-running ones keep 1.
     pub fn failure_status(&self) -> u8 {
         match self {
-            Self::Backfill(_) => 2,
+            Self::Backfill(_) | Self::Replay(_) | Self::Inbox(_) => 2,
             _ => 1,
         }
     }

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use subledger_engine::{BackfillOptions, Engine};
 
-use crate::config::BackfillArgs;
+use subledger_store::{InboxFilter, InboxState};
+
+use crate::config::{BackfillArgs, InboxCommand, ReplayArgs};
 use crate::progress::{format_duration, thousands, Progress, Reading};
 
 pub async fn backfill(database_url: &str, args: BackfillArgs) -> anyhow::Result<ExitCode> {
@@ -46,4 +48,162 @@ pub async fn backfill(database_url: &str, args: BackfillArgs) -> anyhow::Result<
     );
     tracing::debug!(elapsed = %format_duration(summary.elapsed), "backfill finished");
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn replay(database_url: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let config = args.engine.engine_config(database_url)?;
+    let engine = Engine::start(config).await.context("starting the engine")?;
+    let mut progress = Progress::new();
+    let phase = if args.verify {
+        "verifying"
+    } else {
+        "replaying"
+    };
+    let mut on_progress = |events: u64| {
+        progress.update(&Reading {
+            phase,
+            unit: "events",
+            count: events,
+            phase_done: events,
+            phase_total: None,
+            extra: String::new(),
+        });
+    };
+    let status = if args.verify {
+        let differences = engine.verify_views(&mut on_progress).await;
+        progress.finish();
+        let differences = differences?;
+        for difference in &differences {
+            println!(
+                "{} differs:\n  saved:   {}\n  rebuilt: {}",
+                difference.customer,
+                difference.saved.as_deref().unwrap_or("(none)"),
+                difference.rebuilt.as_deref().unwrap_or("(none)")
+            );
+        }
+        println!(
+            "replay --verify: {} customer(s) differ from a rebuild from the event log",
+            differences.len()
+        );
+        if differences.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    } else {
+        let summary = engine.replay(&mut on_progress).await;
+        progress.finish();
+        let summary = summary?;
+        println!(
+            "replay: {} customers rebuilt from the event log in {:.1} s (views generation {}); running servers reload them",
+            thousands(u64::try_from(summary.customers).unwrap_or(0)),
+            summary.elapsed.as_secs_f64(),
+            summary.generation
+        );
+        ExitCode::SUCCESS
+    };
+    engine.close().await;
+    Ok(status)
+}
+
+pub async fn inbox(database_url: &str, command: InboxCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        InboxCommand::List(args) => {
+            let config = args.engine.engine_config(database_url)?;
+            let engine = Engine::start(config).await.context("starting the engine")?;
+            let state = match (args.failing, args.ignored, args.pending) {
+                (true, _, _) => Some(InboxState::Failing),
+                (_, true, _) => Some(InboxState::Ignored),
+                (_, _, true) => Some(InboxState::Pending),
+                _ => None,
+            };
+            let rows = engine
+                .inbox_rows(&InboxFilter {
+                    state,
+                    event_type: args.event_type,
+                    since_ms: args.since.map(|t| t.timestamp_millis()),
+                    limit: args.limit,
+                })
+                .await;
+            engine.close().await;
+            let rows = rows?;
+            println!(
+                "{:<32} {:<44} {:<10} {:>8}  {:<24}  note",
+                "event", "type", "status", "attempts", "received"
+            );
+            for row in &rows {
+                let received = chrono::DateTime::from_timestamp_millis(row.received_at_ms)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default();
+                let note = row
+                    .last_error
+                    .as_deref()
+                    .or(row.outcome.as_deref())
+                    .unwrap_or("");
+                println!(
+                    "{:<32} {:<44} {:<10} {:>8}  {:<24}  {note}",
+                    row.event_id, row.event_type, row.status, row.attempts, received
+                );
+            }
+            println!("{} row(s)", rows.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        InboxCommand::Retry(args) => {
+            let config = args.engine.engine_config(database_url)?;
+            let engine = Engine::start(config).await.context("starting the engine")?;
+            let statuses = engine.retry_inbox(&args.event_ids).await?;
+            let unknown: Vec<&str> = statuses
+                .iter()
+                .filter(|(_, status)| status.is_none())
+                .map(|(id, _)| id.as_str())
+                .collect();
+            if !unknown.is_empty() {
+                engine.close().await;
+                anyhow::bail!("not in the inbox: {}", unknown.join(", "));
+            }
+            let result = engine.drain().await;
+            for (id, status) in &statuses {
+                match status.as_deref() {
+                    Some("pending") => println!("{id}: retried"),
+                    Some(other) => println!(
+                        "{id}: already {other}; to run it again use `subledger inbox reprocess`"
+                    ),
+                    None => {}
+                }
+            }
+            report_inbox(&engine).await?;
+            engine.close().await;
+            result?;
+            Ok(ExitCode::SUCCESS)
+        }
+        InboxCommand::Reprocess(args) => {
+            let config = args.engine.engine_config(database_url)?;
+            let engine = Engine::start(config).await.context("starting the engine")?;
+            let count = engine
+                .reprocess_inbox(args.event_type.as_deref(), args.since)
+                .await?;
+            println!(
+                "{} event(s) put back in line for today's translator",
+                thousands(count)
+            );
+            let result = engine.drain().await;
+            report_inbox(&engine).await?;
+            engine.close().await;
+            result?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The inbox's counts after a retry or reprocess ran.
+async fn report_inbox(engine: &Engine) -> anyhow::Result<()> {
+    let stats = engine.inbox_stats().await?;
+    println!(
+        "inbox: {} processed, {} ignored, {} pending ({} failing)",
+        thousands(u64::try_from(stats.processed).unwrap_or(0)),
+        thousands(u64::try_from(stats.ignored).unwrap_or(0)),
+        thousands(u64::try_from(stats.pending).unwrap_or(0)),
+        thousands(u64::try_from(stats.failing).unwrap_or(0)),
+    );
+    Ok(())
 }

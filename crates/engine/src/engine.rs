@@ -8,7 +8,9 @@ use subledger_domain::customer::{Customer, CustomerCommand, CustomerError, Custo
 use subledger_domain::entitlements::{BillingView, Entitlements};
 use subledger_domain::ids::{CustomerId, SubscriptionId};
 use subledger_domain::payment::{OrderView, Payment, PaymentEvent};
-use subledger_store::{Backend, CommandBus, Database, InboxStats, StoreError};
+use subledger_store::{
+    Backend, CommandBus, Database, InboxFilter, InboxRow, InboxStats, StoreError,
+};
 use subledger_stripe::WebhookVerifier;
 use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
@@ -83,6 +85,23 @@ pub struct TimelineEntry {
     #[serde(rename = "data")]
     #[schema(value_type = Object)]
     pub event: CustomerEvent,
+}
+
+/// What `subledger replay` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaySummary {
+    pub customers: usize,
+    /// The saved views' generation after the swap.
+    pub generation: i64,
+    pub elapsed: Duration,
+}
+
+/// A customer whose saved view differs from a rebuild (`None`: absent on that side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewDifference {
+    pub customer: String,
+    pub saved: Option<String>,
+    pub rebuilt: Option<String>,
 }
 
 /// How long [`Engine::drain`] waits for the projection to catch up.
@@ -196,6 +215,16 @@ impl Engine {
     /// Applies every new event in the log to the read models.
     pub async fn project(&self) -> Result<usize, ProjectionError> {
         let mut projector = self.projector.lock().await;
+        if projector.rebuilt_elsewhere(&self.db).await? {
+            tracing::info!("the saved billing views were rebuilt; reloading them");
+            *projector = BillingProjector::load(
+                &self.db,
+                &self.config.catalog,
+                &self.entitlements,
+                self.config.clock.now(),
+            )
+            .await?;
+        }
         projector
             .catch_up(
                 &self.db,
@@ -386,20 +415,115 @@ impl Engine {
         self.db.inbox_stats().await
     }
 
+    /// Inbox rows for operators (`subledger inbox list`).
+    pub async fn inbox_rows(&self, filter: &InboxFilter) -> Result<Vec<InboxRow>, StoreError> {
+        self.db.list_inbox(filter).await
+    }
+
+    /// Makes pending rows due now (`subledger inbox retry`): for each id, the row's status, or
+    /// `None` when the inbox does not hold it.
+    pub async fn retry_inbox(
+        &self,
+        event_ids: &[String],
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let mut statuses = Vec::new();
+        for id in event_ids {
+            let status = self.db.retry_inbox_event_now(id, self.now_ms()).await?;
+            statuses.push((id.clone(), status));
+        }
+        self.inbox_stored.notify_one();
+        Ok(statuses)
+    }
+
+    /// Puts processed and ignored rows back in line for today's translator
+    /// (`subledger inbox reprocess`). Commands are idempotent, so facts already recorded
+    /// record nothing again; what an older translator missed is recorded now.
+    pub async fn reprocess_inbox(
+        &self,
+        event_type: Option<&str>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<u64, StoreError> {
+        let count = self
+            .db
+            .reprocess_inbox(
+                event_type,
+                since.map(|t| t.timestamp_millis()),
+                self.now_ms(),
+            )
+            .await?;
+        self.inbox_stored.notify_one();
+        Ok(count)
+    }
+
     /// Replays the whole log into fresh views, without touching the saved ones, and returns
     /// them: a projection can be dropped and rebuilt at any time and must come out identical.
     pub async fn rebuild_views(&self) -> Result<Vec<BillingView>, ProjectionError> {
-        let scratch = EntitlementIndex::new(self.config.user_id_metadata_key.clone());
-        let mut fresh = BillingProjector::empty();
-        fresh
-            .replay(
-                &self.db,
-                &self.config.catalog,
-                &scratch,
-                self.config.clock.now(),
-            )
-            .await?;
-        Ok(fresh.views().values().cloned().collect())
+        let fresh = BillingProjector::rebuild(&self.db, None, &mut |_| {}).await?;
+        Ok(fresh.into_views().into_values().collect())
+    }
+
+    /// `subledger replay`: rebuilds the read models from the global event log and puts them
+    /// in place of the saved ones in one transaction. Every running server notices the new
+    /// generation at its next projection step and reloads, without a restart.
+    /// `on_progress` hears how many events have been applied, after each batch.
+    pub async fn replay(
+        &self,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<ReplaySummary, EngineError> {
+        let started = std::time::Instant::now();
+        let rebuilt = BillingProjector::rebuild(&self.db, None, on_progress).await?;
+        let generation = rebuilt.replace_saved(&self.db).await?;
+        let customers = rebuilt.views().len();
+        // This process serves from the rebuilt views too.
+        self.project().await?;
+        Ok(ReplaySummary {
+            customers,
+            generation,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// `subledger replay --verify`: rebuilds in memory up to the saved views' checkpoint and
+    /// compares, customer by customer, with what is saved. Changes nothing.
+    pub async fn verify_views(
+        &self,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Vec<ViewDifference>, EngineError> {
+        let saved = self.db.load_billing_views().await?;
+        let rebuilt = BillingProjector::rebuild(&self.db, Some(saved.checkpoint), on_progress)
+            .await?
+            .into_views();
+        let mut saved_views: std::collections::BTreeMap<String, String> = saved
+            .rows
+            .into_iter()
+            .map(|row| (row.key, row.json))
+            .collect();
+        let mut differences = Vec::new();
+        for (customer, view) in rebuilt {
+            let rebuilt_json = serde_json::to_string(&view).map_err(ProjectionError::from)?;
+            let stored = saved_views.remove(customer.as_str());
+            let same = stored.as_deref().is_some_and(|stored| {
+                serde_json::from_str::<serde_json::Value>(stored).ok()
+                    == serde_json::from_str::<serde_json::Value>(&rebuilt_json).ok()
+            });
+            if !same {
+                differences.push(ViewDifference {
+                    customer: customer.as_str().to_owned(),
+                    saved: stored,
+                    rebuilt: Some(rebuilt_json),
+                });
+            }
+        }
+        differences.extend(
+            saved_views
+                .into_iter()
+                .map(|(customer, json)| ViewDifference {
+                    customer,
+                    saved: Some(json),
+                    rebuilt: None,
+                }),
+        );
+        Ok(differences)
     }
 
     /// The views this engine serves from, for comparison with a rebuild.

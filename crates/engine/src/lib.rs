@@ -25,7 +25,9 @@ pub use backfill::{
     BackfillError, BackfillOptions, BackfillPhase, BackfillProgress, BackfillSummary,
 };
 pub use config::EngineConfig;
-pub use engine::{Basis, Engine, EngineError, Shutdown, TimelineEntry};
+pub use engine::{
+    Basis, Engine, EngineError, ReplaySummary, Shutdown, TimelineEntry, ViewDifference,
+};
 pub use ingest::{IngestError, Receipt};
 pub use projector::CustomerEntitlements;
 pub use refetch::StripeObjects;

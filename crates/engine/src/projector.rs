@@ -22,6 +22,11 @@ use subledger_store::{Checkpoint, Database, StoreError, StoredEvent};
 /// How many log events one step reads.
 const BATCH: i64 = 500;
 
+/// The shape of a saved [`BillingView`]. Raise it whenever that shape (or what the projection
+/// computes into it) changes: a server that finds saved views of another version rebuilds
+/// them from the log on start instead of trusting them or refusing to start.
+pub const BILLING_VIEW_VERSION: i32 = 1;
+
 /// A customer's resolved entitlements and the JSON answer for them.
 #[derive(Debug)]
 pub struct CustomerEntitlements {
@@ -168,11 +173,6 @@ pub enum ProjectionError {
         event_type: String,
         source: serde_json::Error,
     },
-    #[error("billing view of {customer_id} cannot be read: {source}")]
-    UnreadableView {
-        customer_id: String,
-        source: serde_json::Error,
-    },
     #[error("entitlements cannot be serialized: {0}")]
     Serialize(#[from] serde_json::Error),
 }
@@ -201,36 +201,116 @@ pub(crate) struct BillingProjector {
     applied: Checkpoint,
     /// The checkpoint stored in the database, as last seen.
     saved: Checkpoint,
+    /// The generation of the saved views this projector started from.
+    generation: i64,
+}
+
+/// Saved views, or why they cannot be trusted.
+fn decode_views(rows: &[ViewRow]) -> Result<BTreeMap<CustomerId, BillingView>, String> {
+    rows.iter()
+        .map(|row| {
+            serde_json::from_str::<BillingView>(&row.json)
+                .map(|view| (view.customer_id.clone(), view))
+                .map_err(|e| format!("the saved view of {} cannot be read: {e}", row.key))
+        })
+        .collect()
 }
 
 impl BillingProjector {
-    /// Starts from the saved views and checkpoint.
+    /// Starts from the saved views and checkpoint; rebuilds them from the log first when they
+    /// are of another version or cannot be read.
     pub(crate) async fn load(
         db: &Database,
         catalog: &Catalog,
         index: &EntitlementIndex,
         now: DateTime<Utc>,
     ) -> Result<Self, ProjectionError> {
-        let (checkpoint, rows) = db.load_billing_views().await?;
-        let mut views = BTreeMap::new();
-        for row in rows {
-            let view: BillingView = serde_json::from_str(&row.json).map_err(|source| {
-                ProjectionError::UnreadableView {
-                    customer_id: row.key.clone(),
-                    source,
-                }
-            })?;
-            views.insert(view.customer_id.clone(), view);
-        }
+        let saved = db.load_billing_views().await?;
+        let views = if saved.version == BILLING_VIEW_VERSION {
+            decode_views(&saved.rows)
+        } else {
+            Err(format!(
+                "they are version {} and this build writes version {BILLING_VIEW_VERSION}",
+                saved.version
+            ))
+        };
+        let (views, checkpoint, generation) = match views {
+            Ok(views) => (views, saved.checkpoint, saved.generation),
+            Err(why) => {
+                tracing::warn!(%why, "rebuilding the saved billing views from the event log");
+                let rebuilt = Self::rebuild(db, None, &mut |_| {}).await?;
+                let generation = rebuilt.replace_saved(db).await?;
+                tracing::info!(
+                    customers = rebuilt.views.len(),
+                    "saved billing views rebuilt"
+                );
+                (rebuilt.views, rebuilt.applied, generation)
+            }
+        };
         let projector = Self {
             views,
             changed_at: HashMap::new(),
             applied: checkpoint,
             saved: checkpoint,
+            generation,
         };
         index.clear();
         index.publish(projector.resolve(projector.views.keys(), catalog, now)?);
         Ok(projector)
+    }
+
+    /// A projector built from the log alone, up to `until` (default: everything committed),
+    /// that never saves by itself. Memory grows with the number of customers, not with the
+    /// length of the history: the log is read a batch at a time.
+    pub(crate) async fn rebuild(
+        db: &Database,
+        until: Option<Checkpoint>,
+        on_progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Self, ProjectionError> {
+        let mut fresh = Self::empty();
+        let mut applied = 0;
+        loop {
+            let events = db.read_events_after(fresh.applied, BATCH).await?;
+            let mut any = false;
+            for event in &events {
+                if until.is_some_and(|until| event.checkpoint > until) {
+                    return Ok(fresh);
+                }
+                fresh.apply(event)?;
+                fresh.applied = event.checkpoint;
+                applied += 1;
+                any = true;
+            }
+            if !any {
+                return Ok(fresh);
+            }
+            on_progress(applied);
+        }
+    }
+
+    /// Saves this projector's views in place of every saved one (see
+    /// [`Database::replace_billing_views`]); returns the new generation.
+    pub(crate) async fn replace_saved(&self, db: &Database) -> Result<i64, ProjectionError> {
+        let rows = self
+            .views
+            .values()
+            .map(|view| {
+                Ok(ViewRow {
+                    key: view.customer_id.as_str().to_owned(),
+                    json: serde_json::to_string(view)?,
+                })
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        Ok(db
+            .replace_billing_views(self.applied, &rows, BILLING_VIEW_VERSION)
+            .await?)
+    }
+
+    /// Whether the saved views were rebuilt (by `subledger replay`, or another server's
+    /// start) since this projector loaded them.
+    pub(crate) async fn rebuilt_elsewhere(&self, db: &Database) -> Result<bool, ProjectionError> {
+        let (_, generation) = db.billing_views_state().await?;
+        Ok(generation != self.generation)
     }
 
     /// A projector at position 0 with no views, that never saves: for rebuilds.
@@ -243,18 +323,8 @@ impl BillingProjector {
                 tx: i64::MAX,
                 position: i64::MAX,
             },
+            generation: 0,
         }
-    }
-
-    /// Applies the whole log in memory, saving nothing.
-    pub(crate) async fn replay(
-        &mut self,
-        db: &Database,
-        catalog: &Catalog,
-        index: &EntitlementIndex,
-        now: DateTime<Utc>,
-    ) -> Result<usize, ProjectionError> {
-        self.catch_up(db, catalog, index, now).await
     }
 
     /// Applies everything the log has after the checkpoint. Returns how many events it applied.
@@ -340,7 +410,7 @@ impl BillingProjector {
         } else {
             // Another process moved the checkpoint; read where it is now and keep serving from
             // memory. Views changed after that point are saved on the next step.
-            let stored = db.billing_views_checkpoint().await?;
+            let (stored, _) = db.billing_views_state().await?;
             tracing::debug!(?stored, applied = ?self.applied, "billing views saved by another process");
             self.saved = stored;
             let saved = self.saved;
@@ -357,5 +427,9 @@ impl BillingProjector {
     /// The views in memory, for rebuild comparisons.
     pub(crate) fn views(&self) -> &BTreeMap<CustomerId, BillingView> {
         &self.views
+    }
+
+    pub(crate) fn into_views(self) -> BTreeMap<CustomerId, BillingView> {
+        self.views
     }
 }

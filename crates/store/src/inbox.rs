@@ -259,3 +259,114 @@ impl Database {
         })
     }
 }
+
+/// Which inbox rows an operator asks about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxFilter {
+    pub state: Option<InboxState>,
+    pub event_type: Option<String>,
+    /// Received at or after this moment (milliseconds).
+    pub since_ms: Option<i64>,
+    pub limit: i64,
+}
+
+/// An inbox row's state as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxState {
+    /// Pending, waiting for its first attempt or between retries.
+    Pending,
+    /// Pending, and its last attempt failed.
+    Failing,
+    Processed,
+    Ignored,
+}
+
+impl InboxState {
+    fn condition(self) -> &'static str {
+        match self {
+            Self::Pending => "status = 'pending'",
+            Self::Failing => "status = 'pending' AND last_error IS NOT NULL",
+            Self::Processed => "status = 'processed'",
+            Self::Ignored => "status = 'ignored'",
+        }
+    }
+}
+
+/// One inbox row, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct InboxRow {
+    pub event_id: String,
+    pub event_type: String,
+    pub status: String,
+    pub attempts: i32,
+    pub stripe_created: i64,
+    pub received_at_ms: i64,
+    pub last_error: Option<String>,
+    pub outcome: Option<String>,
+}
+
+impl Database {
+    /// Inbox rows matching `filter`, oldest received first.
+    pub async fn list_inbox(&self, filter: &InboxFilter) -> Result<Vec<InboxRow>, StoreError> {
+        let state = filter.state.map_or("1 = 1", InboxState::condition);
+        let sql = format!(
+            "SELECT event_id, event_type, status, attempts, stripe_created, received_at_ms,
+                    last_error, outcome
+               FROM inbox
+              WHERE {state} AND ($1 IS NULL OR event_type = $1) AND received_at_ms >= $2
+              ORDER BY received_at_ms, event_id
+              LIMIT $3"
+        );
+        let rows: Vec<InboxRow> = on_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(&filter.event_type)
+                .bind(filter.since_ms.unwrap_or(i64::MIN))
+                .bind(filter.limit)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// Makes a pending row due now (an operator's "retry"). Returns the row's status, or
+    /// `None` for an id the inbox does not hold; only a pending row is changed.
+    pub async fn retry_inbox_event_now(
+        &self,
+        event_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        const RETRY: &str = "UPDATE inbox SET available_at_ms = $1
+                              WHERE event_id = $2 AND status = 'pending'";
+        const STATUS: &str = "SELECT status FROM inbox WHERE event_id = $1";
+        let status: Option<String> = on_pool!(self, pool => {
+            sqlx::query(RETRY).bind(now_ms).bind(event_id).execute(pool).await?;
+            sqlx::query_scalar(STATUS).bind(event_id).fetch_optional(pool).await?
+        });
+        Ok(status)
+    }
+
+    /// Puts processed and ignored rows (of `event_type`, received since `since_ms`) back in
+    /// line, due now, for today's translator to run again. Returns how many.
+    pub async fn reprocess_inbox(
+        &self,
+        event_type: Option<&str>,
+        since_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        const SQL: &str = "UPDATE inbox
+                              SET status = 'pending', available_at_ms = $1, attempts = 0,
+                                  locked_until_ms = NULL, last_error = NULL
+                            WHERE status IN ('processed', 'ignored')
+                              AND ($2 IS NULL OR event_type = $2) AND received_at_ms >= $3";
+        let changed = on_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(now_ms)
+                .bind(event_type)
+                .bind(since_ms.unwrap_or(i64::MIN))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(changed)
+    }
+}

@@ -34,4 +34,7 @@ pub use command_bus::CommandBus;
 pub use database::{Backend, Database};
 pub use error::StoreError;
 pub use event_log::{Checkpoint, StoredEvent};
-pub use inbox::{ClaimedEvent, InboxStats, InboxStatus, NewInboxEvent};
+pub use inbox::{
+    ClaimedEvent, InboxFilter, InboxRow, InboxState, InboxStats, InboxStatus, NewInboxEvent,
+};
+pub use projection::{SavedViews, ViewRow};

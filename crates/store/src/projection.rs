@@ -13,45 +13,60 @@ pub struct ViewRow {
     pub json: String,
 }
 
+/// The saved billing views, the checkpoint they reflect, the version of their shape, and
+/// their generation (moved by every rebuild).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedViews {
+    pub checkpoint: Checkpoint,
+    pub version: i32,
+    pub generation: i64,
+    pub rows: Vec<ViewRow>,
+}
+
+/// `tx, position, view_version, generation` of the billing views' checkpoint row.
+type CheckpointRow = (i64, i64, i32, i64);
+
+const CHECKPOINT: &str = "SELECT tx, position, view_version, generation FROM projector_checkpoints
+                           WHERE name = 'billing_views'";
+
 impl Database {
     /// The billing views and the checkpoint they reflect, read consistently.
-    pub async fn load_billing_views(&self) -> Result<(Checkpoint, Vec<ViewRow>), StoreError> {
-        const CHECKPOINT: &str =
-            "SELECT tx, position FROM projector_checkpoints WHERE name = 'billing_views'";
+    pub async fn load_billing_views(&self) -> Result<SavedViews, StoreError> {
         const VIEWS: &str = "SELECT customer_id, view FROM billing_views ORDER BY customer_id";
         // One snapshot for both reads (SQLite's transactions are snapshots already).
         let isolation = match self {
             Self::Sqlite(_) => None,
             Self::Postgres(_) => Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
         };
-        let (checkpoint, rows): ((i64, i64), Vec<(String, String)>) = on_pool!(self, pool => {
+        let (state, rows): (CheckpointRow, Vec<(String, String)>) = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             if let Some(isolation) = isolation {
                 sqlx::query(isolation).execute(&mut *tx).await?;
             }
-            let checkpoint = sqlx::query_as(CHECKPOINT).fetch_one(&mut *tx).await?;
+            let state = sqlx::query_as(CHECKPOINT).fetch_one(&mut *tx).await?;
             let rows = sqlx::query_as(VIEWS).fetch_all(&mut *tx).await?;
             tx.commit().await?;
-            (checkpoint, rows)
+            (state, rows)
         });
-        Ok((
-            Checkpoint {
-                tx: checkpoint.0,
-                position: checkpoint.1,
+        Ok(SavedViews {
+            checkpoint: Checkpoint {
+                tx: state.0,
+                position: state.1,
             },
-            rows.into_iter()
+            version: state.2,
+            generation: state.3,
+            rows: rows
+                .into_iter()
                 .map(|(key, json)| ViewRow { key, json })
                 .collect(),
-        ))
+        })
     }
 
-    /// Where the saved billing views are up to.
-    pub async fn billing_views_checkpoint(&self) -> Result<Checkpoint, StoreError> {
-        const CHECKPOINT: &str =
-            "SELECT tx, position FROM projector_checkpoints WHERE name = 'billing_views'";
-        let (tx, position): (i64, i64) =
+    /// Where the saved billing views are up to, and their generation.
+    pub async fn billing_views_state(&self) -> Result<(Checkpoint, i64), StoreError> {
+        let (tx, position, _, generation): CheckpointRow =
             on_pool!(self, pool => sqlx::query_as(CHECKPOINT).fetch_one(pool).await?);
-        Ok(Checkpoint { tx, position })
+        Ok((Checkpoint { tx, position }, generation))
     }
 
     /// Moves the billing-view checkpoint from `from` to `to` and saves `rows`, atomically.
@@ -82,34 +97,61 @@ impl Database {
                 return Ok(false);
             }
             for chunk in rows.chunks(500) {
-                let mut query =
-                    QueryBuilder::new("INSERT INTO billing_views (customer_id, view, position) ");
-                query.push_values(chunk, |mut row, view| {
-                    row.push_bind(&view.key)
-                        .push_bind(&view.json)
-                        .push_bind(to.position);
-                });
-                query.push(
-                    " ON CONFLICT (customer_id) DO UPDATE SET view = excluded.view, position = excluded.position",
-                );
-                query.build().execute(&mut *tx).await?;
+                upsert_views(chunk, to).build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
         Ok(true)
     }
 
-    /// Empties the billing views and rewinds their checkpoint, for a rebuild from position 0.
-    pub async fn reset_billing_views(&self) -> Result<(), StoreError> {
+    /// Replaces every saved view with `rows` (a rebuild from the log up to `to`, in the shape
+    /// of `version`) and moves the generation, atomically: readers see the old views or the
+    /// new ones, and running servers notice the new generation and reload. Returns it.
+    pub async fn replace_billing_views(
+        &self,
+        to: Checkpoint,
+        rows: &[ViewRow],
+        version: i32,
+    ) -> Result<i64, StoreError> {
+        const MOVE: &str = "UPDATE projector_checkpoints
+                               SET tx = $1, position = $2, view_version = $3,
+                                   generation = generation + 1
+                             WHERE name = 'billing_views'
+                         RETURNING generation";
         const CLEAR: &str = "DELETE FROM billing_views";
-        const REWIND: &str =
-            "UPDATE projector_checkpoints SET tx = 0, position = 0 WHERE name = 'billing_views'";
-        on_pool!(self, pool => {
+        let generation: i64 = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query(REWIND).execute(&mut *tx).await?;
+            let generation = sqlx::query_scalar(MOVE)
+                .bind(to.tx)
+                .bind(to.position)
+                .bind(version)
+                .fetch_one(&mut *tx)
+                .await?;
             sqlx::query(CLEAR).execute(&mut *tx).await?;
+            for chunk in rows.chunks(500) {
+                upsert_views(chunk, to).build().execute(&mut *tx).await?;
+            }
             tx.commit().await?;
+            generation
         });
-        Ok(())
+        Ok(generation)
     }
+}
+
+/// `INSERT … ON CONFLICT DO UPDATE` of saved views, for either backend.
+fn upsert_views<'a, DB: sqlx::Database>(rows: &'a [ViewRow], to: Checkpoint) -> QueryBuilder<'a, DB>
+where
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = QueryBuilder::new("INSERT INTO billing_views (customer_id, view, position) ");
+    query.push_values(rows, |mut row, view| {
+        row.push_bind(view.key.clone())
+            .push_bind(view.json.clone())
+            .push_bind(to.position);
+    });
+    query.push(
+        " ON CONFLICT (customer_id) DO UPDATE SET view = excluded.view, position = excluded.position",
+    );
+    query
 }

@@ -309,9 +309,11 @@ async fn metadata_is_queryable_as_columns() {
 async fn a_projection_saves_only_from_the_checkpoint_it_read() {
     for test in ScratchDatabase::all().await.unwrap() {
         let db = &test.database;
-        let (start, rows) = db.load_billing_views().await.unwrap();
+        let saved = db.load_billing_views().await.unwrap();
+        let start = saved.checkpoint;
         assert_eq!(start, Checkpoint::default());
-        assert!(rows.is_empty());
+        assert!(saved.rows.is_empty());
+        assert_eq!((saved.version, saved.generation), (1, 0));
         let to = Checkpoint { tx: 0, position: 5 };
         let row = |json: &str| ViewRow {
             key: "cus_1".to_owned(),
@@ -330,14 +332,33 @@ async fn a_projection_saves_only_from_the_checkpoint_it_read() {
             )
             .await
             .unwrap());
-        let (checkpoint, rows) = db.load_billing_views().await.unwrap();
-        assert_eq!(checkpoint, to, "{}", test.name);
-        assert_eq!(rows, [row("{\"v\":1}")], "{}", test.name);
-        db.reset_billing_views().await.unwrap();
+        let saved = db.load_billing_views().await.unwrap();
+        assert_eq!(saved.checkpoint, to, "{}", test.name);
+        assert_eq!(saved.rows, [row("{\"v\":1}")], "{}", test.name);
+        // A rebuild replaces every view at once, in its own shape, and moves the generation.
+        let rebuilt = Checkpoint { tx: 0, position: 7 };
+        let other = ViewRow {
+            key: "cus_2".to_owned(),
+            json: "{\"v\":3}".to_owned(),
+        };
+        let generation = db
+            .replace_billing_views(rebuilt, std::slice::from_ref(&other), 2)
+            .await
+            .unwrap();
+        assert_eq!(generation, 1);
+        let saved = db.load_billing_views().await.unwrap();
         assert_eq!(
-            db.load_billing_views().await.unwrap(),
-            (Checkpoint::default(), vec![])
+            (
+                saved.checkpoint,
+                saved.version,
+                saved.generation,
+                saved.rows
+            ),
+            (rebuilt, 2, 1, vec![other]),
+            "{}",
+            test.name
         );
+        assert_eq!(db.billing_views_state().await.unwrap(), (rebuilt, 1));
         test.cleanup().await.unwrap();
     }
 }
