@@ -9,6 +9,7 @@
 //! - [`payment`]: the `Payment` aggregate, one Stripe PaymentIntent.
 //! - [`catalog`]: the plan catalog (prices to plans, plans to features) and its YAML format.
 //! - [`dunning`]: where a subscription stands when renewal payments fail.
+//! - [`schema`]: the stored shape of events, its versions and the upcasters between them.
 //! - [`entitlements`]: what a customer may use, derived from their subscriptions and the catalog.
 
 pub mod billing;
@@ -19,3 +20,4 @@ pub mod entitlements;
 pub mod ids;
 pub mod money;
 pub mod payment;
+pub mod schema;

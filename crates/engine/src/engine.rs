@@ -159,8 +159,8 @@ impl Engine {
             BillingProjector::load(&db, &config.catalog, &entitlements, config.clock.now()).await?;
         let inbox_stored = Arc::new(Notify::new());
         let engine = Self {
-            customers: CommandBus::new(&db),
-            payments: CommandBus::new(&db),
+            customers: CommandBus::new(&db, subledger_domain::schema::upcasters),
+            payments: CommandBus::new(&db, subledger_domain::schema::upcasters),
             verifier: WebhookVerifier::new(
                 config.webhook_secrets.clone(),
                 config.signature_tolerance,

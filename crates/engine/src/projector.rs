@@ -175,19 +175,25 @@ pub enum ProjectionError {
     },
     #[error("entitlements cannot be serialized: {0}")]
     Serialize(#[from] serde_json::Error),
+    #[error(transparent)]
+    NewerEvent(#[from] subledger_domain::schema::UnknownVersion),
 }
 
-/// A stored domain event's payload, or which event could not be read.
+/// A stored domain event's payload in today's shape (upcast from the version it was stored
+/// in), or which event could not be read.
 pub(crate) fn decode<E: serde::de::DeserializeOwned>(
     stored: &StoredEvent,
 ) -> Result<E, ProjectionError> {
-    serde_json::from_value(stored.payload.clone()).map_err(|source| {
-        ProjectionError::UnreadableEvent {
-            aggregate_id: stored.aggregate_id.clone(),
-            sequence: stored.sequence,
-            event_type: stored.event_type.clone(),
-            source,
-        }
+    let payload = subledger_domain::schema::upcast(
+        &stored.event_type,
+        &stored.event_version,
+        stored.payload.clone(),
+    )?;
+    serde_json::from_value(payload).map_err(|source| ProjectionError::UnreadableEvent {
+        aggregate_id: stored.aggregate_id.clone(),
+        sequence: stored.sequence,
+        event_type: stored.event_type.clone(),
+        source,
     })
 }
 

@@ -206,7 +206,7 @@ impl Engine {
         let mut invoice = None;
         let mut disputes: BTreeMap<String, (DisputeFacts, DateTime<Utc>)> = BTreeMap::new();
         for stored in events {
-            let event: PaymentEvent = serde_json::from_value(stored.payload)
+            let event: PaymentEvent = crate::projector::decode(&stored)
                 .map_err(|e| format!("unreadable payment event: {e}"))?;
             match event {
                 PaymentEvent::PaymentCreated { payment, .. }

@@ -7,109 +7,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use subledger_domain::catalog::Catalog;
+use common::{a_year_of_history, catalog, customers, serve, webhook_fed};
 use subledger_engine::clock::ManualClock;
-use subledger_engine::{BackfillOptions, Basis, Engine, EngineConfig, WebhookSecret};
+use subledger_engine::{BackfillOptions, Basis, Engine, EngineConfig};
 use subledger_simulator::api::{router as stripe_router, Account, SharedAccount};
-use subledger_simulator::delivery::{Deliverer, DeliveryMode, Target};
-use subledger_simulator::model::Interval;
 use subledger_simulator::{RetryPolicy, Simulator};
 use subledger_store::scratch::ScratchDatabase;
 use subledger_stripe_client::{ApiKey, ReadPolicy, StripeReader};
-use tokio::net::TcpListener;
-
-const SECRET: &str = "whsec_backfill_test";
-
-fn catalog() -> Catalog {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/catalogs/standard.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    Catalog::from_yaml(&path.display().to_string(), &text).unwrap()
-}
-
-fn customers() -> usize {
-    std::env::var("SUBLEDGER_BACKFILL_CUSTOMERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(60)
-}
-
-/// A year of an account's life: customers on three plans, some cancelling at period end,
-/// some whose card starts failing (dunning at every stage by the end: in grace, suspended,
-/// canceled after the retries), some paying one-off orders.
-fn a_year_of_history(customers: usize) -> Simulator {
-    let start: DateTime<Utc> = "2025-11-03T09:00:00Z".parse().unwrap();
-    let mut sim = Simulator::new(start, RetryPolicy::default());
-    for (id, amount, key) in [
-        ("price_basic", 900, "basic_monthly"),
-        ("price_pro", 2900, "pro_monthly"),
-        ("price_team", 9900, "team_monthly"),
-    ] {
-        sim.create_price(id, amount, "usd", Interval::Month, Some(key))
-            .unwrap();
-    }
-    let prices = ["price_basic", "price_pro", "price_team"];
-    for month in 0..12usize {
-        // New customers join every month.
-        for i in (0..customers).filter(|i| i % 12 == month) {
-            let id = format!("cus_{i:05}");
-            let metadata = BTreeMap::from([("user_id".to_owned(), format!("u_{i}"))]);
-            sim.create_customer(&id, metadata).unwrap();
-            sim.attach_card(&id, "pm_card_visa").unwrap();
-            sim.subscribe(&id, &format!("sub_{i:05}"), prices[i % 3], 1, None)
-                .unwrap();
-            if i % 9 == 4 {
-                sim.create_order(&format!("order_{i}"), &id, 4_500, "usd")
-                    .unwrap();
-            }
-        }
-        // Some cards start failing, some customers leave.
-        for i in (0..customers).filter(|i| i % 12 < month) {
-            let id = format!("cus_{i:05}");
-            if i % 7 == 3 && month == (i % 12) + 2 {
-                sim.attach_card(&id, "pm_card_chargeCustomerFail").unwrap();
-            }
-            if i % 10 == 6 && month == (i % 12) + 3 {
-                sim.cancel_at_period_end(&format!("sub_{i:05}")).unwrap();
-            }
-        }
-        sim.advance_by(chrono::Duration::days(30)).unwrap();
-    }
-    sim
-}
-
-async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-/// The same story, every webhook delivered in order to a fresh engine.
-async fn webhook_fed(story: &Simulator) -> (Arc<Engine>, ScratchDatabase) {
-    let scratch = ScratchDatabase::sqlite().await.unwrap();
-    let mut config = EngineConfig::new(scratch.url.clone(), catalog());
-    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
-    let engine = Engine::start(config).await.unwrap();
-    let router = subledger_server::router(Arc::clone(&engine), Vec::new());
-    let mut deliverer = Deliverer::new(
-        DeliveryMode::InOrder,
-        0,
-        WebhookSecret::new(SECRET),
-        Target::Router(router),
-    );
-    deliverer.enqueue(story.events().to_vec());
-    deliverer.deliver(true).await.unwrap();
-    engine.drain().await.unwrap();
-    (engine, scratch)
-}
 
 /// The story's account served over HTTP, none of its events ever delivered; a fresh engine
 /// whose clock is the account's, and a reader for it.

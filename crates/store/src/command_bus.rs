@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::database::Database;
+use cqrs_es::persist::EventUpcaster;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
 use postgres_es::PostgresEventRepository;
@@ -16,16 +17,19 @@ pub enum CommandBus<A: Aggregate> {
 }
 
 impl<A: Aggregate<Services = ()>> CommandBus<A> {
-    /// Plain event stores only: cqrs-es 0.5's snapshot stores apply new events twice.
-    pub fn new(db: &Database) -> Self {
+    /// Plain event stores only: cqrs-es 0.5's snapshot stores apply new events twice. Events
+    /// of older stored shapes are upcast as they load, by `upcasters` (the domain's schema).
+    pub fn new(db: &Database, upcasters: fn() -> Vec<Box<dyn EventUpcaster>>) -> Self {
         match db {
             Database::Sqlite(pool) => Self::Sqlite(CqrsFramework::new(
-                PersistedEventStore::new_event_store(Database::sqlite_repository(pool)),
+                PersistedEventStore::new_event_store(Database::sqlite_repository(pool))
+                    .with_upcasters(upcasters()),
                 vec![],
                 (),
             )),
             Database::Postgres(pool) => Self::Postgres(CqrsFramework::new(
-                PersistedEventStore::new_event_store(Database::postgres_repository(pool)),
+                PersistedEventStore::new_event_store(Database::postgres_repository(pool))
+                    .with_upcasters(upcasters()),
                 vec![],
                 (),
             )),

@@ -25,6 +25,8 @@ pub struct StoredEvent {
     pub aggregate_id: String,
     pub sequence: i64,
     pub event_type: String,
+    /// The version of the payload's stored shape (see `subledger_domain::schema`).
+    pub event_version: String,
     pub payload: serde_json::Value,
     pub metadata: HashMap<String, String>,
 }
@@ -37,6 +39,7 @@ struct EventRow {
     aggregate_id: String,
     sequence: i64,
     event_type: String,
+    event_version: String,
     payload: String,
     metadata: String,
 }
@@ -60,6 +63,7 @@ impl EventRow {
             aggregate_id: self.aggregate_id,
             sequence: self.sequence,
             event_type: self.event_type,
+            event_version: self.event_version,
             payload,
             metadata,
         })
@@ -72,11 +76,12 @@ impl Database {
     fn event_columns(&self) -> &'static str {
         match self {
             Self::Sqlite(_) => {
-                "0 AS tx, position, aggregate_type, aggregate_id, sequence, event_type, payload, metadata"
+                "0 AS tx, position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+                 payload, metadata"
             }
             Self::Postgres(_) => {
                 "tx::text::bigint AS tx, position, aggregate_type, aggregate_id, sequence, event_type, \
-                 payload::text AS payload, metadata::text AS metadata"
+                 event_version, payload::text AS payload, metadata::text AS metadata"
             }
         }
     }

@@ -15,7 +15,6 @@ pub enum CustomerEvent {
     DetailsRecorded {
         metadata: BTreeMap<String, String>,
         occurred_at: DateTime<Utc>,
-        #[serde(default)]
         provenance: DetailsProvenance,
     },
     CustomerDeleted {
@@ -24,25 +23,21 @@ pub enum CustomerEvent {
     SubscriptionStarted {
         subscription: SubscriptionSnapshot,
         occurred_at: DateTime<Utc>,
-        #[serde(default)]
         provenance: Provenance,
     },
     SubscriptionChanged {
         subscription: SubscriptionSnapshot,
         occurred_at: DateTime<Utc>,
-        #[serde(default)]
         provenance: Provenance,
     },
     SubscriptionEnded {
         subscription: SubscriptionSnapshot,
         occurred_at: DateTime<Utc>,
-        #[serde(default)]
         provenance: Provenance,
     },
     StripeEntitlementsRecorded {
         features: BTreeSet<String>,
         occurred_at: DateTime<Utc>,
-        #[serde(default)]
         provenance: SummaryProvenance,
     },
     HoldPlaced {
@@ -58,7 +53,6 @@ pub enum CustomerEvent {
     ScheduleRecorded {
         schedule: crate::billing::ScheduleFacts,
         occurred_at: DateTime<Utc>,
-        #[serde(default)]
         provenance: crate::billing::ScheduleProvenance,
     },
     /// A dispute opened or changed; `subscription` is the one the disputed invoice belongs to.
@@ -116,6 +110,6 @@ impl DomainEvent for CustomerEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_owned()
+        crate::schema::CUSTOMER_EVENTS.to_owned()
     }
 }

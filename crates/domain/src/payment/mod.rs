@@ -142,7 +142,7 @@ impl DomainEvent for PaymentEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_owned()
+        crate::schema::PAYMENT_EVENTS.to_owned()
     }
 }
 
