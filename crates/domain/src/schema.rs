@@ -24,26 +24,23 @@ pub const CUSTOMER_EVENTS: &str = "2";
 /// The version of the payment events this build writes.
 pub const PAYMENT_EVENTS: &str = "1";
 
+/// The default (the "nothing known") of a provenance type, as stored.
+type DefaultProvenance = fn() -> Value;
+
 /// Every customer event type, with the provenance type it carries (if any).
-const CUSTOMER_EVENT_TYPES: [(&str, Option<fn() -> Value>); 12] = [
-    (
-        "DetailsRecorded",
-        Some(|| default_of::<DetailsProvenance>()),
-    ),
+const CUSTOMER_EVENT_TYPES: [(&str, Option<DefaultProvenance>); 12] = [
+    ("DetailsRecorded", Some(default_of::<DetailsProvenance>)),
     ("CustomerDeleted", None),
-    ("SubscriptionStarted", Some(|| default_of::<Provenance>())),
-    ("SubscriptionChanged", Some(|| default_of::<Provenance>())),
-    ("SubscriptionEnded", Some(|| default_of::<Provenance>())),
+    ("SubscriptionStarted", Some(default_of::<Provenance>)),
+    ("SubscriptionChanged", Some(default_of::<Provenance>)),
+    ("SubscriptionEnded", Some(default_of::<Provenance>)),
     (
         "StripeEntitlementsRecorded",
-        Some(|| default_of::<SummaryProvenance>()),
+        Some(default_of::<SummaryProvenance>),
     ),
     ("HoldPlaced", None),
     ("HoldLifted", None),
-    (
-        "ScheduleRecorded",
-        Some(|| default_of::<ScheduleProvenance>()),
-    ),
+    ("ScheduleRecorded", Some(default_of::<ScheduleProvenance>)),
     ("DisputeRecorded", None),
     ("InvoicePaid", None),
     ("InvoicePaymentFailed", None),
