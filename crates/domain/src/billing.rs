@@ -216,6 +216,17 @@ pub struct SubscriptionSnapshot {
     pub trial_end: Option<DateTime<Utc>>,
 }
 
+/// How Stripe stopped asking for an invoice's payment without it being paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum WriteOff {
+    /// `invoice.voided`: the invoice no longer exists as a claim.
+    Void,
+    /// `invoice.marked_uncollectible`: given up on (it may still be paid later).
+    Uncollectible,
+}
+
 /// A subscription schedule's next phase: the items the subscription will have from `starts_at`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NextPhase {

@@ -140,8 +140,9 @@ impl BillingView {
                     }
                 }
             }
-            CustomerEvent::InvoicePaid { invoice, .. } => {
-                // Recovery: the owed invoice was paid.
+            CustomerEvent::InvoicePaid { invoice, .. }
+            | CustomerEvent::InvoiceWrittenOff { invoice, .. } => {
+                // Recovery: the owed invoice was paid, voided or given up on.
                 if let Some(subscription) = &invoice.subscription_id {
                     if self
                         .unpaid
@@ -623,6 +624,33 @@ plans:
             },
             occurred_at: at,
         });
+    }
+
+    #[test]
+    fn a_written_off_invoice_no_longer_counts_as_owed() {
+        use crate::billing::InvoiceFacts;
+        use crate::ids::InvoiceId;
+        use crate::money::Money;
+        let mut view = view_with(&[("sub_1", SubscriptionStatus::PastDue, "price_pro")]);
+        failed(&mut view, "sub_1", "in_1", 2, now());
+        view.apply(&CustomerEvent::InvoiceWrittenOff {
+            invoice: InvoiceFacts {
+                id: InvoiceId::new("in_1"),
+                subscription_id: Some(SubscriptionId::new("sub_1")),
+                amount_due: Money::new(2900, "usd"),
+                amount_paid: Money::new(0, "usd"),
+                attempt_count: 2,
+                next_payment_attempt: None,
+            },
+            outcome: crate::billing::WriteOff::Uncollectible,
+            occurred_at: now() + chrono::Duration::days(1),
+        });
+        assert!(view.unpaid.is_empty());
+        // Past the grace period nothing owed suspends the plan (Stripe's own status change
+        // back to `active` arrives as a subscription snapshot of its own).
+        let later = Entitlements::resolve(&view, &catalog(), now() + chrono::Duration::days(30));
+        assert_ne!(later.dunning.state, crate::dunning::DunningState::Suspended);
+        assert_eq!(later.plans, ["pro"]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub const PAYMENT_EVENTS: &str = "1";
 type DefaultProvenance = fn() -> Value;
 
 /// Every customer event type, with the provenance type it carries (if any).
-const CUSTOMER_EVENT_TYPES: [(&str, Option<DefaultProvenance>); 12] = [
+const CUSTOMER_EVENT_TYPES: [(&str, Option<DefaultProvenance>); 13] = [
     ("DetailsRecorded", Some(default_of::<DetailsProvenance>)),
     ("CustomerDeleted", None),
     ("SubscriptionStarted", Some(default_of::<Provenance>)),
@@ -44,6 +44,8 @@ const CUSTOMER_EVENT_TYPES: [(&str, Option<DefaultProvenance>); 12] = [
     ("DisputeRecorded", None),
     ("InvoicePaid", None),
     ("InvoicePaymentFailed", None),
+    // New in version 2: a version 1 log has none.
+    ("InvoiceWrittenOff", None),
 ];
 
 fn default_of<T: Default + serde::Serialize>() -> Value {

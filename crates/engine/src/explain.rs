@@ -83,7 +83,8 @@ fn evidence(timeline: &[TimelineEntry], subscription: Option<&SubscriptionId>) -
             ) => s.id == *id,
             (
                 CustomerEvent::InvoicePaid { invoice, .. }
-                | CustomerEvent::InvoicePaymentFailed { invoice, .. },
+                | CustomerEvent::InvoicePaymentFailed { invoice, .. }
+                | CustomerEvent::InvoiceWrittenOff { invoice, .. },
                 Some(id),
             ) => invoice.subscription_id.as_ref() == Some(id),
             (

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use subledger_domain::billing::{
     DetailsProvenance, DisputeFacts, InvoiceFacts, NextPhase, PreviousFields, Provenance,
     ScheduleFacts, ScheduleProvenance, ScheduleStage, SubscriptionItem, SubscriptionSnapshot,
-    SubscriptionStatus, SummaryProvenance, Was,
+    SubscriptionStatus, SummaryProvenance, Was, WriteOff,
 };
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::ids::{CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId};
@@ -119,6 +119,21 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
                 customer_id,
                 command: CustomerCommand::RecordInvoicePaymentFailed {
                     invoice,
+                    occurred_at: created,
+                },
+            }
+        }
+        "invoice.voided" | "invoice.marked_uncollectible" => {
+            let (customer_id, invoice) = invoice_facts(&object)?;
+            Translation::Customer {
+                customer_id,
+                command: CustomerCommand::RecordInvoiceWrittenOff {
+                    invoice,
+                    outcome: if event_type == "invoice.voided" {
+                        WriteOff::Void
+                    } else {
+                        WriteOff::Uncollectible
+                    },
                     occurred_at: created,
                 },
             }
@@ -416,8 +431,9 @@ pub fn translate_fetched(
 }
 
 /// What an invoice read from Stripe's API tells dunning: a paid invoice is a payment, an open
-/// one that Stripe has tried to collect is an unpaid renewal with its attempts so far; any
-/// other invoice (draft, void, uncollectible, not yet attempted) is no fact dunning counts.
+/// one that Stripe has tried to collect is an unpaid renewal with its attempts so far, a void
+/// or uncollectible one is written off; a draft, or an open invoice not yet attempted, is no
+/// fact dunning counts.
 ///
 /// The failure is dated when Stripe first tried to collect (`status_transitions.finalized_at`:
 /// automatic collection charges at finalization; `created` when Stripe leaves it null, as its
@@ -447,6 +463,17 @@ fn fetched_invoice(
                 occurred_at: first_attempt.min(second),
             }
         }
+        "void" | "uncollectible" => CustomerCommand::RecordInvoiceWrittenOff {
+            outcome: if fields.str("status")? == "void" {
+                WriteOff::Void
+            } else {
+                WriteOff::Uncollectible
+            },
+            occurred_at: transition("voided_at")
+                .or_else(|| transition("marked_uncollectible_at"))
+                .unwrap_or(second),
+            invoice,
+        },
         status => {
             return Ok(Translation::Ignored {
                 reason: format!(

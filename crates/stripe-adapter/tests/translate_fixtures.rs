@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use subledger_domain::billing::{ScheduleStage, SubscriptionStatus};
+use subledger_domain::billing::{ScheduleStage, SubscriptionStatus, WriteOff};
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::payment::PaymentCommand;
 use subledger_stripe::{translate, translate_fetched, Translation, TranslationError};
@@ -97,14 +97,17 @@ fn a_pre_basil_subscription_with_an_expanded_customer_translates_too() {
 }
 
 #[test]
-fn invoice_fixtures_become_paid_and_failed_commands() {
+fn invoice_fixtures_become_paid_failed_and_written_off_commands() {
     let mut invoice = fixture("invoice");
     invoice["attempt_count"] = json!(2);
     invoice["parent"]["subscription_details"]["subscription"] = json!("sub_1");
     for (event_type, paid) in [
-        ("invoice.paid", true),
-        ("invoice.payment_succeeded", true),
-        ("invoice.payment_failed", false),
+        ("invoice.paid", Some(true)),
+        ("invoice.payment_succeeded", Some(true)),
+        ("invoice.payment_failed", Some(false)),
+        // Forgiveness (Stripe's billing lifecycle docs): neither paid nor failed, settled.
+        ("invoice.voided", None),
+        ("invoice.marked_uncollectible", None),
     ] {
         let Translation::Customer {
             customer_id,
@@ -115,8 +118,17 @@ fn invoice_fixtures_become_paid_and_failed_commands() {
         };
         assert_eq!(customer_id.as_str(), "cus_QXg1o8vcGmoR32");
         let facts = match command {
-            CustomerCommand::RecordInvoicePaid { invoice, .. } if paid => invoice,
-            CustomerCommand::RecordInvoicePaymentFailed { invoice, .. } if !paid => invoice,
+            CustomerCommand::RecordInvoicePaid { invoice, .. } if paid == Some(true) => invoice,
+            CustomerCommand::RecordInvoicePaymentFailed { invoice, .. } if paid == Some(false) => {
+                invoice
+            }
+            CustomerCommand::RecordInvoiceWrittenOff {
+                invoice, outcome, ..
+            } if paid.is_none() => {
+                let void = event_type == "invoice.voided";
+                assert_eq!(outcome == WriteOff::Void, void, "{event_type}");
+                invoice
+            }
             other => panic!("{event_type}: {other:?}"),
         };
         assert_eq!(facts.id.as_str(), "in_1Pgc6tB7WZ01zgkWu9fdqL6I");
@@ -226,8 +238,75 @@ fn fetched_objects_become_stripes_answer_for_the_second() {
     let mut partial = list.clone();
     partial["has_more"] = json!(true);
     assert!(translate_fetched(&partial, second, &owner).is_err());
-    assert!(translate_fetched(&fixture("invoice"), second, &owner).is_err());
+    assert!(translate_fetched(&fixture("charge"), second, &owner).is_err());
     assert!(translate_fetched(&json!("sub_1"), second, &owner).is_err());
+}
+
+/// Backfill and reconciliation read invoices: Stripe's invoice fixture in each state.
+#[test]
+fn fetched_invoices_are_what_dunning_counts() {
+    let second = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let owner = subledger_domain::ids::CustomerId::new("cus_1");
+    let invoice = |status: &str, attempts: u32| {
+        let mut invoice = fixture("invoice");
+        invoice["status"] = json!(status);
+        invoice["attempt_count"] = json!(attempts);
+        invoice["customer"] = json!("cus_1");
+        invoice["created"] = json!(1_799_000_000);
+        invoice
+    };
+    // A draft, or an open invoice Stripe has not tried to collect yet, is no fact.
+    for (status, attempts) in [("draft", 0), ("open", 0)] {
+        assert!(matches!(
+            translate_fetched(&invoice(status, attempts), second, &owner).unwrap(),
+            Translation::Ignored { .. }
+        ));
+    }
+    // An open invoice with attempts failed, since Stripe first tried (its creation when
+    // `status_transitions.finalized_at` is null, as in Stripe's fixture).
+    let Translation::Customer {
+        command:
+            CustomerCommand::RecordInvoicePaymentFailed {
+                invoice: facts,
+                occurred_at,
+            },
+        ..
+    } = translate_fetched(&invoice("open", 2), second, &owner).unwrap()
+    else {
+        panic!("not a failure");
+    };
+    assert_eq!(facts.attempt_count, 2);
+    assert_eq!(occurred_at.timestamp(), 1_799_000_000);
+    let mut finalized = invoice("open", 1);
+    finalized["status_transitions"]["finalized_at"] = json!(1_799_000_600);
+    let Translation::Customer {
+        command: CustomerCommand::RecordInvoicePaymentFailed { occurred_at, .. },
+        ..
+    } = translate_fetched(&finalized, second, &owner).unwrap()
+    else {
+        panic!("not a failure");
+    };
+    assert_eq!(occurred_at.timestamp(), 1_799_000_600);
+    assert!(matches!(
+        translate_fetched(&invoice("paid", 1), second, &owner).unwrap(),
+        Translation::Customer {
+            command: CustomerCommand::RecordInvoicePaid { .. },
+            ..
+        }
+    ));
+    for (status, outcome) in [
+        ("void", WriteOff::Void),
+        ("uncollectible", WriteOff::Uncollectible),
+    ] {
+        let Translation::Customer {
+            command: CustomerCommand::RecordInvoiceWrittenOff { outcome: got, .. },
+            ..
+        } = translate_fetched(&invoice(status, 3), second, &owner).unwrap()
+        else {
+            panic!("{status} is not a write-off");
+        };
+        assert_eq!(got, outcome);
+    }
 }
 
 #[test]

@@ -51,6 +51,9 @@ struct Tracked<T, P = Provenance> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct TrackedInvoice {
     paid: bool,
+    /// Voided or marked uncollectible.
+    #[serde(default)]
+    written_off: bool,
     attempt_count: u32,
     #[serde(default)]
     subscription: Option<SubscriptionId>,
@@ -232,13 +235,33 @@ impl Customer {
                 // A failure reported after the payment succeeded, or an attempt already
                 // recorded, is old news.
                 let known = self.invoices.get(&invoice.id);
-                if known
-                    .is_some_and(|known| known.paid || known.attempt_count >= invoice.attempt_count)
-                {
+                if known.is_some_and(|known| {
+                    known.paid || known.written_off || known.attempt_count >= invoice.attempt_count
+                }) {
                     return vec![];
                 }
                 vec![CustomerEvent::InvoicePaymentFailed {
                     invoice,
+                    occurred_at,
+                }]
+            }
+            CustomerCommand::RecordInvoiceWrittenOff {
+                invoice,
+                outcome,
+                occurred_at,
+            } => {
+                // Once paid or written off, an invoice is settled either way: the same news
+                // twice, or a write-off reported after the payment, changes nothing.
+                if self
+                    .invoices
+                    .get(&invoice.id)
+                    .is_some_and(|known| known.paid || known.written_off)
+                {
+                    return vec![];
+                }
+                vec![CustomerEvent::InvoiceWrittenOff {
+                    invoice,
+                    outcome,
                     occurred_at,
                 }]
             }
@@ -385,6 +408,7 @@ impl Customer {
             .entry(invoice.id.clone())
             .or_insert(TrackedInvoice {
                 paid: false,
+                written_off: false,
                 attempt_count: 0,
                 subscription: None,
             });
@@ -622,6 +646,12 @@ impl Aggregate for Customer {
             CustomerEvent::InvoicePaymentFailed { invoice, .. } => {
                 self.track_invoice(&invoice, false)
             }
+            CustomerEvent::InvoiceWrittenOff { invoice, .. } => {
+                self.track_invoice(&invoice, false);
+                if let Some(known) = self.invoices.get_mut(&invoice.id) {
+                    known.written_off = true;
+                }
+            }
         }
     }
 }
@@ -832,6 +862,43 @@ mod tests {
                 occurred_at: at(9),
             })
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_written_off_invoice_is_settled_whichever_news_arrives_next() {
+        let written_off = CustomerEvent::InvoiceWrittenOff {
+            invoice: invoice(1),
+            outcome: crate::billing::WriteOff::Void,
+            occurred_at: at(5),
+        };
+        // A failure delivered after the void is old news, and so is the void again.
+        CustomerTest::with(())
+            .given(vec![written_off.clone()])
+            .when(CustomerCommand::RecordInvoicePaymentFailed {
+                invoice: invoice(2),
+                occurred_at: at(3),
+            })
+            .then_expect_events(vec![]);
+        CustomerTest::with(())
+            .given(vec![written_off.clone()])
+            .when(CustomerCommand::RecordInvoiceWrittenOff {
+                invoice: invoice(1),
+                outcome: crate::billing::WriteOff::Uncollectible,
+                occurred_at: at(6),
+            })
+            .then_expect_events(vec![]);
+        // After failures it is news, once.
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::InvoicePaymentFailed {
+                invoice: invoice(2),
+                occurred_at: at(3),
+            }])
+            .when(CustomerCommand::RecordInvoiceWrittenOff {
+                invoice: invoice(1),
+                outcome: crate::billing::WriteOff::Void,
+                occurred_at: at(5),
+            })
+            .then_expect_events(vec![written_off]);
     }
 
     #[test]

@@ -59,4 +59,10 @@ pub enum CustomerCommand {
         invoice: InvoiceFacts,
         occurred_at: DateTime<Utc>,
     },
+    /// Stripe voided the invoice or marked it uncollectible: it no longer counts as owed.
+    RecordInvoiceWrittenOff {
+        invoice: InvoiceFacts,
+        outcome: crate::billing::WriteOff,
+        occurred_at: DateTime<Utc>,
+    },
 }

@@ -69,6 +69,13 @@ pub enum CustomerEvent {
         invoice: InvoiceFacts,
         occurred_at: DateTime<Utc>,
     },
+    /// Voided or marked uncollectible: no longer owed (Stripe returns the subscription to
+    /// `active` when it was the one keeping it `past_due`).
+    InvoiceWrittenOff {
+        invoice: InvoiceFacts,
+        outcome: crate::billing::WriteOff,
+        occurred_at: DateTime<Utc>,
+    },
 }
 
 impl CustomerEvent {
@@ -85,7 +92,8 @@ impl CustomerEvent {
             | Self::ScheduleRecorded { occurred_at, .. }
             | Self::DisputeRecorded { occurred_at, .. }
             | Self::InvoicePaid { occurred_at, .. }
-            | Self::InvoicePaymentFailed { occurred_at, .. } => *occurred_at,
+            | Self::InvoicePaymentFailed { occurred_at, .. }
+            | Self::InvoiceWrittenOff { occurred_at, .. } => *occurred_at,
         }
     }
 }
@@ -105,6 +113,7 @@ impl DomainEvent for CustomerEvent {
             Self::DisputeRecorded { .. } => "DisputeRecorded",
             Self::InvoicePaid { .. } => "InvoicePaid",
             Self::InvoicePaymentFailed { .. } => "InvoicePaymentFailed",
+            Self::InvoiceWrittenOff { .. } => "InvoiceWrittenOff",
         }
         .to_owned()
     }
