@@ -58,6 +58,10 @@ pub enum Command {
     /// (SUBLEDGER_STRIPE_READ_KEY) and record what it holds, then apply the events Stripe
     /// could not deliver in the last 30 days. Resumable; safe to re-run. Exit status 2 on error.
     Backfill(BackfillArgs),
+    /// Compare every customer's billing view with Stripe's live objects and report each
+    /// difference, classified; --apply heals them by appending corrections. Exit status 0:
+    /// nothing differs (or everything was healed), 1: differences left, 2: error.
+    Reconcile(ReconcileArgs),
     /// Rebuild the read models from the event log (running servers pick them up without a
     /// restart). --verify rebuilds in scratch space and compares instead: exit 1 if any
     /// customer differs.
@@ -65,6 +69,28 @@ pub enum Command {
     /// Look at and re-run the inbox of Stripe events.
     #[command(subcommand)]
     Inbox(InboxCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Only this customer (repeatable). Default: every customer Subledger or Stripe knows.
+    #[arg(long = "customer", value_name = "ID")]
+    pub customers: Vec<String>,
+
+    /// Heal what differs by appending corrections (attributed to the reconciler).
+    #[arg(long)]
+    pub apply: bool,
+
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+
+    /// The most requests a second to Stripe.
+    #[arg(long, env = "SUBLEDGER_STRIPE_MAX_RPS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_requests_per_sec: u32,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -138,7 +164,7 @@ impl Command {
     /// differences" (as `diff` does); the long-running ones keep 1.
     pub fn failure_status(&self) -> u8 {
         match self {
-            Self::Backfill(_) | Self::Replay(_) | Self::Inbox(_) => 2,
+            Self::Backfill(_) | Self::Reconcile(_) | Self::Replay(_) | Self::Inbox(_) => 2,
             _ => 1,
         }
     }

@@ -57,6 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             done(scenarios::run(args, cli.database_url).await)
         }
         Command::Backfill(args) => operator::backfill(&database_url, args).await,
+        Command::Reconcile(args) => operator::reconcile(&database_url, args).await,
         Command::Replay(args) => operator::replay(&database_url, args).await,
         Command::Inbox(command) => operator::inbox(&database_url, command).await,
         Command::Migrate => {

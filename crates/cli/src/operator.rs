@@ -5,11 +5,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use subledger_engine::{BackfillOptions, Engine};
+use subledger_engine::{BackfillOptions, Engine, ReconcileOptions};
 
 use subledger_store::{InboxFilter, InboxState};
 
-use crate::config::{BackfillArgs, InboxCommand, ReplayArgs};
+use crate::config::{BackfillArgs, InboxCommand, ReconcileArgs, ReplayArgs};
 use crate::progress::{format_duration, thousands, Progress, Reading};
 
 pub async fn backfill(database_url: &str, args: BackfillArgs) -> anyhow::Result<ExitCode> {
@@ -48,6 +48,65 @@ pub async fn backfill(database_url: &str, args: BackfillArgs) -> anyhow::Result<
     );
     tracing::debug!(elapsed = %format_duration(summary.elapsed), "backfill finished");
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn reconcile(database_url: &str, args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+    let reader = args.engine.account_reader(args.max_requests_per_sec)?;
+    let config = args.engine.engine_config(database_url)?;
+    let engine = Engine::start(config).await.context("starting the engine")?;
+    let options = ReconcileOptions {
+        customers: args.customers,
+        apply: args.apply,
+    };
+    let mut progress = Progress::new();
+    let result = engine
+        .reconcile(&reader, &options, &mut |checked, total| {
+            progress.update(&Reading {
+                phase: "reconciling",
+                unit: "customers",
+                count: checked,
+                phase_done: checked,
+                phase_total: total,
+                extra: format!("{} requests", thousands(reader.requests_made())),
+            });
+        })
+        .await;
+    progress.finish();
+    engine.close().await;
+    let report = result?;
+    for d in &report.differences {
+        println!(
+            "{:<24} {:<12} {:<28} {:<22} subledger: {}  stripe: {}  [{}{}]",
+            d.customer,
+            d.object_type,
+            d.object,
+            d.field,
+            d.subledger,
+            d.stripe,
+            d.drift.as_str(),
+            if d.applied { ", corrected" } else { "" }
+        );
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).context("serializing the report")?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+    }
+    let unresolved = report.unresolved();
+    println!(
+        "reconcile {}: {} customers checked, {} differences, {} corrected, {} requests, {:.1} s",
+        report.run_id,
+        thousands(report.customers_checked),
+        thousands(u64::try_from(report.differences.len()).unwrap_or(0)),
+        thousands(u64::try_from(report.differences.len() - unresolved).unwrap_or(0)),
+        thousands(report.requests),
+        report.elapsed.as_secs_f64()
+    );
+    Ok(if unresolved == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub async fn replay(database_url: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {

@@ -44,13 +44,15 @@ impl Progress {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = count_f64(reading.count) / secs;
         let mut line = format!(
-            "{:<22} {} {} · {:.0}/s · {}",
+            "{:<22} {} {} · {:.0}/s",
             reading.phase,
             thousands(reading.count),
             reading.unit,
             rate,
-            reading.extra
         );
+        if !reading.extra.is_empty() {
+            line = format!("{line} · {}", reading.extra);
+        }
         if let Some(total) = reading.phase_total.filter(|t| *t > 0) {
             let done = reading.phase_done.min(total);
             let fraction = count_f64(done) / count_f64(total);

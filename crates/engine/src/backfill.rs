@@ -24,7 +24,6 @@ use subledger_stripe::{translate_fetched, Translation};
 use subledger_stripe_client::{ApiError, StripeReader};
 
 use crate::engine::Engine;
-use crate::worker::run_with_conflict_retries;
 
 /// Stripe keeps events for 30 days.
 pub const EVENT_RETENTION: chrono::Duration = chrono::Duration::days(30);
@@ -507,46 +506,13 @@ impl Run<'_> {
             ),
             ("correlation_id".to_owned(), self.run_id.clone()),
         ]);
-        let failed = |reason: String| BackfillError::Record {
-            what: format!("`{object_id}`"),
-            reason,
-        };
-        match translation {
-            Translation::Ignored { .. } => return Ok(()),
-            Translation::Customer {
-                customer_id,
-                command,
-            } => run_with_conflict_retries(|| {
-                self.engine.customers.execute(
-                    customer_id.as_str(),
-                    command.clone(),
-                    metadata.clone(),
-                )
-            })
+        self.engine
+            .record_fact(translation, metadata)
             .await
-            .map_err(|e| failed(e.to_string()))?,
-            Translation::Payment {
-                payment_intent_id,
-                order_id,
-                command,
-            } => {
-                let mut metadata = metadata.clone();
-                if let Some(order_id) = order_id {
-                    metadata.insert("order_id".to_owned(), order_id);
-                }
-                run_with_conflict_retries(|| {
-                    self.engine.payments.execute(
-                        payment_intent_id.as_str(),
-                        command.clone(),
-                        metadata.clone(),
-                    )
-                })
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            }
-        }
-        self.engine.events_appended.notify_one();
-        Ok(())
+            .map_err(|reason| BackfillError::Record {
+                what: format!("`{object_id}`"),
+                reason,
+            })
     }
 
     /// An event Stripe could not deliver, stored in the inbox as if it had arrived now: read

@@ -81,6 +81,12 @@ pub struct TimelineEntry {
     pub recorded_at: Option<DateTime<Utc>>,
     pub stripe_event_id: Option<String>,
     pub stripe_event_type: Option<String>,
+    /// Who recorded it when no Stripe event did: `operator`, `backfill` or `reconciler`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// For a reconciler's correction: why Subledger had it wrong (the drift class).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
     /// The domain event itself, keyed by its type.
     #[serde(rename = "data")]
     #[schema(value_type = Object)]
@@ -279,6 +285,8 @@ impl Engine {
                     recorded_at,
                     stripe_event_id: stored.metadata.get("stripe_event_id").cloned(),
                     stripe_event_type: stored.metadata.get("stripe_event_type").cloned(),
+                    actor: stored.metadata.get("actor").cloned(),
+                    drift: stored.metadata.get("drift").cloned(),
                     event,
                 })
             })
@@ -359,6 +367,59 @@ impl Engine {
         // The operator expects the answer to reflect the hold at once.
         self.project().await?;
         Ok(())
+    }
+
+    /// Records a fact read from Stripe's API (backfill, reconciliation) under `metadata`,
+    /// which says who recorded it and why. The aggregate judges it like any other: a fact it
+    /// already has records nothing.
+    pub(crate) async fn record_fact(
+        &self,
+        translation: subledger_stripe::Translation,
+        metadata: std::collections::HashMap<String, String>,
+    ) -> Result<(), String> {
+        use subledger_stripe::Translation;
+        match translation {
+            Translation::Ignored { .. } => return Ok(()),
+            Translation::Customer {
+                customer_id,
+                command,
+            } => crate::worker::run_with_conflict_retries(|| {
+                self.customers
+                    .execute(customer_id.as_str(), command.clone(), metadata.clone())
+            })
+            .await
+            .map_err(|e| e.to_string())?,
+            Translation::Payment {
+                payment_intent_id,
+                order_id,
+                command,
+            } => {
+                let mut metadata = metadata.clone();
+                if let Some(order_id) = order_id {
+                    metadata.insert("order_id".to_owned(), order_id);
+                }
+                crate::worker::run_with_conflict_retries(|| {
+                    self.payments.execute(
+                        payment_intent_id.as_str(),
+                        command.clone(),
+                        metadata.clone(),
+                    )
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        self.events_appended.notify_one();
+        Ok(())
+    }
+
+    /// A customer's billing view as their whole timeline describes it now.
+    pub(crate) async fn current_view(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<BillingView>, EngineError> {
+        let timeline = self.timeline(customer_id).await?;
+        Ok(fold_view(customer_id, &timeline, None))
     }
 
     /// An order (a PaymentIntent with `metadata.order_id`) as its payments' events describe it;

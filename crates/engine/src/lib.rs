@@ -7,6 +7,7 @@
 //! - [`projector`]: the catch-up projector that keeps billing views and the in-memory
 //!   entitlement index current.
 //! - [`explain`]: why a customer has or lacks a feature, with the events behind it.
+//! - [`reconcile`]: compare with Stripe's live objects; heal by appending corrections.
 //! - [`refetch`]: Stripe's API as the tie-breaker when events cannot order two snapshots.
 //! - [`backfill`]: start on an existing account: Stripe's objects recorded as fetched facts.
 //! - [`clock`]: the one place wall time is read, replaceable in tests.
@@ -18,6 +19,7 @@ mod engine;
 pub mod explain;
 pub mod ingest;
 pub mod projector;
+pub mod reconcile;
 pub mod refetch;
 pub mod worker;
 
@@ -30,6 +32,7 @@ pub use engine::{
 };
 pub use ingest::{IngestError, Receipt};
 pub use projector::CustomerEntitlements;
+pub use reconcile::{Difference, Drift, ReconcileError, ReconcileOptions, ReconcileReport};
 pub use refetch::StripeObjects;
 pub use subledger_domain as domain;
 pub use subledger_stripe::{WebhookSecret, WebhookVerifier};

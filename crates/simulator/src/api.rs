@@ -87,6 +87,11 @@ impl Account {
         account
     }
 
+    /// The default clock's simulator, to tell a story on it directly.
+    pub fn default_simulator_mut(&mut self) -> Option<&mut Simulator> {
+        self.clocks.get_mut(&self.default_clock)
+    }
+
     /// Marks every event so far as never delivered (an endpoint that was never set up, or
     /// was down for all of it).
     pub fn mark_all_undelivered(&mut self) {

@@ -162,6 +162,16 @@ impl Simulator {
         new
     }
 
+    /// Drops the events not yet taken, as if what caused them had emitted none: a change at
+    /// Stripe that no webhook and no `GET /v1/events` will ever tell (a Dashboard change of
+    /// an event type the endpoint does not subscribe to, or one older than Stripe's 30 days
+    /// of events).
+    pub fn forget_new_events(&mut self) -> usize {
+        let forgotten = self.events.len() - self.taken;
+        self.events.truncate(self.taken);
+        forgotten
+    }
+
     pub fn subscription(&self, id: &str) -> Result<&Subscription, SimError> {
         self.subscriptions
             .get(id)

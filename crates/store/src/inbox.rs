@@ -370,3 +370,32 @@ impl Database {
         Ok(changed)
     }
 }
+
+impl Database {
+    /// Which of `event_ids` the inbox holds.
+    pub async fn inbox_holds(
+        &self,
+        event_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut held = std::collections::HashSet::new();
+        for chunk in event_ids.chunks(500) {
+            let found: Vec<String> = on_pool!(self, pool => {
+                let mut query = QueryBuilder::new("SELECT event_id FROM inbox WHERE event_id IN (");
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind(id);
+                }
+                query.push(")");
+                query
+                    .build()
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?
+            });
+            held.extend(found);
+        }
+        Ok(held)
+    }
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use subledger_domain::catalog::Catalog;
+use subledger_engine::clock::ManualClock;
 use subledger_engine::{Engine, EngineConfig, WebhookSecret};
 use subledger_simulator::delivery::{Deliverer, DeliveryMode, Target};
 use subledger_simulator::model::Interval;
@@ -92,18 +93,32 @@ pub async fn webhook_fed(story: &Simulator) -> (Arc<Engine>, ScratchDatabase) {
 
 /// The story's webhooks, in order, to a fresh engine on `scratch`.
 pub async fn webhook_fed_on(story: &Simulator, scratch: &ScratchDatabase) -> Arc<Engine> {
+    let engine = engine_on(scratch, None).await;
+    deliver(&engine, story.events().to_vec()).await;
+    engine
+}
+
+/// A fresh engine on `scratch` that accepts the tests' signed webhooks; on `clock` when given
+/// (signatures are checked against it: keep it at the wall clock while delivering).
+pub async fn engine_on(scratch: &ScratchDatabase, clock: Option<Arc<ManualClock>>) -> Arc<Engine> {
     let mut config = EngineConfig::new(scratch.url.clone(), catalog());
     config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
-    let engine = Engine::start(config).await.unwrap();
-    let router = subledger_server::router(Arc::clone(&engine), Vec::new());
+    if let Some(clock) = clock {
+        config.clock = clock;
+    }
+    Engine::start(config).await.unwrap()
+}
+
+/// `events`, signed, in order, through the engine's router; then applied.
+pub async fn deliver(engine: &Arc<Engine>, events: Vec<serde_json::Value>) {
+    let router = subledger_server::router(Arc::clone(engine), Vec::new());
     let mut deliverer = Deliverer::new(
         DeliveryMode::InOrder,
         0,
         WebhookSecret::new(SECRET),
         Target::Router(router),
     );
-    deliverer.enqueue(story.events().to_vec());
+    deliverer.enqueue(events);
     deliverer.deliver(true).await.unwrap();
     engine.drain().await.unwrap();
-    engine
 }

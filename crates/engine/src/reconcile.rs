@@ -1,0 +1,624 @@
+//! Reconciliation: does Subledger agree with Stripe?
+//!
+//! Each customer's billing view (details, subscriptions, the invoices dunning counts) is
+//! compared with Stripe's live objects, read through the read key, and every difference is
+//! reported by object and field with the reason it exists:
+//!
+//! - `missed_by_subledger`: Stripe has it, Subledger never heard of it;
+//! - `stale_at_subledger`: Stripe sent an event about it that never arrived;
+//! - `changed_without_event`: it changed at Stripe and no event Subledger could have received
+//!   says so (older than Stripe's 30 days of events, or a change that emits none);
+//! - `deleted_at_stripe`: the customer is deleted at Stripe;
+//! - `unknown_to_stripe`: Subledger knows a customer or subscription Stripe does not;
+//! - `dunning`: an invoice Subledger counts as unpaid that Stripe has paid, voided or marked
+//!   uncollectible, or one Stripe is collecting that Subledger does not count.
+//!
+//! `apply` heals by appending events, never by editing history: each correction records
+//! Stripe's object as a fact with `fetched` provenance at the moment it was read, attributed
+//! to the reconciler (`actor: reconciler`) with the drift class and the object it read. The
+//! aggregates judge corrections like any other fact, so running it while webhooks flow
+//! converges: a webhook older than the read has no effect, a newer one applies.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::SecondsFormat;
+use serde::Serialize;
+use serde_json::Value;
+use subledger_domain::billing::SubscriptionSnapshot;
+use subledger_domain::customer::CustomerCommand;
+use subledger_domain::entitlements::BillingView;
+use subledger_domain::ids::CustomerId;
+use subledger_store::StoreError;
+use subledger_stripe::{translate_fetched, Translation};
+use subledger_stripe_client::{ApiError, StripeReader};
+
+use crate::backfill::EVENT_RETENTION;
+use crate::engine::{Engine, EngineError};
+
+/// Why Subledger and Stripe disagree about an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Drift {
+    MissedBySubledger,
+    StaleAtSubledger,
+    ChangedWithoutEvent,
+    DeletedAtStripe,
+    UnknownToStripe,
+    Dunning,
+}
+
+impl Drift {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissedBySubledger => "missed_by_subledger",
+            Self::StaleAtSubledger => "stale_at_subledger",
+            Self::ChangedWithoutEvent => "changed_without_event",
+            Self::DeletedAtStripe => "deleted_at_stripe",
+            Self::UnknownToStripe => "unknown_to_stripe",
+            Self::Dunning => "dunning",
+        }
+    }
+
+    /// The name of the class in scenario files and reports.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::MissedBySubledger,
+            Self::StaleAtSubledger,
+            Self::ChangedWithoutEvent,
+            Self::DeletedAtStripe,
+            Self::UnknownToStripe,
+            Self::Dunning,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == name)
+    }
+}
+
+/// One field on which Subledger and Stripe disagree.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Difference {
+    pub customer: String,
+    /// `customer`, `subscription` or `invoice`.
+    pub object_type: &'static str,
+    pub object: String,
+    pub field: String,
+    pub subledger: Value,
+    pub stripe: Value,
+    pub drift: Drift,
+    /// Whether `apply` recorded a correction for it.
+    pub applied: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReconcileOptions {
+    /// Only these customers (default: every customer Subledger or Stripe knows).
+    pub customers: Vec<String>,
+    pub apply: bool,
+}
+
+/// What a run found and did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReconcileReport {
+    pub run_id: String,
+    pub customers_checked: u64,
+    pub differences: Vec<Difference>,
+    pub requests: u64,
+    #[serde(serialize_with = "seconds")]
+    pub elapsed: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl ReconcileReport {
+    /// Differences found and not healed (the exit status is 1 when there are any).
+    pub fn unresolved(&self) -> usize {
+        self.differences.iter().filter(|d| !d.applied).count()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("reading {what} from Stripe failed: {source}")]
+    Stripe {
+        what: String,
+        #[source]
+        source: ApiError,
+    },
+    #[error("{what} cannot be read: {reason}")]
+    Unreadable { what: String, reason: String },
+    #[error("recording the correction of {what} failed: {reason}")]
+    Record { what: String, reason: String },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<crate::projector::ProjectionError> for ReconcileError {
+    fn from(error: crate::projector::ProjectionError) -> Self {
+        Self::Engine(EngineError::Projection(error))
+    }
+}
+
+fn stripe(what: impl Into<String>) -> impl FnOnce(ApiError) -> ReconcileError {
+    let what = what.into();
+    move |source| ReconcileError::Stripe { what, source }
+}
+
+/// What one customer's comparison decided to record.
+struct Correction {
+    translation: Translation,
+    drift: Drift,
+    /// The Stripe object read (`null` when Stripe has none).
+    object: Value,
+}
+
+impl Correction {
+    /// The object the correction is about: what Stripe returned, else the customer.
+    fn object_id(&self, customer: &str) -> String {
+        self.object
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or(customer)
+            .to_owned()
+    }
+}
+
+impl Engine {
+    /// Compares every customer (or those in `options`) with Stripe; see the module docs.
+    pub async fn reconcile(
+        &self,
+        reader: &StripeReader,
+        options: &ReconcileOptions,
+        on_progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
+    ) -> Result<ReconcileReport, ReconcileError> {
+        let started = Instant::now();
+        let first_request = reader.requests_made();
+        let run_id = format!("reconcile_{}", uuid::Uuid::new_v4().simple());
+        let missed = self.undelivered_objects(reader).await?;
+        let customers = if options.customers.is_empty() {
+            self.every_customer(reader).await?
+        } else {
+            options.customers.iter().cloned().collect()
+        };
+        let total = u64::try_from(customers.len()).ok();
+        let mut differences = Vec::new();
+        let mut checked = 0;
+        for customer in &customers {
+            let (mut found, corrections) = self.compare(reader, customer, &missed).await?;
+            if options.apply {
+                for correction in corrections {
+                    let object = correction.object_id(customer);
+                    self.correct(customer, correction, &run_id).await?;
+                    for difference in found.iter_mut().filter(|d| d.object == object) {
+                        difference.applied = true;
+                    }
+                }
+            }
+            differences.extend(found);
+            checked += 1;
+            on_progress(checked, total);
+        }
+        if options.apply {
+            self.project().await?;
+        }
+        Ok(ReconcileReport {
+            run_id,
+            customers_checked: checked,
+            differences,
+            requests: reader.requests_made().saturating_sub(first_request),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Every customer Subledger knows, and every customer Stripe lists.
+    async fn every_customer(
+        &self,
+        reader: &StripeReader,
+    ) -> Result<BTreeSet<String>, ReconcileError> {
+        let mut customers = BTreeSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let ids = self.db.customer_ids_after(after.as_deref(), 500).await?;
+            let Some(last) = ids.last().cloned() else {
+                break;
+            };
+            customers.extend(ids);
+            after = Some(last);
+        }
+        for object in list_all(reader, "customers", &[]).await? {
+            if let Some(id) = object.get("id").and_then(Value::as_str) {
+                customers.insert(id.to_owned());
+            }
+        }
+        Ok(customers)
+    }
+
+    /// The objects that events Stripe failed to deliver (and Subledger does not hold) are
+    /// about: a difference on one of them is staleness, not a silent change.
+    async fn undelivered_objects(
+        &self,
+        reader: &StripeReader,
+    ) -> Result<BTreeSet<String>, ReconcileError> {
+        let since = (self.config.clock.now() - EVENT_RETENTION)
+            .timestamp()
+            .to_string();
+        let events = list_all(
+            reader,
+            "events",
+            &[("delivery_success", "false"), ("created[gte]", &since)],
+        )
+        .await?;
+        let ids: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.get("id").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        let held = self.db.inbox_holds(&ids).await?;
+        Ok(events
+            .iter()
+            .filter(|e| {
+                e.get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| !held.contains(id))
+            })
+            .filter_map(|e| e.pointer("/data/object/id").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// One customer: the differences, and the corrections that would heal them.
+    async fn compare(
+        &self,
+        reader: &StripeReader,
+        customer: &str,
+        missed: &BTreeSet<String>,
+    ) -> Result<(Vec<Difference>, Vec<Correction>), ReconcileError> {
+        let view = self.current_view(customer).await?;
+        let read_at = self.config.clock.now();
+        let mut differences = Vec::new();
+        let mut corrections = Vec::new();
+        let changed = |id: &str| {
+            if missed.contains(id) {
+                Drift::StaleAtSubledger
+            } else {
+                Drift::ChangedWithoutEvent
+            }
+        };
+        let differ = |object_type: &'static str,
+                      object: &str,
+                      field: &str,
+                      ours: Value,
+                      theirs: Value,
+                      drift| {
+            Difference {
+                customer: customer.to_owned(),
+                object_type,
+                object: object.to_owned(),
+                field: field.to_owned(),
+                subledger: ours,
+                stripe: theirs,
+                drift,
+                applied: false,
+            }
+        };
+        let translate = |object: &Value| {
+            translate_fetched(object, read_at, &CustomerId::new(customer)).map_err(|e| {
+                ReconcileError::Unreadable {
+                    what: format!("what Stripe returned for `{customer}`"),
+                    reason: e.to_string(),
+                }
+            })
+        };
+
+        // The customer.
+        let stripe_customer = match reader.retrieve("customers", customer).await {
+            Err(ApiError::NotFound(_)) => None,
+            other => Some(other.map_err(stripe(format!("customer `{customer}`")))?),
+        };
+        let Some(stripe_customer) = stripe_customer else {
+            if view.as_ref().is_some_and(|v| !v.deleted) {
+                differences.push(differ(
+                    "customer",
+                    customer,
+                    "exists",
+                    Value::Bool(true),
+                    Value::Bool(false),
+                    Drift::UnknownToStripe,
+                ));
+                corrections.push(Correction {
+                    translation: Translation::Customer {
+                        customer_id: CustomerId::new(customer),
+                        command: CustomerCommand::RecordDeletion {
+                            occurred_at: read_at,
+                        },
+                    },
+                    drift: Drift::UnknownToStripe,
+                    object: Value::Null,
+                });
+            }
+            return Ok((differences, corrections));
+        };
+        let deleted_at_stripe =
+            stripe_customer.get("deleted").and_then(Value::as_bool) == Some(true);
+        match (&view, deleted_at_stripe) {
+            (Some(v), true) => {
+                if !v.deleted {
+                    differences.push(differ(
+                        "customer",
+                        customer,
+                        "deleted",
+                        Value::Bool(false),
+                        Value::Bool(true),
+                        Drift::DeletedAtStripe,
+                    ));
+                    corrections.push(Correction {
+                        translation: translate(&stripe_customer)?,
+                        drift: Drift::DeletedAtStripe,
+                        object: stripe_customer.clone(),
+                    });
+                }
+                // Its subscriptions ended with it: compared below like any others.
+            }
+            // A customer deleted before Subledger ever heard of it: nothing to learn.
+            (None, true) => return Ok((differences, corrections)),
+            (None, false) => {
+                differences.push(differ(
+                    "customer",
+                    customer,
+                    "exists",
+                    Value::Bool(false),
+                    Value::Bool(true),
+                    Drift::MissedBySubledger,
+                ));
+                corrections.push(Correction {
+                    translation: translate(&stripe_customer)?,
+                    drift: Drift::MissedBySubledger,
+                    object: stripe_customer.clone(),
+                });
+            }
+            (Some(v), false) => {
+                let theirs = metadata_of(&stripe_customer);
+                if v.metadata != theirs {
+                    let drift = changed(customer);
+                    differences.push(differ(
+                        "customer",
+                        customer,
+                        "metadata",
+                        json_of(&v.metadata),
+                        json_of(&theirs),
+                        drift,
+                    ));
+                    corrections.push(Correction {
+                        translation: translate(&stripe_customer)?,
+                        drift,
+                        object: stripe_customer.clone(),
+                    });
+                }
+            }
+        }
+
+        // Subscriptions, canceled ones too.
+        let listed = list_all(
+            reader,
+            "subscriptions",
+            &[("customer", customer), ("status", "all")],
+        )
+        .await?;
+        let empty = BillingView::new(CustomerId::new(customer));
+        let ours = view.as_ref().unwrap_or(&empty);
+        let mut seen = BTreeSet::new();
+        for object in listed {
+            let translation = translate(&object)?;
+            let Translation::Customer {
+                command: CustomerCommand::RecordSubscription { subscription, .. },
+                ..
+            } = &translation
+            else {
+                continue;
+            };
+            seen.insert(subscription.id.clone());
+            let id = subscription.id.as_str().to_owned();
+            let drift = match ours.subscriptions.get(&subscription.id) {
+                None => {
+                    differences.push(differ(
+                        "subscription",
+                        &id,
+                        "exists",
+                        Value::Bool(false),
+                        Value::Bool(true),
+                        Drift::MissedBySubledger,
+                    ));
+                    Drift::MissedBySubledger
+                }
+                Some(known) => {
+                    let fields = differing_fields(known, subscription);
+                    if fields.is_empty() {
+                        continue;
+                    }
+                    let drift = changed(&id);
+                    for (field, a, b) in fields {
+                        differences.push(differ("subscription", &id, &field, a, b, drift));
+                    }
+                    drift
+                }
+            };
+            corrections.push(Correction {
+                translation,
+                drift,
+                object,
+            });
+        }
+        for id in ours.subscriptions.keys().filter(|id| !seen.contains(*id)) {
+            // Nothing Stripe said can be recorded about it: reported, never invented.
+            differences.push(differ(
+                "subscription",
+                id.as_str(),
+                "exists",
+                Value::Bool(true),
+                Value::Bool(false),
+                Drift::UnknownToStripe,
+            ));
+        }
+
+        // Dunning: what Subledger counts as owed against what Stripe is collecting.
+        for unpaid in ours.unpaid.values() {
+            let id = unpaid.invoice.as_str();
+            let invoice = reader
+                .retrieve("invoices", id)
+                .await
+                .map_err(stripe(format!("invoice `{id}`")))?;
+            let status = invoice.get("status").and_then(Value::as_str).unwrap_or("?");
+            if status != "open" {
+                differences.push(differ(
+                    "invoice",
+                    id,
+                    "status",
+                    Value::from("open (unpaid)"),
+                    Value::from(status),
+                    Drift::Dunning,
+                ));
+                corrections.push(Correction {
+                    translation: translate(&invoice)?,
+                    drift: Drift::Dunning,
+                    object: invoice,
+                });
+            }
+        }
+        let open = list_all(
+            reader,
+            "invoices",
+            &[("customer", customer), ("status", "open")],
+        )
+        .await?;
+        for invoice in open {
+            let translation = translate(&invoice)?;
+            let Translation::Customer {
+                command: CustomerCommand::RecordInvoicePaymentFailed { invoice: facts, .. },
+                ..
+            } = &translation
+            else {
+                continue;
+            };
+            let Some(subscription) = &facts.subscription_id else {
+                continue;
+            };
+            let counted = ours.unpaid.get(subscription);
+            let differs = match counted {
+                None => true,
+                Some(known) => known.invoice == facts.id && known.attempt < facts.attempt_count,
+            };
+            if differs {
+                differences.push(differ(
+                    "invoice",
+                    facts.id.as_str(),
+                    "attempt_count",
+                    counted.map_or(Value::Null, |k| Value::from(k.attempt)),
+                    Value::from(facts.attempt_count),
+                    Drift::Dunning,
+                ));
+                corrections.push(Correction {
+                    translation,
+                    drift: Drift::Dunning,
+                    object: invoice,
+                });
+            }
+        }
+        Ok((differences, corrections))
+    }
+
+    /// Appends one correction, attributed to the reconciler with its reason.
+    async fn correct(
+        &self,
+        customer: &str,
+        correction: Correction,
+        run_id: &str,
+    ) -> Result<(), ReconcileError> {
+        let object_id = correction.object_id(customer);
+        let metadata = HashMap::from([
+            ("actor".to_owned(), "reconciler".to_owned()),
+            ("source".to_owned(), "stripe_api".to_owned()),
+            ("drift".to_owned(), correction.drift.as_str().to_owned()),
+            ("stripe_object".to_owned(), object_id.clone()),
+            (
+                "stripe_object_json".to_owned(),
+                correction.object.to_string(),
+            ),
+            (
+                "received_at".to_owned(),
+                self.config
+                    .clock
+                    .now()
+                    .to_rfc3339_opts(SecondsFormat::Millis, true),
+            ),
+            ("correlation_id".to_owned(), run_id.to_owned()),
+        ]);
+        self.record_fact(correction.translation, metadata)
+            .await
+            .map_err(|reason| ReconcileError::Record {
+                what: format!("`{object_id}`"),
+                reason,
+            })
+    }
+}
+
+/// Every page of a list.
+async fn list_all(
+    reader: &StripeReader,
+    path: &str,
+    query: &[(&str, &str)],
+) -> Result<Vec<Value>, ReconcileError> {
+    let mut objects = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = reader
+            .list_page(path, query, after.as_deref())
+            .await
+            .map_err(stripe(format!("the {path} list")))?;
+        after = page.last_id().map(str::to_owned);
+        let more = page.has_more && !page.data.is_empty();
+        objects.extend(page.data);
+        if !more {
+            return Ok(objects);
+        }
+    }
+}
+
+fn metadata_of(customer: &Value) -> BTreeMap<String, String> {
+    customer
+        .get("metadata")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn json_of<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// The fields of two snapshots of one subscription that differ, with both values.
+fn differing_fields(
+    ours: &SubscriptionSnapshot,
+    theirs: &SubscriptionSnapshot,
+) -> Vec<(String, Value, Value)> {
+    let (a, b) = (json_of(ours), json_of(theirs));
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return Vec::new();
+    };
+    a.iter()
+        .filter(|(field, value)| b.get(*field) != Some(*value))
+        .map(|(field, value)| {
+            (
+                field.clone(),
+                value.clone(),
+                b.get(field).cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
