@@ -2,7 +2,8 @@
 //!
 //! Every customer, subscription, schedule, unpaid invoice, order payment and Stripe
 //! entitlement list the read key can see is recorded as a fact with `fetched` provenance at
-//! the moment it was read, the same kind of fact as a tie-settling fetch. A webhook that
+//! the moment it was read (in Stripe's time: see [`crate::read_time`]), the same kind of fact
+//! as a tie-settling fetch. A webhook that
 //! arrives later is judged against it by the aggregates' one judge: an older snapshot has no
 //! effect, a newer one is applied. Then the events Stripe could not deliver in the last 30
 //! days (`GET /v1/events?delivery_success=false`) go through the normal inbox, deduplicated
@@ -24,9 +25,7 @@ use subledger_stripe::{translate_fetched, Translation};
 use subledger_stripe_client::{ApiError, StripeReader};
 
 use crate::engine::Engine;
-
-/// Stripe keeps events for 30 days.
-pub const EVENT_RETENTION: chrono::Duration = chrono::Duration::days(30);
+use crate::read_time::ReadTime;
 
 /// What to backfill.
 #[derive(Debug, Clone, Default)]
@@ -153,6 +152,7 @@ struct Run<'a> {
     started_requests: u64,
     objects_read: u64,
     events_enqueued: u64,
+    read_time: ReadTime,
     on_progress: &'a mut (dyn FnMut(&BackfillProgress) + Send),
 }
 
@@ -181,6 +181,7 @@ impl Engine {
             started_requests: reader.requests_made(),
             objects_read: 0,
             events_enqueued: 0,
+            read_time: ReadTime::default(),
             on_progress,
         };
         let customers: Vec<Option<&str>> = if options.customers.is_empty() {
@@ -294,13 +295,10 @@ impl Run<'_> {
                 let Some((path, filters)) = phase.list() else {
                     return Ok(());
                 };
-                let since = match phase {
-                    BackfillPhase::UndeliveredEvents => {
-                        let window = self.engine.config.clock.now() - EVENT_RETENTION;
-                        Some(options.since.map_or(window, |s| s.max(window)))
-                    }
-                    _ => options.since,
-                };
+                // Stripe keeps 30 days of events: its list is the window, no filter needed
+                // (and test-clock events carry frozen time, which a wall-clock window would
+                // cut off).
+                let since = options.since;
                 let since = since.map(|t| t.timestamp().to_string());
                 let mut query: Vec<(&str, &str)> = filters.to_vec();
                 if let Some(since) = &since {
@@ -407,7 +405,12 @@ impl Run<'_> {
                     .and_then(Value::as_array)
                     .is_some_and(|d| !d.is_empty());
                 if let (Some(list), true) = (list, has_any) {
-                    let read_at = self.engine.config.clock.now();
+                    let now = self.engine.config.clock.now();
+                    let read_at = self
+                        .read_time
+                        .of(self.reader, &list, Some(id), now)
+                        .await
+                        .map_err(Self::stripe_error(format!("the test clock of `{id}`")))?;
                     let translation =
                         translate_fetched(&list, read_at, &CustomerId::new(id.as_str())).map_err(
                             |e| BackfillError::Unreadable {
@@ -461,7 +464,12 @@ impl Run<'_> {
             .and_then(Value::as_str)
             .unwrap_or("?")
             .to_owned();
-        let read_at = self.engine.config.clock.now();
+        let now = self.engine.config.clock.now();
+        let read_at = self
+            .read_time
+            .of(self.reader, object, None, now)
+            .await
+            .map_err(Self::stripe_error(format!("the test clock of `{id}`")))?;
         // PaymentIntents matter only when they pay for an order.
         if object.get("object").and_then(Value::as_str) == Some("payment_intent")
             && object

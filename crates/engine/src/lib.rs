@@ -19,6 +19,7 @@ mod engine;
 pub mod explain;
 pub mod ingest;
 pub mod projector;
+mod read_time;
 pub mod reconcile;
 pub mod refetch;
 pub mod worker;

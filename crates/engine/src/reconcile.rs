@@ -14,7 +14,8 @@
 //!   uncollectible, or one Stripe is collecting that Subledger does not count.
 //!
 //! `apply` heals by appending events, never by editing history: each correction records
-//! Stripe's object as a fact with `fetched` provenance at the moment it was read, attributed
+//! Stripe's object as a fact with `fetched` provenance at the moment it was read (in Stripe's
+//! time: see [`crate::read_time`]), attributed
 //! to the reconciler (`actor: reconciler`) with the drift class and the object it read. The
 //! aggregates judge corrections like any other fact, so running it while webhooks flow
 //! converges: a webhook older than the read has no effect, a newer one applies.
@@ -33,8 +34,8 @@ use subledger_store::StoreError;
 use subledger_stripe::{translate_fetched, Translation};
 use subledger_stripe_client::{ApiError, StripeReader};
 
-use crate::backfill::EVENT_RETENTION;
 use crate::engine::{Engine, EngineError};
+use crate::read_time::ReadTime;
 
 /// Why Subledger and Stripe disagree about an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -187,8 +188,11 @@ impl Engine {
         let total = u64::try_from(customers.len()).ok();
         let mut differences = Vec::new();
         let mut checked = 0;
+        let mut read_time = ReadTime::default();
         for customer in &customers {
-            let (mut found, corrections) = self.compare(reader, customer, &missed).await?;
+            let (mut found, corrections) = self
+                .compare(reader, customer, &missed, &mut read_time)
+                .await?;
             if options.apply {
                 for correction in corrections {
                     let object = correction.object_id(customer);
@@ -243,15 +247,8 @@ impl Engine {
         &self,
         reader: &StripeReader,
     ) -> Result<BTreeSet<String>, ReconcileError> {
-        let since = (self.config.clock.now() - EVENT_RETENTION)
-            .timestamp()
-            .to_string();
-        let events = list_all(
-            reader,
-            "events",
-            &[("delivery_success", "false"), ("created[gte]", &since)],
-        )
-        .await?;
+        // Stripe lists the last 30 days: the window needs no filter of its own.
+        let events = list_all(reader, "events", &[("delivery_success", "false")]).await?;
         let ids: Vec<String> = events
             .iter()
             .filter_map(|e| e.get("id").and_then(Value::as_str).map(str::to_owned))
@@ -275,9 +272,9 @@ impl Engine {
         reader: &StripeReader,
         customer: &str,
         missed: &BTreeSet<String>,
+        read_time: &mut ReadTime,
     ) -> Result<(Vec<Difference>, Vec<Correction>), ReconcileError> {
         let view = self.current_view(customer).await?;
-        let read_at = self.config.clock.now();
         let mut differences = Vec::new();
         let mut corrections = Vec::new();
         let changed = |id: &str| {
@@ -304,6 +301,19 @@ impl Engine {
                 applied: false,
             }
         };
+        // The customer first: its test clock (if any) dates everything read about it.
+        let stripe_customer = match reader.retrieve("customers", customer).await {
+            Err(ApiError::NotFound(_)) => None,
+            other => Some(other.map_err(stripe(format!("customer `{customer}`")))?),
+        };
+        let now = self.config.clock.now();
+        let read_at = match &stripe_customer {
+            Some(object) => read_time
+                .of(reader, object, None, now)
+                .await
+                .map_err(stripe(format!("the test clock of `{customer}`")))?,
+            None => now,
+        };
         let translate = |object: &Value| {
             translate_fetched(object, read_at, &CustomerId::new(customer)).map_err(|e| {
                 ReconcileError::Unreadable {
@@ -313,11 +323,6 @@ impl Engine {
             })
         };
 
-        // The customer.
-        let stripe_customer = match reader.retrieve("customers", customer).await {
-            Err(ApiError::NotFound(_)) => None,
-            other => Some(other.map_err(stripe(format!("customer `{customer}`")))?),
-        };
         let Some(stripe_customer) = stripe_customer else {
             if view.as_ref().is_some_and(|v| !v.deleted) {
                 differences.push(differ(
