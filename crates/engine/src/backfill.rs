@@ -153,7 +153,7 @@ struct Run<'a> {
     objects_read: u64,
     events_enqueued: u64,
     read_time: ReadTime,
-    on_progress: &'a mut (dyn FnMut(&BackfillProgress) + Send),
+    on_progress: &'a mut (dyn FnMut(&BackfillProgress) + Send + Sync),
 }
 
 impl Engine {
@@ -163,7 +163,7 @@ impl Engine {
         &self,
         reader: &StripeReader,
         options: &BackfillOptions,
-        on_progress: &mut (dyn FnMut(&BackfillProgress) + Send),
+        on_progress: &mut (dyn FnMut(&BackfillProgress) + Send + Sync),
     ) -> Result<BackfillSummary, BackfillError> {
         let started = Instant::now();
         self.refuse_other_mode(reader).await?;

@@ -529,7 +529,7 @@ impl Engine {
     /// `on_progress` hears how many events have been applied, after each batch.
     pub async fn replay(
         &self,
-        on_progress: &mut (dyn FnMut(u64) + Send),
+        on_progress: &mut (dyn FnMut(u64) + Send + Sync),
     ) -> Result<ReplaySummary, EngineError> {
         let started = std::time::Instant::now();
         let rebuilt = BillingProjector::rebuild(&self.db, None, on_progress).await?;
@@ -548,7 +548,7 @@ impl Engine {
     /// compares, customer by customer, with what is saved. Changes nothing.
     pub async fn verify_views(
         &self,
-        on_progress: &mut (dyn FnMut(u64) + Send),
+        on_progress: &mut (dyn FnMut(u64) + Send + Sync),
     ) -> Result<Vec<ViewDifference>, EngineError> {
         let saved = self.db.load_billing_views().await?;
         let rebuilt = BillingProjector::rebuild(&self.db, Some(saved.checkpoint), on_progress)

@@ -271,7 +271,7 @@ impl BillingProjector {
     pub(crate) async fn rebuild(
         db: &Database,
         until: Option<Checkpoint>,
-        on_progress: &mut (dyn FnMut(u64) + Send),
+        on_progress: &mut (dyn FnMut(u64) + Send + Sync),
     ) -> Result<Self, ProjectionError> {
         let mut fresh = Self::empty();
         let mut applied = 0;

@@ -174,7 +174,7 @@ impl Engine {
         &self,
         reader: &StripeReader,
         options: &ReconcileOptions,
-        on_progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
+        on_progress: &mut (dyn FnMut(u64, Option<u64>) + Send + Sync),
     ) -> Result<ReconcileReport, ReconcileError> {
         let started = Instant::now();
         let first_request = reader.requests_made();
@@ -306,8 +306,26 @@ impl Engine {
             Err(ApiError::NotFound(_)) => None,
             other => Some(other.map_err(stripe(format!("customer `{customer}`")))?),
         };
+        // Its subscriptions, canceled ones too (none for a customer Stripe does not know).
+        let listed = match &stripe_customer {
+            Some(_) => {
+                list_all(
+                    reader,
+                    "subscriptions",
+                    &[("customer", customer), ("status", "all")],
+                )
+                .await?
+            }
+            None => Vec::new(),
+        };
+        // Whatever carries the test clock dates everything read about the customer (a deleted
+        // customer's stub has no `test_clock`; its subscriptions still do).
         let now = self.config.clock.now();
-        let read_at = match &stripe_customer {
+        let dated = stripe_customer
+            .iter()
+            .chain(listed.iter())
+            .find(|o| o.get("test_clock").is_some_and(|c| !c.is_null()));
+        let read_at = match dated {
             Some(object) => read_time
                 .of(reader, object, None, now)
                 .await
@@ -405,13 +423,7 @@ impl Engine {
             }
         }
 
-        // Subscriptions, canceled ones too.
-        let listed = list_all(
-            reader,
-            "subscriptions",
-            &[("customer", customer), ("status", "all")],
-        )
-        .await?;
+        // Subscriptions.
         let empty = BillingView::new(CustomerId::new(customer));
         let ours = view.as_ref().unwrap_or(&empty);
         let mut seen = BTreeSet::new();

@@ -164,6 +164,22 @@ pub enum Action {
         action: OrderAction,
         id: String,
     },
+    /// Webhook delivery switched off or back on (`webhooks: off` | `webhooks: on`): events
+    /// made while it is off are never delivered, and Stripe lists them with
+    /// `delivery_success=false`.
+    Webhooks {
+        on: bool,
+    },
+    /// A Stripe-side step that no event will ever tell (`silently: { cancel: { … } }`).
+    Silently(Box<Action>),
+    /// `subledger backfill` against the simulated account.
+    Backfill,
+    /// `subledger reconcile`: `apply` heals; `expect` lists every difference it must report,
+    /// exactly, as object id → drift class.
+    Reconcile {
+        apply: bool,
+        expect: BTreeMap<String, String>,
+    },
     Expect(Expectation),
 }
 
@@ -187,6 +203,20 @@ impl OrderAction {
 }
 
 impl Action {
+    /// Whether the step changes Stripe's objects (and so can happen without an event).
+    pub fn happens_at_stripe(&self) -> bool {
+        !matches!(
+            self,
+            Self::PlaceHold { .. }
+                | Self::LiftHold { .. }
+                | Self::Webhooks { .. }
+                | Self::Silently(_)
+                | Self::Backfill
+                | Self::Reconcile { .. }
+                | Self::Expect(_)
+        )
+    }
+
     /// A short description for reports.
     pub fn describe(&self) -> String {
         match self {
@@ -257,6 +287,16 @@ impl Action {
                 ..
             } => format!("order {id} for {amount} {currency}"),
             Self::OrderAction { action, id } => format!("{} {id}", action.as_str()),
+            Self::Webhooks { on } => format!("webhooks {}", if *on { "on" } else { "off" }),
+            Self::Silently(action) => format!("silently (no event): {}", action.describe()),
+            Self::Backfill => "backfill".to_owned(),
+            Self::Reconcile { apply, .. } => {
+                if *apply {
+                    "reconcile --apply".to_owned()
+                } else {
+                    "reconcile".to_owned()
+                }
+            }
             Self::Expect(_) => "expect".to_owned(),
         }
     }
@@ -809,6 +849,44 @@ impl Reader {
                     id: self.required_str(map, "id")?.to_owned(),
                 }
             }
+            "webhooks" => match self.scalar(value, "`webhooks`")?.as_str() {
+                "on" => Action::Webhooks { on: true },
+                "off" => Action::Webhooks { on: false },
+                other => return Err(self.error(value.span(), format!("`webhooks` is `on` or `off`, not `{other}`"))),
+            },
+            "silently" => {
+                let map = self.mapping(value, "`silently` (one Stripe step, like `silently: { cancel: { subscription: sub_1 } }`)")?;
+                let mut entries = map.iter();
+                let (Some((inner_key, inner_value)), None) = (entries.next(), entries.next()) else {
+                    return Err(self.error(value.span(), "`silently` takes exactly one step"));
+                };
+                let inner = self.action(inner_key, inner_value)?;
+                if !inner.happens_at_stripe() {
+                    return Err(self.error(inner_key.span(), format!("`{}` does not happen at Stripe, so it cannot happen silently", inner_key.as_str())));
+                }
+                Action::Silently(Box::new(inner))
+            }
+            "backfill" => {
+                self.args(value, name, &[])?;
+                Action::Backfill
+            }
+            "reconcile" => {
+                let map = self.args(value, name, &["apply", "expect"])?;
+                let expect = match map.get_node("expect") {
+                    Some(node) => self.string_map(node, "`expect` (object id: drift class)")?,
+                    None => BTreeMap::new(),
+                };
+                if let Some((object, drift)) = expect.iter().find(|(_, d)| subledger_engine::Drift::parse(d).is_none()) {
+                    return Err(self.error(
+                        map.get_node("expect").map_or(value.span(), Node::span),
+                        format!("`{object}: {drift}`: the drift classes are missed_by_subledger, stale_at_subledger, changed_without_event, deleted_at_stripe, unknown_to_stripe and dunning"),
+                    ));
+                }
+                Action::Reconcile {
+                    apply: map.get_node("apply").map(|n| self.bool(n, "`apply`")).transpose()?.unwrap_or(false),
+                    expect,
+                }
+            }
             "expect" => Action::Expect(self.expectation(value)?),
             other => {
                 return Err(self.error(
@@ -817,7 +895,7 @@ impl Reader {
                         "unknown step `{other}` (expected create_customer, change_card, subscribe, advance, advance_to, \
                          upgrade, downgrade, cancel, undo_cancel, pause, resume, complete_3ds, abandon_3ds, \
                          open_dispute, close_dispute, order, pay_order, complete_order_3ds, cancel_at, place_hold, lift_hold, \
-                         cancel_order, refund_order, delete_customer or expect)"
+                         cancel_order, refund_order, delete_customer, webhooks, silently, backfill, reconcile or expect)"
                     ),
                 ))
             }

@@ -315,6 +315,12 @@ impl LiveRun<'_> {
             Action::Order { .. } | Action::OrderAction { .. } => {
                 return Err("one-off orders are not driven against Stripe by this runner yet (run this scenario on the simulator)".to_owned())
             }
+            Action::Webhooks { .. } | Action::Silently(_) => {
+                return Err("Stripe's API cannot hold back webhooks from `stripe listen` or change an object without an event (run this scenario on the simulator)".to_owned())
+            }
+            Action::Backfill | Action::Reconcile { .. } => {
+                return Err("run `subledger backfill` and `subledger reconcile` against the engine under test yourself; this runner only drives Stripe (run this scenario on the simulator)".to_owned())
+            }
             Action::Expect(_) => {}
         }
         Ok(())

@@ -8,10 +8,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use subledger_engine::refetch::{Fetched, StripeResource};
-use subledger_engine::{Basis, Engine, EngineConfig, StripeObjects, WebhookSecret};
+use subledger_engine::{
+    BackfillOptions, Basis, Engine, EngineConfig, ReconcileOptions, ReconcileReport, StripeObjects,
+    WebhookSecret,
+};
+use subledger_simulator::api::{router as stripe_router, Account};
 use subledger_simulator::delivery::{Deliverer, DeliveryMode, DeliveryStats, Target};
 use subledger_simulator::Simulator;
 use subledger_store::scratch::ScratchDatabase;
+use subledger_stripe_client::{ApiKey, ReadPolicy, StripeReader};
 use tokio::sync::Mutex;
 
 use crate::format::{
@@ -133,9 +138,36 @@ pub enum RunError {
 
 const SECRET: &str = "whsec_subledger_scenario_runner";
 
-/// Runs one scenario against a fresh engine.
+/// How a story is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Telling {
+    /// As written: webhooks held back while off, silent changes silent, operators reading
+    /// Stripe, expectations checked.
+    Story,
+    /// The same Stripe-side story with every webhook delivered and nothing silent: what a
+    /// story that drifts must end in once backfill and reconciliation have done their work.
+    Reference,
+}
+
+/// Runs one scenario against a fresh engine. A story in which webhooks are held back or
+/// objects change without events is told a second time with every webhook delivered, and
+/// both must end with every customer answering the same.
 pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioReport, RunError> {
+    play(scenario, options, Telling::Story)
+        .await
+        .map(|(report, _)| report)
+}
+
+/// Every customer's answer at the end of a story, by customer id.
+type Answers = std::collections::BTreeMap<String, String>;
+
+async fn play(
+    scenario: &Scenario,
+    options: &RunOptions,
+    telling: Telling,
+) -> Result<(ScenarioReport, Answers), RunError> {
     let started = Instant::now();
+    let reference = telling == Telling::Reference;
     let scratch = match options.database_url.as_deref() {
         None => ScratchDatabase::sqlite().await,
         Some(url) if url.starts_with("postgres") => ScratchDatabase::postgres_at(url).await,
@@ -185,6 +217,9 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
     }
     let mut stopped = !setup.failures.is_empty();
     steps.push(setup);
+    let mut webhooks_on = true;
+    // Events made while webhooks were off: Stripe lists them with delivery_success=false.
+    let mut undelivered: Vec<String> = Vec::new();
 
     for step in &scenario.steps {
         if stopped {
@@ -192,6 +227,74 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
         }
         let mut report = StepReport::of(step);
         let outcome = match &step.action {
+            Action::Expect(_) | Action::Backfill | Action::Reconcile { .. } if reference => Ok(()),
+            Action::Webhooks { on } => {
+                webhooks_on = *on || reference;
+                Ok(())
+            }
+            Action::Silently(action) => {
+                let applied = apply(action, &mut simulator).map_err(|e| e.to_string());
+                if !reference {
+                    simulator.forget_new_events();
+                }
+                applied
+            }
+            Action::Backfill => {
+                drop(simulator);
+                let read =
+                    read_account(&engine, &mut deliverer, &shared, scenario, &undelivered).await;
+                let outcome = match read {
+                    Err(e) => Err(e),
+                    Ok(account) => engine
+                        .backfill(&account.reader, &BackfillOptions::default(), &mut |_| {})
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| format!("backfill failed: {e}")),
+                };
+                simulator = shared.lock().await;
+                outcome
+            }
+            Action::Reconcile { apply, expect } => {
+                drop(simulator);
+                let read =
+                    read_account(&engine, &mut deliverer, &shared, scenario, &undelivered).await;
+                let outcome = match read {
+                    Err(e) => Err(e),
+                    Ok(account) => {
+                        let options = ReconcileOptions {
+                            customers: Vec::new(),
+                            apply: *apply,
+                        };
+                        match engine
+                            .reconcile(&account.reader, &options, &mut |_, _| {})
+                            .await
+                        {
+                            Err(e) => Err(format!("reconcile failed: {e}")),
+                            Ok(found) => {
+                                // Invoices are named by their subscription (`sub_x/invoice`):
+                                // their ids are the simulator's to choose.
+                                let invoices: std::collections::HashMap<String, String> = shared
+                                    .lock()
+                                    .await
+                                    .invoices()
+                                    .filter_map(|i| {
+                                        Some((
+                                            i.id.clone(),
+                                            format!("{}/invoice", i.subscription.as_ref()?),
+                                        ))
+                                    })
+                                    .collect();
+                                report
+                                    .failures
+                                    .extend(check_reconciled(&found, expect, *apply, &invoices));
+                                Ok(())
+                            }
+                        }
+                    }
+                };
+                simulator = shared.lock().await;
+                outcome
+            }
             Action::Expect(expectation) => {
                 drop(simulator);
                 let settled = settle(&engine, &mut deliverer, &shared).await;
@@ -230,7 +333,16 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
             report.failures.push(error);
             stopped = true;
         } else {
-            deliverer.enqueue(simulator.take_new_events());
+            let events = simulator.take_new_events();
+            if webhooks_on {
+                deliverer.enqueue(events);
+            } else {
+                undelivered.extend(
+                    events
+                        .iter()
+                        .filter_map(|e| e["id"].as_str().map(str::to_owned)),
+                );
+            }
             if let Err(error) = deliverer.deliver(false).await {
                 report.failures.push(error.to_string());
                 stopped = true;
@@ -262,11 +374,44 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
             }
         }
     }
+    let answers = final_answers(&engine, &simulator).await;
+    let drifts = scenario.steps.iter().any(|step| {
+        matches!(
+            step.action,
+            Action::Webhooks { on: false } | Action::Silently(_)
+        )
+    });
+    if drifts && !reference && !stopped {
+        match Box::pin(play(scenario, options, Telling::Reference)).await {
+            Err(e) => closing
+                .failures
+                .push(format!("the reference run failed: {e}")),
+            Ok((told, informed)) => {
+                if !told.passed() {
+                    closing.failures.push(format!(
+                        "the reference run (every webhook delivered) failed:\n{}",
+                        told.render()
+                    ));
+                }
+                for (customer, answer) in &answers {
+                    let heard = informed.get(customer).map_or("(unknown)", String::as_str);
+                    if heard != answer {
+                        closing.failures.push(format!(
+                            "{customer} answers differently from the same story with every webhook delivered:\n  this run:  {answer}\n  reference: {heard}"
+                        ));
+                    }
+                }
+            }
+        }
+        closing
+            .description
+            .push_str("; every customer answers as with every webhook delivered");
+    }
     steps.push(closing);
 
     engine.close().await;
     let _ = scratch.cleanup().await;
-    Ok(ScenarioReport {
+    let report = ScenarioReport {
         file: scenario.path.display().to_string(),
         name: scenario.name.clone(),
         delivery: options.delivery,
@@ -278,7 +423,121 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<ScenarioRe
         delivery_stats: deliverer.stats(),
         final_views,
         against_stripe: false,
+    };
+    Ok((report, answers))
+}
+
+/// Every customer's entitlements at the story's end.
+async fn final_answers(engine: &Engine, sim: &Simulator) -> Answers {
+    let mut answers = Answers::new();
+    for customer in sim.customers() {
+        let answer = match engine
+            .entitlements_at(&customer.id, sim.now(), Basis::Effective)
+            .await
+        {
+            Ok(answer) => serde_json::to_string(&answer).unwrap_or_default(),
+            Err(e) => format!("error: {e}"),
+        };
+        answers.insert(customer.id.clone(), answer);
+    }
+    answers
+}
+
+/// The simulated account as `subledger backfill` and `subledger reconcile` read it: first
+/// every delivery still pending arrives and is applied (so what they find does not depend on
+/// the delivery order), then a snapshot of the account is served over loopback HTTP, with
+/// the events made while webhooks were off listed as undelivered. The server stops when the
+/// returned value is dropped.
+async fn read_account(
+    engine: &Engine,
+    deliverer: &mut Deliverer,
+    shared: &Mutex<Simulator>,
+    scenario: &Scenario,
+    undelivered: &[String],
+) -> Result<ServedAccount, String> {
+    settle(engine, deliverer, shared).await?;
+    let snapshot = shared.lock().await.clone();
+    let mut account = Account::with_default_clock(snapshot, scenario.retry_policy.clone(), None);
+    account.mark_undelivered(undelivered.iter().cloned());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot serve the simulated account: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot serve the simulated account: {e}"))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = stripe_router(account.shared());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let reader = StripeReader::new(
+        &ApiKey::new("rk_test_scenario_runner"),
+        Some(&format!("http://{addr}/")),
+        ReadPolicy {
+            max_requests_per_second: 10_000,
+            first_backoff: Duration::from_millis(20),
+            ..ReadPolicy::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(ServedAccount {
+        reader,
+        _stop: stop,
     })
+}
+
+/// A simulated account served for one step.
+struct ServedAccount {
+    reader: StripeReader,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The differences a reconcile step found against those it was expected to find, exactly.
+fn check_reconciled(
+    report: &ReconcileReport,
+    expected: &std::collections::BTreeMap<String, String>,
+    apply: bool,
+    invoices: &std::collections::HashMap<String, String>,
+) -> Vec<String> {
+    let name = |object: &String| invoices.get(object).unwrap_or(object).clone();
+    let found: std::collections::BTreeSet<(String, String)> = report
+        .differences
+        .iter()
+        .map(|d| (name(&d.object), d.drift.as_str().to_owned()))
+        .collect();
+    let wanted: std::collections::BTreeSet<(String, String)> = expected
+        .iter()
+        .map(|(object, drift)| (object.clone(), drift.clone()))
+        .collect();
+    let mut failures = Vec::new();
+    for (object, drift) in wanted.difference(&found) {
+        failures.push(format!(
+            "reconcile: expected {object}: {drift}, not reported"
+        ));
+    }
+    for (object, drift) in found.difference(&wanted) {
+        let detail: Vec<String> = report
+            .differences
+            .iter()
+            .filter(|d| name(&d.object) == *object)
+            .map(|d| format!("{} {} → {}", d.field, d.subledger, d.stripe))
+            .collect();
+        failures.push(format!(
+            "reconcile: reported {object}: {drift} ({}), not expected",
+            detail.join("; ")
+        ));
+    }
+    if apply && report.unresolved() > 0 {
+        failures.push(format!(
+            "reconcile --apply left {} difference(s) unresolved",
+            report.unresolved()
+        ));
+    }
+    failures
 }
 
 /// Delivers everything still pending and lets the engine apply it. The simulator is not held
@@ -407,7 +666,12 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
             OrderAction::Cancel => sim.cancel_order(id),
             OrderAction::Refund => sim.refund_order(id),
         },
-        Action::Expect(_) => Ok(()),
+        // Handled by the runner itself.
+        Action::Webhooks { .. }
+        | Action::Silently(_)
+        | Action::Backfill
+        | Action::Reconcile { .. }
+        | Action::Expect(_) => Ok(()),
     }
 }
 

@@ -92,6 +92,13 @@ impl Account {
         self.clocks.get_mut(&self.default_clock)
     }
 
+    /// Lists these events as never delivered (`delivery_success=false`).
+    pub fn mark_undelivered(&mut self, event_ids: impl IntoIterator<Item = String>) {
+        for id in event_ids {
+            self.delivered.insert(id, false);
+        }
+    }
+
     /// Marks every event so far as never delivered (an endpoint that was never set up, or
     /// was down for all of it).
     pub fn mark_all_undelivered(&mut self) {
