@@ -30,6 +30,22 @@
 //! `undo_cancel`, `delete_customer` (`id`), `pause` (`behavior`), `resume`, `complete_3ds`,
 //! `abandon_3ds`,
 //! `open_dispute` (`customer`), `close_dispute` (`customer`, `outcome`: won | lost).
+//!
+//! Drift, and the operator commands that learn what was missed:
+//!
+//! ```yaml
+//!   - webhooks: off                 # events made now are not delivered (listed by Stripe
+//!   - webhooks: on                  #   with delivery_success=false); `on` resumes delivery
+//!   - silently: { delete_customer: { id: cus_x } }   # any Stripe step, with no event at all
+//!   - backfill: {}                  # `subledger backfill` against the simulated account
+//!   - reconcile:                    # `subledger reconcile`; `apply: true` heals
+//!       apply: true
+//!       expect: { sub_x: stale_at_subledger, sub_x/invoice: dunning, cus_y: deleted_at_stripe }
+//! ```
+//!
+//! `expect` under `reconcile` lists every difference it must report, exactly (an invoice is
+//! named after its subscription). A story with `webhooks: off` or `silently` is also told with
+//! every webhook delivered and nothing silent; at the end every customer must answer the same.
 //! Every problem is reported with the file and line.
 
 use std::collections::BTreeMap;
