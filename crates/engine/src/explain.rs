@@ -48,12 +48,17 @@ pub struct Blocker {
     pub evidence: Vec<Evidence>,
 }
 
-/// A domain event behind a reason, with the Stripe event it came from.
+/// A domain event behind a reason, with the Stripe event it came from, or who recorded it
+/// without one (an operator, backfill, or the reconciler with the drift it corrected).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Evidence {
     pub event_type: String,
     pub occurred_at: DateTime<Utc>,
     pub stripe_event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
 }
 
 fn rule(plan: &str, feature: &str, grant: FeatureGrant) -> String {
@@ -111,6 +116,8 @@ fn evidence(timeline: &[TimelineEntry], subscription: Option<&SubscriptionId>) -
             event_type: entry.event_type.clone(),
             occurred_at: entry.occurred_at,
             stripe_event_id: entry.stripe_event_id.clone(),
+            actor: entry.actor.clone(),
+            drift: entry.drift.clone(),
         })
         .collect()
 }

@@ -192,6 +192,19 @@ async fn reconcile_reports_each_drift_and_apply_heals_it_by_appending() {
     let last = timeline.last().unwrap();
     assert_eq!(last.actor.as_deref(), Some("reconciler"));
     assert_eq!(last.drift.as_deref(), Some("changed_without_event"));
+    let explained = world
+        .drifted
+        .explain("cus_00011", "sso", None)
+        .await
+        .unwrap()
+        .unwrap();
+    let explained = serde_json::to_value(&explained).unwrap();
+    assert!(
+        explained
+            .to_string()
+            .contains("\"drift\":\"changed_without_event\""),
+        "{explained}"
+    );
 
     let again = world
         .drifted
