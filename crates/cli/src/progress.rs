@@ -14,6 +14,7 @@ pub struct Progress {
     terminal: bool,
     last_line: Option<Instant>,
     phase: String,
+    phase_started: Instant,
 }
 
 /// One reading of a running operation.
@@ -37,10 +38,15 @@ impl Progress {
             terminal: std::io::stderr().is_terminal(),
             last_line: None,
             phase: String::new(),
+            phase_started: Instant::now(),
         }
     }
 
     pub fn update(&mut self, reading: &Reading<'_>) {
+        let new_phase = self.phase != reading.phase;
+        if new_phase {
+            self.phase_started = Instant::now();
+        }
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = count_f64(reading.count) / secs;
         let mut line = format!(
@@ -56,7 +62,8 @@ impl Progress {
         if let Some(total) = reading.phase_total.filter(|t| *t > 0) {
             let done = reading.phase_done.min(total);
             let fraction = count_f64(done) / count_f64(total);
-            let phase_rate = count_f64(done) / secs;
+            let phase_secs = self.phase_started.elapsed().as_secs_f64().max(0.001);
+            let phase_rate = count_f64(done) / phase_secs;
             let eta = if phase_rate > 0.0 {
                 format_duration(Duration::from_secs_f64(
                     count_f64(total - done) / phase_rate,
@@ -66,7 +73,6 @@ impl Progress {
             };
             line = format!("{line} · {} {done}/{total} · ETA {eta}", bar(fraction));
         }
-        let new_phase = self.phase != reading.phase;
         if self.terminal {
             let mut err = std::io::stderr().lock();
             if new_phase && !self.phase.is_empty() {

@@ -372,6 +372,11 @@ impl Run<'_> {
         const CHUNK: i64 = 100;
         let phase = BackfillPhase::StripeEntitlements;
         let mut done_here = 0;
+        // One request per customer: the longest phase, and the one whose size is known.
+        let total = match customer {
+            Some(_) => Some(1),
+            None => u64::try_from(self.engine.db.count_customers().await?).ok(),
+        };
         loop {
             let ids = match customer {
                 Some(id) if cursor.starting_after.is_none() => vec![id.to_owned()],
@@ -420,10 +425,10 @@ impl Run<'_> {
                         )?;
                     self.record(translation, id).await?;
                 }
+                self.report(phase, done_here, total);
             }
             cursor.starting_after = ids.last().cloned();
             self.save(&cursor).await?;
-            self.report(phase, done_here, None);
             if customer.is_some() {
                 cursor.done = true;
                 return self.save(&cursor).await;

@@ -88,6 +88,14 @@ impl Database {
         Ok(ids)
     }
 
+    /// How many customers have recorded events.
+    pub async fn count_customers(&self) -> Result<i64, StoreError> {
+        const SQL: &str =
+            "SELECT COUNT(DISTINCT aggregate_id) FROM events WHERE aggregate_type = 'Customer'";
+        let count: i64 = on_pool!(self, pool => sqlx::query_scalar(SQL).fetch_one(pool).await?);
+        Ok(count)
+    }
+
     /// How many domain events carry `correlation_id` (the facts one run recorded).
     pub async fn count_events_of_correlation(
         &self,
