@@ -807,6 +807,15 @@ fn page(
     ))
 }
 
+/// A list page of `objects`, newest first, after `created[gte]`.
+fn newest_listed(
+    objects: Vec<Value>,
+    url: &str,
+    query: &HashMap<String, String>,
+) -> Result<Json<Value>, ApiError> {
+    page(created_since(newest_first(objects), query)?, url, query)
+}
+
 fn newest_first(mut objects: Vec<Value>) -> Vec<Value> {
     objects.sort_by(|a, b| {
         (b["created"].as_i64(), b["id"].as_str()).cmp(&(a["created"].as_i64(), a["id"].as_str()))
@@ -845,11 +854,7 @@ async fn list_customers(
             objects.push(sim.customer_json(&customer.id)?);
         }
     }
-    page(
-        created_since(newest_first(objects), &query)?,
-        "/v1/customers",
-        &query,
-    )
+    newest_listed(objects, "/v1/customers", &query)
 }
 
 async fn list_subscriptions(
@@ -893,11 +898,7 @@ async fn list_subscriptions(
             }
         }
     }
-    page(
-        created_since(newest_first(objects), &query)?,
-        "/v1/subscriptions",
-        &query,
-    )
+    newest_listed(objects, "/v1/subscriptions", &query)
 }
 
 async fn list_active_entitlements(
@@ -934,11 +935,7 @@ async fn list_invoices(
             }
         }
     }
-    page(
-        created_since(newest_first(objects), &query)?,
-        "/v1/invoices",
-        &query,
-    )
+    newest_listed(objects, "/v1/invoices", &query)
 }
 
 async fn list_events(
@@ -1002,11 +999,7 @@ async fn list_payment_intents(
                 .is_none_or(|c| pi["customer"] == c.as_str())
         })
         .collect();
-    page(
-        created_since(newest_first(objects), &query)?,
-        "/v1/payment_intents",
-        &query,
-    )
+    newest_listed(objects, "/v1/payment_intents", &query)
 }
 
 /// Schedules the simulated subscriptions know (scheduled changes) and those created through
@@ -1040,11 +1033,7 @@ async fn list_schedules(
                 .is_none_or(|c| s["customer"] == c.as_str())
         })
         .collect();
-    page(
-        created_since(newest_first(objects), &query)?,
-        "/v1/subscription_schedules",
-        &query,
-    )
+    newest_listed(objects, "/v1/subscription_schedules", &query)
 }
 
 /// A schedule as Stripe renders it: the current phase until the period ends, and the next

@@ -144,36 +144,14 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
         | "payment_intent.succeeded"
         | "payment_intent.payment_failed"
         | "payment_intent.canceled" => {
-            let payment = payment_facts(&object)?;
-            let (payment_intent_id, order_id) = (payment.id.clone(), payment.order_id.clone());
-            let occurred_at = created;
-            let command = match event_type {
-                "payment_intent.requires_action" => PaymentCommand::RecordRequiresAction {
-                    payment,
-                    occurred_at,
-                },
-                "payment_intent.succeeded" => PaymentCommand::RecordSucceeded {
-                    payment,
-                    occurred_at,
-                },
-                "payment_intent.payment_failed" => PaymentCommand::RecordFailed {
-                    payment,
-                    occurred_at,
-                },
-                "payment_intent.canceled" => PaymentCommand::RecordCanceled {
-                    payment,
-                    occurred_at,
-                },
-                _ => PaymentCommand::RecordCreated {
-                    payment,
-                    occurred_at,
-                },
+            let step = match event_type {
+                "payment_intent.requires_action" => PaymentStep::RequiresAction,
+                "payment_intent.succeeded" => PaymentStep::Succeeded,
+                "payment_intent.payment_failed" => PaymentStep::Failed,
+                "payment_intent.canceled" => PaymentStep::Canceled,
+                _ => PaymentStep::Created,
             };
-            Translation::Payment {
-                payment_intent_id,
-                order_id,
-                command,
-            }
+            payment_translation(step, payment_facts(&object)?, created)
         }
         "entitlements.active_entitlement_summary.updated" => {
             let entries = object
@@ -390,43 +368,67 @@ pub fn translate_fetched(
         }
         "invoice" => fetched_invoice(&fields, second),
         "payment_intent" => {
-            let payment = payment_facts(&fields)?;
-            let (payment_intent_id, order_id) = (payment.id.clone(), payment.order_id.clone());
-            let occurred_at = second;
-            let failed = fields.object("last_payment_error").is_some();
-            let command = match fields.str("status")? {
-                "succeeded" => PaymentCommand::RecordSucceeded {
-                    payment,
-                    occurred_at,
-                },
-                "requires_action" => PaymentCommand::RecordRequiresAction {
-                    payment,
-                    occurred_at,
-                },
-                "canceled" => PaymentCommand::RecordCanceled {
-                    payment,
-                    occurred_at,
-                },
-                "requires_payment_method" if failed => PaymentCommand::RecordFailed {
-                    payment,
-                    occurred_at,
-                },
-                _ => PaymentCommand::RecordCreated {
-                    payment,
-                    occurred_at,
-                },
+            let step = match fields.str("status")? {
+                "succeeded" => PaymentStep::Succeeded,
+                "requires_action" => PaymentStep::RequiresAction,
+                "canceled" => PaymentStep::Canceled,
+                "requires_payment_method" if fields.object("last_payment_error").is_some() => {
+                    PaymentStep::Failed
+                }
+                _ => PaymentStep::Created,
             };
-            Ok(Translation::Payment {
-                payment_intent_id,
-                order_id,
-                command,
-            })
+            Ok(payment_translation(step, payment_facts(&fields)?, second))
         }
         _ => Err(invalid(
             "fetched.object",
             "a subscription, customer, subscription schedule, invoice, payment intent or a list \
              of active entitlements",
         )),
+    }
+}
+
+/// Where a PaymentIntent stands, by its event's type or (fetched) its status.
+#[derive(Debug, Clone, Copy)]
+enum PaymentStep {
+    Created,
+    RequiresAction,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+fn payment_translation(
+    step: PaymentStep,
+    payment: PaymentFacts,
+    occurred_at: DateTime<Utc>,
+) -> Translation {
+    let (payment_intent_id, order_id) = (payment.id.clone(), payment.order_id.clone());
+    let command = match step {
+        PaymentStep::Created => PaymentCommand::RecordCreated {
+            payment,
+            occurred_at,
+        },
+        PaymentStep::RequiresAction => PaymentCommand::RecordRequiresAction {
+            payment,
+            occurred_at,
+        },
+        PaymentStep::Succeeded => PaymentCommand::RecordSucceeded {
+            payment,
+            occurred_at,
+        },
+        PaymentStep::Failed => PaymentCommand::RecordFailed {
+            payment,
+            occurred_at,
+        },
+        PaymentStep::Canceled => PaymentCommand::RecordCanceled {
+            payment,
+            occurred_at,
+        },
+    };
+    Translation::Payment {
+        payment_intent_id,
+        order_id,
+        command,
     }
 }
 
