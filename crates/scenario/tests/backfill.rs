@@ -221,10 +221,9 @@ async fn bad_input_stops_with_a_named_problem_and_records_nothing_wrong() {
     assert_eq!(refused.requests_made(), 1);
 
     // Stripe unreachable: retried, then stopped with the list it was reading.
-    let base = "http://127.0.0.1:9/".to_owned();
     let unreachable = StripeReader::new(
         &ApiKey::new("rk_test_x"),
-        Some(&base),
+        Some("http://127.0.0.1:9/"),
         ReadPolicy {
             max_attempts: 2,
             first_backoff: Duration::from_millis(10),
@@ -246,5 +245,22 @@ async fn bad_input_stops_with_a_named_problem_and_records_nothing_wrong() {
     engine.backfill(&reader, &one, &mut |_| {}).await.unwrap();
     assert!(engine.entitlements("cus_00001").is_some());
     assert!(engine.entitlements("cus_00002").is_none());
+
+    // The store now holds test-mode events: a live key is refused before any request.
+    let live = StripeReader::new(
+        &ApiKey::new("rk_live_other_mode"),
+        Some(&base),
+        ReadPolicy::default(),
+    )
+    .unwrap();
+    let error = engine
+        .backfill(&live, &BackfillOptions::default(), &mut |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, subledger_engine::BackfillError::WrongMode { .. }),
+        "{error}"
+    );
+    assert_eq!(live.requests_made(), 0);
     let _ = scratch.cleanup().await;
 }

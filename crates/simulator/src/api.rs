@@ -162,10 +162,19 @@ impl Account {
         }
     }
 
+    /// Every event Stripe still keeps: those of the last 30 days (Stripe's `GET /v1/events`
+    /// docs), by the time of the clock each happened on.
     fn all_events(&self) -> Vec<&Value> {
+        const RETENTION_SECS: i64 = 30 * 24 * 3600;
         let mut events: Vec<(usize, &Value)> = Vec::new();
         for sim in self.clocks.values() {
-            events.extend(sim.events().iter().enumerate());
+            let kept_from = sim.now().timestamp() - RETENTION_SECS;
+            events.extend(
+                sim.events()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e["created"].as_i64().is_some_and(|t| t >= kept_from)),
+            );
         }
         // Newest first, as Stripe lists them; emission order breaks ties within a clock.
         events.sort_by(|(ia, a), (ib, b)| {
