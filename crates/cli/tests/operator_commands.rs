@@ -151,6 +151,19 @@ async fn operator_commands_report_work_and_problems_with_their_exit_statuses() {
     let out = subledger(&database, &stripe, key, &["backfill"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("objects read"), "{}", text(&out));
+    let out = subledger(
+        &database,
+        &stripe,
+        key,
+        &["reconcile", "--customer", "cus_nobody"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("`cus_nobody` is known neither"),
+        "{}",
+        text(&out)
+    );
     let out = subledger(&database, &stripe, key, &["reconcile"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("0 differences"), "{}", text(&out));

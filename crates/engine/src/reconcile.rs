@@ -122,6 +122,8 @@ impl ReconcileReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
+    #[error("customer `{0}` is known neither to Stripe (for this key) nor to Subledger")]
+    UnknownCustomer(String),
     #[error("reading {what} from Stripe failed: {source}")]
     Stripe {
         what: String,
@@ -191,7 +193,13 @@ impl Engine {
         let mut read_time = ReadTime::default();
         for customer in &customers {
             let (mut found, corrections) = self
-                .compare(reader, customer, &missed, &mut read_time)
+                .compare(
+                    reader,
+                    customer,
+                    &missed,
+                    &mut read_time,
+                    !options.customers.is_empty(),
+                )
                 .await?;
             if options.apply {
                 for correction in corrections {
@@ -266,13 +274,15 @@ impl Engine {
             .collect())
     }
 
-    /// One customer: the differences, and the corrections that would heal them.
+    /// One customer: the differences, and the corrections that would heal them. A customer
+    /// the operator `named` must be known to one side at least.
     async fn compare(
         &self,
         reader: &StripeReader,
         customer: &str,
         missed: &BTreeSet<String>,
         read_time: &mut ReadTime,
+        named: bool,
     ) -> Result<(Vec<Difference>, Vec<Correction>), ReconcileError> {
         let view = self.current_view(customer).await?;
         let mut differences = Vec::new();
@@ -301,11 +311,13 @@ impl Engine {
                 applied: false,
             }
         };
-        // The customer first: its test clock (if any) dates everything read about it.
         let stripe_customer = match reader.retrieve("customers", customer).await {
             Err(ApiError::NotFound(_)) => None,
             other => Some(other.map_err(stripe(format!("customer `{customer}`")))?),
         };
+        if named && stripe_customer.is_none() && view.is_none() {
+            return Err(ReconcileError::UnknownCustomer(customer.to_owned()));
+        }
         // Its subscriptions, canceled ones too (none for a customer Stripe does not know).
         let listed = match &stripe_customer {
             Some(_) => {

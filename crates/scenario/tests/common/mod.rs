@@ -69,8 +69,10 @@ pub fn a_year_of_history(customers: usize) -> Simulator {
             if i % 7 == 3 && month == (i % 12) + 2 {
                 sim.attach_card(&id, "pm_card_chargeCustomerFail").unwrap();
             }
-            if i % 10 == 6 && month == (i % 12) + 3 {
-                sim.cancel_at_period_end(&format!("sub_{i:05}")).unwrap();
+            let subscription = format!("sub_{i:05}");
+            let ended = sim.subscription(&subscription).unwrap().status.is_ended();
+            if i % 10 == 6 && month == (i % 12) + 3 && !ended {
+                sim.cancel_at_period_end(&subscription).unwrap();
             }
         }
         sim.advance_by(chrono::Duration::days(30)).unwrap();
