@@ -125,7 +125,13 @@ async fn a_backfilled_account_answers_as_if_every_webhook_had_arrived() {
 async fn an_interrupted_backfill_continues_where_it_stopped_through_rate_limits() {
     let story = a_year_of_history(24);
     let (fed, fed_db) = webhook_fed(&story).await;
-    let scratch = ScratchDatabase::sqlite().await.unwrap();
+    // A file, as in use: an interrupted query closes its connection, and an in-memory
+    // SQLite database lives and dies with its one connection.
+    let file = std::env::temp_dir().join(format!("subledger-backfill-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let scratch = ScratchDatabase::sqlite_at(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
     let (engine, reader, account) = never_delivered(&story, &scratch).await;
 
     // Interrupted (as by Ctrl-C or a kill) once the subscriptions are being read.
