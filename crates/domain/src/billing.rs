@@ -63,16 +63,20 @@ impl SubscriptionStatus {
         matches!(self, Self::Canceled | Self::IncompleteExpired)
     }
 
-    /// Whether Stripe moves a subscription from `self` to `next` in one step.
+    /// Whether Stripe moves a subscription from `self` to `next` in one step. Sources:
+    /// Stripe's subscription lifecycle docs; `active → trialing` when a trial is added to a
+    /// running subscription (`trial_end`); `paused → past_due` when a resume's payment fails
+    /// (pause payment collection / resume docs); `active`/`past_due → paused` by the pause
+    /// endpoint or, in flexible billing mode, after failed payments.
     pub fn can_become(self, next: Self) -> bool {
         use SubscriptionStatus::*;
         match self {
             Incomplete => matches!(next, Active | IncompleteExpired | Canceled),
             Trialing => matches!(next, Active | PastDue | Paused | Canceled | Unpaid),
-            Active => matches!(next, PastDue | Unpaid | Canceled | Paused),
+            Active => matches!(next, Trialing | PastDue | Unpaid | Canceled | Paused),
             PastDue => matches!(next, Active | Unpaid | Canceled | Paused),
             Unpaid => matches!(next, Active | PastDue | Canceled),
-            Paused => matches!(next, Active | Canceled),
+            Paused => matches!(next, Active | PastDue | Canceled),
             Canceled | IncompleteExpired => false,
         }
     }

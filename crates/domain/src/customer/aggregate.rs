@@ -1145,6 +1145,54 @@ mod tests {
     }
 
     #[test]
+    fn transitions_stripe_makes_both_ways_leave_a_bare_same_second_pair_to_stripe() {
+        use SubscriptionStatus::{Active, PastDue, Paused, Trialing};
+        // active -> trialing (a trial added to a running subscription) and paused -> past_due
+        // (a resume whose payment fails) are Stripe's as much as the reverse: without
+        // previous_attributes, status alone no longer decides, and Stripe is asked.
+        for (known, incoming) in [(Active, Trialing), (Paused, PastDue)] {
+            CustomerTest::with(())
+                .given(vec![CustomerEvent::SubscriptionChanged {
+                    subscription: subscription(known, "price_pro"),
+                    occurred_at: at(9),
+                    provenance: Provenance::default(),
+                }])
+                .when(CustomerCommand::RecordSubscription {
+                    subscription: subscription(incoming, "price_pro"),
+                    occurred_at: at(9),
+                    provenance: Provenance::default(),
+                })
+                .then_expect_error(CustomerError::OrderUndecided {
+                    object: TiedObject::Subscription(SubscriptionId::new("sub_1")),
+                    second: at(9),
+                });
+        }
+        // With previous_attributes.status the change is placed without asking.
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::SubscriptionChanged {
+                subscription: subscription(Active, "price_pro"),
+                occurred_at: at(9),
+                provenance: Provenance::default(),
+            }])
+            .when(CustomerCommand::RecordSubscription {
+                subscription: subscription(Trialing, "price_pro"),
+                occurred_at: at(9),
+                provenance: Provenance {
+                    previous_status: Some(Active),
+                    ..Provenance::default()
+                },
+            })
+            .then_expect_events(vec![CustomerEvent::SubscriptionChanged {
+                subscription: subscription(Trialing, "price_pro"),
+                occurred_at: at(9),
+                provenance: Provenance {
+                    previous_status: Some(Active),
+                    ..Provenance::default()
+                },
+            }]);
+    }
+
+    #[test]
     fn a_fetched_snapshot_settles_its_second_and_later_arrivals_from_it_are_stale() {
         let undecided = CustomerEvent::SubscriptionChanged {
             subscription: with_quantity(2),
