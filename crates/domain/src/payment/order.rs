@@ -41,8 +41,11 @@ pub struct OrderView {
 }
 
 /// The message for a decline, written for the customer (Stripe's own text is for developers).
-pub fn decline_message(decline_code: Option<&str>) -> &'static str {
-    match decline_code {
+/// Chosen by the `decline_code`, else by the error `code`: Stripe sends some declines with a
+/// code and no decline code, the expired test card among them (`code: expired_card`; Stripe's
+/// testing docs and error codes reference).
+pub fn decline_message(decline_code: Option<&str>, error_code: Option<&str>) -> &'static str {
+    match decline_code.or(error_code) {
         Some("insufficient_funds") => {
             "Your card has insufficient funds. Please use another card or contact your bank."
         }
@@ -52,8 +55,14 @@ pub fn decline_message(decline_code: Option<&str>) -> &'static str {
         Some("authentication_required") => {
             "Your bank needs you to confirm this payment. Please try again and approve it."
         }
-        Some("incorrect_cvc") => {
+        Some("incorrect_cvc" | "invalid_cvc") => {
             "Your card's security code is incorrect. Please check it and try again."
+        }
+        Some("incorrect_number" | "invalid_number") => {
+            "Your card number is incorrect. Please check it and try again."
+        }
+        Some("processing_error") => {
+            "We could not process your card just now. Please try again in a moment."
         }
         Some("lost_card" | "stolen_card" | "pickup_card") => {
             "This card cannot be used. Please use another card."
@@ -111,8 +120,13 @@ impl OrderView {
                     PaymentEvent::PaymentFailed { payment, .. } => {
                         view.state = OrderState::Failed;
                         view.decline_code = payment.decline_code.clone();
-                        view.message =
-                            Some(decline_message(payment.decline_code.as_deref()).to_owned());
+                        view.message = Some(
+                            decline_message(
+                                payment.decline_code.as_deref(),
+                                payment.failure_code.as_deref(),
+                            )
+                            .to_owned(),
+                        );
                     }
                     PaymentEvent::PaymentCanceled { .. } => view.state = OrderState::Canceled,
                     PaymentEvent::PaymentRefunded {
@@ -208,13 +222,26 @@ mod tests {
             Some("expired_card"),
             None,
         ] {
-            let message = decline_message(code);
+            let message = decline_message(code, Some("card_declined"));
             assert!(message.starts_with("Your "), "{code:?}: {message}");
             assert!(!message.contains("decline_code"), "{message}");
         }
         assert_ne!(
-            decline_message(Some("expired_card")),
-            decline_message(Some("generic_decline"))
+            decline_message(Some("expired_card"), None),
+            decline_message(Some("generic_decline"), None)
+        );
+        // No decline code: the error code chooses (the expired test card, a wrong CVC, a
+        // processing error), never the generic text when the code says more.
+        for code in ["expired_card", "incorrect_cvc", "processing_error"] {
+            assert_ne!(
+                decline_message(None, Some(code)),
+                decline_message(None, Some("card_declined")),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            decline_message(None, Some("expired_card")),
+            decline_message(Some("expired_card"), None)
         );
     }
 }
