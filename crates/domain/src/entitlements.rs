@@ -132,11 +132,15 @@ impl BillingView {
                                 next_attempt_at: None,
                             });
                     // A newer invoice failing while an older one is unpaid changes nothing:
-                    // the older one says since when payment has been owed.
-                    if unpaid.invoice == invoice.id && invoice.attempt_count >= unpaid.attempt {
-                        unpaid.attempt = invoice.attempt_count;
-                        unpaid.next_attempt_at = invoice.next_payment_attempt;
+                    // the older one says since when payment has been owed. Of one invoice's
+                    // attempts, the earliest dates the debt and the latest says where the
+                    // retries are, in whatever order they arrived.
+                    if unpaid.invoice == invoice.id {
                         unpaid.since = unpaid.since.min(*occurred_at);
+                        if invoice.attempt_count >= unpaid.attempt {
+                            unpaid.attempt = invoice.attempt_count;
+                            unpaid.next_attempt_at = invoice.next_payment_attempt;
+                        }
                     }
                 }
             }
@@ -624,6 +628,38 @@ plans:
             },
             occurred_at: at,
         });
+    }
+
+    #[test]
+    fn the_grace_period_runs_from_the_first_attempt_whatever_order_attempts_arrive_in() {
+        let mut late_first = view_with(&[("sub_1", SubscriptionStatus::PastDue, "price_pro")]);
+        failed(
+            &mut late_first,
+            "sub_1",
+            "in_1",
+            2,
+            now() + chrono::Duration::days(3),
+        );
+        failed(&mut late_first, "sub_1", "in_1", 1, now());
+        let mut in_order = view_with(&[("sub_1", SubscriptionStatus::PastDue, "price_pro")]);
+        failed(&mut in_order, "sub_1", "in_1", 1, now());
+        failed(
+            &mut in_order,
+            "sub_1",
+            "in_1",
+            2,
+            now() + chrono::Duration::days(3),
+        );
+        assert_eq!(late_first.unpaid, in_order.unpaid);
+        let unpaid = &late_first.unpaid[&SubscriptionId::new("sub_1")];
+        assert_eq!((unpaid.since, unpaid.attempt), (now(), 2));
+        let after_grace = now() + chrono::Duration::days(7);
+        assert_eq!(
+            Entitlements::resolve(&late_first, &catalog(), after_grace)
+                .dunning
+                .state,
+            crate::dunning::DunningState::Suspended
+        );
     }
 
     #[test]

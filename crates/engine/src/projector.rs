@@ -25,7 +25,12 @@ const BATCH: i64 = 500;
 /// The shape of a saved [`BillingView`]. Raise it whenever that shape (or what the projection
 /// computes into it) changes: a server that finds saved views of another version rebuilds
 /// them from the log on start instead of trusting them or refusing to start.
-pub const BILLING_VIEW_VERSION: i32 = 1;
+///
+/// - 1: the first saved shape.
+/// - 2: an unpaid invoice's `since` is its earliest failed attempt in whatever order the
+///   attempts arrived (a late first attempt used to be lost), and written-off invoices no
+///   longer count as unpaid.
+pub const BILLING_VIEW_VERSION: i32 = 2;
 
 /// A customer's resolved entitlements and the JSON answer for them.
 #[derive(Debug)]
@@ -232,7 +237,8 @@ impl BillingProjector {
         now: DateTime<Utc>,
     ) -> Result<Self, ProjectionError> {
         let saved = db.load_billing_views().await?;
-        let views = if saved.version == BILLING_VIEW_VERSION {
+        let nothing_saved = saved.rows.is_empty() && saved.checkpoint == Checkpoint::default();
+        let views = if saved.version == BILLING_VIEW_VERSION || nothing_saved {
             decode_views(&saved.rows)
         } else {
             Err(format!(
@@ -241,6 +247,13 @@ impl BillingProjector {
             ))
         };
         let (views, checkpoint, generation) = match views {
+            // A new store: stamp it with this build's version, nothing to rebuild.
+            Ok(views) if saved.version != BILLING_VIEW_VERSION => {
+                let generation = db
+                    .replace_billing_views(saved.checkpoint, &[], BILLING_VIEW_VERSION)
+                    .await?;
+                (views, saved.checkpoint, generation)
+            }
             Ok(views) => (views, saved.checkpoint, saved.generation),
             Err(why) => {
                 tracing::warn!(%why, "rebuilding the saved billing views from the event log");

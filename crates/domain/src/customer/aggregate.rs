@@ -54,6 +54,9 @@ struct TrackedInvoice {
     /// Voided or marked uncollectible.
     #[serde(default)]
     written_off: bool,
+    /// The Stripe time of the earliest failed attempt recorded, whatever order they came in.
+    #[serde(default)]
+    first_failed_at: Option<DateTime<Utc>>,
     attempt_count: u32,
     #[serde(default)]
     subscription: Option<SubscriptionId>,
@@ -233,10 +236,16 @@ impl Customer {
                 occurred_at,
             } => {
                 // A failure reported after the payment succeeded, or an attempt already
-                // recorded, is old news.
+                // recorded, is old news; an earlier attempt delivered late is not: it says
+                // since when payment has been owed.
                 let known = self.invoices.get(&invoice.id);
                 if known.is_some_and(|known| {
-                    known.paid || known.written_off || known.attempt_count >= invoice.attempt_count
+                    known.paid
+                        || known.written_off
+                        || known.attempt_count >= invoice.attempt_count
+                            && known
+                                .first_failed_at
+                                .is_some_and(|first| first <= occurred_at)
                 }) {
                     return vec![];
                 }
@@ -409,6 +418,7 @@ impl Customer {
             .or_insert(TrackedInvoice {
                 paid: false,
                 written_off: false,
+                first_failed_at: None,
                 attempt_count: 0,
                 subscription: None,
             });
@@ -643,8 +653,18 @@ impl Aggregate for Customer {
                 );
             }
             CustomerEvent::InvoicePaid { invoice, .. } => self.track_invoice(&invoice, true),
-            CustomerEvent::InvoicePaymentFailed { invoice, .. } => {
-                self.track_invoice(&invoice, false)
+            CustomerEvent::InvoicePaymentFailed {
+                invoice,
+                occurred_at,
+            } => {
+                self.track_invoice(&invoice, false);
+                if let Some(known) = self.invoices.get_mut(&invoice.id) {
+                    known.first_failed_at = Some(
+                        known
+                            .first_failed_at
+                            .map_or(occurred_at, |first| first.min(occurred_at)),
+                    );
+                }
             }
             CustomerEvent::InvoiceWrittenOff { invoice, .. } => {
                 self.track_invoice(&invoice, false);
@@ -846,6 +866,28 @@ mod tests {
             .when(CustomerCommand::RecordInvoicePaymentFailed {
                 invoice: invoice(1),
                 occurred_at: at(0),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn an_earlier_attempt_delivered_late_is_recorded_for_when_the_debt_began() {
+        let failed = |attempt, second| CustomerEvent::InvoicePaymentFailed {
+            invoice: invoice(attempt),
+            occurred_at: at(second),
+        };
+        CustomerTest::with(())
+            .given(vec![failed(2, 9)])
+            .when(CustomerCommand::RecordInvoicePaymentFailed {
+                invoice: invoice(1),
+                occurred_at: at(3),
+            })
+            .then_expect_events(vec![failed(1, 3)]);
+        CustomerTest::with(())
+            .given(vec![failed(2, 9), failed(1, 3)])
+            .when(CustomerCommand::RecordInvoicePaymentFailed {
+                invoice: invoice(1),
+                occurred_at: at(3),
             })
             .then_expect_events(vec![]);
     }
