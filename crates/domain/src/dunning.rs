@@ -86,6 +86,8 @@ impl Dunning {
         };
         match subscription.status {
             SubscriptionStatus::Unpaid => from_invoice(DunningState::Suspended),
+            // Paused after failed payments (flexible billing mode): owed, and no access.
+            SubscriptionStatus::Paused if unpaid.is_some() => from_invoice(DunningState::Suspended),
             SubscriptionStatus::Canceled | SubscriptionStatus::IncompleteExpired
                 if unpaid.is_some() =>
             {

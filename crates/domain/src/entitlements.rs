@@ -25,6 +25,9 @@ pub struct BillingView {
     /// Each subscription's oldest unpaid renewal invoice, while one is unpaid.
     #[serde(default)]
     pub unpaid: BTreeMap<SubscriptionId, UnpaidInvoice>,
+    /// Each subscription's most recently paid invoice.
+    #[serde(default)]
+    pub last_paid: BTreeMap<SubscriptionId, PaidInvoice>,
     /// The customer's active features by Stripe's Entitlements API (lookup keys).
     #[serde(default)]
     pub stripe_features: BTreeSet<String>,
@@ -41,7 +44,27 @@ pub struct BillingView {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// An invoice of a subscription that was paid, and when (Stripe time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaidInvoice {
+    pub invoice: crate::ids::InvoiceId,
+    pub at: DateTime<Utc>,
+}
+
 impl BillingView {
+    /// The subscription's unpaid invoice that dunning counts. An older invoice left open
+    /// when a newer one was paid no longer does: Stripe returns the subscription to `active`
+    /// and leaves its status alone when the older one runs out of retries (Stripe's billing
+    /// lifecycle docs). Both facts fold in any order.
+    pub fn owed(&self, subscription: &SubscriptionId) -> Option<&UnpaidInvoice> {
+        self.unpaid.get(subscription).filter(|unpaid| {
+            !self
+                .last_paid
+                .get(subscription)
+                .is_some_and(|paid| paid.invoice != unpaid.invoice && paid.at >= unpaid.since)
+        })
+    }
+
     pub fn new(customer_id: CustomerId) -> Self {
         Self {
             customer_id,
@@ -49,6 +72,7 @@ impl BillingView {
             metadata: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             unpaid: BTreeMap::new(),
+            last_paid: BTreeMap::new(),
             stripe_features: BTreeSet::new(),
             holds: BTreeMap::new(),
             scheduled: BTreeMap::new(),
@@ -144,8 +168,31 @@ impl BillingView {
                     }
                 }
             }
-            CustomerEvent::InvoicePaid { invoice, .. }
-            | CustomerEvent::InvoiceWrittenOff { invoice, .. } => {
+            CustomerEvent::InvoicePaid {
+                invoice,
+                occurred_at,
+            } => {
+                if let Some(subscription) = &invoice.subscription_id {
+                    if self
+                        .unpaid
+                        .get(subscription)
+                        .is_some_and(|u| u.invoice == invoice.id)
+                    {
+                        self.unpaid.remove(subscription);
+                    }
+                    let latest = self.last_paid.get(subscription).map(|p| p.at);
+                    if latest.is_none_or(|at| at <= *occurred_at) {
+                        self.last_paid.insert(
+                            subscription.clone(),
+                            PaidInvoice {
+                                invoice: invoice.id.clone(),
+                                at: *occurred_at,
+                            },
+                        );
+                    }
+                }
+            }
+            CustomerEvent::InvoiceWrittenOff { invoice, .. } => {
                 // Recovery: the owed invoice was paid, voided or given up on.
                 if let Some(subscription) = &invoice.subscription_id {
                     if self
@@ -297,8 +344,7 @@ impl Entitlements {
         let mut scheduled_changes = Vec::new();
         let mut valid_until: Option<DateTime<Utc>> = None;
         for subscription in view.subscriptions.values() {
-            let dunning =
-                Dunning::assess(subscription, view.unpaid.get(&subscription.id), policy, at);
+            let dunning = Dunning::assess(subscription, view.owed(&subscription.id), policy, at);
             if let Some(grace_ends_at) = dunning.grace_ends_at.filter(|t| *t > at) {
                 valid_until = Some(valid_until.map_or(grace_ends_at, |t| t.min(grace_ends_at)));
             }
@@ -660,6 +706,71 @@ plans:
                 .state,
             crate::dunning::DunningState::Suspended
         );
+    }
+
+    #[test]
+    fn a_newer_invoice_paid_ends_the_dunning_of_an_older_one_left_open_in_any_order() {
+        use crate::billing::InvoiceFacts;
+        use crate::ids::InvoiceId;
+        use crate::money::Money;
+        let paid = |invoice: &str, at| CustomerEvent::InvoicePaid {
+            invoice: InvoiceFacts {
+                id: InvoiceId::new(invoice),
+                subscription_id: Some(SubscriptionId::new("sub_1")),
+                amount_due: Money::new(2900, "usd"),
+                amount_paid: Money::new(2900, "usd"),
+                attempt_count: 1,
+                next_payment_attempt: None,
+            },
+            occurred_at: at,
+        };
+        let month = now() + chrono::Duration::days(30);
+        let after_grace = now() + chrono::Duration::days(40);
+        let mut failure_first = view_with(&[("sub_1", SubscriptionStatus::Active, "price_pro")]);
+        failed(&mut failure_first, "sub_1", "in_old", 3, now());
+        failure_first.apply(&paid("in_new", month));
+        let mut payment_first = view_with(&[("sub_1", SubscriptionStatus::Active, "price_pro")]);
+        payment_first.apply(&paid("in_new", month));
+        failed(&mut payment_first, "sub_1", "in_old", 3, now());
+        for view in [&failure_first, &payment_first] {
+            let answer = Entitlements::resolve(view, &catalog(), after_grace);
+            assert_eq!(answer.dunning.state, crate::dunning::DunningState::Ok);
+            assert_eq!(answer.plans, ["pro"]);
+        }
+        // An invoice that starts failing after the payment is owed again.
+        failed(
+            &mut payment_first,
+            "sub_1",
+            "in_old",
+            4,
+            month + chrono::Duration::days(1),
+        );
+        assert!(payment_first.owed(&SubscriptionId::new("sub_1")).is_none());
+        let mut later = view_with(&[("sub_1", SubscriptionStatus::PastDue, "price_pro")]);
+        later.apply(&paid("in_new", month));
+        failed(
+            &mut later,
+            "sub_1",
+            "in_next",
+            1,
+            month + chrono::Duration::days(30),
+        );
+        assert!(later.owed(&SubscriptionId::new("sub_1")).is_some());
+    }
+
+    #[test]
+    fn a_subscription_paused_after_failed_payments_is_in_dunning() {
+        let mut view = view_with(&[("sub_1", SubscriptionStatus::Paused, "price_pro")]);
+        failed(&mut view, "sub_1", "in_1", 4, now());
+        let answer = Entitlements::resolve(&view, &catalog(), now() + chrono::Duration::days(1));
+        assert_eq!(
+            answer.dunning.state,
+            crate::dunning::DunningState::Suspended
+        );
+        assert_eq!(answer.dunning.attempt, 4);
+        let paused_by_request = view_with(&[("sub_1", SubscriptionStatus::Paused, "price_pro")]);
+        let answer = Entitlements::resolve(&paused_by_request, &catalog(), now());
+        assert_eq!(answer.dunning.state, crate::dunning::DunningState::Ok);
     }
 
     #[test]

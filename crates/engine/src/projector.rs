@@ -28,8 +28,8 @@ const BATCH: i64 = 500;
 ///
 /// - 1: the first saved shape.
 /// - 2: an unpaid invoice's `since` is its earliest failed attempt in whatever order the
-///   attempts arrived (a late first attempt used to be lost), and written-off invoices no
-///   longer count as unpaid.
+///   attempts arrived (a late first attempt used to be lost), written-off invoices no longer
+///   count as unpaid, and each subscription's last paid invoice is kept (`last_paid`).
 pub const BILLING_VIEW_VERSION: i32 = 2;
 
 /// A customer's resolved entitlements and the JSON answer for them.
