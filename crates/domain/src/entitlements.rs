@@ -505,7 +505,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::billing::SubscriptionItem;
+    use crate::billing::{InvoiceFacts, SubscriptionItem};
     use crate::ids::PriceId;
 
     const CATALOG: &str = "\
@@ -653,6 +653,20 @@ plans:
         assert!(!entitlements.feature("api_calls").enabled);
     }
 
+    /// A $29 invoice of `subscription`, paid or not, after `attempt` attempts.
+    fn invoice_of(subscription: &str, invoice: &str, paid: bool, attempt: u32) -> InvoiceFacts {
+        use crate::ids::InvoiceId;
+        use crate::money::Money;
+        InvoiceFacts {
+            id: InvoiceId::new(invoice),
+            subscription_id: Some(SubscriptionId::new(subscription)),
+            amount_due: Money::new(2900, "usd"),
+            amount_paid: Money::new(if paid { 2900 } else { 0 }, "usd"),
+            attempt_count: attempt,
+            next_payment_attempt: None,
+        }
+    }
+
     fn failed(
         view: &mut BillingView,
         subscription: &str,
@@ -660,17 +674,10 @@ plans:
         attempt: u32,
         at: DateTime<Utc>,
     ) {
-        use crate::billing::InvoiceFacts;
-        use crate::ids::InvoiceId;
-        use crate::money::Money;
         view.apply(&CustomerEvent::InvoicePaymentFailed {
             invoice: InvoiceFacts {
-                id: InvoiceId::new(invoice),
-                subscription_id: Some(SubscriptionId::new(subscription)),
-                amount_due: Money::new(2900, "usd"),
-                amount_paid: Money::new(0, "usd"),
-                attempt_count: attempt,
                 next_payment_attempt: Some(at + chrono::Duration::days(3)),
+                ..invoice_of(subscription, invoice, false, attempt)
             },
             occurred_at: at,
         });
@@ -710,18 +717,8 @@ plans:
 
     #[test]
     fn a_newer_invoice_paid_ends_the_dunning_of_an_older_one_left_open_in_any_order() {
-        use crate::billing::InvoiceFacts;
-        use crate::ids::InvoiceId;
-        use crate::money::Money;
         let paid = |invoice: &str, at| CustomerEvent::InvoicePaid {
-            invoice: InvoiceFacts {
-                id: InvoiceId::new(invoice),
-                subscription_id: Some(SubscriptionId::new("sub_1")),
-                amount_due: Money::new(2900, "usd"),
-                amount_paid: Money::new(2900, "usd"),
-                attempt_count: 1,
-                next_payment_attempt: None,
-            },
+            invoice: invoice_of("sub_1", invoice, true, 1),
             occurred_at: at,
         };
         let month = now() + chrono::Duration::days(30);
@@ -775,20 +772,10 @@ plans:
 
     #[test]
     fn a_written_off_invoice_no_longer_counts_as_owed() {
-        use crate::billing::InvoiceFacts;
-        use crate::ids::InvoiceId;
-        use crate::money::Money;
         let mut view = view_with(&[("sub_1", SubscriptionStatus::PastDue, "price_pro")]);
         failed(&mut view, "sub_1", "in_1", 2, now());
         view.apply(&CustomerEvent::InvoiceWrittenOff {
-            invoice: InvoiceFacts {
-                id: InvoiceId::new("in_1"),
-                subscription_id: Some(SubscriptionId::new("sub_1")),
-                amount_due: Money::new(2900, "usd"),
-                amount_paid: Money::new(0, "usd"),
-                attempt_count: 2,
-                next_payment_attempt: None,
-            },
+            invoice: invoice_of("sub_1", "in_1", false, 2),
             outcome: crate::billing::WriteOff::Uncollectible,
             occurred_at: now() + chrono::Duration::days(1),
         });
@@ -817,20 +804,10 @@ plans:
 
     #[test]
     fn paying_the_owed_invoice_recovers_full_access() {
-        use crate::billing::InvoiceFacts;
-        use crate::ids::InvoiceId;
-        use crate::money::Money;
         let mut view = view_with(&[("sub_1", SubscriptionStatus::Active, "price_pro")]);
         failed(&mut view, "sub_1", "in_1", 1, now());
         view.apply(&CustomerEvent::InvoicePaid {
-            invoice: InvoiceFacts {
-                id: InvoiceId::new("in_1"),
-                subscription_id: Some(SubscriptionId::new("sub_1")),
-                amount_due: Money::new(2900, "usd"),
-                amount_paid: Money::new(2900, "usd"),
-                attempt_count: 2,
-                next_payment_attempt: None,
-            },
+            invoice: invoice_of("sub_1", "in_1", true, 2),
             occurred_at: now() + chrono::Duration::days(10),
         });
         let recovered =
