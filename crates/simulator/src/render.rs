@@ -351,7 +351,11 @@ pub fn schedule(
 }
 
 /// `data.previous_attributes` as Stripe computes it: every top-level field whose value changed,
-/// with its old value.
+/// with its old value. An array is given whole ("If an array attribute has any updated
+/// elements, this object contains the entire array": the event object in Stripe's API
+/// reference). `metadata`, a hash, lists only the keys that changed, with `null` for a key
+/// that was not set (`../shared/STRIPE.md`, from test-mode traffic recorded in pay-rails/pay's
+/// `test/vcr_cassettes`); the translator reads either shape.
 pub fn previous_attributes(old: &Value, new: &Value) -> Option<Value> {
     let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
         return None;
@@ -359,9 +363,28 @@ pub fn previous_attributes(old: &Value, new: &Value) -> Option<Value> {
     let changed: Map<String, Value> = old
         .iter()
         .filter(|(key, value)| new.get(*key) != Some(value))
-        .map(|(key, value)| (key.clone(), value.clone()))
+        .map(|(key, value)| {
+            let value = match (key.as_str(), value, new.get(key)) {
+                ("metadata", Value::Object(before), Some(Value::Object(after))) => {
+                    changed_keys(before, after)
+                }
+                _ => value.clone(),
+            };
+            (key.clone(), value)
+        })
         .collect();
     (!changed.is_empty()).then_some(Value::Object(changed))
+}
+
+/// The keys of a hash that changed, each with its old value (`null`: it was not set).
+fn changed_keys(before: &Map<String, Value>, after: &Map<String, Value>) -> Value {
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    Value::Object(
+        keys.into_iter()
+            .filter(|key| before.get(*key) != after.get(*key))
+            .map(|key| (key.clone(), before.get(key).cloned().unwrap_or(Value::Null)))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -377,5 +400,22 @@ mod tests {
             Some(json!({ "status": "incomplete" }))
         );
         assert_eq!(previous_attributes(&new, &new), None);
+    }
+
+    #[test]
+    fn a_changed_hash_lists_only_its_changed_keys_and_null_for_new_ones() {
+        let old = json!({ "metadata": { "user_id": "u_1", "plan": "a", "kept": "k" } });
+        let new = json!({ "metadata": { "user_id": "u_2", "kept": "k", "team": "t" } });
+        assert_eq!(
+            previous_attributes(&old, &new),
+            Some(json!({ "metadata": { "user_id": "u_1", "plan": "a", "team": null } }))
+        );
+        // Arrays stay whole.
+        let old = json!({ "items": [1, 2] });
+        let new = json!({ "items": [1, 3] });
+        assert_eq!(
+            previous_attributes(&old, &new),
+            Some(json!({ "items": [1, 2] }))
+        );
     }
 }
