@@ -221,6 +221,14 @@ impl From<SimError> for ApiError {
         match error {
             SimError::NotFound { kind, id } => Self::missing(kind, &id),
             SimError::UnknownCard(_) => Self::invalid(error.to_string(), Some("payment_method")),
+            SimError::NoPaymentMethod(_) => Self {
+                code: Some("resource_missing"),
+                ..Self::invalid(
+                    "This customer has no attached payment source or default payment method. \
+                     Please consider adding a default payment method.",
+                    None,
+                )
+            },
             other => Self::invalid(other.to_string(), None),
         }
     }

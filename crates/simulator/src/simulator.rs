@@ -28,6 +28,10 @@ pub enum SimError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// A paid subscription without a trial for a customer with no payment method: Stripe
+    /// answers 400 `resource_missing` and creates nothing (`../shared/STRIPE.md`, signup).
+    #[error("customer `{0}` has no attached payment source or default payment method")]
+    NoPaymentMethod(String),
 }
 
 /// How long an `incomplete` subscription waits for its first payment.
@@ -559,6 +563,11 @@ impl Simulator {
         let trial_end = trial_days
             .filter(|d| *d > 0)
             .map(|d| now + Duration::days(i64::from(d)));
+        let paid = self.price(price)?.unit_amount > 0;
+        if trial_end.is_none() && paid && self.customer(customer)?.default_payment_method.is_none()
+        {
+            return Err(SimError::NoPaymentMethod(customer.to_owned()));
+        }
         let anchor = trial_end.unwrap_or(now);
         let item_id = self.next_id("si");
         let subscription = Subscription {

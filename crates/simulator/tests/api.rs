@@ -245,6 +245,25 @@ async fn errors_come_in_stripes_shape() {
         call(&app, "POST", "/v1/subscriptions", "items[0][price]=p", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(invalid["error"]["param"], "customer");
+    // A paid subscription for a customer without a payment method (STRIPE.md, signup).
+    let (_, price) = call(
+        &app,
+        "POST",
+        "/v1/prices",
+        "unit_amount=2900&currency=usd&recurring[interval]=month",
+        None,
+    )
+    .await;
+    let (_, customer) = call(&app, "POST", "/v1/customers", "", None).await;
+    let body = format!(
+        "customer={}&items[0][price]={}",
+        customer["id"].as_str().unwrap(),
+        price["id"].as_str().unwrap()
+    );
+    let (status, refused) = call(&app, "POST", "/v1/subscriptions", &body, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["error"]["type"], "invalid_request_error");
+    assert_eq!(refused["error"]["code"], "resource_missing");
     let unauthenticated = Request::get("/v1/customers").body(Body::empty()).unwrap();
     let response = app.clone().oneshot(unauthenticated).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);

@@ -319,3 +319,31 @@ fn deleting_a_customer_cancels_its_subscriptions_first_and_only_once() {
         Err(SimError::NotFound { .. })
     ));
 }
+
+/// A customer without a payment method cannot start a paid subscription without a trial:
+/// Stripe answers 400 `resource_missing` and creates nothing (STRIPE.md, signup). With a
+/// trial it can.
+#[test]
+fn a_paid_subscription_needs_a_payment_method_unless_it_starts_with_a_trial() {
+    let mut sim = Simulator::new(start(), RetryPolicy::default());
+    sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
+        .unwrap();
+    sim.create_customer("cus_1", BTreeMap::new()).unwrap();
+    let before = sim.events().len();
+    assert_eq!(
+        sim.subscribe("cus_1", "sub_1", "price_pro", 1, None),
+        Err(SimError::NoPaymentMethod("cus_1".to_owned()))
+    );
+    assert_eq!(
+        sim.events().len(),
+        before,
+        "nothing is created or announced"
+    );
+    assert!(!sim.has_subscription("sub_1"));
+    sim.subscribe("cus_1", "sub_1", "price_pro", 1, Some(7))
+        .unwrap();
+    assert_eq!(
+        sim.subscription("sub_1").unwrap().status,
+        SubscriptionStatus::Trialing
+    );
+}
