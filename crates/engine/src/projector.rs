@@ -214,6 +214,9 @@ pub(crate) struct BillingProjector {
     saved: Checkpoint,
     /// The generation of the saved views this projector started from.
     generation: i64,
+    /// When the saved views' generation was last read.
+    generation_checked: std::time::Instant,
+    last_step_idle: bool,
 }
 
 /// Saved views, or why they cannot be trusted.
@@ -272,6 +275,8 @@ impl BillingProjector {
             applied: checkpoint,
             saved: checkpoint,
             generation,
+            generation_checked: std::time::Instant::now(),
+            last_step_idle: true,
         };
         index.clear();
         index.publish(projector.resolve(projector.views.keys(), catalog, now)?);
@@ -327,9 +332,23 @@ impl BillingProjector {
 
     /// Whether the saved views were rebuilt (by `subledger replay`, or another server's
     /// start) since this projector loaded them.
-    pub(crate) async fn rebuilt_elsewhere(&self, db: &Database) -> Result<bool, ProjectionError> {
+    pub(crate) async fn rebuilt_elsewhere(
+        &mut self,
+        db: &Database,
+    ) -> Result<bool, ProjectionError> {
         let (_, generation) = db.billing_views_state().await?;
+        self.generation_checked = std::time::Instant::now();
         Ok(generation != self.generation)
+    }
+
+    /// Whether the last step found nothing to apply (true before the first).
+    pub(crate) fn was_idle(&self) -> bool {
+        self.last_step_idle
+    }
+
+    /// Whether the last generation check is older than `interval`.
+    pub(crate) fn generation_checked_before(&self, interval: std::time::Duration) -> bool {
+        self.generation_checked.elapsed() >= interval
     }
 
     /// A projector at position 0 with no views, that never saves: for rebuilds.
@@ -343,6 +362,8 @@ impl BillingProjector {
                 position: i64::MAX,
             },
             generation: 0,
+            generation_checked: std::time::Instant::now(),
+            last_step_idle: true,
         }
     }
 
@@ -358,6 +379,7 @@ impl BillingProjector {
         loop {
             let events = db.read_events_after(self.applied, BATCH).await?;
             let Some(last) = events.last().map(|e| e.checkpoint) else {
+                self.last_step_idle = applied == 0;
                 return Ok(applied);
             };
             applied += events.len();
