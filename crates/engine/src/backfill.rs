@@ -442,29 +442,15 @@ impl Run<'_> {
         }
     }
 
-    /// Every page of one customer's active entitlements, as one list.
+    /// Every page of one customer's active entitlements, as one list object.
     async fn reader_active_entitlements(&self, customer: &str) -> Result<Value, BackfillError> {
-        let mut entries: Vec<Value> = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .reader
-                .list_page(
-                    "entitlements/active_entitlements",
-                    &[("customer", customer)],
-                    after.as_deref(),
-                )
-                .await
-                .map_err(Self::stripe_error(format!(
-                    "the active entitlements of `{customer}`"
-                )))?;
-            after = page.last_id().map(str::to_owned);
-            let more = page.has_more && !page.data.is_empty();
-            entries.extend(page.data);
-            if !more {
-                break;
-            }
-        }
+        let entries = self
+            .reader
+            .list_all("entitlements/active_entitlements", &[("customer", customer)])
+            .await
+            .map_err(Self::stripe_error(format!(
+                "the active entitlements of `{customer}`"
+            )))?;
         Ok(serde_json::json!({ "object": "list", "data": entries, "has_more": false }))
     }
 

@@ -593,26 +593,16 @@ impl Engine {
     }
 }
 
-/// Every page of a list.
+/// Every page of a list, its failure named after the list.
 async fn list_all(
     reader: &StripeReader,
     path: &str,
     query: &[(&str, &str)],
 ) -> Result<Vec<Value>, ReconcileError> {
-    let mut objects = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = reader
-            .list_page(path, query, after.as_deref())
-            .await
-            .map_err(stripe(format!("the {path} list")))?;
-        after = page.last_id().map(str::to_owned);
-        let more = page.has_more && !page.data.is_empty();
-        objects.extend(page.data);
-        if !more {
-            return Ok(objects);
-        }
-    }
+    reader
+        .list_all(path, query)
+        .await
+        .map_err(stripe(format!("the {path} list")))
 }
 
 fn metadata_of(customer: &Value) -> BTreeMap<String, String> {

@@ -203,6 +203,25 @@ impl StripeReader {
         Ok(ListPage { data, has_more })
     }
 
+    /// Every page of the list at `path`, in Stripe's order.
+    pub async fn list_all(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<Value>, ApiError> {
+        let mut objects = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list_page(path, query, after.as_deref()).await?;
+            after = page.last_id().map(str::to_owned);
+            let more = page.has_more && !page.data.is_empty();
+            objects.extend(page.data);
+            if !more {
+                return Ok(objects);
+            }
+        }
+    }
+
     /// `GET /v1/{path}/{id}`; only Stripe's id alphabet may become part of the path.
     pub async fn retrieve(&self, path: &str, id: &str) -> Result<Value, ApiError> {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
