@@ -20,7 +20,7 @@
 //! aggregates judge corrections like any other fact, so running it while webhooks flow
 //! converges: a webhook older than the read has no effect, a newer one applies.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::SecondsFormat;
@@ -376,10 +376,24 @@ impl Engine {
             }
             return Ok((differences, corrections));
         };
-        let deleted_at_stripe =
-            stripe_customer.get("deleted").and_then(Value::as_bool) == Some(true);
-        match (&view, deleted_at_stripe) {
-            (Some(v), true) => {
+        // What Stripe's customer says, as the translator reads it: details, or a deletion.
+        let translation = translate(&stripe_customer)?;
+        let theirs = match &translation {
+            Translation::Customer {
+                command: CustomerCommand::RecordDetails { metadata, .. },
+                ..
+            } => Some(metadata.clone()),
+            _ => None,
+        };
+        let mut correct = |drift| {
+            corrections.push(Correction {
+                translation: translation.clone(),
+                drift,
+                object: stripe_customer.clone(),
+            });
+        };
+        match (&view, theirs) {
+            (Some(v), None) => {
                 if !v.deleted {
                     differences.push(differ(
                         "customer",
@@ -389,17 +403,13 @@ impl Engine {
                         Value::Bool(true),
                         Drift::DeletedAtStripe,
                     ));
-                    corrections.push(Correction {
-                        translation: translate(&stripe_customer)?,
-                        drift: Drift::DeletedAtStripe,
-                        object: stripe_customer.clone(),
-                    });
+                    correct(Drift::DeletedAtStripe);
                 }
                 // Its subscriptions ended with it: compared below like any others.
             }
             // A customer deleted before Subledger ever heard of it: nothing to learn.
-            (None, true) => return Ok((differences, corrections)),
-            (None, false) => {
+            (None, None) => return Ok((differences, corrections)),
+            (None, Some(_)) => {
                 differences.push(differ(
                     "customer",
                     customer,
@@ -408,14 +418,9 @@ impl Engine {
                     Value::Bool(true),
                     Drift::MissedBySubledger,
                 ));
-                corrections.push(Correction {
-                    translation: translate(&stripe_customer)?,
-                    drift: Drift::MissedBySubledger,
-                    object: stripe_customer.clone(),
-                });
+                correct(Drift::MissedBySubledger);
             }
-            (Some(v), false) => {
-                let theirs = metadata_of(&stripe_customer);
+            (Some(v), Some(theirs)) => {
                 if v.metadata != theirs {
                     let drift = changed(customer);
                     differences.push(differ(
@@ -426,11 +431,7 @@ impl Engine {
                         json_of(&theirs),
                         drift,
                     ));
-                    corrections.push(Correction {
-                        translation: translate(&stripe_customer)?,
-                        drift,
-                        object: stripe_customer.clone(),
-                    });
+                    correct(drift);
                 }
             }
         }
@@ -603,18 +604,6 @@ async fn list_all(
         .list_all(path, query)
         .await
         .map_err(stripe(format!("the {path} list")))
-}
-
-fn metadata_of(customer: &Value) -> BTreeMap<String, String> {
-    customer
-        .get("metadata")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn json_of<T: Serialize>(value: &T) -> Value {
