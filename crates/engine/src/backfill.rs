@@ -446,7 +446,10 @@ impl Run<'_> {
     async fn reader_active_entitlements(&self, customer: &str) -> Result<Value, BackfillError> {
         let entries = self
             .reader
-            .list_all("entitlements/active_entitlements", &[("customer", customer)])
+            .list_all(
+                "entitlements/active_entitlements",
+                &[("customer", customer)],
+            )
             .await
             .map_err(Self::stripe_error(format!(
                 "the active entitlements of `{customer}`"

@@ -348,7 +348,10 @@ pub fn router(account: SharedAccount) -> Router {
 }
 
 /// Answers `429` while the account is told to (`POST /v1/test_helpers/rate_limit`), as
-/// Stripe does past its rate limit: `rate_limit_error`, with `Retry-After` (seconds).
+/// Stripe does past its rate limit: HTTP 429 with `error.type: rate_limit_error` (Stripe's
+/// rate limits and error handling docs). Stripe documents backing off, not `Retry-After`;
+/// the simulator sends one (1 s) so that the reader's handling of it is exercised, and the
+/// reader backs off exponentially when a real answer carries none.
 async fn answer_rate_limited(
     State(account): State<SharedAccount>,
     request: axum::extract::Request,
@@ -905,7 +908,8 @@ async fn list_subscriptions(
             };
             if shown {
                 let mut object = sim.subscription_json(&subscription.id)?;
-                // `expand[]=data.latest_invoice`: the invoice object in place of its id.
+                // `expand[]=data.latest_invoice`: the invoice object in place of its id
+                // (Stripe's "Expanding responses" docs: list expansions take `data.` paths).
                 if query.get("expand[]").map(String::as_str) == Some("data.latest_invoice") {
                     if let Some(invoice) = object["latest_invoice"].as_str().map(str::to_owned) {
                         object["latest_invoice"] = sim.invoice_json(&invoice)?;
