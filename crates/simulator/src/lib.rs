@@ -9,7 +9,9 @@
 //! - [`api`]: the REST API subset Subledger calls, for async-stripe and `simulator serve`.
 //! - [`delivery`]: signed webhook delivery, in order or disordered on purpose.
 //! - [`model`]: the simulated objects.
-//! - [`simulator`]: operations and the test clock.
+//! - [`simulator`]: the account, with one module of operations per Stripe area (catalog,
+//!   customers, subscriptions, schedules, invoicing and retries, payments and disputes,
+//!   entitlements, the test clock).
 //! - [`render`]: objects as Stripe's JSON.
 //! - [`rng`]: the seeded generator delivery modes use.
 

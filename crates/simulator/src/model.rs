@@ -260,14 +260,38 @@ pub struct Invoice {
     pub first_failure: Option<DateTime<Utc>>,
 }
 
+/// The PaymentIntent statuses the simulator reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentIntentStatus {
+    RequiresPaymentMethod,
+    RequiresAction,
+    Succeeded,
+    Canceled,
+}
+
+impl PaymentIntentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RequiresPaymentMethod => "requires_payment_method",
+            Self::RequiresAction => "requires_action",
+            Self::Succeeded => "succeeded",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    /// Succeeded or canceled: nothing more can happen to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Canceled)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentIntent {
     pub id: String,
     pub customer: String,
     pub amount: i64,
     pub currency: String,
-    /// `requires_payment_method`, `requires_action`, `succeeded`, `canceled`.
-    pub status: &'static str,
+    pub status: PaymentIntentStatus,
     pub invoice: Option<String>,
     pub payment_method: Option<String>,
     /// `(code, decline_code)` of the last failure.
@@ -292,6 +316,25 @@ pub struct Charge {
     pub created: DateTime<Utc>,
 }
 
+/// A dispute's status (Stripe's docs, "Dispute object"; the `warning_*` ones belong to
+/// inquiries, which move no funds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisputeStatus {
+    NeedsResponse,
+    Won,
+    Lost,
+}
+
+impl DisputeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NeedsResponse => "needs_response",
+            Self::Won => "won",
+            Self::Lost => "lost",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dispute {
     pub id: String,
@@ -299,8 +342,7 @@ pub struct Dispute {
     pub payment_intent: String,
     pub amount: i64,
     pub currency: String,
-    /// `needs_response`, `won`, `lost`.
-    pub status: &'static str,
+    pub status: DisputeStatus,
     pub created: DateTime<Utc>,
 }
 

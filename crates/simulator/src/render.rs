@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value};
 use subledger_stripe::fixtures::resource;
 
 use crate::model::{
-    Charge, Customer, Dispute, Invoice, PaymentIntent, PaymentMethod, Price, Subscription,
+    Charge, Customer, Dispute, Invoice, PaymentIntent, PaymentIntentStatus, PaymentMethod, Price,
+    Subscription,
 };
 
 /// The API version the simulator speaks, the one Subledger pins.
@@ -166,13 +167,13 @@ pub fn payment_intent(intent: &PaymentIntent) -> Value {
     object["id"] = json!(intent.id);
     object["customer"] = json!(intent.customer);
     object["amount"] = json!(intent.amount);
-    object["amount_received"] = json!(if intent.status == "succeeded" {
+    object["amount_received"] = json!(if intent.status == PaymentIntentStatus::Succeeded {
         intent.amount
     } else {
         0
     });
     object["currency"] = json!(intent.currency);
-    object["status"] = json!(intent.status);
+    object["status"] = json!(intent.status.as_str());
     object["created"] = ts(intent.created);
     object["payment_method"] = json!(intent.payment_method);
     object["latest_charge"] = json!(intent.latest_charge);
@@ -191,7 +192,7 @@ pub fn payment_intent(intent: &PaymentIntent) -> Value {
         }),
         None => Value::Null,
     };
-    object["next_action"] = if intent.status == "requires_action" {
+    object["next_action"] = if intent.status == PaymentIntentStatus::RequiresAction {
         json!({ "type": "use_stripe_sdk", "use_stripe_sdk": {} })
     } else {
         Value::Null
@@ -231,7 +232,7 @@ pub fn dispute(dispute: &Dispute) -> Value {
     object["payment_intent"] = json!(dispute.payment_intent);
     object["amount"] = json!(dispute.amount);
     object["currency"] = json!(dispute.currency);
-    object["status"] = json!(dispute.status);
+    object["status"] = json!(dispute.status.as_str());
     object["reason"] = json!("fraudulent");
     object["created"] = ts(dispute.created);
     object["livemode"] = json!(false);

@@ -1,0 +1,94 @@
+//! Prices and products: the account's catalog, and what a subscription's items cost.
+
+use chrono::{DateTime, Months, Utc};
+
+use super::{not_found, SimError, Simulator};
+use crate::model::{Interval, Price, Subscription};
+use crate::render;
+
+impl Simulator {
+    /// Creates a recurring price (and its product, named after it).
+    pub fn create_price(
+        &mut self,
+        id: &str,
+        unit_amount: i64,
+        currency: &str,
+        interval: Interval,
+        lookup_key: Option<&str>,
+    ) -> Result<(), SimError> {
+        if self.prices.contains_key(id) {
+            return Err(SimError::AlreadyExists(id.to_owned()));
+        }
+        if unit_amount < 0 {
+            return Err(SimError::Invalid(format!(
+                "price `{id}` has a negative amount"
+            )));
+        }
+        let price = Price {
+            id: id.to_owned(),
+            product: format!("prod_{id}"),
+            unit_amount,
+            currency: currency.to_owned(),
+            interval,
+            lookup_key: lookup_key.map(str::to_owned),
+            created: self.now,
+            features: Vec::new(),
+        };
+        let rendered = render::price(&price);
+        self.prices.insert(id.to_owned(), price);
+        self.emit("price.created", rendered, None);
+        Ok(())
+    }
+
+    /// Makes a price created elsewhere in the account usable here, without an event (prices
+    /// belong to the account, not to a test clock).
+    pub fn register_price(&mut self, price: &Price) {
+        self.prices
+            .entry(price.id.clone())
+            .or_insert_with(|| price.clone());
+    }
+
+    pub fn prices_all(&self) -> impl Iterator<Item = &Price> {
+        self.prices.values()
+    }
+
+    pub fn price_record(&self, id: &str) -> Option<&Price> {
+        self.prices.get(id)
+    }
+
+    pub(super) fn price(&self, id: &str) -> Result<&Price, SimError> {
+        self.prices.get(id).ok_or_else(|| not_found("price", id))
+    }
+
+    pub(super) fn period_end(
+        &self,
+        anchor: DateTime<Utc>,
+        interval: Interval,
+        periods: u32,
+    ) -> DateTime<Utc> {
+        anchor
+            .checked_add_months(Months::new(interval.months() * periods))
+            .unwrap_or(anchor)
+    }
+
+    pub(super) fn amount_of(&self, subscription: &Subscription) -> (i64, String) {
+        let mut total = 0i64;
+        let mut currency = "usd".to_owned();
+        for item in &subscription.items {
+            if let Some(price) = self.prices.get(&item.price) {
+                let quantity = i64::try_from(item.quantity).unwrap_or(i64::MAX);
+                total = total.saturating_add(price.unit_amount.saturating_mul(quantity));
+                currency.clone_from(&price.currency);
+            }
+        }
+        (total, currency)
+    }
+
+    pub(super) fn interval_of(&self, subscription: &Subscription) -> Interval {
+        subscription
+            .items
+            .first()
+            .and_then(|item| self.prices.get(&item.price))
+            .map_or(Interval::Month, |price| price.interval)
+    }
+}

@@ -1,0 +1,407 @@
+//! Invoices, payment attempts, renewals at the period end, and Smart Retries.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::{not_found, Attempt, SimError, Simulator};
+use crate::model::{
+    Card, ChargeResult, Invoice, InvoiceStatus, PauseBehavior, PaymentIntent, PaymentIntentStatus,
+    SubscriptionStatus, WhenRetriesRunOut,
+};
+use crate::render;
+
+impl Simulator {
+    pub(super) fn new_invoice(
+        &mut self,
+        customer: &str,
+        subscription: &str,
+        billing_reason: &'static str,
+        amount: i64,
+        currency: &str,
+        period: (DateTime<Utc>, DateTime<Utc>),
+    ) -> String {
+        let id = self.next_id("in");
+        self.invoices.insert(
+            id.clone(),
+            Invoice {
+                id: id.clone(),
+                customer: customer.to_owned(),
+                subscription: Some(subscription.to_owned()),
+                status: InvoiceStatus::Draft,
+                amount_due: amount,
+                amount_paid: 0,
+                currency: currency.to_owned(),
+                attempt_count: 0,
+                next_payment_attempt: None,
+                billing_reason,
+                payment_intent: None,
+                created: self.now,
+                period_start: period.0,
+                period_end: period.1,
+                first_failure: None,
+            },
+        );
+        id
+    }
+
+    pub(super) fn emit_invoice_created_and_finalized(
+        &mut self,
+        invoice: &str,
+    ) -> Result<(), SimError> {
+        let draft = self.render_invoice(invoice)?;
+        self.emit("invoice.created", draft.clone(), None);
+        if let Some(record) = self.invoices.get_mut(invoice) {
+            record.status = InvoiceStatus::Open;
+        }
+        let open = self.render_invoice(invoice)?;
+        let previous = render::previous_attributes(&draft, &open);
+        self.emit("invoice.finalized", open, previous);
+        Ok(())
+    }
+
+    pub(super) fn mark_paid(&mut self, invoice: &str) -> Result<(), SimError> {
+        if let Some(record) = self.invoices.get_mut(invoice) {
+            record.status = InvoiceStatus::Paid;
+            record.amount_paid = record.amount_due;
+            record.next_payment_attempt = None;
+        }
+        let paid = self.render_invoice(invoice)?;
+        self.emit("invoice.paid", paid.clone(), None);
+        self.emit("invoice.payment_succeeded", paid, None);
+        Ok(())
+    }
+
+    /// Charges the invoice to the customer's default card, as Stripe's automatic collection.
+    pub(super) fn attempt_payment(&mut self, invoice: &str) -> Result<Attempt, SimError> {
+        let record = self
+            .invoices
+            .get(invoice)
+            .cloned()
+            .ok_or_else(|| not_found("invoice", invoice))?;
+        let intent_id = match &record.payment_intent {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.next_id("pi");
+                let intent = PaymentIntent {
+                    id: id.clone(),
+                    customer: record.customer.clone(),
+                    amount: record.amount_due,
+                    currency: record.currency.clone(),
+                    status: PaymentIntentStatus::RequiresPaymentMethod,
+                    invoice: Some(invoice.to_owned()),
+                    payment_method: None,
+                    last_error: None,
+                    latest_charge: None,
+                    created: self.now,
+                    order_id: None,
+                };
+                let rendered = render::payment_intent(&intent);
+                self.payment_intents.insert(id.clone(), intent);
+                if let Some(r) = self.invoices.get_mut(invoice) {
+                    r.payment_intent = Some(id.clone());
+                }
+                self.emit("payment_intent.created", rendered, None);
+                id
+            }
+        };
+        let result = self
+            .card_of(&record.customer)
+            .map_or(ChargeResult::Declined("no_payment_method"), Card::charge);
+        match result {
+            ChargeResult::Succeeded => {
+                self.succeed_payment(invoice, &intent_id)?;
+                Ok(Attempt::Paid)
+            }
+            ChargeResult::Declined(decline_code) => {
+                self.fail_payment(invoice, &intent_id, decline_code)?;
+                Ok(Attempt::Failed)
+            }
+            ChargeResult::RequiresAction => {
+                let payment_method = self
+                    .customers
+                    .get(&record.customer)
+                    .and_then(|c| c.default_payment_method.clone());
+                if let Some(intent) = self.payment_intents.get_mut(&intent_id) {
+                    intent.status = PaymentIntentStatus::RequiresAction;
+                    intent.payment_method = payment_method;
+                }
+                let rendered = self
+                    .payment_intents
+                    .get(&intent_id)
+                    .map(render::payment_intent);
+                if let Some(rendered) = rendered {
+                    self.emit("payment_intent.requires_action", rendered, None);
+                }
+                self.bump_attempt(invoice)?;
+                let rendered = self.render_invoice(invoice)?;
+                self.emit("invoice.payment_action_required", rendered, None);
+                Ok(Attempt::RequiresAction)
+            }
+        }
+    }
+
+    pub(super) fn succeed_payment(
+        &mut self,
+        invoice: &str,
+        intent_id: &str,
+    ) -> Result<(), SimError> {
+        let charge = self.new_charge(intent_id, true, None)?;
+        let customer = self
+            .invoices
+            .get(invoice)
+            .map(|i| i.customer.clone())
+            .unwrap_or_default();
+        let payment_method = self
+            .customers
+            .get(&customer)
+            .and_then(|c| c.default_payment_method.clone());
+        if let Some(intent) = self.payment_intents.get_mut(intent_id) {
+            intent.status = PaymentIntentStatus::Succeeded;
+            intent.latest_charge = Some(charge);
+            intent.last_error = None;
+            intent.payment_method = payment_method;
+        }
+        let rendered = self
+            .payment_intents
+            .get(intent_id)
+            .map(render::payment_intent);
+        if let Some(rendered) = rendered {
+            self.emit("payment_intent.succeeded", rendered, None);
+        }
+        self.bump_attempt(invoice)?;
+        self.mark_paid(invoice)?;
+        let paid = self
+            .invoices
+            .get(invoice)
+            .cloned()
+            .ok_or_else(|| not_found("invoice", invoice))?;
+        let id = self.next_id("inpay");
+        let rendered = render::invoice_payment(&id, &paid, intent_id, self.now);
+        self.emit("invoice_payment.paid", rendered, None);
+        Ok(())
+    }
+
+    pub(super) fn fail_payment(
+        &mut self,
+        invoice: &str,
+        intent_id: &str,
+        decline_code: &'static str,
+    ) -> Result<(), SimError> {
+        let charge = self.new_charge(intent_id, false, Some(decline_code))?;
+        if let Some(intent) = self.payment_intents.get_mut(intent_id) {
+            intent.status = PaymentIntentStatus::RequiresPaymentMethod;
+            intent.latest_charge = Some(charge);
+            intent.last_error = Some(("card_declined", decline_code));
+        }
+        let rendered = self
+            .payment_intents
+            .get(intent_id)
+            .map(render::payment_intent);
+        if let Some(rendered) = rendered {
+            self.emit("payment_intent.payment_failed", rendered, None);
+        }
+        self.bump_attempt(invoice)?;
+        let rendered = self.render_invoice(invoice)?;
+        self.emit("invoice.payment_failed", rendered, None);
+        Ok(())
+    }
+
+    /// Counts an attempt and schedules the next retry for renewal invoices.
+    pub(super) fn bump_attempt(&mut self, invoice: &str) -> Result<(), SimError> {
+        let now = self.now;
+        let delays = self.policy.retry_after_days.clone();
+        let record = self
+            .invoices
+            .get_mut(invoice)
+            .ok_or_else(|| not_found("invoice", invoice))?;
+        record.attempt_count += 1;
+        // First invoices are not retried: the subscription expires after 23 hours instead.
+        if record.billing_reason == "subscription_create" {
+            record.next_payment_attempt = None;
+            return Ok(());
+        }
+        let first_failure = *record.first_failure.get_or_insert(now);
+        let retry_index = usize::try_from(record.attempt_count)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(1);
+        record.next_payment_attempt = delays
+            .get(retry_index)
+            .map(|days| first_failure + Duration::days(*days));
+        Ok(())
+    }
+
+    pub(super) fn void_invoice(&mut self, invoice: &str) -> Result<(), SimError> {
+        let open = self
+            .invoices
+            .get(invoice)
+            .is_some_and(|i| matches!(i.status, InvoiceStatus::Open | InvoiceStatus::Draft));
+        if open {
+            if let Some(record) = self.invoices.get_mut(invoice) {
+                record.status = InvoiceStatus::Void;
+                record.next_payment_attempt = None;
+            }
+            let rendered = self.render_invoice(invoice)?;
+            self.emit("invoice.voided", rendered, None);
+        }
+        Ok(())
+    }
+
+    /// The end of a billing period (or of a trial): cancel if asked, apply a scheduled price,
+    /// start the next period and bill it.
+    pub(super) fn end_period(&mut self, id: &str) -> Result<(), SimError> {
+        let current = self.subscription(id)?.clone();
+        if current.cancel_at_period_end {
+            return self.end_subscription(id, SubscriptionStatus::Canceled);
+        }
+        let ending_trial = current.status == SubscriptionStatus::Trialing;
+        if ending_trial && self.card_of(&current.customer).is_none() {
+            // A trial that ends without a payment method pauses the subscription, and Stripe
+            // sends no entitlement summary update for it (a reported gap, reproduced here).
+            self.suppress_summaries = true;
+            let paused = self.update_subscription(id, |s| s.status = SubscriptionStatus::Paused);
+            self.suppress_summaries = false;
+            paused?;
+            let rendered = self.render_subscription(id)?;
+            self.emit("customer.subscription.paused", rendered, None);
+            return Ok(());
+        }
+        let interval = current
+            .scheduled_price
+            .as_ref()
+            .and_then(|p| self.prices.get(p))
+            .map_or_else(|| self.interval_of(&current), |p| p.interval);
+        // Count whole periods from the anchor, so month ends never drift.
+        let mut periods = 1;
+        let mut next_end = self.period_end(current.billing_cycle_anchor, interval, periods);
+        while next_end <= current.current_period_end {
+            periods += 1;
+            next_end = self.period_end(current.billing_cycle_anchor, interval, periods);
+        }
+        let start = current.current_period_end;
+        let paused = current.pause_collection;
+        let released_schedule = current
+            .scheduled_price
+            .as_ref()
+            .and_then(|_| self.schedules.remove(id));
+        self.update_subscription(id, |s| {
+            if let Some(price) = s.scheduled_price.take() {
+                if let Some(item) = s.items.first_mut() {
+                    item.price = price;
+                }
+            }
+            s.current_period_start = start;
+            s.current_period_end = next_end;
+            if ending_trial {
+                s.status = SubscriptionStatus::Active;
+            }
+        })?;
+        let renewed = self.subscription(id)?.clone();
+        if let Some(schedule_id) = released_schedule {
+            // The change took effect: the schedule releases the subscription.
+            let rendered =
+                render::schedule(&schedule_id, &renewed, None, true, self.now, &self.clock_id);
+            self.emit("subscription_schedule.released", rendered, None);
+        }
+        let (amount, currency) = self.amount_of(&renewed);
+        let invoice = self.new_invoice(
+            &renewed.customer,
+            id,
+            "subscription_cycle",
+            amount,
+            &currency,
+            (start, next_end),
+        );
+        if let Some(s) = self.subscriptions.get_mut(id) {
+            s.latest_invoice = Some(invoice.clone());
+        }
+        if let Some(behavior) = paused {
+            let draft = self.render_invoice(&invoice)?;
+            self.emit("invoice.created", draft, None);
+            return match behavior {
+                PauseBehavior::KeepAsDraft => Ok(()),
+                PauseBehavior::Void => {
+                    self.finalize(&invoice)?;
+                    self.void_invoice(&invoice)
+                }
+                PauseBehavior::MarkUncollectible => {
+                    self.finalize(&invoice)?;
+                    if let Some(record) = self.invoices.get_mut(&invoice) {
+                        record.status = InvoiceStatus::Uncollectible;
+                    }
+                    let rendered = self.render_invoice(&invoice)?;
+                    self.emit("invoice.marked_uncollectible", rendered, None);
+                    Ok(())
+                }
+            };
+        }
+        self.emit_invoice_created_and_finalized(&invoice)?;
+        if amount == 0 {
+            return self.mark_paid(&invoice);
+        }
+        if renewed.status == SubscriptionStatus::Unpaid {
+            // Unpaid subscriptions keep invoicing but are not charged automatically.
+            return Ok(());
+        }
+        let outcome = self.attempt_payment(&invoice)?;
+        self.after_renewal_attempt(id, outcome)
+    }
+
+    pub(super) fn finalize(&mut self, invoice: &str) -> Result<(), SimError> {
+        let draft = self.render_invoice(invoice)?;
+        if let Some(record) = self.invoices.get_mut(invoice) {
+            record.status = InvoiceStatus::Open;
+        }
+        let open = self.render_invoice(invoice)?;
+        let previous = render::previous_attributes(&draft, &open);
+        self.emit("invoice.finalized", open, previous);
+        Ok(())
+    }
+
+    pub(super) fn after_renewal_attempt(
+        &mut self,
+        id: &str,
+        outcome: Attempt,
+    ) -> Result<(), SimError> {
+        let status = self.subscription(id)?.status;
+        match outcome {
+            Attempt::Paid
+                if matches!(
+                    status,
+                    SubscriptionStatus::PastDue | SubscriptionStatus::Unpaid
+                ) =>
+            {
+                self.update_subscription(id, |s| s.status = SubscriptionStatus::Active)
+            }
+            Attempt::Failed | Attempt::RequiresAction if status == SubscriptionStatus::Active => {
+                self.update_subscription(id, |s| s.status = SubscriptionStatus::PastDue)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn retry(&mut self, invoice: &str) -> Result<(), SimError> {
+        let subscription = self
+            .invoices
+            .get(invoice)
+            .and_then(|i| i.subscription.clone())
+            .ok_or_else(|| not_found("subscription of invoice", invoice))?;
+        let outcome = self.attempt_payment(invoice)?;
+        self.after_renewal_attempt(&subscription, outcome)?;
+        let exhausted = outcome != Attempt::Paid
+            && self
+                .invoices
+                .get(invoice)
+                .is_some_and(|i| i.next_payment_attempt.is_none());
+        if !exhausted {
+            return Ok(());
+        }
+        match self.policy.when_exhausted {
+            WhenRetriesRunOut::Cancel => {
+                self.end_subscription(&subscription, SubscriptionStatus::Canceled)
+            }
+            WhenRetriesRunOut::MarkUnpaid => {
+                self.update_subscription(&subscription, |s| s.status = SubscriptionStatus::Unpaid)
+            }
+            WhenRetriesRunOut::LeavePastDue => Ok(()),
+        }
+    }
+}
