@@ -56,7 +56,7 @@ use chrono::{DateTime, Utc};
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, Node, Span};
 use subledger_domain::catalog::Catalog;
-use subledger_simulator::model::Interval;
+use subledger_simulator::model::{Interval, MissingPaymentMethod, PaymentBehavior};
 use subledger_simulator::{RetryPolicy, WhenRetriesRunOut};
 
 #[derive(Debug, Clone)]
@@ -111,6 +111,21 @@ pub enum Action {
         price: String,
         quantity: u64,
         trial_days: Option<u32>,
+        payment_behavior: PaymentBehavior,
+        missing_payment_method: MissingPaymentMethod,
+    },
+    /// The client confirms the first payment with a test card (Stripe.js).
+    Confirm {
+        subscription: String,
+        card: String,
+    },
+    /// `POST /v1/subscriptions/{id}/resume` of a paused subscription.
+    ResumeSubscription {
+        subscription: String,
+    },
+    /// `POST /v1/invoices/{id}/pay` on the subscription's newest open invoice.
+    PayInvoice {
+        subscription: String,
     },
     Advance(ClockStep),
     AdvanceTo(DateTime<Utc>),
@@ -169,16 +184,21 @@ pub enum Action {
         customer: String,
         outcome: String,
     },
+    /// A one-off order, confirmed with `card` (a test card the customer types) or else the
+    /// customer's default card.
     Order {
         id: String,
         customer: String,
         amount: i64,
         currency: String,
+        card: Option<String>,
     },
-    /// `pay_order`, `complete_order_3ds`, `cancel_order`, `refund_order`.
+    /// `pay_order` (with an optional `card`), `complete_order_3ds`, `cancel_order`,
+    /// `refund_order`.
     OrderAction {
         action: OrderAction,
         id: String,
+        card: Option<String>,
     },
     /// Webhook delivery switched off or back on (`webhooks: off` | `webhooks: on`): events
     /// made while it is off are never delivered, and Stripe lists them with
@@ -291,6 +311,11 @@ impl Action {
             } => format!("pause collection of {subscription} ({behavior})"),
             Self::Resume { subscription } => format!("resume collection of {subscription}"),
             Self::Complete3ds { subscription } => format!("complete 3-D Secure for {subscription}"),
+            Self::Confirm { subscription, card } => {
+                format!("confirm {subscription}'s first payment with {card}")
+            }
+            Self::ResumeSubscription { subscription } => format!("resume paused {subscription}"),
+            Self::PayInvoice { subscription } => format!("pay {subscription}'s open invoice"),
             Self::Abandon3ds { subscription } => format!("abandon 3-D Secure for {subscription}"),
             Self::OpenDispute { customer } => format!("open a dispute for {customer}"),
             Self::CloseDispute { customer, outcome } => {
@@ -302,7 +327,7 @@ impl Action {
                 currency,
                 ..
             } => format!("order {id} for {amount} {currency}"),
-            Self::OrderAction { action, id } => format!("{} {id}", action.as_str()),
+            Self::OrderAction { action, id, .. } => format!("{} {id}", action.as_str()),
             Self::Webhooks { on } => format!("webhooks {}", if *on { "on" } else { "off" }),
             Self::Silently(action) => format!("silently (no event): {}", action.describe()),
             Self::Backfill => "backfill".to_owned(),
@@ -761,13 +786,48 @@ impl Reader {
                 }
             }
             "subscribe" => {
-                let map = self.args(value, name, &["customer", "subscription", "price", "quantity", "trial_days"])?;
+                let map = self.args(
+                    value,
+                    name,
+                    &["customer", "subscription", "price", "quantity", "trial_days", "payment_behavior", "missing_payment_method"],
+                )?;
                 Action::Subscribe {
                     customer: self.required_str(map, "customer")?.to_owned(),
                     subscription: self.required_str(map, "subscription")?.to_owned(),
                     price: self.required_str(map, "price")?.to_owned(),
                     quantity: map.get_node("quantity").map(|n| self.number(n, "`quantity`")).transpose()?.unwrap_or(1),
                     trial_days: map.get_node("trial_days").map(|n| self.number(n, "`trial_days`")).transpose()?,
+                    payment_behavior: match map.get_node("payment_behavior") {
+                        None => PaymentBehavior::default(),
+                        Some(node) => {
+                            let text = self.scalar(node, "`payment_behavior`")?.as_str();
+                            PaymentBehavior::parse(text).ok_or_else(|| {
+                                self.error(
+                                    node.span(),
+                                    format!("`payment_behavior` is `{text}`, expected allow_incomplete, default_incomplete or error_if_incomplete"),
+                                )
+                            })?
+                        }
+                    },
+                    missing_payment_method: match map.get_node("missing_payment_method") {
+                        None => MissingPaymentMethod::default(),
+                        Some(node) => {
+                            let text = self.scalar(node, "`missing_payment_method`")?.as_str();
+                            MissingPaymentMethod::parse(text).ok_or_else(|| {
+                                self.error(
+                                    node.span(),
+                                    format!("`missing_payment_method` is `{text}`, expected create_invoice, pause or cancel"),
+                                )
+                            })?
+                        }
+                    },
+                }
+            }
+            "confirm" => {
+                let (map, subscription) = sub(&["subscription", "card"])?;
+                Action::Confirm {
+                    subscription,
+                    card: self.required_str(map, "card")?.to_owned(),
                 }
             }
             "advance" => Action::Advance(self.span_of(value)?),
@@ -831,6 +891,8 @@ impl Reader {
             }
             "resume" => Action::Resume { subscription: sub(&["subscription"])?.1 },
             "complete_3ds" => Action::Complete3ds { subscription: sub(&["subscription"])?.1 },
+            "resume_subscription" => Action::ResumeSubscription { subscription: sub(&["subscription"])?.1 },
+            "pay_invoice" => Action::PayInvoice { subscription: sub(&["subscription"])?.1 },
             "abandon_3ds" => Action::Abandon3ds { subscription: sub(&["subscription"])?.1 },
             "open_dispute" => {
                 let map = self.args(value, name, &["customer"])?;
@@ -844,16 +906,18 @@ impl Reader {
                 }
             }
             "order" => {
-                let map = self.args(value, name, &["id", "customer", "amount", "currency"])?;
+                let map = self.args(value, name, &["id", "customer", "amount", "currency", "card"])?;
                 Action::Order {
                     id: self.required_str(map, "id")?.to_owned(),
                     customer: self.required_str(map, "customer")?.to_owned(),
                     amount: self.number(self.required(map, "amount")?, "`amount` (minor units)")?,
                     currency: self.optional_str(map, "currency")?.unwrap_or_else(|| "usd".to_owned()),
+                    card: self.optional_str(map, "card")?,
                 }
             }
             "pay_order" | "complete_order_3ds" | "cancel_order" | "refund_order" => {
-                let map = self.args(value, name, &["id"])?;
+                let keys: &[&str] = if name == "pay_order" { &["id", "card"] } else { &["id"] };
+                let map = self.args(value, name, keys)?;
                 let action = match name {
                     "pay_order" => OrderAction::Pay,
                     "complete_order_3ds" => OrderAction::Complete3ds,
@@ -863,6 +927,7 @@ impl Reader {
                 Action::OrderAction {
                     action,
                     id: self.required_str(map, "id")?.to_owned(),
+                    card: self.optional_str(map, "card")?,
                 }
             }
             "webhooks" => match self.scalar(value, "`webhooks`")?.as_str() {

@@ -606,7 +606,19 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
             price,
             quantity,
             trial_days,
-        } => sim.subscribe(customer, subscription, price, *quantity, *trial_days),
+            payment_behavior,
+            missing_payment_method,
+        } => {
+            let options = subledger_simulator::SubscribeOptions {
+                trial_days: *trial_days,
+                payment_behavior: *payment_behavior,
+                missing_payment_method: *missing_payment_method,
+            };
+            sim.subscribe_with(customer, subscription, price, *quantity, options)
+        }
+        Action::Confirm { subscription, card } => sim.confirm_payment(subscription, card),
+        Action::ResumeSubscription { subscription } => sim.resume_subscription(subscription),
+        Action::PayInvoice { subscription } => sim.pay_invoice(subscription),
         Action::Advance(ClockStep::Seconds(seconds)) => sim
             .advance_by(chrono::Duration::seconds(*seconds))
             .map(|_| ()),
@@ -659,9 +671,10 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
             customer,
             amount,
             currency,
-        } => sim.create_order(id, customer, *amount, currency),
-        Action::OrderAction { action, id } => match action {
-            OrderAction::Pay => sim.pay_order(id),
+            card,
+        } => sim.create_order(id, customer, *amount, currency, card.as_deref()),
+        Action::OrderAction { action, id, card } => match action {
+            OrderAction::Pay => sim.pay_order(id, card.as_deref()),
             OrderAction::Complete3ds => sim.complete_order_3ds(id),
             OrderAction::Cancel => sim.cancel_order(id),
             OrderAction::Refund => sim.refund_order(id),

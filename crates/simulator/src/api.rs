@@ -22,7 +22,7 @@ use subledger_stripe::WebhookSecret;
 use tokio::sync::Mutex;
 
 use crate::delivery::{Deliverer, DeliveryMode, Target};
-use crate::model::{Interval, RetryPolicy};
+use crate::model::{Interval, MissingPaymentMethod, PaymentBehavior, RetryPolicy};
 use crate::simulator::{SimError, Simulator};
 
 /// Where the account forwards its events.
@@ -190,6 +190,7 @@ pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
     code: Option<&'static str>,
+    decline_code: Option<&'static str>,
     message: String,
     param: Option<String>,
 }
@@ -200,6 +201,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",
             code: None,
+            decline_code: None,
             message: message.into(),
             param: param.map(str::to_owned),
         }
@@ -210,6 +212,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             kind: "invalid_request_error",
             code: Some("resource_missing"),
+            decline_code: None,
             message: format!("No such {kind}: '{id}'"),
             param: Some("id".to_owned()),
         }
@@ -229,6 +232,21 @@ impl From<SimError> for ApiError {
                     None,
                 )
             },
+            // A card error is HTTP 402 `card_error` (Stripe's API reference, errors).
+            SimError::CardDeclined(decline) => Self {
+                status: StatusCode::PAYMENT_REQUIRED,
+                kind: "card_error",
+                code: Some(decline.code),
+                decline_code: decline.decline_code,
+                ..Self::invalid(error.to_string(), Some("payment_method"))
+            },
+            SimError::RequiresAuthentication => Self {
+                status: StatusCode::PAYMENT_REQUIRED,
+                kind: "card_error",
+                code: Some("card_declined"),
+                decline_code: Some("authentication_required"),
+                ..Self::invalid(error.to_string(), None)
+            },
             other => Self::invalid(other.to_string(), None),
         }
     }
@@ -239,6 +257,7 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": {
             "type": self.kind,
             "code": self.code,
+            "decline_code": self.decline_code,
             "message": self.message,
             "param": self.param,
         }});
@@ -320,6 +339,8 @@ pub fn router(account: SharedAccount) -> Router {
                 .post(update_subscription)
                 .delete(cancel_subscription),
         )
+        .route("/v1/subscriptions/{id}/resume", post(resume_subscription))
+        .route("/v1/invoices/{id}/pay", post(pay_invoice))
         .route(
             "/v1/subscription_schedules",
             post(create_schedule).get(list_schedules),
@@ -689,10 +710,34 @@ async fn create_subscription(
         let price = required(&params, "items[0][price]")?.to_owned();
         let quantity = number(&params, "items[0][quantity]")?.unwrap_or(1);
         let trial_days = number(&params, "trial_period_days")?;
+        let payment_behavior = match param(&params, "payment_behavior") {
+            None => PaymentBehavior::default(),
+            Some(value) => PaymentBehavior::parse(value).ok_or_else(|| {
+                ApiError::invalid(
+                    format!("Invalid payment_behavior: must be one of allow_incomplete, default_incomplete or error_if_incomplete (got `{value}`)"),
+                    Some("payment_behavior"),
+                )
+            })?,
+        };
+        let key = "trial_settings[end_behavior][missing_payment_method]";
+        let missing_payment_method = match param(&params, key) {
+            None => MissingPaymentMethod::default(),
+            Some(value) => MissingPaymentMethod::parse(value).ok_or_else(|| {
+                ApiError::invalid(
+                    format!("Invalid {key}: must be one of create_invoice, pause or cancel (got `{value}`)"),
+                    Some(key),
+                )
+            })?,
+        };
         let clock = account.customer_clock(&customer)?;
         let sim = account.sim(&clock)?;
         let id = sim.fresh_id("sub");
-        sim.subscribe(&customer, &id, &price, quantity, trial_days)?;
+        let options = crate::SubscribeOptions {
+            trial_days,
+            payment_behavior,
+            missing_payment_method,
+        };
+        sim.subscribe_with(&customer, &id, &price, quantity, options)?;
         Ok(sim.subscription_json(&id)?)
     })
     .await
@@ -760,6 +805,42 @@ async fn cancel_subscription(
         let sim = account.sim(&clock)?;
         sim.cancel_now(&id)?;
         Ok(sim.subscription_json(&id)?)
+    })
+    .await
+}
+
+/// `POST /v1/subscriptions/{id}/resume` (API reference, "Resume a subscription").
+async fn resume_subscription(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/v1/subscriptions/{id}/resume");
+    let print = fingerprint(&Method::POST, &path, &Vec::new());
+    idempotent(&account, &headers, print, |account| {
+        let clock = account.subscription_clock(&id)?;
+        let sim = account.sim(&clock)?;
+        sim.resume_subscription(&id)?;
+        Ok(sim.subscription_json(&id)?)
+    })
+    .await
+}
+
+/// `POST /v1/invoices/{id}/pay` (API reference, "Pay an invoice").
+async fn pay_invoice(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/v1/invoices/{id}/pay");
+    let print = fingerprint(&Method::POST, &path, &Vec::new());
+    idempotent(&account, &headers, print, |account| {
+        let clock = account
+            .clock_of(|sim| sim.has_invoice(&id))
+            .ok_or_else(|| ApiError::missing("invoice", &id))?;
+        let sim = account.sim(&clock)?;
+        sim.pay_invoice_now(&id)?;
+        Ok(sim.invoice_json(&id)?)
     })
     .await
 }

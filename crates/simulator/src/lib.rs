@@ -23,4 +23,4 @@ pub mod rng;
 pub mod simulator;
 
 pub use model::{Card, InvoiceStatus, RetryPolicy, SubscriptionStatus, WhenRetriesRunOut};
-pub use simulator::{SimError, Simulator};
+pub use simulator::{SimError, Simulator, SubscribeOptions};

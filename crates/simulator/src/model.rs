@@ -4,45 +4,94 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-/// How a test card behaves, after Stripe's test cards (see STRIPE.md).
+/// How a test card behaves, after Stripe's "Testing" docs (test card numbers and their
+/// `pm_card_*` PaymentMethods); see `../shared/STRIPE.md`, test cards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Card {
     /// 4242 4242 4242 4242: every charge succeeds.
     Visa,
-    /// 4000 0000 0000 0002: declined, `generic_decline`.
+    /// 4000 0000 0000 0002: declined, `generic_decline`; refused when attached.
     ChargeDeclined,
-    /// 4000 0000 0000 9995: declined, `insufficient_funds`.
+    /// 4000 0000 0000 9995: declined, `insufficient_funds`; refused when attached.
     InsufficientFunds,
-    /// 4000 0000 0000 0069: declined, `expired_card`.
+    /// 4000 0000 0000 0069: declined with error code `expired_card` and no `decline_code`;
+    /// refused when attached.
     ExpiredCard,
-    /// 4000 0025 0000 3155: every payment needs 3-D Secure authentication.
-    AuthenticationRequired,
+    /// 4000 0025 0000 3155 (`pm_card_authenticationRequiredOnSetup`): on-session payments need
+    /// 3-D Secure; once set up, off-session payments (renewals, retries) succeed.
+    AuthenticateUnlessSetUp,
+    /// 4000 0027 6000 3184 (`pm_card_authenticationRequired`): every payment needs
+    /// authentication, renewals included.
+    AlwaysAuthenticate,
+    /// 4000 0000 0000 3220 (`pm_card_threeDSecure2Required`): 3-D Secure 2 on every payment.
+    ThreeDSecure2Required,
     /// 4000 0000 0000 0341: attaches, then every charge fails.
     ChargeCustomerFail,
+    /// 4000 0000 0000 0259 (`pm_card_createDispute`): the charge succeeds, then is disputed as
+    /// fraudulent within seconds.
+    FraudulentDispute,
+    /// 4000 0000 0000 1976 (`pm_card_createDisputeInquiry`): the charge succeeds, then an
+    /// inquiry opens, which moves no funds.
+    DisputeInquiry,
+}
+
+/// Why a payment failed: the card error's `code`, and its `decline_code` when it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decline {
+    pub code: &'static str,
+    pub decline_code: Option<&'static str>,
+}
+
+impl Decline {
+    const fn card_declined(decline_code: &'static str) -> Self {
+        Self {
+            code: "card_declined",
+            decline_code: Some(decline_code),
+        }
+    }
+
+    /// Issuers' refusals that no retry will change (Stripe's docs, "Smart Retries": hard
+    /// declines such as a lost, stolen or expired card are not retried).
+    pub fn is_hard(self) -> bool {
+        self.code == "expired_card"
+            || matches!(
+                self.decline_code,
+                Some("lost_card" | "stolen_card" | "expired_card" | "pickup_card")
+            )
+    }
 }
 
 impl Card {
     /// Stripe's test PaymentMethod ids.
     pub fn from_test_id(id: &str) -> Option<Self> {
-        Some(match id {
-            "pm_card_visa" => Self::Visa,
-            "pm_card_chargeDeclined" => Self::ChargeDeclined,
-            "pm_card_chargeDeclinedInsufficientFunds" => Self::InsufficientFunds,
-            "pm_card_chargeDeclinedExpiredCard" => Self::ExpiredCard,
-            "pm_card_authenticationRequired" => Self::AuthenticationRequired,
-            "pm_card_chargeCustomerFail" => Self::ChargeCustomerFail,
-            _ => return None,
-        })
+        Self::ALL
+            .iter()
+            .find(|(test_id, _)| *test_id == id)
+            .map(|(_, card)| *card)
     }
 
-    pub const TEST_IDS: [&'static str; 6] = [
-        "pm_card_visa",
-        "pm_card_chargeDeclined",
-        "pm_card_chargeDeclinedInsufficientFunds",
-        "pm_card_chargeDeclinedExpiredCard",
-        "pm_card_authenticationRequired",
-        "pm_card_chargeCustomerFail",
+    const ALL: [(&'static str, Self); 10] = [
+        ("pm_card_visa", Self::Visa),
+        ("pm_card_chargeDeclined", Self::ChargeDeclined),
+        (
+            "pm_card_chargeDeclinedInsufficientFunds",
+            Self::InsufficientFunds,
+        ),
+        ("pm_card_chargeDeclinedExpiredCard", Self::ExpiredCard),
+        (
+            "pm_card_authenticationRequiredOnSetup",
+            Self::AuthenticateUnlessSetUp,
+        ),
+        ("pm_card_authenticationRequired", Self::AlwaysAuthenticate),
+        ("pm_card_threeDSecure2Required", Self::ThreeDSecure2Required),
+        ("pm_card_chargeCustomerFail", Self::ChargeCustomerFail),
+        ("pm_card_createDispute", Self::FraudulentDispute),
+        ("pm_card_createDisputeInquiry", Self::DisputeInquiry),
     ];
+
+    pub fn test_ids() -> impl Iterator<Item = &'static str> {
+        Self::ALL.iter().map(|(id, _)| *id)
+    }
 
     pub fn last4(self) -> &'static str {
         match self {
@@ -50,31 +99,81 @@ impl Card {
             Self::ChargeDeclined => "0002",
             Self::InsufficientFunds => "9995",
             Self::ExpiredCard => "0069",
-            Self::AuthenticationRequired => "3155",
+            Self::AuthenticateUnlessSetUp => "3155",
+            Self::AlwaysAuthenticate => "3184",
+            Self::ThreeDSecure2Required => "3220",
             Self::ChargeCustomerFail => "0341",
+            Self::FraudulentDispute => "0259",
+            Self::DisputeInquiry => "1976",
         }
     }
 
-    /// What a charge on this card does.
-    pub fn charge(self) -> ChargeResult {
+    /// The decline with which attaching this card to a customer is refused (HTTP 402): Stripe
+    /// checks the card when it is attached, so the declining test cards never attach.
+    pub fn refused_when_attached(self) -> Option<Decline> {
         match self {
-            Self::Visa => ChargeResult::Succeeded,
-            Self::ChargeDeclined | Self::ChargeCustomerFail => {
-                ChargeResult::Declined("generic_decline")
+            Self::ChargeDeclined | Self::InsufficientFunds | Self::ExpiredCard => {
+                match self.charge(Session::On) {
+                    ChargeResult::Declined(decline) => Some(decline),
+                    _ => None,
+                }
             }
-            Self::InsufficientFunds => ChargeResult::Declined("insufficient_funds"),
-            Self::ExpiredCard => ChargeResult::Declined("expired_card"),
-            Self::AuthenticationRequired => ChargeResult::RequiresAction,
+            _ => None,
         }
     }
+
+    /// What a charge on this card does, with the customer present or not.
+    pub fn charge(self, session: Session) -> ChargeResult {
+        match self {
+            Self::Visa | Self::FraudulentDispute | Self::DisputeInquiry => ChargeResult::Succeeded,
+            Self::ChargeDeclined | Self::ChargeCustomerFail => {
+                ChargeResult::Declined(Decline::card_declined("generic_decline"))
+            }
+            Self::InsufficientFunds => {
+                ChargeResult::Declined(Decline::card_declined("insufficient_funds"))
+            }
+            Self::ExpiredCard => ChargeResult::Declined(Decline {
+                code: "expired_card",
+                decline_code: None,
+            }),
+            Self::AuthenticateUnlessSetUp => match session {
+                Session::On => ChargeResult::RequiresAction,
+                Session::Off => ChargeResult::Succeeded,
+            },
+            Self::AlwaysAuthenticate | Self::ThreeDSecure2Required => ChargeResult::RequiresAction,
+        }
+    }
+
+    /// The dispute a successful charge on this card opens at once.
+    pub fn dispute_after_charge(self) -> Option<DisputeKind> {
+        match self {
+            Self::FraudulentDispute => Some(DisputeKind::Fraudulent),
+            Self::DisputeInquiry => Some(DisputeKind::Inquiry),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the customer is there to authenticate: signup and one-off payments are on-session;
+/// renewals and retries are off-session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChargeResult {
     Succeeded,
-    /// `card_declined` with this `decline_code`.
-    Declined(&'static str),
+    Declined(Decline),
     RequiresAction,
+}
+
+/// A chargeback (funds withdrawn) or an inquiry (no funds move).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisputeKind {
+    Fraudulent,
+    Inquiry,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,9 +223,11 @@ pub struct Customer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentMethod {
     pub id: String,
+    /// The customer it is attached to, or is being confirmed for.
     pub customer: String,
     pub card: Card,
     pub created: DateTime<Utc>,
+    pub attached: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +288,76 @@ impl PauseBehavior {
     }
 }
 
+/// `trial_settings.end_behavior.missing_payment_method`: what a trial that ends without a
+/// payment method does. Stripe's default is `create_invoice` (API reference, subscription
+/// object; docs "Use trial periods on subscriptions"): the invoice cannot be paid, the
+/// subscription goes `past_due`, and nothing is retried until a payment method exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingPaymentMethod {
+    #[default]
+    CreateInvoice,
+    Pause,
+    Cancel,
+}
+
+impl MissingPaymentMethod {
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "create_invoice" => Self::CreateInvoice,
+            "pause" => Self::Pause,
+            "cancel" => Self::Cancel,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CreateInvoice => "create_invoice",
+            Self::Pause => "pause",
+            Self::Cancel => "cancel",
+        }
+    }
+}
+
+/// `payment_behavior` of `POST /v1/subscriptions` (API reference, create a subscription).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PaymentBehavior {
+    /// The default: the first invoice is charged at once; a failure leaves it `incomplete`.
+    #[default]
+    AllowIncomplete,
+    /// Created `incomplete`; nothing is attempted until the client confirms the payment.
+    DefaultIncomplete,
+    /// A first payment that does not succeed answers 402 and creates nothing.
+    ErrorIfIncomplete,
+}
+
+impl PaymentBehavior {
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "allow_incomplete" => Self::AllowIncomplete,
+            "default_incomplete" => Self::DefaultIncomplete,
+            "error_if_incomplete" => Self::ErrorIfIncomplete,
+            _ => return None,
+        })
+    }
+}
+
+/// `cancellation_details.reason` (API reference, subscription object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancellationReason {
+    CancellationRequested,
+    PaymentFailed,
+}
+
+impl CancellationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CancellationRequested => "cancellation_requested",
+            Self::PaymentFailed => "payment_failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionItem {
     pub id: String,
@@ -216,6 +387,8 @@ pub struct Subscription {
     pub latest_invoice: Option<String>,
     /// A price change that takes effect at the end of the current period (a schedule).
     pub scheduled_price: Option<String>,
+    pub missing_payment_method: MissingPaymentMethod,
+    pub cancellation_reason: Option<CancellationReason>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +431,8 @@ pub struct Invoice {
     pub period_end: DateTime<Utc>,
     /// When the first attempt failed, for the retry schedule.
     pub first_failure: Option<DateTime<Utc>>,
+    /// Whether Smart Retries retry it after a failure (not the invoice of a resume).
+    pub retried: bool,
 }
 
 /// The PaymentIntent statuses the simulator reaches.
@@ -294,8 +469,8 @@ pub struct PaymentIntent {
     pub status: PaymentIntentStatus,
     pub invoice: Option<String>,
     pub payment_method: Option<String>,
-    /// `(code, decline_code)` of the last failure.
-    pub last_error: Option<(&'static str, &'static str)>,
+    /// Why the last attempt failed.
+    pub last_error: Option<Decline>,
     pub latest_charge: Option<String>,
     pub created: DateTime<Utc>,
     /// `metadata.order_id`: a one-off order this PaymentIntent pays for.
@@ -310,7 +485,8 @@ pub struct Charge {
     pub amount: i64,
     pub currency: String,
     pub succeeded: bool,
-    pub decline_code: Option<&'static str>,
+    /// Why it failed, when it did.
+    pub decline: Option<Decline>,
     pub disputed: bool,
     pub refunded: bool,
     pub created: DateTime<Utc>,
@@ -323,6 +499,8 @@ pub enum DisputeStatus {
     NeedsResponse,
     Won,
     Lost,
+    WarningNeedsResponse,
+    WarningClosed,
 }
 
 impl DisputeStatus {
@@ -331,7 +509,14 @@ impl DisputeStatus {
             Self::NeedsResponse => "needs_response",
             Self::Won => "won",
             Self::Lost => "lost",
+            Self::WarningNeedsResponse => "warning_needs_response",
+            Self::WarningClosed => "warning_closed",
         }
+    }
+
+    /// Open: waiting for the merchant's response.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::NeedsResponse | Self::WarningNeedsResponse)
     }
 }
 

@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 use subledger_stripe::fixtures::resource;
 
 use crate::model::{
-    Charge, Customer, Dispute, Invoice, PaymentIntent, PaymentIntentStatus, PaymentMethod, Price,
-    Subscription,
+    Charge, Customer, Decline, Dispute, Invoice, PaymentIntent, PaymentIntentStatus, PaymentMethod,
+    Price, Subscription,
 };
 
 /// The API version the simulator speaks, the one Subledger pins.
@@ -40,7 +40,11 @@ pub fn customer(customer: &Customer, clock: &str) -> Value {
 pub fn payment_method(method: &PaymentMethod) -> Value {
     let mut object = resource("payment_method");
     object["id"] = json!(method.id);
-    object["customer"] = json!(method.customer);
+    object["customer"] = if method.attached {
+        json!(method.customer)
+    } else {
+        Value::Null
+    };
     object["created"] = ts(method.created);
     object["type"] = json!("card");
     object["card"]["last4"] = json!(method.card.last4());
@@ -121,6 +125,25 @@ pub fn subscription(
     object["metadata"] = json!({});
     object["livemode"] = json!(false);
     object["schedule"] = Value::Null;
+    // Only when one is pending (`payment_behavior: pending_if_incomplete`); the fixture's
+    // example would read as a pending change.
+    object["pending_update"] = Value::Null;
+    object["cancellation_details"] = json!({
+        "comment": null,
+        "feedback": null,
+        "reason": subscription.cancellation_reason.map(|r| r.as_str()),
+    });
+    object["trial_settings"] = json!({
+        "end_behavior": { "missing_payment_method": subscription.missing_payment_method.as_str() },
+    });
+    // Subscriptions created through the API since 2025-09-30.clover bill in flexible mode
+    // (Stripe's changelog, "Makes flexible billing mode the default for new subscriptions");
+    // the fixture shows `classic`, which older subscriptions keep. Subledger reads neither.
+    object["billing_mode"] = json!({
+        "type": "flexible",
+        "flexible": { "proration_discounts": "included" },
+        "updated_at": null,
+    });
     object
 }
 
@@ -184,11 +207,11 @@ pub fn payment_intent(intent: &PaymentIntent) -> Value {
     };
     object["livemode"] = json!(false);
     object["last_payment_error"] = match intent.last_error {
-        Some((code, decline_code)) => json!({
+        Some(decline) => json!({
             "type": "card_error",
-            "code": code,
-            "decline_code": decline_code,
-            "message": "Your card was declined.",
+            "code": decline.code,
+            "decline_code": decline.decline_code,
+            "message": decline_text(decline),
         }),
         None => Value::Null,
     };
@@ -218,11 +241,36 @@ pub fn charge(charge: &Charge) -> Value {
     object["disputed"] = json!(charge.disputed);
     object["refunded"] = json!(charge.refunded);
     object["amount_refunded"] = json!(if charge.refunded { charge.amount } else { 0 });
-    object["failure_code"] = json!(charge.decline_code.map(|_| "card_declined"));
-    object["failure_message"] = json!(charge.decline_code.map(|_| "Your card was declined."));
+    object["failure_code"] = json!(charge.decline.map(|d| d.code));
+    object["failure_message"] = json!(charge.decline.map(decline_text));
+    object["outcome"] = match charge.decline {
+        Some(decline) => json!({
+            "type": "issuer_declined",
+            "network_status": "declined_by_network",
+            "reason": decline.decline_code.unwrap_or(decline.code),
+            "seller_message": "The bank did not return any further details with this decline.",
+            "risk_level": "normal",
+        }),
+        None => json!({
+            "type": "authorized",
+            "network_status": "approved_by_network",
+            "reason": null,
+            "seller_message": "Payment complete.",
+            "risk_level": "normal",
+        }),
+    };
     object["created"] = ts(charge.created);
     object["livemode"] = json!(false);
     object
+}
+
+/// Stripe's raw text for a card error: for operators' logs, never for customers.
+pub fn decline_text(decline: Decline) -> &'static str {
+    match (decline.code, decline.decline_code) {
+        ("expired_card", _) => "Your card has expired.",
+        (_, Some("insufficient_funds")) => "Your card has insufficient funds.",
+        _ => "Your card was declined.",
+    }
 }
 
 pub fn dispute(dispute: &Dispute) -> Value {
@@ -233,7 +281,12 @@ pub fn dispute(dispute: &Dispute) -> Value {
     object["amount"] = json!(dispute.amount);
     object["currency"] = json!(dispute.currency);
     object["status"] = json!(dispute.status.as_str());
-    object["reason"] = json!("fraudulent");
+    object["reason"] = json!(if dispute.status.as_str().starts_with("warning_") {
+        "general"
+    } else {
+        "fraudulent"
+    });
+    object["is_charge_refundable"] = json!(dispute.status.as_str().starts_with("warning_"));
     object["created"] = ts(dispute.created);
     object["livemode"] = json!(false);
     object

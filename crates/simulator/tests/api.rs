@@ -268,3 +268,143 @@ async fn errors_come_in_stripes_shape() {
     let response = app.clone().oneshot(unauthenticated).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// Card errors are HTTP 402 `card_error` with `code` and `decline_code` (Stripe's API
+/// reference, errors): a declining test card is refused when attached, and
+/// `payment_behavior=error_if_incomplete` refuses a first payment that would fail and creates
+/// nothing. A paused subscription resumes through `/resume`, and `/v1/invoices/{id}/pay`
+/// pays an open invoice.
+#[tokio::test]
+async fn card_errors_are_402_and_paused_subscriptions_resume() {
+    let app = app();
+    let (_, clock) = call(
+        &app,
+        "POST",
+        "/v1/test_helpers/test_clocks",
+        "frozen_time=1767225600",
+        None,
+    )
+    .await;
+    let clock_id = clock["id"].as_str().unwrap().to_owned();
+    let (_, price) = call(
+        &app,
+        "POST",
+        "/v1/prices",
+        "unit_amount=2900&currency=usd&recurring[interval]=month&product_data[name]=Pro",
+        None,
+    )
+    .await;
+    let price_id = price["id"].as_str().unwrap().to_owned();
+    let (_, customer) = call(
+        &app,
+        "POST",
+        "/v1/customers",
+        &format!("test_clock={clock_id}"),
+        None,
+    )
+    .await;
+    let customer_id = customer["id"].as_str().unwrap().to_owned();
+
+    let (status, refused) = call(
+        &app,
+        "POST",
+        "/v1/payment_methods/pm_card_chargeDeclinedExpiredCard/attach",
+        &format!("customer={customer_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{refused}");
+    assert_eq!(refused["error"]["type"], "card_error");
+    assert_eq!(refused["error"]["code"], "expired_card");
+    assert_eq!(refused["error"]["decline_code"], Value::Null);
+
+    let (_, pm) = call(
+        &app,
+        "POST",
+        "/v1/payment_methods/pm_card_chargeCustomerFail/attach",
+        &format!("customer={customer_id}"),
+        None,
+    )
+    .await;
+    let pm_id = pm["id"].as_str().unwrap().to_owned();
+    call(
+        &app,
+        "POST",
+        &format!("/v1/customers/{customer_id}"),
+        &format!("invoice_settings[default_payment_method]={pm_id}"),
+        None,
+    )
+    .await;
+    let (status, refused) = call(
+        &app,
+        "POST",
+        "/v1/subscriptions",
+        &format!("customer={customer_id}&items[0][price]={price_id}&payment_behavior=error_if_incomplete"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{refused}");
+    assert_eq!(refused["error"]["decline_code"], "generic_decline");
+    let (_, listed) = call(
+        &app,
+        "GET",
+        &format!("/v1/subscriptions?customer={customer_id}&status=all&test_clock={clock_id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(0), "{listed}");
+
+    let (status, bad) = call(
+        &app,
+        "POST",
+        "/v1/subscriptions",
+        &format!("customer={customer_id}&items[0][price]={price_id}&payment_behavior=sometimes"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert_eq!(bad["error"]["param"], "payment_behavior");
+
+    let (_, subscription) = call(
+        &app,
+        "POST",
+        "/v1/subscriptions",
+        &format!("customer={customer_id}&items[0][price]={price_id}&trial_period_days=7&trial_settings[end_behavior][missing_payment_method]=pause"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        subscription["trial_settings"]["end_behavior"]["missing_payment_method"],
+        "pause"
+    );
+    let subscription_id = subscription["id"].as_str().unwrap().to_owned();
+    let (status, early) = call(
+        &app,
+        "POST",
+        &format!("/v1/subscriptions/{subscription_id}/resume"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "{early}: only a paused subscription resumes"
+    );
+
+    let (_, resumed) = call(
+        &app,
+        "POST",
+        &format!("/v1/subscriptions/{subscription_id}/resume"),
+        "",
+        Some("resume-1"),
+    )
+    .await;
+    assert_eq!(
+        resumed["error"]["type"], "invalid_request_error",
+        "still trialing"
+    );
+    let (status, missing) = call(&app, "POST", "/v1/invoices/in_nothing/pay", "", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+}

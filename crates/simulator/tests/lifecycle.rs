@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
-use subledger_simulator::model::Interval;
+use subledger_simulator::model::{Interval, MissingPaymentMethod, PaymentBehavior};
 use subledger_simulator::{
-    RetryPolicy, SimError, Simulator, SubscriptionStatus, WhenRetriesRunOut,
+    RetryPolicy, SimError, Simulator, SubscribeOptions, SubscriptionStatus, WhenRetriesRunOut,
 };
 
 fn start() -> DateTime<Utc> {
@@ -42,8 +42,11 @@ fn status(sim: &Simulator) -> SubscriptionStatus {
     sim.subscription("sub_a").unwrap().status
 }
 
+/// With the default `payment_behavior` (`allow_incomplete`) and a good card the subscription
+/// is created `active`, and the payment's events come a second later (STRIPE.md, signup;
+/// Stripe's API reference, "Create a subscription", `payment_behavior`).
 #[test]
-fn a_successful_signup_emits_stripes_sequence_in_one_second() {
+fn a_successful_signup_is_created_active_and_paid_a_second_later() {
     let mut sim = simulator("pm_card_visa", RetryPolicy::default());
     sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
         .unwrap();
@@ -60,42 +63,75 @@ fn a_successful_signup_emits_stripes_sequence_in_one_second() {
             "invoice.paid",
             "invoice.payment_succeeded",
             "invoice_payment.paid",
-            "customer.subscription.updated",
         ]
     );
-    assert!(events.iter().all(|e| e["created"] == events[0]["created"]));
-    assert_eq!(events[0]["data"]["object"]["status"], "incomplete");
-    let updated = &events[9]["data"];
-    assert_eq!(updated["object"]["status"], "active");
-    assert_eq!(updated["previous_attributes"]["status"], "incomplete");
+    let second = |i: usize| events[i]["created"].as_i64().unwrap();
+    assert!((0..3).all(|i| second(i) == second(0)));
+    assert!((3..events.len()).all(|i| second(i) == second(0) + 1));
+    let created = &events[0]["data"]["object"];
+    assert_eq!(created["status"], "active");
     // The shape is Stripe's current one: periods on the items.
-    assert!(updated["object"]["items"]["data"][0]["current_period_end"].is_i64());
+    assert!(created["items"]["data"][0]["current_period_end"].is_i64());
     assert_eq!(
-        updated["object"]["items"]["data"][0]["price"]["lookup_key"],
+        created["items"]["data"][0]["price"]["lookup_key"],
         "pro_monthly"
+    );
+    assert_eq!(created["pending_update"], Value::Null);
+    assert_eq!(
+        created["trial_settings"]["end_behavior"]["missing_payment_method"],
+        "create_invoice"
     );
     assert_eq!(status(&sim), SubscriptionStatus::Active);
 }
 
+/// The declining test cards are refused when attached (402 `card_declined`), so their story
+/// happens when the client confirms the first payment; the expired card fails with `code:
+/// expired_card` and no `decline_code` (STRIPE.md, test cards; Stripe's "Testing" docs).
 #[test]
-fn a_declined_first_payment_leaves_the_subscription_incomplete_until_it_expires() {
-    for card in [
-        "pm_card_chargeDeclined",
-        "pm_card_chargeDeclinedInsufficientFunds",
-        "pm_card_chargeDeclinedExpiredCard",
+fn declining_cards_are_refused_when_attached_and_fail_at_confirmation() {
+    for (card, code, decline_code) in [
+        (
+            "pm_card_chargeDeclined",
+            "card_declined",
+            Some("generic_decline"),
+        ),
+        (
+            "pm_card_chargeDeclinedInsufficientFunds",
+            "card_declined",
+            Some("insufficient_funds"),
+        ),
+        ("pm_card_chargeDeclinedExpiredCard", "expired_card", None),
     ] {
-        let mut sim = simulator(card, RetryPolicy::default());
-        sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
+        let mut sim = Simulator::new(start(), RetryPolicy::default());
+        sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
             .unwrap();
+        sim.create_customer("cus_a", BTreeMap::new()).unwrap();
+        let before = sim.events().len();
+        assert!(
+            matches!(sim.attach_card("cus_a", card), Err(SimError::CardDeclined(d)) if d.code == code),
+            "{card}"
+        );
+        assert_eq!(sim.events().len(), before, "{card}: nothing attached");
+        let options = SubscribeOptions {
+            payment_behavior: PaymentBehavior::DefaultIncomplete,
+            ..SubscribeOptions::default()
+        };
+        sim.subscribe_with("cus_a", "sub_a", "price_pro", 1, options)
+            .unwrap();
+        let events = sim.take_new_events();
+        assert!(!types(&events).iter().any(|t| t.starts_with("charge.")));
+        assert_eq!(status(&sim), SubscriptionStatus::Incomplete, "{card}");
+        sim.confirm_payment("sub_a", card).unwrap();
         let events = sim.take_new_events();
         let failed = events
             .iter()
             .find(|e| e["type"] == "payment_intent.payment_failed")
             .unwrap();
-        assert!(
-            failed["data"]["object"]["last_payment_error"]["decline_code"].is_string(),
-            "{card}"
-        );
+        let error = &failed["data"]["object"]["last_payment_error"];
+        assert_eq!(error["code"], code, "{card}");
+        assert_eq!(error["decline_code"].as_str(), decline_code, "{card}");
+        assert!(types(&events).contains(&"invoice.payment_failed"));
+        assert!(!types(&events).contains(&"payment_method.attached"));
         assert_eq!(status(&sim), SubscriptionStatus::Incomplete, "{card}");
         sim.advance_by(Duration::hours(22)).unwrap();
         assert_eq!(status(&sim), SubscriptionStatus::Incomplete, "{card}");
@@ -110,19 +146,126 @@ fn a_declined_first_payment_leaves_the_subscription_incomplete_until_it_expires(
     }
 }
 
+/// `default_incomplete` attempts nothing until the client confirms; `error_if_incomplete`
+/// answers 402 and creates nothing (API reference, `payment_behavior`).
 #[test]
-fn three_d_secure_waits_for_the_customer() {
-    let mut sim = simulator("pm_card_authenticationRequired", RetryPolicy::default());
+fn payment_behaviors_as_stripe_documents_them() {
+    let mut sim = simulator("pm_card_visa", RetryPolicy::default());
+    let options = SubscribeOptions {
+        payment_behavior: PaymentBehavior::DefaultIncomplete,
+        ..SubscribeOptions::default()
+    };
+    sim.subscribe_with("cus_a", "sub_a", "price_pro", 1, options)
+        .unwrap();
+    let events = sim.take_new_events();
+    assert_eq!(
+        types(&events),
+        [
+            "customer.subscription.created",
+            "invoice.created",
+            "invoice.finalized",
+            "payment_intent.created",
+        ]
+    );
+    assert_eq!(events[0]["data"]["object"]["status"], "incomplete");
+    sim.confirm_payment("sub_a", "pm_card_visa").unwrap();
+    assert_eq!(status(&sim), SubscriptionStatus::Active);
+
+    for (card, refusal) in [
+        ("pm_card_chargeCustomerFail", "your card was declined"),
+        ("pm_card_authenticationRequired", "requires authentication"),
+    ] {
+        let mut sim = simulator(card, RetryPolicy::default());
+        let options = SubscribeOptions {
+            payment_behavior: PaymentBehavior::ErrorIfIncomplete,
+            ..SubscribeOptions::default()
+        };
+        let error = sim
+            .subscribe_with("cus_a", "sub_a", "price_pro", 1, options)
+            .unwrap_err();
+        assert!(
+            error.to_string().to_lowercase().contains(refusal),
+            "{error}"
+        );
+        assert!(
+            sim.take_new_events().is_empty(),
+            "{card}: nothing announced"
+        );
+        assert!(!sim.has_subscription("sub_a"));
+    }
+}
+
+/// 4000 0027 6000 3184 (`pm_card_authenticationRequired`) needs authentication on every
+/// payment, renewals included; 4000 0025 0000 3155 (`pm_card_authenticationRequiredOnSetup`)
+/// only on-session, so its renewals succeed (Stripe's "Testing" docs, 3-D Secure cards).
+#[test]
+fn three_d_secure_cards_differ_on_renewals() {
+    for (card, renewal) in [
+        (
+            "pm_card_authenticationRequired",
+            SubscriptionStatus::PastDue,
+        ),
+        ("pm_card_threeDSecure2Required", SubscriptionStatus::PastDue),
+        (
+            "pm_card_authenticationRequiredOnSetup",
+            SubscriptionStatus::Active,
+        ),
+    ] {
+        let mut sim = simulator(card, RetryPolicy::default());
+        sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
+            .unwrap();
+        assert!(types(&sim.take_new_events()).contains(&"invoice.payment_action_required"));
+        assert_eq!(status(&sim), SubscriptionStatus::Incomplete, "{card}");
+        sim.complete_3ds("sub_a").unwrap();
+        assert_eq!(status(&sim), SubscriptionStatus::Active, "{card}");
+        assert!(matches!(
+            sim.complete_3ds("sub_a"),
+            Err(SimError::Invalid(_))
+        ));
+        sim.advance_by(Duration::days(29)).unwrap();
+        assert_eq!(status(&sim), renewal, "{card}");
+    }
+}
+
+/// 4000 0000 0000 0259 is charged, then disputed as fraudulent at once (funds withdrawn); the
+/// inquiry card opens an inquiry that closes `warning_closed` (Stripe's "Testing" docs,
+/// disputes; STRIPE.md, test cards).
+#[test]
+fn dispute_cards_open_a_dispute_or_an_inquiry_after_a_good_charge() {
+    let mut sim = simulator("pm_card_createDispute", RetryPolicy::default());
     sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
         .unwrap();
-    assert!(types(&sim.take_new_events()).contains(&"invoice.payment_action_required"));
-    assert_eq!(status(&sim), SubscriptionStatus::Incomplete);
-    sim.complete_3ds("sub_a").unwrap();
-    assert_eq!(status(&sim), SubscriptionStatus::Active);
-    assert!(matches!(
-        sim.complete_3ds("sub_a"),
-        Err(SimError::Invalid(_))
-    ));
+    let events = sim.take_new_events();
+    let kinds = types(&events);
+    let paid = kinds.iter().position(|t| *t == "charge.succeeded").unwrap();
+    let disputed = kinds
+        .iter()
+        .position(|t| *t == "charge.dispute.created")
+        .unwrap();
+    assert!(paid < disputed);
+    assert!(kinds.contains(&"charge.dispute.funds_withdrawn"));
+    assert_eq!(
+        events[disputed]["data"]["object"]["status"],
+        "needs_response"
+    );
+
+    let mut sim = simulator("pm_card_createDisputeInquiry", RetryPolicy::default());
+    sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
+        .unwrap();
+    let events = sim.take_new_events();
+    let inquiry = events
+        .iter()
+        .find(|e| e["type"] == "charge.dispute.created")
+        .unwrap();
+    assert_eq!(
+        inquiry["data"]["object"]["status"],
+        "warning_needs_response"
+    );
+    assert!(!types(&events).contains(&"charge.dispute.funds_withdrawn"));
+    sim.close_dispute("cus_a", "lost").unwrap();
+    let closed = sim.take_new_events();
+    assert_eq!(types(&closed), ["charge.dispute.closed"]);
+    assert_eq!(closed[0]["data"]["object"]["status"], "warning_closed");
 }
 
 #[test]
@@ -188,9 +331,12 @@ fn failed_renewals_are_retried_then_the_policy_decides() {
         assert_eq!(status(&sim), SubscriptionStatus::PastDue);
         let renewal = sim.invoices_of("sub_a")[1].clone();
         assert_eq!(renewal.attempt_count, 1);
-        assert_eq!(
-            renewal.next_payment_attempt,
-            Some(renewal.created + Duration::days(3))
+        // Smart Retries pick their own moment: hours before the third day, not on it.
+        let retry = renewal.next_payment_attempt.unwrap();
+        let early = renewal.created + Duration::days(3) - retry;
+        assert!(
+            early >= Duration::hours(1) && early <= Duration::hours(10),
+            "{early}"
         );
         sim.advance_by(Duration::days(20)).unwrap();
         assert_eq!(sim.invoices_of("sub_a")[1].attempt_count, 4);
@@ -218,7 +364,7 @@ fn a_retry_that_succeeds_recovers_the_subscription() {
 }
 
 #[test]
-fn a_trial_ends_active_with_a_card_and_paused_without_one() {
+fn a_trial_ends_active_with_a_card_and_as_asked_without_one() {
     let mut sim = simulator("pm_card_visa", RetryPolicy::default());
     sim.subscribe("cus_a", "sub_a", "price_pro", 1, Some(14))
         .unwrap();
@@ -233,10 +379,202 @@ fn a_trial_ends_active_with_a_card_and_paused_without_one() {
     sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
         .unwrap();
     sim.create_customer("cus_a", BTreeMap::new()).unwrap();
-    sim.subscribe("cus_a", "sub_a", "price_pro", 1, Some(7))
-        .unwrap();
+    sim.subscribe_with(
+        "cus_a",
+        "sub_a",
+        "price_pro",
+        1,
+        trial_without_card(MissingPaymentMethod::Pause),
+    )
+    .unwrap();
     sim.advance_by(Duration::days(7)).unwrap();
     assert_eq!(status(&sim), SubscriptionStatus::Paused);
+    sim.subscribe_with(
+        "cus_a",
+        "sub_b",
+        "price_pro",
+        1,
+        trial_without_card(MissingPaymentMethod::Cancel),
+    )
+    .unwrap();
+    sim.advance_by(Duration::days(7)).unwrap();
+    assert_eq!(
+        sim.subscription("sub_b").unwrap().status,
+        SubscriptionStatus::Canceled
+    );
+}
+
+fn trial_without_card(behavior: MissingPaymentMethod) -> SubscribeOptions {
+    SubscribeOptions {
+        trial_days: Some(7),
+        missing_payment_method: behavior,
+        ..SubscribeOptions::default()
+    }
+}
+
+/// The default `missing_payment_method` is `create_invoice`: the trial ends, the invoice
+/// cannot be paid, the subscription is `past_due`, and with no payment method there is no
+/// PaymentIntent, no charge and no retry (STRIPE.md, lifecycle; Stripe's API reference,
+/// `trial_settings.end_behavior`). Paying the invoice later recovers it.
+#[test]
+fn a_trial_without_a_payment_method_ends_past_due_with_an_unpayable_invoice() {
+    let mut sim = Simulator::new(start(), RetryPolicy::default());
+    sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
+        .unwrap();
+    sim.create_customer("cus_a", BTreeMap::new()).unwrap();
+    sim.subscribe("cus_a", "sub_a", "price_pro", 1, Some(7))
+        .unwrap();
+    sim.take_new_events();
+    sim.advance_by(Duration::days(7)).unwrap();
+    let events = sim.take_new_events();
+    assert_eq!(status(&sim), SubscriptionStatus::PastDue);
+    assert!(types(&events).contains(&"invoice.payment_failed"));
+    assert!(!types(&events)
+        .iter()
+        .any(|t| t.starts_with("payment_intent.") || t.starts_with("charge.")));
+    let invoice = sim.invoices_of("sub_a")[1].clone();
+    assert_eq!(invoice.status.as_str(), "open");
+    assert_eq!(invoice.attempt_count, 1);
+    assert_eq!(invoice.next_payment_attempt, None);
+    sim.advance_by(Duration::days(20)).unwrap();
+    assert_eq!(
+        sim.invoices_of("sub_a")[1].attempt_count,
+        1,
+        "never retried"
+    );
+    sim.attach_card("cus_a", "pm_card_visa").unwrap();
+    sim.pay_invoice("sub_a").unwrap();
+    assert_eq!(status(&sim), SubscriptionStatus::Active);
+}
+
+/// `POST /v1/subscriptions/{id}/resume`: `customer.subscription.resumed` and `.updated`
+/// with the same object; a resume whose payment fails leaves it `past_due`, not retried
+/// (STRIPE.md, lifecycle; API reference, "Resume a subscription").
+#[test]
+fn a_paused_subscription_resumes_and_a_failed_resume_is_past_due() {
+    for (card, resumed) in [
+        ("pm_card_visa", SubscriptionStatus::Active),
+        ("pm_card_chargeCustomerFail", SubscriptionStatus::PastDue),
+    ] {
+        let mut sim = Simulator::new(start(), RetryPolicy::default());
+        sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
+            .unwrap();
+        sim.create_customer("cus_a", BTreeMap::new()).unwrap();
+        sim.subscribe_with(
+            "cus_a",
+            "sub_a",
+            "price_pro",
+            1,
+            trial_without_card(MissingPaymentMethod::Pause),
+        )
+        .unwrap();
+        sim.advance_by(Duration::days(7)).unwrap();
+        assert!(matches!(
+            sim.pay_invoice("sub_a"),
+            Err(SimError::Invalid(_))
+        ));
+        sim.attach_card("cus_a", card).unwrap();
+        sim.take_new_events();
+        sim.resume_subscription("sub_a").unwrap();
+        let events = sim.take_new_events();
+        let kinds = types(&events);
+        let at = kinds
+            .iter()
+            .position(|t| *t == "customer.subscription.resumed")
+            .unwrap();
+        assert_eq!(kinds[at + 1], "customer.subscription.updated");
+        assert_eq!(
+            events[at]["data"]["object"],
+            events[at + 1]["data"]["object"]
+        );
+        assert_eq!(
+            events[at]["data"]["previous_attributes"]["status"],
+            "paused"
+        );
+        assert_eq!(status(&sim), resumed, "{card}");
+        let retry = sim
+            .invoices_of("sub_a")
+            .last()
+            .unwrap()
+            .next_payment_attempt;
+        assert_eq!(retry, None, "{card}: a resume's invoice is not retried");
+        assert!(matches!(
+            sim.resume_subscription("sub_a"),
+            Err(SimError::Invalid(_))
+        ));
+    }
+}
+
+/// Cancelling an `incomplete` subscription ends it `incomplete_expired` with `canceled_at`
+/// set; cancellations say why in `cancellation_details` (STRIPE.md, cancellation).
+#[test]
+fn cancellations_say_why_and_an_incomplete_one_expires() {
+    let mut sim = simulator("pm_card_authenticationRequired", RetryPolicy::default());
+    sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
+        .unwrap();
+    sim.take_new_events();
+    sim.cancel_now("sub_a").unwrap();
+    assert_eq!(status(&sim), SubscriptionStatus::IncompleteExpired);
+    let events = sim.take_new_events();
+    let deleted = events
+        .iter()
+        .find(|e| e["type"] == "customer.subscription.deleted")
+        .unwrap();
+    assert!(deleted["data"]["object"]["canceled_at"].is_i64());
+    assert_eq!(
+        deleted["data"]["object"]["cancellation_details"]["reason"],
+        "cancellation_requested"
+    );
+
+    let mut sim = simulator("pm_card_visa", RetryPolicy::default());
+    sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
+        .unwrap();
+    sim.attach_card("cus_a", "pm_card_chargeCustomerFail")
+        .unwrap();
+    sim.take_new_events();
+    sim.advance_by(Duration::days(60)).unwrap();
+    assert_eq!(status(&sim), SubscriptionStatus::Canceled);
+    let deleted = sim
+        .take_new_events()
+        .into_iter()
+        .find(|e| e["type"] == "customer.subscription.deleted")
+        .unwrap();
+    assert_eq!(
+        deleted["data"]["object"]["cancellation_details"]["reason"],
+        "payment_failed"
+    );
+}
+
+/// When an older invoice runs out of retries after a newer one was paid, Stripe leaves the
+/// subscription's status alone (STRIPE.md, forgiveness).
+#[test]
+fn an_older_invoice_running_out_of_retries_leaves_a_paid_up_subscription_alone() {
+    let mut sim = simulator(
+        "pm_card_visa",
+        RetryPolicy {
+            retry_after_days: vec![3, 40],
+            when_exhausted: WhenRetriesRunOut::Cancel,
+        },
+    );
+    sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
+        .unwrap();
+    sim.attach_card("cus_a", "pm_card_chargeCustomerFail")
+        .unwrap();
+    sim.advance_by(Duration::days(29)).unwrap();
+    assert_eq!(status(&sim), SubscriptionStatus::PastDue);
+    sim.advance_by(Duration::days(10)).unwrap();
+    assert_eq!(sim.invoices_of("sub_a")[1].attempt_count, 2);
+    sim.attach_card("cus_a", "pm_card_visa").unwrap();
+    sim.advance_by(Duration::days(22)).unwrap();
+    assert_eq!(sim.invoices_of("sub_a")[2].status.as_str(), "paid");
+    assert_eq!(status(&sim), SubscriptionStatus::Active);
+    sim.attach_card("cus_a", "pm_card_chargeCustomerFail")
+        .unwrap();
+    sim.advance_by(Duration::days(8)).unwrap();
+    let older = sim.invoices_of("sub_a")[1].clone();
+    assert_eq!(older.attempt_count, 3, "its last retry failed");
+    assert_eq!(older.status.as_str(), "open");
+    assert_eq!(status(&sim), SubscriptionStatus::Active);
 }
 
 #[test]
@@ -279,8 +617,14 @@ fn entitlement_summaries_follow_subscriptions_except_when_a_trial_ends_paused() 
     sim.set_price_features("price_pro", vec!["priority_support".to_owned()])
         .unwrap();
     sim.create_customer("cus_a", BTreeMap::new()).unwrap();
-    sim.subscribe("cus_a", "sub_a", "price_pro", 1, Some(7))
-        .unwrap();
+    sim.subscribe_with(
+        "cus_a",
+        "sub_a",
+        "price_pro",
+        1,
+        trial_without_card(MissingPaymentMethod::Pause),
+    )
+    .unwrap();
     let events = sim.take_new_events();
     let summary = events
         .iter()

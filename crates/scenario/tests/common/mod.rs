@@ -59,7 +59,7 @@ pub fn a_year_of_history(customers: usize) -> Simulator {
             sim.subscribe(&id, &format!("sub_{i:05}"), prices[i % 3], 1, None)
                 .unwrap();
             if i % 9 == 4 {
-                sim.create_order(&format!("order_{i}"), &id, 4_500, "usd")
+                sim.create_order(&format!("order_{i}"), &id, 4_500, "usd", None)
                     .unwrap();
             }
         }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
 use super::{Due, SimError, Simulator};
-use crate::model::{InvoiceStatus, SubscriptionStatus};
+use crate::model::{CancellationReason, InvoiceStatus, SubscriptionStatus};
 use crate::render;
 
 /// How long an `incomplete` subscription waits for its first payment.
@@ -108,7 +108,11 @@ impl Simulator {
 
     pub(super) fn run(&mut self, due: Due) -> Result<(), SimError> {
         match due {
-            Due::CancelAt(id) => self.end_subscription(&id, SubscriptionStatus::Canceled),
+            Due::CancelAt(id) => self.end_subscription(
+                &id,
+                SubscriptionStatus::Canceled,
+                Some(CancellationReason::CancellationRequested),
+            ),
             Due::ExpireIncomplete(id) => {
                 let latest = self.subscription(&id)?.latest_invoice.clone();
                 if let Some(invoice) = latest {

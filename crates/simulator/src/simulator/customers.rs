@@ -31,7 +31,6 @@ impl Simulator {
     }
 
     /// Attaches a test card (`pm_card_visa`, …) and makes it the default payment method.
-    /// Declining cards attach too, as through Checkout; their charges fail.
     pub fn attach_card(&mut self, customer: &str, test_card: &str) -> Result<String, SimError> {
         let id = self.attach_payment_method(customer, test_card)?;
         self.set_default_payment_method(customer, &id)?;
@@ -39,6 +38,9 @@ impl Simulator {
     }
 
     /// Attaches a test card without making it the default (`POST /v1/payment_methods/…/attach`).
+    /// Stripe checks the card as it attaches it: the declining test cards (0002, 9995, 0069)
+    /// are refused with a 402 card error and nothing is attached (`../shared/STRIPE.md`, test
+    /// cards), so with them a payment can only fail at the client's confirmation.
     pub fn attach_payment_method(
         &mut self,
         customer: &str,
@@ -47,17 +49,39 @@ impl Simulator {
         let card = Card::from_test_id(test_card)
             .ok_or_else(|| SimError::UnknownCard(test_card.to_owned()))?;
         self.customer(customer)?;
+        if let Some(decline) = card.refused_when_attached() {
+            return Err(SimError::CardDeclined(decline));
+        }
+        let id = self.new_payment_method(customer, card);
+        self.attach_existing(&id)?;
+        Ok(id)
+    }
+
+    /// A PaymentMethod made from a test card for this customer, not attached yet (what
+    /// Stripe.js creates for a confirmation).
+    pub(super) fn new_payment_method(&mut self, customer: &str, card: Card) -> String {
         let id = self.next_id("pm");
         let method = PaymentMethod {
             id: id.clone(),
             customer: customer.to_owned(),
             card,
             created: self.now,
+            attached: false,
         };
-        let rendered = render::payment_method(&method);
         self.payment_methods.insert(id.clone(), method);
+        id
+    }
+
+    /// Attaches a PaymentMethod to its customer (`payment_method.attached`).
+    pub(super) fn attach_existing(&mut self, id: &str) -> Result<(), SimError> {
+        let method = self
+            .payment_methods
+            .get_mut(id)
+            .ok_or_else(|| not_found("payment_method", id))?;
+        method.attached = true;
+        let rendered = render::payment_method(method);
         self.emit("payment_method.attached", rendered, None);
-        Ok(id)
+        Ok(())
     }
 
     /// Makes an attached payment method the customer's default.
@@ -69,6 +93,7 @@ impl Simulator {
         let owner = self
             .payment_methods
             .get(payment_method)
+            .filter(|m| m.attached)
             .map(|m| m.customer.clone());
         if owner.as_deref() != Some(customer) {
             return Err(SimError::Invalid(format!(
@@ -125,7 +150,7 @@ impl Simulator {
             .map(|s| s.id.clone())
             .collect();
         for subscription in live {
-            self.end_subscription(&subscription, SubscriptionStatus::Canceled)?;
+            self.end_subscription(&subscription, SubscriptionStatus::Canceled, None)?;
         }
         let last_state = self.render_customer(id)?;
         if let Some(customer) = self.customers.get_mut(id) {

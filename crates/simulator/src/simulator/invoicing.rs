@@ -4,8 +4,9 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::{not_found, Attempt, SimError, Simulator};
 use crate::model::{
-    Card, ChargeResult, Invoice, InvoiceStatus, PauseBehavior, PaymentIntent, PaymentIntentStatus,
-    SubscriptionStatus, WhenRetriesRunOut,
+    CancellationReason, ChargeResult, Decline, Invoice, InvoiceStatus, MissingPaymentMethod,
+    PauseBehavior, PaymentIntent, PaymentIntentStatus, Session, SubscriptionStatus,
+    WhenRetriesRunOut,
 };
 use crate::render;
 
@@ -38,6 +39,7 @@ impl Simulator {
                 period_start: period.0,
                 period_end: period.1,
                 first_failure: None,
+                retried: billing_reason != "subscription_create",
             },
         );
         id
@@ -70,68 +72,89 @@ impl Simulator {
         Ok(())
     }
 
-    /// Charges the invoice to the customer's default card, as Stripe's automatic collection.
-    pub(super) fn attempt_payment(&mut self, invoice: &str) -> Result<Attempt, SimError> {
+    /// The invoice's PaymentIntent, made (`payment_intent.created`) if it has none yet.
+    pub(super) fn open_payment_intent(&mut self, invoice: &str) -> Result<String, SimError> {
         let record = self
             .invoices
             .get(invoice)
             .cloned()
             .ok_or_else(|| not_found("invoice", invoice))?;
-        let intent_id = match &record.payment_intent {
-            Some(id) => id.clone(),
-            None => {
-                let id = self.next_id("pi");
-                let intent = PaymentIntent {
-                    id: id.clone(),
-                    customer: record.customer.clone(),
-                    amount: record.amount_due,
-                    currency: record.currency.clone(),
-                    status: PaymentIntentStatus::RequiresPaymentMethod,
-                    invoice: Some(invoice.to_owned()),
-                    payment_method: None,
-                    last_error: None,
-                    latest_charge: None,
-                    created: self.now,
-                    order_id: None,
-                };
-                let rendered = render::payment_intent(&intent);
-                self.payment_intents.insert(id.clone(), intent);
-                if let Some(r) = self.invoices.get_mut(invoice) {
-                    r.payment_intent = Some(id.clone());
-                }
-                self.emit("payment_intent.created", rendered, None);
-                id
-            }
+        if let Some(id) = record.payment_intent {
+            return Ok(id);
+        }
+        let id = self.next_id("pi");
+        let intent = PaymentIntent {
+            id: id.clone(),
+            customer: record.customer.clone(),
+            amount: record.amount_due,
+            currency: record.currency.clone(),
+            status: PaymentIntentStatus::RequiresPaymentMethod,
+            invoice: Some(invoice.to_owned()),
+            payment_method: None,
+            last_error: None,
+            latest_charge: None,
+            created: self.now,
+            order_id: None,
         };
-        let result = self
-            .card_of(&record.customer)
-            .map_or(ChargeResult::Declined("no_payment_method"), Card::charge);
-        match result {
+        let rendered = render::payment_intent(&intent);
+        self.payment_intents.insert(id.clone(), intent);
+        if let Some(r) = self.invoices.get_mut(invoice) {
+            r.payment_intent = Some(id.clone());
+        }
+        self.emit("payment_intent.created", rendered, None);
+        Ok(id)
+    }
+
+    /// Charges the invoice to `payment_method`, or to the customer's default one as Stripe's
+    /// automatic collection does. Without any payment method there is nothing to charge:
+    /// Stripe sends `invoice.payment_failed` with no PaymentIntent and no charge, and does not
+    /// retry (`../shared/STRIPE.md`, forgiveness and Smart Retries).
+    pub(super) fn attempt_payment(
+        &mut self,
+        invoice: &str,
+        payment_method: Option<&str>,
+        session: Session,
+    ) -> Result<Attempt, SimError> {
+        let customer = self
+            .invoices
+            .get(invoice)
+            .map(|i| i.customer.clone())
+            .ok_or_else(|| not_found("invoice", invoice))?;
+        let method = match payment_method {
+            Some(id) => Some(id.to_owned()),
+            None => self
+                .customers
+                .get(&customer)
+                .and_then(|c| c.default_payment_method.clone()),
+        };
+        let Some((method, card)) =
+            method.and_then(|id| self.payment_methods.get(&id).map(|m| (id, m.card)))
+        else {
+            self.fail_without_payment_method(invoice)?;
+            return Ok(Attempt::Failed);
+        };
+        let intent_id = self.open_payment_intent(invoice)?;
+        if let Some(intent) = self.payment_intents.get_mut(&intent_id) {
+            intent.payment_method = Some(method);
+        }
+        match card.charge(session) {
             ChargeResult::Succeeded => {
                 self.succeed_payment(invoice, &intent_id)?;
+                if let Some(kind) = card.dispute_after_charge() {
+                    self.dispute_latest_charge(&intent_id, kind)?;
+                }
                 Ok(Attempt::Paid)
             }
-            ChargeResult::Declined(decline_code) => {
-                self.fail_payment(invoice, &intent_id, decline_code)?;
+            ChargeResult::Declined(decline) => {
+                self.fail_payment(invoice, &intent_id, decline)?;
                 Ok(Attempt::Failed)
             }
             ChargeResult::RequiresAction => {
-                let payment_method = self
-                    .customers
-                    .get(&record.customer)
-                    .and_then(|c| c.default_payment_method.clone());
                 if let Some(intent) = self.payment_intents.get_mut(&intent_id) {
                     intent.status = PaymentIntentStatus::RequiresAction;
-                    intent.payment_method = payment_method;
                 }
-                let rendered = self
-                    .payment_intents
-                    .get(&intent_id)
-                    .map(render::payment_intent);
-                if let Some(rendered) = rendered {
-                    self.emit("payment_intent.requires_action", rendered, None);
-                }
-                self.bump_attempt(invoice)?;
+                self.emit_intent(&intent_id, "payment_intent.requires_action");
+                self.count_attempt(invoice, None)?;
                 let rendered = self.render_invoice(invoice)?;
                 self.emit("invoice.payment_action_required", rendered, None);
                 Ok(Attempt::RequiresAction)
@@ -144,30 +167,14 @@ impl Simulator {
         invoice: &str,
         intent_id: &str,
     ) -> Result<(), SimError> {
-        let charge = self.new_charge(intent_id, true, None)?;
-        let customer = self
-            .invoices
-            .get(invoice)
-            .map(|i| i.customer.clone())
-            .unwrap_or_default();
-        let payment_method = self
-            .customers
-            .get(&customer)
-            .and_then(|c| c.default_payment_method.clone());
+        let charge = self.new_charge(intent_id, None)?;
         if let Some(intent) = self.payment_intents.get_mut(intent_id) {
             intent.status = PaymentIntentStatus::Succeeded;
             intent.latest_charge = Some(charge);
             intent.last_error = None;
-            intent.payment_method = payment_method;
         }
-        let rendered = self
-            .payment_intents
-            .get(intent_id)
-            .map(render::payment_intent);
-        if let Some(rendered) = rendered {
-            self.emit("payment_intent.succeeded", rendered, None);
-        }
-        self.bump_attempt(invoice)?;
+        self.emit_intent(intent_id, "payment_intent.succeeded");
+        self.count_attempt(invoice, None)?;
         self.mark_paid(invoice)?;
         let paid = self
             .invoices
@@ -184,29 +191,39 @@ impl Simulator {
         &mut self,
         invoice: &str,
         intent_id: &str,
-        decline_code: &'static str,
+        decline: Decline,
     ) -> Result<(), SimError> {
-        let charge = self.new_charge(intent_id, false, Some(decline_code))?;
+        let charge = self.new_charge(intent_id, Some(decline))?;
         if let Some(intent) = self.payment_intents.get_mut(intent_id) {
             intent.status = PaymentIntentStatus::RequiresPaymentMethod;
             intent.latest_charge = Some(charge);
-            intent.last_error = Some(("card_declined", decline_code));
+            intent.last_error = Some(decline);
         }
-        let rendered = self
-            .payment_intents
-            .get(intent_id)
-            .map(render::payment_intent);
-        if let Some(rendered) = rendered {
-            self.emit("payment_intent.payment_failed", rendered, None);
-        }
-        self.bump_attempt(invoice)?;
+        self.emit_intent(intent_id, "payment_intent.payment_failed");
+        self.count_attempt(invoice, Some(decline.is_hard()))?;
         let rendered = self.render_invoice(invoice)?;
         self.emit("invoice.payment_failed", rendered, None);
         Ok(())
     }
 
-    /// Counts an attempt and schedules the next retry for renewal invoices.
-    pub(super) fn bump_attempt(&mut self, invoice: &str) -> Result<(), SimError> {
+    /// An attempt on an invoice whose customer has no payment method: only
+    /// `invoice.payment_failed`, and no retry.
+    fn fail_without_payment_method(&mut self, invoice: &str) -> Result<(), SimError> {
+        self.count_attempt(invoice, Some(true))?;
+        let rendered = self.render_invoice(invoice)?;
+        self.emit("invoice.payment_failed", rendered, None);
+        Ok(())
+    }
+
+    /// Counts an attempt and, after a failure (`Some(final)`), schedules the next retry of a
+    /// renewal unless the failure is `final` (a hard decline, no payment method). Smart
+    /// Retries choose their own moments (Stripe's docs, "Smart Retries"), so each retry falls
+    /// some hours before the policy's whole day, at an hour derived from the invoice.
+    pub(super) fn count_attempt(
+        &mut self,
+        invoice: &str,
+        failed: Option<bool>,
+    ) -> Result<(), SimError> {
         let now = self.now;
         let delays = self.policy.retry_after_days.clone();
         let record = self
@@ -214,8 +231,13 @@ impl Simulator {
             .get_mut(invoice)
             .ok_or_else(|| not_found("invoice", invoice))?;
         record.attempt_count += 1;
-        // First invoices are not retried: the subscription expires after 23 hours instead.
-        if record.billing_reason == "subscription_create" {
+        // First invoices are not retried (the subscription expires after 23 hours instead),
+        // nor is the invoice of a resume.
+        let retried = failed == Some(false) && record.retried;
+        if !retried {
+            if failed.is_some() {
+                record.first_failure.get_or_insert(now);
+            }
             record.next_payment_attempt = None;
             return Ok(());
         }
@@ -223,9 +245,10 @@ impl Simulator {
         let retry_index = usize::try_from(record.attempt_count)
             .unwrap_or(usize::MAX)
             .saturating_sub(1);
+        let early = retry_hours_early(&record.id, record.attempt_count);
         record.next_payment_attempt = delays
             .get(retry_index)
-            .map(|days| first_failure + Duration::days(*days));
+            .map(|days| first_failure + Duration::days(*days) - Duration::hours(early));
         Ok(())
     }
 
@@ -250,19 +273,34 @@ impl Simulator {
     pub(super) fn end_period(&mut self, id: &str) -> Result<(), SimError> {
         let current = self.subscription(id)?.clone();
         if current.cancel_at_period_end {
-            return self.end_subscription(id, SubscriptionStatus::Canceled);
+            return self.end_subscription(
+                id,
+                SubscriptionStatus::Canceled,
+                Some(CancellationReason::CancellationRequested),
+            );
         }
         let ending_trial = current.status == SubscriptionStatus::Trialing;
         if ending_trial && self.card_of(&current.customer).is_none() {
-            // A trial that ends without a payment method pauses the subscription, and Stripe
-            // sends no entitlement summary update for it (a reported gap, reproduced here).
-            self.suppress_summaries = true;
-            let paused = self.update_subscription(id, |s| s.status = SubscriptionStatus::Paused);
-            self.suppress_summaries = false;
-            paused?;
-            let rendered = self.render_subscription(id)?;
-            self.emit("customer.subscription.paused", rendered, None);
-            return Ok(());
+            match current.missing_payment_method {
+                MissingPaymentMethod::Pause => {
+                    // Stripe sends no entitlement summary update for a trial that ends paused
+                    // (a reported gap, reproduced here).
+                    self.suppress_summaries = true;
+                    let paused =
+                        self.update_subscription(id, |s| s.status = SubscriptionStatus::Paused);
+                    self.suppress_summaries = false;
+                    paused?;
+                    let rendered = self.render_subscription(id)?;
+                    self.emit("customer.subscription.paused", rendered, None);
+                    return Ok(());
+                }
+                MissingPaymentMethod::Cancel => {
+                    return self.end_subscription(id, SubscriptionStatus::Canceled, None);
+                }
+                // The default: the period rolls over and is invoiced below; the invoice
+                // cannot be paid and the subscription goes `past_due`.
+                MissingPaymentMethod::CreateInvoice => {}
+            }
         }
         let interval = current
             .scheduled_price
@@ -341,8 +379,8 @@ impl Simulator {
             // Unpaid subscriptions keep invoicing but are not charged automatically.
             return Ok(());
         }
-        let outcome = self.attempt_payment(&invoice)?;
-        self.after_renewal_attempt(id, outcome)
+        let outcome = self.attempt_payment(&invoice, None, Session::Off)?;
+        self.after_renewal_attempt(id, &invoice, outcome)
     }
 
     pub(super) fn finalize(&mut self, invoice: &str) -> Result<(), SimError> {
@@ -356,11 +394,18 @@ impl Simulator {
         Ok(())
     }
 
+    /// The subscription's status after an attempt on one of its invoices: paying the newest
+    /// invoice makes it `active` again; a failure on the newest makes an `active` one
+    /// `past_due`. Attempts on older invoices leave it alone.
     pub(super) fn after_renewal_attempt(
         &mut self,
         id: &str,
+        invoice: &str,
         outcome: Attempt,
     ) -> Result<(), SimError> {
+        if !self.is_latest_invoice(id, invoice) {
+            return Ok(());
+        }
         let status = self.subscription(id)?.status;
         match outcome {
             Attempt::Paid
@@ -371,7 +416,12 @@ impl Simulator {
             {
                 self.update_subscription(id, |s| s.status = SubscriptionStatus::Active)
             }
-            Attempt::Failed | Attempt::RequiresAction if status == SubscriptionStatus::Active => {
+            Attempt::Failed | Attempt::RequiresAction
+                if matches!(
+                    status,
+                    SubscriptionStatus::Active | SubscriptionStatus::Trialing
+                ) =>
+            {
                 self.update_subscription(id, |s| s.status = SubscriptionStatus::PastDue)
             }
             _ => Ok(()),
@@ -384,24 +434,49 @@ impl Simulator {
             .get(invoice)
             .and_then(|i| i.subscription.clone())
             .ok_or_else(|| not_found("subscription of invoice", invoice))?;
-        let outcome = self.attempt_payment(invoice)?;
-        self.after_renewal_attempt(&subscription, outcome)?;
+        let outcome = self.attempt_payment(invoice, None, Session::Off)?;
+        self.after_renewal_attempt(&subscription, invoice, outcome)?;
+        let retries = self.policy.retry_after_days.len();
         let exhausted = outcome != Attempt::Paid
             && self
                 .invoices
                 .get(invoice)
-                .is_some_and(|i| i.next_payment_attempt.is_none());
-        if !exhausted {
+                .is_some_and(|i| usize::try_from(i.attempt_count).unwrap_or(usize::MAX) > retries);
+        // Only the subscription's newest invoice decides its status: when an older one runs
+        // out of retries after a newer one was paid, Stripe leaves the status alone.
+        if !exhausted || !self.is_latest_invoice(&subscription, invoice) {
             return Ok(());
         }
         match self.policy.when_exhausted {
-            WhenRetriesRunOut::Cancel => {
-                self.end_subscription(&subscription, SubscriptionStatus::Canceled)
-            }
+            WhenRetriesRunOut::Cancel => self.end_subscription(
+                &subscription,
+                SubscriptionStatus::Canceled,
+                Some(CancellationReason::PaymentFailed),
+            ),
             WhenRetriesRunOut::MarkUnpaid => {
                 self.update_subscription(&subscription, |s| s.status = SubscriptionStatus::Unpaid)
             }
             WhenRetriesRunOut::LeavePastDue => Ok(()),
         }
     }
+
+    pub(super) fn is_latest_invoice(&self, subscription: &str, invoice: &str) -> bool {
+        self.subscriptions
+            .get(subscription)
+            .and_then(|s| s.latest_invoice.as_deref())
+            == Some(invoice)
+    }
+}
+
+/// How many hours (1 to 10) before the policy's day a retry happens: fixed per invoice and
+/// attempt, so runs repeat exactly.
+fn retry_hours_early(invoice: &str, attempt: u32) -> i64 {
+    let seed = invoice
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+        ^ u64::from(attempt);
+    let hours = crate::rng::Rng::new(seed).next_u64() % 10;
+    i64::try_from(hours).unwrap_or(0) + 1
 }

@@ -10,14 +10,16 @@ mod payments;
 mod schedules;
 mod subscriptions;
 
+pub use subscriptions::SubscribeOptions;
+
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
 use crate::model::{
-    Card, Charge, Customer, Dispute, Invoice, PaymentIntent, PaymentMethod, Price, RetryPolicy,
-    Subscription,
+    Card, Charge, Customer, Decline, Dispute, Invoice, PaymentIntent, PaymentMethod, Price,
+    RetryPolicy, Subscription,
 };
 use crate::render;
 
@@ -28,7 +30,7 @@ pub enum SimError {
     NotFound { kind: &'static str, id: String },
     #[error("`{0}` already exists")]
     AlreadyExists(String),
-    #[error("`{0}` is not a Stripe test card (expected one of: {list})", list = Card::TEST_IDS.join(", "))]
+    #[error("`{0}` is not a Stripe test card (expected one of: {list})", list = Card::test_ids().collect::<Vec<_>>().join(", "))]
     UnknownCard(String),
     #[error("test clocks only move forward: {to} is before the clock's {now}")]
     ClockBackwards {
@@ -41,6 +43,13 @@ pub enum SimError {
     /// answers 400 `resource_missing` and creates nothing (`../shared/STRIPE.md`, signup).
     #[error("customer `{0}` has no attached payment source or default payment method")]
     NoPaymentMethod(String),
+    /// A card error (HTTP 402): a declining test card refused when attached, or a first
+    /// payment that failed under `payment_behavior: error_if_incomplete`.
+    #[error("{message}", message = crate::render::decline_text(*.0))]
+    CardDeclined(Decline),
+    /// `error_if_incomplete` and the first payment needs authentication (HTTP 402).
+    #[error("the subscription's first payment requires authentication; nothing was created")]
+    RequiresAuthentication,
 }
 
 /// A simulated Stripe account on one test clock.
@@ -69,6 +78,9 @@ pub struct Simulator {
     summaries: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// Stripe's known gap: no summary update when a trial ends paused.
     suppress_summaries: bool,
+    /// How far after the clock's time events are stamped: the events of one operation span
+    /// more than one second at Stripe (`../shared/STRIPE.md`, delivery and renewal).
+    event_lag: Duration,
     /// Distinguishes the ids of several simulators (test clocks) in one account.
     space: u32,
     name: Option<String>,
@@ -114,6 +126,7 @@ impl Simulator {
             schedule_subscriptions: BTreeMap::new(),
             summaries: BTreeMap::new(),
             suppress_summaries: false,
+            event_lag: Duration::zero(),
             space: 0,
             name: None,
         };
@@ -292,7 +305,7 @@ impl Simulator {
             "id": id,
             "object": "event",
             "api_version": render::API_VERSION,
-            "created": self.now.timestamp(),
+            "created": (self.now + self.event_lag).timestamp(),
             "data": data,
             "livemode": false,
             "pending_webhooks": 1,

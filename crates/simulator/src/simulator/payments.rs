@@ -2,7 +2,8 @@
 
 use super::{not_found, SimError, Simulator};
 use crate::model::{
-    Card, Charge, ChargeResult, Dispute, DisputeStatus, PaymentIntent, PaymentIntentStatus,
+    Card, Charge, ChargeResult, Decline, Dispute, DisputeKind, DisputeStatus, PaymentIntent,
+    PaymentIntentStatus, Session,
 };
 use crate::render;
 
@@ -14,12 +15,38 @@ impl Simulator {
             .values()
             .filter(|c| c.customer == customer && c.succeeded && !c.disputed)
             .max_by_key(|c| (c.created, c.id.clone()))
-            .cloned()
+            .map(|c| c.id.clone())
             .ok_or_else(|| {
                 SimError::Invalid(format!(
                     "customer `{customer}` has no undisputed successful charge"
                 ))
             })?;
+        self.dispute_charge(&charge, DisputeKind::Fraudulent)
+    }
+
+    /// The dispute a test card opens right after its charge succeeded (4000 0000 0000 0259:
+    /// fraudulent, with `charge.dispute.funds_withdrawn`; the inquiry card: an inquiry, which
+    /// moves no funds). Stripe's "Testing" docs, disputes.
+    pub(super) fn dispute_latest_charge(
+        &mut self,
+        intent_id: &str,
+        kind: DisputeKind,
+    ) -> Result<(), SimError> {
+        let charge = self
+            .payment_intents
+            .get(intent_id)
+            .and_then(|pi| pi.latest_charge.clone())
+            .ok_or_else(|| not_found("charge of payment_intent", intent_id))?;
+        self.dispute_charge(&charge, kind).map(|_| ())
+    }
+
+    fn dispute_charge(&mut self, charge_id: &str, kind: DisputeKind) -> Result<String, SimError> {
+        let charge = self
+            .charges
+            .get_mut(charge_id)
+            .ok_or_else(|| not_found("charge", charge_id))?;
+        charge.disputed = true;
+        let charge = charge.clone();
         let id = self.next_id("dp");
         let dispute = Dispute {
             id: id.clone(),
@@ -27,19 +54,23 @@ impl Simulator {
             payment_intent: charge.payment_intent.clone(),
             amount: charge.amount,
             currency: charge.currency.clone(),
-            status: DisputeStatus::NeedsResponse,
+            status: match kind {
+                DisputeKind::Fraudulent => DisputeStatus::NeedsResponse,
+                DisputeKind::Inquiry => DisputeStatus::WarningNeedsResponse,
+            },
             created: self.now,
         };
-        if let Some(record) = self.charges.get_mut(&charge.id) {
-            record.disputed = true;
-        }
         let rendered = render::dispute(&dispute);
         self.disputes.insert(id.clone(), dispute);
-        self.emit("charge.dispute.created", rendered, None);
+        self.emit("charge.dispute.created", rendered.clone(), None);
+        if kind == DisputeKind::Fraudulent {
+            self.emit("charge.dispute.funds_withdrawn", rendered, None);
+        }
         Ok(id)
     }
 
-    /// Closes the customer's open dispute as `won` or `lost`.
+    /// Closes the customer's open dispute as `won` or `lost`; an inquiry closes as
+    /// `warning_closed` whatever the outcome, since no funds moved.
     pub fn close_dispute(&mut self, customer: &str, outcome: &str) -> Result<(), SimError> {
         let status = match outcome {
             "won" => DisputeStatus::Won,
@@ -59,24 +90,34 @@ impl Simulator {
         let dispute = self
             .disputes
             .values_mut()
-            .find(|d| d.status == DisputeStatus::NeedsResponse && charges.contains(&d.charge))
+            .find(|d| d.status.is_open() && charges.contains(&d.charge))
             .ok_or_else(|| {
                 SimError::Invalid(format!("customer `{customer}` has no open dispute"))
             })?;
-        dispute.status = status;
+        let inquiry = dispute.status == DisputeStatus::WarningNeedsResponse;
+        dispute.status = if inquiry {
+            DisputeStatus::WarningClosed
+        } else {
+            status
+        };
         let rendered = render::dispute(dispute);
-        self.emit("charge.dispute.closed", rendered, None);
+        self.emit("charge.dispute.closed", rendered.clone(), None);
+        if !inquiry && status == DisputeStatus::Won {
+            self.emit("charge.dispute.funds_reinstated", rendered, None);
+        }
         Ok(())
     }
 
     /// A one-off payment for an order: a PaymentIntent with `metadata.order_id`, confirmed at
-    /// once with the customer's default card.
+    /// once on-session with `test_card` (as Stripe.js confirms with a card the customer typed)
+    /// or else the customer's default card. Without either it waits, unconfirmed.
     pub fn create_order(
         &mut self,
         order_id: &str,
         customer: &str,
         amount: i64,
         currency: &str,
+        test_card: Option<&str>,
     ) -> Result<(), SimError> {
         self.customer(customer)?;
         if self
@@ -108,7 +149,10 @@ impl Simulator {
         let rendered = render::payment_intent(&intent);
         self.payment_intents.insert(id, intent);
         self.emit("payment_intent.created", rendered, None);
-        self.pay_order(order_id)
+        if test_card.is_none() && self.card_of(customer).is_none() {
+            return Ok(());
+        }
+        self.pay_order(order_id, test_card)
     }
 
     pub(super) fn order_intent(&self, order_id: &str) -> Result<PaymentIntent, SimError> {
@@ -120,7 +164,7 @@ impl Simulator {
     }
 
     /// Tries the order's payment again with the customer's current default card.
-    pub fn pay_order(&mut self, order_id: &str) -> Result<(), SimError> {
+    pub fn pay_order(&mut self, order_id: &str, test_card: Option<&str>) -> Result<(), SimError> {
         let intent = self.order_intent(order_id)?;
         if intent.status.is_final() {
             return Err(SimError::Invalid(format!(
@@ -128,15 +172,39 @@ impl Simulator {
                 intent.status.as_str()
             )));
         }
-        let card = self.card_of(&intent.customer);
-        match card.map_or(ChargeResult::Declined("no_payment_method"), Card::charge) {
-            ChargeResult::Succeeded => self.succeed_intent(&intent.id),
-            ChargeResult::Declined(decline_code) => {
-                let charge = self.new_charge(&intent.id, false, Some(decline_code))?;
+        let method = match test_card {
+            Some(test_card) => {
+                let card = Card::from_test_id(test_card)
+                    .ok_or_else(|| SimError::UnknownCard(test_card.to_owned()))?;
+                Some(self.new_payment_method(&intent.customer, card))
+            }
+            None => self
+                .customers
+                .get(&intent.customer)
+                .and_then(|c| c.default_payment_method.clone()),
+        };
+        let Some((method, card)) =
+            method.and_then(|id| self.payment_methods.get(&id).map(|m| (id, m.card)))
+        else {
+            return Err(SimError::NoPaymentMethod(intent.customer));
+        };
+        if let Some(pi) = self.payment_intents.get_mut(&intent.id) {
+            pi.payment_method = Some(method);
+        }
+        match card.charge(Session::On) {
+            ChargeResult::Succeeded => {
+                self.succeed_intent(&intent.id)?;
+                match card.dispute_after_charge() {
+                    Some(kind) => self.dispute_latest_charge(&intent.id, kind),
+                    None => Ok(()),
+                }
+            }
+            ChargeResult::Declined(decline) => {
+                let charge = self.new_charge(&intent.id, Some(decline))?;
                 if let Some(pi) = self.payment_intents.get_mut(&intent.id) {
                     pi.status = PaymentIntentStatus::RequiresPaymentMethod;
                     pi.latest_charge = Some(charge);
-                    pi.last_error = Some(("card_declined", decline_code));
+                    pi.last_error = Some(decline);
                 }
                 self.emit_intent(&intent.id, "payment_intent.payment_failed");
                 Ok(())
@@ -204,7 +272,7 @@ impl Simulator {
     }
 
     pub(super) fn succeed_intent(&mut self, intent_id: &str) -> Result<(), SimError> {
-        let charge = self.new_charge(intent_id, true, None)?;
+        let charge = self.new_charge(intent_id, None)?;
         if let Some(pi) = self.payment_intents.get_mut(intent_id) {
             pi.status = PaymentIntentStatus::Succeeded;
             pi.latest_charge = Some(charge);
@@ -229,12 +297,13 @@ impl Simulator {
         self.order_intent(order_id).map(|pi| pi.status.as_str())
     }
 
+    /// A charge for the PaymentIntent: succeeded, or failed with `decline`.
     pub(super) fn new_charge(
         &mut self,
         intent_id: &str,
-        succeeded: bool,
-        decline_code: Option<&'static str>,
+        decline: Option<Decline>,
     ) -> Result<String, SimError> {
+        let succeeded = decline.is_none();
         let intent = self
             .payment_intents
             .get(intent_id)
@@ -248,7 +317,7 @@ impl Simulator {
             amount: intent.amount,
             currency: intent.currency.clone(),
             succeeded,
-            decline_code,
+            decline,
             disputed: false,
             refunded: false,
             created: self.now,

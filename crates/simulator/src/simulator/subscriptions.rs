@@ -4,16 +4,24 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::{not_found, Attempt, SimError, Simulator};
 use crate::model::{
-    PauseBehavior, PaymentIntentStatus, Subscription, SubscriptionItem, SubscriptionStatus,
+    CancellationReason, Card, ChargeResult, MissingPaymentMethod, PauseBehavior, PaymentBehavior,
+    PaymentIntentStatus, Session, Subscription, SubscriptionItem, SubscriptionStatus,
 };
+
+/// What `POST /v1/subscriptions` was asked for beyond the customer, price and quantity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    pub trial_days: Option<u32>,
+    pub payment_behavior: PaymentBehavior,
+    pub missing_payment_method: MissingPaymentMethod,
+}
 
 /// Stripe allows trials of up to 730 days.
 const MAX_TRIAL_DAYS: u32 = 730;
 
 impl Simulator {
-    /// Creates a subscription to one price, charging the default card now unless there is a
-    /// trial. Without a trial it starts `incomplete` and becomes `active` when the first
-    /// invoice is paid.
+    /// Creates a subscription with Stripe's defaults: `payment_behavior: allow_incomplete`
+    /// and, for a trial, `missing_payment_method: create_invoice`.
     pub fn subscribe(
         &mut self,
         customer: &str,
@@ -21,6 +29,33 @@ impl Simulator {
         price: &str,
         quantity: u64,
         trial_days: Option<u32>,
+    ) -> Result<(), SimError> {
+        let options = SubscribeOptions {
+            trial_days,
+            ..SubscribeOptions::default()
+        };
+        self.subscribe_with(customer, id, price, quantity, options)
+    }
+
+    /// `POST /v1/subscriptions` (API reference, "Create a subscription"; `../shared/STRIPE.md`,
+    /// signup). Without a trial, the first invoice is finalized at once and:
+    /// - `allow_incomplete`: charged to the default card on-session. When that succeeds the
+    ///   subscription is *created* `active` and the payment's events follow a second later;
+    ///   otherwise it is created `incomplete` and expires after 23 hours unpaid.
+    /// - `default_incomplete`: created `incomplete` with an unconfirmed PaymentIntent; nothing
+    ///   is attempted until the client confirms ([`Simulator::confirm_payment`]).
+    /// - `error_if_incomplete`: a first payment that would not succeed is a 402 and nothing is
+    ///   created.
+    ///
+    /// A paid subscription without a trial needs a payment method unless the client is to
+    /// confirm one (400 `resource_missing`).
+    pub fn subscribe_with(
+        &mut self,
+        customer: &str,
+        id: &str,
+        price: &str,
+        quantity: u64,
+        options: SubscribeOptions,
     ) -> Result<(), SimError> {
         self.customer(customer)?;
         let interval = self.price(price)?.interval;
@@ -31,29 +66,48 @@ impl Simulator {
             return Err(SimError::Invalid("quantity must be at least 1".to_owned()));
         }
         let now = self.now;
-        if trial_days.is_some_and(|d| d > MAX_TRIAL_DAYS) {
+        if options.trial_days.is_some_and(|d| d > MAX_TRIAL_DAYS) {
             return Err(SimError::Invalid(format!(
                 "trials last at most {MAX_TRIAL_DAYS} days"
             )));
         }
-        let trial_end = trial_days
+        let trial_end = options
+            .trial_days
             .filter(|d| *d > 0)
             .map(|d| now + Duration::days(i64::from(d)));
         let paid = self.price(price)?.unit_amount > 0;
-        if trial_end.is_none() && paid && self.customer(customer)?.default_payment_method.is_none()
-        {
+        let charged_now = trial_end.is_none() && paid;
+        let behavior = options.payment_behavior;
+        let card = self.card_of(customer);
+        if charged_now && behavior != PaymentBehavior::DefaultIncomplete && card.is_none() {
             return Err(SimError::NoPaymentMethod(customer.to_owned()));
         }
+        let first_charge = card.map(|card| card.charge(Session::On));
+        if charged_now && behavior == PaymentBehavior::ErrorIfIncomplete {
+            match first_charge {
+                Some(ChargeResult::Declined(decline)) => {
+                    return Err(SimError::CardDeclined(decline))
+                }
+                Some(ChargeResult::RequiresAction) => return Err(SimError::RequiresAuthentication),
+                _ => {}
+            }
+        }
+        let status = if trial_end.is_some() {
+            SubscriptionStatus::Trialing
+        } else if !charged_now
+            || (behavior != PaymentBehavior::DefaultIncomplete
+                && first_charge == Some(ChargeResult::Succeeded))
+        {
+            SubscriptionStatus::Active
+        } else {
+            SubscriptionStatus::Incomplete
+        };
         let anchor = trial_end.unwrap_or(now);
         let item_id = self.next_id("si");
         let subscription = Subscription {
             id: id.to_owned(),
             customer: customer.to_owned(),
-            status: if trial_end.is_some() {
-                SubscriptionStatus::Trialing
-            } else {
-                SubscriptionStatus::Incomplete
-            },
+            status,
             items: vec![SubscriptionItem {
                 id: item_id,
                 price: price.to_owned(),
@@ -73,6 +127,8 @@ impl Simulator {
             pause_collection: None,
             latest_invoice: None,
             scheduled_price: None,
+            missing_payment_method: options.missing_payment_method,
+            cancellation_reason: None,
         };
         let (amount, currency) = if trial_end.is_some() {
             (0, self.price(price)?.currency.clone())
@@ -98,16 +154,53 @@ impl Simulator {
         let rendered = self.render_subscription(id)?;
         self.emit("customer.subscription.created", rendered, None);
         self.emit_invoice_created_and_finalized(&invoice)?;
-        if trial_end.is_some() {
-            // A trial's first invoice is for nothing and is paid at once.
-            self.mark_paid(&invoice)?;
-            self.sync_entitlement_summary(customer);
-            return Ok(());
-        }
-        if self.attempt_payment(&invoice)? == Attempt::Paid {
-            self.update_subscription(id, |s| s.status = SubscriptionStatus::Active)?;
-        }
+        // The payment's events come a second after the subscription's.
+        self.event_lag = Duration::seconds(1);
+        let outcome = if amount == 0 {
+            // A trial's first invoice (or a free price's) is for nothing and is paid at once.
+            self.mark_paid(&invoice)
+        } else if behavior == PaymentBehavior::DefaultIncomplete {
+            self.open_payment_intent(&invoice).map(|_| ())
+        } else {
+            self.attempt_payment(&invoice, None, Session::On)
+                .map(|_| ())
+        };
+        self.event_lag = Duration::zero();
+        outcome?;
         self.sync_entitlement_summary(customer);
+        Ok(())
+    }
+
+    /// The client confirms the first invoice's PaymentIntent with a card (Stripe.js
+    /// `confirmCardPayment` with a `pm_card_*` test card): the payment is attempted on-session;
+    /// when it succeeds the card is attached, made the default, and the subscription becomes
+    /// `active`. A declining card fails here, which is where its story happens at Stripe.
+    pub fn confirm_payment(&mut self, subscription: &str, test_card: &str) -> Result<(), SimError> {
+        let card = Card::from_test_id(test_card)
+            .ok_or_else(|| SimError::UnknownCard(test_card.to_owned()))?;
+        let current = self.subscription(subscription)?.clone();
+        if current.status != SubscriptionStatus::Incomplete {
+            return Err(SimError::Invalid(format!(
+                "subscription `{subscription}` is {}, not incomplete: it has no payment to confirm",
+                current.status.as_str()
+            )));
+        }
+        let invoice = current
+            .latest_invoice
+            .clone()
+            .ok_or_else(|| not_found("invoice of subscription", subscription))?;
+        let method = self.new_payment_method(&current.customer, card);
+        match self.attempt_payment(&invoice, Some(&method), Session::On)? {
+            Attempt::Paid => {
+                self.attach_existing(&method)?;
+                self.set_default_payment_method(&current.customer, &method)?;
+                self.update_subscription(subscription, |s| {
+                    s.status = SubscriptionStatus::Active;
+                })?;
+                self.sync_entitlement_summary(&current.customer);
+            }
+            Attempt::Failed | Attempt::RequiresAction => {}
+        }
         Ok(())
     }
 
@@ -169,8 +262,8 @@ impl Simulator {
         if amount == 0 {
             self.mark_paid(&invoice)?;
         } else {
-            let outcome = self.attempt_payment(&invoice)?;
-            self.after_renewal_attempt(subscription, outcome)?;
+            let outcome = self.attempt_payment(&invoice, None, Session::Off)?;
+            self.after_renewal_attempt(subscription, &invoice, outcome)?;
         }
         Ok(())
     }
@@ -194,6 +287,7 @@ impl Simulator {
             s.cancel_at_period_end = true;
             s.cancel_at = Some(s.current_period_end);
             s.canceled_at = Some(now);
+            s.cancellation_reason = Some(CancellationReason::CancellationRequested);
         })
     }
 
@@ -209,6 +303,7 @@ impl Simulator {
         self.update_subscription(subscription, |s| {
             s.cancel_at_period_end = false;
             s.cancel_at = Some(at);
+            s.cancellation_reason = Some(CancellationReason::CancellationRequested);
         })
     }
 
@@ -224,19 +319,40 @@ impl Simulator {
             s.cancel_at_period_end = false;
             s.cancel_at = None;
             s.canceled_at = None;
+            s.cancellation_reason = None;
         })
     }
 
+    /// `DELETE /v1/subscriptions/{id}`. An `incomplete` subscription ends
+    /// `incomplete_expired`, with `canceled_at` set and its open invoice voided, as Stripe
+    /// does (`../shared/STRIPE.md`, cancellation); any other ends `canceled`.
     pub fn cancel_now(&mut self, subscription: &str) -> Result<(), SimError> {
         let current = self.subscription(subscription)?.clone();
         self.ensure_live(&current)?;
-        self.end_subscription(subscription, SubscriptionStatus::Canceled)
+        if current.status == SubscriptionStatus::Incomplete {
+            if let Some(invoice) = &current.latest_invoice {
+                self.void_invoice(invoice)?;
+            }
+            return self.end_subscription(
+                subscription,
+                SubscriptionStatus::IncompleteExpired,
+                Some(CancellationReason::CancellationRequested),
+            );
+        }
+        self.end_subscription(
+            subscription,
+            SubscriptionStatus::Canceled,
+            Some(CancellationReason::CancellationRequested),
+        )
     }
 
+    /// Ends the subscription now (`customer.subscription.deleted`), saying why in
+    /// `cancellation_details.reason` when there is a reason Stripe names.
     pub(super) fn end_subscription(
         &mut self,
         subscription: &str,
         status: SubscriptionStatus,
+        reason: Option<CancellationReason>,
     ) -> Result<(), SimError> {
         let now = self.now;
         let record = self
@@ -246,6 +362,9 @@ impl Simulator {
         record.status = status;
         record.ended_at = Some(now);
         record.canceled_at.get_or_insert(now);
+        if reason.is_some() {
+            record.cancellation_reason = reason;
+        }
         let rendered = self.render_subscription(subscription)?;
         self.emit("customer.subscription.deleted", rendered, None);
         if let Some(customer) = self
@@ -256,6 +375,120 @@ impl Simulator {
             self.sync_entitlement_summary(&customer);
         }
         Ok(())
+    }
+
+    /// `POST /v1/subscriptions/{id}/resume` of a `paused` subscription (API reference, "Resume
+    /// a subscription"; `../shared/STRIPE.md`, lifecycle): the billing cycle restarts now and
+    /// its invoice is charged at once. Stripe sends `customer.subscription.resumed` and
+    /// `customer.subscription.updated` with the same object. When the payment fails the
+    /// subscription is `past_due` and the invoice is not retried.
+    pub fn resume_subscription(&mut self, subscription: &str) -> Result<(), SimError> {
+        let current = self.subscription(subscription)?.clone();
+        if current.status != SubscriptionStatus::Paused {
+            return Err(SimError::Invalid(format!(
+                "subscription `{subscription}` is {}, and only a paused subscription resumes",
+                current.status.as_str()
+            )));
+        }
+        let now = self.now;
+        let interval = self.interval_of(&current);
+        let end = self.period_end(now, interval, 1);
+        let (amount, currency) = self.amount_of(&current);
+        let before = self.render_subscription(subscription)?;
+        let invoice = self.new_invoice(
+            &current.customer,
+            subscription,
+            "subscription_cycle",
+            amount,
+            &currency,
+            (now, end),
+        );
+        if let Some(record) = self.invoices.get_mut(&invoice) {
+            record.retried = false;
+        }
+        if let Some(s) = self.subscriptions.get_mut(subscription) {
+            s.billing_cycle_anchor = now;
+            s.current_period_start = now;
+            s.current_period_end = end;
+            s.latest_invoice = Some(invoice.clone());
+            s.status = SubscriptionStatus::Active;
+        }
+        self.emit_invoice_created_and_finalized(&invoice)?;
+        let outcome = if amount == 0 {
+            self.mark_paid(&invoice).map(|()| Attempt::Paid)?
+        } else {
+            self.attempt_payment(&invoice, None, Session::Off)?
+        };
+        if outcome != Attempt::Paid {
+            if let Some(s) = self.subscriptions.get_mut(subscription) {
+                s.status = SubscriptionStatus::PastDue;
+            }
+        }
+        let after = self.render_subscription(subscription)?;
+        let previous = crate::render::previous_attributes(&before, &after);
+        self.emit(
+            "customer.subscription.resumed",
+            after.clone(),
+            previous.clone(),
+        );
+        self.emit("customer.subscription.updated", after, previous);
+        self.sync_entitlement_summary(&current.customer);
+        Ok(())
+    }
+
+    /// `POST /v1/invoices/{id}/pay` on the subscription's newest open invoice.
+    pub fn pay_invoice(&mut self, subscription: &str) -> Result<(), SimError> {
+        let invoice = self
+            .subscription(subscription)?
+            .latest_invoice
+            .clone()
+            .ok_or_else(|| {
+                SimError::Invalid(format!(
+                    "subscription `{subscription}` has no open invoice to pay"
+                ))
+            })?;
+        self.pay_invoice_now(&invoice)
+    }
+
+    /// `POST /v1/invoices/{id}/pay`: an open invoice charged to the customer's default card
+    /// with the customer present (a hosted invoice page).
+    pub fn pay_invoice_now(&mut self, invoice: &str) -> Result<(), SimError> {
+        let record = self
+            .invoices
+            .get(invoice)
+            .cloned()
+            .ok_or_else(|| not_found("invoice", invoice))?;
+        if record.status != crate::model::InvoiceStatus::Open {
+            return Err(SimError::Invalid(format!(
+                "invoice `{invoice}` is {}, and only an open invoice can be paid",
+                record.status.as_str()
+            )));
+        }
+        if self.card_of(&record.customer).is_none() {
+            return Err(SimError::NoPaymentMethod(record.customer));
+        }
+        let outcome = self.attempt_payment(invoice, None, Session::On)?;
+        if let Some(subscription) = &record.subscription {
+            let status = self.subscription(subscription)?.status;
+            self.after_renewal_attempt(subscription, invoice, outcome)?;
+            if outcome == Attempt::Paid && status == SubscriptionStatus::Incomplete {
+                self.update_subscription(subscription, |s| {
+                    s.status = SubscriptionStatus::Active;
+                })?;
+            }
+        }
+        // The attempt happened (its events are sent); the request itself answers with the
+        // card error, as Stripe's does.
+        let decline = self
+            .invoices
+            .get(invoice)
+            .and_then(|i| i.payment_intent.as_ref())
+            .and_then(|pi| self.payment_intents.get(pi))
+            .and_then(|pi| pi.last_error);
+        match (outcome, decline) {
+            (Attempt::Failed, Some(decline)) => Err(SimError::CardDeclined(decline)),
+            _ => Ok(()),
+        }
     }
 
     /// `pause_collection`: the subscription stays `active`; renewal invoices are kept as
