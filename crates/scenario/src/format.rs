@@ -357,11 +357,13 @@ pub struct DunningExpectation {
     pub attempt: Option<u32>,
 }
 
-/// An order's expected state, and optionally its decline code.
+/// An order's expected state, and optionally its decline code and the message shown to the
+/// customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderExpectation {
     pub state: String,
     pub decline_code: Option<String>,
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -1149,7 +1151,8 @@ impl Reader {
         Ok(expectation)
     }
 
-    /// `order_1: paid`, or `order_1: { state: failed, decline_code: insufficient_funds }`.
+    /// `order_1: paid`, or `order_1: { state: failed, decline_code: insufficient_funds }`, or
+    /// `order_1: { state: failed, message: "…" }` for a decline that has only an error code.
     fn order_expectation(&self, node: &Node) -> Result<OrderExpectation, ScenarioError> {
         let check_state = |value: &Node| -> Result<String, ScenarioError> {
             let state = self.scalar(value, "an order state")?.as_str();
@@ -1168,12 +1171,14 @@ impl Reader {
             return Ok(OrderExpectation {
                 state: check_state(node)?,
                 decline_code: None,
+                message: None,
             });
         }
-        let map = self.args(node, "an order", &["state", "decline_code"])?;
+        let map = self.args(node, "an order", &["state", "decline_code", "message"])?;
         Ok(OrderExpectation {
             state: check_state(self.required(map, "state")?)?,
             decline_code: self.optional_str(map, "decline_code")?,
+            message: self.optional_str(map, "message")?,
         })
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Months, Utc};
 use serde_json::Value;
 use subledger_simulator::delivery::http_request;
-use subledger_simulator::model::{Interval, MissingPaymentMethod, PaymentBehavior};
+use subledger_simulator::model::Interval;
 use subledger_stripe_client::{ApiError, StripeApi};
 
 use crate::format::{Action, ClockStep, Expectation, Scenario};
@@ -206,20 +206,18 @@ impl LiveRun<'_> {
                 let real = self.id(customer)?;
                 api.attach_default_card(&self.key(format!("card:{customer}:{line}")), &real, card).await.map_err(stripe_failed)?;
             }
-            Action::Subscribe {
-                payment_behavior,
-                missing_payment_method,
-                ..
-            } if *payment_behavior != PaymentBehavior::default()
-                || *missing_payment_method != MissingPaymentMethod::default() =>
-            {
-                return Err("this runner creates subscriptions with Stripe's defaults only (payment_behavior allow_incomplete, missing_payment_method create_invoice); run this scenario on the simulator".to_owned())
-            }
             Action::Confirm { .. } => {
                 return Err("confirming a payment with a card the customer types needs Stripe.js in a browser (run this scenario on the simulator)".to_owned())
             }
-            Action::ResumeSubscription { .. } | Action::PayInvoice { .. } => {
-                return Err("resuming a paused subscription and paying an invoice are not driven against Stripe by this runner yet (run this scenario on the simulator)".to_owned())
+            Action::ResumeSubscription { subscription } => {
+                api.resume_subscription(&self.key(format!("resume_subscription:{subscription}:{line}")), &self.id(subscription)?)
+                    .await
+                    .map_err(stripe_failed)?;
+            }
+            Action::PayInvoice { subscription } => {
+                api.pay_latest_invoice(&self.key(format!("pay_invoice:{subscription}:{line}")), &self.id(subscription)?)
+                    .await
+                    .map_err(stripe_failed)?;
             }
             Action::Subscribe {
                 customer,
@@ -227,10 +225,19 @@ impl LiveRun<'_> {
                 price,
                 quantity,
                 trial_days,
-                ..
+                payment_behavior,
+                missing_payment_method,
             } => {
+                let trial = trial_days.map(|days| (days, missing_payment_method.as_str()));
                 let created = api
-                    .create_subscription(&self.key(format!("subscription:{subscription}")), &self.id(customer)?, &self.id(price)?, *quantity, *trial_days)
+                    .create_subscription(
+                        &self.key(format!("subscription:{subscription}")),
+                        &self.id(customer)?,
+                        &self.id(price)?,
+                        *quantity,
+                        trial,
+                        payment_behavior.as_str(),
+                    )
                     .await
                     .map_err(stripe_failed)?;
                 self.ids.insert(subscription.clone(), created.id);

@@ -730,6 +730,10 @@ async fn check(expectation: &Expectation, engine: &Engine, sim: &Simulator) -> V
                         .decline_code
                         .as_ref()
                         .is_some_and(|code| view.decline_code.as_ref() != Some(code))
+                    || expected
+                        .message
+                        .as_ref()
+                        .is_some_and(|message| view.message.as_ref() != Some(message))
                 {
                     failures.push(format!(
                         "order {order}: expected {}{}, Subledger says {state} (decline code {:?}, message {:?})",

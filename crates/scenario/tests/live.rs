@@ -82,9 +82,10 @@ async fn setup(catalog: subledger_domain::catalog::Catalog, namespace: &str) -> 
 async fn scenario_files_run_through_async_stripe_against_the_simulated_api() {
     let files = [
         "card-visa.yaml",
-        "card-generic-decline.yaml",
+        "card-3ds-abandoned.yaml",
         "trial-to-active.yaml",
         "trial-without-payment-method.yaml",
+        "trial-paused-then-resumed.yaml",
         "renewal-failure-recovery.yaml",
         "retries-exhausted-canceled.yaml",
         "cancel-at-period-end.yaml",

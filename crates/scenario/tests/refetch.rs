@@ -53,7 +53,14 @@ async fn stripe_with_subscription(truth: i64) -> (StripeApi, Value) {
         .await
         .unwrap();
     let subscription = api
-        .create_subscription("subscription", &customer, &price, 1, None)
+        .create_subscription(
+            "subscription",
+            &customer,
+            &price,
+            1,
+            None,
+            "allow_incomplete",
+        )
         .await
         .unwrap();
     api.set_cancel_at("cancel", &subscription.id, truth)

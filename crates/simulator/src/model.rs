@@ -340,6 +340,14 @@ impl PaymentBehavior {
             _ => return None,
         })
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllowIncomplete => "allow_incomplete",
+            Self::DefaultIncomplete => "default_incomplete",
+            Self::ErrorIfIncomplete => "error_if_incomplete",
+        }
+    }
 }
 
 /// `cancellation_details.reason` (API reference, subscription object).

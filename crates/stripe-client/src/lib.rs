@@ -335,22 +335,43 @@ impl StripeApi {
         Ok(method_id)
     }
 
+    /// `payment_behavior` (`allow_incomplete`, …) and, for a trial, what happens when it ends
+    /// without a payment method (`create_invoice`, `pause`, `cancel`) are Stripe's words.
     pub async fn create_subscription(
         &self,
         key: &str,
         customer: &str,
         price: &str,
         quantity: u64,
-        trial_days: Option<u32>,
+        trial: Option<(u32, &str)>,
+        payment_behavior: &str,
     ) -> Result<SubscriptionState, ApiError> {
         let mut item = CreateSubscriptionItems::new();
         item.price = Some(price.to_owned());
         item.quantity = Some(quantity);
+        let behavior = payment_behavior
+            .parse::<stripe_billing::subscription::CreateSubscriptionPaymentBehavior>()
+            .map_err(|_| ApiError::InvalidRequest {
+                message: format!("`{payment_behavior}` is not a payment_behavior"),
+                param: Some("payment_behavior".to_owned()),
+            })?;
         let mut request = CreateSubscription::new()
             .customer(customer)
-            .items(vec![item]);
-        if let Some(days) = trial_days {
-            request = request.trial_period_days(days);
+            .items(vec![item])
+            .payment_behavior(behavior);
+        if let Some((days, missing_payment_method)) = trial {
+            let missing = missing_payment_method
+                .parse::<stripe_billing::subscription::CreateSubscriptionTrialSettingsEndBehaviorMissingPaymentMethod>()
+                .map_err(|_| ApiError::InvalidRequest {
+                    message: format!("`{missing_payment_method}` is not a missing_payment_method"),
+                    param: Some("trial_settings[end_behavior][missing_payment_method]".to_owned()),
+                })?;
+            let mut end_behavior =
+                stripe_billing::subscription::CreateSubscriptionTrialSettingsEndBehavior::new();
+            end_behavior.missing_payment_method = Some(missing);
+            request = request.trial_period_days(days).trial_settings(
+                stripe_billing::subscription::CreateSubscriptionTrialSettings::new(end_behavior),
+            );
         }
         let subscription = self
             .send_idempotent("create subscription", key, &request)
@@ -558,18 +579,51 @@ impl StripeApi {
         .map(|_| ())
     }
 
+    /// Resumes a `paused` subscription (`POST /v1/subscriptions/{id}/resume`): the billing
+    /// cycle restarts now and its invoice is charged.
+    pub async fn resume_subscription(&self, key: &str, subscription: &str) -> Result<(), ApiError> {
+        let path = format!("/subscriptions/{}/resume", stripe_id(subscription)?);
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        self.with_retries("resume subscription", || {
+            RequestBuilder::new(StripeMethod::Post, path.clone())
+                .customize::<stripe_shared::Subscription>()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Pays the subscription's newest invoice now (`POST /v1/invoices/{id}/pay`) with the
+    /// customer's default payment method.
+    pub async fn pay_latest_invoice(&self, key: &str, subscription: &str) -> Result<(), ApiError> {
+        let object = self.object("subscriptions", subscription).await?;
+        let invoice = object["latest_invoice"]
+            .as_str()
+            .or_else(|| object["latest_invoice"]["id"].as_str())
+            .ok_or_else(|| ApiError::InvalidRequest {
+                message: format!("subscription `{subscription}` has no invoice to pay"),
+                param: Some("subscription".to_owned()),
+            })?
+            .to_owned();
+        let path = format!("/invoices/{}/pay", stripe_id(&invoice)?);
+        let strategy = RequestStrategy::Idempotent(self.key(key)?);
+        self.with_retries("pay invoice", || {
+            RequestBuilder::new(StripeMethod::Post, path.clone())
+                .customize::<stripe_shared::Invoice>()
+                .request_strategy(strategy.clone())
+                .send(&self.client)
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// An object of `resource` (`subscriptions`, `customers`, `subscription_schedules`)
     /// exactly as Stripe returns it, whatever the account's API version: the worker reads it
     /// with the same translator as the events, which tolerates every shape, where async-stripe's
     /// typed model follows one version.
     pub async fn object(&self, resource: &str, id: &str) -> Result<serde_json::Value, ApiError> {
-        // The id becomes part of the path: only Stripe's id alphabet may reach it.
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ApiError::InvalidRequest {
-                message: format!("`{id}` is not a Stripe id"),
-                param: Some("id".to_owned()),
-            });
-        }
+        let id = stripe_id(id)?;
         self.get_json(&format!("/{resource}/{id}"), &BTreeMap::new())
             .await
     }
@@ -647,6 +701,17 @@ impl StripeApi {
         invoices.sort();
         Ok(invoices.into_iter().map(|(_, _, status)| status).collect())
     }
+}
+
+/// An id that becomes part of a path: only Stripe's id alphabet may reach it.
+fn stripe_id(id: &str) -> Result<&str, ApiError> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(ApiError::InvalidRequest {
+            message: format!("`{id}` is not a Stripe id"),
+            param: Some("id".to_owned()),
+        });
+    }
+    Ok(id)
 }
 
 fn clock_state(clock: &stripe_shared::TestHelpersTestClock) -> TestClock {
