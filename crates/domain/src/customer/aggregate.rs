@@ -503,7 +503,9 @@ impl History<BTreeSet<String>> for SummaryProvenance {
 ///   legal status transitions).
 ///
 /// `None` when nothing decides, including two changes that each claim to have moved away from
-/// the other: arrival order is no evidence, so the caller asks Stripe.
+/// the other: arrival order is no evidence, so the caller asks Stripe. A tie between two equal
+/// snapshots is no tie: whichever came last, the object is the same, so nothing is asked
+/// (`customer.subscription.resumed` and `.updated` carry one object, for instance).
 fn judge<T: PartialEq, P: History<T> + PartialEq>(
     known: &Tracked<T, P>,
     incoming: &T,
@@ -528,12 +530,13 @@ fn judge<T: PartialEq, P: History<T> + PartialEq>(
     }
     let incoming_follows = provenance.moved_away_from(&known.value) == Some(true);
     let known_follows = known.provenance.moved_away_from(incoming) == Some(true);
-    match (incoming_follows, known_follows) {
+    let decided = match (incoming_follows, known_follows) {
         (true, false) => Some(true),
         (false, true) => Some(false),
         (true, true) => None,
         (false, false) => no_clue(&known.value),
-    }
+    };
+    decided.or_else(|| (known.value == *incoming).then_some(false))
 }
 
 /// [`judge`] for a snapshot of an object that may not be known yet (then it is news).
@@ -1037,6 +1040,46 @@ mod tests {
                 object: TiedObject::Customer,
                 second: at(4),
             });
+    }
+
+    #[test]
+    fn same_second_equal_details_with_different_histories_are_no_tie() {
+        // Two `customer.updated` of one second that end in the same metadata (one also
+        // flipped `delinquent`, which Subledger does not keep): whichever came last, the
+        // details are the same, so there is nothing to ask Stripe.
+        CustomerTest::with(())
+            .given(vec![CustomerEvent::DetailsRecorded {
+                metadata: user("u2"),
+                occurred_at: at(4),
+                provenance: changed_from("u1"),
+            }])
+            .when(CustomerCommand::RecordDetails {
+                metadata: user("u2"),
+                occurred_at: at(4),
+                provenance: changed_from("u3"),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn same_second_equal_subscriptions_with_different_histories_are_no_tie() {
+        use SubscriptionStatus::{Active, PastDue, Paused};
+        // A failed resume: `resumed` (paused -> past_due) and an `updated` of the same second
+        // that names another earlier status, with one object. Either order, no fetch.
+        for (known, incoming) in [(Paused, Active), (Active, Paused)] {
+            CustomerTest::with(())
+                .given(vec![CustomerEvent::SubscriptionChanged {
+                    subscription: subscription(PastDue, "price_pro"),
+                    occurred_at: at(9),
+                    provenance: from_status(known),
+                }])
+                .when(CustomerCommand::RecordSubscription {
+                    subscription: subscription(PastDue, "price_pro"),
+                    occurred_at: at(9),
+                    provenance: from_status(incoming),
+                })
+                .then_expect_events(vec![]);
+        }
     }
 
     fn from_status(previous: SubscriptionStatus) -> Provenance {
