@@ -218,6 +218,9 @@ pub struct Customer {
     pub default_payment_method: Option<String>,
     pub created: DateTime<Utc>,
     pub deleted: bool,
+    /// Set by an automatic payment failure, cleared by a payment or a write-off (API
+    /// reference, customer object, `delinquent`).
+    pub delinquent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,6 +28,7 @@ pub fn customer(customer: &Customer, clock: &str) -> Value {
     object["created"] = ts(customer.created);
     object["metadata"] = json!(customer.metadata);
     object["invoice_settings"]["default_payment_method"] = json!(customer.default_payment_method);
+    object["delinquent"] = json!(customer.delinquent);
     object["test_clock"] = json!(clock);
     object["livemode"] = json!(false);
     object["email"] = json!(format!("{}@example.com", customer.id));

@@ -691,3 +691,30 @@ fn a_paid_subscription_needs_a_payment_method_unless_it_starts_with_a_trial() {
         SubscriptionStatus::Trialing
     );
 }
+
+/// The customer's `delinquent` flag follows its invoices: an automatic payment failure sets
+/// it, a payment clears it, each change announced by `customer.updated` (API reference,
+/// customer object, `delinquent`; STRIPE.md, renewal).
+#[test]
+fn the_delinquent_flag_follows_failed_and_recovered_payments() {
+    let mut sim = simulator("pm_card_visa", RetryPolicy::default());
+    sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
+        .unwrap();
+    assert_eq!(sim.customer_json("cus_a").unwrap()["delinquent"], false);
+    sim.attach_card("cus_a", "pm_card_chargeCustomerFail")
+        .unwrap();
+    sim.take_new_events();
+    sim.advance_by(Duration::days(29)).unwrap();
+    let flagged: Vec<Value> = sim
+        .take_new_events()
+        .into_iter()
+        .filter(|e| e["type"] == "customer.updated")
+        .collect();
+    assert_eq!(flagged.len(), 1, "one change, one event");
+    assert_eq!(flagged[0]["data"]["object"]["delinquent"], true);
+    assert_eq!(flagged[0]["data"]["previous_attributes"]["delinquent"], false);
+    sim.attach_card("cus_a", "pm_card_visa").unwrap();
+    sim.advance_by(Duration::days(3)).unwrap();
+    assert_eq!(status(&sim), SubscriptionStatus::Active);
+    assert_eq!(sim.customer_json("cus_a").unwrap()["delinquent"], false);
+}

@@ -23,6 +23,7 @@ impl Simulator {
                 default_payment_method: None,
                 created: self.now,
                 deleted: false,
+                delinquent: false,
             },
         );
         let rendered = self.render_customer(id)?;
@@ -103,6 +104,27 @@ impl Simulator {
         let before = self.render_customer(customer)?;
         if let Some(record) = self.customers.get_mut(customer) {
             record.default_payment_method = Some(payment_method.to_owned());
+        }
+        let after = self.render_customer(customer)?;
+        if let Some(previous) = render::previous_attributes(&before, &after) {
+            self.emit("customer.updated", after, Some(previous));
+        }
+        Ok(())
+    }
+
+    /// Flips the customer's `delinquent` flag, announced by `customer.updated` as Stripe does
+    /// when an invoice's automatic payment fails or an invoice is paid or written off.
+    pub(super) fn set_delinquent(
+        &mut self,
+        customer: &str,
+        delinquent: bool,
+    ) -> Result<(), SimError> {
+        if self.customer(customer)?.delinquent == delinquent {
+            return Ok(());
+        }
+        let before = self.render_customer(customer)?;
+        if let Some(record) = self.customers.get_mut(customer) {
+            record.delinquent = delinquent;
         }
         let after = self.render_customer(customer)?;
         if let Some(previous) = render::previous_attributes(&before, &after) {

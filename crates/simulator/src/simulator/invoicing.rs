@@ -69,7 +69,11 @@ impl Simulator {
         let paid = self.render_invoice(invoice)?;
         self.emit("invoice.paid", paid.clone(), None);
         self.emit("invoice.payment_succeeded", paid, None);
-        Ok(())
+        let customer = self.invoices.get(invoice).map(|i| i.customer.clone());
+        match customer {
+            Some(customer) => self.set_delinquent(&customer, false),
+            None => Ok(()),
+        }
     }
 
     /// The invoice's PaymentIntent, made (`payment_intent.created`) if it has none yet.
@@ -203,7 +207,7 @@ impl Simulator {
         self.count_attempt(invoice, Some(decline.is_hard()))?;
         let rendered = self.render_invoice(invoice)?;
         self.emit("invoice.payment_failed", rendered, None);
-        Ok(())
+        self.after_automatic_failure(invoice)
     }
 
     /// An attempt on an invoice whose customer has no payment method: only
@@ -212,7 +216,16 @@ impl Simulator {
         self.count_attempt(invoice, Some(true))?;
         let rendered = self.render_invoice(invoice)?;
         self.emit("invoice.payment_failed", rendered, None);
-        Ok(())
+        self.after_automatic_failure(invoice)
+    }
+
+    /// A failed automatic payment makes the customer `delinquent`.
+    fn after_automatic_failure(&mut self, invoice: &str) -> Result<(), SimError> {
+        let customer = self.invoices.get(invoice).map(|i| i.customer.clone());
+        match customer {
+            Some(customer) => self.set_delinquent(&customer, true),
+            None => Ok(()),
+        }
     }
 
     /// Counts an attempt and, after a failure (`Some(final)`), schedules the next retry of a
