@@ -27,9 +27,24 @@
 //!
 //! Other steps: `upgrade` (`subscription`, `price`, `proration`: always_invoice |
 //! create_prorations | none), `downgrade` (at period end), `cancel` (`at_period_end`),
-//! `undo_cancel`, `delete_customer` (`id`), `pause` (`behavior`), `resume`, `complete_3ds`,
-//! `abandon_3ds`,
-//! `open_dispute` (`customer`), `close_dispute` (`customer`, `outcome`: won | lost).
+//! `undo_cancel`, `delete_customer` (`id`), `pause` (`behavior`: collection), `resume`
+//! (collection), `resume_subscription` (a `paused` one), `pay_invoice` (the newest open one),
+//! `complete_3ds`, `abandon_3ds`,
+//! `open_dispute` (`customer`), `close_dispute` (`customer`, `outcome`: won | lost),
+//! `order` (`id`, `customer`, `amount`, `currency`, `card`), `pay_order` (`id`, `card`),
+//! `complete_order_3ds`, `cancel_order`, `refund_order`.
+//!
+//! As at Stripe, the declining test cards cannot be attached (`card:` on `create_customer` or
+//! `change_card` fails the step); their story happens when the client confirms:
+//!
+//! ```yaml
+//!   - subscribe: { customer: cus_x, subscription: sub_x, price: price_pro_monthly,
+//!                  payment_behavior: default_incomplete }   # or allow_incomplete (default),
+//!                                                           # error_if_incomplete
+//!   - confirm: { subscription: sub_x, card: pm_card_chargeDeclined }
+//!   - subscribe: { customer: cus_y, subscription: sub_y, price: price_pro_monthly, trial_days: 7,
+//!                  missing_payment_method: pause }          # or create_invoice (default), cancel
+//! ```
 //!
 //! Drift, and the operator commands that learn what was missed:
 //!
