@@ -712,7 +712,10 @@ fn the_delinquent_flag_follows_failed_and_recovered_payments() {
         .collect();
     assert_eq!(flagged.len(), 1, "one change, one event");
     assert_eq!(flagged[0]["data"]["object"]["delinquent"], true);
-    assert_eq!(flagged[0]["data"]["previous_attributes"]["delinquent"], false);
+    assert_eq!(
+        flagged[0]["data"]["previous_attributes"]["delinquent"],
+        false
+    );
     sim.attach_card("cus_a", "pm_card_visa").unwrap();
     sim.advance_by(Duration::days(3)).unwrap();
     assert_eq!(status(&sim), SubscriptionStatus::Active);

@@ -493,3 +493,48 @@ fn retry_hours_early(invoice: &str, attempt: u32) -> i64 {
     let hours = crate::rng::Rng::new(seed).next_u64() % 10;
     i64::try_from(hours).unwrap_or(0) + 1
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use chrono::{DateTime, Duration, Utc};
+
+    use crate::model::{Card, Interval, RetryPolicy, SubscriptionStatus};
+    use crate::Simulator;
+
+    /// Smart Retries do not retry a hard decline (Stripe's docs, "Smart Retries"). No test card
+    /// attaches and then fails hard, so the card expires after it was set up, as real cards do.
+    #[test]
+    fn a_hard_decline_is_not_retried() {
+        let start = DateTime::parse_from_rfc3339("2026-01-10T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut sim = Simulator::new(start, RetryPolicy::default());
+        sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
+            .unwrap();
+        sim.create_customer("cus_a", BTreeMap::new()).unwrap();
+        let card = sim.attach_card("cus_a", "pm_card_visa").unwrap();
+        sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
+            .unwrap();
+        if let Some(method) = sim.payment_methods.get_mut(&card) {
+            method.card = Card::ExpiredCard;
+        }
+        sim.advance_by(Duration::days(31)).unwrap();
+        let renewal = sim.invoices_of("sub_a")[1].clone();
+        assert_eq!(renewal.attempt_count, 1);
+        assert_eq!(renewal.next_payment_attempt, None);
+        sim.advance_by(Duration::days(25)).unwrap();
+        assert_eq!(
+            sim.invoices_of("sub_a")[1].attempt_count,
+            1,
+            "never retried"
+        );
+        assert_eq!(
+            sim.subscription("sub_a").unwrap().status,
+            SubscriptionStatus::PastDue
+        );
+    }
+}
