@@ -34,6 +34,15 @@ fn simulator(card: &str, policy: RetryPolicy) -> Simulator {
     sim
 }
 
+/// A customer `cus_a` with no payment method, and `price_pro`.
+fn without_a_card() -> Simulator {
+    let mut sim = Simulator::new(start(), RetryPolicy::default());
+    sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
+        .unwrap();
+    sim.create_customer("cus_a", BTreeMap::new()).unwrap();
+    sim
+}
+
 fn types(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
@@ -102,10 +111,7 @@ fn declining_cards_are_refused_when_attached_and_fail_at_confirmation() {
         ),
         ("pm_card_chargeDeclinedExpiredCard", "expired_card", None),
     ] {
-        let mut sim = Simulator::new(start(), RetryPolicy::default());
-        sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
-            .unwrap();
-        sim.create_customer("cus_a", BTreeMap::new()).unwrap();
+        let mut sim = without_a_card();
         let before = sim.events().len();
         assert!(
             matches!(sim.attach_card("cus_a", card), Err(SimError::CardDeclined(d)) if d.code == code),
@@ -375,10 +381,7 @@ fn a_trial_ends_active_with_a_card_and_as_asked_without_one() {
     sim.advance_by(Duration::days(3)).unwrap();
     assert_eq!(status(&sim), SubscriptionStatus::Active);
 
-    let mut sim = Simulator::new(start(), RetryPolicy::default());
-    sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
-        .unwrap();
-    sim.create_customer("cus_a", BTreeMap::new()).unwrap();
+    let mut sim = without_a_card();
     sim.subscribe_with(
         "cus_a",
         "sub_a",
@@ -418,10 +421,7 @@ fn trial_without_card(behavior: MissingPaymentMethod) -> SubscribeOptions {
 /// `trial_settings.end_behavior`). Paying the invoice later recovers it.
 #[test]
 fn a_trial_without_a_payment_method_ends_past_due_with_an_unpayable_invoice() {
-    let mut sim = Simulator::new(start(), RetryPolicy::default());
-    sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
-        .unwrap();
-    sim.create_customer("cus_a", BTreeMap::new()).unwrap();
+    let mut sim = without_a_card();
     sim.subscribe("cus_a", "sub_a", "price_pro", 1, Some(7))
         .unwrap();
     sim.take_new_events();
@@ -456,10 +456,7 @@ fn a_paused_subscription_resumes_and_a_failed_resume_is_past_due() {
         ("pm_card_visa", SubscriptionStatus::Active),
         ("pm_card_chargeCustomerFail", SubscriptionStatus::PastDue),
     ] {
-        let mut sim = Simulator::new(start(), RetryPolicy::default());
-        sim.create_price("price_pro", 2000, "usd", Interval::Month, None)
-            .unwrap();
-        sim.create_customer("cus_a", BTreeMap::new()).unwrap();
+        let mut sim = without_a_card();
         sim.subscribe_with(
             "cus_a",
             "sub_a",

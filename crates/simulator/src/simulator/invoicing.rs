@@ -50,14 +50,8 @@ impl Simulator {
         invoice: &str,
     ) -> Result<(), SimError> {
         let draft = self.render_invoice(invoice)?;
-        self.emit("invoice.created", draft.clone(), None);
-        if let Some(record) = self.invoices.get_mut(invoice) {
-            record.status = InvoiceStatus::Open;
-        }
-        let open = self.render_invoice(invoice)?;
-        let previous = render::previous_attributes(&draft, &open);
-        self.emit("invoice.finalized", open, previous);
-        Ok(())
+        self.emit("invoice.created", draft, None);
+        self.finalize(invoice)
     }
 
     pub(super) fn mark_paid(&mut self, invoice: &str) -> Result<(), SimError> {
