@@ -177,6 +177,23 @@ fn payment_behaviors_as_stripe_documents_them() {
     sim.confirm_payment("sub_a", "pm_card_visa").unwrap();
     assert_eq!(status(&sim), SubscriptionStatus::Active);
 
+    // A card that needs 3-D Secure: the confirmation waits for the challenge, and the card is
+    // saved as the default once it is passed.
+    let mut sim = without_a_card();
+    sim.subscribe_with("cus_a", "sub_a", "price_pro", 1, options)
+        .unwrap();
+    sim.confirm_payment("sub_a", "pm_card_authenticationRequiredOnSetup")
+        .unwrap();
+    assert_eq!(status(&sim), SubscriptionStatus::Incomplete);
+    assert_eq!(sim.customer("cus_a").unwrap().default_payment_method, None);
+    sim.complete_3ds("sub_a").unwrap();
+    assert_eq!(status(&sim), SubscriptionStatus::Active);
+    assert!(sim
+        .customer("cus_a")
+        .unwrap()
+        .default_payment_method
+        .is_some());
+
     for (card, refusal) in [
         ("pm_card_chargeCustomerFail", "your card was declined"),
         ("pm_card_authenticationRequired", "requires authentication"),

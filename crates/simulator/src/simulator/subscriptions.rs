@@ -518,6 +518,18 @@ impl Simulator {
             .and_then(|i| i.payment_intent.clone());
         let intent_id = intent_id.ok_or_else(|| not_found("payment_intent", &invoice))?;
         self.succeed_payment(&invoice, &intent_id)?;
+        // A card the client confirmed with is saved once its payment succeeds.
+        let confirmed_with = self
+            .payment_intents
+            .get(&intent_id)
+            .and_then(|pi| pi.payment_method.clone())
+            .and_then(|pm| self.payment_methods.get(&pm))
+            .filter(|pm| !pm.attached)
+            .map(|pm| (pm.id.clone(), pm.customer.clone()));
+        if let Some((method, customer)) = confirmed_with {
+            self.attach_existing(&method)?;
+            self.set_default_payment_method(&customer, &method)?;
+        }
         let status = self.subscription(subscription)?.status;
         if matches!(
             status,
