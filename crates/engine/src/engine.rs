@@ -222,14 +222,15 @@ impl Engine {
     }
 
     /// Applies every new event in the log to the read models. First, when the previous step
-    /// found nothing new (or [`GENERATION_CHECK`] has passed), it asks whether the saved views
-    /// were rebuilt elsewhere and reloads them if so, before anything is saved over them: a
-    /// busy projector pays no extra query per batch, an idle one notices a `subledger replay`
-    /// at its next poll.
+    /// found nothing new, a save was refused by a rebuild, or [`GENERATION_CHECK`] has
+    /// passed, it asks whether the saved views were rebuilt elsewhere and reloads them if so.
+    /// A busy projector pays no extra query per batch; it can never save over a rebuild,
+    /// since the save itself is conditional on the generation; an idle one notices a
+    /// `subledger replay` at its next poll.
     pub async fn project(&self) -> Result<usize, ProjectionError> {
         let mut projector = self.projector.lock().await;
         let now = self.config.clock.now();
-        if (projector.was_idle() || projector.generation_checked_before(GENERATION_CHECK))
+        if projector.should_check_generation(GENERATION_CHECK)
             && projector.rebuilt_elsewhere(&self.db).await?
         {
             tracing::info!("the saved billing views were rebuilt; reloading them");

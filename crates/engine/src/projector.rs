@@ -217,6 +217,8 @@ pub(crate) struct BillingProjector {
     /// When the saved views' generation was last read.
     generation_checked: std::time::Instant,
     last_step_idle: bool,
+    /// A save was refused because the saved views are of another generation.
+    save_refused_by_rebuild: bool,
 }
 
 /// Saved views, or why they cannot be trusted.
@@ -277,6 +279,7 @@ impl BillingProjector {
             generation,
             generation_checked: std::time::Instant::now(),
             last_step_idle: true,
+            save_refused_by_rebuild: false,
         };
         index.clear();
         index.publish(projector.resolve(projector.views.keys(), catalog, now)?);
@@ -338,17 +341,17 @@ impl BillingProjector {
     ) -> Result<bool, ProjectionError> {
         let (_, generation) = db.billing_views_state().await?;
         self.generation_checked = std::time::Instant::now();
+        self.save_refused_by_rebuild = false;
         Ok(generation != self.generation)
     }
 
-    /// Whether the last step found nothing to apply (true before the first).
-    pub(crate) fn was_idle(&self) -> bool {
+    /// Whether to ask for the saved views' generation before the next step: after a step that
+    /// found nothing to apply (and before the first), after a save a rebuild refused, or once
+    /// `interval` has passed. Saves are safe in between: a rebuild refuses them.
+    pub(crate) fn should_check_generation(&self, interval: std::time::Duration) -> bool {
         self.last_step_idle
-    }
-
-    /// Whether the last generation check is older than `interval`.
-    pub(crate) fn generation_checked_before(&self, interval: std::time::Duration) -> bool {
-        self.generation_checked.elapsed() >= interval
+            || self.save_refused_by_rebuild
+            || self.generation_checked.elapsed() >= interval
     }
 
     /// A projector at position 0 with no views, that never saves: for rebuilds.
@@ -364,6 +367,7 @@ impl BillingProjector {
             generation: 0,
             generation_checked: std::time::Instant::now(),
             last_step_idle: true,
+            save_refused_by_rebuild: false,
         }
     }
 
@@ -443,7 +447,7 @@ impl BillingProjector {
         }
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         if db
-            .save_billing_views(self.saved, self.applied, &rows)
+            .save_billing_views(self.saved, self.applied, self.generation, &rows)
             .await?
         {
             self.saved = self.applied;
@@ -451,8 +455,9 @@ impl BillingProjector {
         } else {
             // Another process moved the checkpoint; read where it is now and keep serving from
             // memory. Views changed after that point are saved on the next step.
-            let (stored, _) = db.billing_views_state().await?;
+            let (stored, generation) = db.billing_views_state().await?;
             tracing::debug!(?stored, applied = ?self.applied, "billing views saved by another process");
+            self.save_refused_by_rebuild = generation != self.generation;
             self.saved = stored;
             let saved = self.saved;
             self.changed_at.retain(|_, at| *at > saved);

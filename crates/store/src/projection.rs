@@ -71,15 +71,18 @@ impl Database {
 
     /// Moves the billing-view checkpoint from `from` to `to` and saves `rows`, atomically.
     /// Returns `false`, saving nothing, if the checkpoint is no longer at `from` (another
-    /// process saved the same deterministic result first).
+    /// process saved the same deterministic result first) or the views are no longer of
+    /// `generation` (a rebuild replaced them: views computed before it must not overwrite it).
     pub async fn save_billing_views(
         &self,
         from: Checkpoint,
         to: Checkpoint,
+        generation: i64,
         rows: &[ViewRow],
     ) -> Result<bool, StoreError> {
         const MOVE: &str = "UPDATE projector_checkpoints SET tx = $1, position = $2
-                             WHERE name = 'billing_views' AND tx = $3 AND position = $4";
+                             WHERE name = 'billing_views' AND tx = $3 AND position = $4
+                               AND generation = $5";
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             // The UPDATE comes first: on SQLite it takes the write lock before anything is read;
@@ -90,6 +93,7 @@ impl Database {
                 .bind(to.position)
                 .bind(from.tx)
                 .bind(from.position)
+                .bind(generation)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -320,7 +320,7 @@ async fn a_projection_saves_only_from_the_checkpoint_it_read() {
             json: json.to_owned(),
         };
         assert!(db
-            .save_billing_views(start, to, &[row("{\"v\":1}")])
+            .save_billing_views(start, to, 0, &[row("{\"v\":1}")])
             .await
             .unwrap());
         // A second saver that read the old checkpoint saves nothing.
@@ -328,6 +328,7 @@ async fn a_projection_saves_only_from_the_checkpoint_it_read() {
             .save_billing_views(
                 start,
                 Checkpoint { tx: 0, position: 6 },
+                0,
                 &[row("{\"v\":2}")]
             )
             .await
@@ -359,6 +360,26 @@ async fn a_projection_saves_only_from_the_checkpoint_it_read() {
             test.name
         );
         assert_eq!(db.billing_views_state().await.unwrap(), (rebuilt, 1));
+        // A projector that loaded the views before the rebuild saves nothing over it, even
+        // from the rebuild's own checkpoint.
+        assert!(!db
+            .save_billing_views(
+                rebuilt,
+                Checkpoint { tx: 0, position: 8 },
+                0,
+                &[row("{\"v\":4}")]
+            )
+            .await
+            .unwrap());
+        assert!(db
+            .save_billing_views(
+                rebuilt,
+                Checkpoint { tx: 0, position: 8 },
+                1,
+                &[row("{\"v\":4}")]
+            )
+            .await
+            .unwrap());
         test.cleanup().await.unwrap();
     }
 }
