@@ -734,7 +734,8 @@ plans:
             assert_eq!(answer.dunning.state, crate::dunning::DunningState::Ok);
             assert_eq!(answer.plans, ["pro"]);
         }
-        // An invoice that starts failing after the payment is owed again.
+        // A later retry of the older invoice does not bring its debt back; an invoice that
+        // first fails after the payment is owed.
         failed(
             &mut payment_first,
             "sub_1",

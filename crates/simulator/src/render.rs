@@ -244,6 +244,9 @@ pub fn charge(charge: &Charge) -> Value {
     object["amount_refunded"] = json!(if charge.refunded { charge.amount } else { 0 });
     object["failure_code"] = json!(charge.decline.map(|d| d.code));
     object["failure_message"] = json!(charge.decline.map(decline_text));
+    // `outcome` as the charge object documents it (API reference, charge object: `type`
+    // `authorized` | `issuer_declined`, `network_status` `approved_by_network` |
+    // `declined_by_network`, `reason` the decline code). Subledger does not read it.
     object["outcome"] = match charge.decline {
         Some(decline) => json!({
             "type": "issuer_declined",
@@ -265,7 +268,8 @@ pub fn charge(charge: &Charge) -> Value {
     object
 }
 
-/// Stripe's raw text for a card error: for operators' logs, never for customers.
+/// Stripe's raw text for a card error, as its test cards answer (Stripe's "Testing" docs and
+/// error codes reference): for operators' logs, never for customers.
 pub fn decline_text(decline: Decline) -> &'static str {
     match (decline.code, decline.decline_code) {
         ("expired_card", _) => "Your card has expired.",

@@ -150,12 +150,20 @@ impl Simulator {
     }
 
     pub(super) fn card_of(&self, customer: &str) -> Option<Card> {
-        let method = self
-            .customers
-            .get(customer)?
-            .default_payment_method
-            .as_ref()?;
-        self.payment_methods.get(method).map(|m| m.card)
+        self.method_to_charge(customer, None).map(|(_, card)| card)
+    }
+
+    /// The payment method a charge uses, and its card: `explicit` (one the client confirms
+    /// with) or else the customer's default.
+    pub(super) fn method_to_charge(
+        &self,
+        customer: &str,
+        explicit: Option<String>,
+    ) -> Option<(String, Card)> {
+        let method =
+            explicit.or_else(|| self.customers.get(customer)?.default_payment_method.clone())?;
+        let card = self.payment_methods.get(&method)?.card;
+        Some((method, card))
     }
 
     /// `DELETE /v1/customers/{id}`: Stripe cancels the customer's live subscriptions at once

@@ -118,18 +118,11 @@ impl Simulator {
             .get(invoice)
             .map(|i| i.customer.clone())
             .ok_or_else(|| not_found("invoice", invoice))?;
-        let method = match payment_method {
-            Some(id) => Some(id.to_owned()),
-            None => self
-                .customers
-                .get(&customer)
-                .and_then(|c| c.default_payment_method.clone()),
-        };
         let Some((method, card)) =
-            method.and_then(|id| self.payment_methods.get(&id).map(|m| (id, m.card)))
+            self.method_to_charge(&customer, payment_method.map(str::to_owned))
         else {
             self.fail_without_payment_method(invoice)?;
-            return Ok(Attempt::Failed);
+            return Ok(Attempt::Failed(None));
         };
         let intent_id = self.open_payment_intent(invoice)?;
         if let Some(intent) = self.payment_intents.get_mut(&intent_id) {
@@ -145,14 +138,15 @@ impl Simulator {
             }
             ChargeResult::Declined(decline) => {
                 self.fail_payment(invoice, &intent_id, decline)?;
-                Ok(Attempt::Failed)
+                Ok(Attempt::Failed(Some(decline)))
             }
             ChargeResult::RequiresAction => {
                 if let Some(intent) = self.payment_intents.get_mut(&intent_id) {
                     intent.status = PaymentIntentStatus::RequiresAction;
                 }
                 self.emit_intent(&intent_id, "payment_intent.requires_action");
-                self.count_attempt(invoice, None)?;
+                // Waiting for the customer counts as a failed attempt for retries.
+                self.count_attempt(invoice, Some(false))?;
                 let rendered = self.render_invoice(invoice)?;
                 self.emit("invoice.payment_action_required", rendered, None);
                 Ok(Attempt::RequiresAction)
@@ -423,7 +417,7 @@ impl Simulator {
             {
                 self.update_subscription(id, |s| s.status = SubscriptionStatus::Active)
             }
-            Attempt::Failed | Attempt::RequiresAction
+            Attempt::Failed(_) | Attempt::RequiresAction
                 if matches!(
                     status,
                     SubscriptionStatus::Active | SubscriptionStatus::Trialing

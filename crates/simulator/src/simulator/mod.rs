@@ -100,7 +100,8 @@ enum Due {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Attempt {
     Paid,
-    Failed,
+    /// Declined by the card, or (`None`) there was no payment method to charge.
+    Failed(Option<Decline>),
     RequiresAction,
 }
 

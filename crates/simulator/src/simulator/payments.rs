@@ -172,20 +172,15 @@ impl Simulator {
                 intent.status.as_str()
             )));
         }
-        let method = match test_card {
+        let typed = match test_card {
             Some(test_card) => {
                 let card = Card::from_test_id(test_card)
                     .ok_or_else(|| SimError::UnknownCard(test_card.to_owned()))?;
                 Some(self.new_payment_method(&intent.customer, card))
             }
-            None => self
-                .customers
-                .get(&intent.customer)
-                .and_then(|c| c.default_payment_method.clone()),
+            None => None,
         };
-        let Some((method, card)) =
-            method.and_then(|id| self.payment_methods.get(&id).map(|m| (id, m.card)))
-        else {
+        let Some((method, card)) = self.method_to_charge(&intent.customer, typed) else {
             return Err(SimError::NoPaymentMethod(intent.customer));
         };
         if let Some(pi) = self.payment_intents.get_mut(&intent.id) {

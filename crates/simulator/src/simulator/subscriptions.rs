@@ -199,7 +199,7 @@ impl Simulator {
                 })?;
                 self.sync_entitlement_summary(&current.customer);
             }
-            Attempt::Failed | Attempt::RequiresAction => {}
+            Attempt::Failed(_) | Attempt::RequiresAction => {}
         }
         Ok(())
     }
@@ -395,6 +395,8 @@ impl Simulator {
         let end = self.period_end(now, interval, 1);
         let (amount, currency) = self.amount_of(&current);
         let before = self.render_subscription(subscription)?;
+        // Stripe's docs do not name a resume invoice's `billing_reason`; the new cycle's is
+        // used, and Subledger does not read it.
         let invoice = self.new_invoice(
             &current.customer,
             subscription,
@@ -479,14 +481,8 @@ impl Simulator {
         }
         // The attempt happened (its events are sent); the request itself answers with the
         // card error, as Stripe's does.
-        let decline = self
-            .invoices
-            .get(invoice)
-            .and_then(|i| i.payment_intent.as_ref())
-            .and_then(|pi| self.payment_intents.get(pi))
-            .and_then(|pi| pi.last_error);
-        match (outcome, decline) {
-            (Attempt::Failed, Some(decline)) => Err(SimError::CardDeclined(decline)),
+        match outcome {
+            Attempt::Failed(Some(decline)) => Err(SimError::CardDeclined(decline)),
             _ => Ok(()),
         }
     }
