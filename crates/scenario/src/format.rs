@@ -624,6 +624,27 @@ impl Reader {
             .map_err(|_| self.error(node.span(), format!("{what} must be a whole number")))
     }
 
+    /// An optional key whose value is one of a few words, read by `parse`; `expected` lists
+    /// them for the error.
+    fn choice<T>(
+        &self,
+        map: &MarkedMappingNode,
+        key: &str,
+        parse: fn(&str) -> Option<T>,
+        expected: &str,
+    ) -> Result<Option<T>, ScenarioError> {
+        let Some(node) = map.get_node(key) else {
+            return Ok(None);
+        };
+        let text = self.scalar(node, &format!("`{key}`"))?.as_str();
+        parse(text).map(Some).ok_or_else(|| {
+            self.error(
+                node.span(),
+                format!("`{key}` is `{text}`, expected {expected}"),
+            )
+        })
+    }
+
     fn bool(&self, node: &Node, what: &str) -> Result<bool, ScenarioError> {
         match self.scalar(node, what)?.as_str() {
             "true" => Ok(true),
@@ -814,30 +835,12 @@ impl Reader {
                     price: self.required_str(map, "price")?.to_owned(),
                     quantity: map.get_node("quantity").map(|n| self.number(n, "`quantity`")).transpose()?.unwrap_or(1),
                     trial_days: map.get_node("trial_days").map(|n| self.number(n, "`trial_days`")).transpose()?,
-                    payment_behavior: match map.get_node("payment_behavior") {
-                        None => PaymentBehavior::default(),
-                        Some(node) => {
-                            let text = self.scalar(node, "`payment_behavior`")?.as_str();
-                            PaymentBehavior::parse(text).ok_or_else(|| {
-                                self.error(
-                                    node.span(),
-                                    format!("`payment_behavior` is `{text}`, expected allow_incomplete, default_incomplete or error_if_incomplete"),
-                                )
-                            })?
-                        }
-                    },
-                    missing_payment_method: match map.get_node("missing_payment_method") {
-                        None => MissingPaymentMethod::default(),
-                        Some(node) => {
-                            let text = self.scalar(node, "`missing_payment_method`")?.as_str();
-                            MissingPaymentMethod::parse(text).ok_or_else(|| {
-                                self.error(
-                                    node.span(),
-                                    format!("`missing_payment_method` is `{text}`, expected create_invoice, pause or cancel"),
-                                )
-                            })?
-                        }
-                    },
+                    payment_behavior: self
+                        .choice(map, "payment_behavior", PaymentBehavior::parse, "allow_incomplete, default_incomplete or error_if_incomplete")?
+                        .unwrap_or_default(),
+                    missing_payment_method: self
+                        .choice(map, "missing_payment_method", MissingPaymentMethod::parse, "create_invoice, pause or cancel")?
+                        .unwrap_or_default(),
                 }
             }
             "confirm" => {

@@ -85,6 +85,8 @@ fn a_malformed_scenario_names_the_file_the_line_and_the_problem() {
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/missing.yaml\nsteps:\n  - advance: 1 day\n", 3, "cannot read catalog"),
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - subscribe: { customer: c, price: p }\n", 5, "missing `subscription`"),
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - advance: 200 years\n", 5, "at most 100 years"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - subscribe: { customer: c, subscription: s, price: p,\n      payment_behavior: sometimes }\n", 6, "`payment_behavior` is `sometimes`, expected allow_incomplete"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - confirm: { subscription: s }\n", 5, "missing `card`"),
     ];
     for (text, line, message) in cases {
         let path = dir.join("bad.yaml");
