@@ -114,6 +114,22 @@ fn classes(report: &ReconcileReport) -> BTreeSet<(String, Drift)> {
         .collect()
 }
 
+/// `subledger reconcile --apply` on every customer of the drifted store.
+async fn reconcile_and_apply(world: &World) -> subledger_engine::reconcile::ReconcileReport {
+    world
+        .drifted
+        .reconcile(
+            &world.reader,
+            &ReconcileOptions {
+                customers: Vec::new(),
+                apply: true,
+            },
+            &mut |_, _| {},
+        )
+        .await
+        .unwrap()
+}
+
 async fn differences(world: &World) -> Vec<String> {
     let mut found = Vec::new();
     for customer in &world.customers {
@@ -169,18 +185,7 @@ async fn reconcile_reports_each_drift_and_apply_heals_it_by_appending() {
     // Reporting changed nothing.
     assert_eq!(differences(&world).await.len(), before.len());
 
-    let applied = world
-        .drifted
-        .reconcile(
-            &world.reader,
-            &ReconcileOptions {
-                customers: Vec::new(),
-                apply: true,
-            },
-            &mut |_, _| {},
-        )
-        .await
-        .unwrap();
+    let applied = reconcile_and_apply(&world).await;
     assert_eq!(applied.unresolved(), 0, "{:#?}", applied.differences);
     let after = differences(&world).await;
     assert!(after.is_empty(), "{}", after.join("\n"));
@@ -230,18 +235,7 @@ async fn reconciling_while_late_webhooks_arrive_converges_in_every_interleaving(
         at_wall(&world);
         deliver(&world.drifted, before.to_vec()).await;
         world.clock.set(world.at);
-        world
-            .drifted
-            .reconcile(
-                &world.reader,
-                &ReconcileOptions {
-                    customers: Vec::new(),
-                    apply: true,
-                },
-                &mut |_, _| {},
-            )
-            .await
-            .unwrap();
+        reconcile_and_apply(&world).await;
         let mut after = after.to_vec();
         if reversed {
             after.reverse();
