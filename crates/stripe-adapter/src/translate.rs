@@ -123,6 +123,9 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
                 },
             }
         }
+        // A voided or uncollectible invoice is no longer owed, and Stripe returns the
+        // subscription to `active` (Stripe's docs, "How invoices work": statuses;
+        // `../shared/STRIPE.md`, forgiveness).
         "invoice.voided" | "invoice.marked_uncollectible" => {
             let (customer_id, invoice) = invoice_facts(&object)?;
             Translation::Customer {
@@ -372,6 +375,9 @@ pub fn translate_fetched(
                 "succeeded" => PaymentStep::Succeeded,
                 "requires_action" => PaymentStep::RequiresAction,
                 "canceled" => PaymentStep::Canceled,
+                // A failed attempt leaves the PaymentIntent waiting for another payment
+                // method with the failure in `last_payment_error` (Stripe's docs, "How
+                // PaymentIntents work"); without one it was never attempted.
                 "requires_payment_method" if fields.object("last_payment_error").is_some() => {
                     PaymentStep::Failed
                 }
