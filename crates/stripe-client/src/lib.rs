@@ -704,7 +704,7 @@ impl StripeApi {
 }
 
 /// An id that becomes part of a path: only Stripe's id alphabet may reach it.
-fn stripe_id(id: &str) -> Result<&str, ApiError> {
+pub(crate) fn stripe_id(id: &str) -> Result<&str, ApiError> {
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(ApiError::InvalidRequest {
             message: format!("`{id}` is not a Stripe id"),

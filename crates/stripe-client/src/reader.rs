@@ -224,12 +224,7 @@ impl StripeReader {
 
     /// `GET /v1/{path}/{id}`; only Stripe's id alphabet may become part of the path.
     pub async fn retrieve(&self, path: &str, id: &str) -> Result<Value, ApiError> {
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ApiError::InvalidRequest {
-                message: format!("`{id}` is not a Stripe id"),
-                param: Some("id".to_owned()),
-            });
-        }
+        let id = crate::stripe_id(id)?;
         self.get(&format!("{path}/{id}"), &[]).await
     }
 
