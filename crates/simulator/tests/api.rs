@@ -56,6 +56,28 @@ fn receiver() -> Router {
     )
 }
 
+/// Attaches a test card and makes it the customer's default, as a client would.
+async fn attach_default_card(app: &Router, customer: &str, card: &str) {
+    let (status, pm) = call(
+        app,
+        "POST",
+        &format!("/v1/payment_methods/{card}/attach"),
+        &format!("customer={customer}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{pm}");
+    let pm_id = pm["id"].as_str().unwrap();
+    call(
+        app,
+        "POST",
+        &format!("/v1/customers/{customer}"),
+        &format!("invoice_settings[default_payment_method]={pm_id}"),
+        None,
+    )
+    .await;
+}
+
 fn app() -> Router {
     let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
     let forwarding = Forwarding {
@@ -92,23 +114,7 @@ async fn a_test_clock_drives_a_subscription_through_the_rest_api() {
     .await;
     let customer_id = customer["id"].as_str().unwrap().to_owned();
     assert_eq!(customer["metadata"]["user_id"], "u_1");
-    let (_, pm) = call(
-        &app,
-        "POST",
-        "/v1/payment_methods/pm_card_visa/attach",
-        &format!("customer={customer_id}"),
-        None,
-    )
-    .await;
-    let pm_id = pm["id"].as_str().unwrap().to_owned();
-    call(
-        &app,
-        "POST",
-        &format!("/v1/customers/{customer_id}"),
-        &format!("invoice_settings[default_payment_method]={pm_id}"),
-        None,
-    )
-    .await;
+    attach_default_card(&app, &customer_id, "pm_card_visa").await;
 
     let (status, subscription) = call(
         &app,
@@ -318,23 +324,7 @@ async fn card_errors_are_402_and_paused_subscriptions_resume() {
     assert_eq!(refused["error"]["code"], "expired_card");
     assert_eq!(refused["error"]["decline_code"], Value::Null);
 
-    let (_, pm) = call(
-        &app,
-        "POST",
-        "/v1/payment_methods/pm_card_chargeCustomerFail/attach",
-        &format!("customer={customer_id}"),
-        None,
-    )
-    .await;
-    let pm_id = pm["id"].as_str().unwrap().to_owned();
-    call(
-        &app,
-        "POST",
-        &format!("/v1/customers/{customer_id}"),
-        &format!("invoice_settings[default_payment_method]={pm_id}"),
-        None,
-    )
-    .await;
+    attach_default_card(&app, &customer_id, "pm_card_chargeCustomerFail").await;
     let (status, refused) = call(
         &app,
         "POST",
@@ -405,6 +395,81 @@ async fn card_errors_are_402_and_paused_subscriptions_resume() {
         resumed["error"]["type"], "invalid_request_error",
         "still trialing"
     );
+
+    // A customer without any card: the trial ends paused; with a card it resumes.
+    let (_, other) = call(
+        &app,
+        "POST",
+        "/v1/customers",
+        &format!("test_clock={clock_id}"),
+        None,
+    )
+    .await;
+    let other_id = other["id"].as_str().unwrap().to_owned();
+    let (_, paused) = call(
+        &app,
+        "POST",
+        "/v1/subscriptions",
+        &format!("customer={other_id}&items[0][price]={price_id}&trial_period_days=7&trial_settings[end_behavior][missing_payment_method]=pause"),
+        None,
+    )
+    .await;
+    let paused_id = paused["id"].as_str().unwrap().to_owned();
+    let eight_days_later = 1_767_225_600 + 8 * 86_400;
+    call(
+        &app,
+        "POST",
+        &format!("/v1/test_helpers/test_clocks/{clock_id}/advance"),
+        &format!("frozen_time={eight_days_later}"),
+        None,
+    )
+    .await;
+    let (_, now) = call(
+        &app,
+        "GET",
+        &format!("/v1/subscriptions/{paused_id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(now["status"], "paused", "{now}");
+    attach_default_card(&app, &other_id, "pm_card_visa").await;
+    let (status, resumed) = call(
+        &app,
+        "POST",
+        &format!("/v1/subscriptions/{paused_id}/resume"),
+        "",
+        Some("resume-2"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+    assert_eq!(resumed["status"], "active");
+
+    // The first customer's trial ended with the failing card: the renewal failed. Paying the
+    // invoice again attempts it, and the request answers the card error.
+    let (_, failing) = call(
+        &app,
+        "GET",
+        &format!("/v1/subscriptions/{subscription_id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(failing["status"], "past_due", "{failing}");
+    let invoice = failing["latest_invoice"].as_str().unwrap().to_owned();
+    let (status, unpaid) = call(
+        &app,
+        "POST",
+        &format!("/v1/invoices/{invoice}/pay"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{unpaid}");
+    assert_eq!(unpaid["error"]["decline_code"], "generic_decline");
+    let (_, still) = call(&app, "GET", &format!("/v1/invoices/{invoice}"), "", None).await;
+    assert_eq!(still["status"], "open");
+    assert_eq!(still["attempt_count"], 2);
     let (status, missing) = call(&app, "POST", "/v1/invoices/in_nothing/pay", "", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
 }
