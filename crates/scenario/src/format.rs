@@ -11,7 +11,8 @@
 //!   - create_customer: { id: cus_alice, card: pm_card_visa, metadata: { user_id: u_1 } }
 //!   - subscribe: { customer: cus_alice, subscription: sub_alice, price: price_pro_monthly }
 //!   - change_card: { customer: cus_alice, card: pm_card_chargeCustomerFail }
-//!   - advance: 1 month                     # N second|minute|hour|day|week|month|year[s]
+//!   - advance: 1 month                     # N second|minute|hour|day|week|month|year[s],
+//!                                          # or several: `1 month 2 hours`
 //!   - advance_to: 2026-03-01T00:00:00Z
 //!   - expect:
 //!       customer: cus_alice
@@ -102,11 +103,19 @@ pub struct Step {
     pub action: Action,
 }
 
-/// How far to move the clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClockStep {
-    Seconds(i64),
-    Months(u32),
+/// How far to move the clock: calendar months first, then seconds (`1 month 1 hour`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClockStep {
+    pub months: u32,
+    pub seconds: i64,
+}
+
+impl ClockStep {
+    /// Where the clock lands when it moves this far from `now`.
+    pub fn from(self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        now.checked_add_months(chrono::Months::new(self.months))?
+            .checked_add_signed(chrono::Duration::try_seconds(self.seconds)?)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -287,8 +296,11 @@ impl Action {
                 }
                 None => format!("subscribe {subscription} to {price}"),
             },
-            Self::Advance(ClockStep::Seconds(s)) => format!("advance {s} s"),
-            Self::Advance(ClockStep::Months(m)) => format!("advance {m} month(s)"),
+            Self::Advance(ClockStep { months, seconds }) => match (months, seconds) {
+                (0, seconds) => format!("advance {seconds} s"),
+                (months, 0) => format!("advance {months} month(s)"),
+                (months, seconds) => format!("advance {months} month(s) {seconds} s"),
+            },
             Self::AdvanceTo(t) => format!("advance to {}", t.to_rfc3339()),
             Self::Upgrade {
                 subscription,
@@ -1008,52 +1020,57 @@ impl Reader {
         let bad = || {
             self.error(
                 node.span(),
-                format!("`{text}` is not a duration like `3 days` or `1 month`"),
+                format!("`{text}` is not a duration like `3 days`, `1 month` or `1 month 2 hours`"),
             )
         };
-        let (count, unit) = text.trim().split_once(' ').ok_or_else(bad)?;
-        let count: i64 = count.parse().map_err(|_| bad())?;
-        if count <= 0 {
-            return Err(self.error(
-                node.span(),
-                "a clock only moves forward: the duration must be positive",
-            ));
+        let words: Vec<&str> = text.split_whitespace().collect();
+        if words.is_empty() || words.len() % 2 != 0 {
+            return Err(bad());
         }
-        let seconds = |per: i64| {
-            count
-                .checked_mul(per)
-                .map(ClockStep::Seconds)
-                .ok_or_else(bad)
-        };
+        let mut step = ClockStep::default();
+        for pair in words.chunks(2) {
+            let count: i64 = pair[0].parse().map_err(|_| bad())?;
+            if count <= 0 {
+                return Err(self.error(
+                    node.span(),
+                    "a clock only moves forward: the duration must be positive",
+                ));
+            }
+            let add_seconds = |step: &mut ClockStep, per: i64| {
+                step.seconds = count
+                    .checked_mul(per)
+                    .and_then(|s| step.seconds.checked_add(s))
+                    .ok_or_else(bad)?;
+                Ok::<_, ScenarioError>(())
+            };
+            let add_months = |step: &mut ClockStep, per: u32| {
+                step.months = u32::try_from(count)
+                    .ok()
+                    .and_then(|c| c.checked_mul(per))
+                    .and_then(|m| step.months.checked_add(m))
+                    .ok_or_else(bad)?;
+                Ok::<_, ScenarioError>(())
+            };
+            match pair[1].trim_end_matches('s') {
+                "second" => add_seconds(&mut step, 1)?,
+                "minute" => add_seconds(&mut step, 60)?,
+                "hour" => add_seconds(&mut step, 3600)?,
+                "day" => add_seconds(&mut step, 86_400)?,
+                "week" => add_seconds(&mut step, 7 * 86_400)?,
+                "month" => add_months(&mut step, 1)?,
+                "year" => add_months(&mut step, 12)?,
+                _ => return Err(bad()),
+            }
+        }
         // A story moves its clock by at most a century per step: every time stays representable.
         const MAX_SECONDS: i64 = 100 * 366 * 86_400;
-        let step = match unit.trim().trim_end_matches('s') {
-            "second" => seconds(1),
-            "minute" => seconds(60),
-            "hour" => seconds(3600),
-            "day" => seconds(86_400),
-            "week" => seconds(7 * 86_400),
-            "month" => u32::try_from(count)
-                .map(ClockStep::Months)
-                .map_err(|_| bad()),
-            "year" => u32::try_from(count)
-                .ok()
-                .and_then(|c| c.checked_mul(12))
-                .map(ClockStep::Months)
-                .ok_or_else(bad),
-            _ => Err(bad()),
-        };
-        let too_far = || {
-            self.error(
+        if step.seconds > MAX_SECONDS || step.months > 1200 {
+            return Err(self.error(
                 node.span(),
                 "a step may advance the clock by at most 100 years",
-            )
-        };
-        match step? {
-            ClockStep::Seconds(s) if s > MAX_SECONDS => Err(too_far()),
-            ClockStep::Months(m) if m > 1200 => Err(too_far()),
-            step => Ok(step),
+            ));
         }
+        Ok(step)
     }
 
     fn expectation(&self, node: &Node) -> Result<Expectation, ScenarioError> {

@@ -22,7 +22,7 @@ use subledger_simulator::delivery::http_request;
 use subledger_simulator::model::Interval;
 use subledger_stripe_client::{ApiError, StripeApi};
 
-use crate::format::{Action, ClockStep, Expectation, Scenario};
+use crate::format::{Action, Expectation, Scenario};
 use crate::runner::{check_entitlements, ScenarioReport, StepReport};
 
 #[derive(Debug, Clone)]
@@ -244,14 +244,9 @@ impl LiveRun<'_> {
                 let interval = self.price_intervals.get(price).copied().unwrap_or(Interval::Month);
                 self.subscription_intervals.insert(subscription.clone(), interval);
             }
-            Action::Advance(ClockStep::Seconds(seconds)) => {
-                let to = self.now + chrono::Duration::seconds(*seconds);
-                self.advance_to(to).await?;
-            }
-            Action::Advance(ClockStep::Months(months)) => {
-                let to = self
-                    .now
-                    .checked_add_months(Months::new(*months))
+            Action::Advance(step) => {
+                let to = step
+                    .from(self.now)
                     .ok_or_else(|| "the clock would overflow".to_owned())?;
                 self.advance_to(to).await?;
             }

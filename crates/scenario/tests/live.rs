@@ -126,7 +126,8 @@ async fn a_fourth_customer_gets_a_second_clock_and_both_clocks_advance() {
             "  - create_customer: {{ id: cus_{n}, card: pm_card_visa }}\n  - subscribe: {{ customer: cus_{n}, subscription: sub_{n}, price: price_pro_monthly }}\n"
         ));
     }
-    text.push_str("  - advance: 1 month\n");
+    // The renewal is charged an hour after the period ends.
+    text.push_str("  - advance: 1 month 1 hour\n");
     for n in 1..=4 {
         text.push_str(&format!(
             "  - expect:\n      customer: cus_{n}\n      subscriptions: {{ sub_{n}: active }}\n      invoices: {{ sub_{n}: [paid, paid] }}\n"

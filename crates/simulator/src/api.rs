@@ -40,8 +40,6 @@ pub struct Account {
     policy: RetryPolicy,
     next_space: u32,
     idempotency: HashMap<String, (String, StatusCode, Value)>,
-    /// Subscription schedules: id -> (clock, subscription, the next phase's price).
-    schedules: BTreeMap<String, (String, String, Option<String>)>,
     delivered: HashMap<String, bool>,
     forwarding: Option<Deliverer>,
     /// Webhook delivery switched off (`POST /v1/test_helpers/webhooks enabled=false`): events
@@ -64,7 +62,6 @@ impl Account {
             policy,
             next_space: 2,
             idempotency: HashMap::new(),
-            schedules: BTreeMap::new(),
             delivered: HashMap::new(),
             forwarding: forwarding
                 .map(|f| Deliverer::new(DeliveryMode::InOrder, 0, f.secret, f.target)),
@@ -131,6 +128,11 @@ impl Account {
     fn customer_clock(&self, customer: &str) -> Result<String, ApiError> {
         self.clock_of(|sim| sim.customer(customer).is_ok())
             .ok_or_else(|| ApiError::missing("customer", customer))
+    }
+
+    fn schedule_clock(&self, schedule: &str) -> Result<String, ApiError> {
+        self.clock_of(|sim| sim.has_schedule(schedule))
+            .ok_or_else(|| ApiError::missing("subscription_schedule", schedule))
     }
 
     fn subscription_clock(&self, subscription: &str) -> Result<String, ApiError> {
@@ -247,6 +249,7 @@ impl From<SimError> for ApiError {
                 decline_code: Some("authentication_required"),
                 ..Self::invalid(error.to_string(), None)
             },
+            SimError::AdvanceTooFar { .. } => Self::invalid(error.to_string(), Some("frozen_time")),
             other => Self::invalid(other.to_string(), None),
         }
     }
@@ -351,6 +354,10 @@ pub fn router(account: SharedAccount) -> Router {
         .route(
             "/v1/subscription_schedules/{id}",
             get(retrieve_schedule).post(update_schedule),
+        )
+        .route(
+            "/v1/subscription_schedules/{id}/release",
+            post(release_schedule),
         )
         .route("/v1/invoices", get(list_invoices))
         .route(
@@ -567,7 +574,9 @@ async fn advance_clock(
             ));
         }
         sim.advance_to(to)?;
-        Ok(sim.clock_json())
+        // Stripe answers while the clock is still moving; this one has already arrived, and
+        // reads as `ready` from now on (`../shared/STRIPE.md`, test clocks).
+        Ok(sim.advancing_clock_json(to))
     })
     .await
 }
@@ -1104,8 +1113,7 @@ async fn list_payment_intents(
     newest_listed(objects, "/v1/payment_intents", &query)
 }
 
-/// Schedules the simulated subscriptions know (scheduled changes) and those created through
-/// this API that have not scheduled anything yet.
+/// Every schedule on the listed clock (ended ones too).
 async fn list_schedules(
     State(account): State<SharedAccount>,
     Query(query): Query<HashMap<String, String>>,
@@ -1115,16 +1123,6 @@ async fn list_schedules(
     for sim in listed_clocks(&account, &query)? {
         for id in sim.schedule_ids() {
             objects.push(sim.schedule_json(id)?);
-        }
-    }
-    let listed = query.get("test_clock").unwrap_or(&account.default_clock);
-    for (id, (clock, _, _)) in &account.schedules {
-        let known = account
-            .clocks
-            .get(clock)
-            .is_some_and(|s| s.has_schedule(id));
-        if !known && clock == listed {
-            objects.push(schedule_json(&account, id)?);
         }
     }
     let objects = objects
@@ -1138,28 +1136,8 @@ async fn list_schedules(
     newest_listed(objects, "/v1/subscription_schedules", &query)
 }
 
-/// A schedule as Stripe renders it: the current phase until the period ends, and the next
-/// phase (the scheduled price) when one is set.
-fn schedule_json(account: &Account, id: &str) -> Result<Value, ApiError> {
-    let (clock, subscription, next_price) = account
-        .schedules
-        .get(id)
-        .ok_or_else(|| ApiError::missing("subscription_schedule", id))?;
-    let sim = account
-        .clocks
-        .get(clock)
-        .ok_or_else(|| ApiError::missing("test_clock", clock))?;
-    let current = sim.subscription(subscription)?;
-    Ok(crate::render::schedule(
-        id,
-        current,
-        next_price.as_deref(),
-        false,
-        sim.now(),
-        clock,
-    ))
-}
-
+/// `POST /v1/subscription_schedules` with `from_subscription` (API reference, "Create a
+/// schedule"): one phase, the current price until the period ends.
 async fn create_schedule(
     State(account): State<SharedAccount>,
     headers: HeaderMap,
@@ -1169,23 +1147,12 @@ async fn create_schedule(
     idempotent(&account, &headers, print, |account| {
         let subscription = required(&params, "from_subscription")?.to_owned();
         let clock = account.subscription_clock(&subscription)?;
-        if account
-            .schedules
-            .values()
-            .any(|(_, s, _)| *s == subscription)
-        {
-            return Err(ApiError::invalid(
-                format!(
-                    "Subscription {subscription} is already managed by a subscription schedule."
-                ),
-                Some("from_subscription"),
-            ));
-        }
-        let id = account.sim(&clock)?.fresh_id("sub_sched");
-        account
-            .schedules
-            .insert(id.clone(), (clock, subscription, None));
-        schedule_json(account, &id)
+        let sim = account.sim(&clock)?;
+        let id = sim.create_schedule(&subscription).map_err(|e| match e {
+            SimError::Invalid(message) => ApiError::invalid(message, Some("from_subscription")),
+            other => other.into(),
+        })?;
+        Ok(sim.schedule_json(&id)?)
     })
     .await
 }
@@ -1195,19 +1162,12 @@ async fn retrieve_schedule(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let account = account.lock().await;
-    let (clock, _, _) = account
-        .schedules
-        .get(&id)
-        .ok_or_else(|| ApiError::missing("subscription_schedule", &id))?;
+    let clock = account.schedule_clock(&id)?;
     let sim = account
         .clocks
-        .get(clock)
-        .ok_or_else(|| ApiError::missing("test_clock", clock))?;
-    // Once a price is scheduled the simulated subscription knows the schedule (and its release).
-    if sim.has_schedule(&id) {
-        return Ok(Json(sim.schedule_json(&id)?));
-    }
-    schedule_json(&account, &id).map(Json)
+        .get(&clock)
+        .ok_or_else(|| ApiError::missing("test_clock", &clock))?;
+    Ok(Json(sim.schedule_json(&id)?))
 }
 
 /// Accepts the two-phase update that schedules a price for the end of the current period:
@@ -1224,19 +1184,38 @@ async fn update_schedule(
         &params,
     );
     idempotent(&account, &headers, print, |account| {
-        let (clock, subscription, _) = account
-            .schedules
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::missing("subscription_schedule", &id))?;
+        let clock = account.schedule_clock(&id)?;
         let next = required(&params, "phases[1][items][0][price]")?.to_owned();
-        account
-            .sim(&clock)?
-            .schedule_change(&subscription, &next, Some(&id))?;
-        account
-            .schedules
-            .insert(id.clone(), (clock, subscription, Some(next)));
-        schedule_json(account, &id)
+        let sim = account.sim(&clock)?;
+        let subscription = sim.schedule_json(&id)?["subscription"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("subscription schedule {id} has ended and cannot be updated"),
+                    None,
+                )
+            })?;
+        sim.schedule_change(&subscription, &next, Some(&id))?;
+        Ok(sim.schedule_json(&id)?)
+    })
+    .await
+}
+
+/// `POST /v1/subscription_schedules/{id}/release` (API reference, "Release a schedule"): the
+/// subscription stays, without the schedule.
+async fn release_schedule(
+    State(account): State<SharedAccount>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/v1/subscription_schedules/{id}/release");
+    let print = fingerprint(&Method::POST, &path, &Vec::new());
+    idempotent(&account, &headers, print, |account| {
+        let clock = account.schedule_clock(&id)?;
+        let sim = account.sim(&clock)?;
+        sim.release_schedule(&id)?;
+        Ok(sim.schedule_json(&id)?)
     })
     .await
 }

@@ -400,6 +400,8 @@ pub struct Subscription {
     pub scheduled_price: Option<String>,
     pub missing_payment_method: MissingPaymentMethod,
     pub cancellation_reason: Option<CancellationReason>,
+    /// The period end whose `invoice.upcoming` was sent.
+    pub upcoming_sent_for: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,6 +446,68 @@ pub struct Invoice {
     pub first_failure: Option<DateTime<Utc>>,
     /// Whether Smart Retries retry it after a failure (not the invoice of a resume).
     pub retried: bool,
+    /// What it bills: one line per subscription item, or one proration line.
+    pub lines: Vec<InvoiceLine>,
+    /// When a renewal's draft is finalized and charged: about an hour after it was created
+    /// (`../shared/STRIPE.md`, renewal).
+    pub finalize_at: Option<DateTime<Utc>>,
+    /// `status_transitions`: when it was finalized, paid, voided or written off.
+    pub finalized_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub voided_at: Option<DateTime<Utc>>,
+    pub marked_uncollectible_at: Option<DateTime<Utc>>,
+}
+
+/// A subscription schedule (`POST /v1/subscription_schedules` with `from_subscription`):
+/// phases of prices in time order, the last one ending where the schedule completes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub id: String,
+    pub subscription: String,
+    pub customer: String,
+    pub phases: Vec<SchedulePhase>,
+    pub status: ScheduleStatus,
+    pub created: DateTime<Utc>,
+    /// When it completed, was released, or was canceled with its subscription.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulePhase {
+    pub price: String,
+    pub quantity: u64,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleStatus {
+    Active,
+    Completed,
+    Released,
+    Canceled,
+}
+
+impl ScheduleStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Completed => "completed",
+            Self::Released => "released",
+            Self::Canceled => "canceled",
+        }
+    }
+}
+
+/// One line of an invoice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceLine {
+    pub price: String,
+    pub quantity: u64,
+    pub amount: i64,
+    /// A credit or charge for part of a period after a plan change.
+    pub proration: bool,
+    pub subscription_item: Option<String>,
 }
 
 /// The PaymentIntent statuses the simulator reaches.

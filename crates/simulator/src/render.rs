@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 use subledger_stripe::fixtures::resource;
 
 use crate::model::{
-    Charge, Customer, Decline, Dispute, Invoice, PaymentIntent, PaymentIntentStatus, PaymentMethod,
-    Price, Subscription,
+    Charge, Customer, Decline, Dispute, Invoice, InvoiceLine, PaymentIntent, PaymentIntentStatus,
+    PaymentMethod, Price, Schedule, ScheduleStatus, Subscription,
 };
 
 /// The API version the simulator speaks, the one Subledger pins.
@@ -181,8 +181,63 @@ pub fn invoice(invoice: &Invoice, clock: &str) -> Value {
         None => Value::Null,
     };
     object["number"] = json!(format!("SIM-{}", invoice.id.trim_start_matches("in_")));
+    object["status_transitions"] = json!({
+        "finalized_at": opt_ts(invoice.finalized_at),
+        "paid_at": opt_ts(invoice.paid_at),
+        "voided_at": opt_ts(invoice.voided_at),
+        "marked_uncollectible_at": opt_ts(invoice.marked_uncollectible_at),
+    });
+    let template = object["lines"]["data"][0].clone();
+    let lines: Vec<Value> = invoice
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(n, line)| invoice_line(&template, invoice, n, line))
+        .collect();
+    object["lines"] = json!({
+        "object": "list",
+        "data": lines,
+        "has_more": false,
+        "total_count": invoice.lines.len(),
+        "url": format!("/v1/invoices/{}/lines", invoice.id),
+    });
     object["test_clock"] = json!(clock);
     object["livemode"] = json!(false);
+    object
+}
+
+/// One invoice line as Stripe renders a subscription item's (API version `basil` and later:
+/// the price under `pricing.price_details`, the item under `parent.subscription_item_details`).
+fn invoice_line(template: &Value, invoice: &Invoice, n: usize, line: &InvoiceLine) -> Value {
+    let mut object = template.clone();
+    object["id"] = json!(format!("il_{}_{n}", invoice.id.trim_start_matches("in_")));
+    object["invoice"] = json!(invoice.id);
+    object["amount"] = json!(line.amount);
+    object["subtotal"] = json!(line.amount);
+    object["currency"] = json!(invoice.currency);
+    object["quantity"] = json!(line.quantity);
+    object["description"] = json!(format!("{} × {}", line.quantity, line.price));
+    object["period"] = json!({
+        "start": invoice.period_start.timestamp(),
+        "end": invoice.period_end.timestamp(),
+    });
+    object["subscription"] = json!(invoice.subscription);
+    object["pricing"] = json!({
+        "type": "price_details",
+        "price_details": { "price": line.price, "product": format!("prod_{}", line.price) },
+        "unit_amount_decimal": null,
+    });
+    object["parent"] = json!({
+        "type": "subscription_item_details",
+        "invoice_item_details": null,
+        "subscription_item_details": {
+            "invoice_item": null,
+            "proration": line.proration,
+            "proration_details": { "credited_items": null },
+            "subscription": invoice.subscription,
+            "subscription_item": line.subscription_item,
+        },
+    });
     object
 }
 
@@ -347,66 +402,62 @@ pub fn invoice_payment(
     object
 }
 
-/// A subscription schedule: the current phase until the period ends and, when a change is
-/// scheduled, the next phase with the new price. `released` once the change took effect.
-pub fn schedule(
-    id: &str,
-    subscription: &Subscription,
-    next_price: Option<&str>,
-    released: bool,
-    now: DateTime<Utc>,
-    clock: &str,
-) -> Value {
-    let mut schedule = resource("subscription_schedule");
-    let template = schedule["phases"][0].clone();
-    let quantity = subscription.items.first().map_or(1, |i| i.quantity);
-    let phase = |price: &str, start: i64, end: i64| {
-        let mut phase = template.clone();
-        phase["start_date"] = json!(start);
-        phase["end_date"] = json!(end);
-        phase["items"][0]["price"] = json!(price);
-        phase["items"][0]["plan"]["id"] = json!(price);
-        phase["items"][0]["quantity"] = json!(quantity);
-        phase
+/// A subscription schedule: its phases, the one in force as `current_phase` while it is
+/// active, and when it ended (`end_behavior: release`: a completed schedule leaves the
+/// subscription running on its last phase's price).
+pub fn schedule(schedule: &Schedule, now: DateTime<Utc>, clock: &str) -> Value {
+    let mut object = resource("subscription_schedule");
+    let template = object["phases"][0].clone();
+    let phases = schedule
+        .phases
+        .iter()
+        .map(|p| {
+            let mut phase = template.clone();
+            phase["start_date"] = ts(p.start);
+            phase["end_date"] = ts(p.end);
+            phase["items"][0]["price"] = json!(p.price);
+            phase["items"][0]["plan"]["id"] = json!(p.price);
+            phase["items"][0]["quantity"] = json!(p.quantity);
+            phase
+        })
+        .collect();
+    let active = schedule.status == ScheduleStatus::Active;
+    let ended_as = |status: ScheduleStatus| {
+        schedule
+            .ended_at
+            .filter(|_| schedule.status == status)
+            .map_or(Value::Null, ts)
     };
-    let start = subscription.current_period_start.timestamp();
-    let end = subscription.current_period_end.timestamp();
-    let current_price = subscription
-        .items
-        .first()
-        .map(|i| i.price.clone())
-        .unwrap_or_default();
-    let mut phases = vec![phase(&current_price, start, end)];
-    if let Some(next) = next_price {
-        phases.push(phase(next, end, end + (end - start)));
-    }
-    schedule["id"] = json!(id);
-    schedule["customer"] = json!(subscription.customer);
-    schedule["subscription"] = if released {
-        Value::Null
-    } else {
-        json!(subscription.id)
-    };
-    schedule["status"] = json!(if released { "released" } else { "active" });
-    schedule["end_behavior"] = json!("release");
-    schedule["canceled_at"] = Value::Null;
-    schedule["completed_at"] = Value::Null;
-    schedule["released_at"] = if released { ts(now) } else { Value::Null };
-    schedule["released_subscription"] = if released {
-        json!(subscription.id)
+    object["id"] = json!(schedule.id);
+    object["customer"] = json!(schedule.customer);
+    object["subscription"] = if active || schedule.status == ScheduleStatus::Canceled {
+        json!(schedule.subscription)
     } else {
         Value::Null
     };
-    schedule["created"] = ts(now);
-    schedule["current_phase"] = if released {
-        Value::Null
+    object["status"] = json!(schedule.status.as_str());
+    object["end_behavior"] = json!("release");
+    object["canceled_at"] = ended_as(ScheduleStatus::Canceled);
+    object["completed_at"] = ended_as(ScheduleStatus::Completed);
+    object["released_at"] = ended_as(ScheduleStatus::Released);
+    object["released_subscription"] = if schedule.status == ScheduleStatus::Released {
+        json!(schedule.subscription)
     } else {
-        json!({ "start_date": start, "end_date": end })
+        Value::Null
     };
-    schedule["phases"] = Value::Array(phases);
-    schedule["test_clock"] = json!(clock);
-    schedule["livemode"] = json!(false);
-    schedule
+    object["created"] = ts(schedule.created);
+    object["current_phase"] = schedule
+        .phases
+        .iter()
+        .find(|p| active && p.start <= now && now < p.end)
+        .map_or(
+            Value::Null,
+            |p| json!({ "start_date": p.start.timestamp(), "end_date": p.end.timestamp() }),
+        );
+    object["phases"] = Value::Array(phases);
+    object["test_clock"] = json!(clock);
+    object["livemode"] = json!(false);
+    object
 }
 
 /// `data.previous_attributes` as Stripe computes it: every top-level field whose value changed,

@@ -312,7 +312,11 @@ fn renewals_follow_the_anchor_without_drifting() {
     let mut sim = simulator("pm_card_visa", RetryPolicy::default());
     sim.subscribe("cus_a", "sub_a", "price_pro", 1, None)
         .unwrap();
-    sim.advance_by(Duration::days(365)).unwrap();
+    // A year is six advances of two months; the last renewal is charged an hour after its
+    // period ends.
+    sim.advance_through(start() + Duration::days(365) + Duration::hours(1))
+        .unwrap();
+    assert_eq!(sim.advances(), 7);
     let invoices = sim.invoices_of("sub_a");
     assert_eq!(invoices.len(), 13, "the signup and twelve renewals");
     assert!(invoices.iter().all(|i| i.status.as_str() == "paid"));
@@ -346,7 +350,7 @@ fn failed_renewals_are_retried_then_the_policy_decides() {
         sim.attach_card("cus_a", "pm_card_chargeCustomerFail")
             .unwrap();
         sim.advance_to(
-            DateTime::parse_from_rfc3339("2026-02-28T12:00:00Z")
+            DateTime::parse_from_rfc3339("2026-02-28T13:00:00Z")
                 .unwrap()
                 .with_timezone(&Utc),
         )
@@ -356,7 +360,9 @@ fn failed_renewals_are_retried_then_the_policy_decides() {
         assert_eq!(renewal.attempt_count, 1);
         // Smart Retries pick their own moment: hours before the third day, not on it.
         let retry = renewal.next_payment_attempt.unwrap();
-        let early = renewal.created + Duration::days(3) - retry;
+        let first_attempt = renewal.finalized_at.unwrap();
+        assert_eq!(first_attempt - renewal.created, Duration::hours(1));
+        let early = first_attempt + Duration::days(3) - retry;
         assert!(
             early >= Duration::hours(1) && early <= Duration::hours(10),
             "{early}"
@@ -442,7 +448,8 @@ fn a_trial_without_a_payment_method_ends_past_due_with_an_unpayable_invoice() {
     sim.subscribe("cus_a", "sub_a", "price_pro", 1, Some(7))
         .unwrap();
     sim.take_new_events();
-    sim.advance_by(Duration::days(7)).unwrap();
+    sim.advance_by(Duration::days(7) + Duration::hours(1))
+        .unwrap();
     let events = sim.take_new_events();
     assert_eq!(status(&sim), SubscriptionStatus::PastDue);
     assert!(types(&events).contains(&"invoice.payment_failed"));
@@ -546,7 +553,7 @@ fn cancellations_say_why_and_an_incomplete_one_expires() {
     sim.attach_card("cus_a", "pm_card_chargeCustomerFail")
         .unwrap();
     sim.take_new_events();
-    sim.advance_by(Duration::days(60)).unwrap();
+    sim.advance_through(start() + Duration::days(60)).unwrap();
     assert_eq!(status(&sim), SubscriptionStatus::Canceled);
     let deleted = sim
         .take_new_events()
@@ -617,7 +624,7 @@ fn the_same_calls_give_the_same_events() {
         let mut sim = simulator("pm_card_visa", RetryPolicy::default());
         sim.subscribe("cus_a", "sub_a", "price_pro", 2, Some(3))
             .unwrap();
-        sim.advance_by(Duration::days(100)).unwrap();
+        sim.advance_through(start() + Duration::days(100)).unwrap();
         sim.events().to_vec()
     };
     assert_eq!(run(), run());

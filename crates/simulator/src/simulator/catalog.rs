@@ -3,7 +3,7 @@
 use chrono::{DateTime, Months, Utc};
 
 use super::{not_found, SimError, Simulator};
-use crate::model::{Interval, Price, Subscription};
+use crate::model::{Interval, InvoiceLine, Price, Subscription};
 use crate::render;
 
 impl Simulator {
@@ -71,17 +71,35 @@ impl Simulator {
             .unwrap_or(anchor)
     }
 
-    pub(super) fn amount_of(&self, subscription: &Subscription) -> (i64, String) {
-        let mut total = 0i64;
+    /// What a period of the subscription bills: a line per item at its price and quantity,
+    /// and the currency of its prices.
+    pub(super) fn lines_of(&self, subscription: &Subscription) -> (Vec<InvoiceLine>, String) {
         let mut currency = "usd".to_owned();
-        for item in &subscription.items {
-            if let Some(price) = self.prices.get(&item.price) {
-                let quantity = i64::try_from(item.quantity).unwrap_or(i64::MAX);
-                total = total.saturating_add(price.unit_amount.saturating_mul(quantity));
+        let lines = subscription
+            .items
+            .iter()
+            .filter_map(|item| {
+                let price = self.prices.get(&item.price)?;
                 currency.clone_from(&price.currency);
-            }
-        }
-        (total, currency)
+                let quantity = i64::try_from(item.quantity).unwrap_or(i64::MAX);
+                Some(InvoiceLine {
+                    price: item.price.clone(),
+                    quantity: item.quantity,
+                    amount: price.unit_amount.saturating_mul(quantity),
+                    proration: false,
+                    subscription_item: Some(item.id.clone()),
+                })
+            })
+            .collect();
+        (lines, currency)
+    }
+
+    /// What a period of the subscription costs.
+    pub(super) fn amount_of(&self, subscription: &Subscription) -> i64 {
+        let (lines, _) = self.lines_of(subscription);
+        lines
+            .iter()
+            .fold(0i64, |total, line| total.saturating_add(line.amount))
     }
 
     pub(super) fn interval_of(&self, subscription: &Subscription) -> Interval {

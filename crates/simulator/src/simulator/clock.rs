@@ -1,11 +1,9 @@
 //! The test clock: advancing it runs everything that falls due, in time order.
 
-use chrono::{DateTime, Duration, Utc};
-use serde_json::json;
+use chrono::{DateTime, Duration, Months, Utc};
 
 use super::{Due, SimError, Simulator};
-use crate::model::{CancellationReason, InvoiceStatus, SubscriptionStatus};
-use crate::render;
+use crate::model::{CancellationReason, InvoiceStatus, ScheduleStatus, SubscriptionStatus};
 
 /// How long an `incomplete` subscription waits for its first payment.
 const INCOMPLETE_EXPIRY: Duration = Duration::hours(23);
@@ -15,6 +13,7 @@ const TRIAL_WILL_END_NOTICE: Duration = Duration::days(3);
 const MAX_ACTIONS_PER_ADVANCE: usize = 100_000;
 
 impl Simulator {
+    /// One advance by `by` (see [`Simulator::advance_to`]).
     pub fn advance_by(&mut self, by: Duration) -> Result<usize, SimError> {
         let to = self.now.checked_add_signed(by).ok_or_else(|| {
             SimError::Invalid(format!(
@@ -24,12 +23,21 @@ impl Simulator {
         self.advance_to(to)
     }
 
-    /// Moves the clock to `to`, running everything that falls due on the way, in time order.
-    /// Returns how many things happened.
+    /// One advance of the test clock to `to`, as `POST /v1/test_helpers/test_clocks/{id}/advance`
+    /// makes it: refused beyond two intervals of the shortest subscription on the clock,
+    /// announced by `test_helpers.test_clock.advancing`, then everything that falls due on the
+    /// way runs in time order, and `test_helpers.test_clock.ready` ends it (Stripe's docs,
+    /// "Test clocks": advancing is asynchronous and limited to two intervals). Returns how
+    /// many things happened.
     pub fn advance_to(&mut self, to: DateTime<Utc>) -> Result<usize, SimError> {
         if to < self.now {
             return Err(SimError::ClockBackwards { now: self.now, to });
         }
+        if let Some(limit) = self.advance_limit().filter(|limit| to > *limit) {
+            return Err(SimError::AdvanceTooFar { to, limit });
+        }
+        let advancing = self.advancing_clock_json(to);
+        self.emit("test_helpers.test_clock.advancing", advancing, None);
         let mut actions = 0;
         while let Some((at, due)) = self.next_due(to) {
             if actions >= MAX_ACTIONS_PER_ADVANCE {
@@ -43,12 +51,37 @@ impl Simulator {
         }
         self.now = to;
         self.advances += 1;
-        let mut clock = subledger_stripe::fixtures::resource("test_helpers.test_clock");
-        clock["id"] = json!(self.clock_id);
-        clock["frozen_time"] = render::ts(to);
-        clock["status"] = json!("ready");
-        self.emit("test_helpers.test_clock.ready", clock, None);
+        let ready = self.clock_json();
+        self.emit("test_helpers.test_clock.ready", ready, None);
         Ok(actions)
+    }
+
+    /// Moves the clock to `to` in as many advances as Stripe requires (each at most two
+    /// intervals of the shortest subscription), as a client driving a real test clock does.
+    pub fn advance_through(&mut self, to: DateTime<Utc>) -> Result<usize, SimError> {
+        if to < self.now {
+            return Err(SimError::ClockBackwards { now: self.now, to });
+        }
+        let mut actions = 0;
+        loop {
+            let step = self.advance_limit().map_or(to, |limit| limit.min(to));
+            actions += self.advance_to(step)?;
+            if step >= to {
+                return Ok(actions);
+            }
+        }
+    }
+
+    /// The furthest one advance may go: two intervals of the shortest subscription period on
+    /// the clock (subscriptions that have not ended), or anywhere without one.
+    pub fn advance_limit(&self) -> Option<DateTime<Utc>> {
+        let shortest = self
+            .subscriptions
+            .values()
+            .filter(|s| !s.status.is_ended())
+            .map(|s| self.interval_of(s).months())
+            .min()?;
+        self.now.checked_add_months(Months::new(2 * shortest))
     }
 
     pub(super) fn next_due(&self, until: DateTime<Utc>) -> Option<(DateTime<Utc>, Due)> {
@@ -77,6 +110,9 @@ impl Simulator {
                 }
                 _ => {}
             }
+            if let Some(at) = self.upcoming_renewal_notice(s) {
+                due.push((at, Due::UpcomingRenewal(s.id.clone())));
+            }
             // A cancellation at a set date, before the period would end.
             if let Some(cancel_at) = s
                 .cancel_at
@@ -85,7 +121,13 @@ impl Simulator {
                 due.push((cancel_at, Due::CancelAt(s.id.clone())));
             }
         }
+        for (at, schedule) in self.schedule_ends() {
+            due.push((at, Due::ScheduleEnd(schedule.to_owned())));
+        }
         for invoice in self.invoices.values() {
+            if let (InvoiceStatus::Draft, Some(at)) = (invoice.status, invoice.finalize_at) {
+                due.push((at, Due::FinalizeRenewal(invoice.id.clone())));
+            }
             if invoice.status != InvoiceStatus::Open {
                 continue;
             }
@@ -132,7 +174,12 @@ impl Simulator {
                 self.emit("customer.subscription.trial_will_end", rendered, None);
                 Ok(())
             }
+            Due::UpcomingRenewal(id) => self.send_upcoming_invoice(&id),
+            Due::ScheduleEnd(id) => self
+                .end_schedule(&id, ScheduleStatus::Completed)
+                .map(|_| ()),
             Due::PeriodEnd(id) => self.end_period(&id),
+            Due::FinalizeRenewal(invoice) => self.finalize_renewal(&invoice),
             Due::Retry(invoice) => self.retry(&invoice),
         }
     }

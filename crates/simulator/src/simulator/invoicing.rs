@@ -4,11 +4,19 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::{not_found, Attempt, SimError, Simulator};
 use crate::model::{
-    CancellationReason, ChargeResult, Decline, Invoice, InvoiceStatus, MissingPaymentMethod,
-    PauseBehavior, PaymentIntent, PaymentIntentStatus, Session, SubscriptionStatus,
-    WhenRetriesRunOut,
+    CancellationReason, ChargeResult, Decline, Invoice, InvoiceLine, InvoiceStatus,
+    MissingPaymentMethod, PauseBehavior, PaymentIntent, PaymentIntentStatus, Session, Subscription,
+    SubscriptionStatus, WhenRetriesRunOut,
 };
 use crate::render;
+
+/// How long a renewal's draft invoice waits before Stripe finalizes and charges it: about an
+/// hour (Stripe's docs, "How subscriptions work": invoice lifecycle; `../shared/STRIPE.md`).
+pub(super) const RENEWAL_FINALIZATION_DELAY: Duration = Duration::hours(1);
+
+/// How long before a renewal `invoice.upcoming` is sent. Stripe takes it from the account's
+/// subscription settings ("Upcoming renewal events"); the simulated account says 7 days.
+const UPCOMING_RENEWAL_NOTICE: Duration = Duration::days(7);
 
 impl Simulator {
     pub(super) fn new_invoice(
@@ -16,11 +24,14 @@ impl Simulator {
         customer: &str,
         subscription: &str,
         billing_reason: &'static str,
-        amount: i64,
+        lines: Vec<InvoiceLine>,
         currency: &str,
         period: (DateTime<Utc>, DateTime<Utc>),
     ) -> String {
         let id = self.next_id("in");
+        let amount = lines
+            .iter()
+            .fold(0i64, |total, line| total.saturating_add(line.amount));
         self.invoices.insert(
             id.clone(),
             Invoice {
@@ -40,6 +51,12 @@ impl Simulator {
                 period_end: period.1,
                 first_failure: None,
                 retried: billing_reason != "subscription_create",
+                lines,
+                finalize_at: None,
+                finalized_at: None,
+                paid_at: None,
+                voided_at: None,
+                marked_uncollectible_at: None,
             },
         );
         id
@@ -59,6 +76,7 @@ impl Simulator {
             record.status = InvoiceStatus::Paid;
             record.amount_paid = record.amount_due;
             record.next_payment_attempt = None;
+            record.paid_at = Some(self.now);
         }
         let paid = self.render_invoice(invoice)?;
         self.emit("invoice.paid", paid.clone(), None);
@@ -262,6 +280,8 @@ impl Simulator {
             if let Some(record) = self.invoices.get_mut(invoice) {
                 record.status = InvoiceStatus::Void;
                 record.next_payment_attempt = None;
+                record.finalize_at = None;
+                record.voided_at = Some(self.now);
             }
             let rendered = self.render_invoice(invoice)?;
             self.emit("invoice.voided", rendered, None);
@@ -317,77 +337,162 @@ impl Simulator {
         }
         let start = current.current_period_end;
         let paused = current.pause_collection;
-        let released_schedule = current
-            .scheduled_price
-            .as_ref()
-            .and_then(|_| self.schedules.remove(id));
-        self.update_subscription(id, |s| {
-            if let Some(price) = s.scheduled_price.take() {
-                if let Some(item) = s.items.first_mut() {
-                    item.price = price;
-                }
+        let mut next = current.clone();
+        if let Some(price) = next.scheduled_price.take() {
+            if let Some(item) = next.items.first_mut() {
+                item.price = price;
             }
+        }
+        let (lines, currency) = self.lines_of(&next);
+        let invoice = self.new_invoice(
+            &current.customer,
+            id,
+            "subscription_cycle",
+            lines,
+            &currency,
+            (start, next_end),
+        );
+        // One `customer.subscription.updated` announces the new period, the new price and the
+        // new `latest_invoice` together.
+        self.update_subscription(id, |s| {
+            s.items = next.items;
+            s.scheduled_price = None;
             s.current_period_start = start;
             s.current_period_end = next_end;
+            s.latest_invoice = Some(invoice.clone());
             if ending_trial {
                 s.status = SubscriptionStatus::Active;
             }
         })?;
-        let renewed = self.subscription(id)?.clone();
-        if let Some(schedule_id) = released_schedule {
-            // The change took effect: the schedule releases the subscription.
-            let rendered =
-                render::schedule(&schedule_id, &renewed, None, true, self.now, &self.clock_id);
-            self.emit("subscription_schedule.released", rendered, None);
-        }
-        let (amount, currency) = self.amount_of(&renewed);
-        let invoice = self.new_invoice(
-            &renewed.customer,
-            id,
-            "subscription_cycle",
-            amount,
-            &currency,
-            (start, next_end),
-        );
-        if let Some(s) = self.subscriptions.get_mut(id) {
-            s.latest_invoice = Some(invoice.clone());
-        }
-        if let Some(behavior) = paused {
-            let draft = self.render_invoice(&invoice)?;
-            self.emit("invoice.created", draft, None);
-            return match behavior {
-                PauseBehavior::KeepAsDraft => Ok(()),
-                PauseBehavior::Void => {
-                    self.finalize(&invoice)?;
-                    self.void_invoice(&invoice)
+        let draft = self.render_invoice(&invoice)?;
+        self.emit("invoice.created", draft, None);
+        match paused {
+            Some(PauseBehavior::KeepAsDraft) => Ok(()),
+            Some(PauseBehavior::Void) => {
+                self.finalize(&invoice)?;
+                self.void_invoice(&invoice)
+            }
+            Some(PauseBehavior::MarkUncollectible) => {
+                self.finalize(&invoice)?;
+                let now = self.now;
+                if let Some(record) = self.invoices.get_mut(&invoice) {
+                    record.status = InvoiceStatus::Uncollectible;
+                    record.marked_uncollectible_at = Some(now);
                 }
-                PauseBehavior::MarkUncollectible => {
-                    self.finalize(&invoice)?;
-                    if let Some(record) = self.invoices.get_mut(&invoice) {
-                        record.status = InvoiceStatus::Uncollectible;
-                    }
-                    let rendered = self.render_invoice(&invoice)?;
-                    self.emit("invoice.marked_uncollectible", rendered, None);
-                    Ok(())
+                let rendered = self.render_invoice(&invoice)?;
+                self.emit("invoice.marked_uncollectible", rendered, None);
+                Ok(())
+            }
+            // The draft waits about an hour before it is finalized and charged.
+            None => {
+                if let Some(record) = self.invoices.get_mut(&invoice) {
+                    record.finalize_at = Some(start + RENEWAL_FINALIZATION_DELAY);
                 }
-            };
+                Ok(())
+            }
         }
-        self.emit_invoice_created_and_finalized(&invoice)?;
-        if amount == 0 {
-            return self.mark_paid(&invoice);
-        }
-        if renewed.status == SubscriptionStatus::Unpaid {
-            // Unpaid subscriptions keep invoicing but are not charged automatically.
+    }
+
+    /// A renewal's draft, an hour old: finalized and, unless nothing is owed or the
+    /// subscription no longer collects automatically, charged to the default card.
+    pub(super) fn finalize_renewal(&mut self, invoice: &str) -> Result<(), SimError> {
+        let record = self
+            .invoices
+            .get(invoice)
+            .cloned()
+            .ok_or_else(|| not_found("invoice", invoice))?;
+        if record.status != InvoiceStatus::Draft {
             return Ok(());
         }
-        let outcome = self.attempt_payment(&invoice, None, Session::Off)?;
-        self.after_renewal_attempt(id, &invoice, outcome)
+        self.finalize(invoice)?;
+        if record.amount_due == 0 {
+            return self.mark_paid(invoice);
+        }
+        let Some(subscription) = record.subscription else {
+            return Ok(());
+        };
+        let status = self.subscription(&subscription)?.status;
+        // Unpaid subscriptions keep invoicing but are not charged automatically, and an ended
+        // subscription's invoices are no longer collected.
+        if status == SubscriptionStatus::Unpaid || status.is_ended() {
+            return Ok(());
+        }
+        let outcome = self.attempt_payment(invoice, None, Session::Off)?;
+        self.after_renewal_attempt(&subscription, invoice, outcome)
+    }
+
+    /// When `invoice.upcoming` is due for the subscription's next renewal: a set number of
+    /// days before it, for a renewal that will be charged automatically, once per period and
+    /// only when the period started before that moment.
+    pub(super) fn upcoming_renewal_notice(&self, s: &Subscription) -> Option<DateTime<Utc>> {
+        let renews = matches!(
+            s.status,
+            SubscriptionStatus::Active | SubscriptionStatus::PastDue | SubscriptionStatus::Trialing
+        ) && !s.cancel_at_period_end
+            && s.cancel_at.is_none_or(|at| at > s.current_period_end)
+            && s.pause_collection.is_none();
+        let at = s.current_period_end - UPCOMING_RENEWAL_NOTICE;
+        (renews && s.upcoming_sent_for != Some(s.current_period_end) && at > s.current_period_start)
+            .then_some(at)
+    }
+
+    /// `invoice.upcoming`: a preview of the renewal's invoice, which has no id yet (Stripe's
+    /// event reference: "the received Invoice object will not have an invoice ID").
+    pub(super) fn send_upcoming_invoice(&mut self, id: &str) -> Result<(), SimError> {
+        let current = self.subscription(id)?.clone();
+        let mut next = current.clone();
+        if let Some(price) = next.scheduled_price.take() {
+            if let Some(item) = next.items.first_mut() {
+                item.price = price;
+            }
+        }
+        let interval = self.interval_of(&next);
+        let (lines, currency) = self.lines_of(&next);
+        let amount = lines
+            .iter()
+            .fold(0i64, |total, line| total.saturating_add(line.amount));
+        let start = current.current_period_end;
+        let preview = Invoice {
+            id: String::new(),
+            customer: current.customer.clone(),
+            subscription: Some(id.to_owned()),
+            status: InvoiceStatus::Draft,
+            amount_due: amount,
+            amount_paid: 0,
+            currency,
+            attempt_count: 0,
+            next_payment_attempt: Some(start + RENEWAL_FINALIZATION_DELAY),
+            billing_reason: "upcoming",
+            payment_intent: None,
+            created: start,
+            period_start: start,
+            period_end: self.period_end(start, interval, 1),
+            first_failure: None,
+            retried: true,
+            lines,
+            finalize_at: None,
+            finalized_at: None,
+            paid_at: None,
+            voided_at: None,
+            marked_uncollectible_at: None,
+        };
+        let mut rendered = render::invoice(&preview, &self.clock_id);
+        rendered["id"] = serde_json::Value::Null;
+        rendered["number"] = serde_json::Value::Null;
+        if let Some(s) = self.subscriptions.get_mut(id) {
+            s.upcoming_sent_for = Some(start);
+        }
+        self.emit("invoice.upcoming", rendered, None);
+        Ok(())
     }
 
     pub(super) fn finalize(&mut self, invoice: &str) -> Result<(), SimError> {
         let draft = self.render_invoice(invoice)?;
+        let now = self.now;
         if let Some(record) = self.invoices.get_mut(invoice) {
             record.status = InvoiceStatus::Open;
+            record.finalize_at = None;
+            record.finalized_at = Some(now);
         }
         let open = self.render_invoice(invoice)?;
         let previous = render::previous_attributes(&draft, &open);
@@ -510,7 +615,9 @@ mod tests {
         if let Some(method) = sim.payment_methods.get_mut(&card) {
             method.card = Card::ExpiredCard;
         }
-        sim.advance_by(Duration::days(31)).unwrap();
+        // The renewal is charged an hour after the period ends.
+        sim.advance_by(Duration::days(31) + Duration::hours(1))
+            .unwrap();
         let renewal = sim.invoices_of("sub_a")[1].clone();
         assert_eq!(renewal.attempt_count, 1);
         assert_eq!(renewal.next_payment_attempt, None);

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::model::{
     Card, Charge, Customer, Decline, Dispute, Invoice, PaymentIntent, PaymentMethod, Price,
-    RetryPolicy, Subscription,
+    RetryPolicy, Schedule, Subscription,
 };
 use crate::render;
 
@@ -36,6 +36,12 @@ pub enum SimError {
     ClockBackwards {
         now: DateTime<Utc>,
         to: DateTime<Utc>,
+    },
+    /// An advance beyond two intervals of the shortest subscription on the clock.
+    #[error("the test clock can be advanced at most two intervals of its shortest subscription at a time: to {limit}, not {to}")]
+    AdvanceTooFar {
+        to: DateTime<Utc>,
+        limit: DateTime<Utc>,
     },
     #[error("{0}")]
     Invalid(String),
@@ -70,10 +76,8 @@ pub struct Simulator {
     events: Vec<Value>,
     taken: usize,
     advances: u64,
-    /// Subscription schedules in force, by subscription.
-    schedules: BTreeMap<String, String>,
-    /// Every schedule ever made (released ones too) and its subscription, by schedule id.
-    schedule_subscriptions: BTreeMap<String, String>,
+    /// Every subscription schedule ever made (ended ones too), by id.
+    schedules: BTreeMap<String, Schedule>,
     /// The last Entitlements API summary sent per customer (feature lookup keys).
     summaries: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// Stripe's known gap: no summary update when a trial ends paused.
@@ -92,7 +96,14 @@ enum Due {
     CancelAt(String),
     ExpireIncomplete(String),
     TrialWillEnd(String),
+    /// `invoice.upcoming`, some days before a renewal.
+    UpcomingRenewal(String),
+    /// A schedule's last phase ends (before the subscription's period end at the same
+    /// moment: the renewal is no longer the schedule's).
+    ScheduleEnd(String),
     PeriodEnd(String),
+    /// A renewal's draft invoice is finalized and charged.
+    FinalizeRenewal(String),
     Retry(String),
 }
 
@@ -124,7 +135,6 @@ impl Simulator {
             taken: 0,
             advances: 0,
             schedules: BTreeMap::new(),
-            schedule_subscriptions: BTreeMap::new(),
             summaries: BTreeMap::new(),
             suppress_summaries: false,
             event_lag: Duration::zero(),
@@ -230,11 +240,6 @@ impl Simulator {
             .collect()
     }
 
-    /// Every subscription schedule this clock made (released ones too).
-    pub fn schedule_ids(&self) -> impl Iterator<Item = &str> {
-        self.schedule_subscriptions.keys().map(String::as_str)
-    }
-
     /// Ids sort in creation order: a prefix, the space, and a zero-padded counter.
     fn next_id(&mut self, prefix: &str) -> String {
         self.counter += 1;
@@ -280,7 +285,8 @@ impl Simulator {
         self.subscriptions.contains_key(id)
     }
 
-    /// The test clock object, `ready`: advances here are synchronous.
+    /// The test clock object. Advances here finish within the request, so it is `ready`
+    /// whenever it is read.
     pub fn clock_json(&self) -> Value {
         let mut clock = subledger_stripe::fixtures::resource("test_helpers.test_clock");
         clock["id"] = json!(self.clock_id);
@@ -288,6 +294,14 @@ impl Simulator {
         clock["status"] = json!("ready");
         clock["name"] = json!(self.name);
         clock["livemode"] = json!(false);
+        clock
+    }
+
+    /// The test clock as an advance to `to` shows it while it runs.
+    pub fn advancing_clock_json(&self, to: DateTime<Utc>) -> Value {
+        let mut clock = self.clock_json();
+        clock["status"] = json!("advancing");
+        clock["status_details"] = json!({ "advancing": { "target_frozen_time": to.timestamp() } });
         clock
     }
 
@@ -319,7 +333,7 @@ impl Simulator {
         let subscription = self.subscription(id)?;
         let prices = |price: &str| self.prices.get(price).map(render::price);
         let mut object = render::subscription(subscription, &prices, &self.clock_id);
-        object["schedule"] = json!(self.schedules.get(id));
+        object["schedule"] = json!(self.schedule_of(id));
         Ok(object)
     }
 
@@ -347,8 +361,13 @@ impl Simulator {
                 .get_mut(id)
                 .ok_or_else(|| not_found("subscription", id))?,
         );
+        self.announce_subscription(id, &before)
+    }
+
+    /// Emits `customer.subscription.updated` with what changed since `before`, if anything.
+    fn announce_subscription(&mut self, id: &str, before: &Value) -> Result<(), SimError> {
         let after = self.render_subscription(id)?;
-        if let Some(previous) = render::previous_attributes(&before, &after) {
+        if let Some(previous) = render::previous_attributes(before, &after) {
             self.emit("customer.subscription.updated", after, Some(previous));
         }
         if let Some(customer) = self.subscriptions.get(id).map(|s| s.customer.clone()) {

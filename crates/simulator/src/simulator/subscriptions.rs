@@ -4,8 +4,9 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::{not_found, Attempt, SimError, Simulator};
 use crate::model::{
-    CancellationReason, Card, ChargeResult, MissingPaymentMethod, PauseBehavior, PaymentBehavior,
-    PaymentIntentStatus, Session, Subscription, SubscriptionItem, SubscriptionStatus,
+    CancellationReason, Card, ChargeResult, InvoiceLine, MissingPaymentMethod, PauseBehavior,
+    PaymentBehavior, PaymentIntentStatus, ScheduleStatus, Session, Subscription, SubscriptionItem,
+    SubscriptionStatus,
 };
 
 /// What `POST /v1/subscriptions` was asked for beyond the customer, price and quantity.
@@ -129,12 +130,18 @@ impl Simulator {
             scheduled_price: None,
             missing_payment_method: options.missing_payment_method,
             cancellation_reason: None,
+            upcoming_sent_for: None,
         };
-        let (amount, currency) = if trial_end.is_some() {
-            (0, self.price(price)?.currency.clone())
-        } else {
-            self.amount_of(&subscription)
-        };
+        // A trial's first invoice bills the items at nothing.
+        let (mut lines, currency) = self.lines_of(&subscription);
+        if trial_end.is_some() {
+            for line in &mut lines {
+                line.amount = 0;
+            }
+        }
+        let amount = lines
+            .iter()
+            .fold(0i64, |total, line| total.saturating_add(line.amount));
         let period = (
             subscription.current_period_start,
             subscription.current_period_end,
@@ -144,7 +151,7 @@ impl Simulator {
             customer,
             id,
             "subscription_create",
-            amount,
+            lines,
             &currency,
             period,
         );
@@ -223,7 +230,7 @@ impl Simulator {
                 "proration_behavior `{proration_behavior}` is not always_invoice, create_prorations or none"
             )));
         }
-        let (old_amount, _) = self.amount_of(&current);
+        let old_amount = self.amount_of(&current);
         let quantity = current.items.first().map_or(1, |item| item.quantity);
         self.update_subscription(subscription, |s| {
             if let Some(item) = s.items.first_mut() {
@@ -246,11 +253,18 @@ impl Simulator {
         let difference =
             i128::from(new_amount - old_amount).max(0) * i128::from(remaining) / i128::from(period);
         let amount = i64::try_from(difference).unwrap_or(i64::MAX);
+        let line = InvoiceLine {
+            price: price.to_owned(),
+            quantity,
+            amount,
+            proration: true,
+            subscription_item: current.items.first().map(|i| i.id.clone()),
+        };
         let invoice = self.new_invoice(
             &current.customer,
             subscription,
             "subscription_update",
-            amount,
+            vec![line],
             &new_price.currency,
             (self.now, current.current_period_end),
         );
@@ -365,6 +379,10 @@ impl Simulator {
         if reason.is_some() {
             record.cancellation_reason = reason;
         }
+        // Its schedule ends with it.
+        if let Some(schedule) = self.schedule_of(subscription) {
+            self.end_schedule(&schedule, ScheduleStatus::Canceled)?;
+        }
         let rendered = self.render_subscription(subscription)?;
         self.emit("customer.subscription.deleted", rendered, None);
         if let Some(customer) = self
@@ -393,7 +411,8 @@ impl Simulator {
         let now = self.now;
         let interval = self.interval_of(&current);
         let end = self.period_end(now, interval, 1);
-        let (amount, currency) = self.amount_of(&current);
+        let (lines, currency) = self.lines_of(&current);
+        let amount = self.amount_of(&current);
         let before = self.render_subscription(subscription)?;
         // Stripe's docs do not name a resume invoice's `billing_reason`; the new cycle's is
         // used, and Subledger does not read it.
@@ -401,7 +420,7 @@ impl Simulator {
             &current.customer,
             subscription,
             "subscription_cycle",
-            amount,
+            lines,
             &currency,
             (now, end),
         );
