@@ -120,8 +120,8 @@ impl ScenarioReport {
             let stats = self.delivery_stats;
             let _ = writeln!(
                 out,
-                "  {verdict} in {elapsed} ms: {} events, {} deliveries ({} duplicates, {} delayed, {} failed attempts), {} clock advances",
-                self.events, stats.deliveries, stats.duplicates, stats.delayed, stats.failed_attempts, self.advances
+                "  {verdict} in {elapsed} ms: {} events, {} deliveries ({} duplicates, {} of them in flight at once, {} delayed, {} of them for several steps, {} failed attempts), {} clock advances",
+                self.events, stats.deliveries, stats.duplicates, stats.concurrent_duplicates, stats.delayed, stats.stragglers, stats.failed_attempts, self.advances
             );
         }
         out

@@ -8,8 +8,13 @@
 //!   delivered twice.
 //! - `Chaos`: shuffled with duplicates, some events held back until a later step (delayed),
 //!   and some attempts failing first (sent with a broken signature, refused, retried later).
+//!   A few events straggle: held back for several steps (clock advances included) and then
+//!   delivered after everything newer, as an event does whose deliveries Stripe kept retrying
+//!   for hours (`../shared/STRIPE.md`, delivery: test mode retries over a few hours, live mode
+//!   for up to 3 days). Some duplicates are two deliveries of one event in flight at once.
 //!
-//! A delivery the receiver does not acknowledge with 2xx is retried, as Stripe retries.
+//! A delivery the receiver does not acknowledge with 2xx is retried, as Stripe retries. A step
+//! that expects a state (or the end of a story) flushes: everything still held arrives first.
 
 use std::net::SocketAddr;
 
@@ -85,7 +90,12 @@ pub struct DeliveryStats {
     pub events: u64,
     pub deliveries: u64,
     pub duplicates: u64,
+    /// Events held back for one step or more (stragglers included).
     pub delayed: u64,
+    /// Events held back for several steps and then delivered after everything newer.
+    pub stragglers: u64,
+    /// Events delivered twice at the same moment (both requests in flight together).
+    pub concurrent_duplicates: u64,
     pub failed_attempts: u64,
 }
 
@@ -94,12 +104,18 @@ struct Pending {
     event_id: String,
     body: Vec<u8>,
     attempts: u32,
+    /// Steps (calls to `deliver`) it is still held back for.
+    held_for: u32,
+    /// Sent twice at once on its next attempt.
+    twin: bool,
 }
 
 /// Events per window that `Shuffled` and `Chaos` reorder.
 const WINDOW: usize = 8;
 /// Attempts before a delivery counts as lost.
 const MAX_ATTEMPTS: u32 = 8;
+/// How many steps a straggler is held back for, at least and at most.
+const STRAGGLER_STEPS: (u32, u32) = (3, 12);
 
 #[derive(Debug)]
 pub struct Deliverer {
@@ -108,6 +124,8 @@ pub struct Deliverer {
     secret: WebhookSecret,
     target: Target,
     queue: Vec<Pending>,
+    /// Events held back, in the order they were held.
+    held: Vec<Pending>,
     stats: DeliveryStats,
 }
 
@@ -119,6 +137,7 @@ impl Deliverer {
             secret,
             target,
             queue: Vec::new(),
+            held: Vec::new(),
             stats: DeliveryStats::default(),
         }
     }
@@ -136,24 +155,27 @@ impl Deliverer {
                 event_id,
                 body,
                 attempts: 0,
+                held_for: 0,
+                twin: false,
             });
         }
     }
 
     /// Delivers what is queued. Unless `flush`, `Chaos` may keep some events for later;
-    /// with `flush` every queued event is acknowledged before this returns.
+    /// with `flush` every queued and held event is acknowledged before this returns.
     pub async fn deliver(&mut self, flush: bool) -> Result<(), DeliveryError> {
+        // What was held and is due now arrives after everything newer.
+        let released = self.release_held(flush);
         let mut batch = std::mem::take(&mut self.queue);
         if self.mode != DeliveryMode::InOrder {
             self.disorder(&mut batch);
         }
+        if self.mode == DeliveryMode::Chaos && !flush {
+            batch = self.hold_back(batch);
+        }
+        batch.extend(released);
         let mut retry = Vec::new();
         for pending in batch {
-            if self.mode == DeliveryMode::Chaos && !flush && self.rng.chance(20) {
-                self.stats.delayed += 1;
-                self.queue.push(pending);
-                continue;
-            }
             if let Some(failed) = self.send(pending).await? {
                 retry.push(failed);
             }
@@ -163,9 +185,10 @@ impl Deliverer {
         while !retry.is_empty() {
             rounds += 1;
             let again = std::mem::take(&mut retry);
-            for pending in again {
+            for mut pending in again {
                 if !flush && rounds > 1 {
-                    self.queue.push(pending);
+                    pending.held_for = 1;
+                    self.held.push(pending);
                     continue;
                 }
                 if let Some(failed) = self.send(pending).await? {
@@ -173,10 +196,47 @@ impl Deliverer {
                 }
             }
         }
-        if flush && !self.queue.is_empty() {
+        if flush && !(self.queue.is_empty() && self.held.is_empty()) {
             return Box::pin(self.deliver(true)).await;
         }
         Ok(())
+    }
+
+    /// Takes out of `held` what is due at this step (everything, when flushing), counting
+    /// down the rest.
+    fn release_held(&mut self, flush: bool) -> Vec<Pending> {
+        let mut released = Vec::new();
+        for mut pending in std::mem::take(&mut self.held) {
+            if flush || pending.held_for <= 1 {
+                pending.held_for = 0;
+                released.push(pending);
+            } else {
+                pending.held_for -= 1;
+                self.held.push(pending);
+            }
+        }
+        released
+    }
+
+    /// Holds some events back: most for one step, a few (stragglers) for several.
+    fn hold_back(&mut self, batch: Vec<Pending>) -> Vec<Pending> {
+        let mut sent_now = Vec::with_capacity(batch.len());
+        for mut pending in batch {
+            if self.rng.chance(4) {
+                let (least, most) = STRAGGLER_STEPS;
+                let spread = usize::try_from(most - least + 1).unwrap_or(1);
+                pending.held_for = least + u32::try_from(self.rng.below(spread)).unwrap_or(0);
+                self.stats.stragglers += 1;
+            } else if self.rng.chance(20) {
+                pending.held_for = 1;
+            } else {
+                sent_now.push(pending);
+                continue;
+            }
+            self.stats.delayed += 1;
+            self.held.push(pending);
+        }
+        sent_now
     }
 
     /// One signed attempt at one event, for a receiver that is not under test: `true` if it
@@ -189,13 +249,19 @@ impl Deliverer {
         matches!(self.post(&signature, &body).await, Ok((status, _)) if (200..300).contains(&status))
     }
 
-    /// Shuffles within windows and adds duplicates.
+    /// Shuffles within windows and adds duplicates: some sent apart, some (in `Chaos`) both
+    /// in flight at once.
     fn disorder(&mut self, batch: &mut Vec<Pending>) {
         let mut duplicated = Vec::with_capacity(batch.len() * 2);
-        for pending in batch.drain(..) {
+        for mut pending in batch.drain(..) {
             if self.rng.chance(25) {
                 self.stats.duplicates += 1;
-                duplicated.push(pending.clone());
+                if self.mode == DeliveryMode::Chaos && self.rng.chance(50) {
+                    self.stats.concurrent_duplicates += 1;
+                    pending.twin = true;
+                } else {
+                    duplicated.push(pending.clone());
+                }
             }
             duplicated.push(pending);
         }
@@ -216,7 +282,22 @@ impl Deliverer {
         } else {
             self.secret.header(now, &pending.body)
         };
-        let (status, body) = self.post(&signature, &pending.body).await?;
+        let (status, body) = if std::mem::take(&mut pending.twin) {
+            // Both deliveries in flight together; what counts is the worse answer.
+            let (first, second) = tokio::join!(
+                self.post(&signature, &pending.body),
+                self.post(&signature, &pending.body)
+            );
+            self.stats.deliveries += 1;
+            let (first, second) = (first?, second?);
+            if (200..300).contains(&first.0) {
+                second
+            } else {
+                first
+            }
+        } else {
+            self.post(&signature, &pending.body).await?
+        };
         self.stats.deliveries += 1;
         if (200..300).contains(&status) && !break_it {
             return Ok(None);
