@@ -1024,7 +1024,7 @@ impl Reader {
             )
         };
         let words: Vec<&str> = text.split_whitespace().collect();
-        if words.is_empty() || words.len() % 2 != 0 {
+        if words.is_empty() || !words.len().is_multiple_of(2) {
             return Err(bad());
         }
         let mut step = ClockStep::default();

@@ -79,6 +79,8 @@ fn a_malformed_scenario_names_the_file_the_line_and_the_problem() {
     .unwrap();
     let cases = [
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - advance: 3 fortnights\n", 5, "not a duration"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - advance: 1 month 2\n", 5, "not a duration"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - advance: 1 month -2 hours\n", 5, "must be positive"),
         ("name: x\nstart: yesterday\ncatalog: catalogs/c.yaml\nsteps:\n  - advance: 1 day\n", 2, "RFC 3339"),
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - teleport: {}\n", 5, "unknown step `teleport`"),
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - expect:\n      customer: c\n      subscriptions: { s: dormant }\n", 7, "not a subscription status"),
