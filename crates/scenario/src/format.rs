@@ -4,7 +4,8 @@
 //! name: Renewal fails, Stripe retries, the customer recovers
 //! start: 2026-01-01T00:00:00Z
 //! catalog: catalogs/standard.yaml          # relative to this file
-//! retry_policy: { retry_after_days: [3, 7, 14, 21], when_exhausted: cancel }   # optional
+//! retry_policy: { retry_after_days: [3, 7, 14, 21], when_exhausted: cancel }   # optional;
+//!                                          # when_exhausted: cancel|unpaid|past_due|pause
 //! prices:   # `features`: Stripe Entitlements API features of the price's product (optional)
 //!   - { id: price_pro_monthly, amount: 2000, interval: month, lookup_key: pro_monthly }
 //! steps:
@@ -730,14 +731,13 @@ impl Reader {
                 "cancel" => WhenRetriesRunOut::Cancel,
                 "unpaid" => WhenRetriesRunOut::MarkUnpaid,
                 "past_due" => WhenRetriesRunOut::LeavePastDue,
-                other => {
-                    return Err(self.error(
-                        node.span(),
-                        format!(
-                            "`when_exhausted` is `{other}`, expected cancel, unpaid or past_due"
-                        ),
-                    ))
-                }
+                "pause" => WhenRetriesRunOut::Pause,
+                other => return Err(self.error(
+                    node.span(),
+                    format!(
+                        "`when_exhausted` is `{other}`, expected cancel, unpaid, past_due or pause"
+                    ),
+                )),
             };
         }
         Ok(policy)

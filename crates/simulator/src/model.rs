@@ -612,6 +612,10 @@ pub enum WhenRetriesRunOut {
     Cancel,
     MarkUnpaid,
     LeavePastDue,
+    /// Pause the subscription, the newer outcome for subscriptions in the flexible billing
+    /// mode (Stripe's docs, "Automate payment retries": "pause the subscription";
+    /// `../shared/STRIPE.md`, lifecycle).
+    Pause,
 }
 
 /// When failed renewals are retried, after the first failure.

@@ -337,6 +337,8 @@ fn failed_renewals_are_retried_then_the_policy_decides() {
         (WhenRetriesRunOut::Cancel, SubscriptionStatus::Canceled),
         (WhenRetriesRunOut::MarkUnpaid, SubscriptionStatus::Unpaid),
         (WhenRetriesRunOut::LeavePastDue, SubscriptionStatus::PastDue),
+        // Flexible billing mode's newer outcome (Stripe's docs, "Automate payment retries").
+        (WhenRetriesRunOut::Pause, SubscriptionStatus::Paused),
     ] {
         let mut sim = simulator(
             "pm_card_visa",

@@ -307,13 +307,9 @@ impl Simulator {
                     // Stripe sends no entitlement summary update for a trial that ends paused
                     // (a reported gap, reproduced here).
                     self.suppress_summaries = true;
-                    let paused =
-                        self.update_subscription(id, |s| s.status = SubscriptionStatus::Paused);
+                    let paused = self.pause_subscription(id);
                     self.suppress_summaries = false;
-                    paused?;
-                    let rendered = self.render_subscription(id)?;
-                    self.emit("customer.subscription.paused", rendered, None);
-                    return Ok(());
+                    return paused;
                 }
                 MissingPaymentMethod::Cancel => {
                     return self.end_subscription(id, SubscriptionStatus::Canceled, None);
@@ -563,7 +559,17 @@ impl Simulator {
                 self.update_subscription(&subscription, |s| s.status = SubscriptionStatus::Unpaid)
             }
             WhenRetriesRunOut::LeavePastDue => Ok(()),
+            WhenRetriesRunOut::Pause => self.pause_subscription(&subscription),
         }
+    }
+
+    /// The subscription becomes `paused`: `customer.subscription.updated`, then
+    /// `customer.subscription.paused`. Its open invoice stays open and is no longer retried.
+    pub(super) fn pause_subscription(&mut self, id: &str) -> Result<(), SimError> {
+        self.update_subscription(id, |s| s.status = SubscriptionStatus::Paused)?;
+        let rendered = self.render_subscription(id)?;
+        self.emit("customer.subscription.paused", rendered, None);
+        Ok(())
     }
 
     pub(super) fn is_latest_invoice(&self, subscription: &str, invoice: &str) -> bool {
