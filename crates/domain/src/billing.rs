@@ -218,6 +218,10 @@ pub struct SubscriptionSnapshot {
     pub cancel_at: Option<DateTime<Utc>>,
     pub current_period_end: Option<DateTime<Utc>>,
     pub trial_end: Option<DateTime<Utc>>,
+    /// The invoice of a change made with `payment_behavior: pending_if_incomplete` that is
+    /// waiting to be paid (the subscription's `latest_invoice` while `pending_update` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_update_invoice: Option<InvoiceId>,
 }
 
 /// How Stripe stopped asking for an invoice's payment without it being paid.

@@ -148,6 +148,7 @@ mod tests {
             cancel_at: None,
             current_period_end: None,
             trial_end: None,
+            pending_update_invoice: None,
         }
     }
 

@@ -13,7 +13,7 @@ use crate::billing::{SubscriptionSnapshot, SubscriptionStatus};
 use crate::catalog::{AccessPolicy, Catalog, FeatureGrant, Grant};
 use crate::customer::CustomerEvent;
 use crate::dunning::{Dunning, UnpaidInvoice};
-use crate::ids::{CustomerId, SubscriptionId};
+use crate::ids::{CustomerId, InvoiceId, SubscriptionId};
 
 /// The per-customer facts that entitlements depend on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,9 +22,15 @@ pub struct BillingView {
     pub deleted: bool,
     pub metadata: BTreeMap<String, String>,
     pub subscriptions: BTreeMap<SubscriptionId, SubscriptionSnapshot>,
-    /// Each subscription's oldest unpaid renewal invoice, while one is unpaid.
+    /// Each subscription's invoices whose payment failed and that are neither paid nor
+    /// written off, by invoice.
     #[serde(default)]
-    pub unpaid: BTreeMap<SubscriptionId, UnpaidInvoice>,
+    pub unpaid: BTreeMap<SubscriptionId, BTreeMap<InvoiceId, UnpaidInvoice>>,
+    /// Invoices of pending updates (`payment_behavior: pending_if_incomplete`): when their
+    /// payment fails the change is not made and nothing is owed (Stripe's docs, "Pending
+    /// updates"), so they never count in dunning.
+    #[serde(default)]
+    pub pending_updates: BTreeSet<InvoiceId>,
     /// Each subscription's most recently paid invoice.
     #[serde(default)]
     pub last_paid: BTreeMap<SubscriptionId, PaidInvoice>,
@@ -57,12 +63,23 @@ impl BillingView {
     /// and leaves its status alone when the older one runs out of retries (Stripe's billing
     /// lifecycle docs). Both facts fold in any order.
     pub fn owed(&self, subscription: &SubscriptionId) -> Option<&UnpaidInvoice> {
-        self.unpaid.get(subscription).filter(|unpaid| {
+        self.unpaid(subscription).filter(|unpaid| {
             !self
                 .last_paid
                 .get(subscription)
                 .is_some_and(|paid| paid.invoice != unpaid.invoice && paid.at >= unpaid.since)
         })
+    }
+
+    /// The subscription's oldest unpaid renewal invoice: of its failed invoices that are not
+    /// pending updates, the one owed the longest. Decided by the facts, not by the order they
+    /// arrived in.
+    pub fn unpaid(&self, subscription: &SubscriptionId) -> Option<&UnpaidInvoice> {
+        self.unpaid
+            .get(subscription)?
+            .values()
+            .filter(|unpaid| !self.pending_updates.contains(&unpaid.invoice))
+            .min_by(|a, b| (a.since, &a.invoice).cmp(&(b.since, &b.invoice)))
     }
 
     pub fn new(customer_id: CustomerId) -> Self {
@@ -72,12 +89,23 @@ impl BillingView {
             metadata: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             unpaid: BTreeMap::new(),
+            pending_updates: BTreeSet::new(),
             last_paid: BTreeMap::new(),
             stripe_features: BTreeSet::new(),
             holds: BTreeMap::new(),
             scheduled: BTreeMap::new(),
             disputes: BTreeMap::new(),
             updated_at: None,
+        }
+    }
+
+    /// An invoice no longer owed: paid, voided or written off.
+    fn settle(&mut self, subscription: &SubscriptionId, invoice: &InvoiceId) {
+        if let Some(failed) = self.unpaid.get_mut(subscription) {
+            failed.remove(invoice);
+            if failed.is_empty() {
+                self.unpaid.remove(subscription);
+            }
         }
     }
 
@@ -88,6 +116,9 @@ impl BillingView {
             CustomerEvent::SubscriptionStarted { subscription, .. }
             | CustomerEvent::SubscriptionChanged { subscription, .. }
             | CustomerEvent::SubscriptionEnded { subscription, .. } => {
+                if let Some(invoice) = &subscription.pending_update_invoice {
+                    self.pending_updates.insert(invoice.clone());
+                }
                 self.subscriptions
                     .insert(subscription.id.clone(), subscription.clone());
             }
@@ -146,25 +177,23 @@ impl BillingView {
                 occurred_at,
             } => {
                 if let Some(subscription) = &invoice.subscription_id {
-                    let unpaid =
-                        self.unpaid
-                            .entry(subscription.clone())
-                            .or_insert_with(|| UnpaidInvoice {
-                                invoice: invoice.id.clone(),
-                                since: *occurred_at,
-                                attempt: 0,
-                                next_attempt_at: None,
-                            });
-                    // A newer invoice failing while an older one is unpaid changes nothing:
-                    // the older one says since when payment has been owed. Of one invoice's
-                    // attempts, the earliest dates the debt and the latest says where the
-                    // retries are, in whatever order they arrived.
-                    if unpaid.invoice == invoice.id {
-                        unpaid.since = unpaid.since.min(*occurred_at);
-                        if invoice.attempt_count >= unpaid.attempt {
-                            unpaid.attempt = invoice.attempt_count;
-                            unpaid.next_attempt_at = invoice.next_payment_attempt;
-                        }
+                    let unpaid = self
+                        .unpaid
+                        .entry(subscription.clone())
+                        .or_default()
+                        .entry(invoice.id.clone())
+                        .or_insert_with(|| UnpaidInvoice {
+                            invoice: invoice.id.clone(),
+                            since: *occurred_at,
+                            attempt: 0,
+                            next_attempt_at: None,
+                        });
+                    // Of one invoice's attempts, the earliest dates the debt and the latest
+                    // says where the retries are, in whatever order they arrived.
+                    unpaid.since = unpaid.since.min(*occurred_at);
+                    if invoice.attempt_count >= unpaid.attempt {
+                        unpaid.attempt = invoice.attempt_count;
+                        unpaid.next_attempt_at = invoice.next_payment_attempt;
                     }
                 }
             }
@@ -173,13 +202,7 @@ impl BillingView {
                 occurred_at,
             } => {
                 if let Some(subscription) = &invoice.subscription_id {
-                    if self
-                        .unpaid
-                        .get(subscription)
-                        .is_some_and(|u| u.invoice == invoice.id)
-                    {
-                        self.unpaid.remove(subscription);
-                    }
+                    self.settle(subscription, &invoice.id);
                     let latest = self.last_paid.get(subscription).map(|p| p.at);
                     if latest.is_none_or(|at| at <= *occurred_at) {
                         self.last_paid.insert(
@@ -193,15 +216,9 @@ impl BillingView {
                 }
             }
             CustomerEvent::InvoiceWrittenOff { invoice, .. } => {
-                // Recovery: the owed invoice was paid, voided or given up on.
+                // Recovery: the owed invoice was voided or given up on.
                 if let Some(subscription) = &invoice.subscription_id {
-                    if self
-                        .unpaid
-                        .get(subscription)
-                        .is_some_and(|u| u.invoice == invoice.id)
-                    {
-                        self.unpaid.remove(subscription);
-                    }
+                    self.settle(subscription, &invoice.id);
                 }
             }
         }
@@ -545,6 +562,7 @@ plans:
                 cancel_at: None,
                 current_period_end: None,
                 trial_end: None,
+                pending_update_invoice: None,
             };
             view.apply(&CustomerEvent::SubscriptionStarted {
                 subscription,
@@ -704,7 +722,7 @@ plans:
             now() + chrono::Duration::days(3),
         );
         assert_eq!(late_first.unpaid, in_order.unpaid);
-        let unpaid = &late_first.unpaid[&SubscriptionId::new("sub_1")];
+        let unpaid = late_first.unpaid(&SubscriptionId::new("sub_1")).unwrap();
         assert_eq!((unpaid.since, unpaid.attempt), (now(), 2));
         let after_grace = now() + chrono::Duration::days(7);
         assert_eq!(
@@ -754,6 +772,65 @@ plans:
             month + chrono::Duration::days(30),
         );
         assert!(later.owed(&SubscriptionId::new("sub_1")).is_some());
+    }
+
+    /// A change made with `payment_behavior: pending_if_incomplete` whose payment failed is
+    /// not applied and owes nothing (Stripe's docs, "Pending updates"). Whatever order the
+    /// subscription's `pending_update` snapshot, the update's failure and a later renewal's
+    /// failure arrive in, only the renewal is owed, from its own first failure.
+    #[test]
+    fn a_pending_updates_failed_payment_is_no_debt_in_any_order() {
+        let pending = |view: &mut BillingView| {
+            let mut subscription = view.subscriptions[&SubscriptionId::new("sub_1")].clone();
+            subscription.pending_update_invoice = Some(InvoiceId::new("in_update"));
+            view.apply(&CustomerEvent::SubscriptionChanged {
+                subscription,
+                occurred_at: now(),
+                provenance: Default::default(),
+            });
+        };
+        let renewal_at = now() + chrono::Duration::hours(20);
+        let steps: [&dyn Fn(&mut BillingView); 3] = [
+            &|view| pending(view),
+            &|view| failed(view, "sub_1", "in_update", 1, now()),
+            &|view| failed(view, "sub_1", "in_renewal", 1, renewal_at),
+        ];
+        let orders = [
+            [0, 1, 2],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 1, 0],
+            [0, 2, 1],
+            [2, 0, 1],
+        ];
+        let mut outcomes = Vec::new();
+        for order in orders {
+            let mut view = view_with(&[("sub_1", SubscriptionStatus::Active, "price_pro")]);
+            let before_renewal = {
+                let mut only_update = view.clone();
+                pending(&mut only_update);
+                failed(&mut only_update, "sub_1", "in_update", 1, now());
+                only_update
+            };
+            assert!(before_renewal.owed(&SubscriptionId::new("sub_1")).is_none());
+            let answer = Entitlements::resolve(
+                &before_renewal,
+                &catalog(),
+                now() + chrono::Duration::days(30),
+            );
+            assert_eq!(answer.dunning.state, crate::dunning::DunningState::Ok);
+            for step in order {
+                steps[step](&mut view);
+            }
+            let owed = view.owed(&SubscriptionId::new("sub_1")).cloned().unwrap();
+            assert_eq!(
+                (owed.invoice.as_str(), owed.since),
+                ("in_renewal", renewal_at),
+                "{order:?}"
+            );
+            outcomes.push(view.unpaid.clone());
+        }
+        assert!(outcomes.windows(2).all(|w| w[0] == w[1]));
     }
 
     #[test]

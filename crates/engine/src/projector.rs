@@ -30,7 +30,10 @@ const BATCH: i64 = 500;
 /// - 2: an unpaid invoice's `since` is its earliest failed attempt in whatever order the
 ///   attempts arrived (a late first attempt used to be lost), written-off invoices no longer
 ///   count as unpaid, and each subscription's last paid invoice is kept (`last_paid`).
-pub const BILLING_VIEW_VERSION: i32 = 2;
+/// - 3: every failed invoice is kept per subscription (`unpaid`, by invoice) and the oldest
+///   counts whatever order the failures arrived in; a pending update's invoice never counts
+///   (`pending_updates`).
+pub const BILLING_VIEW_VERSION: i32 = 3;
 
 /// A customer's resolved entitlements and the JSON answer for them.
 #[derive(Debug)]

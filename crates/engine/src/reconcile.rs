@@ -20,7 +20,7 @@
 //! aggregates judge corrections like any other fact, so running it while webhooks flow
 //! converges: a webhook older than the read has no effect, a newer one applies.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::SecondsFormat;
@@ -494,7 +494,7 @@ impl Engine {
         }
 
         // Dunning: what Subledger counts as owed against what Stripe is collecting.
-        for unpaid in ours.unpaid.values() {
+        for unpaid in ours.unpaid.values().flat_map(BTreeMap::values) {
             let id = unpaid.invoice.as_str();
             let invoice = reader
                 .retrieve("invoices", id)
@@ -535,11 +535,15 @@ impl Engine {
             let Some(subscription) = &facts.subscription_id else {
                 continue;
             };
-            let counted = ours.unpaid.get(subscription);
-            let differs = match counted {
-                None => true,
-                Some(known) => known.invoice == facts.id && known.attempt < facts.attempt_count,
-            };
+            // A pending update's invoice is no debt, known or not.
+            if ours.pending_updates.contains(&facts.id) {
+                continue;
+            }
+            let counted = ours
+                .unpaid
+                .get(subscription)
+                .and_then(|failed| failed.get(&facts.id));
+            let differs = counted.is_none_or(|known| known.attempt < facts.attempt_count);
             if differs {
                 differences.push(differ(
                     "invoice",

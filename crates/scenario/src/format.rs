@@ -46,6 +46,8 @@
 //!   - confirm: { subscription: sub_x, card: pm_card_chargeDeclined }
 //!   - subscribe: { customer: cus_y, subscription: sub_y, price: price_pro_monthly, trial_days: 7,
 //!                  missing_payment_method: pause }          # or create_invoice (default), cancel
+//!   - upgrade: { subscription: sub_x, price: price_team_monthly, proration: always_invoice,
+//!                payment_behavior: pending_if_incomplete }  # applies only once paid
 //! ```
 //!
 //! Drift, and the operator commands that learn what was missed:
@@ -158,6 +160,8 @@ pub enum Action {
         subscription: String,
         price: String,
         proration: String,
+        /// `payment_behavior: pending_if_incomplete`: the change waits for its invoice.
+        pending_if_incomplete: bool,
     },
     Downgrade {
         subscription: String,
@@ -307,8 +311,14 @@ impl Action {
                 subscription,
                 price,
                 proration,
+                pending_if_incomplete,
             } => {
-                format!("upgrade {subscription} to {price} ({proration})")
+                let pending = if *pending_if_incomplete {
+                    ", pending if incomplete"
+                } else {
+                    ""
+                };
+                format!("upgrade {subscription} to {price} ({proration}{pending})")
             }
             Self::Downgrade {
                 subscription,
@@ -732,12 +742,14 @@ impl Reader {
                 "unpaid" => WhenRetriesRunOut::MarkUnpaid,
                 "past_due" => WhenRetriesRunOut::LeavePastDue,
                 "pause" => WhenRetriesRunOut::Pause,
-                other => return Err(self.error(
-                    node.span(),
-                    format!(
+                other => {
+                    return Err(self.error(
+                        node.span(),
+                        format!(
                         "`when_exhausted` is `{other}`, expected cancel, unpaid, past_due or pause"
                     ),
-                )),
+                    ))
+                }
             };
         }
         Ok(policy)
@@ -865,11 +877,19 @@ impl Reader {
             "advance" => Action::Advance(self.span_of(value)?),
             "advance_to" => Action::AdvanceTo(self.time(value)?),
             "upgrade" => {
-                let (map, subscription) = sub(&["subscription", "price", "proration"])?;
+                let (map, subscription) = sub(&["subscription", "price", "proration", "payment_behavior"])?;
+                let pending_if_incomplete = self
+                    .choice(map, "payment_behavior", |b| match b {
+                        "pending_if_incomplete" => Some(true),
+                        "allow_incomplete" => Some(false),
+                        _ => None,
+                    }, "allow_incomplete (the default) or pending_if_incomplete")?
+                    .unwrap_or(false);
                 Action::Upgrade {
                     subscription,
                     price: self.required_str(map, "price")?.to_owned(),
                     proration: self.optional_str(map, "proration")?.unwrap_or_else(|| "create_prorations".to_owned()),
+                    pending_if_incomplete,
                 }
             }
             "downgrade" => {

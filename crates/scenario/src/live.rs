@@ -255,8 +255,9 @@ impl LiveRun<'_> {
                 subscription,
                 price,
                 proration,
+                pending_if_incomplete,
             } => {
-                api.change_price(&self.key(format!("upgrade:{subscription}:{line}")), &self.id(subscription)?, &self.id(price)?, proration)
+                api.change_price(&self.key(format!("upgrade:{subscription}:{line}")), &self.id(subscription)?, &self.id(price)?, proration, *pending_if_incomplete)
                     .await
                     .map_err(stripe_failed)?;
                 if let Some(interval) = self.price_intervals.get(price).copied() {

@@ -630,7 +630,8 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
             subscription,
             price,
             proration,
-        } => sim.change_price_now(subscription, price, proration),
+            pending_if_incomplete,
+        } => sim.change_price_now_with(subscription, price, proration, *pending_if_incomplete),
         Action::Downgrade {
             subscription,
             price,

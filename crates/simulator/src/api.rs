@@ -787,7 +787,17 @@ async fn update_subscription(
         }
         if let Some(price) = param(&params, "items[0][price]") {
             let proration = param(&params, "proration_behavior").unwrap_or("create_prorations");
-            sim.change_price_now(&id, price, proration)?;
+            let pending = match param(&params, "payment_behavior") {
+                None | Some("allow_incomplete") => false,
+                Some("pending_if_incomplete") => true,
+                Some(other) => {
+                    return Err(ApiError::invalid(
+                        format!("Invalid payment_behavior: {other} (this simulator changes prices with allow_incomplete or pending_if_incomplete)"),
+                        Some("payment_behavior"),
+                    ))
+                }
+            };
+            sim.change_price_now_with(&id, price, proration, pending)?;
         }
         if let Some(behavior) = param(&params, "pause_collection[behavior]") {
             sim.pause_collection(&id, behavior)?;

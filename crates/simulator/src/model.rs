@@ -402,6 +402,16 @@ pub struct Subscription {
     pub cancellation_reason: Option<CancellationReason>,
     /// The period end whose `invoice.upcoming` was sent.
     pub upcoming_sent_for: Option<DateTime<Utc>>,
+    /// A change made with `payment_behavior: pending_if_incomplete` whose invoice is unpaid.
+    pub pending_update: Option<PendingUpdate>,
+}
+
+/// A price change waiting for its invoice to be paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpdate {
+    pub price: String,
+    pub invoice: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

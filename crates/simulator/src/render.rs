@@ -128,7 +128,20 @@ pub fn subscription(
     object["schedule"] = Value::Null;
     // Only when one is pending (`payment_behavior: pending_if_incomplete`); the fixture's
     // example would read as a pending change.
-    object["pending_update"] = Value::Null;
+    object["pending_update"] = match &subscription.pending_update {
+        Some(pending) => json!({
+            "billing_cycle_anchor": null,
+            "expires_at": pending.expires_at.timestamp(),
+            "subscription_items": subscription.items.first().map(|item| vec![json!({
+                "id": item.id,
+                "price": pending.price,
+                "quantity": item.quantity,
+            })]),
+            "trial_end": null,
+            "trial_from_plan": null,
+        }),
+        None => Value::Null,
+    };
     object["cancellation_details"] = json!({
         "comment": null,
         "feedback": null,

@@ -723,6 +723,12 @@ fn subscription_snapshot(object: &Fields<'_>) -> Result<SubscriptionSnapshot, Tr
         // Before `basil` the period is on the subscription; since, on each item.
         current_period_end: object.opt_time("current_period_end").or(item_period_end),
         trial_end: object.opt_time("trial_end"),
+        // While a `pending_if_incomplete` change waits for payment, `pending_update` is set
+        // and `latest_invoice` is that change's invoice (Stripe's docs, "Pending updates").
+        pending_update_invoice: object
+            .object("pending_update")
+            .and_then(|_| object.opt_id("latest_invoice"))
+            .map(InvoiceId::new),
     })
 }
 

@@ -23,7 +23,7 @@ use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, RetrieveSubscription,
     UpdateSubscription, UpdateSubscriptionCancelAt, UpdateSubscriptionItems,
     UpdateSubscriptionPauseCollection, UpdateSubscriptionPauseCollectionBehavior,
-    UpdateSubscriptionProrationBehavior,
+    UpdateSubscriptionPaymentBehavior, UpdateSubscriptionProrationBehavior,
 };
 use stripe_billing::subscription_schedule::{
     CreateSubscriptionSchedule, UpdateSubscriptionSchedule, UpdateSubscriptionSchedulePhases,
@@ -394,6 +394,7 @@ impl StripeApi {
         subscription: &str,
         price: &str,
         proration: &str,
+        pending_if_incomplete: bool,
     ) -> Result<(), ApiError> {
         let current = self.subscription(subscription).await?;
         let mut item = UpdateSubscriptionItems::new();
@@ -404,9 +405,13 @@ impl StripeApi {
             "none" => UpdateSubscriptionProrationBehavior::None,
             _ => UpdateSubscriptionProrationBehavior::CreateProrations,
         };
-        let request = UpdateSubscription::new(subscription)
+        let mut request = UpdateSubscription::new(subscription)
             .items(vec![item])
             .proration_behavior(proration);
+        if pending_if_incomplete {
+            request =
+                request.payment_behavior(UpdateSubscriptionPaymentBehavior::PendingIfIncomplete);
+        }
         self.send_idempotent("change price", key, &request)
             .await
             .map(|_| ())

@@ -110,6 +110,9 @@ impl Simulator {
                 }
                 _ => {}
             }
+            if let Some(pending) = &s.pending_update {
+                due.push((pending.expires_at, Due::PendingUpdateExpiry(s.id.clone())));
+            }
             if let Some(at) = self.upcoming_renewal_notice(s) {
                 due.push((at, Due::UpcomingRenewal(s.id.clone())));
             }
@@ -174,6 +177,7 @@ impl Simulator {
                 self.emit("customer.subscription.trial_will_end", rendered, None);
                 Ok(())
             }
+            Due::PendingUpdateExpiry(id) => self.expire_pending_update(&id),
             Due::UpcomingRenewal(id) => self.send_upcoming_invoice(&id),
             Due::ScheduleEnd(id) => self
                 .end_schedule(&id, ScheduleStatus::Completed)

@@ -96,6 +96,8 @@ enum Due {
     CancelAt(String),
     ExpireIncomplete(String),
     TrialWillEnd(String),
+    /// A pending update's time runs out (before a period end at the same moment).
+    PendingUpdateExpiry(String),
     /// `invoice.upcoming`, some days before a renewal.
     UpcomingRenewal(String),
     /// A schedule's last phase ends (before the subscription's period end at the same

@@ -5,8 +5,8 @@ use chrono::{DateTime, Duration, Utc};
 use super::{not_found, Attempt, SimError, Simulator};
 use crate::model::{
     CancellationReason, Card, ChargeResult, InvoiceLine, MissingPaymentMethod, PauseBehavior,
-    PaymentBehavior, PaymentIntentStatus, ScheduleStatus, Session, Subscription, SubscriptionItem,
-    SubscriptionStatus,
+    PaymentBehavior, PaymentIntentStatus, PendingUpdate, ScheduleStatus, Session, Subscription,
+    SubscriptionItem, SubscriptionStatus,
 };
 
 /// What `POST /v1/subscriptions` was asked for beyond the customer, price and quantity.
@@ -19,6 +19,10 @@ pub struct SubscribeOptions {
 
 /// Stripe allows trials of up to 730 days.
 const MAX_TRIAL_DAYS: u32 = 730;
+
+/// The longest a pending update waits for its invoice to be paid (Stripe's docs, "Pending
+/// updates reference", "Expiration").
+const PENDING_UPDATE_EXPIRY: Duration = Duration::hours(23);
 
 impl Simulator {
     /// Creates a subscription with Stripe's defaults: `payment_behavior: allow_incomplete`
@@ -131,6 +135,7 @@ impl Simulator {
             missing_payment_method: options.missing_payment_method,
             cancellation_reason: None,
             upcoming_sent_for: None,
+            pending_update: None,
         };
         // A trial's first invoice bills the items at nothing.
         let (mut lines, currency) = self.lines_of(&subscription);
@@ -219,6 +224,22 @@ impl Simulator {
         price: &str,
         proration_behavior: &str,
     ) -> Result<(), SimError> {
+        self.change_price_now_with(subscription, price, proration_behavior, false)
+    }
+
+    /// [`Simulator::change_price_now`], optionally with `payment_behavior:
+    /// pending_if_incomplete`: then an `always_invoice` change applies only once its invoice
+    /// is paid. When the payment fails the subscription keeps its price and status, and
+    /// carries a `pending_update` that expires at the period end or after 23 hours, whichever
+    /// is first; then the invoice is voided (Stripe's docs, "Pending updates" and its
+    /// reference, "Expiration").
+    pub fn change_price_now_with(
+        &mut self,
+        subscription: &str,
+        price: &str,
+        proration_behavior: &str,
+        pending_if_incomplete: bool,
+    ) -> Result<(), SimError> {
         let new_price = self.price(price)?.clone();
         let current = self.subscription(subscription)?.clone();
         self.ensure_live(&current)?;
@@ -230,14 +251,23 @@ impl Simulator {
                 "proration_behavior `{proration_behavior}` is not always_invoice, create_prorations or none"
             )));
         }
+        if current.pending_update.is_some() {
+            return Err(SimError::Invalid(format!(
+                "subscription `{subscription}` has a pending update; pay or let it expire first"
+            )));
+        }
+        let pending = pending_if_incomplete && proration_behavior == "always_invoice";
         let old_amount = self.amount_of(&current);
         let quantity = current.items.first().map_or(1, |item| item.quantity);
-        self.update_subscription(subscription, |s| {
+        let apply_price = |s: &mut Subscription| {
             if let Some(item) = s.items.first_mut() {
                 item.price = price.to_owned();
             }
             s.scheduled_price = None;
-        })?;
+        };
+        if !pending {
+            self.update_subscription(subscription, apply_price)?;
+        }
         if proration_behavior != "always_invoice" {
             return Ok(());
         }
@@ -268,17 +298,79 @@ impl Simulator {
             &new_price.currency,
             (self.now, current.current_period_end),
         );
-        self.subscriptions
-            .get_mut(subscription)
-            .ok_or_else(|| not_found("subscription", subscription))?
-            .latest_invoice = Some(invoice.clone());
-        self.emit_invoice_created_and_finalized(&invoice)?;
-        if amount == 0 {
-            self.mark_paid(&invoice)?;
+        if pending {
+            // A pending update's invoice is the customer's to pay; Smart Retries leave it.
+            if let Some(record) = self.invoices.get_mut(&invoice) {
+                record.retried = false;
+            }
         } else {
-            let outcome = self.attempt_payment(&invoice, None, Session::Off)?;
-            self.after_renewal_attempt(subscription, &invoice, outcome)?;
+            self.subscriptions
+                .get_mut(subscription)
+                .ok_or_else(|| not_found("subscription", subscription))?
+                .latest_invoice = Some(invoice.clone());
         }
+        self.emit_invoice_created_and_finalized(&invoice)?;
+        let outcome = if amount == 0 {
+            self.mark_paid(&invoice).map(|()| Attempt::Paid)?
+        } else {
+            self.attempt_payment(&invoice, None, Session::Off)?
+        };
+        if !pending {
+            return self.after_renewal_attempt(subscription, &invoice, outcome);
+        }
+        let now = self.now;
+        if outcome == Attempt::Paid {
+            return self.update_subscription(subscription, |s| {
+                apply_price(s);
+                s.latest_invoice = Some(invoice);
+            });
+        }
+        let expires_at = current.current_period_end.min(now + PENDING_UPDATE_EXPIRY);
+        self.update_subscription(subscription, |s| {
+            s.latest_invoice = Some(invoice.clone());
+            s.pending_update = Some(PendingUpdate {
+                price: price.to_owned(),
+                invoice,
+                expires_at,
+            });
+        })
+    }
+
+    /// The pending update's invoice was paid: the change applies
+    /// (`customer.subscription.pending_update_applied`, and `updated` with the same object).
+    pub(super) fn apply_pending_update(&mut self, subscription: &str) -> Result<(), SimError> {
+        let Some(pending) = self.subscription(subscription)?.pending_update.clone() else {
+            return Ok(());
+        };
+        self.update_subscription(subscription, |s| {
+            if let Some(item) = s.items.first_mut() {
+                item.price = pending.price;
+            }
+            s.pending_update = None;
+        })?;
+        let rendered = self.render_subscription(subscription)?;
+        self.emit(
+            "customer.subscription.pending_update_applied",
+            rendered,
+            None,
+        );
+        Ok(())
+    }
+
+    /// The pending update's time ran out unpaid: its invoice is voided and the update is
+    /// discarded (`customer.subscription.pending_update_expired`, and `updated`).
+    pub(super) fn expire_pending_update(&mut self, subscription: &str) -> Result<(), SimError> {
+        let Some(pending) = self.subscription(subscription)?.pending_update.clone() else {
+            return Ok(());
+        };
+        self.void_invoice(&pending.invoice)?;
+        self.update_subscription(subscription, |s| s.pending_update = None)?;
+        let rendered = self.render_subscription(subscription)?;
+        self.emit(
+            "customer.subscription.pending_update_expired",
+            rendered,
+            None,
+        );
         Ok(())
     }
 
@@ -490,6 +582,20 @@ impl Simulator {
         }
         let outcome = self.attempt_payment(invoice, None, Session::On)?;
         if let Some(subscription) = &record.subscription {
+            let pending_invoice = self
+                .subscription(subscription)?
+                .pending_update
+                .as_ref()
+                .map(|p| p.invoice.clone());
+            if pending_invoice.as_deref() == Some(invoice) {
+                if outcome == Attempt::Paid {
+                    self.apply_pending_update(subscription)?;
+                }
+                return match outcome {
+                    Attempt::Failed(Some(decline)) => Err(SimError::CardDeclined(decline)),
+                    _ => Ok(()),
+                };
+            }
             let status = self.subscription(subscription)?.status;
             self.after_renewal_attempt(subscription, invoice, outcome)?;
             if outcome == Attempt::Paid && status == SubscriptionStatus::Incomplete {
