@@ -251,8 +251,13 @@ pub struct DisputeBlock {
 }
 
 impl DisputeBlock {
+    /// Whether the dispute takes its subscription's access away: a chargeback that is open or
+    /// lost does (the money was withdrawn). An inquiry (`warning_needs_response`,
+    /// `warning_under_review`, `warning_closed`) does not: it is the bank's question, moves no
+    /// funds, and becomes a chargeback (which then blocks) only if the bank escalates it
+    /// (Stripe's docs, "Disputes: inquiries"; `../shared/STRIPE.md`, test cards).
     pub fn blocks(&self) -> bool {
-        !matches!(self.status.as_str(), "won" | "warning_closed")
+        !(self.status == "won" || self.status.starts_with("warning_"))
     }
 }
 
@@ -831,6 +836,32 @@ plans:
             outcomes.push(view.unpaid.clone());
         }
         assert!(outcomes.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn chargebacks_block_until_won_and_inquiries_never_do() {
+        let block = |status: &str| DisputeBlock {
+            id: "dp_1".to_owned(),
+            subscription: Some(SubscriptionId::new("sub_1")),
+            status: status.to_owned(),
+            since: now(),
+        };
+        for status in [
+            "needs_response",
+            "under_review",
+            "lost",
+            "a_status_stripe_adds_later",
+        ] {
+            assert!(block(status).blocks(), "{status}");
+        }
+        for status in [
+            "won",
+            "warning_needs_response",
+            "warning_under_review",
+            "warning_closed",
+        ] {
+            assert!(!block(status).blocks(), "{status}");
+        }
     }
 
     #[test]
