@@ -72,6 +72,7 @@ fn a_successful_signup_is_created_active_and_paid_a_second_later() {
             "invoice.paid",
             "invoice.payment_succeeded",
             "invoice_payment.paid",
+            "invoice.updated",
         ]
     );
     let second = |i: usize| events[i]["created"].as_i64().unwrap();

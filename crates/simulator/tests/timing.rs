@@ -101,9 +101,13 @@ fn a_renewal_is_announced_drafted_then_charged_an_hour_later() {
             "invoice.finalized",
             "invoice.paid",
             "invoice.payment_succeeded",
-            "invoice_payment.paid"
+            "invoice_payment.paid",
+            "invoice.updated"
         ]
     );
+    let updated = of_type(&events, "invoice.updated");
+    assert_eq!(updated["data"]["previous_attributes"]["status"], "open");
+    assert_eq!(updated["data"]["object"]["status"], "paid");
     let paid = &of_type(&events, "invoice.paid")["data"]["object"];
     let charged_at = (period_end() + Duration::hours(1)).timestamp();
     assert_eq!(paid["id"], draft["id"]);

@@ -177,6 +177,7 @@ impl Simulator {
         invoice: &str,
         intent_id: &str,
     ) -> Result<(), SimError> {
+        let before = self.render_invoice(invoice)?;
         let charge = self.new_charge(intent_id, None)?;
         if let Some(intent) = self.payment_intents.get_mut(intent_id) {
             intent.status = PaymentIntentStatus::Succeeded;
@@ -194,6 +195,20 @@ impl Simulator {
         let id = self.next_id("inpay");
         let rendered = render::invoice_payment(&id, &paid, intent_id, self.now);
         self.emit("invoice_payment.paid", rendered, None);
+        self.announce_invoice(invoice, &before)
+    }
+
+    /// `invoice.updated` with what changed since `before` (`../shared/STRIPE.md`, renewal:
+    /// sent after a payment attempt, paid or failed).
+    fn announce_invoice(
+        &mut self,
+        invoice: &str,
+        before: &serde_json::Value,
+    ) -> Result<(), SimError> {
+        let after = self.render_invoice(invoice)?;
+        if let Some(previous) = render::previous_attributes(before, &after) {
+            self.emit("invoice.updated", after, Some(previous));
+        }
         Ok(())
     }
 
@@ -203,6 +218,7 @@ impl Simulator {
         intent_id: &str,
         decline: Decline,
     ) -> Result<(), SimError> {
+        let before = self.render_invoice(invoice)?;
         let charge = self.new_charge(intent_id, Some(decline))?;
         if let Some(intent) = self.payment_intents.get_mut(intent_id) {
             intent.status = PaymentIntentStatus::RequiresPaymentMethod;
@@ -213,15 +229,18 @@ impl Simulator {
         self.count_attempt(invoice, Some(decline.is_hard()))?;
         let rendered = self.render_invoice(invoice)?;
         self.emit("invoice.payment_failed", rendered, None);
+        self.announce_invoice(invoice, &before)?;
         self.after_automatic_failure(invoice)
     }
 
     /// An attempt on an invoice whose customer has no payment method: only
     /// `invoice.payment_failed`, and no retry.
     fn fail_without_payment_method(&mut self, invoice: &str) -> Result<(), SimError> {
+        let before = self.render_invoice(invoice)?;
         self.count_attempt(invoice, Some(true))?;
         let rendered = self.render_invoice(invoice)?;
         self.emit("invoice.payment_failed", rendered, None);
+        self.announce_invoice(invoice, &before)?;
         self.after_automatic_failure(invoice)
     }
 

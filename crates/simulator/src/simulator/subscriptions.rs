@@ -265,11 +265,8 @@ impl Simulator {
             }
             s.scheduled_price = None;
         };
-        if !pending {
-            self.update_subscription(subscription, apply_price)?;
-        }
         if proration_behavior != "always_invoice" {
-            return Ok(());
+            return self.update_subscription(subscription, apply_price);
         }
         let new_amount = new_price
             .unit_amount
@@ -304,10 +301,12 @@ impl Simulator {
                 record.retried = false;
             }
         } else {
-            self.subscriptions
-                .get_mut(subscription)
-                .ok_or_else(|| not_found("subscription", subscription))?
-                .latest_invoice = Some(invoice.clone());
+            // One `customer.subscription.updated` announces the new price and the invoice
+            // that bills it.
+            self.update_subscription(subscription, |s| {
+                apply_price(s);
+                s.latest_invoice = Some(invoice.clone());
+            })?;
         }
         self.emit_invoice_created_and_finalized(&invoice)?;
         let outcome = if amount == 0 {
