@@ -28,7 +28,8 @@
 //! ```
 //!
 //! Other steps: `upgrade` (`subscription`, `price`, `proration`: always_invoice |
-//! create_prorations | none), `downgrade` (at period end), `cancel` (`at_period_end`),
+//! create_prorations | none), `downgrade` (at period end, by a subscription schedule),
+//! `release_schedule` (`subscription`: drops a change not made yet), `cancel` (`at_period_end`),
 //! `undo_cancel`, `delete_customer` (`id`), `pause` (`behavior`: collection), `resume`
 //! (collection), `resume_subscription` (a `paused` one), `pay_invoice` (the newest open one),
 //! `complete_3ds`, `abandon_3ds`,
@@ -174,6 +175,10 @@ pub enum Action {
     CancelAt {
         subscription: String,
         at: DateTime<Utc>,
+    },
+    /// `POST /v1/subscription_schedules/{id}/release` of the schedule managing it.
+    ReleaseSchedule {
+        subscription: String,
     },
     UndoCancel {
         subscription: String,
@@ -340,6 +345,9 @@ impl Action {
                 format!("cancel {subscription} at {}", at.to_rfc3339())
             }
             Self::UndoCancel { subscription } => format!("undo_cancel {subscription}"),
+            Self::ReleaseSchedule { subscription } => {
+                format!("release the schedule of {subscription}")
+            }
             Self::DeleteCustomer { id } => format!("delete_customer {id}"),
             Self::PlaceHold { customer, id, .. } => format!("place hold {id} on {customer}"),
             Self::LiftHold { customer, id } => format!("lift hold {id} on {customer}"),
@@ -907,6 +915,7 @@ impl Reader {
                 }
             }
             "undo_cancel" => Action::UndoCancel { subscription: sub(&["subscription"])?.1 },
+            "release_schedule" => Action::ReleaseSchedule { subscription: sub(&["subscription"])?.1 },
             "delete_customer" => {
                 let map = self.args(value, name, &["id"])?;
                 Action::DeleteCustomer { id: self.required_str(map, "id")?.to_owned() }
@@ -1026,7 +1035,7 @@ impl Reader {
                     key.span(),
                     format!(
                         "unknown step `{other}` (expected create_customer, change_card, subscribe, advance, advance_to, \
-                         upgrade, downgrade, cancel, undo_cancel, pause, resume, complete_3ds, abandon_3ds, \
+                         upgrade, downgrade, release_schedule, cancel, undo_cancel, pause, resume, complete_3ds, abandon_3ds, \
                          open_dispute, close_dispute, order, pay_order, complete_order_3ds, cancel_at, place_hold, lift_hold, \
                          cancel_order, refund_order, delete_customer, webhooks, silently, backfill, reconcile or expect)"
                     ),

@@ -301,6 +301,11 @@ impl LiveRun<'_> {
                 let at = self.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                 self.engine_call("DELETE", &format!("/v1/customers/{}/holds/{id}?at={at}", self.id(customer)?), None).await?;
             }
+            Action::ReleaseSchedule { subscription } => {
+                api.release_schedule_of(&self.key(format!("release:{subscription}:{line}")), &self.id(subscription)?)
+                    .await
+                    .map_err(stripe_failed)?;
+            }
             Action::UndoCancel { subscription } => {
                 api.undo_cancellation(&self.key(format!("undo_cancel:{subscription}:{line}")), &self.id(subscription)?)
                     .await

@@ -650,6 +650,7 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
         }
         Action::CancelAt { subscription, at } => sim.cancel_at(subscription, *at),
         Action::UndoCancel { subscription } => sim.undo_cancel(subscription),
+        Action::ReleaseSchedule { subscription } => sim.release_schedule_of(subscription),
         Action::DeleteCustomer { id } => sim.delete_customer(id),
         Action::PlaceHold { .. } | Action::LiftHold { .. } => Ok(()),
         Action::Pause {

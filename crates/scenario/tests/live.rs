@@ -94,6 +94,8 @@ async fn scenario_files_run_through_async_stripe_against_the_simulated_api() {
         "two-subscriptions.yaml",
         "year-of-renewals.yaml",
         "upgrade-now-downgrade-at-period-end.yaml",
+        "schedule-completes-or-is-released.yaml",
+        "pending-update-not-a-debt.yaml",
         "cancel-at-date-and-holds.yaml",
         "customer-deleted.yaml",
     ];

@@ -77,28 +77,29 @@ pub fn subscription(
 ) -> Value {
     let mut object = resource("subscription");
     let template = object["items"]["data"][0].clone();
+    let item = |id: &str, price_id: &str, quantity: u64| {
+        let mut rendered = template.clone();
+        rendered["id"] = json!(id);
+        rendered["subscription"] = json!(subscription.id);
+        rendered["quantity"] = json!(quantity);
+        rendered["created"] = ts(subscription.created);
+        rendered["current_period_start"] = ts(subscription.current_period_start);
+        rendered["current_period_end"] = ts(subscription.current_period_end);
+        if let Some(price) = prices(price_id) {
+            rendered["plan"]["id"] = price["id"].clone();
+            rendered["plan"]["amount"] = price["unit_amount"].clone();
+            rendered["plan"]["currency"] = price["currency"].clone();
+            rendered["plan"]["interval"] = price["recurring"]["interval"].clone();
+            rendered["plan"]["interval_count"] = json!(1);
+            rendered["plan"]["product"] = price["product"].clone();
+            rendered["price"] = price;
+        }
+        rendered
+    };
     let items: Vec<Value> = subscription
         .items
         .iter()
-        .map(|item| {
-            let mut rendered = template.clone();
-            rendered["id"] = json!(item.id);
-            rendered["subscription"] = json!(subscription.id);
-            rendered["quantity"] = json!(item.quantity);
-            rendered["created"] = ts(subscription.created);
-            rendered["current_period_start"] = ts(subscription.current_period_start);
-            rendered["current_period_end"] = ts(subscription.current_period_end);
-            if let Some(price) = prices(&item.price) {
-                rendered["plan"]["id"] = price["id"].clone();
-                rendered["plan"]["amount"] = price["unit_amount"].clone();
-                rendered["plan"]["currency"] = price["currency"].clone();
-                rendered["plan"]["interval"] = price["recurring"]["interval"].clone();
-                rendered["plan"]["interval_count"] = json!(1);
-                rendered["plan"]["product"] = price["product"].clone();
-                rendered["price"] = price;
-            }
-            rendered
-        })
+        .map(|i| item(&i.id, &i.price, i.quantity))
         .collect();
     object["id"] = json!(subscription.id);
     object["customer"] = json!(subscription.customer);
@@ -132,11 +133,11 @@ pub fn subscription(
         Some(pending) => json!({
             "billing_cycle_anchor": null,
             "expires_at": pending.expires_at.timestamp(),
-            "subscription_items": subscription.items.first().map(|item| vec![json!({
-                "id": item.id,
-                "price": pending.price,
-                "quantity": item.quantity,
-            })]),
+            // Whole subscription items, as they will be once the update applies.
+            "subscription_items": subscription
+                .items
+                .first()
+                .map(|first| vec![item(&first.id, &pending.price, first.quantity)]),
             "trial_end": null,
             "trial_from_plan": null,
         }),
@@ -453,7 +454,13 @@ pub fn schedule(schedule: &Schedule, now: DateTime<Utc>, clock: &str) -> Value {
     object["canceled_at"] = ended_as(ScheduleStatus::Canceled);
     object["completed_at"] = ended_as(ScheduleStatus::Completed);
     object["released_at"] = ended_as(ScheduleStatus::Released);
-    object["released_subscription"] = if schedule.status == ScheduleStatus::Released {
+    // With `end_behavior: release` completing releases the subscription too
+    // (`../shared/STRIPE.md`, schedules); the translator also reads a completed schedule that
+    // names no subscription at all.
+    object["released_subscription"] = if matches!(
+        schedule.status,
+        ScheduleStatus::Released | ScheduleStatus::Completed
+    ) {
         json!(schedule.subscription)
     } else {
         Value::Null

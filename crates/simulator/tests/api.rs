@@ -473,3 +473,133 @@ async fn card_errors_are_402_and_paused_subscriptions_resume() {
     let (status, missing) = call(&app, "POST", "/v1/invoices/in_nothing/pay", "", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
 }
+
+/// Test clocks through REST (Stripe's docs, "Test clocks"): an advance answers `advancing`
+/// with its target, reads `ready` afterwards, and one beyond two intervals of the shortest
+/// subscription is refused naming `frozen_time`. Schedules (API reference, "Subscription
+/// schedules"): created from a subscription, updated with a next phase, released on request.
+#[tokio::test]
+async fn clock_advances_are_limited_and_schedules_release_on_request() {
+    let app = app();
+    let (_, clock) = call(
+        &app,
+        "POST",
+        "/v1/test_helpers/test_clocks",
+        "frozen_time=1767225600",
+        None,
+    )
+    .await;
+    let clock_id = clock["id"].as_str().unwrap().to_owned();
+    let price = |amount: u32| {
+        format!("unit_amount={amount}&currency=usd&recurring[interval]=month&product_data[name]=P{amount}")
+    };
+    let (_, pro) = call(&app, "POST", "/v1/prices", &price(2900), None).await;
+    let (_, basic) = call(&app, "POST", "/v1/prices", &price(900), None).await;
+    let (_, customer) = call(
+        &app,
+        "POST",
+        "/v1/customers",
+        &format!("test_clock={clock_id}"),
+        None,
+    )
+    .await;
+    let customer_id = customer["id"].as_str().unwrap().to_owned();
+    attach_default_card(&app, &customer_id, "pm_card_visa").await;
+    let (_, subscription) = call(
+        &app,
+        "POST",
+        "/v1/subscriptions",
+        &format!(
+            "customer={customer_id}&items[0][price]={}",
+            pro["id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    let subscription_id = subscription["id"].as_str().unwrap().to_owned();
+
+    let advance = format!("/v1/test_helpers/test_clocks/{clock_id}/advance");
+    // Jan 1 + two months is Mar 1: a day further is refused.
+    let (status, refused) = call(&app, "POST", &advance, "frozen_time=1772409600", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert_eq!(refused["error"]["param"], "frozen_time");
+    let (status, advancing) = call(&app, "POST", &advance, "frozen_time=1768435200", None).await;
+    assert_eq!(status, StatusCode::OK, "{advancing}");
+    assert_eq!(advancing["status"], "advancing");
+    assert_eq!(
+        advancing["status_details"]["advancing"]["target_frozen_time"],
+        1_768_435_200
+    );
+    let (_, ready) = call(
+        &app,
+        "GET",
+        &format!("/v1/test_helpers/test_clocks/{clock_id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["frozen_time"], 1_768_435_200);
+
+    let (status, schedule) = call(
+        &app,
+        "POST",
+        "/v1/subscription_schedules",
+        &format!("from_subscription={subscription_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{schedule}");
+    let schedule_id = schedule["id"].as_str().unwrap().to_owned();
+    assert_eq!(schedule["status"], "active");
+    let (status, again) = call(
+        &app,
+        "POST",
+        "/v1/subscription_schedules",
+        &format!("from_subscription={subscription_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{again}");
+    let (_, updated) = call(
+        &app,
+        "POST",
+        &format!("/v1/subscription_schedules/{schedule_id}"),
+        &format!(
+            "phases[1][items][0][price]={}",
+            basic["id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(updated["phases"].as_array().unwrap().len(), 2);
+    let (status, released) = call(
+        &app,
+        "POST",
+        &format!("/v1/subscription_schedules/{schedule_id}/release"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{released}");
+    assert_eq!(released["status"], "released");
+    assert_eq!(released["released_subscription"], subscription_id.as_str());
+    let (_, after) = call(
+        &app,
+        "GET",
+        &format!("/v1/subscriptions/{subscription_id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(after["schedule"], Value::Null);
+    let (status, twice) = call(
+        &app,
+        "POST",
+        &format!("/v1/subscription_schedules/{schedule_id}/release"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{twice}");
+}

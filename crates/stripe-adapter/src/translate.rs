@@ -189,6 +189,23 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
         | "subscription_schedule.canceled"
         | "subscription_schedule.completed"
         | "subscription_schedule.aborted" => {
+            // An ended schedule that names no subscription (neither `subscription` nor
+            // `released_subscription`; sources do not say which a completed one keeps) has
+            // no change left to make: nothing to record.
+            let ended = matches!(
+                object.opt_str("status"),
+                Some("completed" | "released" | "canceled")
+            );
+            if ended
+                && object.opt_id("subscription").is_none()
+                && object.opt_id("released_subscription").is_none()
+            {
+                return Ok(Translation::Ignored {
+                    reason: format!(
+                        "{event_type} names no subscription; an ended schedule changes nothing"
+                    ),
+                });
+            }
             let (customer_id, schedule) = schedule_facts(&object, created)?;
             Translation::Customer {
                 customer_id,

@@ -475,9 +475,21 @@ fn a_schedule_reports_its_next_phase_until_released() {
     schedule["status"] = json!("released");
     schedule["subscription"] = Value::Null;
     schedule["released_subscription"] = json!("sub_1");
-    let released = facts(event("subscription_schedule.released", schedule));
+    let released = facts(event("subscription_schedule.released", schedule.clone()));
     assert_eq!(released.subscription_id.as_str(), "sub_1");
     assert!(released.next_phase.is_none());
+    // A completed schedule is read whether it names its subscription as released or not at
+    // all (sources are silent); one naming none has nothing left to change.
+    schedule["status"] = json!("completed");
+    let completed = facts(event("subscription_schedule.completed", schedule.clone()));
+    assert_eq!(completed.stage, ScheduleStage::Ended);
+    schedule["released_subscription"] = Value::Null;
+    assert!(matches!(
+        translate(&event("subscription_schedule.completed", schedule.clone())).unwrap(),
+        Translation::Ignored { .. }
+    ));
+    schedule["status"] = json!("active");
+    assert!(translate(&event("subscription_schedule.updated", schedule)).is_err());
     assert_eq!(released.stage, ScheduleStage::Ended);
 }
 

@@ -26,10 +26,10 @@ use stripe_billing::subscription::{
     UpdateSubscriptionPaymentBehavior, UpdateSubscriptionProrationBehavior,
 };
 use stripe_billing::subscription_schedule::{
-    CreateSubscriptionSchedule, UpdateSubscriptionSchedule, UpdateSubscriptionSchedulePhases,
-    UpdateSubscriptionSchedulePhasesDuration, UpdateSubscriptionSchedulePhasesDurationInterval,
-    UpdateSubscriptionSchedulePhasesEndDate, UpdateSubscriptionSchedulePhasesItems,
-    UpdateSubscriptionSchedulePhasesStartDate,
+    CreateSubscriptionSchedule, ReleaseSubscriptionSchedule, UpdateSubscriptionSchedule,
+    UpdateSubscriptionSchedulePhases, UpdateSubscriptionSchedulePhasesDuration,
+    UpdateSubscriptionSchedulePhasesDurationInterval, UpdateSubscriptionSchedulePhasesEndDate,
+    UpdateSubscriptionSchedulePhasesItems, UpdateSubscriptionSchedulePhasesStartDate,
 };
 use stripe_billing::test_helpers_test_clock::{
     AdvanceTestHelpersTestClock, CreateTestHelpersTestClock, RetrieveTestHelpersTestClock,
@@ -146,6 +146,8 @@ pub struct SubscriptionState {
     pub id: String,
     pub status: String,
     pub first_item: Option<String>,
+    /// The subscription schedule managing it, if any.
+    pub schedule: Option<String>,
 }
 
 /// Stripe's API, with retries and deterministic idempotency keys.
@@ -385,6 +387,21 @@ impl StripeApi {
             .with_retries("retrieve subscription", || request.send(&self.client))
             .await?;
         Ok(subscription_state(&subscription))
+    }
+
+    /// Releases the schedule managing `subscription` (`POST
+    /// /v1/subscription_schedules/{id}/release`): the subscription keeps its current price and
+    /// a change the schedule had not made yet is dropped.
+    pub async fn release_schedule_of(&self, key: &str, subscription: &str) -> Result<(), ApiError> {
+        let current = self.subscription(subscription).await?;
+        let schedule = current.schedule.ok_or_else(|| ApiError::InvalidRequest {
+            message: format!("subscription {subscription} has no subscription schedule to release"),
+            param: None,
+        })?;
+        let request = ReleaseSubscriptionSchedule::new(schedule.as_str());
+        self.send_idempotent("release subscription schedule", key, &request)
+            .await
+            .map(|_| ())
     }
 
     /// Moves the subscription's first item to `price` now.
@@ -736,5 +753,9 @@ fn subscription_state(subscription: &stripe_shared::Subscription) -> Subscriptio
             .data
             .first()
             .map(|item| item.id.to_string()),
+        schedule: subscription
+            .schedule
+            .as_ref()
+            .map(|schedule| schedule.id().to_string()),
     }
 }

@@ -112,6 +112,17 @@ impl Simulator {
         Ok(())
     }
 
+    /// Releases the schedule managing `subscription`.
+    pub fn release_schedule_of(&mut self, subscription: &str) -> Result<(), SimError> {
+        self.subscription(subscription)?;
+        let schedule = self.schedule_of(subscription).ok_or_else(|| {
+            SimError::Invalid(format!(
+                "subscription `{subscription}` has no subscription schedule to release"
+            ))
+        })?;
+        self.release_schedule(&schedule)
+    }
+
     /// The schedule in force on a subscription.
     pub(super) fn schedule_of(&self, subscription: &str) -> Option<String> {
         self.schedules
