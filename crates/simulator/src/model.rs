@@ -468,6 +468,48 @@ pub struct Invoice {
     pub marked_uncollectible_at: Option<DateTime<Utc>>,
 }
 
+impl Invoice {
+    /// A new draft billing `lines` for `period`, nothing attempted yet, without an id (an
+    /// upcoming invoice has none).
+    pub fn draft(
+        customer: &str,
+        subscription: &str,
+        billing_reason: &'static str,
+        lines: Vec<InvoiceLine>,
+        currency: &str,
+        period: (DateTime<Utc>, DateTime<Utc>),
+        created: DateTime<Utc>,
+    ) -> Self {
+        let amount_due = lines
+            .iter()
+            .fold(0i64, |total, line| total.saturating_add(line.amount));
+        Self {
+            id: String::new(),
+            customer: customer.to_owned(),
+            subscription: Some(subscription.to_owned()),
+            status: InvoiceStatus::Draft,
+            amount_due,
+            amount_paid: 0,
+            currency: currency.to_owned(),
+            attempt_count: 0,
+            next_payment_attempt: None,
+            billing_reason,
+            payment_intent: None,
+            created,
+            period_start: period.0,
+            period_end: period.1,
+            first_failure: None,
+            retried: billing_reason != "subscription_create",
+            lines,
+            finalize_at: None,
+            finalized_at: None,
+            paid_at: None,
+            voided_at: None,
+            marked_uncollectible_at: None,
+        }
+    }
+}
+
 /// A subscription schedule (`POST /v1/subscription_schedules` with `from_subscription`):
 /// phases of prices in time order, the last one ending where the schedule completes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -78,6 +78,28 @@ async fn attach_default_card(app: &Router, customer: &str, card: &str) {
     .await;
 }
 
+/// A new test clock at 2026-01-01 and a customer on it: `(clock, customer)`.
+async fn clock_and_customer(app: &Router) -> (String, String) {
+    let (_, clock) = call(
+        app,
+        "POST",
+        "/v1/test_helpers/test_clocks",
+        "frozen_time=1767225600",
+        None,
+    )
+    .await;
+    let clock_id = clock["id"].as_str().unwrap().to_owned();
+    let (_, customer) = call(
+        app,
+        "POST",
+        "/v1/customers",
+        &format!("test_clock={clock_id}"),
+        None,
+    )
+    .await;
+    (clock_id, customer["id"].as_str().unwrap().to_owned())
+}
+
 fn app() -> Router {
     let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
     let forwarding = Forwarding {
@@ -283,15 +305,7 @@ async fn errors_come_in_stripes_shape() {
 #[tokio::test]
 async fn card_errors_are_402_and_paused_subscriptions_resume() {
     let app = app();
-    let (_, clock) = call(
-        &app,
-        "POST",
-        "/v1/test_helpers/test_clocks",
-        "frozen_time=1767225600",
-        None,
-    )
-    .await;
-    let clock_id = clock["id"].as_str().unwrap().to_owned();
+    let (clock_id, customer_id) = clock_and_customer(&app).await;
     let (_, price) = call(
         &app,
         "POST",
@@ -301,15 +315,6 @@ async fn card_errors_are_402_and_paused_subscriptions_resume() {
     )
     .await;
     let price_id = price["id"].as_str().unwrap().to_owned();
-    let (_, customer) = call(
-        &app,
-        "POST",
-        "/v1/customers",
-        &format!("test_clock={clock_id}"),
-        None,
-    )
-    .await;
-    let customer_id = customer["id"].as_str().unwrap().to_owned();
 
     let (status, refused) = call(
         &app,
@@ -481,29 +486,12 @@ async fn card_errors_are_402_and_paused_subscriptions_resume() {
 #[tokio::test]
 async fn clock_advances_are_limited_and_schedules_release_on_request() {
     let app = app();
-    let (_, clock) = call(
-        &app,
-        "POST",
-        "/v1/test_helpers/test_clocks",
-        "frozen_time=1767225600",
-        None,
-    )
-    .await;
-    let clock_id = clock["id"].as_str().unwrap().to_owned();
+    let (clock_id, customer_id) = clock_and_customer(&app).await;
     let price = |amount: u32| {
         format!("unit_amount={amount}&currency=usd&recurring[interval]=month&product_data[name]=P{amount}")
     };
     let (_, pro) = call(&app, "POST", "/v1/prices", &price(2900), None).await;
     let (_, basic) = call(&app, "POST", "/v1/prices", &price(900), None).await;
-    let (_, customer) = call(
-        &app,
-        "POST",
-        "/v1/customers",
-        &format!("test_clock={clock_id}"),
-        None,
-    )
-    .await;
-    let customer_id = customer["id"].as_str().unwrap().to_owned();
     attach_default_card(&app, &customer_id, "pm_card_visa").await;
     let (_, subscription) = call(
         &app,

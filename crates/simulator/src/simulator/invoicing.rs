@@ -29,36 +29,19 @@ impl Simulator {
         period: (DateTime<Utc>, DateTime<Utc>),
     ) -> String {
         let id = self.next_id("in");
-        let amount = lines
-            .iter()
-            .fold(0i64, |total, line| total.saturating_add(line.amount));
-        self.invoices.insert(
-            id.clone(),
-            Invoice {
-                id: id.clone(),
-                customer: customer.to_owned(),
-                subscription: Some(subscription.to_owned()),
-                status: InvoiceStatus::Draft,
-                amount_due: amount,
-                amount_paid: 0,
-                currency: currency.to_owned(),
-                attempt_count: 0,
-                next_payment_attempt: None,
+        let invoice = Invoice {
+            id: id.clone(),
+            ..Invoice::draft(
+                customer,
+                subscription,
                 billing_reason,
-                payment_intent: None,
-                created: self.now,
-                period_start: period.0,
-                period_end: period.1,
-                first_failure: None,
-                retried: billing_reason != "subscription_create",
                 lines,
-                finalize_at: None,
-                finalized_at: None,
-                paid_at: None,
-                voided_at: None,
-                marked_uncollectible_at: None,
-            },
-        );
+                currency,
+                period,
+                self.now,
+            )
+        };
+        self.invoices.insert(id.clone(), invoice);
         id
     }
 
@@ -463,34 +446,17 @@ impl Simulator {
         }
         let interval = self.interval_of(&next);
         let (lines, currency) = self.lines_of(&next);
-        let amount = lines
-            .iter()
-            .fold(0i64, |total, line| total.saturating_add(line.amount));
         let start = current.current_period_end;
-        let preview = Invoice {
-            id: String::new(),
-            customer: current.customer.clone(),
-            subscription: Some(id.to_owned()),
-            status: InvoiceStatus::Draft,
-            amount_due: amount,
-            amount_paid: 0,
-            currency,
-            attempt_count: 0,
-            next_payment_attempt: Some(start + RENEWAL_FINALIZATION_DELAY),
-            billing_reason: "upcoming",
-            payment_intent: None,
-            created: start,
-            period_start: start,
-            period_end: self.period_end(start, interval, 1),
-            first_failure: None,
-            retried: true,
+        let mut preview = Invoice::draft(
+            &current.customer,
+            id,
+            "upcoming",
             lines,
-            finalize_at: None,
-            finalized_at: None,
-            paid_at: None,
-            voided_at: None,
-            marked_uncollectible_at: None,
-        };
+            &currency,
+            (start, self.period_end(start, interval, 1)),
+            start,
+        );
+        preview.next_payment_attempt = Some(start + RENEWAL_FINALIZATION_DELAY);
         let mut rendered = render::invoice(&preview, &self.clock_id);
         rendered["id"] = serde_json::Value::Null;
         rendered["number"] = serde_json::Value::Null;
