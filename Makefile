@@ -5,6 +5,8 @@
 #   make lint    rustfmt and clippy, warnings denied
 #   make scenarios  every scenario file through the CLI, in every delivery mode
 #   make ci      lint + test + scenarios
+#   make bench   the worker beside its store's floor (release build; not part of `make ci`),
+#                on SQLite and, with SUBLEDGER_TEST_POSTGRES_URL, PostgreSQL; writes docs/benchmarks.md
 
 CARGO ?= cargo
 CATALOG ?= catalog.example.yaml
@@ -13,7 +15,7 @@ CATALOG ?= catalog.example.yaml
 SUBLEDGER_WEBHOOK_SECRETS ?= whsec_subledger_local_development
 export SUBLEDGER_WEBHOOK_SECRETS
 
-.PHONY: run worker migrate test lint fmt ci build scenarios
+.PHONY: run worker migrate test lint fmt ci build scenarios bench
 
 build:
 	$(CARGO) build --workspace
@@ -53,3 +55,8 @@ scenarios:
 	$(CARGO) run -q -p subledger-cli -- scenario run --delivery in-order
 	$(CARGO) run -q -p subledger-cli -- scenario run --delivery shuffled --seed 1
 	$(CARGO) run -q -p subledger-cli -- scenario run --delivery chaos --seed 1
+
+# Not part of `ci`: it takes minutes and its figures only mean something on a quiet machine.
+BENCH_ARGS ?=
+bench:
+	$(CARGO) run --release -q -p subledger-bench -- $(BENCH_ARGS)
