@@ -1,35 +1,54 @@
 //! cqrs-es frameworks for both backends behind one type, so nothing above the store is
 //! generic over the database.
+//!
+//! Aggregates are kept in memory between commands ([`CachedEventStore`]): a command loads only
+//! the events appended to its stream since the cached version, so its cost does not grow with
+//! the customer's history. The stream stays the truth: every load asks it for newer events
+//! (another worker may have appended), and a commit still fails on a sequence another writer
+//! took first (optimistic concurrency), after which the entry is dropped and reloaded.
+//! cqrs-es 0.5's own snapshot store is not used: it applies new events twice.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use crate::database::Database;
-use cqrs_es::persist::EventUpcaster;
-use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
+use cqrs_es::persist::{
+    EventStoreAggregateContext, EventUpcaster, PersistedEventRepository, PersistedEventStore,
+};
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
 
+/// How many aggregates each bus keeps in memory. Past it, entries are dropped (and reloaded
+/// from their streams when needed again).
+const CACHED_AGGREGATES: usize = 16_384;
+
 /// Runs commands on aggregates of type `A`, persisting their events on either backend.
-pub enum CommandBus<A: Aggregate> {
-    Sqlite(CqrsFramework<A, PersistedEventStore<SqliteEventRepository, A>>),
-    Postgres(CqrsFramework<A, PersistedEventStore<PostgresEventRepository, A>>),
+pub enum CommandBus<A: Aggregate + Clone> {
+    Sqlite(CqrsFramework<A, CachedEventStore<SqliteEventRepository, A>>),
+    Postgres(CqrsFramework<A, CachedEventStore<PostgresEventRepository, A>>),
 }
 
-impl<A: Aggregate<Services = ()>> CommandBus<A> {
-    /// Plain event stores only: cqrs-es 0.5's snapshot stores apply new events twice. Events
-    /// of older stored shapes are upcast as they load, by `upcasters` (the domain's schema).
+impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
+    /// Events of older stored shapes are upcast as they load, by `upcasters` (the domain's
+    /// schema).
     pub fn new(db: &Database, upcasters: fn() -> Vec<Box<dyn EventUpcaster>>) -> Self {
         match db {
             Database::Sqlite(pool) => Self::Sqlite(CqrsFramework::new(
-                PersistedEventStore::new_event_store(Database::sqlite_repository(pool))
-                    .with_upcasters(upcasters()),
+                CachedEventStore::new(
+                    Database::sqlite_repository(pool),
+                    Database::sqlite_repository(pool),
+                    upcasters,
+                ),
                 vec![],
                 (),
             )),
             Database::Postgres(pool) => Self::Postgres(CqrsFramework::new(
-                PersistedEventStore::new_event_store(Database::postgres_repository(pool))
-                    .with_upcasters(upcasters()),
+                CachedEventStore::new(
+                    Database::postgres_repository(pool),
+                    Database::postgres_repository(pool),
+                    upcasters,
+                ),
                 vec![],
                 (),
             )),
@@ -55,11 +74,140 @@ impl<A: Aggregate<Services = ()>> CommandBus<A> {
     }
 }
 
-impl<A: Aggregate> std::fmt::Debug for CommandBus<A> {
+impl<A: Aggregate + Clone> std::fmt::Debug for CommandBus<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sqlite(_) => f.write_str("CommandBus::Sqlite"),
             Self::Postgres(_) => f.write_str("CommandBus::Postgres"),
+        }
+    }
+}
+
+/// An event store that keeps each aggregate as of its last known sequence and reads only the
+/// events after it. Commits go through cqrs-es's plain event store unchanged.
+pub struct CachedEventStore<R: PersistedEventRepository, A: Aggregate> {
+    store: PersistedEventStore<R, A>,
+    reader: R,
+    upcasters: Vec<Box<dyn EventUpcaster>>,
+    cache: Mutex<HashMap<String, (usize, A)>>,
+}
+
+impl<R: PersistedEventRepository, A: Aggregate + Clone> CachedEventStore<R, A> {
+    /// `store` and `reader` are two repositories on the same tables: one commits, one reads
+    /// what was appended since a cached version.
+    pub fn new(store: R, reader: R, upcasters: fn() -> Vec<Box<dyn EventUpcaster>>) -> Self {
+        Self {
+            store: PersistedEventStore::new_event_store(store).with_upcasters(upcasters()),
+            reader,
+            upcasters: upcasters(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, aggregate_id: &str) -> Option<(usize, A)> {
+        self.cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(aggregate_id).cloned())
+    }
+
+    fn remember(&self, aggregate_id: &str, sequence: usize, aggregate: A) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHED_AGGREGATES && !cache.contains_key(aggregate_id) {
+                // Dropping an arbitrary entry is enough: a dropped aggregate is reloaded from
+                // its stream, which is correct, only slower once.
+                if let Some(victim) = cache.keys().next().cloned() {
+                    cache.remove(&victim);
+                }
+            }
+            cache.insert(aggregate_id.to_owned(), (sequence, aggregate));
+        }
+    }
+
+    fn forget(&self, aggregate_id: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(aggregate_id);
+        }
+    }
+}
+
+impl<R: PersistedEventRepository, A: Aggregate> std::fmt::Debug for CachedEventStore<R, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cached = self.cache.lock().map_or(0, |cache| cache.len());
+        f.debug_struct("CachedEventStore")
+            .field("cached_aggregates", &cached)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R, A> EventStore<A> for CachedEventStore<R, A>
+where
+    R: PersistedEventRepository,
+    A: Aggregate + Clone + Send + Sync,
+{
+    type AC = EventStoreAggregateContext<A>;
+
+    async fn load_events(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        self.store.load_events(aggregate_id).await
+    }
+
+    async fn load_aggregate(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
+        let (mut sequence, mut aggregate) = self
+            .cached(aggregate_id)
+            .unwrap_or_else(|| (0, A::default()));
+        let newer = self
+            .reader
+            .get_last_events::<A>(aggregate_id, sequence)
+            .await?;
+        for serialized in newer {
+            let upcast = self.upcasters.iter().fold(serialized, |event, upcaster| {
+                if upcaster.can_upcast(&event.event_type, &event.event_version) {
+                    upcaster.upcast(event)
+                } else {
+                    event
+                }
+            });
+            let envelope = EventEnvelope::<A>::try_from(upcast)?;
+            sequence = envelope.sequence;
+            aggregate.apply(envelope.payload);
+        }
+        self.remember(aggregate_id, sequence, aggregate.clone());
+        Ok(EventStoreAggregateContext {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate,
+            current_sequence: sequence,
+            current_snapshot: None,
+        })
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<A::Event>,
+        context: EventStoreAggregateContext<A>,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        let aggregate_id = context.aggregate_id.clone();
+        let mut after = context.aggregate.clone();
+        for event in &events {
+            after.apply(event.clone());
+        }
+        let sequence = context.current_sequence + events.len();
+        match self.store.commit(events, context, metadata).await {
+            Ok(committed) => {
+                self.remember(&aggregate_id, sequence, after);
+                Ok(committed)
+            }
+            Err(error) => {
+                // Another writer got there first (or the store failed): reload next time.
+                self.forget(&aggregate_id);
+                Err(error)
+            }
         }
     }
 }

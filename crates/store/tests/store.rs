@@ -457,3 +457,55 @@ async fn read_until(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Two workers (two command buses, as two processes have) on one customer: each keeps the
+/// aggregate in memory, yet each command first reads what the other appended, so a fact the
+/// other already recorded is recognised (no duplicate event, no conflict) and the stream
+/// never forks.
+#[tokio::test]
+async fn cached_aggregates_read_what_other_workers_appended() {
+    for test in ScratchDatabase::all().await.unwrap() {
+        let db = &test.database;
+        let upcasters = subledger_domain::schema::upcasters;
+        let first = subledger_store::CommandBus::<Customer>::new(db, upcasters);
+        let second = subledger_store::CommandBus::<Customer>::new(db, upcasters);
+        let details = |n: i64| CustomerCommand::RecordDetails {
+            metadata: BTreeMap::from([("n".to_owned(), n.to_string())]),
+            occurred_at: DateTime::from_timestamp(1_700_000_000 + n, 0).unwrap(),
+            provenance: Default::default(),
+        };
+        first
+            .execute("cus_shared", details(1), metadata("evt_1"))
+            .await
+            .unwrap();
+        second
+            .execute("cus_shared", details(2), metadata("evt_2"))
+            .await
+            .unwrap();
+        // The first bus cached the customer at one event; the second appended another.
+        first
+            .execute("cus_shared", details(2), metadata("evt_2_again"))
+            .await
+            .unwrap();
+        first
+            .execute("cus_shared", details(3), metadata("evt_3"))
+            .await
+            .unwrap();
+        let count = match db {
+            Database::Sqlite(pool) => sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM events WHERE aggregate_id = 'cus_shared'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+            Database::Postgres(pool) => sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM events WHERE aggregate_id = 'cus_shared'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+        };
+        assert_eq!(count, 3, "{}", test.name);
+        test.cleanup().await.unwrap();
+    }
+}
