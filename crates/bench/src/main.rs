@@ -45,6 +45,12 @@ struct Args {
     /// Seconds each floor measurement runs.
     #[arg(long, default_value_t = 5)]
     floor_secs: u64,
+    /// Inbox rows the worker claims at once (the engine's default when absent).
+    #[arg(long)]
+    batch: Option<i64>,
+    /// Customers the worker applies at once on PostgreSQL (the engine's default when absent).
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Where the report goes.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
@@ -109,16 +115,22 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn start_engine(url: &str) -> Result<Arc<Engine>> {
+async fn start_engine(url: &str, args: &Args) -> Result<Arc<Engine>> {
     let catalog = Catalog::from_yaml("bench", CATALOG)?;
     let mut config = EngineConfig::new(url, catalog);
     config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
+    if let Some(batch) = args.batch {
+        config.worker_batch_size = batch;
+    }
+    if let Some(concurrency) = args.concurrency {
+        config.worker_concurrency = concurrency;
+    }
     Ok(Engine::start(config).await?)
 }
 
 async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<Figures> {
     eprintln!("{store}: worker, {} pending rows", args.rows);
-    let engine = start_engine(url).await?;
+    let engine = start_engine(url, args).await?;
     let created = (0..args.rows)
         .map(|n| subscription_event("customer.subscription.created", n, 0, 1))
         .collect();

@@ -21,6 +21,9 @@ pub struct EngineConfig {
     pub clock: Arc<dyn Clock>,
     /// How many inbox rows a worker claims at once.
     pub worker_batch_size: i64,
+    /// How many customers' rows a worker applies at once (each customer's in order). On
+    /// SQLite, which has one writer, rows are applied one at a time whatever this says.
+    pub worker_concurrency: usize,
     /// How long a claimed row stays leased to its worker before another may take it.
     pub worker_lease: Duration,
     /// How often workers and projectors look for work written by other processes.
@@ -41,6 +44,7 @@ impl EngineConfig {
             catalog: Arc::new(catalog),
             clock: Arc::new(SystemClock),
             worker_batch_size: 64,
+            worker_concurrency: 8,
             worker_lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(250),
             user_id_metadata_key: "user_id".to_owned(),
@@ -57,6 +61,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("webhook_secrets", &self.webhook_secrets.len())
             .field("signature_tolerance", &self.signature_tolerance)
             .field("worker_batch_size", &self.worker_batch_size)
+            .field("worker_concurrency", &self.worker_concurrency)
             .field("worker_lease", &self.worker_lease)
             .field("poll_interval", &self.poll_interval)
             .field("user_id_metadata_key", &self.user_id_metadata_key)

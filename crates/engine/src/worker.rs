@@ -17,7 +17,7 @@ use subledger_domain::billing::DisputeFacts;
 use subledger_domain::customer::{CustomerCommand, CustomerError, TiedObject};
 use subledger_domain::ids::{CustomerId, PaymentIntentId};
 use subledger_domain::payment::{Payment, PaymentEvent};
-use subledger_store::{ClaimedEvent, InboxStatus, StoreError};
+use subledger_store::{Backend, ClaimedEvent, FinishedRow, InboxStatus, StoreError};
 use subledger_stripe::{translate, translate_fetched, Translation};
 
 use crate::engine::Engine;
@@ -55,8 +55,67 @@ enum Outcome {
     Ignored(String),
 }
 
+/// How a handled row is finished, counted in `report`.
+fn finish(row: &ClaimedEvent, outcome: Outcome, report: &mut WorkReport) -> FinishedRow {
+    let (status, outcome) = match outcome {
+        Outcome::Applied(text) => {
+            report.applied += 1;
+            (InboxStatus::Processed, text)
+        }
+        Outcome::Ignored(reason) => {
+            report.ignored += 1;
+            (InboxStatus::Ignored, reason)
+        }
+    };
+    FinishedRow {
+        event_id: row.event_id.clone(),
+        status,
+        outcome,
+    }
+}
+
+/// Splits a claimed batch into at most `width` lanes: all rows of one ordering key (customer)
+/// in one lane, in claim order; keys spread so lanes are about equally long. Rows without a
+/// key each stand alone.
+fn lanes(claimed: Vec<ClaimedEvent>, width: usize) -> Vec<Vec<ClaimedEvent>> {
+    // One lane is the batch as claimed (Stripe's order), as one worker always ran it.
+    if width <= 1 {
+        return vec![claimed];
+    }
+    let mut groups: Vec<Vec<ClaimedEvent>> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    for row in claimed {
+        let known = row
+            .ordering_key
+            .as_ref()
+            .and_then(|key| group_of.get(key))
+            .copied();
+        match known.and_then(|group| groups.get_mut(group)) {
+            Some(group) => group.push(row),
+            None => {
+                if let Some(key) = &row.ordering_key {
+                    group_of.insert(key.clone(), groups.len());
+                }
+                groups.push(vec![row]);
+            }
+        }
+    }
+    let mut lanes: Vec<Vec<ClaimedEvent>> = (0..width.max(1)).map(|_| Vec::new()).collect();
+    for group in groups {
+        if let Some(shortest) = lanes.iter_mut().min_by_key(|lane| lane.len()) {
+            shortest.extend(group);
+        }
+    }
+    lanes.retain(|lane| !lane.is_empty());
+    lanes
+}
+
 impl Engine {
-    /// Claims and handles one batch of due inbox rows.
+    /// Claims and handles one batch of due inbox rows: each customer's rows in order, several
+    /// customers at once, and the rows that were handled finished in one transaction.
+    ///
+    /// A crash between a command's commit and its row's finish re-runs the row later, which
+    /// changes nothing: commands are idempotent.
     pub async fn process_inbox(&self) -> Result<WorkReport, StoreError> {
         let now = self.now_ms();
         let lease = i64::try_from(self.config.worker_lease.as_millis()).unwrap_or(i64::MAX);
@@ -64,11 +123,27 @@ impl Engine {
             .db
             .claim_inbox_events(now, lease, self.config.worker_batch_size)
             .await?;
+        let width = match self.db.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => self.config.worker_concurrency.max(1),
+        };
+        let lanes = futures_util::future::join_all(lanes(claimed, width).into_iter().map(
+            |lane| async move {
+                let mut handled = Vec::with_capacity(lane.len());
+                for row in lane {
+                    let result = self.handle(&row).await;
+                    handled.push((row, result));
+                }
+                handled
+            },
+        ))
+        .await;
         let mut report = WorkReport::default();
+        let mut finished = Vec::new();
         let mut failed = Vec::new();
-        for row in claimed {
-            match self.handle(&row).await {
-                Ok(outcome) => self.finish(&row, outcome, &mut report).await?,
+        for (row, result) in lanes.into_iter().flatten() {
+            match result {
+                Ok(outcome) => finished.push(finish(&row, outcome, &mut report)),
                 Err(error) => failed.push((row, error)),
             }
         }
@@ -78,12 +153,15 @@ impl Engine {
             let mut still_failing = Vec::new();
             for (row, _) in failed {
                 match self.handle(&row).await {
-                    Ok(outcome) => self.finish(&row, outcome, &mut report).await?,
+                    Ok(outcome) => finished.push(finish(&row, outcome, &mut report)),
                     Err(error) => still_failing.push((row, error)),
                 }
             }
             failed = still_failing;
         }
+        self.db
+            .finish_inbox_events(&finished, self.now_ms())
+            .await?;
         for (row, error) in failed {
             let wait = backoff(row.attempts);
             tracing::warn!(
@@ -106,27 +184,6 @@ impl Engine {
             self.events_appended.notify_one();
         }
         Ok(report)
-    }
-
-    async fn finish(
-        &self,
-        row: &ClaimedEvent,
-        outcome: Outcome,
-        report: &mut WorkReport,
-    ) -> Result<(), StoreError> {
-        let (status, text) = match outcome {
-            Outcome::Applied(text) => {
-                report.applied += 1;
-                (InboxStatus::Processed, text)
-            }
-            Outcome::Ignored(reason) => {
-                report.ignored += 1;
-                (InboxStatus::Ignored, reason)
-            }
-        };
-        self.db
-            .finish_inbox_event(&row.event_id, status, &text, self.now_ms())
-            .await
     }
 
     #[tracing::instrument(skip_all, fields(stripe_event_id = %row.event_id, correlation_id = %row.correlation_id, event_type = %row.event_type))]
@@ -368,6 +425,56 @@ fn metadata(row: &ClaimedEvent) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn claimed(id: &str, key: Option<&str>) -> ClaimedEvent {
+        ClaimedEvent {
+            event_id: id.to_owned(),
+            event_type: "customer.updated".to_owned(),
+            payload: "{}".to_owned(),
+            stripe_created: 0,
+            received_at_ms: 0,
+            correlation_id: id.to_owned(),
+            attempts: 1,
+            ordering_key: key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn lanes_keep_each_customers_rows_together_and_in_order() {
+        let batch = vec![
+            claimed("a1", Some("cus_a")),
+            claimed("b1", Some("cus_b")),
+            claimed("a2", Some("cus_a")),
+            claimed("x", None),
+            claimed("c1", Some("cus_c")),
+            claimed("a3", Some("cus_a")),
+            claimed("y", None),
+        ];
+        let ids = |lane: &Vec<ClaimedEvent>| -> Vec<String> {
+            lane.iter().map(|row| row.event_id.clone()).collect()
+        };
+        let lanes = lanes(batch.clone(), 3);
+        assert!(lanes.len() <= 3);
+        let with_a: Vec<_> = lanes
+            .iter()
+            .filter(|lane| {
+                lane.iter()
+                    .any(|row| row.ordering_key.as_deref() == Some("cus_a"))
+            })
+            .collect();
+        assert_eq!(with_a.len(), 1, "one customer, one lane");
+        let a_rows: Vec<String> = ids(with_a[0])
+            .into_iter()
+            .filter(|id| id.starts_with('a'))
+            .collect();
+        assert_eq!(a_rows, ["a1", "a2", "a3"]);
+        assert_eq!(lanes.iter().map(Vec::len).sum::<usize>(), 7, "nothing lost");
+        // One lane is the batch in claim order.
+        assert_eq!(
+            ids(&super::lanes(batch, 1)[0]),
+            ["a1", "b1", "a2", "x", "c1", "a3", "y"]
+        );
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("refused")]

@@ -26,6 +26,14 @@ pub struct NewInboxEvent {
     pub correlation_id: String,
 }
 
+/// How a claimed row ended, for [`Database::finish_inbox_events`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedRow {
+    pub event_id: String,
+    pub status: InboxStatus,
+    pub outcome: String,
+}
+
 /// An inbox row a worker has claimed.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ClaimedEvent {
@@ -37,6 +45,9 @@ pub struct ClaimedEvent {
     pub correlation_id: String,
     /// Including this one.
     pub attempts: i32,
+    /// Whose events these are (the customer): one key's rows run in order, one at a time;
+    /// rows of different keys may run at once.
+    pub ordering_key: Option<String>,
 }
 
 /// How an inbox row ended.
@@ -155,7 +166,7 @@ impl Database {
                            AND leased.status = 'pending' AND leased.locked_until_ms > $2))
                  {CLAIM_ORDER} LIMIT $3)
           RETURNING event_id, event_type, payload, stripe_created, received_at_ms,
-                    correlation_id, attempts"
+                    correlation_id, attempts, ordering_key"
         );
         let mut rows: Vec<ClaimedEvent> = match self {
             // One writer at a time: the UPDATE sees every lease committed before it.
@@ -217,6 +228,34 @@ impl Database {
                 .bind(event_id)
                 .execute(pool)
                 .await?;
+        });
+        Ok(())
+    }
+
+    /// Marks several claimed rows finished in one transaction: one commit for a whole batch.
+    pub async fn finish_inbox_events(
+        &self,
+        rows: &[FinishedRow],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE inbox SET status = $1, outcome = $2, processed_at_ms = $3,
+                                  locked_until_ms = NULL, last_error = NULL
+                            WHERE event_id = $4";
+        if rows.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for row in rows {
+                sqlx::query(SQL)
+                    .bind(row.status.as_str())
+                    .bind(&row.outcome)
+                    .bind(now_ms)
+                    .bind(&row.event_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }

@@ -35,6 +35,7 @@ pub use database::{Backend, Database};
 pub use error::StoreError;
 pub use event_log::{Checkpoint, StoredEvent};
 pub use inbox::{
-    ClaimedEvent, InboxFilter, InboxRow, InboxState, InboxStats, InboxStatus, NewInboxEvent,
+    ClaimedEvent, FinishedRow, InboxFilter, InboxRow, InboxState, InboxStats, InboxStatus,
+    NewInboxEvent,
 };
 pub use projection::{SavedViews, ViewRow};
