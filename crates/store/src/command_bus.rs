@@ -193,10 +193,10 @@ where
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
         let aggregate_id = context.aggregate_id.clone();
-        let mut after = context.aggregate.clone();
-        for event in &events {
-            after.apply(event.clone());
-        }
+        // cqrs-es 0.5's `EventSink::write` already applied these events to the context's
+        // aggregate while the command ran: it is the state after them. (Applying them again
+        // is the double application that rules out cqrs-es's own snapshot store.)
+        let after = context.aggregate.clone();
         let sequence = context.current_sequence + events.len();
         match self.store.commit(events, context, metadata).await {
             Ok(committed) => {

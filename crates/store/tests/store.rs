@@ -509,3 +509,85 @@ async fn cached_aggregates_read_what_other_workers_appended() {
         test.cleanup().await.unwrap();
     }
 }
+
+/// A counter whose commands say what they expect to find: a state with an event applied twice
+/// (or missed) refuses the next command.
+mod counter {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+    pub struct Counter {
+        pub count: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Added;
+
+    impl cqrs_es::DomainEvent for Added {
+        fn event_type(&self) -> String {
+            "Added".to_owned()
+        }
+        fn event_version(&self) -> String {
+            "1".to_owned()
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("expected {expected}, found {found}")]
+    pub struct Unexpected {
+        pub expected: u32,
+        pub found: u32,
+    }
+
+    impl cqrs_es::Aggregate for Counter {
+        const TYPE: &'static str = "Counter";
+        type Command = u32;
+        type Event = Added;
+        type Error = Unexpected;
+        type Services = ();
+
+        async fn handle(
+            &mut self,
+            expected: u32,
+            _: &(),
+            sink: &cqrs_es::event_sink::EventSink<Self>,
+        ) -> Result<(), Unexpected> {
+            if self.count != expected {
+                return Err(Unexpected {
+                    expected,
+                    found: self.count,
+                });
+            }
+            sink.write(Added, self).await;
+            Ok(())
+        }
+
+        fn apply(&mut self, _: Added) {
+            self.count += 1;
+        }
+    }
+}
+
+/// Each event is applied to a cached aggregate exactly once: commands that state the count
+/// they expect succeed one after another on one bus, and a second bus sees them all.
+#[tokio::test]
+async fn cached_aggregates_apply_each_event_once() {
+    for test in ScratchDatabase::all().await.unwrap() {
+        let db = &test.database;
+        let bus = subledger_store::CommandBus::<counter::Counter>::new(db, Vec::new);
+        for expected in 0..5 {
+            bus.execute("counter_1", expected, HashMap::new())
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", test.name));
+        }
+        let other = subledger_store::CommandBus::<counter::Counter>::new(db, Vec::new);
+        other
+            .execute("counter_1", 5, HashMap::new())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", test.name));
+        bus.execute("counter_1", 6, HashMap::new())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", test.name));
+        test.cleanup().await.unwrap();
+    }
+}
