@@ -5,7 +5,7 @@
 //! re-run after a crash or an expired lease changes nothing twice. A row that fails is retried
 //! later with backoff and its error recorded; it never holds up other rows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
@@ -14,10 +14,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
 use cqrs_es::AggregateError;
 use subledger_domain::billing::DisputeFacts;
-use subledger_domain::customer::{CustomerCommand, CustomerError, TiedObject};
+use subledger_domain::customer::{Customer, CustomerCommand, CustomerError, TiedObject};
 use subledger_domain::ids::{CustomerId, PaymentIntentId};
 use subledger_domain::payment::{Payment, PaymentEvent};
-use subledger_store::{Backend, ClaimedEvent, FinishedRow, InboxStatus, StoreError};
+use subledger_store::{
+    Backend, ClaimedEvent, FinishedRow, InboxStatus, StoreError, UnitOfWork, WorkCommit,
+};
 use subledger_stripe::{translate, translate_fetched, Translation};
 
 use crate::engine::Engine;
@@ -53,6 +55,13 @@ pub(crate) fn backoff(attempts: i32) -> Duration {
 enum Outcome {
     Applied(String),
     Ignored(String),
+}
+
+/// A lane's rows after staging: what was decided in memory, and what runs one by one.
+struct StagedLane {
+    work: UnitOfWork<Customer>,
+    decided: Vec<(ClaimedEvent, Outcome)>,
+    later: Vec<ClaimedEvent>,
 }
 
 /// How a handled row is finished, counted in `report`.
@@ -111,11 +120,14 @@ fn lanes(claimed: Vec<ClaimedEvent>, width: usize) -> Vec<Vec<ClaimedEvent>> {
 }
 
 impl Engine {
-    /// Claims and handles one batch of due inbox rows: each customer's rows in order, several
-    /// customers at once, and the rows that were handled finished in one transaction.
+    /// Claims and handles one batch of due inbox rows.
     ///
-    /// A crash between a command's commit and its row's finish re-runs the row later, which
-    /// changes nothing: commands are idempotent.
+    /// Customers' commands are decided in memory, several customers at once on PostgreSQL
+    /// (each customer's rows in one lane, in order), and their events are appended together
+    /// with the rows' finish in one transaction. A customer's rows from its first one that
+    /// needs more (a payment, a fetch from Stripe, a refusal) run one at a time afterwards,
+    /// in order; so does the whole batch when another writer appended to one of its
+    /// aggregates first. A crash before a commit re-runs rows whose commands are idempotent.
     pub async fn process_inbox(&self) -> Result<WorkReport, StoreError> {
         let now = self.now_ms();
         let lease = i64::try_from(self.config.worker_lease.as_millis()).unwrap_or(i64::MAX);
@@ -123,27 +135,117 @@ impl Engine {
             .db
             .claim_inbox_events(now, lease, self.config.worker_batch_size)
             .await?;
+        if claimed.is_empty() {
+            return Ok(WorkReport::default());
+        }
         let width = match self.db.backend() {
             Backend::Sqlite => 1,
             Backend::Postgres => self.config.worker_concurrency.max(1),
         };
-        let lanes = futures_util::future::join_all(lanes(claimed, width).into_iter().map(
-            |lane| async move {
-                let mut handled = Vec::with_capacity(lane.len());
-                for row in lane {
-                    let result = self.handle(&row).await;
-                    handled.push((row, result));
-                }
-                handled
-            },
-        ))
+        let staged = futures_util::future::join_all(
+            lanes(claimed.clone(), width)
+                .into_iter()
+                .map(|lane| self.stage_lane(lane)),
+        )
         .await;
         let mut report = WorkReport::default();
+        let mut work = UnitOfWork::default();
+        let mut finished = Vec::new();
+        let mut later = Vec::new();
+        for lane in staged {
+            work.absorb(lane.work);
+            for (row, outcome) in lane.decided {
+                finished.push(finish(&row, outcome, &mut report));
+            }
+            later.extend(lane.later);
+        }
+        match self
+            .db
+            .commit_work(work.events(), &finished, self.now_ms())
+            .await?
+        {
+            WorkCommit::Committed => self.customers.committed(work),
+            WorkCommit::Conflict => {
+                self.customers.abandoned(&work);
+                tracing::debug!("another writer appended first; running the batch row by row");
+                report = WorkReport::default();
+                later = claimed;
+            }
+        }
+        self.run_one_by_one(later, &mut report).await?;
+        if report.applied > 0 {
+            self.events_appended.notify_one();
+        }
+        Ok(report)
+    }
+
+    /// Decides a lane's rows in memory, in order, until one of a customer's rows needs more:
+    /// that row and the customer's later ones are left for [`Engine::run_one_by_one`].
+    async fn stage_lane(&self, lane: Vec<ClaimedEvent>) -> StagedLane {
+        let mut staged = StagedLane {
+            work: UnitOfWork::default(),
+            decided: Vec::new(),
+            later: Vec::new(),
+        };
+        let mut held_back: HashSet<String> = HashSet::new();
+        for row in lane {
+            let waits = row
+                .ordering_key
+                .as_ref()
+                .is_some_and(|key| held_back.contains(key));
+            let decided = if waits {
+                None
+            } else {
+                self.stage(&mut staged.work, &row).await
+            };
+            match decided {
+                Some(outcome) => staged.decided.push((row, outcome)),
+                None => {
+                    if let Some(key) = &row.ordering_key {
+                        held_back.insert(key.clone());
+                    }
+                    staged.later.push(row);
+                }
+            }
+        }
+        staged
+    }
+
+    /// A row's outcome when it can be decided in memory: an ignored event, or a customer's
+    /// command staged in `work`. `None` for everything else.
+    async fn stage(&self, work: &mut UnitOfWork<Customer>, row: &ClaimedEvent) -> Option<Outcome> {
+        let event: serde_json::Value = serde_json::from_str(&row.payload).ok()?;
+        match translate(&event).ok()? {
+            Translation::Ignored { reason } => Some(Outcome::Ignored(reason)),
+            Translation::Customer {
+                customer_id,
+                command,
+            } => {
+                self.customers
+                    .stage(work, customer_id.as_str(), command, metadata(row))
+                    .await
+                    .ok()?;
+                Some(Outcome::Applied(format!("Customer {customer_id}")))
+            }
+            Translation::Payment { .. } => None,
+        }
+    }
+
+    /// Handles rows one at a time, in order, finishing those handled in one transaction and
+    /// scheduling the rest for a retry.
+    async fn run_one_by_one(
+        &self,
+        rows: Vec<ClaimedEvent>,
+        report: &mut WorkReport,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let mut finished = Vec::new();
         let mut failed = Vec::new();
-        for (row, result) in lanes.into_iter().flatten() {
-            match result {
-                Ok(outcome) => finished.push(finish(&row, outcome, &mut report)),
+        for row in rows {
+            match self.handle(&row).await {
+                Ok(outcome) => finished.push(finish(&row, outcome, report)),
                 Err(error) => failed.push((row, error)),
             }
         }
@@ -153,7 +255,7 @@ impl Engine {
             let mut still_failing = Vec::new();
             for (row, _) in failed {
                 match self.handle(&row).await {
-                    Ok(outcome) => finished.push(finish(&row, outcome, &mut report)),
+                    Ok(outcome) => finished.push(finish(&row, outcome, report)),
                     Err(error) => still_failing.push((row, error)),
                 }
             }
@@ -180,10 +282,7 @@ impl Engine {
                 .await?;
             report.failed += 1;
         }
-        if report.applied > 0 {
-            self.events_appended.notify_one();
-        }
-        Ok(report)
+        Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(stripe_event_id = %row.event_id, correlation_id = %row.correlation_id, event_type = %row.event_type))]

@@ -9,11 +9,13 @@
 //! cqrs-es 0.5's own snapshot store is not used: it applies new events twice.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::database::Database;
+use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{
     EventStoreAggregateContext, EventUpcaster, PersistedEventRepository, PersistedEventStore,
+    SerializedEvent,
 };
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
@@ -25,8 +27,85 @@ const CACHED_AGGREGATES: usize = 16_384;
 
 /// Runs commands on aggregates of type `A`, persisting their events on either backend.
 pub enum CommandBus<A: Aggregate + Clone> {
-    Sqlite(CqrsFramework<A, CachedEventStore<SqliteEventRepository, A>>),
-    Postgres(CqrsFramework<A, CachedEventStore<PostgresEventRepository, A>>),
+    Sqlite(
+        CqrsFramework<A, Shared<SqliteEventRepository, A>>,
+        Arc<CachedEventStore<SqliteEventRepository, A>>,
+    ),
+    Postgres(
+        CqrsFramework<A, Shared<PostgresEventRepository, A>>,
+        Arc<CachedEventStore<PostgresEventRepository, A>>,
+    ),
+}
+
+/// A [`CachedEventStore`] shared by the command bus's framework and its units of work.
+pub struct Shared<R: PersistedEventRepository, A: Aggregate>(Arc<CachedEventStore<R, A>>);
+
+impl<R: PersistedEventRepository, A: Aggregate> std::fmt::Debug for Shared<R, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<R, A> EventStore<A> for Shared<R, A>
+where
+    R: PersistedEventRepository,
+    A: Aggregate + Clone + Send + Sync,
+{
+    type AC = EventStoreAggregateContext<A>;
+
+    async fn load_events(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        self.0.load_events(aggregate_id).await
+    }
+
+    async fn load_aggregate(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
+        self.0.load_aggregate(aggregate_id).await
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<A::Event>,
+        context: EventStoreAggregateContext<A>,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        self.0.commit(events, context, metadata).await
+    }
+}
+
+/// Commands decided in memory, to be committed together ([`Database::commit_work`]) with the
+/// inbox rows they came from: one transaction for many commands of many aggregates.
+#[derive(Debug)]
+pub struct UnitOfWork<A: Aggregate> {
+    /// Each touched aggregate as the staged commands leave it, at its sequence.
+    states: HashMap<String, (usize, A)>,
+    events: Vec<SerializedEvent>,
+}
+
+impl<A: Aggregate> Default for UnitOfWork<A> {
+    fn default() -> Self {
+        Self {
+            states: HashMap::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+impl<A: Aggregate> UnitOfWork<A> {
+    /// The events staged so far, in the order they will be appended.
+    pub fn events(&self) -> &[SerializedEvent] {
+        &self.events
+    }
+
+    /// Adds another unit's staged commands (of other aggregates) to this one.
+    pub fn absorb(&mut self, other: Self) {
+        self.states.extend(other.states);
+        self.events.extend(other.events);
+    }
 }
 
 impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
@@ -34,24 +113,24 @@ impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
     /// schema).
     pub fn new(db: &Database, upcasters: fn() -> Vec<Box<dyn EventUpcaster>>) -> Self {
         match db {
-            Database::Sqlite(pool) => Self::Sqlite(CqrsFramework::new(
-                CachedEventStore::new(
+            Database::Sqlite(pool) => {
+                let store = Arc::new(CachedEventStore::new(
                     Database::sqlite_repository(pool),
                     Database::sqlite_repository(pool),
                     upcasters,
-                ),
-                vec![],
-                (),
-            )),
-            Database::Postgres(pool) => Self::Postgres(CqrsFramework::new(
-                CachedEventStore::new(
+                ));
+                let framework = CqrsFramework::new(Shared(Arc::clone(&store)), vec![], ());
+                Self::Sqlite(framework, store)
+            }
+            Database::Postgres(pool) => {
+                let store = Arc::new(CachedEventStore::new(
                     Database::postgres_repository(pool),
                     Database::postgres_repository(pool),
                     upcasters,
-                ),
-                vec![],
-                (),
-            )),
+                ));
+                let framework = CqrsFramework::new(Shared(Arc::clone(&store)), vec![], ());
+                Self::Postgres(framework, store)
+            }
         }
     }
 
@@ -62,13 +141,80 @@ impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
         metadata: HashMap<String, String>,
     ) -> Result<(), AggregateError<A::Error>> {
         match self {
-            Self::Sqlite(cqrs) => {
+            Self::Sqlite(cqrs, _) => {
                 cqrs.execute_with_metadata(aggregate_id, command, metadata)
                     .await
             }
-            Self::Postgres(cqrs) => {
+            Self::Postgres(cqrs, _) => {
                 cqrs.execute_with_metadata(aggregate_id, command, metadata)
                     .await
+            }
+        }
+    }
+
+    /// Decides `command` on the aggregate as `work` left it (loaded as `execute` loads it the
+    /// first time) and stages the resulting events in `work`; nothing is written. Returns how
+    /// many events the command produced.
+    pub async fn stage(
+        &self,
+        work: &mut UnitOfWork<A>,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+    ) -> Result<usize, AggregateError<A::Error>> {
+        let (sequence, mut aggregate) = match work.states.remove(aggregate_id) {
+            Some(state) => state,
+            None => {
+                let context = match self {
+                    Self::Sqlite(_, store) => store.load_aggregate(aggregate_id).await?,
+                    Self::Postgres(_, store) => store.load_aggregate(aggregate_id).await?,
+                };
+                (context.current_sequence, context.aggregate)
+            }
+        };
+        // A refused command may have written some events before refusing: keep the state
+        // from before it.
+        let before = aggregate.clone();
+        let sink = EventSink::default();
+        let decided = aggregate.handle(command, &(), &sink).await;
+        let events = sink.collect().await;
+        if let Err(error) = decided {
+            work.states
+                .insert(aggregate_id.to_owned(), (sequence, before));
+            return Err(AggregateError::UserError(error));
+        }
+        let produced = events.len();
+        for (payload, next) in events.into_iter().zip(sequence + 1..) {
+            let envelope = EventEnvelope::<A> {
+                aggregate_id: aggregate_id.to_owned(),
+                sequence: next,
+                payload,
+                metadata: metadata.clone(),
+            };
+            work.events.push(SerializedEvent::try_from(&envelope)?);
+        }
+        work.states
+            .insert(aggregate_id.to_owned(), (sequence + produced, aggregate));
+        Ok(produced)
+    }
+
+    /// After `work` was committed: its aggregates are cached as it left them.
+    pub fn committed(&self, work: UnitOfWork<A>) {
+        for (id, (sequence, aggregate)) in work.states {
+            match self {
+                Self::Sqlite(_, store) => store.remember(&id, sequence, aggregate),
+                Self::Postgres(_, store) => store.remember(&id, sequence, aggregate),
+            }
+        }
+    }
+
+    /// After `work` could not be committed: its aggregates are reloaded from their streams
+    /// next time.
+    pub fn abandoned(&self, work: &UnitOfWork<A>) {
+        for id in work.states.keys() {
+            match self {
+                Self::Sqlite(_, store) => store.forget(id),
+                Self::Postgres(_, store) => store.forget(id),
             }
         }
     }
@@ -77,8 +223,8 @@ impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
 impl<A: Aggregate + Clone> std::fmt::Debug for CommandBus<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Sqlite(_) => f.write_str("CommandBus::Sqlite"),
-            Self::Postgres(_) => f.write_str("CommandBus::Postgres"),
+            Self::Sqlite(..) => f.write_str("CommandBus::Sqlite"),
+            Self::Postgres(..) => f.write_str("CommandBus::Postgres"),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! commit), claimed by workers with a lease, and finished as `processed` or `ignored`. A row
 //! whose processing failed stays `pending` with its error and a later `available_at`.
 
+use cqrs_es::persist::SerializedEvent;
 use sqlx::{QueryBuilder, Row};
 
 use crate::database::Database;
@@ -24,6 +25,19 @@ pub struct NewInboxEvent {
     pub payload: String,
     pub received_at_ms: i64,
     pub correlation_id: String,
+}
+
+/// Finishes one claimed row.
+const FINISH_SQL: &str = "UPDATE inbox SET status = $1, outcome = $2, processed_at_ms = $3,
+                                 locked_until_ms = NULL, last_error = NULL
+                           WHERE event_id = $4";
+
+/// What [`Database::commit_work`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkCommit {
+    Committed,
+    /// Another writer appended to one of the aggregates first; nothing was written.
+    Conflict,
 }
 
 /// How a claimed row ended, for [`Database::finish_inbox_events`].
@@ -217,11 +231,8 @@ impl Database {
         outcome: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE inbox SET status = $1, outcome = $2, processed_at_ms = $3,
-                                  locked_until_ms = NULL, last_error = NULL
-                            WHERE event_id = $4";
         on_pool!(self, pool => {
-            sqlx::query(SQL)
+            sqlx::query(FINISH_SQL)
                 .bind(status.as_str())
                 .bind(outcome)
                 .bind(now_ms)
@@ -232,22 +243,78 @@ impl Database {
         Ok(())
     }
 
+    /// Appends the events of a unit of work and finishes the inbox rows they came from, in one
+    /// transaction. `Conflict` (nothing written) when another writer appended to one of the
+    /// aggregates first: the caller reloads and runs the commands again.
+    pub async fn commit_work(
+        &self,
+        events: &[SerializedEvent],
+        rows: &[FinishedRow],
+        now_ms: i64,
+    ) -> Result<WorkCommit, StoreError> {
+        // Bound parameters per statement stay well under SQLite's limit (32,766).
+        const EVENTS_PER_INSERT: usize = 1_000;
+        let mut sequences = Vec::with_capacity(events.len());
+        for event in events {
+            sequences.push(i64::try_from(event.sequence).map_err(|_| {
+                StoreError::Corrupt(format!("event sequence {} is out of range", event.sequence))
+            })?);
+        }
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for (chunk, sequences) in events
+                .chunks(EVENTS_PER_INSERT)
+                .zip(sequences.chunks(EVENTS_PER_INSERT))
+            {
+                let mut insert = QueryBuilder::new(
+                    "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                     event_version, payload, metadata) ",
+                );
+                insert.push_values(chunk.iter().zip(sequences), |mut row, (event, sequence)| {
+                    row.push_bind(&event.aggregate_type)
+                        .push_bind(&event.aggregate_id)
+                        .push_bind(*sequence)
+                        .push_bind(&event.event_type)
+                        .push_bind(&event.event_version)
+                        .push_bind(&event.payload)
+                        .push_bind(&event.metadata);
+                });
+                match insert.build().execute(&mut *tx).await {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        tx.rollback().await?;
+                        return Ok(WorkCommit::Conflict);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            for row in rows {
+                sqlx::query(FINISH_SQL)
+                    .bind(row.status.as_str())
+                    .bind(&row.outcome)
+                    .bind(now_ms)
+                    .bind(&row.event_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(WorkCommit::Committed)
+    }
+
     /// Marks several claimed rows finished in one transaction: one commit for a whole batch.
     pub async fn finish_inbox_events(
         &self,
         rows: &[FinishedRow],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE inbox SET status = $1, outcome = $2, processed_at_ms = $3,
-                                  locked_until_ms = NULL, last_error = NULL
-                            WHERE event_id = $4";
         if rows.is_empty() {
             return Ok(());
         }
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             for row in rows {
-                sqlx::query(SQL)
+                sqlx::query(FINISH_SQL)
                     .bind(row.status.as_str())
                     .bind(&row.outcome)
                     .bind(now_ms)

@@ -31,11 +31,12 @@ pub mod scratch;
 
 pub use backfill::BackfillCursor;
 pub use command_bus::CommandBus;
+pub use command_bus::UnitOfWork;
 pub use database::{Backend, Database};
 pub use error::StoreError;
 pub use event_log::{Checkpoint, StoredEvent};
 pub use inbox::{
     ClaimedEvent, FinishedRow, InboxFilter, InboxRow, InboxState, InboxStats, InboxStatus,
-    NewInboxEvent,
+    NewInboxEvent, WorkCommit,
 };
 pub use projection::{SavedViews, ViewRow};

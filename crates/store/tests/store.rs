@@ -591,3 +591,85 @@ async fn cached_aggregates_apply_each_event_once() {
         test.cleanup().await.unwrap();
     }
 }
+
+/// A unit of work commits its events and finishes its rows together, or (when another writer
+/// appended to one of its aggregates first) writes nothing at all.
+#[tokio::test]
+async fn a_unit_of_work_commits_whole_or_not_at_all() {
+    for test in ScratchDatabase::all().await.unwrap() {
+        let db = &test.database;
+        db.insert_inbox_events(&[
+            keyed("evt_w1", 1, "counter_w"),
+            keyed("evt_w2", 2, "counter_w"),
+        ])
+        .await
+        .unwrap();
+        let claimed = db.claim_inbox_events(1_000, 60_000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 2, "{}", test.name);
+        let bus = subledger_store::CommandBus::<counter::Counter>::new(db, Vec::new);
+        let other = subledger_store::CommandBus::<counter::Counter>::new(db, Vec::new);
+        let finished = |id: &str| subledger_store::FinishedRow {
+            event_id: id.to_owned(),
+            status: InboxStatus::Processed,
+            outcome: "applied".to_owned(),
+        };
+
+        // Staged on one bus; the other appends to the same counter before the commit.
+        let mut work = subledger_store::UnitOfWork::default();
+        bus.stage(&mut work, "counter_w", 0, HashMap::new())
+            .await
+            .unwrap();
+        bus.stage(&mut work, "counter_w", 1, HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(work.events().len(), 2);
+        other.execute("counter_w", 0, HashMap::new()).await.unwrap();
+        let outcome = db
+            .commit_work(work.events(), &[finished("evt_w1")], 2_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            subledger_store::WorkCommit::Conflict,
+            "{}",
+            test.name
+        );
+        bus.abandoned(&work);
+        let stats = db.inbox_stats().await.unwrap();
+        assert_eq!(
+            stats.processed, 0,
+            "{}: the row stays unfinished",
+            test.name
+        );
+
+        // Staged again from the stream: it commits, events and rows together.
+        let mut work = subledger_store::UnitOfWork::default();
+        bus.stage(&mut work, "counter_w", 1, HashMap::new())
+            .await
+            .unwrap();
+        let outcome = db
+            .commit_work(
+                work.events(),
+                &[finished("evt_w1"), finished("evt_w2")],
+                2_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            subledger_store::WorkCommit::Committed,
+            "{}",
+            test.name
+        );
+        bus.committed(work);
+        assert_eq!(
+            db.inbox_stats().await.unwrap().processed,
+            2,
+            "{}",
+            test.name
+        );
+        // The cache holds the committed state: the next command expects 2.
+        bus.execute("counter_w", 2, HashMap::new()).await.unwrap();
+        test.cleanup().await.unwrap();
+    }
+}
