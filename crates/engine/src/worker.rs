@@ -39,9 +39,14 @@ impl WorkReport {
     }
 }
 
-/// How often a command is re-run at once when another worker appended to the same aggregate
-/// in between (optimistic concurrency), before the row is retried later instead.
-const CONFLICT_RETRIES: usize = 5;
+/// How often a command is re-run when another writer appended to the same aggregate in
+/// between (optimistic concurrency), before the row is retried later instead. A busy worker
+/// commits a batch every few milliseconds, so an operator's command may lose several times.
+const CONFLICT_RETRIES: usize = 20;
+
+/// The longest pause before re-running a command that lost a race: a short, varied wait lets
+/// a writer that keeps winning (a busy worker) finish its commit.
+const CONFLICT_PAUSE_MS: u64 = 8;
 
 /// The longest a failing row waits between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
@@ -166,7 +171,7 @@ impl Engine {
         {
             WorkCommit::Committed => self.customers.committed(work),
             WorkCommit::Conflict => {
-                self.customers.abandoned(&work);
+                // The cache holds only committed states: the staged ones are simply dropped.
                 tracing::debug!("another writer appended first; running the batch row by row");
                 report = WorkReport::default();
                 later = claimed;
@@ -475,9 +480,10 @@ impl Engine {
     }
 }
 
-/// Runs a command, re-running it at once when another writer (a worker, an operator's
-/// request) appended to the aggregate in between, up to [`CONFLICT_RETRIES`] times. Each run
-/// loads the aggregate afresh, so the command is judged against what the other one wrote.
+/// Runs a command, re-running it when another writer (a worker, an operator's request)
+/// appended to the aggregate in between, up to [`CONFLICT_RETRIES`] times, after a pause of a
+/// few milliseconds that varies between racers. Each run loads the aggregate afresh, so the
+/// command is judged against what the other one wrote.
 pub(crate) async fn run_with_conflict_retries<E, F, Fut>(
     mut run: F,
 ) -> Result<(), AggregateError<E>>
@@ -489,7 +495,14 @@ where
     let mut result = run().await;
     for _ in 1..CONFLICT_RETRIES {
         match result {
-            Err(AggregateError::AggregateConflict) => result = run().await,
+            Err(AggregateError::AggregateConflict) => {
+                // Varied by the clock's nanoseconds: two racers rarely pause alike.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos()));
+                tokio::time::sleep(Duration::from_millis(1 + nanos % CONFLICT_PAUSE_MS)).await;
+                result = run().await;
+            }
             other => return other,
         }
     }
@@ -606,7 +619,7 @@ mod tests {
             ("ok".to_owned(), 3)
         );
         // Endless conflicts give up after CONFLICT_RETRIES runs; the row is retried later.
-        let (error, runs) = retried((0..10).map(|_| conflict()).collect()).await;
+        let (error, runs) = retried((0..CONFLICT_RETRIES).map(|_| conflict()).collect()).await;
         assert_eq!(runs, CONFLICT_RETRIES);
         assert!(error.contains("optimistic concurrency"), "{error}");
         // A refusal is final at once.

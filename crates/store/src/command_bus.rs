@@ -5,7 +5,8 @@
 //! the events appended to its stream since the cached version, so its cost does not grow with
 //! the customer's history. The stream stays the truth: every load asks it for newer events
 //! (another worker may have appended), and a commit still fails on a sequence another writer
-//! took first (optimistic concurrency), after which the entry is dropped and reloaded.
+//! took first (optimistic concurrency). The cache only ever holds committed states, so after a
+//! lost race the next load simply reads what the winner appended.
 //! cqrs-es 0.5's own snapshot store is not used: it applies new events twice.
 
 use std::collections::HashMap;
@@ -207,17 +208,6 @@ impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
             }
         }
     }
-
-    /// After `work` could not be committed: its aggregates are reloaded from their streams
-    /// next time.
-    pub fn abandoned(&self, work: &UnitOfWork<A>) {
-        for id in work.states.keys() {
-            match self {
-                Self::Sqlite(_, store) => store.forget(id),
-                Self::Postgres(_, store) => store.forget(id),
-            }
-        }
-    }
 }
 
 impl<A: Aggregate + Clone> std::fmt::Debug for CommandBus<A> {
@@ -267,12 +257,6 @@ impl<R: PersistedEventRepository, A: Aggregate + Clone> CachedEventStore<R, A> {
                 }
             }
             cache.insert(aggregate_id.to_owned(), (sequence, aggregate));
-        }
-    }
-
-    fn forget(&self, aggregate_id: &str) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(aggregate_id);
         }
     }
 }
@@ -349,11 +333,9 @@ where
                 self.remember(&aggregate_id, sequence, after);
                 Ok(committed)
             }
-            Err(error) => {
-                // Another writer got there first (or the store failed): reload next time.
-                self.forget(&aggregate_id);
-                Err(error)
-            }
+            // Another writer got there first (or the store failed). The cached entry is still
+            // a committed state, only older: the next load reads what came after it.
+            Err(error) => Err(error),
         }
     }
 }

@@ -311,20 +311,8 @@ impl Database {
         if rows.is_empty() {
             return Ok(());
         }
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            for row in rows {
-                sqlx::query(FINISH_SQL)
-                    .bind(row.status.as_str())
-                    .bind(&row.outcome)
-                    .bind(now_ms)
-                    .bind(&row.event_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
+        // With no events nothing can conflict.
+        self.commit_work(&[], rows, now_ms).await.map(|_| ())
     }
 
     /// Records a failed attempt and when to try again. The row stays pending: never dropped.

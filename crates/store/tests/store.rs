@@ -634,7 +634,7 @@ async fn a_unit_of_work_commits_whole_or_not_at_all() {
             "{}",
             test.name
         );
-        bus.abandoned(&work);
+        drop(work);
         let stats = db.inbox_stats().await.unwrap();
         assert_eq!(
             stats.processed, 0,
