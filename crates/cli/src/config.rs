@@ -319,6 +319,11 @@ pub struct EngineArgs {
     #[arg(long, env = "SUBLEDGER_WORKER_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub worker_batch_size: i64,
 
+    /// How many customers' rows a worker applies at once on PostgreSQL (each customer's in
+    /// order). SQLite, with one writer, applies a batch as claimed whatever this says.
+    #[arg(long, env = "SUBLEDGER_WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_concurrency: u16,
+
     /// The customer metadata key holding your product's user id, for /v1/users/{user_id}.
     #[arg(
         long,
@@ -348,6 +353,7 @@ impl EngineArgs {
         config.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
         config.worker_lease = Duration::from_secs(self.worker_lease_secs);
         config.worker_batch_size = self.worker_batch_size;
+        config.worker_concurrency = usize::from(self.worker_concurrency);
         config
             .user_id_metadata_key
             .clone_from(&self.user_id_metadata_key);
