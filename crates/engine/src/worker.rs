@@ -148,7 +148,7 @@ impl Engine {
             Backend::Postgres => self.config.worker_concurrency.max(1),
         };
         let staged = futures_util::future::join_all(
-            lanes(claimed.clone(), width)
+            lanes(claimed, width)
                 .into_iter()
                 .map(|lane| self.stage_lane(lane)),
         )
@@ -156,12 +156,17 @@ impl Engine {
         let mut report = WorkReport::default();
         let mut work = UnitOfWork::default();
         let mut finished = Vec::new();
+        // Each lane's rows in its order: a customer's decided rows come before its held-back
+        // ones, so this is the order to run them in should the commit lose a race.
+        let mut in_order = Vec::new();
         let mut later = Vec::new();
         for lane in staged {
             work.absorb(lane.work);
             for (row, outcome) in lane.decided {
                 finished.push(finish(&row, outcome, &mut report));
+                in_order.push(row);
             }
+            in_order.extend(lane.later.iter().cloned());
             later.extend(lane.later);
         }
         match self
@@ -174,7 +179,7 @@ impl Engine {
                 // The cache holds only committed states: the staged ones are simply dropped.
                 tracing::debug!("another writer appended first; running the batch row by row");
                 report = WorkReport::default();
-                later = claimed;
+                later = in_order;
             }
         }
         self.run_one_by_one(later, &mut report).await?;

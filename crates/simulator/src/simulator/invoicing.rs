@@ -10,8 +10,9 @@ use crate::model::{
 };
 use crate::render;
 
-/// How long a renewal's draft invoice waits before Stripe finalizes and charges it: about an
-/// hour (Stripe's docs, "How subscriptions work": invoice lifecycle; `../shared/STRIPE.md`).
+/// How long a renewal's draft invoice waits before Stripe finalizes and charges it: the
+/// account's invoice finalization grace period, 1 hour by default (Stripe's docs, "Configure
+/// an invoice finalization grace period"; "How subscriptions work"; `../shared/STRIPE.md`).
 pub(super) const RENEWAL_FINALIZATION_DELAY: Duration = Duration::hours(1);
 
 /// How long before a renewal `invoice.upcoming` is sent. Stripe takes it from the account's
