@@ -303,7 +303,7 @@ async fn crash_run(name: &str, database_url: &str, roles: &[Role], events: &[Val
         .unwrap();
     let mut effects = HashSet::new();
     for event in &log {
-        let stripe_event = event.metadata.get("stripe_event_id").cloned();
+        let stripe_event = event.metadata().unwrap().get("stripe_event_id").cloned();
         let effect = (
             event.aggregate_type.clone(),
             event.aggregate_id.clone(),

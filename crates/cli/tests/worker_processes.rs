@@ -126,7 +126,7 @@ async fn two_worker_processes_apply_every_event_exactly_once() {
             .unwrap();
         let created: Vec<i64> = log
             .iter()
-            .map(|event| event.metadata["stripe_created"].parse().unwrap())
+            .map(|event| event.metadata().unwrap()["stripe_created"].parse().unwrap())
             .collect();
         assert_eq!(created.len(), CHANGES, "cus_{customer}: {created:?}");
         assert!(

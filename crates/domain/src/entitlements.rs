@@ -14,18 +14,19 @@ use crate::catalog::{AccessPolicy, Catalog, FeatureGrant, Grant};
 use crate::customer::CustomerEvent;
 use crate::dunning::{Dunning, UnpaidInvoice};
 use crate::ids::{CustomerId, InvoiceId, SubscriptionId};
+use crate::small_map::SmallMap;
 
 /// The per-customer facts that entitlements depend on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BillingView {
     pub customer_id: CustomerId,
     pub deleted: bool,
-    pub metadata: BTreeMap<String, String>,
-    pub subscriptions: BTreeMap<SubscriptionId, SubscriptionSnapshot>,
+    pub metadata: SmallMap<String, String>,
+    pub subscriptions: SmallMap<SubscriptionId, SubscriptionSnapshot>,
     /// Each subscription's invoices whose payment failed and that are neither paid nor
     /// written off, by invoice.
     #[serde(default)]
-    pub unpaid: BTreeMap<SubscriptionId, BTreeMap<InvoiceId, UnpaidInvoice>>,
+    pub unpaid: SmallMap<SubscriptionId, SmallMap<InvoiceId, UnpaidInvoice>>,
     /// Invoices of pending updates (`payment_behavior: pending_if_incomplete`): when their
     /// payment fails the change is not made and nothing is owed (Stripe's docs, "Pending
     /// updates"), so they never count in dunning.
@@ -33,19 +34,19 @@ pub struct BillingView {
     pub pending_updates: BTreeSet<InvoiceId>,
     /// Each subscription's most recently paid invoice.
     #[serde(default)]
-    pub last_paid: BTreeMap<SubscriptionId, PaidInvoice>,
+    pub last_paid: SmallMap<SubscriptionId, PaidInvoice>,
     /// The customer's active features by Stripe's Entitlements API (lookup keys).
     #[serde(default)]
     pub stripe_features: BTreeSet<String>,
     /// Operator holds in force, by id.
     #[serde(default)]
-    pub holds: BTreeMap<String, Hold>,
+    pub holds: SmallMap<String, Hold>,
     /// Disputes of subscription payments, by dispute id.
     #[serde(default)]
-    pub disputes: BTreeMap<String, DisputeBlock>,
+    pub disputes: SmallMap<String, DisputeBlock>,
     /// Changes subscription schedules will make, by subscription.
     #[serde(default)]
-    pub scheduled: BTreeMap<SubscriptionId, crate::billing::NextPhase>,
+    pub scheduled: SmallMap<SubscriptionId, crate::billing::NextPhase>,
     /// Stripe time of the latest fact applied.
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -86,15 +87,15 @@ impl BillingView {
         Self {
             customer_id,
             deleted: false,
-            metadata: BTreeMap::new(),
-            subscriptions: BTreeMap::new(),
-            unpaid: BTreeMap::new(),
+            metadata: SmallMap::new(),
+            subscriptions: SmallMap::new(),
+            unpaid: SmallMap::new(),
             pending_updates: BTreeSet::new(),
-            last_paid: BTreeMap::new(),
+            last_paid: SmallMap::new(),
             stripe_features: BTreeSet::new(),
-            holds: BTreeMap::new(),
-            scheduled: BTreeMap::new(),
-            disputes: BTreeMap::new(),
+            holds: SmallMap::new(),
+            scheduled: SmallMap::new(),
+            disputes: SmallMap::new(),
             updated_at: None,
         }
     }
@@ -111,7 +112,12 @@ impl BillingView {
 
     pub fn apply(&mut self, event: &CustomerEvent) {
         match event {
-            CustomerEvent::DetailsRecorded { metadata, .. } => self.metadata = metadata.clone(),
+            CustomerEvent::DetailsRecorded { metadata, .. } => {
+                self.metadata = metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+            }
             CustomerEvent::CustomerDeleted { .. } => self.deleted = true,
             CustomerEvent::SubscriptionStarted { subscription, .. }
             | CustomerEvent::SubscriptionChanged { subscription, .. }
@@ -179,10 +185,8 @@ impl BillingView {
                 if let Some(subscription) = &invoice.subscription_id {
                     let unpaid = self
                         .unpaid
-                        .entry(subscription.clone())
-                        .or_default()
-                        .entry(invoice.id.clone())
-                        .or_insert_with(|| UnpaidInvoice {
+                        .get_or_insert_with(subscription.clone(), SmallMap::new)
+                        .get_or_insert_with(invoice.id.clone(), || UnpaidInvoice {
                             invoice: invoice.id.clone(),
                             since: *occurred_at,
                             attempt: 0,
@@ -262,7 +266,7 @@ impl DisputeBlock {
 }
 
 /// One feature's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FeatureValue {
     pub enabled: bool,
@@ -786,7 +790,11 @@ plans:
     #[test]
     fn a_pending_updates_failed_payment_is_no_debt_in_any_order() {
         let pending = |view: &mut BillingView| {
-            let mut subscription = view.subscriptions[&SubscriptionId::new("sub_1")].clone();
+            let mut subscription = view
+                .subscriptions
+                .get(&SubscriptionId::new("sub_1"))
+                .unwrap()
+                .clone();
             subscription.pending_update_invoice = Some(InvoiceId::new("in_update"));
             view.apply(&CustomerEvent::SubscriptionChanged {
                 subscription,

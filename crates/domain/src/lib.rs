@@ -11,6 +11,7 @@
 //! - [`dunning`]: where a subscription stands when renewal payments fail.
 //! - [`schema`]: the stored shape of events, its versions and the upcasters between them.
 //! - [`entitlements`]: what a customer may use, derived from their subscriptions and the catalog.
+//! - [`small_map`]: the compact ordered map a customer's view is made of.
 
 pub mod billing;
 pub mod catalog;
@@ -21,3 +22,4 @@ pub mod ids;
 pub mod money;
 pub mod payment;
 pub mod schema;
+pub mod small_map;

@@ -94,6 +94,21 @@ pub struct UnknownVersion {
     pub known: &'static str,
 }
 
+/// The version this build writes for `event_type`.
+fn current_version(event_type: &str) -> &'static str {
+    if CUSTOMER_EVENT_TYPES.iter().any(|(t, _)| *t == event_type) {
+        CUSTOMER_EVENTS
+    } else {
+        PAYMENT_EVENTS
+    }
+}
+
+/// Whether an event stored as `event_version` is already in today's shape: then its payload
+/// can be read straight into the Rust type, without going through [`upcast`].
+pub fn is_current(event_type: &str, event_version: &str) -> bool {
+    event_version == current_version(event_type)
+}
+
 /// A stored event's payload in today's shape.
 pub fn upcast(
     event_type: &str,
@@ -114,12 +129,7 @@ pub fn upcast(
             event = upcaster.upcast(event);
         }
     }
-    let customer = CUSTOMER_EVENT_TYPES.iter().any(|(t, _)| *t == event_type);
-    let known = if customer {
-        CUSTOMER_EVENTS
-    } else {
-        PAYMENT_EVENTS
-    };
+    let known = current_version(event_type);
     if event.event_version != known {
         return Err(UnknownVersion {
             event_type: event_type.to_owned(),

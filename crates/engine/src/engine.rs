@@ -99,6 +99,8 @@ pub struct ReplaySummary {
     pub customers: usize,
     /// The saved views' generation after the swap.
     pub generation: i64,
+    /// Reading the whole log and applying it, before the views were saved and swapped in.
+    pub rebuilt_in: Duration,
     pub elapsed: Duration,
 }
 
@@ -275,8 +277,8 @@ impl Engine {
             .into_iter()
             .map(|stored| {
                 let event: CustomerEvent = crate::projector::decode(&stored)?;
-                let recorded_at = stored
-                    .metadata
+                let metadata = stored.metadata()?;
+                let recorded_at = metadata
                     .get("received_at")
                     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                     .map(|t| t.with_timezone(&Utc));
@@ -285,10 +287,10 @@ impl Engine {
                     event_type: stored.event_type,
                     occurred_at: event.occurred_at(),
                     recorded_at,
-                    stripe_event_id: stored.metadata.get("stripe_event_id").cloned(),
-                    stripe_event_type: stored.metadata.get("stripe_event_type").cloned(),
-                    actor: stored.metadata.get("actor").cloned(),
-                    drift: stored.metadata.get("drift").cloned(),
+                    stripe_event_id: metadata.get("stripe_event_id").cloned(),
+                    stripe_event_type: metadata.get("stripe_event_type").cloned(),
+                    actor: metadata.get("actor").cloned(),
+                    drift: metadata.get("drift").cloned(),
                     event,
                 })
             })
@@ -535,13 +537,25 @@ impl Engine {
     ) -> Result<ReplaySummary, EngineError> {
         let started = std::time::Instant::now();
         let rebuilt = BillingProjector::rebuild(&self.db, None, on_progress).await?;
+        let rebuilt_in = started.elapsed();
         let generation = rebuilt.replace_saved(&self.db).await?;
         let customers = rebuilt.views().len();
-        // This process serves from the rebuilt views too.
+        // This process serves from the rebuilt views too: they are already in memory, so they
+        // take the place of its projector's instead of being read back from the store.
+        {
+            let mut projector = self.projector.lock().await;
+            *projector = rebuilt.adopt_as_saved(
+                generation,
+                &self.config.catalog,
+                &self.entitlements,
+                self.config.clock.now(),
+            )?;
+        }
         self.project().await?;
         Ok(ReplaySummary {
             customers,
             generation,
+            rebuilt_in,
             elapsed: started.elapsed(),
         })
     }
@@ -596,7 +610,7 @@ impl Engine {
             .await
             .views()
             .values()
-            .cloned()
+            .map(|view| BillingView::clone(view))
             .collect()
     }
 

@@ -6,15 +6,15 @@
 //! database. Several processes may run it against one PostgreSQL: each keeps its own memory
 //! current from the log, and whichever saves first moves the shared checkpoint.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use subledger_domain::catalog::Catalog;
 use subledger_domain::customer::{Customer, CustomerEvent};
-use subledger_domain::entitlements::{BillingView, Entitlements};
+use subledger_domain::entitlements::{BillingView, Entitlements, FeatureValue};
 use subledger_domain::ids::CustomerId;
 use subledger_store::projection::ViewRow;
 use subledger_store::{Checkpoint, Database, StoreError, StoredEvent};
@@ -35,34 +35,60 @@ const BATCH: i64 = 500;
 ///   (`pending_updates`).
 pub const BILLING_VIEW_VERSION: i32 = 3;
 
-/// A customer's resolved entitlements and the JSON answer for them.
+/// A customer's features, shared by every customer whose features are the same (most
+/// customers of one plan are).
+pub type Features = BTreeMap<String, FeatureValue>;
+
+/// A customer's prepared answer: what a request needs, and nothing it does not. The full
+/// [`Entitlements`] are not kept (they cost more than the JSON made from them); the features
+/// are shared with every customer that has the same ones, and the view is the projector's own.
 #[derive(Debug)]
 pub struct CustomerEntitlements {
-    pub entitlements: Entitlements,
     /// `GET /v1/customers/{id}/entitlements`, serialized once when the answer changed.
     pub json: Bytes,
+    features: Arc<Features>,
+    /// When the answer stops holding without any new event (a grace period's end).
+    valid_until: Option<DateTime<Utc>>,
     /// The facts it was resolved from, to resolve again when a deadline passes.
     view: Arc<BillingView>,
 }
 
 impl CustomerEntitlements {
-    pub(crate) fn resolve(
-        view: Arc<BillingView>,
-        catalog: &Catalog,
-        at: DateTime<Utc>,
-    ) -> Result<Self, serde_json::Error> {
-        let entitlements = Entitlements::resolve(&view, catalog, at);
-        let json = Bytes::from(serde_json::to_vec(&entitlements)?);
-        Ok(Self {
-            entitlements,
-            json,
-            view,
-        })
+    /// One feature's answer; a feature the customer's plans do not grant is disabled.
+    pub fn feature(&self, name: &str) -> FeatureValue {
+        self.features
+            .get(name)
+            .copied()
+            .unwrap_or(FeatureValue::DISABLED)
     }
 
     /// Whether the answer still holds at `at` (no grace period has ended since).
     fn holds_at(&self, at: DateTime<Utc>) -> bool {
-        self.entitlements.valid_until.is_none_or(|until| at < until)
+        self.valid_until.is_none_or(|until| at < until)
+    }
+}
+
+/// Feature sets in use, so that customers with the same features share one copy.
+#[derive(Debug, Default)]
+struct FeaturePool {
+    sets: HashSet<Arc<Features>>,
+    /// The pool's size after the last sweep; the next sweep comes when it has doubled.
+    swept_at: usize,
+}
+
+impl FeaturePool {
+    fn share(&mut self, features: Features) -> Arc<Features> {
+        if let Some(shared) = self.sets.get(&features) {
+            return Arc::clone(shared);
+        }
+        if self.sets.len() >= 2 * self.swept_at.max(64) {
+            // Sets no customer holds any more: only the pool's own reference is left.
+            self.sets.retain(|set| Arc::strong_count(set) > 1);
+            self.swept_at = self.sets.len();
+        }
+        let shared = Arc::new(features);
+        self.sets.insert(Arc::clone(&shared));
+        shared
     }
 }
 
@@ -73,6 +99,7 @@ pub struct EntitlementIndex {
     by_customer: RwLock<HashMap<String, Arc<CustomerEntitlements>>>,
     users: RwLock<UserIndex>,
     user_key: String,
+    features: Mutex<FeaturePool>,
 }
 
 #[derive(Debug, Default)]
@@ -116,7 +143,7 @@ impl EntitlementIndex {
         if found.holds_at(at) {
             return Some(found);
         }
-        match CustomerEntitlements::resolve(Arc::clone(&found.view), catalog, at) {
+        match self.prepare(Arc::clone(&found.view), catalog, at) {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
                 self.publish(vec![(customer_id.to_owned(), Arc::clone(&fresh))]);
@@ -129,6 +156,28 @@ impl EntitlementIndex {
         }
     }
 
+    /// The prepared answer for `view` at `at`.
+    pub(crate) fn prepare(
+        &self,
+        view: Arc<BillingView>,
+        catalog: &Catalog,
+        at: DateTime<Utc>,
+    ) -> Result<CustomerEntitlements, serde_json::Error> {
+        let entitlements = Entitlements::resolve(&view, catalog, at);
+        let json = Bytes::from(serde_json::to_vec(&entitlements)?);
+        let features = self
+            .features
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .share(entitlements.features);
+        Ok(CustomerEntitlements {
+            json,
+            features,
+            valid_until: entitlements.valid_until,
+            view,
+        })
+    }
+
     fn publish(&self, updates: Vec<(String, Arc<CustomerEntitlements>)>) {
         {
             let mut users = self
@@ -136,19 +185,7 @@ impl EntitlementIndex {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             for (customer, found) in &updates {
-                let user = found.view.metadata.get(&self.user_key);
-                let previous = users.user_of.get(customer).cloned();
-                if previous.as_ref() == user {
-                    continue;
-                }
-                if let Some(previous) = previous {
-                    users.customer_of.remove(&previous);
-                    users.user_of.remove(customer);
-                }
-                if let Some(user) = user {
-                    users.customer_of.insert(user.clone(), customer.clone());
-                    users.user_of.insert(customer.clone(), user.clone());
-                }
+                users.record(customer, found.view.metadata.get(&self.user_key));
             }
         }
         let mut map = self
@@ -158,15 +195,45 @@ impl EntitlementIndex {
         map.extend(updates);
     }
 
-    fn clear(&self) {
-        self.by_customer
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
-        *self
-            .users
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = UserIndex::default();
+    /// Puts `answers` in place of every answer at once: a reader sees the old set or the new
+    /// one, never an empty index in between (a reload or a replay must not answer 404).
+    fn replace_all(&self, answers: Vec<(String, Arc<CustomerEntitlements>)>) {
+        let mut users = UserIndex::default();
+        for (customer, found) in &answers {
+            users.record(customer, found.view.metadata.get(&self.user_key));
+        }
+        let answers: HashMap<_, _> = answers.into_iter().collect();
+        let previous = {
+            let mut map = self
+                .by_customer
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *self
+                .users
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = users;
+            std::mem::replace(&mut *map, answers)
+        };
+        // Freed outside the lock.
+        drop(previous);
+    }
+}
+
+impl UserIndex {
+    /// Records that `customer`'s metadata now names `user` (or no user).
+    fn record(&mut self, customer: &str, user: Option<&String>) {
+        let previous = self.user_of.get(customer).cloned();
+        if previous.as_ref() == user {
+            return;
+        }
+        if let Some(previous) = previous {
+            self.customer_of.remove(&previous);
+            self.user_of.remove(customer);
+        }
+        if let Some(user) = user {
+            self.customer_of.insert(user.clone(), customer.to_owned());
+            self.user_of.insert(customer.to_owned(), user.clone());
+        }
     }
 }
 
@@ -185,6 +252,8 @@ pub enum ProjectionError {
     Serialize(#[from] serde_json::Error),
     #[error(transparent)]
     NewerEvent(#[from] subledger_domain::schema::UnknownVersion),
+    #[error("reading the event log stopped: {0}")]
+    ReadTask(String),
 }
 
 /// A stored domain event's payload in today's shape (upcast from the version it was stored
@@ -192,22 +261,25 @@ pub enum ProjectionError {
 pub(crate) fn decode<E: serde::de::DeserializeOwned>(
     stored: &StoredEvent,
 ) -> Result<E, ProjectionError> {
-    let payload = subledger_domain::schema::upcast(
-        &stored.event_type,
-        &stored.event_version,
-        stored.payload.clone(),
-    )?;
-    serde_json::from_value(payload).map_err(|source| ProjectionError::UnreadableEvent {
+    let unreadable = |source| ProjectionError::UnreadableEvent {
         aggregate_id: stored.aggregate_id.clone(),
         sequence: stored.sequence,
         event_type: stored.event_type.clone(),
         source,
-    })
+    };
+    if subledger_domain::schema::is_current(&stored.event_type, &stored.event_version) {
+        return serde_json::from_str(&stored.payload).map_err(unreadable);
+    }
+    let stored_shape = serde_json::from_str(&stored.payload).map_err(unreadable)?;
+    let payload =
+        subledger_domain::schema::upcast(&stored.event_type, &stored.event_version, stored_shape)?;
+    serde_json::from_value(payload).map_err(unreadable)
 }
 
 #[derive(Debug)]
 pub(crate) struct BillingProjector {
-    views: BTreeMap<CustomerId, BillingView>,
+    /// Shared with the prepared answers in the index; changed copy-on-write.
+    views: BTreeMap<CustomerId, Arc<BillingView>>,
     /// Where each view last changed, so a save can include every view the shared checkpoint
     /// has not seen yet, even after another process saved for a while.
     changed_at: HashMap<CustomerId, Checkpoint>,
@@ -225,11 +297,11 @@ pub(crate) struct BillingProjector {
 }
 
 /// Saved views, or why they cannot be trusted.
-fn decode_views(rows: &[ViewRow]) -> Result<BTreeMap<CustomerId, BillingView>, String> {
+fn decode_views(rows: &[ViewRow]) -> Result<BTreeMap<CustomerId, Arc<BillingView>>, String> {
     rows.iter()
         .map(|row| {
             serde_json::from_str::<BillingView>(&row.json)
-                .map(|view| (view.customer_id.clone(), view))
+                .map(|view| (view.customer_id.clone(), Arc::new(view)))
                 .map_err(|e| format!("the saved view of {} cannot be read: {e}", row.key))
         })
         .collect()
@@ -284,8 +356,7 @@ impl BillingProjector {
             last_step_idle: true,
             save_refused_by_rebuild: false,
         };
-        index.clear();
-        index.publish(projector.resolve(projector.views.keys(), catalog, now)?);
+        index.replace_all(projector.resolve(projector.views.keys(), index, catalog, now)?);
         Ok(projector)
     }
 
@@ -299,22 +370,34 @@ impl BillingProjector {
     ) -> Result<Self, ProjectionError> {
         let mut fresh = Self::empty();
         let mut applied = 0;
+        let mut events = db.read_events_after(fresh.applied, BATCH).await?;
         loop {
-            let events = db.read_events_after(fresh.applied, BATCH).await?;
-            let mut any = false;
-            for event in &events {
-                if until.is_some_and(|until| event.checkpoint > until) {
-                    return Ok(fresh);
+            let Some(last) = events.last().map(|event| event.checkpoint) else {
+                return Ok(fresh);
+            };
+            // The next batch is read while this one is applied: the store works on one core
+            // while the projection works on the other. A task of its own, because a driver
+            // that hands rows over a bounded channel (sqlx's SQLite) only reads ahead while
+            // it is polled.
+            let reader = db.clone();
+            let next = tokio::spawn(async move { reader.read_events_after(last, BATCH).await });
+            let apply = async {
+                for event in &events {
+                    if until.is_some_and(|until| event.checkpoint > until) {
+                        return Ok(true);
+                    }
+                    fresh.apply(event)?;
+                    fresh.applied = event.checkpoint;
+                    applied += 1;
                 }
-                fresh.apply(event)?;
-                fresh.applied = event.checkpoint;
-                applied += 1;
-                any = true;
-            }
-            if !any {
+                Ok::<_, ProjectionError>(false)
+            };
+            let (next, reached_until) = tokio::join!(next, apply);
+            if reached_until? {
                 return Ok(fresh);
             }
             on_progress(applied);
+            events = next.map_err(|e| ProjectionError::ReadTask(e.to_string()))??;
         }
     }
 
@@ -334,6 +417,23 @@ impl BillingProjector {
         Ok(db
             .replace_billing_views(self.applied, &rows, BILLING_VIEW_VERSION)
             .await?)
+    }
+
+    /// This rebuilt projector, just saved by [`Self::replace_saved`] as `generation`, made the
+    /// one that serves: it saves from now on, and the index answers from its views.
+    pub(crate) fn adopt_as_saved(
+        mut self,
+        generation: i64,
+        catalog: &Catalog,
+        index: &EntitlementIndex,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ProjectionError> {
+        self.saved = self.applied;
+        self.generation = generation;
+        self.generation_checked = std::time::Instant::now();
+        self.changed_at.clear();
+        index.replace_all(self.resolve(self.views.keys(), index, catalog, now)?);
+        Ok(self)
     }
 
     /// Whether the saved views were rebuilt (by `subledger replay`, or another server's
@@ -397,7 +497,7 @@ impl BillingProjector {
                 }
             }
             self.applied = last;
-            index.publish(self.resolve(changed.iter(), catalog, now)?);
+            index.publish(self.resolve(changed.iter(), index, catalog, now)?);
             self.save(db).await?;
         }
     }
@@ -408,10 +508,12 @@ impl BillingProjector {
         }
         let event: CustomerEvent = decode(stored)?;
         let customer_id = CustomerId::new(stored.aggregate_id.as_str());
-        self.views
+        let view = self
+            .views
             .entry(customer_id.clone())
-            .or_insert_with(|| BillingView::new(customer_id.clone()))
-            .apply(&event);
+            .or_insert_with(|| Arc::new(BillingView::new(customer_id.clone())));
+        // A copy only while the index still serves the previous answer from this view.
+        Arc::make_mut(view).apply(&event);
         self.changed_at
             .insert(customer_id.clone(), stored.checkpoint);
         Ok(Some(customer_id))
@@ -420,14 +522,15 @@ impl BillingProjector {
     fn resolve<'a>(
         &self,
         customers: impl Iterator<Item = &'a CustomerId>,
+        index: &EntitlementIndex,
         catalog: &Catalog,
         at: DateTime<Utc>,
     ) -> Result<Vec<(String, Arc<CustomerEntitlements>)>, ProjectionError> {
         customers
             .filter_map(|id| self.views.get(id))
             .map(|view| {
-                let resolved = CustomerEntitlements::resolve(Arc::new(view.clone()), catalog, at)?;
-                Ok((view.customer_id.as_str().to_owned(), Arc::new(resolved)))
+                let prepared = index.prepare(Arc::clone(view), catalog, at)?;
+                Ok((view.customer_id.as_str().to_owned(), Arc::new(prepared)))
             })
             .collect()
     }
@@ -474,11 +577,14 @@ impl BillingProjector {
     }
 
     /// The views in memory, for rebuild comparisons.
-    pub(crate) fn views(&self) -> &BTreeMap<CustomerId, BillingView> {
+    pub(crate) fn views(&self) -> &BTreeMap<CustomerId, Arc<BillingView>> {
         &self.views
     }
 
     pub(crate) fn into_views(self) -> BTreeMap<CustomerId, BillingView> {
         self.views
+            .into_iter()
+            .map(|(id, view)| (id, Arc::unwrap_or_clone(view)))
+            .collect()
     }
 }

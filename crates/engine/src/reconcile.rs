@@ -20,7 +20,7 @@
 //! aggregates judge corrections like any other fact, so running it while webhooks flow
 //! converges: a webhook older than the read has no effect, a newer one applies.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::SecondsFormat;
@@ -421,7 +421,7 @@ impl Engine {
                 correct(Drift::MissedBySubledger);
             }
             (Some(v), Some(theirs)) => {
-                if v.metadata != theirs {
+                if !v.metadata.iter().eq(theirs.iter()) {
                     let drift = changed(customer);
                     differences.push(differ(
                         "customer",
@@ -494,7 +494,7 @@ impl Engine {
         }
 
         // Dunning: what Subledger counts as owed against what Stripe is collecting.
-        for unpaid in ours.unpaid.values().flat_map(BTreeMap::values) {
+        for unpaid in ours.unpaid.values().flat_map(|invoices| invoices.values()) {
             let id = unpaid.invoice.as_str();
             let invoice = reader
                 .retrieve("invoices", id)

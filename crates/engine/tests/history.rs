@@ -82,12 +82,9 @@ async fn two_customers(h: &Harness) {
 }
 
 fn plans(engine: &Engine, customer: &str) -> Vec<String> {
-    engine
-        .entitlements(customer)
-        .unwrap()
-        .entitlements
-        .plans
-        .clone()
+    let answer: serde_json::Value =
+        serde_json::from_slice(&engine.entitlements(customer).unwrap().json).unwrap();
+    serde_json::from_value(answer["plans"].clone()).unwrap()
 }
 
 #[tokio::test]

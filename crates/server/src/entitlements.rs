@@ -239,7 +239,6 @@ async fn feature_of(
             .engine
             .entitlements(customer_id)
             .ok_or_else(|| not_found(customer_id))?
-            .entitlements
             .feature(feature),
     };
     Ok(Json(FeatureAnswer {

@@ -108,8 +108,13 @@ async fn wait_for_plan(engine: &Engine, customer: &str, plan: &str) {
     loop {
         let plans = engine
             .entitlements(customer)
-            .map(|e| e.entitlements.plans.clone());
-        if plans.as_ref().is_some_and(|p| p.iter().any(|p| p == plan)) {
+            .and_then(|e| serde_json::from_slice::<Value>(&e.json).ok())
+            .map(|answer| answer["plans"].clone());
+        if plans
+            .as_ref()
+            .and_then(Value::as_array)
+            .is_some_and(|p| p.iter().any(|p| p == plan))
+        {
             return;
         }
         assert!(

@@ -27,8 +27,26 @@ pub struct StoredEvent {
     pub event_type: String,
     /// The version of the payload's stored shape (see `subledger_domain::schema`).
     pub event_version: String,
-    pub payload: serde_json::Value,
-    pub metadata: HashMap<String, String>,
+    /// The payload as stored (JSON text). Readers decode it into today's shape themselves,
+    /// straight into their type when it is current: a rebuild reads every event once, and a
+    /// detour through `serde_json::Value` cost more than the rest of the work together.
+    pub payload: String,
+    /// The metadata as stored (a JSON object of strings); read it with
+    /// [`StoredEvent::metadata`]. A rebuild never needs it, so it is not parsed on every read.
+    pub metadata_json: String,
+}
+
+impl StoredEvent {
+    /// The metadata every event carries (Stripe event id and type, when it was received, who
+    /// acted), or why it cannot be read.
+    pub fn metadata(&self) -> Result<HashMap<String, String>, StoreError> {
+        serde_json::from_str(&self.metadata_json).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "metadata of event {} #{} at position {}: {e}",
+                self.aggregate_id, self.sequence, self.checkpoint.position
+            ))
+        })
+    }
 }
 
 #[derive(FromRow)]
@@ -46,14 +64,6 @@ struct EventRow {
 
 impl EventRow {
     fn into_event(self) -> Result<StoredEvent, StoreError> {
-        let corrupt = |what: &str, e: serde_json::Error| {
-            StoreError::Corrupt(format!(
-                "{what} of event {} #{} at position {}: {e}",
-                self.aggregate_id, self.sequence, self.position
-            ))
-        };
-        let payload = serde_json::from_str(&self.payload).map_err(|e| corrupt("payload", e))?;
-        let metadata = serde_json::from_str(&self.metadata).map_err(|e| corrupt("metadata", e))?;
         Ok(StoredEvent {
             checkpoint: Checkpoint {
                 tx: self.tx,
@@ -64,8 +74,8 @@ impl EventRow {
             sequence: self.sequence,
             event_type: self.event_type,
             event_version: self.event_version,
-            payload,
-            metadata,
+            payload: self.payload,
+            metadata_json: self.metadata,
         })
     }
 }

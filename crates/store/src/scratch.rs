@@ -24,6 +24,11 @@ pub struct ScratchDatabase {
 }
 
 impl ScratchDatabase {
+    /// The PostgreSQL schema this database lives in; `None` on SQLite.
+    pub fn schema_name(&self) -> Option<&str> {
+        self.schema.as_ref().map(|(schema, _)| schema.as_str())
+    }
+
     /// A fresh in-memory SQLite database.
     pub async fn sqlite() -> Result<Self, StoreError> {
         let database = Database::connect("sqlite::memory:").await?;

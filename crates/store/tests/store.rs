@@ -260,7 +260,7 @@ async fn the_event_log_is_read_in_order_with_metadata() {
             "{}",
             test.name
         );
-        assert_eq!(events[1].metadata["stripe_event_id"], "evt_2");
+        assert_eq!(events[1].metadata().unwrap()["stripe_event_id"], "evt_2");
         assert_eq!(events[0].event_type, "DetailsRecorded");
 
         let rest = db
