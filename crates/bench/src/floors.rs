@@ -8,8 +8,10 @@ use anyhow::{bail, Context, Result};
 use crate::{per_sec, PAYLOAD_BYTES};
 
 /// The same one-row insert of a delivery's size, one connection, for `secs` seconds, on a
-/// SQLite file configured as Subledger configures its own.
-pub async fn sqlite_floor(url: &str, secs: u64) -> Result<f64> {
+/// SQLite file configured as Subledger configures its own: inserts per second, then the p99
+/// of one insert sent open-loop at `rate` (from when it was due), the floor of a webhook's
+/// acknowledgement at that rate.
+pub async fn sqlite_floor(url: &str, secs: u64, rate: f64) -> Result<(f64, Duration)> {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
     use std::str::FromStr;
     let options = SqliteConnectOptions::from_str(url)?
@@ -30,13 +32,37 @@ pub async fn sqlite_floor(url: &str, secs: u64) -> Result<f64> {
             .await?;
         rows += 1;
     }
-    let rate = per_sec(rows, started.elapsed());
+    let throughput = per_sec(rows, started.elapsed());
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let started = tokio::time::Instant::now();
+    let mut due = started;
+    let mut latencies = Vec::new();
+    while due.duration_since(started) < Duration::from_secs(secs) {
+        tokio::time::sleep_until(due).await;
+        sqlx::query("INSERT INTO floor (payload) VALUES (?)")
+            .bind(&payload)
+            .execute(&pool)
+            .await?;
+        latencies.push(due.elapsed());
+        due += interval;
+    }
     pool.close().await;
-    Ok(rate)
+    Ok((throughput, crate::http_load::quantile(&mut latencies, 0.99)))
 }
 
-/// `pgbench` running the same one-row insert at 1 and at 8 clients: transactions per second.
-pub fn pgbench_floors(base_url: &str, secs: u64) -> Result<(f64, f64)> {
+/// What `pgbench` measured with the same one-row insert.
+#[derive(Debug)]
+pub struct PgbenchFloors {
+    pub one_client: f64,
+    pub eight_clients: f64,
+    /// One client throttled to a rate (`-R`): the p99 latency from each transaction's
+    /// scheduled start.
+    pub commit_p99: Duration,
+}
+
+/// `pgbench` running the same one-row insert at 1 and at 8 clients (transactions per second),
+/// then at one client throttled to `rate` (latency p99).
+pub fn pgbench_floors(base_url: &str, secs: u64, rate: f64) -> Result<PgbenchFloors> {
     let table = format!("subledger_bench_floor_{}", std::process::id());
     let psql = |sql: &str| -> Result<()> {
         let status = std::process::Command::new("psql")
@@ -72,7 +98,50 @@ pub fn pgbench_floors(base_url: &str, secs: u64) -> Result<(f64, f64)> {
             })
             .with_context(|| format!("pgbench printed no tps: {text}"))
     };
-    let result = run(1).and_then(|one| run(8).map(|eight| (one, eight)));
+    let throttled = || -> Result<Duration> {
+        let prefix = std::env::temp_dir().join(format!("{table}-log"));
+        let status = std::process::Command::new("pgbench")
+            .args(["-n", "-T", &secs.to_string(), "-c", "1", "-j", "1"])
+            .args(["-R", &format!("{rate:.0}"), "-l", "--log-prefix"])
+            .arg(&prefix)
+            .arg("-f")
+            .arg(&script)
+            .arg(base_url)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("cannot run pgbench")?;
+        if !status.success() {
+            bail!("pgbench -R failed");
+        }
+        // One log file per thread, `<prefix>.<pid>`: "client transaction latency_us …".
+        let mut latencies = Vec::new();
+        let dir = std::env::temp_dir();
+        let stem = format!("{table}-log.");
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if !name.starts_with(&stem) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)?;
+            let _ = std::fs::remove_file(&path);
+            latencies.extend(text.lines().filter_map(|line| {
+                let micros = line.split_whitespace().nth(2)?.parse::<u64>().ok()?;
+                Some(Duration::from_micros(micros))
+            }));
+        }
+        if latencies.is_empty() {
+            bail!("pgbench -l wrote no transactions");
+        }
+        Ok(crate::http_load::quantile(&mut latencies, 0.99))
+    };
+    let result = run(1).and_then(|one_client| {
+        Ok(PgbenchFloors {
+            one_client,
+            eight_clients: run(8)?,
+            commit_p99: throttled()?,
+        })
+    });
     let _ = std::fs::remove_file(&script);
     psql(&format!("DROP TABLE {table}"))?;
     result

@@ -95,6 +95,8 @@ struct Figures {
     history_last: f64,
     ingest_saturation: f64,
     ingest_rate: f64,
+    /// The store's own one-row insert sent open-loop at `ingest_rate`: its p99.
+    floor_commit_p99: Duration,
     ingest_alone_ack_p99: Duration,
     ingest_ack_p99: Duration,
     visible_p99: Duration,
@@ -129,7 +131,8 @@ async fn main() -> Result<()> {
     let mut sqlite = measure_engine("SQLite", &sqlite_url, &args).await?;
     sqlite.replay_floor = floors::read_sqlite_events(&sqlite_url).await?;
     let floor_url = format!("sqlite://{}", scratch_dir.join("floor.db").display());
-    sqlite.floor_one_client = floors::sqlite_floor(&floor_url, args.floor_secs).await?;
+    (sqlite.floor_one_client, sqlite.floor_commit_p99) =
+        floors::sqlite_floor(&floor_url, args.floor_secs, sqlite.ingest_rate).await?;
     all.push(sqlite);
 
     if let Some(base) = args.postgres_url.as_deref().filter(|url| !url.is_empty()) {
@@ -143,13 +146,15 @@ async fn main() -> Result<()> {
             Ok(figures) => floors::copy_events(base, &schema, figures.replay_events),
             Err(_) => Ok(0.0),
         };
-        let floors = floors::pgbench_floors(base, args.floor_secs);
+        let rate = result.as_ref().map_or(1.0, |figures| figures.ingest_rate);
+        let floors = floors::pgbench_floors(base, args.floor_secs, rate);
         scratch.cleanup().await?;
         let mut postgres = result?;
-        let (one, eight) = floors?;
+        let floors = floors?;
         postgres.replay_floor = copy?;
-        postgres.floor_one_client = one;
-        postgres.floor_eight_clients = Some(eight);
+        postgres.floor_one_client = floors.one_client;
+        postgres.floor_eight_clients = Some(floors.eight_clients);
+        postgres.floor_commit_p99 = floors.commit_p99;
         all.push(postgres);
     } else {
         eprintln!("PostgreSQL skipped: pass --postgres-url or set SUBLEDGER_TEST_POSTGRES_URL");
@@ -492,7 +497,10 @@ fn render(all: &[Figures], args: &Args) -> String {
                 f.ingest_rate
             ),
             millis(f.ingest_alone_ack_p99),
-            "from when each delivery was due".to_owned(),
+            format!(
+                "the same insert at the same rate, open-loop: p99 {}",
+                millis(f.floor_commit_p99)
+            ),
             "target ≤ 10 ms".to_owned(),
         );
         row(

@@ -26,7 +26,7 @@ pub struct ScratchDatabase {
 impl ScratchDatabase {
     /// The PostgreSQL schema this database lives in; `None` on SQLite.
     pub fn schema_name(&self) -> Option<&str> {
-        self.schema.as_ref().map(|(schema, _)| schema.as_str())
+        self.schema.as_ref().map(|(_, schema)| schema.as_str())
     }
 
     /// A fresh in-memory SQLite database.
