@@ -119,7 +119,10 @@ pub fn pgbench_floors(base_url: &str, secs: u64, rate: f64) -> Result<PgbenchFlo
         let stem = format!("{table}-log.");
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if !name.starts_with(&stem) {
                 continue;
             }

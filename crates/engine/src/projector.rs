@@ -381,23 +381,27 @@ impl BillingProjector {
             // it is polled.
             let reader = db.clone();
             let next = tokio::spawn(async move { reader.read_events_after(last, BATCH).await });
-            let apply = async {
-                for event in &events {
-                    if until.is_some_and(|until| event.checkpoint > until) {
-                        return Ok(true);
-                    }
-                    fresh.apply(event)?;
-                    fresh.applied = event.checkpoint;
-                    applied += 1;
+            let mut reached_until = false;
+            for event in &events {
+                if until.is_some_and(|until| event.checkpoint > until) {
+                    reached_until = true;
+                    break;
                 }
-                Ok::<_, ProjectionError>(false)
-            };
-            let (next, reached_until) = tokio::join!(next, apply);
-            if reached_until? {
+                if let Err(error) = fresh.apply(event) {
+                    next.abort();
+                    return Err(error);
+                }
+                fresh.applied = event.checkpoint;
+                applied += 1;
+            }
+            if reached_until {
+                next.abort();
                 return Ok(fresh);
             }
             on_progress(applied);
-            events = next.map_err(|e| ProjectionError::ReadTask(e.to_string()))??;
+            events = next
+                .await
+                .map_err(|e| ProjectionError::ReadTask(e.to_string()))??;
         }
     }
 
