@@ -116,6 +116,11 @@ struct Figures {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // Quiet unless asked (`RUST_LOG=sqlx=warn` shows slow statements, for instance).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     if args.history < 600 {
         bail!("--history must be at least 600: the first 500 and the last 100 are compared");
     }
@@ -424,6 +429,11 @@ fn ratio(measured: f64, floor: f64) -> String {
     format!("{:.2}×", measured / floor.max(1e-9))
 }
 
+/// The ratio beside its target: "0.91× (target ≥ 0.6×)".
+fn against(measured: f64, floor: f64, target: &str) -> String {
+    format!("{} (target ≥ {target}×)", ratio(measured, floor))
+}
+
 fn render(all: &[Figures], args: &Args) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
@@ -457,10 +467,7 @@ fn render(all: &[Figures], args: &Args) -> String {
             format!("worker, {} pending rows, one new customer each", args.rows),
             format!("{:.0} rows/s", f.worker_rows_per_sec),
             format!("{floor_name}: {:.0}/s", f.floor_one_client),
-            format!(
-                "{} (target ≥ 0.6×)",
-                ratio(f.worker_rows_per_sec, f.floor_one_client)
-            ),
+            against(f.worker_rows_per_sec, f.floor_one_client, "0.6"),
         );
         if let Some(eight) = f.floor_eight_clients {
             row(
@@ -477,19 +484,13 @@ fn render(all: &[Figures], args: &Args) -> String {
             ),
             format!("{:.0} rows/s (last 100)", f.history_last),
             format!("{:.0} rows/s (first 500)", f.history_first),
-            format!(
-                "{} (target ≥ 0.67×)",
-                ratio(f.history_last, f.history_first)
-            ),
+            against(f.history_last, f.history_first, "0.67"),
         );
         row(
             "ingest over HTTP, 1 connection, as fast as it goes".to_owned(),
             format!("{:.0} deliveries/s", f.ingest_saturation),
             format!("{floor_name}: {:.0}/s", f.floor_one_client),
-            format!(
-                "{} (target ≥ 0.8×)",
-                ratio(f.ingest_saturation, f.floor_one_client)
-            ),
+            against(f.ingest_saturation, f.floor_one_client, "0.8"),
         );
         row(
             format!(
@@ -541,10 +542,7 @@ fn render(all: &[Figures], args: &Args) -> String {
             "entitlement check over HTTP, `wrk` at 32 connections".to_owned(),
             format!("{:.0} requests/s", f.check_http),
             format!("unknown route, same server: {:.0}/s", f.unknown_route_http),
-            format!(
-                "{} (target ≥ 0.9×)",
-                ratio(f.check_http, f.unknown_route_http)
-            ),
+            against(f.check_http, f.unknown_route_http, "0.9"),
         );
         let read_floor = if f.floor_eight_clients.is_some() {
             "`COPY events TO STDOUT` via psql"
@@ -558,7 +556,7 @@ fn render(all: &[Figures], args: &Args) -> String {
             ),
             format!("{:.0} events/s", f.rebuild_rate),
             format!("{read_floor}: {:.0}/s", f.replay_floor),
-            format!("{} (target ≥ 0.5×)", ratio(f.rebuild_rate, f.replay_floor)),
+            against(f.rebuild_rate, f.replay_floor, "0.5"),
         );
         row(
             format!(
@@ -567,7 +565,7 @@ fn render(all: &[Figures], args: &Args) -> String {
             ),
             format!("{:.0} events/s", f.replay_rate),
             format!("{read_floor}: {:.0}/s", f.replay_floor),
-            format!("{} (target ≥ 0.5×)", ratio(f.replay_rate, f.replay_floor)),
+            against(f.replay_rate, f.replay_floor, "0.5"),
         );
     }
     out

@@ -62,6 +62,55 @@ enum Outcome {
     Ignored(String),
 }
 
+/// Why a row could not be handled this time. Each kind has its own retry policy and log
+/// level, and the row keeps the kind in its error (`defect: …`), so an operator can tell a
+/// broken delivery from an outage at a glance.
+#[derive(Debug, thiserror::Error)]
+enum RowFailure {
+    /// The delivery cannot be read or translated, or a stored event cannot be decoded:
+    /// retrying soon will not help (it takes a new build or a data fix), so the retries start
+    /// at [`DEFECT_FIRST_RETRY`] and it is logged as an error.
+    #[error("defect: {0}")]
+    Defect(String),
+    /// The store failed, or the aggregate kept changing underneath (lost optimistic
+    /// concurrency races): transient.
+    #[error("store: {0}")]
+    Store(String),
+    /// Stripe could not be asked (no read key configured, or the call failed).
+    #[error("stripe: {0}")]
+    Stripe(String),
+    /// An aggregate refused the command by its rules (for example a fact that needs another
+    /// one first).
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// The first wait of a row that failed for a defect; later ones double from there.
+const DEFECT_FIRST_RETRY: Duration = Duration::from_secs(60);
+
+impl RowFailure {
+    /// How long the row waits before its next attempt, after `attempts` failed ones.
+    fn retry_in(&self, attempts: i32) -> Duration {
+        match self {
+            Self::Defect(_) => (backoff(attempts) * 60).clamp(DEFECT_FIRST_RETRY, MAX_BACKOFF),
+            Self::Store(_) | Self::Stripe(_) | Self::Refused(_) => backoff(attempts),
+        }
+    }
+
+    /// A command's failure on its aggregate, by kind.
+    fn of_command<E: std::error::Error>(error: AggregateError<E>) -> Self {
+        match error {
+            AggregateError::UserError(refusal) => Self::Refused(refusal.to_string()),
+            AggregateError::AggregateConflict => Self::Store(
+                "aggregate kept changing underneath (optimistic concurrency conflicts)".to_owned(),
+            ),
+            AggregateError::DatabaseConnectionError(error) => Self::Store(error.to_string()),
+            AggregateError::DeserializationError(error) => Self::Defect(error.to_string()),
+            AggregateError::UnexpectedError(error) => Self::Store(error.to_string()),
+        }
+    }
+}
+
 /// A lane's rows after staging: what was decided in memory, and what runs one by one.
 struct StagedLane {
     work: UnitOfWork<Customer>,
@@ -274,21 +323,22 @@ impl Engine {
         self.db
             .finish_inbox_events(&finished, self.now_ms())
             .await?;
-        for (row, error) in failed {
-            let wait = backoff(row.attempts);
-            tracing::warn!(
-                stripe_event_id = %row.event_id,
-                correlation_id = %row.correlation_id,
-                attempts = row.attempts,
-                retry_in_secs = wait.as_secs(),
-                %error,
-                "stripe event failed; will retry"
-            );
+        for (row, failure) in failed {
+            let wait = failure.retry_in(row.attempts);
+            let (event_id, correlation_id) = (&row.event_id, &row.correlation_id);
+            let retry_in_secs = wait.as_secs();
+            if let RowFailure::Defect(_) = failure {
+                tracing::error!(stripe_event_id = %event_id, %correlation_id, attempts = row.attempts,
+                    retry_in_secs, error = %failure, "stripe event cannot be handled; will retry");
+            } else {
+                tracing::warn!(stripe_event_id = %event_id, %correlation_id, attempts = row.attempts,
+                    retry_in_secs, error = %failure, "stripe event failed; will retry");
+            }
             let retry_at = self
                 .now_ms()
                 .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
             self.db
-                .retry_inbox_event_later(&row.event_id, &error, retry_at)
+                .retry_inbox_event_later(&row.event_id, &failure.to_string(), retry_at)
                 .await?;
             report.failed += 1;
         }
@@ -296,10 +346,11 @@ impl Engine {
     }
 
     #[tracing::instrument(skip_all, fields(stripe_event_id = %row.event_id, correlation_id = %row.correlation_id, event_type = %row.event_type))]
-    async fn handle(&self, row: &ClaimedEvent) -> Result<Outcome, String> {
+    async fn handle(&self, row: &ClaimedEvent) -> Result<Outcome, RowFailure> {
         let event: serde_json::Value = serde_json::from_str(&row.payload)
-            .map_err(|e| format!("stored payload is not JSON: {e}"))?;
-        let translation = translate(&event).map_err(|e| format!("cannot translate: {e}"))?;
+            .map_err(|e| RowFailure::Defect(format!("stored payload is not JSON: {e}")))?;
+        let translation =
+            translate(&event).map_err(|e| RowFailure::Defect(format!("cannot translate: {e}")))?;
         let metadata = metadata(row);
         match translation {
             Translation::Ignored { reason } => Ok(Outcome::Ignored(reason)),
@@ -321,7 +372,7 @@ impl Engine {
                         self.settle_by_fetching(&customer_id, &object, second, &metadata)
                             .await
                     }
-                    Err(error) => Err(describe(error)),
+                    Err(error) => Err(RowFailure::of_command(error)),
                 }
             }
             Translation::Payment {
@@ -342,7 +393,7 @@ impl Engine {
                     )
                 })
                 .await
-                .map_err(describe)?;
+                .map_err(RowFailure::of_command)?;
                 self.propagate_disputes(&payment_intent_id, &metadata)
                     .await?;
                 Ok(Outcome::Applied(format!("Payment {payment_intent_id}")))
@@ -362,18 +413,18 @@ impl Engine {
         &self,
         payment_intent: &PaymentIntentId,
         metadata: &HashMap<String, String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RowFailure> {
         let events = self
             .db
             .events_of(Payment::TYPE, payment_intent.as_str())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RowFailure::Store(e.to_string()))?;
         let mut customer = None;
         let mut invoice = None;
         let mut disputes: BTreeMap<String, (DisputeFacts, DateTime<Utc>)> = BTreeMap::new();
         for stored in events {
             let event: PaymentEvent = crate::projector::decode(&stored)
-                .map_err(|e| format!("unreadable payment event: {e}"))?;
+                .map_err(|e| RowFailure::Defect(format!("unreadable payment event: {e}")))?;
             match event {
                 PaymentEvent::PaymentCreated { payment, .. }
                 | PaymentEvent::PaymentRequiresAction { payment, .. }
@@ -409,7 +460,7 @@ impl Engine {
                     .execute(customer.as_str(), command.clone(), metadata.clone())
             })
             .await
-            .map_err(describe)?;
+            .map_err(RowFailure::of_command)?;
         }
         Ok(())
     }
@@ -424,12 +475,12 @@ impl Engine {
         object: &TiedObject,
         second: DateTime<Utc>,
         metadata: &HashMap<String, String>,
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, RowFailure> {
         let Some(objects) = &self.config.stripe_objects else {
-            return Err(format!(
+            return Err(RowFailure::Stripe(format!(
                 "cannot tell which of two snapshots of {object} from {second} is newer, and no \
                  Stripe API key is configured to fetch it (SUBLEDGER_STRIPE_READ_KEY)"
-            ));
+            )));
         };
         let (resource, id) = match object {
             TiedObject::Customer => (StripeResource::Customer, customer_id.as_str()),
@@ -439,15 +490,26 @@ impl Engine {
                 (StripeResource::ActiveEntitlements, customer_id.as_str())
             }
         };
-        let fetched = objects.retrieve(resource, id).await?;
-        let unreadable = |e| format!("what Stripe returned for {object} cannot be read: {e}");
+        let fetched = objects
+            .retrieve(resource, id)
+            .await
+            .map_err(RowFailure::Stripe)?;
+        let unreadable = |e| {
+            RowFailure::Defect(format!(
+                "what Stripe returned for {object} cannot be read: {e}"
+            ))
+        };
         let (owner, command) =
             match translate_fetched(&fetched, second, customer_id).map_err(unreadable)? {
                 Translation::Customer {
                     customer_id,
                     command,
                 } => (customer_id, command),
-                _ => return Err(format!("Stripe returned something other than {object}")),
+                _ => {
+                    return Err(RowFailure::Stripe(format!(
+                        "Stripe returned something other than {object}"
+                    )))
+                }
             };
         let same_object = match (object, &command) {
             (
@@ -465,9 +527,9 @@ impl Engine {
             _ => false,
         };
         if !same_object || owner != *customer_id {
-            return Err(format!(
+            return Err(RowFailure::Stripe(format!(
                 "asked Stripe for {object} of `{customer_id}` and got another object"
-            ));
+            )));
         }
         tracing::info!(%object, %second, "same-second snapshots settled by fetching from Stripe");
         let mut metadata = metadata.clone();
@@ -477,7 +539,7 @@ impl Engine {
                 .execute(customer_id.as_str(), command.clone(), metadata.clone())
         })
         .await
-        .map_err(describe)?;
+        .map_err(RowFailure::of_command)?;
         Ok(Outcome::Applied(format!(
             "Customer {customer_id}: order of same-second snapshots of {object} settled by \
              fetching it from Stripe"
@@ -512,16 +574,6 @@ where
         }
     }
     result
-}
-
-/// The text a failed row keeps as its error.
-fn describe<E: std::error::Error>(error: AggregateError<E>) -> String {
-    match error {
-        AggregateError::AggregateConflict => {
-            "aggregate kept changing underneath (optimistic concurrency conflicts)".to_owned()
-        }
-        error => error.to_string(),
-    }
 }
 
 /// The metadata every domain event carries: which Stripe event it came from, when it happened
@@ -610,7 +662,7 @@ mod tests {
         .await;
         let result = match result {
             Ok(()) => "ok".to_owned(),
-            Err(error) => describe(error),
+            Err(error) => RowFailure::of_command(error).to_string(),
         };
         (result, runs.into_inner())
     }
@@ -626,12 +678,41 @@ mod tests {
         // Endless conflicts give up after CONFLICT_RETRIES runs; the row is retried later.
         let (error, runs) = retried((0..CONFLICT_RETRIES).map(|_| conflict()).collect()).await;
         assert_eq!(runs, CONFLICT_RETRIES);
-        assert!(error.contains("optimistic concurrency"), "{error}");
+        assert!(
+            error.starts_with("store: ") && error.contains("optimistic concurrency"),
+            "{error}"
+        );
         // A refusal is final at once.
         assert_eq!(
             retried(vec![Err(AggregateError::UserError(Refused))]).await,
-            ("refused".to_owned(), 1)
+            ("refused: refused".to_owned(), 1)
         );
+    }
+
+    /// A broken delivery is not retried every second like an outage: it waits a minute first,
+    /// then doubles up to the same hour.
+    #[test]
+    fn each_kind_of_failure_keeps_its_own_retry_policy() {
+        let defect = RowFailure::Defect("cannot translate".to_owned());
+        assert_eq!(defect.retry_in(1), DEFECT_FIRST_RETRY);
+        assert_eq!(defect.retry_in(2), Duration::from_secs(120));
+        assert_eq!(defect.retry_in(40), MAX_BACKOFF);
+        for transient in [
+            RowFailure::Store("down".to_owned()),
+            RowFailure::Stripe("timeout".to_owned()),
+            RowFailure::Refused("needs its invoice".to_owned()),
+        ] {
+            assert_eq!(transient.retry_in(1), Duration::from_secs(1), "{transient}");
+            assert_eq!(transient.retry_in(40), MAX_BACKOFF, "{transient}");
+        }
+        let unreadable = serde_json::from_str::<u32>("x").unwrap_err();
+        assert!(matches!(
+            RowFailure::of_command::<Refused>(AggregateError::DeserializationError(Box::new(
+                unreadable
+            ))),
+            RowFailure::Defect(_)
+        ));
+        assert_eq!(defect.to_string(), "defect: cannot translate");
     }
 
     #[test]

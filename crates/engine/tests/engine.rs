@@ -191,7 +191,30 @@ async fn a_failing_event_is_retried_with_backoff_and_blocks_no_one_else() {
             "{name}"
         );
 
+        // An unknown status is a defect of the delivery (or of this build), not an outage: the
+        // row says so, and waits a minute rather than a second before its next try.
+        let rows = h
+            .engine
+            .inbox_rows(&subledger_store::InboxFilter {
+                limit: 100,
+                ..subledger_store::InboxFilter::default()
+            })
+            .await
+            .unwrap();
+        let bad = rows.iter().find(|r| r.event_id == "evt_bad").unwrap();
+        let error = bad.last_error.as_deref().unwrap_or_default();
+        assert!(
+            error.starts_with("defect: cannot translate"),
+            "{name}: {error}"
+        );
+
         // Not due before its backoff has passed, due after.
+        assert_eq!(
+            h.engine.process_inbox().await.unwrap().handled(),
+            0,
+            "{name}"
+        );
+        h.clock.advance(Duration::seconds(59));
         assert_eq!(
             h.engine.process_inbox().await.unwrap().handled(),
             0,
