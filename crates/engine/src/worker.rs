@@ -327,12 +327,17 @@ impl Engine {
             let wait = failure.retry_in(row.attempts);
             let (event_id, correlation_id) = (&row.event_id, &row.correlation_id);
             let retry_in_secs = wait.as_secs();
+            let attempts = row.attempts;
             if let RowFailure::Defect(_) = failure {
-                tracing::error!(stripe_event_id = %event_id, %correlation_id, attempts = row.attempts,
-                    retry_in_secs, error = %failure, "stripe event cannot be handled; will retry");
+                tracing::error!(
+                    stripe_event_id = %event_id, %correlation_id, attempts, retry_in_secs,
+                    error = %failure, "stripe event cannot be handled; will retry"
+                );
             } else {
-                tracing::warn!(stripe_event_id = %event_id, %correlation_id, attempts = row.attempts,
-                    retry_in_secs, error = %failure, "stripe event failed; will retry");
+                tracing::warn!(
+                    stripe_event_id = %event_id, %correlation_id, attempts, retry_in_secs,
+                    error = %failure, "stripe event failed; will retry"
+                );
             }
             let retry_at = self
                 .now_ms()
