@@ -39,11 +39,8 @@ pub fn subscription_event(event_type: &str, n: u32, seq: u32, quantity: u32) -> 
 
 /// Stores every delivery in the inbox, signed, 32 at a time as concurrent requests would.
 pub async fn ingest(engine: &Arc<Engine>, events: Vec<Value>) -> Result<()> {
-    let secret = WebhookSecret::new(SECRET);
     let mut pending = tokio::task::JoinSet::new();
-    for (n, event) in events.into_iter().enumerate() {
-        let body = serde_json::to_vec(&event)?;
-        let signature = secret.header(chrono::Utc::now().timestamp(), &body);
+    for (n, (signature, body)) in signed(&events)?.into_iter().enumerate() {
         let engine = Arc::clone(engine);
         pending.spawn(async move {
             engine

@@ -113,10 +113,7 @@ impl BillingView {
     pub fn apply(&mut self, event: &CustomerEvent) {
         match event {
             CustomerEvent::DetailsRecorded { metadata, .. } => {
-                self.metadata = metadata
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
+                self.metadata = SmallMap::from(metadata.clone());
             }
             CustomerEvent::CustomerDeleted { .. } => self.deleted = true,
             CustomerEvent::SubscriptionStarted { subscription, .. }
