@@ -266,8 +266,11 @@ impl Engine {
 
     /// A customer's current entitlements, from memory. `None` for a customer never seen.
     pub fn entitlements(&self, customer_id: &str) -> Option<Arc<CustomerEntitlements>> {
-        self.entitlements
-            .get(customer_id, &self.config.catalog, self.config.clock.now())
+        self.entitlements.get(
+            customer_id,
+            &self.config.catalog,
+            self.config.clock.as_ref(),
+        )
     }
 
     /// A customer's domain events in order, with both clocks and the Stripe event behind each.

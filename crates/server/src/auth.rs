@@ -2,10 +2,9 @@
 
 use std::fmt;
 
-use axum::extract::{Request, State};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -36,38 +35,44 @@ impl fmt::Debug for ApiToken {
     }
 }
 
-pub(crate) async fn require_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if state.api_tokens.is_empty() {
-        return Ok(next.run(request).await);
+/// The application state, handed only to a request that presented a valid API token (or to
+/// any request when none are configured). `/v1` handlers take it instead of `State`, so a
+/// handler cannot reach the engine without the check; an extractor rather than a middleware
+/// layer, because the check is a header comparison and a layer costs a boxed future per request.
+pub(crate) struct Authorized(pub AppState);
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.api_tokens.is_empty() {
+            return Ok(Self(state.clone()));
+        }
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+        let Some(presented) = presented else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <token>",
+            ));
+        };
+        // Check every token, so timing does not tell which one was close.
+        let accepted = state
+            .api_tokens
+            .iter()
+            .fold(false, |accepted, token| token.matches(presented) | accepted);
+        if !accepted {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the API token is not valid",
+            ));
+        }
+        Ok(Self(state.clone()))
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
-    let Some(presented) = presented else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send Authorization: Bearer <token>",
-        ));
-    };
-    // Check every token, so timing does not tell which one was close.
-    let accepted = state
-        .api_tokens
-        .iter()
-        .fold(false, |accepted, token| token.matches(presented) | accepted);
-    if !accepted {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the API token is not valid",
-        ));
-    }
-    Ok(next.run(request).await)
 }
 
 #[cfg(test)]

