@@ -78,9 +78,12 @@ pub fn pgbench_floors(base_url: &str, secs: u64, rate: f64) -> Result<PgbenchFlo
         "CREATE TABLE {table} (id bigserial PRIMARY KEY, payload text NOT NULL)"
     ))?;
     let script = std::env::temp_dir().join(format!("{table}.sql"));
+    // The payload is a literal in the statement, so it crosses the connection as a delivery
+    // does (`repeat('x', n)` would be made by the server and never sent).
+    let payload = "x".repeat(PAYLOAD_BYTES);
     std::fs::write(
         &script,
-        format!("INSERT INTO {table} (payload) VALUES (repeat('x', {PAYLOAD_BYTES}));\n"),
+        format!("INSERT INTO {table} (payload) VALUES ('{payload}');\n"),
     )?;
     let run = |clients: u32| -> Result<f64> {
         let output = std::process::Command::new("pgbench")

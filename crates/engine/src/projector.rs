@@ -171,7 +171,11 @@ impl EntitlementIndex {
         at: DateTime<Utc>,
     ) -> Result<CustomerEntitlements, serde_json::Error> {
         let entitlements = Entitlements::resolve(&view, catalog, at);
-        let json = Bytes::from(serde_json::to_vec(&entitlements)?);
+        // Serializing grows the buffer by doubling; the answer is kept for every customer,
+        // so it keeps only its length.
+        let mut json = serde_json::to_vec(&entitlements)?;
+        json.shrink_to_fit();
+        let json = Bytes::from(json);
         let features = self
             .features
             .lock()
