@@ -30,7 +30,7 @@ use subledger_simulator::delivery::http_request;
 use subledger_simulator::model::Interval;
 use subledger_simulator::{RetryPolicy, Simulator};
 use subledger_store::scratch::ScratchDatabase;
-use subledger_store::{Checkpoint, Database};
+use subledger_store::{Checkpoint, Database, Origin};
 
 const SECRET: &str = "whsec_crash_harness";
 const CATALOG: &str = "default_plan: free\nplans:\n  free:\n    features: { api_calls: 1000 }\n  basic:\n    prices: [price_basic]\n    features: { api_calls: 10000 }\n  pro:\n    prices: [price_pro]\n    features: { sso: true, api_calls: 100000 }\n";
@@ -303,7 +303,10 @@ async fn crash_run(name: &str, database_url: &str, roles: &[Role], events: &[Val
         .unwrap();
     let mut effects = HashSet::new();
     for event in &log {
-        let stripe_event = event.metadata().unwrap().get("stripe_event_id").cloned();
+        let stripe_event = match event.metadata().unwrap().origin {
+            Origin::Webhook { event_id, .. } => Some(event_id),
+            _ => None,
+        };
         let effect = (
             event.aggregate_type.clone(),
             event.aggregate_id.clone(),

@@ -11,6 +11,7 @@ use serde_json::json;
 use subledger_domain::catalog::Catalog;
 use subledger_engine::{Engine, EngineConfig, WebhookSecret};
 use subledger_store::scratch::ScratchDatabase;
+use subledger_store::Origin;
 use subledger_stripe::fixtures;
 
 const CATALOG: &str = "default_plan: free\nplans:\n  free:\n    features: { api_calls: 1000 }\n  pro:\n    prices: [price_pro]\n    features: { sso: true }\n  team:\n    prices: [price_team]\n    features: { sso: true, audit_log: true }\n";
@@ -126,7 +127,10 @@ async fn two_worker_processes_apply_every_event_exactly_once() {
             .unwrap();
         let created: Vec<i64> = log
             .iter()
-            .map(|event| event.metadata().unwrap()["stripe_created"].parse().unwrap())
+            .map(|event| match event.metadata().unwrap().origin {
+                Origin::Webhook { created, .. } => created,
+                other => panic!("not from a webhook: {other:?}"),
+            })
             .collect();
         assert_eq!(created.len(), CHANGES, "cus_{customer}: {created:?}");
         assert!(

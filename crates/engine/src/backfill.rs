@@ -14,13 +14,12 @@
 //! (the aggregates judge an identical snapshot no news). Every fact carries the run's id as
 //! its correlation id and `actor: backfill`.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use subledger_domain::ids::CustomerId;
-use subledger_store::{BackfillCursor, StoreError};
+use subledger_store::{BackfillCursor, EventMetadata, Origin, StoreError};
 use subledger_stripe::{translate_fetched, Translation};
 use subledger_stripe_client::{ApiError, StripeReader};
 
@@ -504,16 +503,14 @@ impl Run<'_> {
     /// Runs the fact's command, attributed to this run and the object it was read from.
     async fn record(&self, translation: Translation, object_id: &str) -> Result<(), BackfillError> {
         let now = self.engine.config.clock.now();
-        let metadata = HashMap::from([
-            ("actor".to_owned(), "backfill".to_owned()),
-            ("source".to_owned(), "stripe_api".to_owned()),
-            ("stripe_object".to_owned(), object_id.to_owned()),
-            (
-                "received_at".to_owned(),
-                now.to_rfc3339_opts(SecondsFormat::Millis, true),
-            ),
-            ("correlation_id".to_owned(), self.run_id.clone()),
-        ]);
+        let metadata = EventMetadata {
+            received_at: now,
+            correlation_id: self.run_id.clone(),
+            origin: Origin::Backfill {
+                object_id: object_id.to_owned(),
+            },
+            order_id: None,
+        };
         self.engine
             .record_fact(translation, metadata)
             .await

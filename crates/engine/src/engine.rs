@@ -9,7 +9,8 @@ use subledger_domain::entitlements::{BillingView, Entitlements};
 use subledger_domain::ids::{CustomerId, SubscriptionId};
 use subledger_domain::payment::{OrderView, Payment, PaymentEvent};
 use subledger_store::{
-    Backend, CommandBus, Database, InboxFilter, InboxRow, InboxStats, StoreError,
+    Backend, CommandBus, Database, EventMetadata, InboxFilter, InboxRow, InboxStats, Origin,
+    StoreError,
 };
 use subledger_stripe::WebhookVerifier;
 use tokio::sync::{watch, Mutex, Notify};
@@ -281,19 +282,27 @@ impl Engine {
             .map(|stored| {
                 let event: CustomerEvent = crate::projector::decode(&stored)?;
                 let metadata = stored.metadata()?;
-                let recorded_at = metadata
-                    .get("received_at")
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&Utc));
+                let (stripe_event_id, stripe_event_type) = match &metadata.origin {
+                    Origin::Webhook {
+                        event_id,
+                        event_type,
+                        ..
+                    } => (Some(event_id.clone()), event_type.clone()),
+                    _ => (None, None),
+                };
+                let drift = match &metadata.origin {
+                    Origin::Reconciliation { drift, .. } => Some(drift.clone()),
+                    _ => None,
+                };
                 Ok(TimelineEntry {
                     sequence: stored.sequence,
                     event_type: stored.event_type,
                     occurred_at: event.occurred_at(),
-                    recorded_at,
-                    stripe_event_id: metadata.get("stripe_event_id").cloned(),
-                    stripe_event_type: metadata.get("stripe_event_type").cloned(),
-                    actor: metadata.get("actor").cloned(),
-                    drift: metadata.get("drift").cloned(),
+                    recorded_at: Some(metadata.received_at),
+                    stripe_event_id,
+                    stripe_event_type,
+                    actor: metadata.origin.actor().map(str::to_owned),
+                    drift,
                     event,
                 })
             })
@@ -347,20 +356,16 @@ impl Engine {
         command: CustomerCommand,
         correlation_id: &str,
     ) -> Result<(), EngineError> {
-        let now = self
-            .config
-            .clock
-            .now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let metadata = std::collections::HashMap::from([
-            ("actor".to_owned(), "operator".to_owned()),
-            ("received_at".to_owned(), now),
-            ("correlation_id".to_owned(), correlation_id.to_owned()),
-        ]);
+        let metadata = EventMetadata {
+            received_at: self.config.clock.now(),
+            correlation_id: correlation_id.to_owned(),
+            origin: Origin::Operator,
+            order_id: None,
+        };
         // A worker may append to the same customer meanwhile: re-run on the fresh aggregate.
         let result = crate::worker::run_with_conflict_retries(|| {
             self.customers
-                .execute(customer_id, command.clone(), metadata.clone())
+                .execute(customer_id, command.clone(), &metadata)
         })
         .await;
         match result {
@@ -382,7 +387,7 @@ impl Engine {
     pub(crate) async fn record_fact(
         &self,
         translation: subledger_stripe::Translation,
-        metadata: std::collections::HashMap<String, String>,
+        metadata: EventMetadata,
     ) -> Result<(), String> {
         use subledger_stripe::Translation;
         match translation {
@@ -392,7 +397,7 @@ impl Engine {
                 command,
             } => crate::worker::run_with_conflict_retries(|| {
                 self.customers
-                    .execute(customer_id.as_str(), command.clone(), metadata.clone())
+                    .execute(customer_id.as_str(), command.clone(), &metadata)
             })
             .await
             .map_err(|e| e.to_string())?,
@@ -401,16 +406,13 @@ impl Engine {
                 order_id,
                 command,
             } => {
-                let mut metadata = metadata.clone();
-                if let Some(order_id) = order_id {
-                    metadata.insert("order_id".to_owned(), order_id);
-                }
+                let metadata = EventMetadata {
+                    order_id,
+                    ..metadata
+                };
                 crate::worker::run_with_conflict_retries(|| {
-                    self.payments.execute(
-                        payment_intent_id.as_str(),
-                        command.clone(),
-                        metadata.clone(),
-                    )
+                    self.payments
+                        .execute(payment_intent_id.as_str(), command.clone(), &metadata)
                 })
                 .await
                 .map_err(|e| e.to_string())?;

@@ -20,17 +20,16 @@
 //! aggregates judge corrections like any other fact, so running it while webhooks flow
 //! converges: a webhook older than the read has no effect, a newer one applies.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use chrono::SecondsFormat;
 use serde::Serialize;
 use serde_json::Value;
 use subledger_domain::billing::SubscriptionSnapshot;
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::entitlements::BillingView;
 use subledger_domain::ids::CustomerId;
-use subledger_store::StoreError;
+use subledger_store::{EventMetadata, Origin, StoreError};
 use subledger_stripe::{translate_fetched, Translation};
 use subledger_stripe_client::{ApiError, StripeReader};
 
@@ -571,24 +570,16 @@ impl Engine {
         run_id: &str,
     ) -> Result<(), ReconcileError> {
         let object_id = correction.object_id(customer);
-        let metadata = HashMap::from([
-            ("actor".to_owned(), "reconciler".to_owned()),
-            ("source".to_owned(), "stripe_api".to_owned()),
-            ("drift".to_owned(), correction.drift.as_str().to_owned()),
-            ("stripe_object".to_owned(), object_id.clone()),
-            (
-                "stripe_object_json".to_owned(),
-                correction.object.to_string(),
-            ),
-            (
-                "received_at".to_owned(),
-                self.config
-                    .clock
-                    .now()
-                    .to_rfc3339_opts(SecondsFormat::Millis, true),
-            ),
-            ("correlation_id".to_owned(), run_id.to_owned()),
-        ]);
+        let metadata = EventMetadata {
+            received_at: self.config.clock.now(),
+            correlation_id: run_id.to_owned(),
+            origin: Origin::Reconciliation {
+                object_id: object_id.clone(),
+                drift: correction.drift.as_str().to_owned(),
+                object_json: correction.object.to_string(),
+            },
+            order_id: None,
+        };
         self.record_fact(correction.translation, metadata)
             .await
             .map_err(|reason| ReconcileError::Record {

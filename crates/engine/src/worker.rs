@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use cqrs_es::AggregateError;
 use subledger_domain::billing::DisputeFacts;
@@ -18,7 +18,8 @@ use subledger_domain::customer::{Customer, CustomerCommand, CustomerError, TiedO
 use subledger_domain::ids::{CustomerId, PaymentIntentId};
 use subledger_domain::payment::{Payment, PaymentEvent};
 use subledger_store::{
-    Backend, ClaimedEvent, FinishedRow, InboxStatus, StoreError, UnitOfWork, WorkCommit,
+    Backend, ClaimedEvent, EventMetadata, FinishedRow, InboxStatus, Origin, StoreError, UnitOfWork,
+    WorkCommit,
 };
 use subledger_stripe::{translate, translate_fetched, Translation};
 
@@ -281,7 +282,7 @@ impl Engine {
                 command,
             } => {
                 self.customers
-                    .stage(work, customer_id.as_str(), command, metadata(row))
+                    .stage(work, customer_id.as_str(), command, &metadata(row))
                     .await
                     .ok()?;
                 Some(Outcome::Applied(format!("Customer {customer_id}")))
@@ -365,7 +366,7 @@ impl Engine {
             } => {
                 let result = run_with_conflict_retries(|| {
                     self.customers
-                        .execute(customer_id.as_str(), command.clone(), metadata.clone())
+                        .execute(customer_id.as_str(), command.clone(), &metadata)
                 })
                 .await;
                 match result {
@@ -385,17 +386,13 @@ impl Engine {
                 order_id,
                 command,
             } => {
-                let mut metadata = metadata;
-                if let Some(order_id) = order_id {
-                    // Indexed (a generated column), so an order finds its payments.
-                    metadata.insert("order_id".to_owned(), order_id);
-                }
+                let metadata = EventMetadata {
+                    order_id,
+                    ..metadata
+                };
                 run_with_conflict_retries(|| {
-                    self.payments.execute(
-                        payment_intent_id.as_str(),
-                        command.clone(),
-                        metadata.clone(),
-                    )
+                    self.payments
+                        .execute(payment_intent_id.as_str(), command.clone(), &metadata)
                 })
                 .await
                 .map_err(RowFailure::of_command)?;
@@ -417,7 +414,7 @@ impl Engine {
     async fn propagate_disputes(
         &self,
         payment_intent: &PaymentIntentId,
-        metadata: &HashMap<String, String>,
+        metadata: &EventMetadata,
     ) -> Result<(), RowFailure> {
         let events = self
             .db
@@ -462,7 +459,7 @@ impl Engine {
             };
             run_with_conflict_retries(|| {
                 self.customers
-                    .execute(customer.as_str(), command.clone(), metadata.clone())
+                    .execute(customer.as_str(), command.clone(), metadata)
             })
             .await
             .map_err(RowFailure::of_command)?;
@@ -479,7 +476,7 @@ impl Engine {
         customer_id: &CustomerId,
         object: &TiedObject,
         second: DateTime<Utc>,
-        metadata: &HashMap<String, String>,
+        metadata: &EventMetadata,
     ) -> Result<Outcome, RowFailure> {
         let Some(objects) = &self.config.stripe_objects else {
             return Err(RowFailure::Stripe(format!(
@@ -538,10 +535,12 @@ impl Engine {
         }
         tracing::info!(%object, %second, "same-second snapshots settled by fetching from Stripe");
         let mut metadata = metadata.clone();
-        metadata.insert("source".to_owned(), "stripe_api".to_owned());
+        if let Origin::Webhook { fetched, .. } = &mut metadata.origin {
+            *fetched = true;
+        }
         run_with_conflict_retries(|| {
             self.customers
-                .execute(customer_id.as_str(), command.clone(), metadata.clone())
+                .execute(customer_id.as_str(), command.clone(), &metadata)
         })
         .await
         .map_err(RowFailure::of_command)?;
@@ -581,19 +580,21 @@ where
     result
 }
 
-/// The metadata every domain event carries: which Stripe event it came from, when it happened
-/// at Stripe, when Subledger learned it, and the correlation id of the delivery.
-fn metadata(row: &ClaimedEvent) -> HashMap<String, String> {
-    let received_at = DateTime::<Utc>::from_timestamp_millis(row.received_at_ms)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-        .unwrap_or_default();
-    HashMap::from([
-        ("stripe_event_id".to_owned(), row.event_id.clone()),
-        ("stripe_event_type".to_owned(), row.event_type.clone()),
-        ("stripe_created".to_owned(), row.stripe_created.to_string()),
-        ("received_at".to_owned(), received_at),
-        ("correlation_id".to_owned(), row.correlation_id.clone()),
-    ])
+/// The metadata of the domain events a delivery brings: which Stripe event, when it happened
+/// at Stripe, when Subledger received it, and the delivery's correlation id.
+fn metadata(row: &ClaimedEvent) -> EventMetadata {
+    EventMetadata {
+        // The receiver's own clock wrote it: always a time chrono can hold.
+        received_at: DateTime::<Utc>::from_timestamp_millis(row.received_at_ms).unwrap_or_default(),
+        correlation_id: row.correlation_id.clone(),
+        origin: Origin::Webhook {
+            event_id: row.event_id.clone(),
+            event_type: Some(row.event_type.clone()),
+            created: row.stripe_created,
+            fetched: false,
+        },
+        order_id: None,
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::database::Database;
+use crate::metadata::EventMetadata;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{
     EventStoreAggregateContext, EventUpcaster, PersistedEventRepository, PersistedEventStore,
@@ -139,8 +140,9 @@ impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
         &self,
         aggregate_id: &str,
         command: A::Command,
-        metadata: HashMap<String, String>,
+        metadata: &EventMetadata,
     ) -> Result<(), AggregateError<A::Error>> {
+        let metadata = metadata.to_map();
         match self {
             Self::Sqlite(cqrs, _) => {
                 cqrs.execute_with_metadata(aggregate_id, command, metadata)
@@ -161,8 +163,9 @@ impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
         work: &mut UnitOfWork<A>,
         aggregate_id: &str,
         command: A::Command,
-        metadata: HashMap<String, String>,
+        metadata: &EventMetadata,
     ) -> Result<usize, AggregateError<A::Error>> {
+        let metadata = metadata.to_map();
         let (sequence, mut aggregate) = match work.states.remove(aggregate_id) {
             Some(state) => state,
             None => {

@@ -1,11 +1,10 @@
 //! The global event log, read in an order that is safe to follow with a checkpoint.
 
-use std::collections::HashMap;
-
 use sqlx::FromRow;
 
 use crate::database::Database;
 use crate::error::StoreError;
+use crate::metadata::EventMetadata;
 
 /// A position in the event log a projector has read up to.
 ///
@@ -39,10 +38,10 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    /// The metadata every event carries (Stripe event id and type, when it was received, who
-    /// acted), or why it cannot be read.
-    pub fn metadata(&self) -> Result<HashMap<String, String>, StoreError> {
-        serde_json::from_str(&self.metadata_json).map_err(|e| {
+    /// Where the event's fact came from and when Subledger learned it, or why that cannot be
+    /// read.
+    pub fn metadata(&self) -> Result<EventMetadata, StoreError> {
+        EventMetadata::from_json(&self.metadata_json).map_err(|e| {
             StoreError::Corrupt(format!(
                 "metadata of event {} #{} at position {}: {e}",
                 self.aggregate_id, self.sequence, self.checkpoint.position

@@ -26,6 +26,7 @@ pub mod database;
 pub mod error;
 pub mod event_log;
 pub mod inbox;
+pub mod metadata;
 pub mod projection;
 pub mod scratch;
 
@@ -39,4 +40,5 @@ pub use inbox::{
     ClaimedEvent, FinishedRow, InboxFilter, InboxRow, InboxState, InboxStats, InboxStatus,
     NewInboxEvent, WorkCommit,
 };
+pub use metadata::{EventMetadata, Origin};
 pub use projection::{SavedViews, ViewRow};

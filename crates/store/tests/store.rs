@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::DateTime;
 use cqrs_es::persist::PersistedEventStore;
@@ -10,7 +10,7 @@ use cqrs_es::CqrsFramework;
 use subledger_domain::customer::{Customer, CustomerCommand};
 use subledger_store::projection::ViewRow;
 use subledger_store::scratch::ScratchDatabase;
-use subledger_store::{Checkpoint, Database, InboxStatus, NewInboxEvent};
+use subledger_store::{Checkpoint, Database, EventMetadata, InboxStatus, NewInboxEvent, Origin};
 
 fn inbox_event(id: &str, created: i64, received: i64) -> NewInboxEvent {
     NewInboxEvent {
@@ -198,13 +198,18 @@ async fn workers_claim_due_rows_oldest_first_and_leases_keep_others_off() {
     }
 }
 
-fn metadata(event_id: &str) -> HashMap<String, String> {
-    HashMap::from([
-        ("stripe_event_id".to_owned(), event_id.to_owned()),
-        ("stripe_created".to_owned(), "1700000000".to_owned()),
-        ("received_at".to_owned(), "2023-11-14T22:13:20Z".to_owned()),
-        ("correlation_id".to_owned(), "corr-1".to_owned()),
-    ])
+fn metadata(event_id: &str) -> EventMetadata {
+    EventMetadata {
+        received_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        correlation_id: "corr-1".to_owned(),
+        origin: Origin::Webhook {
+            event_id: event_id.to_owned(),
+            event_type: Some("customer.updated".to_owned()),
+            created: 1_700_000_000,
+            fetched: false,
+        },
+        order_id: None,
+    }
 }
 
 async fn record_details(db: &Database, customer: &str, event_id: &str, second: i64) {
@@ -219,7 +224,7 @@ async fn record_details(db: &Database, customer: &str, event_id: &str, second: i
                 Database::sqlite_repository(pool),
             );
             CqrsFramework::new(store, vec![], ())
-                .execute_with_metadata(customer, command, metadata(event_id))
+                .execute_with_metadata(customer, command, metadata(event_id).to_map())
                 .await
                 .unwrap();
         }
@@ -228,7 +233,7 @@ async fn record_details(db: &Database, customer: &str, event_id: &str, second: i
                 Database::postgres_repository(pool),
             );
             CqrsFramework::new(store, vec![], ())
-                .execute_with_metadata(customer, command, metadata(event_id))
+                .execute_with_metadata(customer, command, metadata(event_id).to_map())
                 .await
                 .unwrap();
         }
@@ -260,7 +265,10 @@ async fn the_event_log_is_read_in_order_with_metadata() {
             "{}",
             test.name
         );
-        assert_eq!(events[1].metadata().unwrap()["stripe_event_id"], "evt_2");
+        assert!(matches!(
+            events[1].metadata().unwrap().origin,
+            Origin::Webhook { ref event_id, .. } if event_id == "evt_2"
+        ));
         assert_eq!(events[0].event_type, "DetailsRecorded");
 
         let rest = db
@@ -475,20 +483,20 @@ async fn cached_aggregates_read_what_other_workers_appended() {
             provenance: Default::default(),
         };
         first
-            .execute("cus_shared", details(1), metadata("evt_1"))
+            .execute("cus_shared", details(1), &metadata("evt_1"))
             .await
             .unwrap();
         second
-            .execute("cus_shared", details(2), metadata("evt_2"))
+            .execute("cus_shared", details(2), &metadata("evt_2"))
             .await
             .unwrap();
         // The first bus cached the customer at one event; the second appended another.
         first
-            .execute("cus_shared", details(2), metadata("evt_2_again"))
+            .execute("cus_shared", details(2), &metadata("evt_2_again"))
             .await
             .unwrap();
         first
-            .execute("cus_shared", details(3), metadata("evt_3"))
+            .execute("cus_shared", details(3), &metadata("evt_3"))
             .await
             .unwrap();
         let count = match db {
@@ -576,16 +584,16 @@ async fn cached_aggregates_apply_each_event_once() {
         let db = &test.database;
         let bus = subledger_store::CommandBus::<counter::Counter>::new(db, Vec::new);
         for expected in 0..5 {
-            bus.execute("counter_1", expected, HashMap::new())
+            bus.execute("counter_1", expected, &metadata("evt_counter"))
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e}", test.name));
         }
         let other = subledger_store::CommandBus::<counter::Counter>::new(db, Vec::new);
         other
-            .execute("counter_1", 5, HashMap::new())
+            .execute("counter_1", 5, &metadata("evt_counter"))
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", test.name));
-        bus.execute("counter_1", 6, HashMap::new())
+        bus.execute("counter_1", 6, &metadata("evt_counter"))
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", test.name));
         test.cleanup().await.unwrap();
@@ -616,14 +624,17 @@ async fn a_unit_of_work_commits_whole_or_not_at_all() {
 
         // Staged on one bus; the other appends to the same counter before the commit.
         let mut work = subledger_store::UnitOfWork::default();
-        bus.stage(&mut work, "counter_w", 0, HashMap::new())
+        bus.stage(&mut work, "counter_w", 0, &metadata("evt_counter"))
             .await
             .unwrap();
-        bus.stage(&mut work, "counter_w", 1, HashMap::new())
+        bus.stage(&mut work, "counter_w", 1, &metadata("evt_counter"))
             .await
             .unwrap();
         assert_eq!(work.events().len(), 2);
-        other.execute("counter_w", 0, HashMap::new()).await.unwrap();
+        other
+            .execute("counter_w", 0, &metadata("evt_counter"))
+            .await
+            .unwrap();
         let outcome = db
             .commit_work(work.events(), &[finished("evt_w1")], 2_000)
             .await
@@ -644,7 +655,7 @@ async fn a_unit_of_work_commits_whole_or_not_at_all() {
 
         // Staged again from the stream: it commits, events and rows together.
         let mut work = subledger_store::UnitOfWork::default();
-        bus.stage(&mut work, "counter_w", 1, HashMap::new())
+        bus.stage(&mut work, "counter_w", 1, &metadata("evt_counter"))
             .await
             .unwrap();
         let outcome = db
@@ -669,7 +680,9 @@ async fn a_unit_of_work_commits_whole_or_not_at_all() {
             test.name
         );
         // The cache holds the committed state: the next command expects 2.
-        bus.execute("counter_w", 2, HashMap::new()).await.unwrap();
+        bus.execute("counter_w", 2, &metadata("evt_counter"))
+            .await
+            .unwrap();
         test.cleanup().await.unwrap();
     }
 }
