@@ -8,15 +8,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate;
 use cqrs_es::AggregateError;
-use subledger_domain::billing::DisputeFacts;
 use subledger_domain::customer::{Customer, CustomerCommand, CustomerError, TiedObject};
 use subledger_domain::ids::{CustomerId, PaymentIntentId};
-use subledger_domain::payment::{Payment, PaymentEvent};
 use subledger_store::{
     Backend, ClaimedEvent, EventMetadata, FinishedRow, InboxStatus, Origin, StoreError, UnitOfWork,
     WorkCommit,
@@ -405,54 +400,22 @@ impl Engine {
 }
 
 impl Engine {
-    /// Carries a payment's disputes to its customer, scoped by the invoice the payment paid.
-    ///
-    /// A dispute, the payment's customer and its invoice link arrive in any order, as separate
-    /// Stripe events; whichever completes the picture makes this record the dispute on the
-    /// customer (the aggregate ignores what it already has), so every delivery order ends in
-    /// the same state.
+    /// Carries a payment's disputes to its customer, as the payment aggregate says
+    /// ([`Payment::disputes_for_customer`](subledger_domain::payment::Payment::disputes_for_customer)), so every delivery order ends in the same state.
     async fn propagate_disputes(
         &self,
         payment_intent: &PaymentIntentId,
         metadata: &EventMetadata,
     ) -> Result<(), RowFailure> {
-        let events = self
-            .db
-            .events_of(Payment::TYPE, payment_intent.as_str())
+        let payment = self
+            .payments
+            .state(payment_intent.as_str())
             .await
-            .map_err(|e| RowFailure::Store(e.to_string()))?;
-        let mut customer = None;
-        let mut invoice = None;
-        let mut disputes: BTreeMap<String, (DisputeFacts, DateTime<Utc>)> = BTreeMap::new();
-        for stored in events {
-            let event: PaymentEvent = crate::projector::decode(&stored)
-                .map_err(|e| RowFailure::Defect(format!("unreadable payment event: {e}")))?;
-            match event {
-                PaymentEvent::PaymentCreated { payment, .. }
-                | PaymentEvent::PaymentRequiresAction { payment, .. }
-                | PaymentEvent::PaymentSucceeded { payment, .. }
-                | PaymentEvent::PaymentFailed { payment, .. }
-                | PaymentEvent::PaymentCanceled { payment, .. } => {
-                    customer = customer.or(payment.customer_id);
-                }
-                PaymentEvent::PaymentLinkedToInvoice {
-                    invoice: linked, ..
-                } => invoice = Some(linked),
-                PaymentEvent::PaymentDisputed {
-                    dispute,
-                    occurred_at,
-                } => {
-                    disputes.insert(dispute.id.clone(), (dispute, occurred_at));
-                }
-                PaymentEvent::PaymentRefunded { .. } => {}
-            }
-        }
-        let Some(customer) = customer else {
-            // The payment's customer is not known yet; its events will bring the dispute along.
+            .map_err(RowFailure::of_command)?;
+        let Some((customer, disputes)) = payment.disputes_for_customer() else {
             return Ok(());
         };
-        for (_, (mut dispute, occurred_at)) in disputes {
-            dispute.invoice.clone_from(&invoice);
+        for (dispute, occurred_at) in disputes {
             let command = CustomerCommand::RecordDispute {
                 dispute,
                 occurred_at,

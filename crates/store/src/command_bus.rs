@@ -155,6 +155,22 @@ impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
         }
     }
 
+    /// The aggregate as its committed events leave it: the cached state, brought up to date
+    /// from its stream.
+    pub async fn state(&self, aggregate_id: &str) -> Result<A, AggregateError<A::Error>> {
+        Ok(self.load(aggregate_id).await?.aggregate)
+    }
+
+    async fn load(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
+        match self {
+            Self::Sqlite(_, store) => store.load_aggregate(aggregate_id).await,
+            Self::Postgres(_, store) => store.load_aggregate(aggregate_id).await,
+        }
+    }
+
     /// Decides `command` on the aggregate as `work` left it (loaded as `execute` loads it the
     /// first time) and stages the resulting events in `work`; nothing is written. Returns how
     /// many events the command produced.
@@ -169,10 +185,7 @@ impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
         let (sequence, mut aggregate) = match work.states.remove(aggregate_id) {
             Some(state) => state,
             None => {
-                let context = match self {
-                    Self::Sqlite(_, store) => store.load_aggregate(aggregate_id).await?,
-                    Self::Postgres(_, store) => store.load_aggregate(aggregate_id).await?,
-                };
+                let context = self.load(aggregate_id).await?;
                 (context.current_sequence, context.aggregate)
             }
         };

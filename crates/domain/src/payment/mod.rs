@@ -162,14 +162,39 @@ pub struct Payment {
     invoice: Option<crate::ids::InvoiceId>,
     /// The latest known state of each dispute, with its Stripe time.
     #[serde(default)]
-    disputes: std::collections::BTreeMap<String, (crate::billing::DisputeFacts, DateTime<Utc>)>,
+    disputes: std::collections::BTreeMap<String, DisputeAt>,
+    /// The customer the first event that named one gave.
+    #[serde(default)]
+    customer: Option<CustomerId>,
 }
+
+/// A dispute's state and its Stripe time.
+pub type DisputeAt = (crate::billing::DisputeFacts, DateTime<Utc>);
 
 /// Like the `Customer` aggregate, `Payment` records Stripe's facts and never refuses one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PaymentError {}
 
 impl Payment {
+    /// What the payment's customer must learn of its disputes: each one's latest state, scoped
+    /// to the invoice the payment paid (so dunning holds the subscription that invoice
+    /// billed). `None` while no event has named the customer: a dispute, the payment's
+    /// customer and its invoice link arrive in any order, and whichever event completes the
+    /// picture hands the disputes over (the customer ignores what it already has).
+    pub fn disputes_for_customer(&self) -> Option<(&CustomerId, Vec<DisputeAt>)> {
+        let customer = self.customer.as_ref()?;
+        let disputes = self
+            .disputes
+            .values()
+            .map(|(dispute, occurred_at)| {
+                let mut dispute = dispute.clone();
+                dispute.invoice.clone_from(&self.invoice);
+                (dispute, *occurred_at)
+            })
+            .collect();
+        Some((customer, disputes))
+    }
+
     fn settled(&self) -> bool {
         self.succeeded || self.canceled || self.refunded
     }
@@ -313,6 +338,16 @@ impl Aggregate for Payment {
 
     fn apply(&mut self, event: Self::Event) {
         self.known = true;
+        if self.customer.is_none() {
+            if let PaymentEvent::PaymentCreated { payment, .. }
+            | PaymentEvent::PaymentRequiresAction { payment, .. }
+            | PaymentEvent::PaymentSucceeded { payment, .. }
+            | PaymentEvent::PaymentFailed { payment, .. }
+            | PaymentEvent::PaymentCanceled { payment, .. } = &event
+            {
+                self.customer.clone_from(&payment.customer_id);
+            }
+        }
         match event {
             PaymentEvent::PaymentCreated { occurred_at, .. } => {
                 self.pending_as_of = Some(occurred_at);
@@ -402,6 +437,88 @@ mod tests {
                 occurred_at: at(5),
             })
             .then_expect_events(vec![]);
+    }
+
+    /// A dispute, the payment's customer and its invoice link, in every order: the disputes
+    /// are handed over only once the customer is known, each in its latest state and scoped to
+    /// the invoice once the link is known.
+    #[test]
+    fn disputes_are_handed_to_the_customer_once_it_is_known_with_the_invoice() {
+        let dispute = |status: &str, second: i64| PaymentEvent::PaymentDisputed {
+            dispute: crate::billing::DisputeFacts {
+                id: "dp_1".to_owned(),
+                payment_intent: PaymentIntentId::new("pi_1"),
+                invoice: None,
+                status: status.to_owned(),
+                reason: None,
+            },
+            occurred_at: at(second),
+        };
+        let with_customer = PaymentEvent::PaymentSucceeded {
+            payment: PaymentFacts {
+                customer_id: Some(CustomerId::new("cus_1")),
+                ..payment(None)
+            },
+            occurred_at: at(1),
+        };
+        let linked = PaymentEvent::PaymentLinkedToInvoice {
+            invoice: crate::ids::InvoiceId::new("in_1"),
+            occurred_at: at(2),
+        };
+        let fold = |events: &[PaymentEvent]| {
+            let mut payment = Payment::default();
+            for event in events {
+                payment.apply(event.clone());
+            }
+            payment
+        };
+        let unknown_customer = fold(&[dispute("needs_response", 3), linked.clone()]);
+        assert_eq!(unknown_customer.disputes_for_customer(), None);
+
+        let orders = [
+            vec![
+                dispute("needs_response", 3),
+                linked.clone(),
+                with_customer.clone(),
+            ],
+            vec![
+                with_customer.clone(),
+                dispute("needs_response", 3),
+                linked.clone(),
+            ],
+            vec![
+                linked.clone(),
+                with_customer.clone(),
+                dispute("needs_response", 3),
+            ],
+        ];
+        for events in orders {
+            let payment = fold(&events);
+            let (customer, disputes) = payment.disputes_for_customer().unwrap();
+            assert_eq!(customer.as_str(), "cus_1");
+            assert_eq!(disputes.len(), 1);
+            assert_eq!(
+                disputes[0].0.invoice,
+                Some(crate::ids::InvoiceId::new("in_1"))
+            );
+            assert_eq!(
+                (disputes[0].0.status.as_str(), disputes[0].1),
+                ("needs_response", at(3))
+            );
+        }
+
+        // Before the link, the dispute goes over unscoped; a later state replaces the earlier.
+        let payment = fold(&[
+            with_customer,
+            dispute("needs_response", 3),
+            dispute("won", 9),
+        ]);
+        let (_, disputes) = payment.disputes_for_customer().unwrap();
+        assert_eq!(disputes[0].0.invoice, None);
+        assert_eq!(
+            (disputes[0].0.status.as_str(), disputes[0].1),
+            ("won", at(9))
+        );
     }
 
     #[test]
