@@ -363,11 +363,10 @@ impl Engine {
             order_id: None,
         };
         // A worker may append to the same customer meanwhile: re-run on the fresh aggregate.
-        let result = crate::worker::run_with_conflict_retries(|| {
-            self.customers
-                .execute(customer_id, command.clone(), &metadata)
-        })
-        .await;
+        let result = self
+            .customers
+            .execute(customer_id, command, &metadata)
+            .await;
         match result {
             Ok(()) => {}
             Err(cqrs_es::AggregateError::UserError(refused)) => {
@@ -395,12 +394,11 @@ impl Engine {
             Translation::Customer {
                 customer_id,
                 command,
-            } => crate::worker::run_with_conflict_retries(|| {
-                self.customers
-                    .execute(customer_id.as_str(), command.clone(), &metadata)
-            })
-            .await
-            .map_err(|e| e.to_string())?,
+            } => self
+                .customers
+                .execute(customer_id.as_str(), command, &metadata)
+                .await
+                .map_err(|e| e.to_string())?,
             Translation::Payment {
                 payment_intent_id,
                 order_id,
@@ -410,12 +408,10 @@ impl Engine {
                     order_id,
                     ..metadata
                 };
-                crate::worker::run_with_conflict_retries(|| {
-                    self.payments
-                        .execute(payment_intent_id.as_str(), command.clone(), &metadata)
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+                self.payments
+                    .execute(payment_intent_id.as_str(), command, &metadata)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
         }
         self.events_appended.notify_one();

@@ -35,15 +35,6 @@ impl WorkReport {
     }
 }
 
-/// How often a command is re-run when another writer appended to the same aggregate in
-/// between (optimistic concurrency), before the row is retried later instead. A busy worker
-/// commits a batch every few milliseconds, so an operator's command may lose several times.
-const CONFLICT_RETRIES: usize = 20;
-
-/// The longest pause before re-running a command that lost a race: a short, varied wait lets
-/// a writer that keeps winning (a busy worker) finish its commit.
-const CONFLICT_PAUSE_MS: u64 = 8;
-
 /// The longest a failing row waits between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -359,11 +350,10 @@ impl Engine {
                 customer_id,
                 command,
             } => {
-                let result = run_with_conflict_retries(|| {
-                    self.customers
-                        .execute(customer_id.as_str(), command.clone(), &metadata)
-                })
-                .await;
+                let result = self
+                    .customers
+                    .execute(customer_id.as_str(), command, &metadata)
+                    .await;
                 match result {
                     Ok(()) => Ok(Outcome::Applied(format!("Customer {customer_id}"))),
                     Err(AggregateError::UserError(CustomerError::OrderUndecided {
@@ -385,12 +375,10 @@ impl Engine {
                     order_id,
                     ..metadata
                 };
-                run_with_conflict_retries(|| {
-                    self.payments
-                        .execute(payment_intent_id.as_str(), command.clone(), &metadata)
-                })
-                .await
-                .map_err(RowFailure::of_command)?;
+                self.payments
+                    .execute(payment_intent_id.as_str(), command, &metadata)
+                    .await
+                    .map_err(RowFailure::of_command)?;
                 self.propagate_disputes(&payment_intent_id, &metadata)
                     .await?;
                 Ok(Outcome::Applied(format!("Payment {payment_intent_id}")))
@@ -420,12 +408,10 @@ impl Engine {
                 dispute,
                 occurred_at,
             };
-            run_with_conflict_retries(|| {
-                self.customers
-                    .execute(customer.as_str(), command.clone(), metadata)
-            })
-            .await
-            .map_err(RowFailure::of_command)?;
+            self.customers
+                .execute(customer.as_str(), command, metadata)
+                .await
+                .map_err(RowFailure::of_command)?;
         }
         Ok(())
     }
@@ -501,46 +487,15 @@ impl Engine {
         if let Origin::Webhook { fetched, .. } = &mut metadata.origin {
             *fetched = true;
         }
-        run_with_conflict_retries(|| {
-            self.customers
-                .execute(customer_id.as_str(), command.clone(), &metadata)
-        })
-        .await
-        .map_err(RowFailure::of_command)?;
+        self.customers
+            .execute(customer_id.as_str(), command, &metadata)
+            .await
+            .map_err(RowFailure::of_command)?;
         Ok(Outcome::Applied(format!(
             "Customer {customer_id}: order of same-second snapshots of {object} settled by \
              fetching it from Stripe"
         )))
     }
-}
-
-/// Runs a command, re-running it when another writer (a worker, an operator's request)
-/// appended to the aggregate in between, up to [`CONFLICT_RETRIES`] times, after a pause of a
-/// few milliseconds that varies between racers. Each run loads the aggregate afresh, so the
-/// command is judged against what the other one wrote.
-pub(crate) async fn run_with_conflict_retries<E, F, Fut>(
-    mut run: F,
-) -> Result<(), AggregateError<E>>
-where
-    E: std::error::Error,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), AggregateError<E>>>,
-{
-    let mut result = run().await;
-    for _ in 1..CONFLICT_RETRIES {
-        match result {
-            Err(AggregateError::AggregateConflict) => {
-                // Varied by the clock's nanoseconds: two racers rarely pause alike.
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::from(d.subsec_nanos()));
-                tokio::time::sleep(Duration::from_millis(1 + nanos % CONFLICT_PAUSE_MS)).await;
-                result = run().await;
-            }
-            other => return other,
-        }
-    }
-    result
 }
 
 /// The metadata of the domain events a delivery brings: which Stripe event, when it happened
@@ -618,48 +573,9 @@ mod tests {
     #[error("refused")]
     struct Refused;
 
-    /// Runs `run_with_conflict_retries` over `outcomes` in turn; returns the result and how
-    /// many times the command ran.
-    async fn retried(outcomes: Vec<Result<(), AggregateError<Refused>>>) -> (String, usize) {
-        let outcomes = std::sync::Mutex::new(outcomes.into_iter());
-        let runs = std::sync::atomic::AtomicUsize::new(0);
-        let result = run_with_conflict_retries(|| {
-            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let next = outcomes.lock().ok().and_then(|mut o| o.next());
-            async move { next.unwrap_or(Ok(())) }
-        })
-        .await;
-        let result = match result {
-            Ok(()) => "ok".to_owned(),
-            Err(error) => RowFailure::of_command(error).to_string(),
-        };
-        (result, runs.into_inner())
-    }
-
-    #[tokio::test]
-    async fn optimistic_concurrency_conflicts_are_retried_and_nothing_else_is() {
-        let conflict = || Err(AggregateError::AggregateConflict);
-        // Two conflicts, then the command goes through on the fresh aggregate.
-        assert_eq!(
-            retried(vec![conflict(), conflict(), Ok(())]).await,
-            ("ok".to_owned(), 3)
-        );
-        // Endless conflicts give up after CONFLICT_RETRIES runs; the row is retried later.
-        let (error, runs) = retried((0..CONFLICT_RETRIES).map(|_| conflict()).collect()).await;
-        assert_eq!(runs, CONFLICT_RETRIES);
-        assert!(
-            error.starts_with("store: ") && error.contains("optimistic concurrency"),
-            "{error}"
-        );
-        // A refusal is final at once.
-        assert_eq!(
-            retried(vec![Err(AggregateError::UserError(Refused))]).await,
-            ("refused: refused".to_owned(), 1)
-        );
-    }
-
     /// A broken delivery is not retried every second like an outage: it waits a minute first,
-    /// then doubles up to the same hour.
+    /// then doubles up to the same hour. A command that kept losing races (the command bus
+    /// gave up retrying it) is a store failure: the row is retried soon.
     #[test]
     fn each_kind_of_failure_keeps_its_own_retry_policy() {
         let defect = RowFailure::Defect("cannot translate".to_owned());
@@ -682,6 +598,15 @@ mod tests {
             RowFailure::Defect(_)
         ));
         assert_eq!(defect.to_string(), "defect: cannot translate");
+        let lost_races = RowFailure::of_command::<Refused>(AggregateError::AggregateConflict);
+        assert!(
+            matches!(&lost_races, RowFailure::Store(why) if why.contains("optimistic concurrency")),
+            "{lost_races}"
+        );
+        assert_eq!(
+            RowFailure::of_command(AggregateError::UserError(Refused)).to_string(),
+            "refused: refused"
+        );
     }
 
     #[test]

@@ -23,6 +23,16 @@ use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventEnvelope, EventStor
 use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
 
+/// How often a command is re-run when another writer appended to the same aggregate in
+/// between (optimistic concurrency) before [`CommandBus::execute`] gives up with
+/// [`AggregateError::AggregateConflict`]. A busy worker commits a batch every few
+/// milliseconds, so an operator's command may lose several times.
+pub const CONFLICT_RETRIES: usize = 20;
+
+/// The longest pause before re-running a command that lost a race: a short, varied wait lets
+/// a writer that keeps winning (a busy worker) finish its commit.
+const CONFLICT_PAUSE_MS: u64 = 8;
+
 /// How many aggregates each bus keeps in memory. Past it, entries are dropped (and reloaded
 /// from their streams when needed again).
 const CACHED_AGGREGATES: usize = 16_384;
@@ -136,23 +146,34 @@ impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
         }
     }
 
+    /// Runs `command` on the aggregate and appends its events. When another writer (a worker,
+    /// an operator's request) appended to the aggregate in between, the command is run again
+    /// on the fresh aggregate, so it is judged against what the other one wrote: up to
+    /// [`CONFLICT_RETRIES`] times, after a pause of a few milliseconds that varies between
+    /// racers.
     pub async fn execute(
         &self,
         aggregate_id: &str,
         command: A::Command,
         metadata: &EventMetadata,
-    ) -> Result<(), AggregateError<A::Error>> {
+    ) -> Result<(), AggregateError<A::Error>>
+    where
+        A::Command: Clone,
+    {
         let metadata = metadata.to_map();
-        match self {
-            Self::Sqlite(cqrs, _) => {
-                cqrs.execute_with_metadata(aggregate_id, command, metadata)
-                    .await
+        retry_on_conflict(|| async {
+            match self {
+                Self::Sqlite(cqrs, _) => {
+                    cqrs.execute_with_metadata(aggregate_id, command.clone(), metadata.clone())
+                        .await
+                }
+                Self::Postgres(cqrs, _) => {
+                    cqrs.execute_with_metadata(aggregate_id, command.clone(), metadata.clone())
+                        .await
+                }
             }
-            Self::Postgres(cqrs, _) => {
-                cqrs.execute_with_metadata(aggregate_id, command, metadata)
-                    .await
-            }
-        }
+        })
+        .await
     }
 
     /// The aggregate as its committed events leave it: the cached state, brought up to date
@@ -353,5 +374,75 @@ where
             // a committed state, only older: the next load reads what came after it.
             Err(error) => Err(error),
         }
+    }
+}
+
+/// Runs `run` again while it fails on optimistic concurrency, up to [`CONFLICT_RETRIES`]
+/// times in all.
+async fn retry_on_conflict<E, F, Fut>(mut run: F) -> Result<(), AggregateError<E>>
+where
+    E: std::error::Error,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), AggregateError<E>>>,
+{
+    let mut result = run().await;
+    for _ in 1..CONFLICT_RETRIES {
+        match result {
+            Err(AggregateError::AggregateConflict) => {
+                // Varied by the clock's nanoseconds: two racers rarely pause alike.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos()));
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    1 + nanos % CONFLICT_PAUSE_MS,
+                ))
+                .await;
+                result = run().await;
+            }
+            other => return other,
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("refused")]
+    struct Refused;
+
+    /// Runs `retry_on_conflict` over `outcomes` in turn; returns the result and how many
+    /// times the command ran.
+    async fn retried(
+        outcomes: Vec<Result<(), AggregateError<Refused>>>,
+    ) -> (Result<(), AggregateError<Refused>>, usize) {
+        let outcomes = Mutex::new(outcomes.into_iter());
+        let runs = std::sync::atomic::AtomicUsize::new(0);
+        let result = retry_on_conflict(|| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let next = outcomes.lock().ok().and_then(|mut o| o.next());
+            async move { next.unwrap_or(Ok(())) }
+        })
+        .await;
+        (result, runs.into_inner())
+    }
+
+    #[tokio::test]
+    async fn optimistic_concurrency_conflicts_are_retried_and_nothing_else_is() {
+        let conflict = || Err(AggregateError::AggregateConflict);
+        // Two conflicts, then the command goes through on the fresh aggregate.
+        let (result, runs) = retried(vec![conflict(), conflict(), Ok(())]).await;
+        assert!(result.is_ok());
+        assert_eq!(runs, 3);
+        // Endless conflicts give up after CONFLICT_RETRIES runs; the caller decides what next.
+        let (result, runs) = retried((0..CONFLICT_RETRIES).map(|_| conflict()).collect()).await;
+        assert!(matches!(result, Err(AggregateError::AggregateConflict)));
+        assert_eq!(runs, CONFLICT_RETRIES);
+        // A refusal is final at once.
+        let (result, runs) = retried(vec![Err(AggregateError::UserError(Refused))]).await;
+        assert!(matches!(result, Err(AggregateError::UserError(Refused))));
+        assert_eq!(runs, 1);
     }
 }
