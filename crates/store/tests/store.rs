@@ -686,3 +686,62 @@ async fn a_unit_of_work_commits_whole_or_not_at_all() {
         test.cleanup().await.unwrap();
     }
 }
+
+/// One statement finishes many claimed rows: each gets its own status and outcome, its lease
+/// and error are cleared, and a row not in the list is left as it was.
+#[tokio::test]
+async fn finishing_a_batch_records_each_rows_own_outcome() {
+    for test in ScratchDatabase::all().await.unwrap() {
+        let db = &test.database;
+        let rows: Vec<NewInboxEvent> = (0..1_205)
+            .map(|n| inbox_event(&format!("evt_{n}"), 10 + i64::from(n), 1))
+            .collect();
+        db.insert_inbox_events(&rows).await.unwrap();
+        let claimed = db.claim_inbox_events(1_000, 60_000, 2_000).await.unwrap();
+        assert_eq!(claimed.len(), 1_205, "{}", test.name);
+        db.retry_inbox_event_later("evt_1", "store: down", 0)
+            .await
+            .unwrap();
+        // More rows than one statement takes, all but the last.
+        let finished: Vec<subledger_store::FinishedRow> = (0..1_204)
+            .map(|n| subledger_store::FinishedRow {
+                event_id: format!("evt_{n}"),
+                status: if n % 2 == 0 {
+                    InboxStatus::Processed
+                } else {
+                    InboxStatus::Ignored
+                },
+                outcome: format!("outcome {n}"),
+            })
+            .collect();
+        db.finish_inbox_events(&finished, 5_000).await.unwrap();
+        let listed = db
+            .list_inbox(&subledger_store::InboxFilter {
+                state: None,
+                event_type: None,
+                since_ms: None,
+                limit: 2_000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1_205, "{}", test.name);
+        for row in listed {
+            let n: usize = row.event_id["evt_".len()..].parse().unwrap();
+            if n == 1_204 {
+                assert_eq!((row.status.as_str(), row.outcome), ("pending", None));
+                continue;
+            }
+            let status = if n % 2 == 0 { "processed" } else { "ignored" };
+            assert_eq!(
+                (row.status.as_str(), row.outcome, row.last_error),
+                (status, Some(format!("outcome {n}")), None),
+                "{}: {}",
+                test.name,
+                row.event_id
+            );
+        }
+        let stats = db.inbox_stats().await.unwrap();
+        assert_eq!(stats.pending, 1, "{}", test.name);
+        test.cleanup().await.unwrap();
+    }
+}
