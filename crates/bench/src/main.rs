@@ -182,7 +182,7 @@ async fn start_engine(url: &str, args: &Args) -> Result<Arc<Engine>> {
     let mut config = EngineConfig::new(url, catalog);
     config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
     if let Some(batch) = args.batch {
-        config.worker_batch_size = batch;
+        config.worker_batch_size = Some(batch);
     }
     if let Some(concurrency) = args.concurrency {
         config.worker_concurrency = concurrency;

@@ -315,9 +315,9 @@ pub struct EngineArgs {
     #[arg(long, env = "SUBLEDGER_WORKER_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub worker_lease_secs: u64,
 
-    /// How many inbox rows a worker claims at once.
-    #[arg(long, env = "SUBLEDGER_WORKER_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..=10_000))]
-    pub worker_batch_size: i64,
+    /// How many inbox rows a worker claims at once [default: 64 on SQLite, 256 on PostgreSQL]
+    #[arg(long, env = "SUBLEDGER_WORKER_BATCH_SIZE", value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub worker_batch_size: Option<i64>,
 
     /// How many customers' rows a worker applies at once on PostgreSQL (each customer's in
     /// order). SQLite, with one writer, applies a batch as claimed whatever this says.

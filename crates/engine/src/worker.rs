@@ -18,6 +18,7 @@ use subledger_store::{
 };
 use subledger_stripe::{translate, translate_fetched, Translation};
 
+use crate::config::EngineConfig;
 use crate::engine::Engine;
 use crate::refetch::StripeResource;
 
@@ -161,6 +162,16 @@ fn lanes(claimed: Vec<ClaimedEvent>, width: usize) -> Vec<Vec<ClaimedEvent>> {
 }
 
 impl Engine {
+    /// How many rows a claim takes: as configured, or the store's default.
+    fn batch_size(&self) -> i64 {
+        self.config
+            .worker_batch_size
+            .unwrap_or(match self.db.backend() {
+                Backend::Sqlite => EngineConfig::DEFAULT_BATCH_SQLITE,
+                Backend::Postgres => EngineConfig::DEFAULT_BATCH_POSTGRES,
+            })
+    }
+
     /// Claims and handles one batch of due inbox rows.
     ///
     /// Customers' commands are decided in memory, several customers at once on PostgreSQL
@@ -174,7 +185,7 @@ impl Engine {
         let lease = i64::try_from(self.config.worker_lease.as_millis()).unwrap_or(i64::MAX);
         let claimed = self
             .db
-            .claim_inbox_events(now, lease, self.config.worker_batch_size)
+            .claim_inbox_events(now, lease, self.batch_size())
             .await?;
         if claimed.is_empty() {
             return Ok(WorkReport::default());

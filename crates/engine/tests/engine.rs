@@ -298,7 +298,7 @@ async fn concurrent_workers_on_postgres_never_handle_a_row_twice() {
     // Batches smaller than the twelve customers: each worker leaves customers to the other.
     let worker = |batch_size| {
         let mut config = config(&first.test_db.url, &clock);
-        config.worker_batch_size = batch_size;
+        config.worker_batch_size = Some(batch_size);
         Engine::start(config)
     };
     let (one, other) = (worker(5).await.unwrap(), worker(7).await.unwrap());
@@ -397,7 +397,7 @@ async fn a_worker_and_an_operator_racing_on_one_customer_lose_nothing() {
         DateTime::from_timestamp(START, 0).unwrap(),
     ));
     let mut worker_config = config(&h.test_db.url, &clock);
-    worker_config.worker_batch_size = 1;
+    worker_config.worker_batch_size = Some(1);
     let worker = Engine::start(worker_config).await.unwrap();
     let operator = h.engine.clone();
 

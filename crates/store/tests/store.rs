@@ -703,10 +703,10 @@ async fn finishing_a_batch_records_each_rows_own_outcome() {
             .await
             .unwrap();
         // More rows than one statement takes, all but the last.
-        let finished: Vec<subledger_store::FinishedRow> = (0..1_204)
+        let finished: Vec<subledger_store::FinishedRow> = (0..1_204_u32)
             .map(|n| subledger_store::FinishedRow {
                 event_id: format!("evt_{n}"),
-                status: if n % 2 == 0 {
+                status: if n.is_multiple_of(2) {
                     InboxStatus::Processed
                 } else {
                     InboxStatus::Ignored
@@ -731,7 +731,11 @@ async fn finishing_a_batch_records_each_rows_own_outcome() {
                 assert_eq!((row.status.as_str(), row.outcome), ("pending", None));
                 continue;
             }
-            let status = if n % 2 == 0 { "processed" } else { "ignored" };
+            let status = if n.is_multiple_of(2) {
+                "processed"
+            } else {
+                "ignored"
+            };
             assert_eq!(
                 (row.status.as_str(), row.outcome, row.last_error),
                 (status, Some(format!("outcome {n}")), None),
