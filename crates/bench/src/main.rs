@@ -482,11 +482,11 @@ fn render(all: &[Figures], args: &Args) -> String {
         }
         row(
             format!(
-                "one customer with {} events: the last 100 beside the first 500",
+                "one customer with {} events: the last 100 beside the first 500 (whole batches)",
                 args.history
             ),
-            format!("{:.0} rows/s (last 100)", f.history_last),
-            format!("{:.0} rows/s (first 500)", f.history_first),
+            format!("{:.0} rows/s (the last 100)", f.history_last),
+            format!("{:.0} rows/s (the first 500)", f.history_first),
             against(f.history_last, f.history_first, "0.67"),
         );
         row(

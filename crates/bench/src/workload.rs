@@ -75,17 +75,15 @@ pub async fn work(engine: &Engine) -> Result<(u64, Duration)> {
     }
 }
 
-/// The rate of the first 500 and of the last 100 of `events` rows of one customer.
+/// The rate of the first 500 and of the last 100 of `events` rows of one customer. The worker
+/// handles rows a batch at a time, so each rate is over whole batches: from the start to the
+/// first batch that reaches 500 rows, and from the last batch boundary that leaves at least
+/// 100 rows to the end.
 pub async fn history_rates(engine: &Engine, events: u32) -> Result<(f64, f64)> {
     let started = Instant::now();
-    let mut done = 0u64;
-    let mut first = None;
-    let mut last_start = None;
-    let total = u64::from(events);
+    // (rows handled, when) at every batch boundary, the start included.
+    let mut boundaries = vec![(0u64, started)];
     loop {
-        if done >= total.saturating_sub(100) && last_start.is_none() {
-            last_start = Some((done, Instant::now()));
-        }
         let report = engine.process_inbox().await?;
         if report.failed > 0 {
             bail!("{} rows failed", report.failed);
@@ -93,14 +91,27 @@ pub async fn history_rates(engine: &Engine, events: u32) -> Result<(f64, f64)> {
         if report.handled() == 0 {
             break;
         }
-        done += u64::try_from(report.handled())?;
-        if done >= 500 && first.is_none() {
-            first = Some(per_sec(done, started.elapsed()));
-        }
+        let done = boundaries.last().map_or(0, |(done, _)| *done);
+        boundaries.push((done + u64::try_from(report.handled())?, Instant::now()));
     }
-    let (from, at) = last_start.context("the history run never reached its last 100 rows")?;
-    let last = per_sec(done - from, at.elapsed());
-    Ok((first.context("fewer than 500 rows")?, last))
+    let total = u64::from(events);
+    let (done, ended) = *boundaries.last().context("no rows handled")?;
+    if done != total {
+        bail!("the history run handled {done} rows of {total}");
+    }
+    let &(first_rows, first_end) = boundaries
+        .iter()
+        .find(|(done, _)| *done >= 500)
+        .context("fewer than 500 rows")?;
+    let &(last_from, last_start) = boundaries
+        .iter()
+        .rev()
+        .find(|(done, _)| *done + 100 <= total)
+        .context("fewer than 100 rows")?;
+    Ok((
+        per_sec(first_rows, first_end - started),
+        per_sec(total - last_from, ended - last_start),
+    ))
 }
 
 /// Deliveries ready to send: each event's signature header (signed now) and body.
