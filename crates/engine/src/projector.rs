@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::clock::Clock;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -19,6 +18,8 @@ use subledger_domain::entitlements::{BillingView, Entitlements, FeatureValue};
 use subledger_domain::ids::CustomerId;
 use subledger_store::projection::ViewRow;
 use subledger_store::{Checkpoint, Database, StoreError, StoredEvent};
+
+use crate::clock::Clock;
 
 /// How many log events one step reads.
 const BATCH: i64 = 500;
