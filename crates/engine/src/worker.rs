@@ -244,8 +244,34 @@ impl Engine {
             decided: Vec::new(),
             later: Vec::new(),
         };
+        // Each row read and translated once, and the lane's customers loaded in one query
+        // rather than one each.
+        let translated: Vec<(ClaimedEvent, Option<Translation>)> = lane
+            .into_iter()
+            .map(|row| {
+                let translation = serde_json::from_str::<serde_json::Value>(&row.payload)
+                    .ok()
+                    .and_then(|event| translate(&event).ok());
+                (row, translation)
+            })
+            .collect();
+        let customers: Vec<&str> = translated
+            .iter()
+            .filter_map(|(_, translation)| match translation {
+                Some(Translation::Customer { customer_id, .. }) => Some(customer_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        if let Err(error) = self
+            .customers
+            .preload(&self.db, &mut staged.work, &customers)
+            .await
+        {
+            // Staging then loads each customer itself.
+            tracing::warn!(%error, "the batch's customers could not be loaded at once");
+        }
         let mut held_back: HashSet<String> = HashSet::new();
-        for row in lane {
+        for (row, translation) in translated {
             let waits = row
                 .ordering_key
                 .as_ref()
@@ -253,7 +279,7 @@ impl Engine {
             let decided = if waits {
                 None
             } else {
-                self.stage(&mut staged.work, &row).await
+                self.stage(&mut staged.work, &row, translation).await
             };
             match decided {
                 Some(outcome) => staged.decided.push((row, outcome)),
@@ -269,10 +295,15 @@ impl Engine {
     }
 
     /// A row's outcome when it can be decided in memory: an ignored event, or a customer's
-    /// command staged in `work`. `None` for everything else.
-    async fn stage(&self, work: &mut UnitOfWork<Customer>, row: &ClaimedEvent) -> Option<Outcome> {
-        let event: serde_json::Value = serde_json::from_str(&row.payload).ok()?;
-        match translate(&event).ok()? {
+    /// command staged in `work`. `None` for everything else (an untranslatable row included:
+    /// run on its own, it reports why).
+    async fn stage(
+        &self,
+        work: &mut UnitOfWork<Customer>,
+        row: &ClaimedEvent,
+        translation: Option<Translation>,
+    ) -> Option<Outcome> {
+        match translation? {
             Translation::Ignored { reason } => Some(Outcome::Ignored(reason)),
             Translation::Customer {
                 customer_id,

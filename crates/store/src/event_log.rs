@@ -157,6 +157,55 @@ impl Database {
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
+    /// The events of several aggregates of one type, each after its own sequence, in one
+    /// query: ordered by aggregate, then sequence.
+    pub async fn events_after_sequences(
+        &self,
+        aggregate_type: &str,
+        after: &[(&str, i64)],
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        // Two bound values per aggregate, well under SQLite's limit.
+        const AGGREGATES_PER_QUERY: usize = 1_000;
+        let mut events = Vec::new();
+        for chunk in after.chunks(AGGREGATES_PER_QUERY) {
+            // The list drives the join, each aggregate read off the primary key from its
+            // sequence on (SQLite keeps a CROSS JOIN's order; PostgreSQL runs a LATERAL
+            // subquery per row): a planner left to itself scanned the whole log instead.
+            let (join, on) = match self {
+                Self::Sqlite(_) => (
+                    "CROSS JOIN events",
+                    " ON events.aggregate_id = known.column1 AND events.sequence > known.column2 \
+                     AND events.aggregate_type = ",
+                ),
+                Self::Postgres(_) => (
+                    "CROSS JOIN LATERAL (SELECT * FROM events",
+                    " WHERE events.aggregate_id = known.column1 \
+                     AND events.sequence > known.column2 AND events.aggregate_type = ",
+                ),
+            };
+            let rows: Vec<EventRow> = on_pool!(self, pool => {
+                let mut query = sqlx::QueryBuilder::new(format!(
+                    "SELECT {} FROM (",
+                    self.event_columns()
+                ));
+                query.push_values(chunk, |mut known, (id, sequence)| {
+                    known.push_bind(*id).push_bind(*sequence);
+                });
+                query.push(format!(") AS known {join}{on}"));
+                query.push_bind(aggregate_type);
+                if matches!(self, Self::Postgres(_)) {
+                    query.push(") AS events");
+                }
+                query.push(" ORDER BY events.aggregate_id, events.sequence");
+                query.build_query_as().fetch_all(pool).await?
+            });
+            for row in rows {
+                events.push(row.into_event()?);
+            }
+        }
+        Ok(events)
+    }
+
     /// The PaymentIntents whose events carry `order_id`.
     pub async fn payments_of_order(&self, order_id: &str) -> Result<Vec<String>, StoreError> {
         const SQL: &str = "SELECT DISTINCT aggregate_id FROM events

@@ -749,3 +749,54 @@ async fn finishing_a_batch_records_each_rows_own_outcome() {
         test.cleanup().await.unwrap();
     }
 }
+
+/// `preload` brings several aggregates into a unit of work with one query: one cached and
+/// since appended to by another writer, one only another writer knows, one with no events.
+/// Staged commands then see each at its current count, and the unit commits.
+#[tokio::test]
+async fn preloaded_aggregates_are_current() {
+    for test in ScratchDatabase::all().await.unwrap() {
+        let db = &test.database;
+        let bus = subledger_store::CommandBus::<counter::Counter>::new(db, Vec::new);
+        let other = subledger_store::CommandBus::<counter::Counter>::new(db, Vec::new);
+        for expected in 0..3 {
+            bus.execute("pre_cached", expected, &metadata("evt_counter"))
+                .await
+                .unwrap();
+        }
+        for expected in 3..5 {
+            other
+                .execute("pre_cached", expected, &metadata("evt_counter"))
+                .await
+                .unwrap();
+        }
+        for expected in 0..2 {
+            other
+                .execute("pre_elsewhere", expected, &metadata("evt_counter"))
+                .await
+                .unwrap();
+        }
+        let mut work = subledger_store::UnitOfWork::default();
+        bus.preload(db, &mut work, &["pre_cached", "pre_elsewhere", "pre_new"])
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", test.name));
+        for (id, count) in [("pre_cached", 5), ("pre_elsewhere", 2), ("pre_new", 0)] {
+            assert!(work.holds(id), "{}: {id} was not preloaded", test.name);
+            bus.stage(&mut work, id, count, &metadata("evt_counter"))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {id} at {count}: {e}", test.name));
+        }
+        assert_eq!(
+            db.commit_work(work.events(), &[], 3_000).await.unwrap(),
+            subledger_store::WorkCommit::Committed,
+            "{}",
+            test.name
+        );
+        bus.committed(work);
+        other
+            .execute("pre_cached", 6, &metadata("evt_counter"))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", test.name));
+        test.cleanup().await.unwrap();
+    }
+}
