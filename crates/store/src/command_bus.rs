@@ -255,15 +255,8 @@ impl<A: Aggregate<Services = ()> + Clone> CommandBus<A> {
                 metadata: serde_json::from_str(&stored.metadata_json)
                     .map_err(|e| unreadable(e.to_string()))?,
             };
-            let upcast = upcasters.iter().fold(serialized, |event, upcaster| {
-                if upcaster.can_upcast(&event.event_type, &event.event_version) {
-                    upcaster.upcast(event)
-                } else {
-                    event
-                }
-            });
-            let envelope =
-                EventEnvelope::<A>::try_from(upcast).map_err(|e| unreadable(e.to_string()))?;
+            let envelope = EventEnvelope::<A>::try_from(upcast(upcasters, serialized))
+                .map_err(|e| unreadable(e.to_string()))?;
             if let Some((sequence, aggregate)) = states.get_mut(&envelope.aggregate_id) {
                 *sequence = envelope.sequence;
                 aggregate.apply(envelope.payload);
@@ -414,14 +407,7 @@ where
             .get_last_events::<A>(aggregate_id, sequence)
             .await?;
         for serialized in newer {
-            let upcast = self.upcasters.iter().fold(serialized, |event, upcaster| {
-                if upcaster.can_upcast(&event.event_type, &event.event_version) {
-                    upcaster.upcast(event)
-                } else {
-                    event
-                }
-            });
-            let envelope = EventEnvelope::<A>::try_from(upcast)?;
+            let envelope = EventEnvelope::<A>::try_from(upcast(&self.upcasters, serialized))?;
             sequence = envelope.sequence;
             aggregate.apply(envelope.payload);
         }
@@ -456,6 +442,17 @@ where
             Err(error) => Err(error),
         }
     }
+}
+
+/// `event` in today's shape: each upcaster that knows its type and version applied in turn.
+fn upcast(upcasters: &[Box<dyn EventUpcaster>], event: SerializedEvent) -> SerializedEvent {
+    upcasters.iter().fold(event, |event, upcaster| {
+        if upcaster.can_upcast(&event.event_type, &event.event_version) {
+            upcaster.upcast(event)
+        } else {
+            event
+        }
+    })
 }
 
 /// Runs `run` again while it fails on optimistic concurrency, up to [`CONFLICT_RETRIES`]
