@@ -5,6 +5,7 @@
 //! (and one fsync) instead of queueing for one each. Each caller is answered only after the
 //! commit that holds its row.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use subledger_store::{Database, NewInboxEvent, StoreError};
@@ -41,6 +42,24 @@ type Reply = oneshot::Sender<Result<bool, Arc<StoreError>>>;
 #[derive(Debug, Clone)]
 pub(crate) struct InboxWriter {
     requests: mpsc::Sender<(NewInboxEvent, Reply)>,
+    /// Deliveries sent and not yet answered.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts a delivery as waiting until it is answered or its request is dropped.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl InboxWriter {
@@ -72,11 +91,20 @@ impl InboxWriter {
                 }
             }
         });
-        Self { requests }
+        Self {
+            requests,
+            waiting: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// How many deliveries are waiting for their row to be stored.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Stores one event; `Ok(true)` if it was new.
     pub(crate) async fn store(&self, event: NewInboxEvent) -> Result<bool, Arc<StoreError>> {
+        let _waiting = Waiting::new(&self.waiting);
         let (reply, answer) = oneshot::channel();
         let closed = || {
             Arc::new(StoreError::Corrupt(
@@ -114,4 +142,51 @@ pub(crate) fn inbox_row(
         received_at_ms,
         correlation_id: correlation_id.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A delivery counts as waiting from its send until it is answered, or until its request
+    /// is dropped (a client that hung up): the worker never waits on a count that leaked.
+    #[tokio::test]
+    async fn a_delivery_waits_until_answered_or_dropped() {
+        let (requests, mut receiver) = mpsc::channel::<(NewInboxEvent, Reply)>(4);
+        let writer = InboxWriter {
+            requests,
+            waiting: Arc::new(AtomicUsize::new(0)),
+        };
+        let row = || NewInboxEvent {
+            event_id: "evt_1".to_owned(),
+            event_type: "customer.created".to_owned(),
+            api_version: None,
+            livemode: false,
+            account: None,
+            ordering_key: None,
+            stripe_created: 1,
+            payload: "{}".to_owned(),
+            received_at_ms: 1,
+            correlation_id: "corr_1".to_owned(),
+        };
+        let answered = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.store(row()).await }
+        });
+        let (_, reply) = receiver.recv().await.unwrap();
+        assert_eq!(writer.waiting(), 1);
+        reply.send(Ok(true)).unwrap();
+        assert!(answered.await.unwrap().unwrap());
+        assert_eq!(writer.waiting(), 0);
+
+        let abandoned = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.store(row()).await }
+        });
+        let _request = receiver.recv().await.unwrap();
+        assert_eq!(writer.waiting(), 1);
+        abandoned.abort();
+        let _ = abandoned.await;
+        assert_eq!(writer.waiting(), 0);
+    }
 }
