@@ -27,17 +27,13 @@ pub struct NewInboxEvent {
     pub correlation_id: String,
 }
 
-/// Finishes one claimed row.
-const FINISH_SQL: &str = "UPDATE inbox SET status = $1, outcome = $2, processed_at_ms = $3,
-                                 locked_until_ms = NULL, last_error = NULL
-                           WHERE event_id = $4";
-
 /// Rows one statement finishes: three bound values each, well under SQLite's limit.
 const ROWS_PER_FINISH: usize = 1_000;
 
-/// [`FINISH_SQL`] for many rows in one statement (`UPDATE … FROM (VALUES …)`, which both
-/// stores read alike, SQLite since 3.33): a statement per row was a round trip per row on
-/// PostgreSQL, a fifth of the worker's time in its log of statement durations.
+/// Marks rows finished, each with its own status and outcome, lease and error cleared: one
+/// statement for many rows (`UPDATE … FROM (VALUES …)`, which both stores read alike, SQLite
+/// since 3.33). A statement per row was a round trip per row on PostgreSQL, a fifth of the
+/// worker's time in its log of statement durations.
 fn finish_rows<DB: sqlx::Database>(rows: &[FinishedRow], now_ms: i64) -> QueryBuilder<'_, DB>
 where
     for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -258,16 +254,15 @@ impl Database {
         outcome: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
-            sqlx::query(FINISH_SQL)
-                .bind(status.as_str())
-                .bind(outcome)
-                .bind(now_ms)
-                .bind(event_id)
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
+        self.finish_inbox_events(
+            &[FinishedRow {
+                event_id: event_id.to_owned(),
+                status,
+                outcome: outcome.to_owned(),
+            }],
+            now_ms,
+        )
+        .await
     }
 
     /// Appends the events of a unit of work and finishes the inbox rows they came from, in one
