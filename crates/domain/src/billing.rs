@@ -207,12 +207,26 @@ pub struct SubscriptionItem {
     pub quantity: u64,
 }
 
+/// A vector with room for what it holds and no more. serde's own grows by doubling, from four,
+/// when the format does not say how many elements come (JSON does not): a subscription's one
+/// item would keep room for four in every view a server holds in memory.
+fn exact_vec<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let mut elements = Vec::<T>::deserialize(deserializer)?;
+    elements.shrink_to_fit();
+    Ok(elements)
+}
+
 /// A subscription as Stripe described it at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionSnapshot {
     pub id: SubscriptionId,
     pub customer_id: CustomerId,
     pub status: SubscriptionStatus,
+    #[serde(deserialize_with = "exact_vec")]
     pub items: Vec<SubscriptionItem>,
     pub cancel_at_period_end: bool,
     pub cancel_at: Option<DateTime<Utc>>,
@@ -239,6 +253,7 @@ pub enum WriteOff {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NextPhase {
     pub starts_at: DateTime<Utc>,
+    #[serde(deserialize_with = "exact_vec")]
     pub items: Vec<SubscriptionItem>,
 }
 

@@ -122,6 +122,11 @@ impl Catalog {
         &self.policy
     }
 
+    /// Every plan, by name.
+    pub fn plans(&self) -> impl Iterator<Item = &Plan> {
+        self.plans.values()
+    }
+
     pub fn plan(&self, name: &str) -> Option<&Plan> {
         self.plans.get(name)
     }

@@ -169,7 +169,8 @@ impl Engine {
     pub async fn start(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
         let db = Database::connect(&config.database_url).await?;
         db.migrate().await?;
-        let entitlements = EntitlementIndex::new(config.user_id_metadata_key.clone());
+        let entitlements =
+            EntitlementIndex::new(config.user_id_metadata_key.clone(), &config.catalog);
         let projector =
             BillingProjector::load(&db, &config.catalog, &entitlements, config.clock.now()).await?;
         let inbox_stored = Arc::new(Notify::new());

@@ -14,6 +14,7 @@
 
 pub mod backfill;
 pub mod clock;
+mod compact_answer;
 mod config;
 mod engine;
 pub mod explain;
@@ -27,6 +28,7 @@ pub mod worker;
 pub use backfill::{
     BackfillError, BackfillOptions, BackfillPhase, BackfillProgress, BackfillSummary,
 };
+pub use compact_answer::CorruptAnswer;
 pub use config::EngineConfig;
 pub use engine::{
     Basis, Engine, EngineError, ReplaySummary, Shutdown, TimelineEntry, ViewDifference,

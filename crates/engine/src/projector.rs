@@ -20,6 +20,7 @@ use subledger_store::projection::ViewRow;
 use subledger_store::{Checkpoint, Database, StoreError, StoredEvent};
 
 use crate::clock::Clock;
+use crate::compact_answer::{AnswerDictionary, CompactJson, CorruptAnswer};
 
 /// How many log events one step reads.
 const BATCH: i64 = 500;
@@ -42,12 +43,13 @@ pub const BILLING_VIEW_VERSION: i32 = 3;
 pub type Features = BTreeMap<String, FeatureValue>;
 
 /// A customer's prepared answer: what a request needs, and nothing it does not. The full
-/// [`Entitlements`] are not kept (they cost more than the JSON made from them); the features
-/// are shared with every customer that has the same ones, and the view is the projector's own.
+/// [`Entitlements`] are not kept (they cost more than the JSON made from them); the JSON is
+/// kept compressed (see [`crate::compact_answer`]), the features are shared with every
+/// customer that has the same ones, and the view is the projector's own.
 #[derive(Debug)]
 pub struct CustomerEntitlements {
     /// `GET /v1/customers/{id}/entitlements`, serialized once when the answer changed.
-    pub json: Bytes,
+    json: CompactJson,
     features: Arc<Features>,
     /// When the answer stops holding without any new event (a grace period's end).
     valid_until: Option<DateTime<Utc>>,
@@ -56,6 +58,11 @@ pub struct CustomerEntitlements {
 }
 
 impl CustomerEntitlements {
+    /// The answer of `GET /v1/customers/{id}/entitlements`, as JSON.
+    pub fn json(&self) -> Result<Bytes, CorruptAnswer> {
+        self.json.expand()
+    }
+
     /// One feature's answer; a feature the customer's plans do not grant is disabled.
     pub fn feature(&self, name: &str) -> FeatureValue {
         self.features
@@ -96,12 +103,13 @@ impl FeaturePool {
 
 /// Entitlements by customer id, read by request handlers, written by the projector; and the
 /// customer of each product user id (the customer metadata key the config names).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EntitlementIndex {
     by_customer: RwLock<HashMap<String, Arc<CustomerEntitlements>>>,
     users: RwLock<UserIndex>,
     user_key: String,
     features: Mutex<FeaturePool>,
+    dictionary: Arc<AnswerDictionary>,
 }
 
 #[derive(Debug, Default)]
@@ -111,10 +119,14 @@ struct UserIndex {
 }
 
 impl EntitlementIndex {
-    pub fn new(user_key: impl Into<String>) -> Self {
+    /// An empty index for answers resolved with `catalog`.
+    pub fn new(user_key: impl Into<String>, catalog: &Catalog) -> Self {
         Self {
+            by_customer: RwLock::default(),
+            users: RwLock::default(),
             user_key: user_key.into(),
-            ..Self::default()
+            features: Mutex::default(),
+            dictionary: AnswerDictionary::for_catalog(catalog),
         }
     }
 
@@ -172,11 +184,9 @@ impl EntitlementIndex {
         at: DateTime<Utc>,
     ) -> Result<CustomerEntitlements, serde_json::Error> {
         let entitlements = Entitlements::resolve(&view, catalog, at);
-        // Serializing grows the buffer by doubling; the answer is kept for every customer,
-        // so it keeps only its length.
-        let mut json = serde_json::to_vec(&entitlements)?;
-        json.shrink_to_fit();
-        let json = Bytes::from(json);
+        let json = self
+            .dictionary
+            .compress(&serde_json::to_vec(&entitlements)?);
         let features = self
             .features
             .lock()

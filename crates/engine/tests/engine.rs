@@ -275,8 +275,8 @@ async fn projections_rebuilt_from_the_log_equal_the_live_ones_and_survive_restar
             let other = Engine::start(config(&h.test_db.url, &clock)).await.unwrap();
             assert_eq!(other.current_views().await, live);
             assert_eq!(
-                other.entitlements("cus_a").unwrap().json,
-                h.engine.entitlements("cus_a").unwrap().json
+                other.entitlements("cus_a").unwrap().json().unwrap(),
+                h.engine.entitlements("cus_a").unwrap().json().unwrap()
             );
             other.close().await;
         }

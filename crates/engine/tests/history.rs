@@ -83,7 +83,7 @@ async fn two_customers(h: &Harness) {
 
 fn plans(engine: &Engine, customer: &str) -> Vec<String> {
     let answer: serde_json::Value =
-        serde_json::from_slice(&engine.entitlements(customer).unwrap().json).unwrap();
+        serde_json::from_slice(&engine.entitlements(customer).unwrap().json().unwrap()).unwrap();
     serde_json::from_value(answer["plans"].clone()).unwrap()
 }
 

@@ -52,7 +52,7 @@ async fn answers(engine: &Engine, at: DateTime<Utc>, customers: &[String]) -> Va
             .unwrap();
         let served: Value = engine
             .entitlements(customer)
-            .map(|found| serde_json::from_slice(&found.json).unwrap())
+            .map(|found| serde_json::from_slice(&found.json().unwrap()).unwrap())
             .unwrap_or(Value::Null);
         let explained = engine
             .explain(customer, "sso", Some((at, Basis::Effective)))

@@ -161,11 +161,15 @@ async fn entitlements_of(
         .engine
         .entitlements(customer_id)
         .ok_or_else(|| not_found(customer_id))?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        found.json.clone(),
-    )
-        .into_response())
+    let json = found.json().map_err(|error| {
+        tracing::error!(%error, customer_id, "a prepared answer cannot be expanded");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "answer_unavailable",
+            "this customer's entitlements cannot be answered right now",
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -108,7 +108,7 @@ async fn wait_for_plan(engine: &Engine, customer: &str, plan: &str) {
     loop {
         let plans = engine
             .entitlements(customer)
-            .and_then(|e| serde_json::from_slice::<Value>(&e.json).ok())
+            .and_then(|e| serde_json::from_slice::<Value>(&e.json().ok()?).ok())
             .map(|answer| answer["plans"].clone());
         if plans
             .as_ref()

@@ -77,7 +77,7 @@ impl Harness {
             .engine
             .entitlements(customer)
             .expect("customer is known");
-        serde_json::from_slice(&found.json).unwrap()
+        serde_json::from_slice(&found.json().unwrap()).unwrap()
     }
 
     pub async fn cleanup(self) {
