@@ -235,6 +235,14 @@ impl Engine {
     /// since the save itself is conditional on the generation; an idle one notices a
     /// `subledger replay` at its next poll.
     pub async fn project(&self) -> Result<usize, ProjectionError> {
+        self.project_pausing(|| std::future::ready(())).await
+    }
+
+    /// [`Self::project`], awaiting `between_batches` after each batch of the log it saved.
+    async fn project_pausing<Pause: std::future::Future<Output = ()>>(
+        &self,
+        between_batches: impl FnMut() -> Pause,
+    ) -> Result<usize, ProjectionError> {
         let mut projector = self.projector.lock().await;
         let now = self.config.clock.now();
         if projector.should_check_generation(GENERATION_CHECK)
@@ -246,7 +254,13 @@ impl Engine {
                     .await?;
         }
         projector
-            .catch_up(&self.db, &self.config.catalog, &self.entitlements, now)
+            .catch_up(
+                &self.db,
+                &self.config.catalog,
+                &self.entitlements,
+                now,
+                between_batches,
+            )
             .await
     }
 
@@ -648,12 +662,13 @@ impl Engine {
         })
     }
 
-    /// Between batches, a busy worker lets webhook deliveries that are waiting go first: each
-    /// holds Stripe's request open, while the worker's rows only wait in the inbox. It waits
-    /// at most [`WORKER_YIELD`] per batch, so it still keeps up under sustained ingest, and not
-    /// at all when nothing is waiting. (`make bench`: with ingest at half its one-connection
-    /// rate and the worker applying the same deliveries, acknowledgements queued behind the
-    /// worker on 2 cores, SQLite's one writer most of all.)
+    /// Between batches, a busy worker (or projector) lets webhook deliveries that are waiting
+    /// go first: each holds Stripe's request open, while the worker's rows only wait in the
+    /// inbox and the projector's events in the log. It waits at most [`WORKER_YIELD`] per
+    /// batch, so it still keeps up under sustained ingest, and not at all when nothing is
+    /// waiting. (`make bench`: with ingest at half its one-connection rate and the worker
+    /// applying the same deliveries, acknowledgements queued behind the worker and the
+    /// projector on 2 cores, SQLite's one writer most of all.)
     async fn yield_to_ingest(&self) {
         let deadline = tokio::time::Instant::now() + WORKER_YIELD;
         while self.inbox.waiting() > 0 && tokio::time::Instant::now() < deadline {
@@ -666,7 +681,9 @@ impl Engine {
         let engine = Arc::clone(self);
         tokio::spawn(async move {
             while !shutdown.is_requested() {
-                if let Err(error) = engine.project().await {
+                // Between batches it lets waiting deliveries go first, as the worker does:
+                // its saves share the store's writer with them.
+                if let Err(error) = engine.project_pausing(|| engine.yield_to_ingest()).await {
                     tracing::error!(%error, "projector failed; retrying");
                 }
                 shutdown

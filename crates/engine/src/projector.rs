@@ -500,16 +500,21 @@ impl BillingProjector {
         }
     }
 
-    /// Applies everything the log has after the checkpoint. Returns how many events it applied.
-    pub(crate) async fn catch_up(
+    /// Applies everything the log has after the checkpoint, awaiting `between_batches` after
+    /// each batch it saved. Returns how many events it applied.
+    pub(crate) async fn catch_up<Pause: std::future::Future<Output = ()>>(
         &mut self,
         db: &Database,
         catalog: &Catalog,
         index: &EntitlementIndex,
         now: DateTime<Utc>,
+        mut between_batches: impl FnMut() -> Pause,
     ) -> Result<usize, ProjectionError> {
         let mut applied = 0;
         loop {
+            if applied > 0 {
+                between_batches().await;
+            }
             let events = db.read_events_after(self.applied, BATCH).await?;
             let Some(last) = events.last().map(|e| e.checkpoint) else {
                 self.last_step_idle = applied == 0;
