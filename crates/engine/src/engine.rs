@@ -557,18 +557,23 @@ impl Engine {
         let started = std::time::Instant::now();
         let rebuilt = BillingProjector::rebuild(&self.db, None, on_progress).await?;
         let rebuilt_in = started.elapsed();
-        let generation = rebuilt.replace_saved(&self.db).await?;
         let customers = rebuilt.views().len();
+        // The views are saved in a task of their own while the answers are prepared here:
+        // the answers are published only once the save has committed.
+        let save = rebuilt.spawn_replace_saved(&self.db);
+        let answers = rebuilt.prepare_answers(
+            &self.config.catalog,
+            &self.entitlements,
+            self.config.clock.now(),
+        );
+        let generation = save
+            .await
+            .map_err(|e| ProjectionError::Task(e.to_string()))??;
         // This process serves from the rebuilt views too: they are already in memory, so they
         // take the place of its projector's instead of being read back from the store.
         {
             let mut projector = self.projector.lock().await;
-            *projector = rebuilt.adopt_as_saved(
-                generation,
-                &self.config.catalog,
-                &self.entitlements,
-                self.config.clock.now(),
-            )?;
+            *projector = rebuilt.adopt_as_saved(generation, answers?, &self.entitlements);
         }
         self.project().await?;
         Ok(ReplaySummary {

@@ -274,8 +274,8 @@ pub enum ProjectionError {
     Serialize(#[from] serde_json::Error),
     #[error(transparent)]
     NewerEvent(#[from] subledger_domain::schema::UnknownVersion),
-    #[error("reading the event log stopped: {0}")]
-    ReadTask(String),
+    #[error("a projection task stopped: {0}")]
+    Task(String),
 }
 
 /// A stored domain event's payload in today's shape (upcast from the version it was stored
@@ -423,43 +423,68 @@ impl BillingProjector {
             on_progress(applied);
             events = next
                 .await
-                .map_err(|e| ProjectionError::ReadTask(e.to_string()))??;
+                .map_err(|e| ProjectionError::Task(e.to_string()))??;
         }
     }
 
     /// Saves this projector's views in place of every saved one (see
     /// [`Database::replace_billing_views`]); returns the new generation.
     pub(crate) async fn replace_saved(&self, db: &Database) -> Result<i64, ProjectionError> {
-        let rows = self
-            .views
-            .values()
-            .map(|view| {
-                Ok(ViewRow {
-                    key: view.customer_id.as_str().to_owned(),
-                    json: serde_json::to_string(view)?,
-                })
-            })
-            .collect::<Result<Vec<_>, serde_json::Error>>()?;
-        Ok(db
-            .replace_billing_views(self.applied, &rows, BILLING_VIEW_VERSION)
-            .await?)
+        self.spawn_replace_saved(db)
+            .await
+            .map_err(|e| ProjectionError::Task(e.to_string()))?
     }
 
-    /// This rebuilt projector, just saved by [`Self::replace_saved`] as `generation`, made the
-    /// one that serves: it saves from now on, and the index answers from its views.
-    pub(crate) fn adopt_as_saved(
-        mut self,
-        generation: i64,
+    /// [`Self::replace_saved`] in a task of its own, serializing the views there too, so that
+    /// the caller can prepare the answers on the other core meanwhile (a replay's save and
+    /// its answers took about as long as each other, one after the other).
+    pub(crate) fn spawn_replace_saved(
+        &self,
+        db: &Database,
+    ) -> tokio::task::JoinHandle<Result<i64, ProjectionError>> {
+        let views: Vec<Arc<BillingView>> = self.views.values().cloned().collect();
+        let applied = self.applied;
+        let db = db.clone();
+        tokio::spawn(async move {
+            let rows = views
+                .iter()
+                .map(|view| {
+                    Ok(ViewRow {
+                        key: view.customer_id.as_str().to_owned(),
+                        json: serde_json::to_string(view)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, serde_json::Error>>()?;
+            Ok(db
+                .replace_billing_views(applied, &rows, BILLING_VIEW_VERSION)
+                .await?)
+        })
+    }
+
+    /// Every customer's answer from this projector's views, for [`Self::adopt_as_saved`].
+    pub(crate) fn prepare_answers(
+        &self,
         catalog: &Catalog,
         index: &EntitlementIndex,
         now: DateTime<Utc>,
-    ) -> Result<Self, ProjectionError> {
+    ) -> Result<Vec<(String, Arc<CustomerEntitlements>)>, ProjectionError> {
+        self.resolve(self.views.keys(), index, catalog, now)
+    }
+
+    /// This rebuilt projector, saved as `generation`, made the one that serves: it saves from
+    /// now on, and the index answers with `answers` (from [`Self::prepare_answers`]).
+    pub(crate) fn adopt_as_saved(
+        mut self,
+        generation: i64,
+        answers: Vec<(String, Arc<CustomerEntitlements>)>,
+        index: &EntitlementIndex,
+    ) -> Self {
         self.saved = self.applied;
         self.generation = generation;
         self.generation_checked = std::time::Instant::now();
         self.changed_at.clear();
-        index.replace_all(self.resolve(self.views.keys(), index, catalog, now)?);
-        Ok(self)
+        index.replace_all(answers);
+        self
     }
 
     /// Whether the saved views were rebuilt (by `subledger replay`, or another server's
