@@ -77,11 +77,14 @@ impl Dunning {
         policy: &AccessPolicy,
         at: DateTime<Utc>,
     ) -> Self {
+        // Stripe's times arrive in signed events and may be anywhere chrono can hold: a grace
+        // period that would end past the last representable moment never ends.
+        let grace_ends_at = unpaid.and_then(|u| u.since.checked_add_signed(policy.grace_period));
         let from_invoice = |state: DunningState| Self {
             state,
             attempt: unpaid.map_or(0, |u| u.attempt),
             next_attempt_at: unpaid.and_then(|u| u.next_attempt_at),
-            grace_ends_at: unpaid.map(|u| u.since + policy.grace_period),
+            grace_ends_at,
             since: unpaid.map(|u| u.since),
         };
         match subscription.status {
@@ -101,7 +104,7 @@ impl Dunning {
             | SubscriptionStatus::Active
             | SubscriptionStatus::Trialing => {
                 match unpaid {
-                    Some(u) if at >= u.since + policy.grace_period => {
+                    Some(_) if grace_ends_at.is_some_and(|ends| at >= ends) => {
                         from_invoice(DunningState::Suspended)
                     }
                     Some(_) => from_invoice(DunningState::PastDue),
@@ -174,6 +177,25 @@ mod tests {
         assert_eq!(dunning.grace_ends_at, Some(at(7)));
         assert_eq!(dunning.next_attempt_at, Some(at(3)));
         assert!(!dunning.blocks_access());
+    }
+
+    #[test]
+    fn a_failure_at_the_end_of_representable_time_keeps_a_grace_period_that_never_ends() {
+        // A signed event may carry any `created` chrono can hold; adding the grace period to
+        // the last one overflowed and panicked.
+        let late = UnpaidInvoice {
+            since: DateTime::<Utc>::MAX_UTC,
+            ..unpaid(1)
+        };
+        let dunning = Dunning::assess(
+            &subscription(SubscriptionStatus::PastDue),
+            Some(&late),
+            &AccessPolicy::default(),
+            DateTime::<Utc>::MAX_UTC,
+        );
+        assert_eq!(dunning.state, DunningState::PastDue);
+        assert_eq!(dunning.grace_ends_at, None);
+        assert_eq!(dunning.since, Some(DateTime::<Utc>::MAX_UTC));
     }
 
     #[test]
