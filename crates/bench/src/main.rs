@@ -194,7 +194,11 @@ async fn start_engine(url: &str, args: &Args) -> Result<Arc<Engine>> {
 async fn serve(engine: Arc<Engine>) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = subledger_server::router(engine, vec![subledger_server::ApiToken::new(API_TOKEN)]);
+    let tokens = subledger_server::ApiTokens::new(
+        vec![subledger_server::ApiToken::new(&API_TOKEN.into())],
+        Vec::new(),
+    );
+    let app = subledger_server::router(engine, tokens);
     let server = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             eprintln!("the bench server stopped: {error}");

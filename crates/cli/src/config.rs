@@ -1,5 +1,7 @@
 //! Command-line flags, each with its `SUBLEDGER_` environment variable. Secrets come from the
-//! environment only, so they never show up in `ps` or shell history, and are never printed.
+//! environment only (or from a file named by `<VARIABLE>_FILE`, as Docker and Kubernetes
+//! secrets are mounted), so they never show up in `ps` or shell history; they are held in
+//! `secrecy`'s `SecretString` and never printed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,9 +10,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
 use subledger_domain::catalog::Catalog;
 use subledger_engine::{EngineConfig, StripeObjects, WebhookSecret};
-use subledger_server::ApiToken;
+use subledger_server::{ApiToken, ApiTokens};
 use subledger_stripe_client::{ApiKey, ReadPolicy, StripeApi, StripeReader};
 
 #[derive(Debug, Parser)]
@@ -227,7 +230,7 @@ pub struct SimulatorServeArgs {
     #[arg(
         long,
         env = "SUBLEDGER_SIMULATOR_WEBHOOK_SECRET",
-        default_value = "whsec_subledger_local_development",
+        default_value = DEVELOPMENT_WEBHOOK_SECRET,
         hide_env_values = true,
         hide_default_value = true
     )]
@@ -281,6 +284,12 @@ pub struct ServeArgs {
     /// Do not process the inbox in this process (run `subledger worker` separately).
     #[arg(long, env = "SUBLEDGER_NO_WORKER")]
     pub no_worker: bool,
+
+    /// Serve `/v1` reads without a token on an address other than loopback. Without it, such
+    /// a server refuses to start unless SUBLEDGER_API_TOKENS or SUBLEDGER_ADMIN_TOKENS is set.
+    /// Writes (holds) need an admin token either way.
+    #[arg(long, env = "SUBLEDGER_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -393,24 +402,55 @@ impl EngineArgs {
     }
 }
 
+/// The webhook secret the README, the Makefile and the simulator use. Anyone can sign with it,
+/// so `serve` refuses it on any address but loopback.
+pub const DEVELOPMENT_WEBHOOK_SECRET: &str = "whsec_subledger_local_development";
+
+/// A secret from `name`, or from the file `<name>_FILE` names (its contents, without the
+/// trailing newline). Both set is an error: which one wins would be a guess.
+pub fn secret_var(name: &str) -> anyhow::Result<Option<SecretString>> {
+    let file_var = format!("{name}_FILE");
+    let direct = std::env::var_os(name);
+    let file = std::env::var_os(&file_var);
+    match (direct, file) {
+        (Some(_), Some(_)) => bail!("{name} and {file_var} are both set: set one of them"),
+        (Some(value), None) => match value.into_string() {
+            Ok(value) => Ok(Some(SecretString::from(value))),
+            Err(_) => bail!("{name} is not valid UTF-8"),
+        },
+        (None, Some(path)) => {
+            let path = PathBuf::from(path);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{file_var}: reading {}", path.display()))?;
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text.is_empty() {
+                bail!("{file_var}: {} is empty", path.display());
+            }
+            Ok(Some(SecretString::from(text)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// `SUBLEDGER_STRIPE_READ_KEY`, when set; never printed.
 fn read_key() -> anyhow::Result<Option<String>> {
-    let Ok(key) = std::env::var("SUBLEDGER_STRIPE_READ_KEY") else {
+    let Some(key) = secret_var("SUBLEDGER_STRIPE_READ_KEY")? else {
         return Ok(None);
     };
+    let key = key.expose_secret();
     if !["rk_", "sk_"].iter().any(|prefix| key.starts_with(prefix)) {
         bail!("SUBLEDGER_STRIPE_READ_KEY does not start with rk_ or sk_ (use a restricted key with read access to customers, subscriptions and entitlements)");
     }
-    Ok(Some(key))
+    Ok(Some(key.to_owned()))
 }
 
 /// `SUBLEDGER_WEBHOOK_SECRETS`: comma-separated `whsec_…` secrets (two while rotating).
 fn webhook_secrets() -> anyhow::Result<Vec<WebhookSecret>> {
-    let Ok(value) = std::env::var("SUBLEDGER_WEBHOOK_SECRETS") else {
+    let Some(value) = secret_var("SUBLEDGER_WEBHOOK_SECRETS")? else {
         return Ok(Vec::new());
     };
     let mut secrets = Vec::new();
-    for (index, secret) in list(&value).enumerate() {
+    for (index, secret) in list(value.expose_secret()).enumerate() {
         if !secret.starts_with("whsec_") {
             // Say which entry, never what it is.
             bail!(
@@ -423,11 +463,49 @@ fn webhook_secrets() -> anyhow::Result<Vec<WebhookSecret>> {
     Ok(secrets)
 }
 
-/// `SUBLEDGER_API_TOKENS`: comma-separated bearer tokens for `/v1`.
-pub fn api_tokens() -> Vec<ApiToken> {
-    std::env::var("SUBLEDGER_API_TOKENS")
-        .map(|value| list(&value).map(ApiToken::new).collect())
-        .unwrap_or_default()
+/// `SUBLEDGER_API_TOKENS` (read) and `SUBLEDGER_ADMIN_TOKENS` (admin): comma-separated bearer
+/// tokens for `/v1`. A token in both lists is an admin token.
+pub fn api_tokens() -> anyhow::Result<ApiTokens> {
+    let tokens = |name: &str| -> anyhow::Result<Vec<ApiToken>> {
+        let Some(value) = secret_var(name)? else {
+            return Ok(Vec::new());
+        };
+        let tokens: Vec<ApiToken> = list(value.expose_secret())
+            .map(|token| ApiToken::new(&SecretString::from(token)))
+            .collect();
+        if tokens.is_empty() {
+            bail!("{name} is set but holds no token");
+        }
+        Ok(tokens)
+    };
+    Ok(ApiTokens::new(
+        tokens("SUBLEDGER_API_TOKENS")?,
+        tokens("SUBLEDGER_ADMIN_TOKENS")?,
+    ))
+}
+
+/// Refuses to serve, on any address but loopback, what anyone could abuse: webhooks signed
+/// with the development secret everyone knows (an event granting any plan), or `/v1` with no
+/// token at all unless `allow_unauthenticated` says so.
+pub fn check_exposure(
+    addr: SocketAddr,
+    webhook_secrets: &[WebhookSecret],
+    tokens: &ApiTokens,
+    allow_unauthenticated: bool,
+) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if webhook_secrets
+        .iter()
+        .any(|secret| secret.is(DEVELOPMENT_WEBHOOK_SECRET))
+    {
+        bail!("refusing to serve on {addr} with the development webhook secret: anyone can sign events with it. Set SUBLEDGER_WEBHOOK_SECRETS to your endpoint's signing secret from Stripe");
+    }
+    if tokens.is_empty() && !allow_unauthenticated {
+        bail!("refusing to serve /v1 on {addr} without a token: set SUBLEDGER_API_TOKENS (read) and SUBLEDGER_ADMIN_TOKENS (admin), or pass --allow-unauthenticated to open reads to anyone who can reach it");
+    }
+    Ok(())
 }
 
 fn list(value: &str) -> impl Iterator<Item = &str> {

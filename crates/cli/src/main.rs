@@ -77,9 +77,15 @@ async fn serve(database_url: &str, args: ServeArgs) -> anyhow::Result<()> {
     if config.webhook_secrets.is_empty() {
         tracing::warn!("SUBLEDGER_WEBHOOK_SECRETS is not set: webhooks will be refused with 500");
     }
-    let api_tokens = config::api_tokens();
+    let api_tokens = config::api_tokens()?;
+    config::check_exposure(
+        args.addr,
+        &config.webhook_secrets,
+        &api_tokens,
+        args.allow_unauthenticated,
+    )?;
     if api_tokens.is_empty() {
-        tracing::warn!("SUBLEDGER_API_TOKENS is not set: /v1 is open to anyone who can reach it");
+        tracing::warn!("no API token is set: /v1 reads are open to anyone who can reach {}, and holds are refused (set SUBLEDGER_API_TOKENS and SUBLEDGER_ADMIN_TOKENS)", args.addr);
     }
     let engine = Engine::start(config).await.context("starting the engine")?;
     let (stop, shutdown) = Shutdown::new();

@@ -100,7 +100,11 @@ fn live_options(args: &ScenarioRunArgs) -> anyhow::Result<LiveOptions> {
     Ok(LiveOptions {
         api,
         engine,
-        engine_token: std::env::var("SUBLEDGER_API_TOKEN").ok(),
+        // Scenarios place and lift holds, which need an admin token; a read token does for
+        // scenarios that only read.
+        engine_token: ["SUBLEDGER_ADMIN_TOKEN", "SUBLEDGER_API_TOKEN"]
+            .into_iter()
+            .find_map(|name| std::env::var(name).ok()),
         settle_timeout: std::time::Duration::from_secs(args.settle_timeout_secs),
         clock_timeout: std::time::Duration::from_secs(120),
         poll_interval: std::time::Duration::from_secs(1),

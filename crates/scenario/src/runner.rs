@@ -186,7 +186,7 @@ async fn play(
     let engine = Engine::start(config)
         .await
         .map_err(|e| RunError::Engine(e.to_string()))?;
-    let router = subledger_server::router(engine.clone(), Vec::new());
+    let router = subledger_server::router(engine.clone(), subledger_server::ApiTokens::none());
     let mut deliverer = Deliverer::new(
         options.delivery,
         options.seed,

@@ -17,6 +17,8 @@ use subledger_stripe_client::{ApiKey, StripeApi};
 use tokio::net::TcpListener;
 
 const SECRET: &str = "whsec_live_runner_test";
+/// The admin token of the Subledger the live runner checks (it places and lifts holds).
+const LIVE_ADMIN_TOKEN: &str = "sl_admin_live_runner";
 
 async fn serve(app: axum::Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -66,12 +68,19 @@ async fn setup(catalog: subledger_domain::catalog::Catalog, namespace: &str) -> 
     std::mem::forget(stop);
     let engine_addr = serve_on(
         engine_listener,
-        subledger_server::router(engine, Vec::new()),
+        subledger_server::router(
+            engine,
+            subledger_server::ApiTokens::new(
+                Vec::new(),
+                vec![subledger_server::ApiToken::new(&LIVE_ADMIN_TOKEN.into())],
+            ),
+        ),
     );
     LiveOptions {
         api,
         engine: engine_addr,
-        engine_token: None,
+        // Scenarios place and lift holds: an admin token.
+        engine_token: Some(LIVE_ADMIN_TOKEN.to_owned()),
         settle_timeout: Duration::from_secs(10),
         clock_timeout: Duration::from_secs(10),
         poll_interval: Duration::from_millis(20),

@@ -12,7 +12,7 @@ use subledger_domain::customer::CustomerError;
 use subledger_domain::ids::SubscriptionId;
 use subledger_engine::EngineError;
 
-use crate::auth::Authorized;
+use crate::auth::Admin;
 use crate::entitlements::engine_failed;
 use crate::error::ApiError;
 use crate::webhooks::correlation_id;
@@ -72,16 +72,19 @@ fn refused(error: EngineError, customer_id: &str) -> ApiError {
 }
 
 /// An operator takes access away (from the customer, or one subscription) until lifted.
+/// Needs an admin token (`SUBLEDGER_ADMIN_TOKENS`).
 #[utoipa::path(post, path = "/v1/customers/{customer_id}/holds", tag = "operations",
     params(("customer_id" = String, Path)),
     request_body = NewHold,
     responses((status = 201, description = "The hold is in force"),
         (status = 400, body = crate::error::ApiErrorBody),
+        (status = 401, description = "No valid token", body = crate::error::ApiErrorBody),
+        (status = 403, description = "Not an admin token, or no admin token is configured", body = crate::error::ApiErrorBody),
         (status = 404, body = crate::error::ApiErrorBody),
         (status = 422, description = "The customer has no such subscription", body = crate::error::ApiErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn place(
-    Authorized(state): Authorized,
+    Admin(state): Admin,
     Path(customer_id): Path<String>,
     headers: HeaderMap,
     body: Result<Json<NewHold>, JsonRejection>,
@@ -143,14 +146,17 @@ pub(crate) async fn place(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// Lifts a hold. Needs an admin token (`SUBLEDGER_ADMIN_TOKENS`).
 #[utoipa::path(delete, path = "/v1/customers/{customer_id}/holds/{hold_id}", tag = "operations",
     params(("customer_id" = String, Path), ("hold_id" = String, Path),
         ("at" = Option<String>, Query, description = "RFC 3339: when it was lifted (default now)")),
     responses((status = 200, description = "Lifted"),
+        (status = 401, description = "No valid token", body = crate::error::ApiErrorBody),
+        (status = 403, description = "Not an admin token, or no admin token is configured", body = crate::error::ApiErrorBody),
         (status = 404, description = "No such hold in force", body = crate::error::ApiErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn lift(
-    Authorized(state): Authorized,
+    Admin(state): Admin,
     Path((customer_id, hold_id)): Path<(String, String)>,
     Query(lifted): Query<LiftedAt>,
     headers: HeaderMap,

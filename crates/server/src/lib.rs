@@ -9,7 +9,7 @@
 //! - `GET /v1/customers/{id}/entitlements/{feature}/explain`: the decision and its reasons.
 //! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
 //! - `GET /healthz`; `GET /openapi.json` ([`openapi`]): this API's OpenAPI document.
-//! - [`auth`]: bearer tokens for `/v1`; [`error`]: the one JSON error type.
+//! - [`auth`]: bearer tokens for `/v1`, read and admin; [`error`]: the one JSON error type.
 
 pub mod auth;
 pub mod entitlements;
@@ -29,7 +29,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use subledger_engine::Engine;
 
-pub use auth::ApiToken;
+pub use auth::{ApiToken, ApiTokens, Scope};
 pub use error::ApiError;
 
 /// The largest webhook body accepted. Stripe's events are far smaller.
@@ -38,11 +38,12 @@ pub const MAX_WEBHOOK_BODY: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
-    pub api_tokens: Arc<Vec<ApiToken>>,
+    pub api_tokens: Arc<ApiTokens>,
 }
 
-/// The whole HTTP API. With no `api_tokens`, `/v1` is open (for local use).
-pub fn router(engine: Arc<Engine>, api_tokens: Vec<ApiToken>) -> Router {
+/// The whole HTTP API. With no `api_tokens` at all, `/v1` reads are open (for local use);
+/// writes always need an admin token (see [`auth`]).
+pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
     let state = AppState {
         engine,
         api_tokens: Arc::new(api_tokens),

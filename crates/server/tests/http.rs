@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use subledger_domain::catalog::Catalog;
 use subledger_engine::{Engine, EngineConfig, Shutdown, WebhookSecret};
-use subledger_server::{router, ApiToken};
+use subledger_server::{router, ApiToken, ApiTokens};
 use subledger_store::scratch::ScratchDatabase;
 use subledger_stripe::fixtures;
 
@@ -32,7 +32,19 @@ plans:
     features: { sso: true, seats: 50, api_calls: 500000 }
 ";
 
-async fn start(test_db: &ScratchDatabase, tokens: &[&str]) -> (Arc<Engine>, Router) {
+/// The admin token of the servers these tests start.
+const ADMIN: &str = "sl_admin_test";
+
+/// A server with these read tokens and no admin token: with none at all, reads are open.
+async fn start(test_db: &ScratchDatabase, read_tokens: &[&str]) -> (Arc<Engine>, Router) {
+    start_with(test_db, read_tokens, &[]).await
+}
+
+async fn start_with(
+    test_db: &ScratchDatabase,
+    read_tokens: &[&str],
+    admin_tokens: &[&str],
+) -> (Arc<Engine>, Router) {
     let mut config = EngineConfig::new(
         &test_db.url,
         Catalog::from_yaml("catalog", CATALOG).unwrap(),
@@ -40,9 +52,15 @@ async fn start(test_db: &ScratchDatabase, tokens: &[&str]) -> (Arc<Engine>, Rout
     config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
     config.poll_interval = Duration::from_millis(20);
     let engine = Engine::start(config).await.unwrap();
+    let tokens = |texts: &[&str]| {
+        texts
+            .iter()
+            .map(|t| ApiToken::new(&(*t).into()))
+            .collect::<Vec<_>>()
+    };
     let app = router(
         engine.clone(),
-        tokens.iter().map(|t| ApiToken::new(*t)).collect(),
+        ApiTokens::new(tokens(read_tokens), tokens(admin_tokens)),
     );
     (engine, app)
 }
@@ -222,7 +240,7 @@ async fn an_unreachable_store_gets_a_503_so_stripe_retries() {
 #[tokio::test]
 async fn every_v1_operation_refuses_a_request_without_a_valid_token() {
     let test_db = ScratchDatabase::sqlite().await.unwrap();
-    let (engine, app) = start(&test_db, &["tok_a"]).await;
+    let (engine, app) = start_with(&test_db, &["tok_a"], &[ADMIN]).await;
     let (_, document) = send(&app, get("/openapi.json")).await;
     let paths = document["paths"].as_object().unwrap();
     let mut checked = 0;
@@ -257,6 +275,86 @@ async fn every_v1_operation_refuses_a_request_without_a_valid_token() {
         }
     }
     assert!(checked >= 9, "only {checked} operations under /v1");
+    engine.close().await;
+}
+
+/// Reads take a read or an admin token; every `/v1` operation that is not a read (each the
+/// OpenAPI document lists) refuses a read token with 403 and takes an admin token; with no
+/// admin token configured, writes are refused whatever is sent, while reads are open only
+/// when no token at all is configured.
+#[tokio::test]
+async fn writes_need_an_admin_token_and_reads_take_either() {
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
+    let (engine, app) = start_with(&test_db, &["tok_read"], &[ADMIN]).await;
+    let with = |method: &str, uri: &str, token: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(r#"{"reason": "review"}"#))
+            .unwrap()
+    };
+    for token in ["tok_read", ADMIN] {
+        let (status, body) =
+            send(&app, with("GET", "/v1/customers/cus_x/entitlements", token)).await;
+        assert_eq!(
+            (status, body["error"].clone()),
+            (StatusCode::NOT_FOUND, json!("customer_not_found")),
+            "{token}"
+        );
+    }
+    let (_, document) = send(&app, get("/openapi.json")).await;
+    let mut writes = 0;
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let uri = path.replace('{', "x").replace('}', "");
+        for method in operations
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|m| *m != "get")
+        {
+            let method = method.to_uppercase();
+            let (status, body) = send(&app, with(&method, &uri, "tok_read")).await;
+            assert_eq!(
+                (status, body["error"].clone()),
+                (StatusCode::FORBIDDEN, json!("forbidden")),
+                "{method} {uri}"
+            );
+            let (status, body) = send(&app, with(&method, &uri, ADMIN)).await;
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {uri}: {body}");
+            assert_ne!(status, StatusCode::FORBIDDEN, "{method} {uri}: {body}");
+            writes += 1;
+        }
+    }
+    assert!(writes >= 2, "only {writes} writes under /v1");
+    engine.close().await;
+
+    let (engine, open) = start_with(&test_db, &[], &[]).await;
+    let (status, body) = send(&open, get("/v1/customers/cus_x/entitlements")).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (StatusCode::NOT_FOUND, json!("customer_not_found"))
+    );
+    for token in ["anything", ADMIN] {
+        let (status, body) = send(&open, with("POST", "/v1/customers/cus_x/holds", token)).await;
+        assert_eq!(
+            (status, body["error"].clone()),
+            (StatusCode::FORBIDDEN, json!("admin_disabled"))
+        );
+    }
+    engine.close().await;
+
+    let (engine, admin_only) = start_with(&test_db, &[], &[ADMIN]).await;
+    assert_eq!(
+        send(&admin_only, get("/v1/customers/cus_x/entitlements"))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
     engine.close().await;
 }
 
@@ -630,11 +728,21 @@ async fn an_order_is_pending_until_stripe_says_it_succeeded() {
     engine.close().await;
 }
 
+/// A GET with the admin token.
+fn admin_get(uri: &str) -> Request<Body> {
+    Request::get(uri)
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// A request with a JSON body and the admin token.
 fn json_request(method: &str, uri: &str, body: Value) -> Request<Body> {
     Request::builder()
         .method(method)
         .uri(uri)
         .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {ADMIN}"))
         .body(Body::from(body.to_string()))
         .unwrap()
 }
@@ -642,7 +750,7 @@ fn json_request(method: &str, uri: &str, body: Value) -> Request<Body> {
 #[tokio::test]
 async fn operators_place_and_lift_holds() {
     for test_db in ScratchDatabase::all().await.unwrap() {
-        let (engine, app) = start(&test_db, &[]).await;
+        let (engine, app) = start_with(&test_db, &[], &[ADMIN]).await;
         let created = subscription_event(
             "evt_1",
             "customer.subscription.created",
@@ -653,7 +761,7 @@ async fn operators_place_and_lift_holds() {
         send(&app, signed_webhook(&created)).await;
         engine.drain().await.unwrap();
         let uri = "/v1/customers/cus_1/entitlements";
-        assert_eq!(send(&app, get(uri)).await.1["plans"], json!(["pro"]));
+        assert_eq!(send(&app, admin_get(uri)).await.1["plans"], json!(["pro"]));
 
         let (status, hold) = send(
             &app,
@@ -666,7 +774,7 @@ async fn operators_place_and_lift_holds() {
         .await;
         assert_eq!(status, StatusCode::CREATED, "{hold}");
         assert_eq!(hold["hold_id"], json!("hold_a"));
-        let (_, held) = send(&app, get(uri)).await;
+        let (_, held) = send(&app, admin_get(uri)).await;
         assert_eq!(held["plans"], json!(["free"]), "{}", test_db.name);
         assert_eq!(held["holds"][0]["reason"], json!("chargeback review"));
         // Retrying the same request places no second hold.
@@ -680,7 +788,7 @@ async fn operators_place_and_lift_holds() {
         )
         .await;
         assert_eq!(
-            send(&app, get(uri)).await.1["holds"]
+            send(&app, admin_get(uri)).await.1["holds"]
                 .as_array()
                 .unwrap()
                 .len(),
@@ -696,7 +804,7 @@ async fn operators_place_and_lift_holds() {
             (status, lifted["lifted"].clone()),
             (StatusCode::OK, json!(true))
         );
-        assert_eq!(send(&app, get(uri)).await.1["plans"], json!(["pro"]));
+        assert_eq!(send(&app, admin_get(uri)).await.1["plans"], json!(["pro"]));
 
         let (status, again) = send(
             &app,
@@ -772,7 +880,7 @@ async fn operators_place_and_lift_holds() {
 #[tokio::test]
 async fn a_decision_comes_with_its_reasons_and_the_stripe_events_behind_them() {
     let test_db = ScratchDatabase::sqlite().await.unwrap();
-    let (engine, app) = start(&test_db, &[]).await;
+    let (engine, app) = start_with(&test_db, &[], &[ADMIN]).await;
     let t0 = now() - 600;
     send(
         &app,
@@ -786,7 +894,11 @@ async fn a_decision_comes_with_its_reasons_and_the_stripe_events_behind_them() {
     )
     .await;
     engine.drain().await.unwrap();
-    let (status, why) = send(&app, get("/v1/customers/cus_1/entitlements/sso/explain")).await;
+    let (status, why) = send(
+        &app,
+        admin_get("/v1/customers/cus_1/entitlements/sso/explain"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(why["enabled"], json!(true));
     assert_eq!(why["reasons"][0]["source"], json!("subscription"));
@@ -810,7 +922,11 @@ async fn a_decision_comes_with_its_reasons_and_the_stripe_events_behind_them() {
         ),
     )
     .await;
-    let (_, held) = send(&app, get("/v1/customers/cus_1/entitlements/sso/explain")).await;
+    let (_, held) = send(
+        &app,
+        admin_get("/v1/customers/cus_1/entitlements/sso/explain"),
+    )
+    .await;
     assert_eq!(held["enabled"], json!(false));
     assert_eq!(held["blockers"][0]["kind"], json!("hold"));
     assert!(held["blockers"][0]["detail"]
@@ -821,7 +937,7 @@ async fn a_decision_comes_with_its_reasons_and_the_stripe_events_behind_them() {
     // The default plan is a reason too, and the past can be explained.
     let (_, api_calls) = send(
         &app,
-        get("/v1/customers/cus_1/entitlements/api_calls/explain"),
+        admin_get("/v1/customers/cus_1/entitlements/api_calls/explain"),
     )
     .await;
     assert_eq!(api_calls["reasons"][0]["source"], json!("default_plan"));
@@ -831,7 +947,7 @@ async fn a_decision_comes_with_its_reasons_and_the_stripe_events_behind_them() {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let (_, past) = send(
         &app,
-        get(&format!(
+        admin_get(&format!(
             "/v1/customers/cus_1/entitlements/sso/explain?at={before_hold}"
         )),
     )
@@ -846,7 +962,11 @@ async fn a_decision_comes_with_its_reasons_and_the_stripe_events_behind_them() {
     );
     send(&app, signed_webhook(&incomplete)).await;
     engine.drain().await.unwrap();
-    let (_, blocked) = send(&app, get("/v1/customers/cus_2/entitlements/sso/explain")).await;
+    let (_, blocked) = send(
+        &app,
+        admin_get("/v1/customers/cus_2/entitlements/sso/explain"),
+    )
+    .await;
     assert_eq!(blocked["blockers"][0]["kind"], json!("status"), "{blocked}");
     assert!(
         blocked["blockers"][0]["detail"]
@@ -857,7 +977,7 @@ async fn a_decision_comes_with_its_reasons_and_the_stripe_events_behind_them() {
     );
     let (status, _) = send(
         &app,
-        get("/v1/customers/cus_nobody/entitlements/sso/explain"),
+        admin_get("/v1/customers/cus_nobody/entitlements/sso/explain"),
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);

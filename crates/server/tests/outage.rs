@@ -151,7 +151,7 @@ async fn postgres_stopped_during_ingest_means_503_nothing_partial_and_recovery_o
     let (stop, shutdown) = Shutdown::new();
     let worker = engine.spawn_worker(shutdown.clone());
     let projector = engine.spawn_projector(shutdown);
-    let app = router(engine.clone(), Vec::new());
+    let app = router(engine.clone(), subledger_server::ApiTokens::none());
 
     let start = chrono::Utc::now().timestamp() - 100;
     let created = subscription_event("evt_1", "customer.subscription.created", start, "price_pro");

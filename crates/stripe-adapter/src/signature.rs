@@ -6,6 +6,7 @@
 //! test-mode dummy and is ignored. Timestamps further than the tolerance from now, in either
 //! direction, are rejected, which bounds how long a captured request can be replayed.
 
+use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
 use std::time::Duration;
 
@@ -13,13 +14,19 @@ use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// A webhook signing secret. Its `Debug` and `Display` never print it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct WebhookSecret(String);
+/// A webhook signing secret. Its `Debug` never prints it, and its memory is zeroed when it is
+/// dropped (`secrecy`).
+#[derive(Clone)]
+pub struct WebhookSecret(SecretString);
 
 impl WebhookSecret {
     pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
+        Self(SecretString::from(secret.into()))
+    }
+
+    /// Whether this is `text` (for refusing a well-known secret in production).
+    pub fn is(&self, text: &str) -> bool {
+        self.0.expose_secret() == text
     }
 
     /// Computes the `v1` signature Stripe would send for `body` at `timestamp`.
@@ -34,7 +41,7 @@ impl WebhookSecret {
 
     fn mac(&self, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
         // HMAC takes keys of any length, so this cannot fail; the fallback keeps it panic-free.
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.0.as_bytes())
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.0.expose_secret().as_bytes())
             .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");

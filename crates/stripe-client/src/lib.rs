@@ -13,6 +13,7 @@ pub mod reader;
 
 pub use reader::{ListPage, ReadPolicy, StripeReader};
 
+use secrecy::{ExposeSecret, SecretString};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
@@ -43,18 +44,24 @@ use stripe_product::price::{
     CreatePrice, CreatePriceProductData, CreatePriceRecurring, CreatePriceRecurringInterval,
 };
 
-/// A Stripe secret or restricted key. Never printed.
+/// A Stripe secret or restricted key. Never printed; zeroed when dropped (`secrecy`).
 #[derive(Clone)]
-pub struct ApiKey(String);
+pub struct ApiKey(SecretString);
 
 impl ApiKey {
     pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
+        Self(SecretString::from(key.into()))
     }
 
     /// Test-mode keys only: this crate's callers drive test clocks.
     pub fn is_test_mode(&self) -> bool {
-        self.0.starts_with("sk_test_") || self.0.starts_with("rk_test_")
+        let key = self.0.expose_secret();
+        key.starts_with("sk_test_") || key.starts_with("rk_test_")
+    }
+
+    /// The key itself, for the one place it is sent: the `Authorization` header.
+    pub(crate) fn expose(&self) -> &str {
+        self.0.expose_secret()
     }
 }
 
@@ -166,7 +173,7 @@ impl StripeApi {
     /// A client for `key`; `base_url` (ending in `/`) points it at another Stripe, such as the
     /// simulator. Keys of idempotent calls are prefixed with `namespace`.
     pub fn new(key: &ApiKey, base_url: Option<&str>, namespace: &str) -> Result<Self, ApiError> {
-        let mut builder = ClientBuilder::new(key.0.clone());
+        let mut builder = ClientBuilder::new(key.expose());
         if let Some(url) = base_url {
             builder = builder.url(url);
         }

@@ -116,9 +116,12 @@ impl StripeReader {
             )));
         }
         let base = format!("{}/", base.trim_end_matches('/'));
-        let authorization = HeaderValue::from_str(&format!("Bearer {}", key.0)).map_err(|_| {
-            ApiError::Unexpected("the API key contains characters a header cannot carry".to_owned())
-        })?;
+        let authorization =
+            HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                ApiError::Unexpected(
+                    "the API key contains characters a header cannot carry".to_owned(),
+                )
+            })?;
         if policy.max_requests_per_second == 0 || policy.max_attempts == 0 {
             return Err(ApiError::Unexpected(
                 "the request rate and the attempts must be at least 1".to_owned(),

@@ -113,7 +113,7 @@ pub async fn engine_on(scratch: &ScratchDatabase, clock: Option<Arc<ManualClock>
 
 /// `events`, signed, in order, through the engine's router; then applied.
 pub async fn deliver(engine: &Arc<Engine>, events: Vec<serde_json::Value>) {
-    let router = subledger_server::router(Arc::clone(engine), Vec::new());
+    let router = subledger_server::router(Arc::clone(engine), subledger_server::ApiTokens::none());
     let mut deliverer = Deliverer::new(
         DeliveryMode::InOrder,
         0,
