@@ -415,6 +415,8 @@ pub fn secret_var(name: &str) -> anyhow::Result<Option<SecretString>> {
     match (direct, file) {
         (Some(_), Some(_)) => bail!("{name} and {file_var} are both set: set one of them"),
         (Some(value), None) => match value.into_string() {
+            // An empty variable (`KEY=` in an env file) is no secret at all, as it always was.
+            Ok(value) if value.trim().is_empty() => Ok(None),
             Ok(value) => Ok(Some(SecretString::from(value))),
             Err(_) => bail!("{name} is not valid UTF-8"),
         },

@@ -286,3 +286,103 @@ fn allow_unauthenticated_opens_reads_on_a_public_address_but_not_writes() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+fn repository_file(name: &str) -> String {
+    std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// The README's production section is the compose file as shipped, and that file has no
+/// default secret, publishes Subledger on loopback only, keeps PostgreSQL unpublished, and
+/// waits for a PostgreSQL that answers over TCP.
+#[test]
+fn the_shipped_compose_file_is_safe_by_default_and_is_the_one_the_readme_shows() {
+    let compose = repository_file("docker-compose.yml");
+    let readme = repository_file("README.md");
+    assert!(
+        readme.contains(&format!("```yaml\n{compose}```")),
+        "README.md's production section differs from docker-compose.yml"
+    );
+    let root = marked_yaml::parse_yaml(0, &compose).unwrap();
+    let services = root.as_mapping().unwrap().get_mapping("services").unwrap();
+    let subledger = services.get_mapping("subledger").unwrap();
+    let environment = subledger.get_mapping("environment").unwrap();
+    for (name, value) in environment.iter() {
+        let (name, value) = (name.as_str(), value.as_scalar().unwrap().as_str());
+        assert!(!value.contains("whsec_"), "{name} carries a webhook secret");
+        assert!(
+            ![
+                "SUBLEDGER_WEBHOOK_SECRETS",
+                "SUBLEDGER_API_TOKENS",
+                "SUBLEDGER_ADMIN_TOKENS"
+            ]
+            .contains(&name),
+            "{name} is a variable; secrets come from files"
+        );
+    }
+    for file in [
+        "SUBLEDGER_WEBHOOK_SECRETS_FILE",
+        "SUBLEDGER_API_TOKENS_FILE",
+        "SUBLEDGER_ADMIN_TOKENS_FILE",
+    ] {
+        assert!(environment.get_scalar(file).is_some(), "{file} is not set");
+    }
+    assert!(
+        environment
+            .get_scalar("SUBLEDGER_ALLOW_UNAUTHENTICATED")
+            .is_none(),
+        "the shipped setup opens /v1"
+    );
+    let secrets = root.as_mapping().unwrap().get_mapping("secrets").unwrap();
+    for (name, secret) in secrets.iter() {
+        assert!(
+            secret.as_mapping().unwrap().get_scalar("file").is_some(),
+            "secret {} has no file",
+            name.as_str()
+        );
+    }
+    let ports = subledger.get_sequence("ports").unwrap();
+    for port in ports.iter() {
+        let port = port.as_scalar().unwrap().as_str();
+        assert!(
+            port.starts_with("${SUBLEDGER_PUBLISH:-127.0.0.1:"),
+            "published beyond loopback by default: {port}"
+        );
+    }
+    let postgres = services.get_mapping("postgres").unwrap();
+    assert!(
+        postgres.get_sequence("ports").is_none(),
+        "PostgreSQL is published"
+    );
+    let check: Vec<&str> = postgres
+        .get_mapping("healthcheck")
+        .unwrap()
+        .get_sequence("test")
+        .unwrap()
+        .iter()
+        .map(|part| part.as_scalar().unwrap().as_str())
+        .collect();
+    assert!(
+        check.contains(&"pg_isready") && check.windows(2).any(|w| w == ["-h", "127.0.0.1"]),
+        "the health check does not ask over TCP: {check:?}"
+    );
+    for service in [subledger, postgres] {
+        assert_eq!(
+            service.get_scalar("restart").map(|r| r.as_str()),
+            Some("unless-stopped")
+        );
+    }
+    let depends = subledger
+        .get_mapping("depends_on")
+        .unwrap()
+        .get_mapping("postgres")
+        .unwrap();
+    assert_eq!(
+        depends.get_scalar("condition").map(|c| c.as_str()),
+        Some("service_healthy")
+    );
+}
