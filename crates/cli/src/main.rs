@@ -5,6 +5,7 @@ mod config;
 mod operator;
 mod progress;
 mod scenarios;
+mod supervise;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::config::{
     Cli, Command, LogFormat, ScenarioCommand, ServeArgs, SimulatorCommand, SimulatorServeArgs,
     WorkerArgs,
 };
+use crate::supervise::BackgroundTasks;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -89,23 +91,23 @@ async fn serve(database_url: &str, args: ServeArgs) -> anyhow::Result<()> {
     }
     let engine = Engine::start(config).await.context("starting the engine")?;
     let (stop, shutdown) = Shutdown::new();
-    let mut tasks = vec![engine.spawn_projector(shutdown.clone())];
+    let mut tasks = BackgroundTasks::default();
+    tasks.add("projector", engine.spawn_projector(shutdown.clone()));
     if !args.no_worker {
-        tasks.push(engine.spawn_worker(shutdown.clone()));
+        tasks.add("inbox worker", engine.spawn_worker(shutdown.clone()));
     }
     let listener = TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("binding {}", args.addr))?;
     tracing::info!(addr = %args.addr, backend = ?engine.backend(), worker = !args.no_worker, "subledger serving");
     let app = subledger_server::router(Arc::clone(&engine), api_tokens);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
-    let _ = stop.send(true);
-    for task in tasks {
-        let _ = task.await;
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    tokio::select! {
+        served = server => served.context("serving HTTP")?,
+        failure = tasks.first_to_end() => return Err(failure),
     }
+    let _ = stop.send(true);
+    tasks.finish().await;
     engine.close().await;
     tracing::info!("subledger stopped");
     Ok(())
@@ -116,16 +118,16 @@ async fn worker(database_url: &str, args: WorkerArgs) -> anyhow::Result<()> {
     let engine = Engine::start(config).await.context("starting the engine")?;
     let (stop, shutdown) = Shutdown::new();
     // The projector runs here too, so saved read models stay current without a server.
-    let tasks = [
-        engine.spawn_worker(shutdown.clone()),
-        engine.spawn_projector(shutdown),
-    ];
+    let mut tasks = BackgroundTasks::default();
+    tasks.add("inbox worker", engine.spawn_worker(shutdown.clone()));
+    tasks.add("projector", engine.spawn_projector(shutdown));
     tracing::info!(backend = ?engine.backend(), "subledger worker running");
-    shutdown_signal().await;
-    let _ = stop.send(true);
-    for task in tasks {
-        let _ = task.await;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        failure = tasks.first_to_end() => return Err(failure),
     }
+    let _ = stop.send(true);
+    tasks.finish().await;
     engine.close().await;
     tracing::info!("subledger worker stopped");
     Ok(())

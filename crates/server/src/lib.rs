@@ -49,7 +49,7 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
         api_tokens: Arc::new(api_tokens),
     };
     // Full paths rather than a nested `/v1` router: nesting rewrites every request's URI.
-    Router::new()
+    let routes = Router::new()
         .route(
             "/v1/customers/{customer_id}/entitlements",
             get(entitlements::customer_entitlements),
@@ -87,8 +87,30 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed);
+    contain_panics(routes.with_state(state))
+}
+
+/// A panic inside a handler answers that request with a JSON 500 and leaves the process, and
+/// every other request, alone. Handlers are written not to panic on any input; this is the
+/// line behind that.
+pub fn contain_panics(router: Router) -> Router {
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |panic: Box<dyn std::any::Any + Send + 'static>| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %message, "a request handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the request could not be answered; the error is logged",
+            )
+            .into_response()
+        },
+    ))
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

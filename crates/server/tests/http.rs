@@ -1042,3 +1042,31 @@ async fn the_openapi_document_describes_every_route_the_router_serves() {
     );
     engine.close().await;
 }
+
+/// A handler that panics answers its request with a JSON 500; the router keeps answering.
+#[tokio::test]
+async fn a_panicking_handler_answers_500_in_json_and_the_server_lives() {
+    use axum::routing::get as route_get;
+    let app = subledger_server::contain_panics(
+        Router::new()
+            .route(
+                "/boom",
+                route_get(|| async {
+                    let nothing: Option<u8> = None;
+                    nothing.expect("a defect").to_string()
+                }),
+            )
+            .route("/fine", route_get(|| async { "fine" })),
+    );
+    let (status, body) = send(&app, get("/boom")).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (StatusCode::INTERNAL_SERVER_ERROR, json!("internal_error"))
+    );
+    assert!(!body.to_string().contains("a defect"), "{body}");
+    let (status, body) = send(&app, get("/fine")).await;
+    assert_eq!(
+        (status, body["raw"].clone()),
+        (StatusCode::OK, json!("fine"))
+    );
+}
