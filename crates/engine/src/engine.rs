@@ -21,6 +21,30 @@ use crate::explain::Explanation;
 use crate::ingest::{inbox_row, InboxWriter, IngestError, Receipt};
 use crate::projector::{BillingProjector, CustomerEntitlements, EntitlementIndex, ProjectionError};
 
+/// What `/readyz` reports: see [`Engine::readiness`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Inbox rows not applied yet.
+    pub pending: i64,
+    /// How long the oldest of them has waited since it was received.
+    pub oldest_pending_age: Option<Duration>,
+    /// The newest event's position in the log.
+    pub log_head: i64,
+    /// The position this process's answers reflect.
+    pub projected: i64,
+    /// Events in the log that this process's answers do not reflect yet.
+    pub projection_lag: i64,
+}
+
+/// Why a readiness check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadinessError {
+    #[error("the store did not answer within {0:?}")]
+    Slow(Duration),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
 /// Subledger's application façade. Share it as `Arc<Engine>`.
 #[derive(Debug)]
 pub struct Engine {
@@ -497,6 +521,37 @@ impl Engine {
 
     pub async fn inbox_stats(&self) -> Result<InboxStats, StoreError> {
         self.db.inbox_stats().await
+    }
+
+    /// The log position this process's answers reflect (from memory).
+    pub fn projected_position(&self) -> i64 {
+        self.entitlements.projected_position()
+    }
+
+    /// Whether this process can do its work, for `/readyz`: the store answers within
+    /// `bound`, and how far behind the inbox and the answers are. Reads only the pending part
+    /// of the inbox and the log's newest position, so its cost does not grow with history.
+    pub async fn readiness(&self, bound: Duration) -> Result<Readiness, ReadinessError> {
+        let checks = async {
+            let pending = self.db.pending_inbox().await?;
+            let head = self.db.log_head().await?;
+            Ok::<_, StoreError>((pending, head))
+        };
+        let (pending, head) = tokio::time::timeout(bound, checks)
+            .await
+            .map_err(|_| ReadinessError::Slow(bound))?
+            .map_err(ReadinessError::Store)?;
+        let projected = self.entitlements.projected_position();
+        let now_ms = self.now_ms();
+        Ok(Readiness {
+            pending: pending.pending,
+            oldest_pending_age: pending.oldest_received_at_ms.map(|received| {
+                Duration::from_millis(u64::try_from(now_ms.saturating_sub(received)).unwrap_or(0))
+            }),
+            log_head: head,
+            projected,
+            projection_lag: head.saturating_sub(projected).max(0),
+        })
     }
 
     /// Inbox rows for operators (`subledger inbox list`).

@@ -7,6 +7,7 @@
 //! current from the log, and whichever saves first moves the shared checkpoint.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -110,6 +111,9 @@ pub struct EntitlementIndex {
     user_key: String,
     features: Mutex<FeaturePool>,
     dictionary: Arc<AnswerDictionary>,
+    /// The log position the answers reflect, for readiness checks (which must not wait for
+    /// the projector's lock while it works through a long batch).
+    projected: AtomicI64,
 }
 
 #[derive(Debug, Default)]
@@ -127,7 +131,17 @@ impl EntitlementIndex {
             user_key: user_key.into(),
             features: Mutex::default(),
             dictionary: AnswerDictionary::for_catalog(catalog),
+            projected: AtomicI64::new(0),
         }
+    }
+
+    /// The log position the answers reflect.
+    pub fn projected_position(&self) -> i64 {
+        self.projected.load(Ordering::Relaxed)
+    }
+
+    fn mark_projected(&self, checkpoint: Checkpoint) {
+        self.projected.store(checkpoint.position, Ordering::Relaxed);
     }
 
     /// The customer whose metadata names `user_id`.
@@ -379,6 +393,7 @@ impl BillingProjector {
             save_refused_by_rebuild: false,
         };
         index.replace_all(projector.resolve(projector.views.keys(), index, catalog, now)?);
+        index.mark_projected(projector.applied);
         Ok(projector)
     }
 
@@ -484,6 +499,7 @@ impl BillingProjector {
         self.generation_checked = std::time::Instant::now();
         self.changed_at.clear();
         index.replace_all(answers);
+        index.mark_projected(self.applied);
         self
     }
 
@@ -554,6 +570,7 @@ impl BillingProjector {
             }
             self.applied = last;
             index.publish(self.resolve(changed.iter(), index, catalog, now)?);
+            index.mark_projected(last);
             self.save(db).await?;
         }
     }

@@ -8,7 +8,7 @@
 //! - `POST /v1/customers/{id}/holds`, `DELETE …/holds/{hold_id}` ([`holds`]): operators' holds.
 //! - `GET /v1/customers/{id}/entitlements/{feature}/explain`: the decision and its reasons.
 //! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
-//! - `GET /healthz`; `GET /openapi.json` ([`openapi`]): this API's OpenAPI document.
+//! - `GET /healthz` (from memory), `GET /readyz` (the store, bounded); `GET /openapi.json` ([`openapi`]): this API's OpenAPI document.
 //! - [`auth`]: bearer tokens for `/v1`, read and admin; [`error`]: the one JSON error type.
 
 pub mod auth;
@@ -85,6 +85,7 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
             post(webhooks::receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY)),
         )
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
@@ -113,19 +114,43 @@ pub fn contain_panics(router: Router) -> Router {
     ))
 }
 
+/// How long `/readyz` waits for the store before it answers 503.
+pub const READINESS_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Liveness, from memory: the process is up and serving. It asks the store nothing, so a
+/// probe every second costs nothing however large the inbox grows.
 async fn healthz(State(state): State<AppState>) -> Response {
-    match state.engine.inbox_stats().await {
-        Ok(stats) => Json(json!({
-            "status": "ok",
+    Json(json!({
+        "status": "ok",
+        "store": format!("{:?}", state.engine.backend()).to_lowercase(),
+        "projected_position": state.engine.projected_position(),
+    }))
+    .into_response()
+}
+
+/// Readiness: the store answers within [`READINESS_BOUND`], with how far behind the inbox and
+/// this server's answers are. `503` when the store is unreachable or slower than that.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.engine.readiness(READINESS_BOUND).await {
+        Ok(ready) => Json(json!({
+            "status": "ready",
             "store": format!("{:?}", state.engine.backend()).to_lowercase(),
-            "inbox": { "pending": stats.pending, "failing": stats.failing },
+            "inbox": {
+                "pending": ready.pending,
+                "oldest_pending_age_seconds": ready.oldest_pending_age.map(|age| age.as_secs_f64()),
+            },
+            "projection": {
+                "log_head": ready.log_head,
+                "position": ready.projected,
+                "lag_events": ready.projection_lag,
+            },
         }))
         .into_response(),
         Err(error) => {
-            tracing::warn!(%error, "health check: store unreachable");
+            tracing::warn!(%error, "readiness check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "error": "store_unavailable" })),
+                Json(json!({ "status": "unavailable", "error": "store_unavailable", "message": error.to_string() })),
             )
                 .into_response()
         }

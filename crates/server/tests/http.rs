@@ -231,8 +231,13 @@ async fn an_unreachable_store_gets_a_503_so_stripe_retries() {
     let (status, answer) = send(&app, signed_webhook(&event)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer["error"], json!("store_unavailable"));
-    let (status, _) = send(&app, get("/healthz")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The process lives (liveness, from memory); it is not ready (the store, bounded).
+    assert_eq!(send(&app, get("/healthz")).await.0, StatusCode::OK);
+    let (status, ready) = send(&app, get("/readyz")).await;
+    assert_eq!(
+        (status, ready["error"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("store_unavailable"))
+    );
 }
 
 /// Every `/v1` operation the OpenAPI document lists, with its path parameters filled in and a
@@ -1041,6 +1046,59 @@ async fn the_openapi_document_describes_every_route_the_router_serves() {
         "an internal field leaked into the API"
     );
     engine.close().await;
+}
+
+/// `/readyz` reports what waits in the inbox and how far the answers are behind the log; it
+/// reads only the pending rows and the log's head. `/healthz` asks the store nothing.
+#[tokio::test]
+async fn readiness_reports_the_pending_inbox_and_the_projection_lag() {
+    for test_db in ScratchDatabase::all().await.unwrap() {
+        let (engine, app) = start(&test_db, &[]).await;
+        let (status, ready) = send(&app, get("/readyz")).await;
+        assert_eq!(status, StatusCode::OK, "{ready}");
+        assert_eq!(ready["inbox"]["pending"], json!(0));
+        assert_eq!(ready["projection"]["lag_events"], json!(0));
+        for (n, id) in ["evt_r1", "evt_r2"].iter().enumerate() {
+            let event = subscription_event(
+                id,
+                "customer.subscription.created",
+                now() - 10 + i64::try_from(n).unwrap(),
+                "active",
+                "price_1ProMonthly",
+            );
+            assert_eq!(send(&app, signed_webhook(&event)).await.0, StatusCode::OK);
+        }
+        let (_, ready) = send(&app, get("/readyz")).await;
+        assert_eq!(
+            ready["inbox"]["pending"],
+            json!(2),
+            "{}: {ready}",
+            test_db.name
+        );
+        assert!(
+            ready["inbox"]["oldest_pending_age_seconds"]
+                .as_f64()
+                .unwrap()
+                >= 0.0
+        );
+        while engine.process_inbox().await.unwrap().handled() > 0 {}
+        // Applied, not yet projected: the answers are behind the log.
+        let (_, ready) = send(&app, get("/readyz")).await;
+        assert_eq!(ready["inbox"]["pending"], json!(0), "{ready}");
+        assert!(
+            ready["projection"]["lag_events"].as_i64().unwrap() > 0,
+            "{ready}"
+        );
+        engine.drain().await.unwrap();
+        let (_, ready) = send(&app, get("/readyz")).await;
+        assert_eq!(ready["projection"]["lag_events"], json!(0), "{ready}");
+        let (_, health) = send(&app, get("/healthz")).await;
+        assert_eq!(
+            health["projected_position"],
+            ready["projection"]["position"]
+        );
+        engine.close().await;
+    }
 }
 
 /// A handler that panics answers its request with a JSON 500; the router keeps answering.

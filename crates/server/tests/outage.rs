@@ -103,6 +103,15 @@ async fn deliver(app: &Router, event: &Value) -> (StatusCode, Value) {
 }
 
 /// Waits until the customer's plan is `plan` in the live entitlements.
+async fn probe(app: &Router, path: &str) -> (StatusCode, Value) {
+    use tower::ServiceExt;
+    let request = Request::get(path).body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
 async fn wait_for_plan(engine: &Engine, customer: &str, plan: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -194,6 +203,19 @@ async fn postgres_stopped_during_ingest_means_503_nothing_partial_and_recovery_o
     // The worker and projector keep failing quietly meanwhile; entitlements are still served.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(engine.entitlements("cus_1").is_some());
+    // Liveness answers from memory; readiness says the store is gone, within its bound.
+    assert_eq!(probe(&app, "/healthz").await.0, StatusCode::OK);
+    let asked = Instant::now();
+    let (status, ready) = probe(&app, "/readyz").await;
+    assert_eq!(
+        (status, ready["error"].clone()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!("store_unavailable")
+        ),
+        "{ready}"
+    );
+    assert!(asked.elapsed() <= subledger_server::READINESS_BOUND + Duration::from_secs(1));
 
     // PostgreSQL is back: Stripe's retries land, and the worker and projector (never restarted)
     // apply them.
@@ -225,6 +247,21 @@ async fn postgres_stopped_during_ingest_means_503_nothing_partial_and_recovery_o
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_for_plan(&engine, "cus_1", "team").await;
+    // Ready again, with nothing pending and the answers at the log's head.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, ready) = probe(&app, "/readyz").await;
+        if status == StatusCode::OK && ready["projection"]["lag_events"] == 0 {
+            assert_eq!(ready["inbox"]["pending"], 0, "{ready}");
+            assert!(
+                ready["inbox"]["oldest_pending_age_seconds"].is_null(),
+                "{ready}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {status} {ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let live = serde_json::to_string(&engine.current_views().await).unwrap();
     let rebuilt = serde_json::to_string(&engine.rebuild_views().await.unwrap()).unwrap();
     assert_eq!(live, rebuilt);

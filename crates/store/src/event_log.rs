@@ -137,6 +137,14 @@ impl Database {
         Ok(exists)
     }
 
+    /// The position of the newest event in the log (0 for an empty log): one step of the
+    /// `events_position` index.
+    pub async fn log_head(&self) -> Result<i64, StoreError> {
+        const SQL: &str = "SELECT COALESCE(MAX(position), 0) FROM events";
+        let head: i64 = on_pool!(self, pool => sqlx::query_scalar(SQL).fetch_one(pool).await?);
+        Ok(head)
+    }
+
     /// One aggregate's events, in its own order (for timelines and answers about the past).
     pub async fn events_of(
         &self,

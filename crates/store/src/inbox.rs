@@ -113,6 +113,15 @@ pub struct InboxStats {
     pub failing: i64,
 }
 
+/// The pending part of the inbox, for readiness checks: cheap however large the inbox grows,
+/// since only pending rows are read (the `inbox_pending` partial index holds exactly those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingInbox {
+    pub pending: i64,
+    /// When the oldest pending row was received (milliseconds), if any is pending.
+    pub oldest_received_at_ms: Option<i64>,
+}
+
 const INSERT_COLUMNS: &str =
     "INSERT INTO inbox (event_id, event_type, api_version, livemode, account, \
      stripe_created, payload, received_at_ms, correlation_id, available_at_ms, ordering_key) ";
@@ -350,6 +359,18 @@ impl Database {
                 .await?;
         });
         Ok(())
+    }
+
+    /// How many rows are pending and since when; see [`PendingInbox`].
+    pub async fn pending_inbox(&self) -> Result<PendingInbox, StoreError> {
+        const SQL: &str =
+            "SELECT COUNT(*), MIN(received_at_ms) FROM inbox WHERE status = 'pending'";
+        let (pending, oldest_received_at_ms): (i64, Option<i64>) =
+            on_pool!(self, pool => sqlx::query_as(SQL).fetch_one(pool).await?);
+        Ok(PendingInbox {
+            pending,
+            oldest_received_at_ms,
+        })
     }
 
     pub async fn inbox_stats(&self) -> Result<InboxStats, StoreError> {

@@ -38,7 +38,7 @@ pub use error::StoreError;
 pub use event_log::{Checkpoint, StoredEvent};
 pub use inbox::{
     ClaimedEvent, FinishedRow, InboxFilter, InboxRow, InboxState, InboxStats, InboxStatus,
-    NewInboxEvent, WorkCommit,
+    NewInboxEvent, PendingInbox, WorkCommit,
 };
 pub use metadata::{EventMetadata, Origin};
 pub use projection::{SavedViews, ViewRow};
