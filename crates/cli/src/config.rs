@@ -66,8 +66,9 @@ pub enum Command {
     /// nothing differs (or everything was healed), 1: differences left, 2: error.
     Reconcile(ReconcileArgs),
     /// Rebuild the read models from the event log (running servers pick them up without a
-    /// restart). --verify rebuilds in scratch space and compares instead: exit 1 if any
-    /// customer differs.
+    /// restart); lists the events that cannot be decoded and were skipped (exit 1 if any).
+    /// --verify rebuilds in scratch space and compares instead: exit 1 if any customer
+    /// differs.
     Replay(ReplayArgs),
     /// Look at and re-run the inbox of Stripe events.
     #[command(subcommand)]
@@ -333,6 +334,11 @@ pub struct EngineArgs {
     #[arg(long, env = "SUBLEDGER_WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_concurrency: u16,
 
+    /// The longest a PostgreSQL statement may run, and a webhook may wait for its inbox row
+    /// to be stored before it is answered 503 (Stripe retries it), in milliseconds.
+    #[arg(long, env = "SUBLEDGER_STORE_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub store_timeout_ms: u64,
+
     /// The customer metadata key holding your product's user id, for /v1/users/{user_id}.
     #[arg(
         long,
@@ -363,6 +369,7 @@ impl EngineArgs {
         config.worker_lease = Duration::from_secs(self.worker_lease_secs);
         config.worker_batch_size = self.worker_batch_size;
         config.worker_concurrency = usize::from(self.worker_concurrency);
+        config.store_timeout = Duration::from_millis(self.store_timeout_ms);
         config
             .user_id_metadata_key
             .clone_from(&self.user_id_metadata_key);

@@ -34,6 +34,9 @@ pub struct EngineConfig {
     /// Where the worker fetches an object when its events cannot be ordered. Without it, such
     /// an event stays parked (retried with backoff) until one is configured.
     pub stripe_objects: Option<Arc<dyn StripeObjects>>,
+    /// The longest a statement may take on PostgreSQL, and a webhook may wait for its inbox
+    /// row to be stored (on either store) before it is answered 503 (Stripe retries it).
+    pub store_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -45,6 +48,11 @@ impl EngineConfig {
     /// and a WAL flush each whatever their size, so bigger batches spread them (`make bench`:
     /// 2,300 rows/s at 64, 3,800 at 256, 4,600 at 1,024, where a batch takes 250 ms).
     pub const DEFAULT_BATCH_POSTGRES: i64 = 256;
+
+    /// The default [`Self::store_timeout`]: far beyond a healthy store's slowest statement
+    /// (tens of milliseconds in `make bench`), well inside Stripe's 20-second wait for an
+    /// acknowledgement.
+    pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
     pub fn new(database_url: impl Into<String>, catalog: Catalog) -> Self {
         Self {
@@ -59,6 +67,7 @@ impl EngineConfig {
             poll_interval: Duration::from_millis(250),
             user_id_metadata_key: "user_id".to_owned(),
             stripe_objects: None,
+            store_timeout: Self::DEFAULT_STORE_TIMEOUT,
         }
     }
 }
@@ -76,6 +85,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("poll_interval", &self.poll_interval)
             .field("user_id_metadata_key", &self.user_id_metadata_key)
             .field("fetches_from_stripe", &self.stripe_objects.is_some())
+            .field("store_timeout", &self.store_timeout)
             .finish_non_exhaustive()
     }
 }

@@ -10,7 +10,7 @@ use subledger_domain::ids::{CustomerId, SubscriptionId};
 use subledger_domain::payment::{OrderView, Payment, PaymentEvent};
 use subledger_store::{
     Backend, CommandBus, Database, EventMetadata, InboxFilter, InboxRow, InboxStats, Origin,
-    StoreError,
+    QuarantinedEvent, StoreError,
 };
 use subledger_stripe::WebhookVerifier;
 use tokio::sync::{watch, Mutex, Notify};
@@ -34,6 +34,9 @@ pub struct Readiness {
     pub projected: i64,
     /// Events in the log that this process's answers do not reflect yet.
     pub projection_lag: i64,
+    /// Events the projector skipped because it cannot decode them (see
+    /// [`Engine::projection_quarantine`]).
+    pub quarantined: i64,
 }
 
 /// Why a readiness check failed.
@@ -191,7 +194,7 @@ impl Shutdown {
 impl Engine {
     /// Connects, migrates, loads the saved read models and starts the inbox writer.
     pub async fn start(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
-        let db = Database::connect(&config.database_url).await?;
+        let db = Database::connect_with(&config.database_url, Some(config.store_timeout)).await?;
         db.migrate().await?;
         let entitlements =
             EntitlementIndex::new(config.user_id_metadata_key.clone(), &config.catalog);
@@ -240,10 +243,13 @@ impl Engine {
         self.verifier.verify(signature, body, now.timestamp())?;
         let row = inbox_row(body, now.timestamp_millis(), correlation_id)?;
         let event_id = row.event_id.clone();
-        let is_new = self
-            .inbox
-            .store(row)
+        // Bounded even when the statement ahead of it in the writer's queue hangs: Stripe gets
+        // a 503 and retries, rather than a request held open until it gives up. A row stored
+        // after all is answered as a duplicate then.
+        let timeout = self.config.store_timeout;
+        let is_new = tokio::time::timeout(timeout, self.inbox.store(row))
             .await
+            .map_err(|_| IngestError::StoreUnavailable(Arc::new(StoreError::TimedOut(timeout))))?
             .map_err(IngestError::StoreUnavailable)?;
         tracing::debug!(stripe_event_id = %event_id, duplicate = !is_new, "webhook stored");
         Ok(Receipt {
@@ -535,9 +541,10 @@ impl Engine {
         let checks = async {
             let pending = self.db.pending_inbox().await?;
             let head = self.db.log_head().await?;
-            Ok::<_, StoreError>((pending, head))
+            let quarantined = self.db.projection_quarantine_count().await?;
+            Ok::<_, StoreError>((pending, head, quarantined))
         };
-        let (pending, head) = tokio::time::timeout(bound, checks)
+        let (pending, head, quarantined) = tokio::time::timeout(bound, checks)
             .await
             .map_err(|_| ReadinessError::Slow(bound))?
             .map_err(ReadinessError::Store)?;
@@ -551,7 +558,13 @@ impl Engine {
             log_head: head,
             projected,
             projection_lag: head.saturating_sub(projected).max(0),
+            quarantined,
         })
+    }
+
+    /// Events the projector skipped because it cannot decode them, in log order.
+    pub async fn projection_quarantine(&self) -> Result<Vec<QuarantinedEvent>, StoreError> {
+        self.db.projection_quarantine().await
     }
 
     /// Inbox rows for operators (`subledger inbox list`).

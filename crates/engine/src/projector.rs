@@ -17,7 +17,7 @@ use subledger_domain::catalog::Catalog;
 use subledger_domain::customer::{Customer, CustomerEvent};
 use subledger_domain::entitlements::{BillingView, Entitlements, FeatureValue};
 use subledger_domain::ids::CustomerId;
-use subledger_store::projection::ViewRow;
+use subledger_store::projection::{QuarantinedEvent, ViewRow};
 use subledger_store::{Checkpoint, Database, StoreError, StoredEvent};
 
 use crate::clock::Clock;
@@ -330,6 +330,9 @@ pub(crate) struct BillingProjector {
     last_step_idle: bool,
     /// A save was refused because the saved views are of another generation.
     save_refused_by_rebuild: bool,
+    /// Events skipped because they cannot be decoded, not recorded in the store yet (a
+    /// rebuild's are all it found).
+    quarantined: Vec<QuarantinedEvent>,
 }
 
 /// Saved views, or why they cannot be trusted.
@@ -391,6 +394,7 @@ impl BillingProjector {
             generation_checked: std::time::Instant::now(),
             last_step_idle: true,
             save_refused_by_rebuild: false,
+            quarantined: Vec::new(),
         };
         index.replace_all(projector.resolve(projector.views.keys(), index, catalog, now)?);
         index.mark_projected(projector.applied);
@@ -424,10 +428,7 @@ impl BillingProjector {
                     reached_until = true;
                     break;
                 }
-                if let Err(error) = fresh.apply(event) {
-                    next.abort();
-                    return Err(error);
-                }
+                fresh.apply(event);
                 fresh.applied = event.checkpoint;
                 applied += 1;
             }
@@ -459,6 +460,7 @@ impl BillingProjector {
     ) -> tokio::task::JoinHandle<Result<i64, ProjectionError>> {
         let views: Vec<Arc<BillingView>> = self.views.values().cloned().collect();
         let applied = self.applied;
+        let quarantined = self.quarantined.clone();
         let db = db.clone();
         tokio::spawn(async move {
             let rows = views
@@ -470,9 +472,11 @@ impl BillingProjector {
                     })
                 })
                 .collect::<Result<Vec<_>, serde_json::Error>>()?;
-            Ok(db
+            let generation = db
                 .replace_billing_views(applied, &rows, BILLING_VIEW_VERSION)
-                .await?)
+                .await?;
+            db.replace_projection_quarantine(&quarantined).await?;
+            Ok(generation)
         })
     }
 
@@ -498,6 +502,8 @@ impl BillingProjector {
         self.generation = generation;
         self.generation_checked = std::time::Instant::now();
         self.changed_at.clear();
+        // Saved with the views.
+        self.quarantined.clear();
         index.replace_all(answers);
         index.mark_projected(self.applied);
         self
@@ -538,6 +544,7 @@ impl BillingProjector {
             generation_checked: std::time::Instant::now(),
             last_step_idle: true,
             save_refused_by_rebuild: false,
+            quarantined: Vec::new(),
         }
     }
 
@@ -564,22 +571,44 @@ impl BillingProjector {
             applied += events.len();
             let mut changed = BTreeSet::new();
             for event in &events {
-                if let Some(customer_id) = self.apply(event)? {
+                if let Some(customer_id) = self.apply(event) {
                     changed.insert(customer_id);
                 }
             }
             self.applied = last;
             index.publish(self.resolve(changed.iter(), index, catalog, now)?);
             index.mark_projected(last);
+            // Recorded before the checkpoint moves past them; kept in memory until recorded.
+            db.quarantine_projection_events(&self.quarantined).await?;
+            self.quarantined.clear();
             self.save(db).await?;
         }
     }
 
-    fn apply(&mut self, stored: &StoredEvent) -> Result<Option<CustomerId>, ProjectionError> {
+    /// Applies one log event; the customer whose view changed, if any. An event that cannot
+    /// be decoded (a damaged row, a shape only a newer build knows) is quarantined and skipped:
+    /// its customer's view misses it until a replay by a build that reads it, while every
+    /// other customer's answers stay current.
+    fn apply(&mut self, stored: &StoredEvent) -> Option<CustomerId> {
         if stored.aggregate_type != Customer::TYPE {
-            return Ok(None);
+            return None;
         }
-        let event: CustomerEvent = decode(stored)?;
+        let event: CustomerEvent = match decode(stored) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!(%error, position = stored.checkpoint.position, "event quarantined: the projection skips it");
+                self.quarantined.push(QuarantinedEvent {
+                    position: stored.checkpoint.position,
+                    aggregate_type: stored.aggregate_type.clone(),
+                    aggregate_id: stored.aggregate_id.clone(),
+                    sequence: stored.sequence,
+                    event_type: stored.event_type.clone(),
+                    error: error.to_string(),
+                    quarantined_at_ms: Utc::now().timestamp_millis(),
+                });
+                return None;
+            }
+        };
         let customer_id = CustomerId::new(stored.aggregate_id.as_str());
         let view = self
             .views
@@ -589,7 +618,7 @@ impl BillingProjector {
         Arc::make_mut(view).apply(&event);
         self.changed_at
             .insert(customer_id.clone(), stored.checkpoint);
-        Ok(Some(customer_id))
+        Some(customer_id)
     }
 
     fn resolve<'a>(

@@ -143,6 +143,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 "log_head": ready.log_head,
                 "position": ready.projected,
                 "lag_events": ready.projection_lag,
+                "quarantined_events": ready.quarantined,
             },
         }))
         .into_response(),

@@ -272,3 +272,83 @@ async fn postgres_stopped_during_ingest_means_503_nothing_partial_and_recovery_o
     engine.close().await;
     test_db.cleanup().await.unwrap();
 }
+
+/// An inbox insert that hangs (here: the table locked by another session) gets its webhook a
+/// 503 within the store timeout, instead of holding every delivery behind it; once the lock is
+/// gone, deliveries are stored again.
+#[tokio::test]
+async fn a_hung_insert_is_answered_503_within_the_store_timeout() {
+    let Some(test_db) = ScratchDatabase::postgres().await.unwrap() else {
+        eprintln!("PostgreSQL skipped: SUBLEDGER_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let mut config = EngineConfig::new(
+        &test_db.url,
+        Catalog::from_yaml("catalog", CATALOG).unwrap(),
+    );
+    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
+    config.store_timeout = Duration::from_millis(300);
+    let engine = Engine::start(config).await.unwrap();
+    let app = router(engine.clone(), subledger_server::ApiTokens::none());
+    let subledger_store::Database::Postgres(pool) = &test_db.database else {
+        panic!("a PostgreSQL scratch database is PostgreSQL");
+    };
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE inbox IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let sent = Instant::now();
+    let deliveries: Vec<_> = (0..3)
+        .map(|n| {
+            let event = subscription_event(
+                &format!("evt_hung_{n}"),
+                "customer.subscription.created",
+                now,
+                "price_pro",
+            );
+            let app = app.clone();
+            tokio::spawn(async move { deliver(&app, &event).await })
+        })
+        .collect();
+    for delivery in deliveries {
+        let (status, body) = delivery.await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
+    );
+    locker.rollback().await.unwrap();
+    let event = subscription_event(
+        "evt_after",
+        "customer.subscription.created",
+        now,
+        "price_pro",
+    );
+    assert_eq!(deliver(&app, &event).await.0, StatusCode::OK);
+    engine.close().await;
+
+    // PostgreSQL itself cancels a statement that runs past the timeout (migrations, which ran
+    // above, are exempt).
+    let timed =
+        subledger_store::Database::connect_with(&test_db.url, Some(Duration::from_millis(200)))
+            .await
+            .unwrap();
+    let subledger_store::Database::Postgres(timed_pool) = &timed else {
+        panic!("connected to PostgreSQL");
+    };
+    let started = Instant::now();
+    let slept = sqlx::query("SELECT pg_sleep(5)").execute(timed_pool).await;
+    let error = slept.expect_err("pg_sleep(5) ran to its end").to_string();
+    assert!(error.contains("statement timeout"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    timed.close().await;
+    test_db.cleanup().await.unwrap();
+}

@@ -95,8 +95,20 @@ impl Database {
     /// The embedded default: a SQLite file in the working directory.
     pub const DEFAULT_URL: &'static str = "sqlite://subledger.db";
 
-    /// Connects to `url`: `sqlite://path`, `sqlite::memory:`, or `postgres://…`.
+    /// Connects to `url`: `sqlite://path`, `sqlite::memory:`, or `postgres://…`, with no
+    /// statement timeout.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects to `url`. On PostgreSQL every statement is cancelled after
+    /// `statement_timeout` (its `statement_timeout` setting): one hung statement must not hold
+    /// the one task that writes the inbox, and with it every webhook, for ever. (SQLite has no
+    /// such setting; its lock waits end after the busy timeout.)
+    pub async fn connect_with(
+        url: &str,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Self, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // sqlx's parse errors can echo the URL, password included: never pass them on.
             let options = PgConnectOptions::from_str(url).map_err(|_| {
@@ -104,6 +116,13 @@ impl Database {
                     "expected postgres://user:password@host:port/database".to_owned(),
                 ))
             })?;
+            let options = match statement_timeout {
+                Some(timeout) => options.options([(
+                    "statement_timeout",
+                    format!("{}ms", timeout.as_millis().max(1)),
+                )]),
+                None => options,
+            };
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -170,9 +189,21 @@ impl Database {
         match self {
             Self::Sqlite(pool) => sqlx::migrate!("../../migrations/sqlite").run(pool).await?,
             Self::Postgres(pool) => {
-                sqlx::migrate!("../../migrations/postgres")
-                    .run(pool)
-                    .await?
+                // A migration may rightly take longer than any statement should (an index on
+                // a large inbox): it runs on a connection of its own without the statement
+                // timeout (a later `-c` option overrides an earlier one).
+                let options = PgConnectOptions::clone(&pool.connect_options())
+                    .options([("statement_timeout", "0")]);
+                let migrations = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(options)
+                    .await?;
+                let migrated = sqlx::migrate!("../../migrations/postgres")
+                    .run(&migrations)
+                    .await;
+                migrations.close().await;
+                migrated?
             }
         }
         Ok(())

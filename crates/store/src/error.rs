@@ -17,6 +17,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid database URL: {0}")]
     InvalidUrl(Redacted),
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 impl From<sqlx::Error> for StoreError {

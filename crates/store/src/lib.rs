@@ -41,4 +41,4 @@ pub use inbox::{
     NewInboxEvent, PendingInbox, WorkCommit,
 };
 pub use metadata::{EventMetadata, Origin};
-pub use projection::{SavedViews, ViewRow};
+pub use projection::{QuarantinedEvent, SavedViews, ViewRow};

@@ -13,6 +13,18 @@ pub struct ViewRow {
     pub json: String,
 }
 
+/// A log event the projector could not decode, kept aside with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedEvent {
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub error: String,
+    pub quarantined_at_ms: i64,
+}
+
 /// The saved billing views, the checkpoint they reflect, the version of their shape, and
 /// their generation (moved by every rebuild).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +152,97 @@ impl Database {
         });
         Ok(generation)
     }
+}
+
+impl Database {
+    /// Records events the projector skipped (each once, by position).
+    pub async fn quarantine_projection_events(
+        &self,
+        events: &[QuarantinedEvent],
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, pool => {
+            quarantine_rows(events)
+                .push(" ON CONFLICT (position) DO NOTHING")
+                .build()
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Puts `events` in place of every quarantined event: what a rebuild found.
+    pub async fn replace_projection_quarantine(
+        &self,
+        events: &[QuarantinedEvent],
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM projection_quarantine")
+                .execute(&mut *tx)
+                .await?;
+            for chunk in events.chunks(500) {
+                quarantine_rows(chunk).build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// How many events are quarantined.
+    pub async fn projection_quarantine_count(&self) -> Result<i64, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM projection_quarantine";
+        let count: i64 = on_pool!(self, pool => sqlx::query_scalar(SQL).fetch_one(pool).await?);
+        Ok(count)
+    }
+
+    /// Every quarantined event, in log order.
+    pub async fn projection_quarantine(&self) -> Result<Vec<QuarantinedEvent>, StoreError> {
+        const SQL: &str = "SELECT position, aggregate_type, aggregate_id, sequence, event_type,
+                                  error, quarantined_at_ms
+                             FROM projection_quarantine ORDER BY position";
+        type Row = (i64, String, String, i64, String, String, i64);
+        let rows: Vec<Row> = on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(
+                |(position, aggregate_type, aggregate_id, sequence, event_type, error, at)| {
+                    QuarantinedEvent {
+                        position,
+                        aggregate_type,
+                        aggregate_id,
+                        sequence,
+                        event_type,
+                        error,
+                        quarantined_at_ms: at,
+                    }
+                },
+            )
+            .collect())
+    }
+}
+
+fn quarantine_rows<'a, DB: sqlx::Database>(events: &'a [QuarantinedEvent]) -> QueryBuilder<'a, DB>
+where
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = QueryBuilder::new(
+        "INSERT INTO projection_quarantine (position, aggregate_type, aggregate_id, sequence, \
+         event_type, error, quarantined_at_ms) ",
+    );
+    query.push_values(events, |mut row, event| {
+        row.push_bind(event.position)
+            .push_bind(event.aggregate_type.as_str())
+            .push_bind(event.aggregate_id.as_str())
+            .push_bind(event.sequence)
+            .push_bind(event.event_type.as_str())
+            .push_bind(event.error.as_str())
+            .push_bind(event.quarantined_at_ms);
+    });
+    query
 }
 
 /// `INSERT … ON CONFLICT DO UPDATE` of saved views, for either backend.
