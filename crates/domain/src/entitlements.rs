@@ -49,6 +49,10 @@ pub struct BillingView {
     pub scheduled: SmallMap<SubscriptionId, crate::billing::NextPhase>,
     /// Stripe time of the latest fact applied.
     pub updated_at: Option<DateTime<Utc>>,
+    /// Stripe time of the earliest fact applied (the earliest whatever order they came in):
+    /// when Stripe first told of this customer.
+    #[serde(default)]
+    pub first_seen_at: Option<DateTime<Utc>>,
 }
 
 /// An invoice of a subscription that was paid, and when (Stripe time).
@@ -97,6 +101,7 @@ impl BillingView {
             scheduled: SmallMap::new(),
             disputes: SmallMap::new(),
             updated_at: None,
+            first_seen_at: None,
         }
     }
 
@@ -225,6 +230,10 @@ impl BillingView {
         }
         let occurred_at = event.occurred_at();
         self.updated_at = Some(self.updated_at.map_or(occurred_at, |t| t.max(occurred_at)));
+        self.first_seen_at = Some(
+            self.first_seen_at
+                .map_or(occurred_at, |t| t.min(occurred_at)),
+        );
     }
 }
 

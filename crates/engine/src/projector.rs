@@ -37,7 +37,9 @@ const BATCH: i64 = 500;
 /// - 3: every failed invoice is kept per subscription (`unpaid`, by invoice) and the oldest
 ///   counts whatever order the failures arrived in; a pending update's invoice never counts
 ///   (`pending_updates`).
-pub const BILLING_VIEW_VERSION: i32 = 3;
+/// - 4: `first_seen_at`, the Stripe time of a customer's earliest fact (which customer answers
+///   for a user id several name).
+pub const BILLING_VIEW_VERSION: i32 = 4;
 
 /// A customer's features, shared by every customer whose features are the same (most
 /// customers of one plan are).
@@ -116,10 +118,24 @@ pub struct EntitlementIndex {
     projected: AtomicI64,
 }
 
+/// The customers each product user id names. When several customers' metadata name one user
+/// id, the one that answers for it is, in this order: a customer that is not deleted; the one
+/// Stripe first told of most recently (its earliest billing fact, `first_seen_at`: a user who
+/// signs up again gets a new customer); the greatest customer id. Each part is a fact of the
+/// views, not of the order they were published in, so every server answers the same, before
+/// and after a restart.
 #[derive(Debug, Default)]
 struct UserIndex {
-    customer_of: HashMap<String, String>,
+    claims: HashMap<String, Vec<UserClaim>>,
     user_of: HashMap<String, String>,
+}
+
+/// One customer's claim on a user id, ordered so that the greatest answers for it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct UserClaim {
+    not_deleted: bool,
+    first_seen_at: Option<DateTime<Utc>>,
+    customer: String,
 }
 
 impl EntitlementIndex {
@@ -149,9 +165,10 @@ impl EntitlementIndex {
         self.users
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .customer_of
+            .claims
             .get(user_id)
-            .cloned()
+            .and_then(|claims| claims.iter().max())
+            .map(|claim| claim.customer.clone())
     }
 
     /// A customer's entitlements now: the prepared answer, or, when a deadline (the end of a
@@ -221,7 +238,7 @@ impl EntitlementIndex {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             for (customer, found) in &updates {
-                users.record(customer, found.view.metadata.get(&self.user_key));
+                users.record(customer, &found.view, &self.user_key);
             }
         }
         let mut map = self
@@ -236,7 +253,7 @@ impl EntitlementIndex {
     fn replace_all(&self, answers: Vec<(String, Arc<CustomerEntitlements>)>) {
         let mut users = UserIndex::default();
         for (customer, found) in &answers {
-            users.record(customer, found.view.metadata.get(&self.user_key));
+            users.record(customer, &found.view, &self.user_key);
         }
         let answers: HashMap<_, _> = answers.into_iter().collect();
         let previous = {
@@ -256,20 +273,29 @@ impl EntitlementIndex {
 }
 
 impl UserIndex {
-    /// Records that `customer`'s metadata now names `user` (or no user).
-    fn record(&mut self, customer: &str, user: Option<&String>) {
-        let previous = self.user_of.get(customer).cloned();
-        if previous.as_ref() == user {
+    /// Records what `customer`'s view now says: the user id its metadata names under
+    /// `user_key` (or none), whether it is deleted, when it was first seen.
+    fn record(&mut self, customer: &str, view: &BillingView, user_key: &str) {
+        if let Some(previous) = self.user_of.remove(customer) {
+            if let Some(claims) = self.claims.get_mut(&previous) {
+                claims.retain(|claim| claim.customer != customer);
+                if claims.is_empty() {
+                    self.claims.remove(&previous);
+                }
+            }
+        }
+        let Some(user) = view.metadata.get(user_key) else {
             return;
-        }
-        if let Some(previous) = previous {
-            self.customer_of.remove(&previous);
-            self.user_of.remove(customer);
-        }
-        if let Some(user) = user {
-            self.customer_of.insert(user.clone(), customer.to_owned());
-            self.user_of.insert(customer.to_owned(), user.clone());
-        }
+        };
+        self.claims
+            .entry(user.clone())
+            .or_default()
+            .push(UserClaim {
+                not_deleted: !view.deleted,
+                first_seen_at: view.first_seen_at,
+                customer: customer.to_owned(),
+            });
+        self.user_of.insert(customer.to_owned(), user.clone());
     }
 }
 

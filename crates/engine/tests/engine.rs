@@ -443,3 +443,77 @@ async fn a_worker_and_an_operator_racing_on_one_customer_lose_nothing() {
     worker.close().await;
     h.cleanup().await;
 }
+
+/// When several customers' metadata name one product user id, one rule picks the customer that
+/// answers for it: not deleted first, then the one Stripe first told of most recently, then
+/// the greatest id. Whatever order the events arrive in, and (on a shared store) after a
+/// restart. A customer whose metadata moves to another user id leaves the first one to the
+/// customers still naming it.
+#[tokio::test]
+async fn a_user_id_several_customers_name_is_answered_by_one_rule_in_any_order() {
+    let created = |id: &str, user: &str, offset: i64| {
+        fixtures::event(
+            &format!("evt_created_{id}"),
+            "customer.created",
+            at(offset),
+            fixtures::customer(id, json!({ "user_id": user })),
+        )
+    };
+    for newest_first in [false, true] {
+        for h in Harness::all().await {
+            let name = h.name;
+            let mut events = vec![created("cus_old", "u1", 0), created("cus_new", "u1", 100)];
+            if newest_first {
+                events.reverse();
+            }
+            for event in &events {
+                h.deliver(event).await.unwrap();
+            }
+            h.engine.drain().await.unwrap();
+            assert_eq!(
+                h.engine.customer_of_user("u1").as_deref(),
+                Some("cus_new"),
+                "{name}, newest first: {newest_first}"
+            );
+            if name == "postgres" {
+                let clock = Arc::new(ManualClock::new(Utc::now()));
+                let other = Engine::start(config(&h.test_db.url, &clock)).await.unwrap();
+                assert_eq!(other.customer_of_user("u1").as_deref(), Some("cus_new"));
+                other.close().await;
+            }
+
+            h.deliver_and_apply(&fixtures::event(
+                "evt_deleted_new",
+                "customer.deleted",
+                at(200),
+                fixtures::customer("cus_new", json!({ "user_id": "u1" })),
+            ))
+            .await;
+            assert_eq!(
+                h.engine.customer_of_user("u1").as_deref(),
+                Some("cus_old"),
+                "{name}"
+            );
+
+            h.deliver_and_apply(&fixtures::event(
+                "evt_moved_old",
+                "customer.updated",
+                at(300),
+                fixtures::customer("cus_old", json!({ "user_id": "u2" })),
+            ))
+            .await;
+            assert_eq!(
+                h.engine.customer_of_user("u2").as_deref(),
+                Some("cus_old"),
+                "{name}"
+            );
+            // Only the deleted customer still names u1: it answers, as the last resort.
+            assert_eq!(
+                h.engine.customer_of_user("u1").as_deref(),
+                Some("cus_new"),
+                "{name}"
+            );
+            h.cleanup().await;
+        }
+    }
+}
