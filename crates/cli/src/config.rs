@@ -286,6 +286,24 @@ pub struct ServeArgs {
     #[arg(long, env = "SUBLEDGER_NO_WORKER")]
     pub no_worker: bool,
 
+    /// A request's headers must arrive within this many milliseconds; a keep-alive
+    /// connection that sends nothing for as long is closed.
+    #[arg(long, env = "SUBLEDGER_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub http_header_timeout_ms: u64,
+
+    /// A request's body may pause at most this many milliseconds between two pieces (a
+    /// webhook whose body stops arriving is answered 408).
+    #[arg(long, env = "SUBLEDGER_HTTP_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub http_body_timeout_ms: u64,
+
+    /// The most connections open at once; more wait to be accepted.
+    #[arg(long, env = "SUBLEDGER_HTTP_MAX_CONNECTIONS", default_value_t = 4_096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub http_max_connections: u64,
+
+    /// On SIGTERM, how long requests in flight may take to finish, in milliseconds.
+    #[arg(long, env = "SUBLEDGER_HTTP_DRAIN_TIMEOUT_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub http_drain_timeout_ms: u64,
+
     /// Serve `/v1` reads without a token on an address other than loopback. Without it, such
     /// a server refuses to start unless SUBLEDGER_API_TOKENS or SUBLEDGER_ADMIN_TOKENS is set.
     /// Writes (holds) need an admin token either way.
@@ -294,6 +312,17 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+impl ServeArgs {
+    pub fn http_limits(&self) -> subledger_server::HttpLimits {
+        subledger_server::HttpLimits {
+            header_read_timeout: Duration::from_millis(self.http_header_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.http_body_timeout_ms),
+            max_connections: usize::try_from(self.http_max_connections).unwrap_or(usize::MAX),
+            drain_timeout: Duration::from_millis(self.http_drain_timeout_ms),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -101,9 +101,9 @@ async fn serve(database_url: &str, args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.addr))?;
     tracing::info!(addr = %args.addr, backend = ?engine.backend(), worker = !args.no_worker, "subledger serving");
     let app = subledger_server::router(Arc::clone(&engine), api_tokens);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    let server = subledger_server::serve(listener, app, args.http_limits(), shutdown_signal());
     tokio::select! {
-        served = server => served.context("serving HTTP")?,
+        () = server => {}
         failure = tasks.first_to_end() => return Err(failure),
     }
     let _ = stop.send(true);

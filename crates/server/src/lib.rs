@@ -17,6 +17,7 @@ pub mod error;
 pub mod holds;
 pub mod openapi;
 pub mod orders;
+pub mod serve;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use subledger_engine::Engine;
 
 pub use auth::{ApiToken, ApiTokens, Scope};
 pub use error::ApiError;
+pub use serve::{serve, HttpLimits};
 
 /// The largest webhook body accepted. Stripe's events are far smaller.
 pub const MAX_WEBHOOK_BODY: usize = 1024 * 1024;

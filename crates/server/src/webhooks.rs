@@ -12,6 +12,18 @@ use subledger_engine::IngestError;
 use crate::error::ApiError;
 use crate::AppState;
 
+/// Whether reading the body failed because it stopped arriving (the server's body timeout).
+fn timed_out(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// Stripe's webhook endpoint: verify the signature over the raw body, store, acknowledge.
 #[utoipa::path(post, path = "/webhooks/stripe", tag = "webhooks",
     params(("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256>")),
@@ -19,6 +31,7 @@ use crate::AppState;
     responses((status = 200, description = "Stored (or already stored)", body = WebhookReceipt),
         (status = 400, description = "Bad signature or not a Stripe event", body = crate::error::ApiErrorBody),
         (status = 413, description = "Body over 1 MiB", body = crate::error::ApiErrorBody),
+        (status = 408, description = "The body stopped arriving", body = crate::error::ApiErrorBody),
         (status = 503, description = "Store unavailable: Stripe retries", body = crate::error::ApiErrorBody)))]
 pub(crate) async fn receive(
     State(state): State<AppState>,
@@ -34,6 +47,12 @@ pub(crate) async fn receive(
                     "webhook bodies are limited to {} bytes",
                     crate::MAX_WEBHOOK_BODY
                 ),
+            )
+        } else if timed_out(&rejection) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body stopped arriving (see --http-body-timeout-ms)",
             )
         } else {
             ApiError::new(rejection.status(), "unreadable_body", rejection.body_text())

@@ -1,0 +1,107 @@
+//! Serving the router over HTTP/1.1 with limits: each a default, a flag and a variable in the
+//! CLI. `axum::serve` has none of them, and a server facing the internet needs all:
+//!
+//! - a request's headers must arrive within `header_read_timeout`; the same bound closes a
+//!   keep-alive connection that sends nothing (hyper starts the timer whenever it waits for a
+//!   request head), so slow or idle clients cannot hold connections for ever;
+//! - a request's body may pause at most `body_read_timeout` between two pieces (a webhook
+//!   whose body stops arriving is answered `408`); bodies are at most 1 MiB;
+//! - at most `max_connections` are open at once; while that many are, new ones wait in the
+//!   kernel's accept queue rather than being accepted and starved;
+//! - on shutdown it stops accepting, lets requests in flight finish (at most `drain_timeout`),
+//!   then returns.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// The limits of [`serve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    /// Generous for Stripe (it sends a delivery in one go, and waits 20 s for the answer) and
+    /// for product services on a keep-alive pool; tight enough that a slow-loris client holds
+    /// a connection for seconds, not for ever.
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 4_096,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        limits.body_read_timeout,
+    ));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        // A free slot first, so that over the limit connections wait to be accepted.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: the error is the listener's, not
+                    // one connection's. Pause rather than spin.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            after = ?limits.drain_timeout,
+            "requests still in flight at shutdown were cut off"
+        );
+    }
+}
