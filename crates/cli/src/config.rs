@@ -376,6 +376,11 @@ pub struct EngineArgs {
     )]
     pub user_id_metadata_key: String,
 
+    /// The longest one request to Stripe may take, connecting included, in milliseconds; a
+    /// request that times out is retried like a network failure.
+    #[arg(long, env = "SUBLEDGER_STRIPE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub stripe_timeout_ms: u64,
+
     /// Stripe's API base URL for the worker's fetches (default: Stripe's own). The key comes
     /// from SUBLEDGER_STRIPE_READ_KEY: a restricted key that may only read customers,
     /// subscriptions and entitlements.
@@ -413,6 +418,7 @@ impl EngineArgs {
         })?;
         let policy = ReadPolicy {
             max_requests_per_second,
+            request_timeout: Duration::from_millis(self.stripe_timeout_ms),
             ..ReadPolicy::default()
         };
         StripeReader::new(&ApiKey::new(key), self.stripe_api_base.as_deref(), policy).map_err(|e| {
@@ -433,7 +439,8 @@ impl EngineArgs {
                 anyhow::anyhow!(
                     "cannot set up the Stripe reader (--stripe-api-base / STRIPE_API_BASE): {e}"
                 )
-            })?;
+            })?
+            .with_request_timeout(Duration::from_millis(self.stripe_timeout_ms));
         Ok(Some(Arc::new(api)))
     }
 }

@@ -165,9 +165,25 @@ pub struct StripeApi {
     namespace: String,
     max_attempts: u32,
     first_backoff: Duration,
+    /// The longest one attempt may take, connecting included: a hung call must not hold a
+    /// worker for ever. A timed-out attempt is retried like a network failure.
+    request_timeout: Duration,
 }
 
 const MAX_ATTEMPTS: u32 = 4;
+
+impl StripeApi {
+    /// The default [`Self::with_request_timeout`]: Stripe answers reads in well under a second;
+    /// its own clients wait 80 s, meant for slow writes this client does not make in a worker.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The same client with a different per-attempt timeout.
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+}
 
 impl StripeApi {
     /// A client for `key`; `base_url` (ending in `/`) points it at another Stripe, such as the
@@ -185,6 +201,7 @@ impl StripeApi {
             namespace: namespace.to_owned(),
             max_attempts: MAX_ATTEMPTS,
             first_backoff: Duration::from_millis(500),
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
         })
     }
 
@@ -203,7 +220,10 @@ impl StripeApi {
         let mut wait = self.first_backoff;
         let mut attempt = 1;
         loop {
-            match call().await.map_err(ApiError::from_stripe) {
+            let answered = tokio::time::timeout(self.request_timeout, call())
+                .await
+                .unwrap_or_else(|_| Err(StripeError::Timeout));
+            match answered.map_err(ApiError::from_stripe) {
                 Ok(value) => return Ok(value),
                 Err(error) if error.is_transient() && attempt < self.max_attempts => {
                     tracing::warn!(%error, attempt, what, "Stripe call failed; retrying");

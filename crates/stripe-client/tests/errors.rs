@@ -84,3 +84,39 @@ fn keys_never_print() {
     assert!(key.is_test_mode());
     assert!(!ApiKey::new("sk_live_x").is_test_mode());
 }
+
+/// A Stripe that accepts connections and never answers: every attempt ends at the request
+/// timeout and the call fails as unavailable, rather than holding its caller (a worker) for
+/// ever.
+#[tokio::test]
+async fn a_stripe_that_never_answers_times_out_instead_of_hanging() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let api = StripeApi::new(
+        &ApiKey::new("sk_test_ok"),
+        Some(&format!("http://{addr}/")),
+        "t",
+    )
+    .unwrap()
+    .with_request_timeout(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        api.subscription("sub_1"),
+    )
+    .await
+    .expect("the call hung");
+    assert_eq!(answer, Err(ApiError::Unavailable("timed out".to_owned())));
+    // Four attempts of 200 ms with backoffs of 0.5, 1 and 2 s between them.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
