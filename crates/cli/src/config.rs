@@ -376,6 +376,12 @@ pub struct EngineArgs {
     )]
     pub user_id_metadata_key: String,
 
+    /// Serve Stripe's live mode. Without it the deployment serves test mode; either way,
+    /// events of the other mode are stored, recorded as ignored with the reason, and never
+    /// applied.
+    #[arg(long, env = "SUBLEDGER_LIVEMODE")]
+    pub livemode: bool,
+
     /// The longest one request to Stripe may take, connecting included, in milliseconds; a
     /// request that times out is retried like a network failure.
     #[arg(long, env = "SUBLEDGER_STRIPE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
@@ -404,6 +410,7 @@ impl EngineArgs {
         config.worker_batch_size = self.worker_batch_size;
         config.worker_concurrency = usize::from(self.worker_concurrency);
         config.store_timeout = Duration::from_millis(self.store_timeout_ms);
+        config.livemode = self.livemode;
         config
             .user_id_metadata_key
             .clone_from(&self.user_id_metadata_key);

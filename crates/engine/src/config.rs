@@ -37,6 +37,9 @@ pub struct EngineConfig {
     /// The longest a statement may take on PostgreSQL, and a webhook may wait for its inbox
     /// row to be stored (on either store) before it is answered 503 (Stripe retries it).
     pub store_timeout: Duration,
+    /// Which of Stripe's modes this deployment serves. Events of the other mode are stored,
+    /// recorded as ignored with the reason, and never applied.
+    pub livemode: bool,
 }
 
 impl EngineConfig {
@@ -68,6 +71,7 @@ impl EngineConfig {
             user_id_metadata_key: "user_id".to_owned(),
             stripe_objects: None,
             store_timeout: Self::DEFAULT_STORE_TIMEOUT,
+            livemode: false,
         }
     }
 }
@@ -86,6 +90,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("user_id_metadata_key", &self.user_id_metadata_key)
             .field("fetches_from_stripe", &self.stripe_objects.is_some())
             .field("store_timeout", &self.store_timeout)
+            .field("livemode", &self.livemode)
             .finish_non_exhaustive()
     }
 }

@@ -251,7 +251,7 @@ impl Engine {
             .map(|row| {
                 let translation = serde_json::from_str::<serde_json::Value>(&row.payload)
                     .ok()
-                    .and_then(|event| translate(&event).ok());
+                    .and_then(|event| self.translate(&event).ok());
                 (row, translation)
             })
             .collect();
@@ -292,6 +292,32 @@ impl Engine {
             }
         }
         staged
+    }
+
+    /// What an event means for this deployment: nothing, when it is of the other mode (Stripe
+    /// sends test and live events to endpoints of their own mode, but one endpoint URL can be
+    /// registered in both); otherwise what the translator makes of it.
+    fn translate(
+        &self,
+        event: &serde_json::Value,
+    ) -> Result<Translation, subledger_stripe::TranslationError> {
+        let livemode = event
+            .get("livemode")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        if livemode != self.config.livemode {
+            let (event_mode, served) = if livemode {
+                ("live", "test")
+            } else {
+                ("test", "live")
+            };
+            return Ok(Translation::Ignored {
+                reason: format!(
+                    "a {event_mode}-mode event; this deployment serves {served} mode (--livemode)"
+                ),
+            });
+        }
+        translate(event)
     }
 
     /// A row's outcome when it can be decided in memory: an ignored event, or a customer's
@@ -383,8 +409,9 @@ impl Engine {
     async fn handle(&self, row: &ClaimedEvent) -> Result<Outcome, RowFailure> {
         let event: serde_json::Value = serde_json::from_str(&row.payload)
             .map_err(|e| RowFailure::Defect(format!("stored payload is not JSON: {e}")))?;
-        let translation =
-            translate(&event).map_err(|e| RowFailure::Defect(format!("cannot translate: {e}")))?;
+        let translation = self
+            .translate(&event)
+            .map_err(|e| RowFailure::Defect(format!("cannot translate: {e}")))?;
         let metadata = metadata(row);
         match translation {
             Translation::Ignored { reason } => Ok(Outcome::Ignored(reason)),

@@ -517,3 +517,58 @@ async fn a_user_id_several_customers_name_is_answered_by_one_rule_in_any_order()
         }
     }
 }
+
+/// A deployment serves one of Stripe's modes: events of the other are stored (so a duplicate
+/// is still a duplicate), recorded as ignored with the reason, and never applied.
+#[tokio::test]
+async fn events_of_the_other_mode_are_stored_ignored_and_never_applied() {
+    for live in [false, true] {
+        let test_db = ScratchDatabase::sqlite().await.unwrap();
+        let clock = Arc::new(ManualClock::new(
+            DateTime::from_timestamp(START, 0).unwrap(),
+        ));
+        let mut config = config(&test_db.url, &clock);
+        config.livemode = live;
+        let engine = Engine::start(config).await.unwrap();
+        let event = |id: &str, customer: &str, livemode: bool| {
+            let mut event = fixtures::event(
+                id,
+                "customer.subscription.created",
+                at(0),
+                fixtures::subscription(&format!("sub_{customer}"), customer, "active", "price_pro"),
+            );
+            event["livemode"] = json!(livemode);
+            event["data"]["object"]["livemode"] = json!(livemode);
+            event
+        };
+        for delivered in [
+            event("evt_same_mode", "cus_same", live),
+            event("evt_other_mode", "cus_other", !live),
+        ] {
+            let body = serde_json::to_vec(&delivered).unwrap();
+            let header = WebhookSecret::new(SECRET).header(clock.now_secs(), &body);
+            engine
+                .receive_webhook(Some(&header), &body, "corr")
+                .await
+                .unwrap();
+        }
+        let report = engine.process_inbox().await.unwrap();
+        assert_eq!((report.applied, report.ignored), (1, 1), "live: {live}");
+        engine.drain().await.unwrap();
+        assert!(engine.entitlements("cus_same").is_some(), "live: {live}");
+        assert!(engine.entitlements("cus_other").is_none(), "live: {live}");
+        let ignored = engine
+            .inbox_rows(&subledger_store::InboxFilter {
+                state: Some(subledger_store::InboxState::Ignored),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ignored.len(), 1);
+        assert_eq!(ignored[0].event_id, "evt_other_mode");
+        let reason = ignored[0].outcome.clone().unwrap_or_default();
+        assert!(reason.contains("--livemode"), "{reason}");
+        engine.close().await;
+    }
+}
