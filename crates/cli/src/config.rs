@@ -354,6 +354,11 @@ pub struct EngineArgs {
     #[arg(long, env = "SUBLEDGER_WORKER_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub worker_lease_secs: u64,
 
+    /// The longest a worker spends on one row it runs on its own (one that asks Stripe, for
+    /// example) before leaving it to be retried, in seconds. Keep it under the lease.
+    #[arg(long, env = "SUBLEDGER_WORKER_ROW_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub worker_row_timeout_secs: u64,
+
     /// How many inbox rows a worker claims at once [default: 64 on SQLite, 256 on PostgreSQL]
     #[arg(long, env = "SUBLEDGER_WORKER_BATCH_SIZE", value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub worker_batch_size: Option<i64>,
@@ -411,6 +416,7 @@ impl EngineArgs {
         config.worker_concurrency = usize::from(self.worker_concurrency);
         config.store_timeout = Duration::from_millis(self.store_timeout_ms);
         config.livemode = self.livemode;
+        config.worker_row_timeout = Duration::from_secs(self.worker_row_timeout_secs);
         config
             .user_id_metadata_key
             .clone_from(&self.user_id_metadata_key);

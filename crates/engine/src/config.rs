@@ -40,6 +40,9 @@ pub struct EngineConfig {
     /// Which of Stripe's modes this deployment serves. Events of the other mode are stored,
     /// recorded as ignored with the reason, and never applied.
     pub livemode: bool,
+    /// The longest the worker spends on one row it runs on its own (one that asks Stripe, a
+    /// payment, a refused command) before it leaves it to be retried.
+    pub worker_row_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -72,6 +75,7 @@ impl EngineConfig {
             stripe_objects: None,
             store_timeout: Self::DEFAULT_STORE_TIMEOUT,
             livemode: false,
+            worker_row_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -91,6 +95,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("fetches_from_stripe", &self.stripe_objects.is_some())
             .field("store_timeout", &self.store_timeout)
             .field("livemode", &self.livemode)
+            .field("worker_row_timeout", &self.worker_row_timeout)
             .finish_non_exhaustive()
     }
 }

@@ -71,6 +71,9 @@ enum RowFailure {
     /// one first).
     #[error("refused: {0}")]
     Refused(String),
+    /// The row took longer than the worker's bound per row (a hung call): transient.
+    #[error("took longer than {0:?} (--worker-row-timeout-secs); retried later")]
+    TimedOut(Duration),
 }
 
 /// The first wait of a row that failed for a defect; later ones double from there.
@@ -81,7 +84,9 @@ impl RowFailure {
     fn retry_in(&self, attempts: i32) -> Duration {
         match self {
             Self::Defect(_) => (backoff(attempts) * 60).clamp(DEFECT_FIRST_RETRY, MAX_BACKOFF),
-            Self::Store(_) | Self::Stripe(_) | Self::Refused(_) => backoff(attempts),
+            Self::Store(_) | Self::Stripe(_) | Self::Refused(_) | Self::TimedOut(_) => {
+                backoff(attempts)
+            }
         }
     }
 
@@ -358,7 +363,7 @@ impl Engine {
         let mut finished = Vec::new();
         let mut failed = Vec::new();
         for row in rows {
-            match self.handle(&row).await {
+            match self.handle_within_bound(&row).await {
                 Ok(outcome) => finished.push(finish(&row, outcome, report)),
                 Err(error) => failed.push((row, error)),
             }
@@ -368,7 +373,7 @@ impl Engine {
         if !failed.is_empty() && report.applied > 0 {
             let mut still_failing = Vec::new();
             for (row, _) in failed {
-                match self.handle(&row).await {
+                match self.handle_within_bound(&row).await {
                     Ok(outcome) => finished.push(finish(&row, outcome, report)),
                     Err(error) => still_failing.push((row, error)),
                 }
@@ -403,6 +408,17 @@ impl Engine {
             report.failed += 1;
         }
         Ok(())
+    }
+
+    /// [`Self::handle`], for at most the worker's bound per row: a hung call (to Stripe, to the
+    /// store) must not hold the worker, and every customer behind it, for ever. A row cut off
+    /// is retried with backoff; its commands are idempotent, so whatever part of it was done
+    /// is not done twice.
+    async fn handle_within_bound(&self, row: &ClaimedEvent) -> Result<Outcome, RowFailure> {
+        let bound = self.config.worker_row_timeout;
+        tokio::time::timeout(bound, self.handle(row))
+            .await
+            .unwrap_or(Err(RowFailure::TimedOut(bound)))
     }
 
     #[tracing::instrument(skip_all, fields(stripe_event_id = %row.event_id, correlation_id = %row.correlation_id, event_type = %row.event_type))]

@@ -399,3 +399,78 @@ async fn subscription_schedule(api: &StripeApi, subscription: &str) -> Value {
         .expect("the subscription has a schedule");
     api.object("subscription_schedules", id).await.unwrap()
 }
+
+/// A Stripe that never answers.
+struct Hanging;
+
+impl StripeObjects for Hanging {
+    fn retrieve<'a>(
+        &'a self,
+        _resource: subledger_engine::refetch::StripeResource,
+        _id: &'a str,
+    ) -> subledger_engine::refetch::Fetched<'a> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// When the fetch that would settle a tie hangs, the worker leaves the row after its bound per
+/// row (retried later, with the reason) instead of waiting for ever; the others' rows go on.
+#[tokio::test]
+async fn a_hung_fetch_is_cut_off_at_the_workers_bound_per_row() {
+    let (_, object) = stripe_with_subscription(1_769_904_000).await;
+    let created = object["created"].as_i64().unwrap();
+    let (x, tie) = (1_772_323_200, created + 5);
+    let mut set = object.clone();
+    set["cancel_at"] = json!(x);
+    let mut unset = object.clone();
+    unset["cancel_at"] = Value::Null;
+    let start = event(
+        "evt_0",
+        "customer.subscription.created",
+        created,
+        &unset,
+        None,
+    );
+    let a = event(
+        "evt_a",
+        "customer.subscription.updated",
+        tie,
+        &set,
+        Some(json!({ "cancel_at": null })),
+    );
+    let b = event(
+        "evt_b",
+        "customer.subscription.updated",
+        tie,
+        &unset,
+        Some(json!({ "cancel_at": x })),
+    );
+    let db = ScratchDatabase::sqlite().await.unwrap();
+    let mut config = EngineConfig::new(db.url.clone(), Catalog::from_yaml("c", CATALOG).unwrap());
+    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
+    config.stripe_objects = Some(Arc::new(Hanging));
+    config.worker_row_timeout = std::time::Duration::from_millis(300);
+    let engine = Engine::start(config).await.unwrap();
+    let started = std::time::Instant::now();
+    let delivered = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        for event in [&start, &a, &b] {
+            deliver(&engine, event).await;
+        }
+    })
+    .await;
+    assert!(delivered.is_ok(), "the worker waited on a hung fetch");
+    let stats = engine.inbox_stats().await.unwrap();
+    assert_eq!((stats.failing, stats.processed), (1, 2), "{stats:?}");
+    let failing = engine
+        .inbox_rows(&subledger_store::InboxFilter {
+            state: Some(subledger_store::InboxState::Failing),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let error = failing[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("took longer than"), "{error}");
+    eprintln!("cut off after {:?} in all", started.elapsed());
+    engine.close().await;
+}
