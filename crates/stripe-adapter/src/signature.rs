@@ -166,9 +166,14 @@ impl ParsedHeader {
                 }
                 "v1" => {
                     saw_v1 = true;
-                    // A v1 that is not 32 bytes of hex can never match; skip it like Stripe's SDKs.
+                    // A v1 that is not 32 bytes of lower-case hex can never match; skip it like
+                    // Stripe's SDKs (they compare the hex text, so upper case fails there too:
+                    // tests/stripe_python_vectors.rs).
+                    let lower_hex = value
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
                     if let Ok(bytes) = hex::decode(value) {
-                        if bytes.len() == 32 {
+                        if lower_hex && bytes.len() == 32 {
                             v1.push(bytes);
                         }
                     }
