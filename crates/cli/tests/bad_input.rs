@@ -85,6 +85,9 @@ fn refused(case: &str, args: &[&str], env: &[(&str, &str)], expected: &str, data
     assert!(!database.exists(), "{case}: a database was created");
 }
 
+/// A case's name, arguments, environment and what its message must contain.
+type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+
 #[test]
 fn every_bad_flag_variable_and_file_is_refused_with_its_name_and_nothing_stored() {
     let database = scratch("never.db");
@@ -109,7 +112,7 @@ fn every_bad_flag_variable_and_file_is_refused_with_its_name_and_nothing_stored(
     let bad_yaml = bad_yaml.to_str().unwrap().to_owned();
     let empty_file = empty_file.to_str().unwrap().to_owned();
     let secret_file = secret_file.to_str().unwrap().to_owned();
-    let cases: Vec<(&str, Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("no catalog", vec![], with(&[]), "no plan catalog"),
         (
             "a catalog that does not exist",
