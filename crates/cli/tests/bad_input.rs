@@ -8,42 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const SECRET: &str = "whsec_bad_input_test_secret";
+use common::{example_catalog, SERVE_VARIABLES};
 
-/// Every variable `serve` reads, so the test's own environment cannot leak into a case.
-const VARIABLES: [&str; 24] = [
-    "SUBLEDGER_DATABASE_URL",
-    "SUBLEDGER_ADDR",
-    "SUBLEDGER_CATALOG",
-    "SUBLEDGER_WEBHOOK_SECRETS",
-    "SUBLEDGER_WEBHOOK_SECRETS_FILE",
-    "SUBLEDGER_API_TOKENS",
-    "SUBLEDGER_API_TOKENS_FILE",
-    "SUBLEDGER_ADMIN_TOKENS",
-    "SUBLEDGER_ADMIN_TOKENS_FILE",
-    "SUBLEDGER_ALLOW_UNAUTHENTICATED",
-    "SUBLEDGER_STRIPE_READ_KEY",
-    "SUBLEDGER_STRIPE_READ_KEY_FILE",
-    "SUBLEDGER_STORE_TIMEOUT_MS",
-    "SUBLEDGER_STRIPE_TIMEOUT_MS",
-    "SUBLEDGER_HTTP_HEADER_TIMEOUT_MS",
-    "SUBLEDGER_HTTP_BODY_TIMEOUT_MS",
-    "SUBLEDGER_HTTP_MAX_CONNECTIONS",
-    "SUBLEDGER_HTTP_DRAIN_TIMEOUT_MS",
-    "SUBLEDGER_WORKER_ROW_TIMEOUT_SECS",
-    "SUBLEDGER_WORKER_LEASE_SECS",
-    "SUBLEDGER_WORKER_BATCH_SIZE",
-    "SUBLEDGER_WORKER_CONCURRENCY",
-    "SUBLEDGER_LIVEMODE",
-    "SUBLEDGER_LOG_FORMAT",
-];
+mod common;
+
+const SECRET: &str = "whsec_bad_input_test_secret";
 
 fn scratch(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("subledger-bad-input-{}-{name}", std::process::id()))
-}
-
-fn catalog() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../catalog.example.yaml")
 }
 
 /// Runs `serve` with `args` and `env`; it must exit (within 60 s) with a failure whose
@@ -51,7 +23,7 @@ fn catalog() -> PathBuf {
 fn refused(case: &str, args: &[&str], env: &[(&str, &str)], expected: &str, database: &Path) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_subledger"));
     command.arg("serve").args(args);
-    for name in VARIABLES {
+    for name in SERVE_VARIABLES {
         command.env_remove(name);
     }
     command.envs(env.iter().copied());
@@ -92,7 +64,7 @@ type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
 fn every_bad_flag_variable_and_file_is_refused_with_its_name_and_nothing_stored() {
     let database = scratch("never.db");
     let url = format!("sqlite://{}", database.display());
-    let catalog = catalog();
+    let catalog = example_catalog();
     let catalog = catalog.to_str().unwrap();
     let bad_yaml = scratch("bad.yaml");
     std::fs::write(&bad_yaml, "plans:\n  pro:\n    features: { seats: lots }\n").unwrap();

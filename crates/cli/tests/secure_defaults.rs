@@ -9,25 +9,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{example_catalog, SERVE_VARIABLES};
+
+mod common;
+
 const SECRET: &str = "whsec_secure_defaults_test";
 const DEVELOPMENT_SECRET: &str = "whsec_subledger_local_development";
-
-/// Every variable `serve` reads a secret or a scope from, so the test's own environment
-/// cannot leak into a case.
-const SECRET_VARIABLES: [&str; 8] = [
-    "SUBLEDGER_WEBHOOK_SECRETS",
-    "SUBLEDGER_WEBHOOK_SECRETS_FILE",
-    "SUBLEDGER_API_TOKENS",
-    "SUBLEDGER_API_TOKENS_FILE",
-    "SUBLEDGER_ADMIN_TOKENS",
-    "SUBLEDGER_ADMIN_TOKENS_FILE",
-    "SUBLEDGER_ALLOW_UNAUTHENTICATED",
-    "SUBLEDGER_STRIPE_READ_KEY",
-];
-
-fn catalog() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../catalog.example.yaml")
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -56,12 +43,12 @@ fn serve(addr: &str, args: &[&str], env: &[(&str, String)]) -> Child {
         .args(["serve", "--addr", addr])
         .args(args)
         .arg("--catalog")
-        .arg(catalog())
+        .arg(example_catalog())
         .arg("--database-url")
         .arg(format!("sqlite://{}", database.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for name in SECRET_VARIABLES {
+    for name in SERVE_VARIABLES {
         command.env_remove(name);
     }
     command.envs(env.iter().map(|(k, v)| (k, v)));

@@ -98,6 +98,41 @@ async fn deliver(engine: &Engine, event: &Value) {
     engine.process_inbox().await.unwrap();
 }
 
+/// The subscription's creation and two changes in one second five seconds later, each
+/// claiming to have moved away from the other's state (a cancellation set and taken back):
+/// nothing in the events orders them.
+fn tie(object: &Value) -> [Value; 3] {
+    let created = object["created"].as_i64().unwrap();
+    let (x, second) = (1_772_323_200, created + 5);
+    let mut set = object.clone();
+    set["cancel_at"] = json!(x);
+    let mut unset = object.clone();
+    unset["cancel_at"] = Value::Null;
+    [
+        event(
+            "evt_0",
+            "customer.subscription.created",
+            created,
+            &unset,
+            None,
+        ),
+        event(
+            "evt_a",
+            "customer.subscription.updated",
+            second,
+            &set,
+            Some(json!({ "cancel_at": null })),
+        ),
+        event(
+            "evt_b",
+            "customer.subscription.updated",
+            second,
+            &unset,
+            Some(json!({ "cancel_at": x })),
+        ),
+    ]
+}
+
 /// The subscription's `cancel_at` in the engine's billing view.
 async fn cancel_at(engine: &Engine, subscription: &str) -> Value {
     let views = serde_json::to_value(engine.current_views().await).unwrap();
@@ -110,35 +145,7 @@ async fn a_tie_the_events_cannot_order_is_settled_by_what_stripe_returns() {
     let (api, object) = stripe_with_subscription(truth).await;
     let id = object["id"].as_str().unwrap().to_owned();
     let customer = object["customer"].as_str().unwrap().to_owned();
-    let created = object["created"].as_i64().unwrap();
-    // Two changes in one second, each claiming to have moved away from the other's state: a
-    // cancellation set and taken back. Nothing in the events orders them.
-    let (x, tie) = (1_772_323_200, created + 5);
-    let mut set = object.clone();
-    set["cancel_at"] = json!(x);
-    let mut unset = object.clone();
-    unset["cancel_at"] = Value::Null;
-    let start = event(
-        "evt_0",
-        "customer.subscription.created",
-        created,
-        &unset,
-        None,
-    );
-    let a = event(
-        "evt_a",
-        "customer.subscription.updated",
-        tie,
-        &set,
-        Some(json!({ "cancel_at": null })),
-    );
-    let b = event(
-        "evt_b",
-        "customer.subscription.updated",
-        tie,
-        &unset,
-        Some(json!({ "cancel_at": x })),
-    );
+    let [start, a, b] = tie(&object);
 
     let stripe: Arc<dyn StripeObjects> = Arc::new(api);
     for order in [[&a, &b], [&b, &a]] {
@@ -418,33 +425,7 @@ impl StripeObjects for Hanging {
 #[tokio::test]
 async fn a_hung_fetch_is_cut_off_at_the_workers_bound_per_row() {
     let (_, object) = stripe_with_subscription(1_769_904_000).await;
-    let created = object["created"].as_i64().unwrap();
-    let (x, tie) = (1_772_323_200, created + 5);
-    let mut set = object.clone();
-    set["cancel_at"] = json!(x);
-    let mut unset = object.clone();
-    unset["cancel_at"] = Value::Null;
-    let start = event(
-        "evt_0",
-        "customer.subscription.created",
-        created,
-        &unset,
-        None,
-    );
-    let a = event(
-        "evt_a",
-        "customer.subscription.updated",
-        tie,
-        &set,
-        Some(json!({ "cancel_at": null })),
-    );
-    let b = event(
-        "evt_b",
-        "customer.subscription.updated",
-        tie,
-        &unset,
-        Some(json!({ "cancel_at": x })),
-    );
+    let [start, a, b] = tie(&object);
     let db = ScratchDatabase::sqlite().await.unwrap();
     let mut config = EngineConfig::new(db.url.clone(), Catalog::from_yaml("c", CATALOG).unwrap());
     config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
