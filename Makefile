@@ -7,6 +7,8 @@
 #   make ci      lint + test + scenarios
 #   make bench   the worker beside its store's floor (release build; not part of `make ci`),
 #                on SQLite and, with SUBLEDGER_TEST_POSTGRES_URL, PostgreSQL; writes docs/benchmarks.md
+#   make fuzz    every fuzz target for FUZZ_SECS seconds (default 60; a nightly toolchain and
+#                cargo-fuzz); make fuzz-ci: the short pass CI runs (the light targets, 10 s each)
 
 CARGO ?= cargo
 CATALOG ?= catalog.example.yaml
@@ -15,7 +17,7 @@ CATALOG ?= catalog.example.yaml
 SUBLEDGER_WEBHOOK_SECRETS ?= whsec_subledger_local_development
 export SUBLEDGER_WEBHOOK_SECRETS
 
-.PHONY: run worker migrate test lint fmt ci build scenarios bench
+.PHONY: run worker migrate test lint fmt ci build scenarios bench fuzz fuzz-ci
 
 build:
 	$(CARGO) build --workspace
@@ -60,3 +62,22 @@ scenarios:
 BENCH_ARGS ?=
 bench:
 	$(CARGO) run --release -q -p subledger-bench -- $(BENCH_ARGS)
+
+FUZZ_SECS ?= 60
+# Targets that need only the Stripe adapter and the domain; scenario_file also builds the
+# engine and both database drivers, so only `make fuzz` runs it.
+FUZZ_LIGHT := signature_header event_envelope translator catalog
+# New inputs a run finds go to a scratch directory; fuzz/corpus/<target> holds the committed seeds.
+FUZZ_WORK ?= $(or $(TMPDIR),/tmp)/subledger-fuzz
+
+fuzz:
+	for target in $(FUZZ_LIGHT) scenario_file; do \
+		mkdir -p $(FUZZ_WORK)/$$target && \
+		cargo +nightly fuzz run --features scenario $$target $(FUZZ_WORK)/$$target fuzz/corpus/$$target -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done
+
+fuzz-ci:
+	for target in $(FUZZ_LIGHT); do \
+		mkdir -p $(FUZZ_WORK)/$$target && \
+		cargo +nightly fuzz run $$target $(FUZZ_WORK)/$$target fuzz/corpus/$$target -- -max_total_time=10 || exit 1; \
+	done
