@@ -46,12 +46,10 @@ fn describe(failure: JoinError) -> String {
         return failure.to_string();
     }
     let payload = failure.into_panic();
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned());
-    format!("panicked: {message}")
+    format!(
+        "panicked: {}",
+        subledger_server::panic_message(payload.as_ref())
+    )
 }
 
 #[cfg(test)]

@@ -94,18 +94,23 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
     contain_panics(routes.with_state(state))
 }
 
+/// What a panic said: its message when it carried one (`panic!` with a literal or with
+/// formatting), for the logs.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
 /// A panic inside a handler answers that request with a JSON 500 and leaves the process, and
 /// every other request, alone. Handlers are written not to panic on any input; this is the
 /// line behind that.
 pub fn contain_panics(router: Router) -> Router {
     router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
         |panic: Box<dyn std::any::Any + Send + 'static>| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %message, "a request handler panicked");
+            tracing::error!(panic = %panic_message(panic.as_ref()), "a request handler panicked");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
