@@ -299,9 +299,13 @@ impl Engine {
         staged
     }
 
-    /// What an event means for this deployment: nothing, when it is of the other mode (Stripe
-    /// sends test and live events to endpoints of their own mode, but one endpoint URL can be
-    /// registered in both); otherwise what the translator makes of it.
+    /// What an event means for this deployment: nothing, when it is of the other mode;
+    /// otherwise what the translator makes of it. Every Stripe event says its mode: `livemode`
+    /// is a required boolean of the Event object (Stripe's API reference, "The Event object";
+    /// async-stripe-shared's `Event`, generated from Stripe's OpenAPI spec), and the receiver
+    /// refuses a body without it (`EventEnvelope::parse`), so the default below is never used
+    /// for a stored row. A test-mode endpoint and a live-mode endpoint may point at the same
+    /// URL; only one mode's events may become this deployment's facts.
     fn translate(
         &self,
         event: &serde_json::Value,
