@@ -190,7 +190,7 @@ async fn start_engine(url: &str, args: &Args) -> Result<Arc<Engine>> {
     Ok(Engine::start(config).await?)
 }
 
-/// Serves the HTTP API of `engine` on a free loopback port.
+/// Serves the HTTP API of `engine` on a free loopback port, as `subledger serve` does.
 async fn serve(engine: Arc<Engine>) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -199,11 +199,13 @@ async fn serve(engine: Arc<Engine>) -> Result<(SocketAddr, tokio::task::JoinHand
         Vec::new(),
     );
     let app = subledger_server::router(engine, tokens);
-    let server = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            eprintln!("the bench server stopped: {error}");
-        }
-    });
+    // What `subledger serve` runs: the same limits, the same connection handling.
+    let server = tokio::spawn(subledger_server::serve(
+        listener,
+        app,
+        subledger_server::HttpLimits::default(),
+        std::future::pending(),
+    ));
     Ok((addr, server))
 }
 
