@@ -29,6 +29,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
+use crate::billing::SubscriptionItem;
+use crate::ids::CustomerId;
 use marked_yaml::{LoadError, Node, Span};
 
 /// What one plan grants for one feature.
@@ -138,6 +140,18 @@ impl Catalog {
             .get(price_id)
             .or_else(|| lookup_key.and_then(|key| self.plan_by_price.get(key)))?;
         self.plans.get(name)
+    }
+
+    /// The plan of `customer`'s subscription item. A lookup key is a name the account that
+    /// owns the price chose, so it only counts for the platform's own customers: a connected
+    /// account could otherwise name its price `pro_monthly` and be granted the platform's plan.
+    /// A connected account's items match by price id alone.
+    pub fn plan_of_item(&self, customer: &CustomerId, item: &SubscriptionItem) -> Option<&Plan> {
+        let lookup_key = item
+            .lookup_key
+            .as_deref()
+            .filter(|_| customer.account().is_none());
+        self.plan_for_price(item.price_id.as_str(), lookup_key)
     }
 
     pub fn features(&self) -> &BTreeSet<String> {

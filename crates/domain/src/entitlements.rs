@@ -338,7 +338,11 @@ pub struct ScheduledChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Entitlements {
+    /// The customer's Stripe id.
     pub customer: CustomerId,
+    /// The connected account the customer belongs to; absent for the platform's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     pub deleted: bool,
     pub subscriptions: Vec<SubscriptionEntitlement>,
     /// The plans in effect: those of entitling subscriptions, else the default plan.
@@ -367,9 +371,10 @@ impl Entitlements {
     pub fn resolve(view: &BillingView, catalog: &Catalog, at: DateTime<Utc>) -> Self {
         let policy = catalog.policy();
         let plan_of = |subscription: &SubscriptionSnapshot| {
-            subscription.items.iter().find_map(|item| {
-                catalog.plan_for_price(item.price_id.as_str(), item.lookup_key.as_deref())
-            })
+            subscription
+                .items
+                .iter()
+                .find_map(|item| catalog.plan_of_item(&view.customer_id, item))
         };
         let mut subscriptions = Vec::new();
         let mut plans: Vec<&crate::catalog::Plan> = Vec::new();
@@ -402,9 +407,7 @@ impl Entitlements {
                 && disputes.is_empty();
             if grants {
                 for item in &subscription.items {
-                    if let Some(plan) =
-                        catalog.plan_for_price(item.price_id.as_str(), item.lookup_key.as_deref())
-                    {
+                    if let Some(plan) = catalog.plan_of_item(&view.customer_id, item) {
                         if !plans.iter().any(|known| known.name == plan.name) {
                             plans.push(plan);
                         }
@@ -433,12 +436,7 @@ impl Entitlements {
                         plan: next
                             .items
                             .iter()
-                            .find_map(|item| {
-                                catalog.plan_for_price(
-                                    item.price_id.as_str(),
-                                    item.lookup_key.as_deref(),
-                                )
-                            })
+                            .find_map(|item| catalog.plan_of_item(&view.customer_id, item))
                             .map(|plan| plan.name.clone()),
                     });
                 }
@@ -492,8 +490,7 @@ impl Entitlements {
                 continue;
             };
             for item in &subscription.items {
-                let plan =
-                    catalog.plan_for_price(item.price_id.as_str(), item.lookup_key.as_deref());
+                let plan = catalog.plan_of_item(&view.customer_id, item);
                 for (name, grant) in plan.iter().flat_map(|plan| &plan.features) {
                     if let (true, FeatureGrant::Limit(limit)) = (catalog.sums(name), grant) {
                         let sum = sums.entry(name.as_str()).or_insert(0);
@@ -511,7 +508,8 @@ impl Entitlements {
             }
         }
         Self {
-            customer: view.customer_id.clone(),
+            customer: CustomerId::new(view.customer_id.stripe_id()),
+            account: view.customer_id.account().map(str::to_owned),
             deleted: view.deleted,
             dunning: Dunning::most_serious(subscriptions.iter().map(|s| s.dunning.clone())),
             subscriptions,
@@ -562,11 +560,18 @@ plans:
     }
 
     fn view_with(subscriptions: &[(&str, SubscriptionStatus, &str)]) -> BillingView {
-        let mut view = BillingView::new(CustomerId::new("cus_1"));
+        view_of(CustomerId::new("cus_1"), subscriptions)
+    }
+
+    fn view_of(
+        customer: CustomerId,
+        subscriptions: &[(&str, SubscriptionStatus, &str)],
+    ) -> BillingView {
+        let mut view = BillingView::new(customer.clone());
         for (id, status, price) in subscriptions {
             let subscription = SubscriptionSnapshot {
                 id: SubscriptionId::new(*id),
-                customer_id: CustomerId::new("cus_1"),
+                customer_id: customer.clone(),
                 status: *status,
                 items: vec![SubscriptionItem {
                     price_id: PriceId::new(*price),
@@ -632,6 +637,26 @@ plans:
             &catalog(),
             now(),
         );
+        assert_eq!(entitlements.plans, ["pro"]);
+    }
+
+    #[test]
+    fn a_connected_accounts_lookup_key_selects_no_plan() {
+        let connected = CustomerId::in_account(Some("acct_1"), "cus_1");
+        let by_key = view_of(
+            connected.clone(),
+            &[("sub_1", SubscriptionStatus::Active, "price_by_key")],
+        );
+        let entitlements = Entitlements::resolve(&by_key, &catalog(), now());
+        assert_eq!(entitlements.plans, ["free"]);
+        assert_eq!(entitlements.subscriptions[0].plan, None);
+        assert!(!entitlements.feature("sso").enabled);
+        // Its price ids still name plans: the catalog chose them.
+        let by_price = view_of(
+            connected,
+            &[("sub_1", SubscriptionStatus::Active, "price_pro")],
+        );
+        let entitlements = Entitlements::resolve(&by_price, &catalog(), now());
         assert_eq!(entitlements.plans, ["pro"]);
     }
 

@@ -478,17 +478,30 @@ impl Engine {
     /// An order (a PaymentIntent with `metadata.order_id`) as its payments' events describe it;
     /// `None` when no payment for it is known. Several attempts (PaymentIntents) fold together
     /// in Stripe time.
-    pub async fn order(&self, order_id: &str) -> Result<Option<OrderView>, EngineError> {
+    /// `account` is the connected account whose order it is (`None`: the platform's); the
+    /// answer names the order and its customer as that account knows them.
+    pub async fn order(
+        &self,
+        account: Option<&str>,
+        order_id: &str,
+    ) -> Result<Option<OrderView>, EngineError> {
         let mut events: Vec<(DateTime<Utc>, i64, PaymentEvent)> = Vec::new();
-        for payment_intent in self.db.payments_of_order(order_id).await? {
+        let key = subledger_domain::ids::scoped(account, order_id);
+        for payment_intent in self.db.payments_of_order(&key).await? {
             for stored in self.db.events_of(Payment::TYPE, &payment_intent).await? {
                 let event: PaymentEvent = crate::projector::decode(&stored)?;
                 events.push((event.occurred_at(), stored.sequence, event));
             }
         }
         events.sort_by_key(|(at, sequence, _)| (*at, *sequence));
-        Ok(events.iter().fold(None, |view, (_, _, event)| {
+        let view = events.iter().fold(None, |view, (_, _, event)| {
             OrderView::fold(view, order_id, event)
+        });
+        Ok(view.map(|mut view| {
+            view.customer = view
+                .customer
+                .map(|customer| CustomerId::new(customer.stripe_id()));
+            view
         }))
     }
 
@@ -707,8 +720,9 @@ impl Engine {
     }
 
     /// The customer whose metadata carries this product user id.
-    pub fn customer_of_user(&self, user_id: &str) -> Option<String> {
-        self.entitlements.customer_of_user(user_id)
+    /// `account` is the connected account whose user it is; `None` for the platform's.
+    pub fn customer_of_user(&self, account: Option<&str>, user_id: &str) -> Option<String> {
+        self.entitlements.customer_of_user(account, user_id)
     }
 
     pub fn knows_customer(&self, customer_id: &CustomerId) -> bool {

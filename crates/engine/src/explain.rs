@@ -137,9 +137,10 @@ pub(crate) fn explain(
         let Some(snapshot) = view.subscriptions.get(&entitlement.id) else {
             continue;
         };
-        let plan = snapshot.items.iter().find_map(|item| {
-            catalog.plan_for_price(item.price_id.as_str(), item.lookup_key.as_deref())
-        });
+        let plan = snapshot
+            .items
+            .iter()
+            .find_map(|item| catalog.plan_of_item(&view.customer_id, item));
         let Some((plan, grant)) = plan.and_then(|p| p.features.get(feature).map(|g| (p, *g)))
         else {
             continue;

@@ -124,11 +124,17 @@ pub struct EntitlementIndex {
 /// signs up again gets a new customer); the greatest customer id. Each part is a fact of the
 /// views, not of the order they were published in, so every server answers the same, before
 /// and after a restart.
+///
+/// A user id is a name within one Stripe account: a connected account's customers claim
+/// user ids of that account only, so two accounts' `u_1` are two users.
 #[derive(Debug, Default)]
 struct UserIndex {
-    claims: HashMap<String, Vec<UserClaim>>,
-    user_of: HashMap<String, String>,
+    claims: HashMap<AccountUser, Vec<UserClaim>>,
+    user_of: HashMap<String, AccountUser>,
 }
+
+/// A product user id within an account (`None`: the platform's own).
+type AccountUser = (Option<String>, String);
 
 /// One customer's claim on a user id, ordered so that the greatest answers for it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -160,13 +166,14 @@ impl EntitlementIndex {
         self.projected.store(checkpoint.position, Ordering::Relaxed);
     }
 
-    /// The customer whose metadata names `user_id`.
-    pub fn customer_of_user(&self, user_id: &str) -> Option<String> {
+    /// The customer of `account` (`None`: the platform) whose metadata names `user_id`.
+    pub fn customer_of_user(&self, account: Option<&str>, user_id: &str) -> Option<String> {
+        let key = (account.map(str::to_owned), user_id.to_owned());
         self.users
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .claims
-            .get(user_id)
+            .get(&key)
             .and_then(|claims| claims.iter().max())
             .map(|claim| claim.customer.clone())
     }
@@ -287,6 +294,7 @@ impl UserIndex {
         let Some(user) = view.metadata.get(user_key) else {
             return;
         };
+        let user = (view.customer_id.account().map(str::to_owned), user.clone());
         self.claims
             .entry(user.clone())
             .or_default()
@@ -295,7 +303,7 @@ impl UserIndex {
                 first_seen_at: view.first_seen_at,
                 customer: customer.to_owned(),
             });
-        self.user_of.insert(customer.to_owned(), user.clone());
+        self.user_of.insert(customer.to_owned(), user);
     }
 }
 

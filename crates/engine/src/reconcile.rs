@@ -28,7 +28,7 @@ use serde_json::Value;
 use subledger_domain::billing::SubscriptionSnapshot;
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::entitlements::BillingView;
-use subledger_domain::ids::CustomerId;
+use subledger_domain::ids::{CustomerId, ACCOUNT_SEPARATOR};
 use subledger_store::{EventMetadata, Origin, StoreError};
 use subledger_stripe::{translate_fetched, Translation};
 use subledger_stripe_client::{ApiError, StripeReader};
@@ -180,12 +180,20 @@ impl Engine {
         let started = Instant::now();
         let first_request = reader.requests_made();
         let run_id = format!("reconcile_{}", uuid::Uuid::new_v4().simple());
-        let missed = self.undelivered_objects(reader).await?;
         let customers = if options.customers.is_empty() {
             self.every_customer(reader).await?
         } else {
             options.customers.iter().cloned().collect()
         };
+        // Each account's own undelivered events: a connected account's are listed in it.
+        let mut missed = BTreeSet::new();
+        for account in accounts_of(&customers) {
+            let reader = reader.in_account(account).map_err(stripe(format!(
+                "account `{}`",
+                account.unwrap_or("(platform)")
+            )))?;
+            missed.extend(self.undelivered_objects(&reader).await?);
+        }
         let total = u64::try_from(customers.len()).ok();
         let mut differences = Vec::new();
         let mut checked = 0;
@@ -225,7 +233,9 @@ impl Engine {
         })
     }
 
-    /// Every customer Subledger knows, and every customer Stripe lists.
+    /// Every customer Subledger knows, and every customer Stripe lists: the platform's own,
+    /// and those of each connected account Subledger has heard from (a connected account lists
+    /// its customers when read with `Stripe-Account`).
     async fn every_customer(
         &self,
         reader: &StripeReader,
@@ -240,9 +250,20 @@ impl Engine {
             customers.extend(ids);
             after = Some(last);
         }
-        for object in list_all(reader, "customers", &[]).await? {
-            if let Some(id) = object.get("id").and_then(Value::as_str) {
-                customers.insert(id.to_owned());
+        let accounts: Vec<Option<String>> = accounts_of(&customers)
+            .into_iter()
+            .map(|account| account.map(str::to_owned))
+            .collect();
+        for account in accounts {
+            let account = account.as_deref();
+            let reader = reader.in_account(account).map_err(stripe(format!(
+                "account `{}`",
+                account.unwrap_or("(platform)")
+            )))?;
+            for object in list_all(&reader, "customers", &[]).await? {
+                if let Some(id) = object.get("id").and_then(Value::as_str) {
+                    customers.insert(CustomerId::in_account(account, id).as_str().to_owned());
+                }
             }
         }
         Ok(customers)
@@ -284,6 +305,12 @@ impl Engine {
         named: bool,
     ) -> Result<(Vec<Difference>, Vec<Correction>), ReconcileError> {
         let view = self.current_view(customer).await?;
+        // A connected account's customer (`acct_…/cus_…`) is read in its account.
+        let key = CustomerId::new(customer);
+        let stripe_id = key.stripe_id();
+        let reader = &reader
+            .in_account(key.account())
+            .map_err(stripe(format!("customer `{customer}`")))?;
         let mut differences = Vec::new();
         let mut corrections = Vec::new();
         let changed = |id: &str| {
@@ -310,7 +337,7 @@ impl Engine {
                 applied: false,
             }
         };
-        let stripe_customer = match reader.retrieve("customers", customer).await {
+        let stripe_customer = match reader.retrieve("customers", stripe_id).await {
             Err(ApiError::NotFound(_)) => None,
             other => Some(other.map_err(stripe(format!("customer `{customer}`")))?),
         };
@@ -323,7 +350,7 @@ impl Engine {
                 list_all(
                     reader,
                     "subscriptions",
-                    &[("customer", customer), ("status", "all")],
+                    &[("customer", stripe_id), ("status", "all")],
                 )
                 .await?
             }
@@ -344,11 +371,9 @@ impl Engine {
             None => now,
         };
         let translate = |object: &Value| {
-            translate_fetched(object, read_at, &CustomerId::new(customer)).map_err(|e| {
-                ReconcileError::Unreadable {
-                    what: format!("what Stripe returned for `{customer}`"),
-                    reason: e.to_string(),
-                }
+            translate_fetched(object, read_at, &key).map_err(|e| ReconcileError::Unreadable {
+                what: format!("what Stripe returned for `{customer}`"),
+                reason: e.to_string(),
             })
         };
 
@@ -364,7 +389,7 @@ impl Engine {
                 ));
                 corrections.push(Correction {
                     translation: Translation::Customer {
-                        customer_id: CustomerId::new(customer),
+                        customer_id: key.clone(),
                         command: CustomerCommand::RecordDeletion {
                             occurred_at: read_at,
                         },
@@ -421,7 +446,7 @@ impl Engine {
             }
             (Some(v), Some(theirs)) => {
                 if !v.metadata.iter().eq(theirs.iter()) {
-                    let drift = changed(customer);
+                    let drift = changed(stripe_id);
                     differences.push(differ(
                         "customer",
                         customer,
@@ -436,7 +461,7 @@ impl Engine {
         }
 
         // Subscriptions.
-        let empty = BillingView::new(CustomerId::new(customer));
+        let empty = BillingView::new(key.clone());
         let ours = view.as_ref().unwrap_or(&empty);
         let mut seen = BTreeSet::new();
         for object in listed {
@@ -519,7 +544,7 @@ impl Engine {
         let open = list_all(
             reader,
             "invoices",
-            &[("customer", customer), ("status", "open")],
+            &[("customer", stripe_id), ("status", "open")],
         )
         .await?;
         for invoice in open {
@@ -587,6 +612,18 @@ impl Engine {
                 reason,
             })
     }
+}
+
+/// The accounts `customers` (keys) belong to: always the platform's (`None`), and each
+/// connected account named.
+fn accounts_of(customers: &BTreeSet<String>) -> BTreeSet<Option<&str>> {
+    std::iter::once(None)
+        .chain(
+            customers
+                .iter()
+                .map(|customer| customer.split_once(ACCOUNT_SEPARATOR).map(|(a, _)| a)),
+        )
+        .collect()
 }
 
 /// Every page of a list, its failure named after the list.

@@ -49,16 +49,28 @@ impl std::fmt::Display for StripeResource {
 /// simulator in tests and scenarios.
 pub trait StripeObjects: Send + Sync {
     /// `resource` `id` as Stripe's API returns it (for the active entitlements, `id` is the
-    /// customer's).
-    fn retrieve<'a>(&'a self, resource: StripeResource, id: &'a str) -> Fetched<'a>;
+    /// customer's). `account` is the connected account the object lives in, sent as the
+    /// `Stripe-Account` header (Stripe's docs, "Making API calls for connected accounts");
+    /// without it Stripe looks in the platform's own account and answers 404.
+    fn retrieve<'a>(
+        &'a self,
+        resource: StripeResource,
+        id: &'a str,
+        account: Option<&'a str>,
+    ) -> Fetched<'a>;
 }
 
 impl StripeObjects for StripeApi {
-    fn retrieve<'a>(&'a self, resource: StripeResource, id: &'a str) -> Fetched<'a> {
+    fn retrieve<'a>(
+        &'a self,
+        resource: StripeResource,
+        id: &'a str,
+        account: Option<&'a str>,
+    ) -> Fetched<'a> {
         Box::pin(async move {
             let fetched = match resource.path() {
-                Some(path) => self.object(path, id).await,
-                None => self.active_entitlements(id).await,
+                Some(path) => self.object(path, id, account).await,
+                None => self.active_entitlements(id, account).await,
             };
             fetched.map_err(|e| format!("fetching {resource} `{id}` from Stripe failed: {e}"))
         })

@@ -523,15 +523,15 @@ impl Engine {
             )));
         };
         let (resource, id) = match object {
-            TiedObject::Customer => (StripeResource::Customer, customer_id.as_str()),
+            TiedObject::Customer => (StripeResource::Customer, customer_id.stripe_id()),
             TiedObject::Subscription(id) => (StripeResource::Subscription, id.as_str()),
             TiedObject::Schedule(id) => (StripeResource::SubscriptionSchedule, id.as_str()),
             TiedObject::StripeEntitlements => {
-                (StripeResource::ActiveEntitlements, customer_id.as_str())
+                (StripeResource::ActiveEntitlements, customer_id.stripe_id())
             }
         };
         let fetched = objects
-            .retrieve(resource, id)
+            .retrieve(resource, id, customer_id.account())
             .await
             .map_err(RowFailure::Stripe)?;
         let unreadable = |e| {

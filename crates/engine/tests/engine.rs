@@ -471,14 +471,17 @@ async fn a_user_id_several_customers_name_is_answered_by_one_rule_in_any_order()
             }
             h.engine.drain().await.unwrap();
             assert_eq!(
-                h.engine.customer_of_user("u1").as_deref(),
+                h.engine.customer_of_user(None, "u1").as_deref(),
                 Some("cus_new"),
                 "{name}, newest first: {newest_first}"
             );
             if name == "postgres" {
                 let clock = Arc::new(ManualClock::new(Utc::now()));
                 let other = Engine::start(config(&h.test_db.url, &clock)).await.unwrap();
-                assert_eq!(other.customer_of_user("u1").as_deref(), Some("cus_new"));
+                assert_eq!(
+                    other.customer_of_user(None, "u1").as_deref(),
+                    Some("cus_new")
+                );
                 other.close().await;
             }
 
@@ -490,7 +493,7 @@ async fn a_user_id_several_customers_name_is_answered_by_one_rule_in_any_order()
             ))
             .await;
             assert_eq!(
-                h.engine.customer_of_user("u1").as_deref(),
+                h.engine.customer_of_user(None, "u1").as_deref(),
                 Some("cus_old"),
                 "{name}"
             );
@@ -503,13 +506,13 @@ async fn a_user_id_several_customers_name_is_answered_by_one_rule_in_any_order()
             ))
             .await;
             assert_eq!(
-                h.engine.customer_of_user("u2").as_deref(),
+                h.engine.customer_of_user(None, "u2").as_deref(),
                 Some("cus_old"),
                 "{name}"
             );
             // Only the deleted customer still names u1: it answers, as the last resort.
             assert_eq!(
-                h.engine.customer_of_user("u1").as_deref(),
+                h.engine.customer_of_user(None, "u1").as_deref(),
                 Some("cus_new"),
                 "{name}"
             );

@@ -10,6 +10,7 @@
 //!   - { id: price_pro_monthly, amount: 2000, interval: month, lookup_key: pro_monthly }
 //! steps:
 //!   - create_customer: { id: cus_alice, card: pm_card_visa, metadata: { user_id: u_1 } }
+//!   - create_customer: { id: cus_bob, account: acct_1Shop }   # a connected account's customer
 //!   - subscribe: { customer: cus_alice, subscription: sub_alice, price: price_pro_monthly }
 //!   - change_card: { customer: cus_alice, card: pm_card_chargeCustomerFail }
 //!   - advance: 1 month                     # N second|minute|hour|day|week|month|year[s],
@@ -126,6 +127,8 @@ impl ClockStep {
 pub enum Action {
     CreateCustomer {
         id: String,
+        /// The connected account the customer belongs to (`None`: the platform's own).
+        account: Option<String>,
         card: Option<String>,
         metadata: BTreeMap<String, String>,
     },
@@ -838,9 +841,19 @@ impl Reader {
         };
         Ok(match name {
             "create_customer" => {
-                let map = self.args(value, name, &["id", "card", "metadata"])?;
+                let map = self.args(value, name, &["id", "account", "card", "metadata"])?;
+                let account = self.optional_str(map, "account")?;
+                if let (Some(account), Some(node)) = (&account, map.get_node("account")) {
+                    if !subledger_domain::ids::is_account_id(account) {
+                        return Err(self.error(
+                            node.span(),
+                            format!("`account` must be a Stripe account id (acct_…), not `{account}`"),
+                        ));
+                    }
+                }
                 Action::CreateCustomer {
                     id: self.required_str(map, "id")?.to_owned(),
+                    account,
                     card: self.optional_str(map, "card")?,
                     metadata: match map.get_node("metadata") {
                         Some(node) => self.string_map(node, "`metadata`")?,

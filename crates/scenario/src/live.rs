@@ -193,7 +193,10 @@ impl LiveRun<'_> {
     async fn apply(&mut self, action: &Action, line: usize) -> Result<(), String> {
         let api = &self.options.api;
         match action {
-            Action::CreateCustomer { id, card, metadata } => {
+            Action::CreateCustomer { account: Some(_), .. } => {
+                return Err("customers of connected accounts are simulated only: this runner drives the platform account (run this scenario on the simulator)".to_owned())
+            }
+            Action::CreateCustomer { id, card, metadata, .. } => {
                 let clock = self.clock_for_new_customer().await?;
                 let metadata: HashMap<String, String> = metadata.clone().into_iter().collect();
                 let real = api.create_customer(&self.key(format!("customer:{id}")), &clock, metadata).await.map_err(stripe_failed)?;

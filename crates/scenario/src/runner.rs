@@ -310,7 +310,7 @@ async fn play(
                 reason,
             } => engine
                 .place_hold(
-                    customer,
+                    &customer_key(&simulator, customer),
                     id,
                     subscription
                         .as_deref()
@@ -322,7 +322,12 @@ async fn play(
                 .await
                 .map_err(|e| format!("Subledger refused the hold: {e}")),
             Action::LiftHold { customer, id } => engine
-                .lift_hold(customer, id, Some(simulator.now()), "scenario")
+                .lift_hold(
+                    &customer_key(&simulator, customer),
+                    id,
+                    Some(simulator.now()),
+                    "scenario",
+                )
                 .await
                 .map_err(|e| format!("Subledger refused to lift the hold: {e}")),
             action => apply(action, &mut simulator).map_err(|e| e.to_string()),
@@ -430,7 +435,11 @@ async fn final_answers(engine: &Engine, sim: &Simulator) -> Answers {
     let mut answers = Answers::new();
     for customer in sim.customers() {
         let answer = match engine
-            .entitlements_at(&customer.id, sim.now(), Basis::Effective)
+            .entitlements_at(
+                &customer_key(sim, &customer.id),
+                sim.now(),
+                Basis::Effective,
+            )
             .await
         {
             Ok(answer) => serde_json::to_string(&answer).unwrap_or_default(),
@@ -574,24 +583,56 @@ async fn settle(
 struct SimulatorObjects(Arc<Mutex<Simulator>>);
 
 impl StripeObjects for SimulatorObjects {
-    fn retrieve<'a>(&'a self, resource: StripeResource, id: &'a str) -> Fetched<'a> {
+    fn retrieve<'a>(
+        &'a self,
+        resource: StripeResource,
+        id: &'a str,
+        account: Option<&'a str>,
+    ) -> Fetched<'a> {
         Box::pin(async move {
             let simulator = self.0.lock().await;
-            match resource {
+            let object = match resource {
                 StripeResource::Subscription => simulator.subscription_json(id),
                 StripeResource::Customer => simulator.customer_json(id),
                 StripeResource::SubscriptionSchedule => simulator.schedule_json(id),
                 StripeResource::ActiveEntitlements => simulator.active_entitlements_json(id),
             }
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+            // As at Stripe, an object is found only in the account it lives in: a request
+            // without (or with another) `Stripe-Account` answers 404 (Stripe's docs, "Making
+            // API calls for connected accounts").
+            let owner = match resource {
+                StripeResource::Customer | StripeResource::ActiveEntitlements => {
+                    simulator.account_of_customer(id).map(str::to_owned)
+                }
+                _ => simulator.account_of(&object),
+            };
+            if owner.as_deref() != account {
+                return Err(format!(
+                    "No such {resource}: '{id}' in {}",
+                    account.unwrap_or("the platform's account")
+                ));
+            }
+            Ok(object)
         })
     }
 }
 
+/// The key Subledger keeps simulated customer `id` under: within its connected account, if
+/// it has one.
+fn customer_key(sim: &Simulator, id: &str) -> String {
+    subledger_domain::ids::scoped(sim.account_of_customer(id), id)
+}
+
 fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator::SimError> {
     match action {
-        Action::CreateCustomer { id, card, metadata } => {
-            sim.create_customer(id, metadata.clone())?;
+        Action::CreateCustomer {
+            id,
+            account,
+            card,
+            metadata,
+        } => {
+            sim.create_customer_in(account.as_deref(), id, metadata.clone())?;
             if let Some(card) = card {
                 sim.attach_card(id, card)?;
             }
@@ -690,7 +731,7 @@ async fn check(expectation: &Expectation, engine: &Engine, sim: &Simulator) -> V
     let mut failures = Vec::new();
     if let Some(customer) = &expectation.customer {
         match engine
-            .entitlements_at(customer, sim.now(), Basis::Effective)
+            .entitlements_at(&customer_key(sim, customer), sim.now(), Basis::Effective)
             .await
         {
             Err(e) => failures.push(format!("Subledger failed to answer: {e}")),
@@ -702,15 +743,15 @@ async fn check(expectation: &Expectation, engine: &Engine, sim: &Simulator) -> V
         }
     }
     if let (Some(user), Some(customer)) = (&expectation.user, &expectation.customer) {
-        let found = engine.customer_of_user(user);
-        if found.as_deref() != Some(customer.as_str()) {
+        let found = engine.customer_of_user(sim.account_of_customer(customer), user);
+        if found.as_deref() != Some(customer_key(sim, customer).as_str()) {
             failures.push(format!(
                 "user {user}: expected customer {customer}, Subledger finds {found:?}"
             ));
         }
     }
     for (order, expected) in &expectation.orders {
-        match engine.order(order).await {
+        match engine.order(sim.account_of_order(order), order).await {
             Err(e) => failures.push(format!("Subledger failed to answer for order {order}: {e}")),
             Ok(None) => failures.push(format!(
                 "order {order}: expected {}, Subledger does not know it",

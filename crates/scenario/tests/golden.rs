@@ -71,7 +71,7 @@ async fn answers(engine: &Engine, at: DateTime<Utc>, customers: &[String]) -> Va
     let mut orders = BTreeMap::new();
     for n in [4, 13] {
         let id = format!("order_{n}");
-        orders.insert(id.clone(), json!(engine.order(&id).await.unwrap()));
+        orders.insert(id.clone(), json!(engine.order(None, &id).await.unwrap()));
     }
     json!({ "at": at, "customers": by_customer, "orders": orders })
 }

@@ -66,7 +66,10 @@ async fn stripe_with_subscription(truth: i64) -> (StripeApi, Value) {
     api.set_cancel_at("cancel", &subscription.id, truth)
         .await
         .unwrap();
-    let object = api.object("subscriptions", &subscription.id).await.unwrap();
+    let object = api
+        .object("subscriptions", &subscription.id, None)
+        .await
+        .unwrap();
     (api, object)
 }
 
@@ -238,7 +241,7 @@ async fn without_a_key_to_fetch_with_the_undecided_event_is_parked_not_dropped()
 async fn a_customer_details_tie_is_settled_by_what_stripe_returns() {
     let (api, subscription) = stripe_with_subscription(1_769_904_000).await;
     let customer_id = subscription["customer"].as_str().unwrap().to_owned();
-    let customer = api.object("customers", &customer_id).await.unwrap();
+    let customer = api.object("customers", &customer_id, None).await.unwrap();
     let created = customer["created"].as_i64().unwrap();
     // A user id set and taken back in one second.
     let mut without = customer.clone();
@@ -270,10 +273,10 @@ async fn a_customer_details_tie_is_settled_by_what_stripe_returns() {
         }
         engine.project().await.unwrap();
         assert_eq!(
-            engine.customer_of_user("u_truth").as_deref(),
+            engine.customer_of_user(None, "u_truth").as_deref(),
             Some(customer_id.as_str())
         );
-        assert_eq!(engine.customer_of_user("u_1"), None);
+        assert_eq!(engine.customer_of_user(None, "u_1"), None);
         assert_eq!(engine.inbox_stats().await.unwrap().processed, 3);
         engine.close().await;
         db.cleanup().await.unwrap();
@@ -348,7 +351,7 @@ async fn a_schedule_tie_is_settled_by_the_schedule_stripe_returns() {
     api.change_price_at_period_end("downgrade", &subscription_id, &team)
         .await
         .unwrap();
-    let schedules = api.object("subscription_schedules", "").await;
+    let schedules = api.object("subscription_schedules", "", None).await;
     assert!(schedules.is_err(), "an empty id never reaches Stripe");
     let truth = subscription_schedule(&api, &subscription_id).await;
     let created = truth["created"].as_i64().unwrap();
@@ -400,11 +403,16 @@ async fn a_schedule_tie_is_settled_by_the_schedule_stripe_returns() {
 
 /// The schedule managing `subscription`, as Stripe's API returns it.
 async fn subscription_schedule(api: &StripeApi, subscription: &str) -> Value {
-    let object = api.object("subscriptions", subscription).await.unwrap();
+    let object = api
+        .object("subscriptions", subscription, None)
+        .await
+        .unwrap();
     let id = object["schedule"]
         .as_str()
         .expect("the subscription has a schedule");
-    api.object("subscription_schedules", id).await.unwrap()
+    api.object("subscription_schedules", id, None)
+        .await
+        .unwrap()
 }
 
 /// A Stripe that never answers.
@@ -415,6 +423,7 @@ impl StripeObjects for Hanging {
         &'a self,
         _resource: subledger_engine::refetch::StripeResource,
         _id: &'a str,
+        _account: Option<&'a str>,
     ) -> subledger_engine::refetch::Fetched<'a> {
         Box::pin(std::future::pending())
     }

@@ -3,17 +3,19 @@
 //! Questions about the past (`?at=`, `?as_known_at=`) replay the customer's events.
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query};
+use axum::extract::Query;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use subledger_domain::entitlements::{Entitlements, FeatureValue};
+use subledger_domain::ids::CustomerId;
 use subledger_engine::Basis;
 
 use crate::auth::Authorized;
 use crate::error::ApiError;
+use crate::paths::RouteNames;
 use crate::AppState;
 
 /// `?at=<RFC 3339>` (by when things happened at Stripe) or `?as_known_at=<RFC 3339>` (by
@@ -113,10 +115,11 @@ async fn in_the_past(
     security(("bearer" = [])))]
 pub(crate) async fn customer_entitlements(
     Authorized(state): Authorized,
-    Path(customer_id): Path<String>,
+    names: RouteNames,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    entitlements_of(&state, &customer_id, AsOf::parse(query)?).await
+    let customer = names.customer()?;
+    entitlements_of(&state, customer.as_str(), AsOf::parse(query)?).await
 }
 
 /// `GET /v1/users/{user_id}/entitlements`: the same answer, found by the product's user id.
@@ -132,21 +135,25 @@ pub(crate) async fn customer_entitlements(
     security(("bearer" = [])))]
 pub(crate) async fn user_entitlements(
     Authorized(state): Authorized,
-    Path(user_id): Path<String>,
+    names: RouteNames,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let as_of = AsOf::parse(query)?;
-    entitlements_of(&state, &customer_of_user(&state, &user_id)?, as_of).await
+    entitlements_of(&state, &customer_of_user(&state, &names)?, as_of).await
 }
 
-fn customer_of_user(state: &AppState, user_id: &str) -> Result<String, ApiError> {
-    state.engine.customer_of_user(user_id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "user_not_found",
-            format!("no customer's metadata names user `{user_id}`"),
-        )
-    })
+fn customer_of_user(state: &AppState, names: &RouteNames) -> Result<String, ApiError> {
+    let (account, user_id) = names.user()?;
+    state
+        .engine
+        .customer_of_user(account, user_id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "user_not_found",
+                format!("no customer's metadata names user `{user_id}`"),
+            )
+        })
 }
 
 async fn entitlements_of(
@@ -175,6 +182,9 @@ async fn entitlements_of(
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct FeatureAnswer {
     customer: String,
+    /// The connected account the customer belongs to; absent for the platform's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<String>,
     feature: String,
     enabled: bool,
     /// The limit of a metered feature; null for a boolean one.
@@ -185,6 +195,9 @@ pub(crate) struct FeatureAnswer {
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Timeline {
     customer: String,
+    /// The connected account the customer belongs to; absent for the platform's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<String>,
     events: Vec<subledger_engine::TimelineEntry>,
 }
 
@@ -201,10 +214,11 @@ pub(crate) struct Timeline {
     security(("bearer" = [])))]
 pub(crate) async fn customer_feature(
     Authorized(state): Authorized,
-    Path((customer_id, feature)): Path<(String, String)>,
+    names: RouteNames,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    feature_of(&state, &customer_id, &feature, AsOf::parse(query)?).await
+    let customer = names.customer()?;
+    feature_of(&state, &customer, names.feature()?, AsOf::parse(query)?).await
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/entitlements/{feature}", tag = "entitlements",
@@ -219,25 +233,21 @@ pub(crate) async fn customer_feature(
     security(("bearer" = [])))]
 pub(crate) async fn user_feature(
     Authorized(state): Authorized,
-    Path((user_id, feature)): Path<(String, String)>,
+    names: RouteNames,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let as_of = AsOf::parse(query)?;
-    feature_of(
-        &state,
-        &customer_of_user(&state, &user_id)?,
-        &feature,
-        as_of,
-    )
-    .await
+    let customer = CustomerId::new(customer_of_user(&state, &names)?);
+    feature_of(&state, &customer, names.feature()?, as_of).await
 }
 
 async fn feature_of(
     state: &AppState,
-    customer_id: &str,
+    customer: &CustomerId,
     feature: &str,
     as_of: Option<(DateTime<Utc>, Basis)>,
 ) -> Result<Response, ApiError> {
+    let customer_id = customer.as_str();
     let value: FeatureValue = match in_the_past(state, customer_id, as_of).await? {
         Some(past) => past.feature(feature),
         None => state
@@ -247,7 +257,8 @@ async fn feature_of(
             .feature(feature),
     };
     Ok(Json(FeatureAnswer {
-        customer: customer_id.to_owned(),
+        customer: customer.stripe_id().to_owned(),
+        account: customer.account().map(str::to_owned),
         feature: feature.to_owned(),
         enabled: value.enabled,
         limit: value.limit,
@@ -268,16 +279,17 @@ async fn feature_of(
     security(("bearer" = [])))]
 pub(crate) async fn explain_feature(
     Authorized(state): Authorized,
-    Path((customer_id, feature)): Path<(String, String)>,
+    names: RouteNames,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let as_of = AsOf::parse(query)?;
+    let customer = names.customer()?;
     let explanation = state
         .engine
-        .explain(&customer_id, &feature, as_of)
+        .explain(customer.as_str(), names.feature()?, as_of)
         .await
         .map_err(engine_failed)?
-        .ok_or_else(|| not_found(&customer_id))?;
+        .ok_or_else(|| not_found(customer.as_str()))?;
     Ok(Json(explanation).into_response())
 }
 
@@ -293,18 +305,20 @@ pub(crate) async fn explain_feature(
     security(("bearer" = [])))]
 pub(crate) async fn customer_timeline(
     Authorized(state): Authorized,
-    Path(customer_id): Path<String>,
+    names: RouteNames,
 ) -> Result<Response, ApiError> {
+    let customer = names.customer()?;
     let events = state
         .engine
-        .timeline(&customer_id)
+        .timeline(customer.as_str())
         .await
         .map_err(engine_failed)?;
     if events.is_empty() {
-        return Err(not_found(&customer_id));
+        return Err(not_found(customer.as_str()));
     }
     Ok(Json(Timeline {
-        customer: customer_id,
+        customer: customer.stripe_id().to_owned(),
+        account: customer.account().map(str::to_owned),
         events,
     })
     .into_response())

@@ -2,7 +2,7 @@
 //! from one subscription) until `DELETE /v1/customers/{id}/holds/{hold_id}` lifts it.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query};
+use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +15,7 @@ use subledger_engine::EngineError;
 use crate::auth::Admin;
 use crate::entitlements::engine_failed;
 use crate::error::ApiError;
+use crate::paths::RouteNames;
 use crate::webhooks::correlation_id;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -85,10 +86,12 @@ fn refused(error: EngineError, customer_id: &str) -> ApiError {
     security(("bearer" = [])))]
 pub(crate) async fn place(
     Admin(state): Admin,
-    Path(customer_id): Path<String>,
+    names: RouteNames,
     headers: HeaderMap,
     body: Result<Json<NewHold>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let customer = names.customer()?;
+    let customer_id = customer.as_str();
     let Json(hold) = body.map_err(|rejection| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -128,7 +131,7 @@ pub(crate) async fn place(
     state
         .engine
         .place_hold(
-            &customer_id,
+            customer_id,
             &hold_id,
             subscription.clone(),
             reason,
@@ -136,13 +139,16 @@ pub(crate) async fn place(
             &correlation_id(&headers),
         )
         .await
-        .map_err(|e| refused(e, &customer_id))?;
-    let body = json!({
+        .map_err(|e| refused(e, customer_id))?;
+    let mut body = json!({
         "hold_id": hold_id,
-        "customer": customer_id,
+        "customer": customer.stripe_id(),
         "subscription": subscription,
         "reason": reason,
     });
+    if let Some(account) = customer.account() {
+        body["account"] = json!(account);
+    }
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -157,15 +163,17 @@ pub(crate) async fn place(
     security(("bearer" = [])))]
 pub(crate) async fn lift(
     Admin(state): Admin,
-    Path((customer_id, hold_id)): Path<(String, String)>,
+    names: RouteNames,
     Query(lifted): Query<LiftedAt>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let customer = names.customer()?;
+    let hold_id = names.hold_id()?;
     let at = moment(lifted.at.as_deref())?;
     state
         .engine
-        .lift_hold(&customer_id, &hold_id, at, &correlation_id(&headers))
+        .lift_hold(customer.as_str(), hold_id, at, &correlation_id(&headers))
         .await
-        .map_err(|e| refused(e, &customer_id))?;
+        .map_err(|e| refused(e, customer.as_str()))?;
     Ok(Json(json!({ "hold_id": hold_id, "lifted": true })).into_response())
 }

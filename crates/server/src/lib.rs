@@ -9,6 +9,8 @@
 //! - `GET /v1/customers/{id}/entitlements/{feature}/explain`: the decision and its reasons.
 //! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
 //! - `GET /healthz` (from memory), `GET /readyz` (the store, bounded); `GET /openapi.json` ([`openapi`]): this API's OpenAPI document.
+//! - Every `/v1` route above has a twin under `/v1/accounts/{account}` for the customers, users
+//!   and orders of a Stripe Connect connected account ([`paths`]).
 //! - [`auth`]: bearer tokens for `/v1`, read and admin; [`error`]: the one JSON error type.
 
 pub mod auth;
@@ -17,6 +19,7 @@ pub mod error;
 pub mod holds;
 pub mod openapi;
 pub mod orders;
+mod paths;
 pub mod serve;
 pub mod webhooks;
 
@@ -25,7 +28,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 use subledger_engine::Engine;
@@ -51,37 +54,47 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
         api_tokens: Arc::new(api_tokens),
     };
     // Full paths rather than a nested `/v1` router: nesting rewrites every request's URI.
-    let routes = Router::new()
-        .route(
+    // Each `/v1` route serves the platform's own customers and, under
+    // `/v1/accounts/{account}`, a connected account's ([`paths`]).
+    let v1: [(&str, MethodRouter<AppState>); 9] = [
+        (
             "/v1/customers/{customer_id}/entitlements",
             get(entitlements::customer_entitlements),
-        )
-        .route(
+        ),
+        (
             "/v1/customers/{customer_id}/entitlements/{feature}",
             get(entitlements::customer_feature),
-        )
-        .route(
+        ),
+        (
             "/v1/customers/{customer_id}/entitlements/{feature}/explain",
             get(entitlements::explain_feature),
-        )
-        .route(
+        ),
+        (
             "/v1/customers/{customer_id}/timeline",
             get(entitlements::customer_timeline),
-        )
-        .route(
+        ),
+        (
             "/v1/users/{user_id}/entitlements",
             get(entitlements::user_entitlements),
-        )
-        .route(
+        ),
+        (
             "/v1/users/{user_id}/entitlements/{feature}",
             get(entitlements::user_feature),
-        )
-        .route("/v1/orders/{order_id}", get(orders::order))
-        .route("/v1/customers/{customer_id}/holds", post(holds::place))
-        .route(
+        ),
+        ("/v1/orders/{order_id}", get(orders::order)),
+        ("/v1/customers/{customer_id}/holds", post(holds::place)),
+        (
             "/v1/customers/{customer_id}/holds/{hold_id}",
             axum::routing::delete(holds::lift),
-        )
+        ),
+    ];
+    let routes = v1
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router
+                .route(&paths::connected(path), handler.clone())
+                .route(path, handler)
+        })
         .route(
             "/webhooks/stripe",
             post(webhooks::receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY)),

@@ -2,7 +2,10 @@
 //! it cannot drift from the code: `GET /openapi.json`.
 
 use axum::Json;
+use utoipa::openapi::path::{ParameterBuilder, ParameterIn, PathItem};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi};
 
 #[derive(Debug, OpenApi)]
@@ -24,7 +27,7 @@ use utoipa::{Modify, OpenApi};
         crate::orders::order,
     ),
     components(schemas(crate::error::ApiErrorBody)),
-    modifiers(&BearerTokens)
+    modifiers(&BearerTokens, &ConnectedAccounts)
 )]
 pub struct ApiDoc;
 
@@ -39,6 +42,53 @@ impl Modify for BearerTokens {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// Each `/v1` operation again under `/v1/accounts/{account}`, for a connected account's
+/// customers, users and orders (the router serves both; see `paths`).
+struct ConnectedAccounts;
+
+impl Modify for ConnectedAccounts {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let account = ParameterBuilder::new()
+            .name("account")
+            .parameter_in(ParameterIn::Path)
+            .required(Required::True)
+            .description(Some("The Stripe Connect connected account (acct_…)"))
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .build();
+        let twins: Vec<(String, PathItem)> = openapi
+            .paths
+            .paths
+            .iter()
+            .filter(|(path, _)| path.starts_with("/v1/"))
+            .map(|(path, item)| {
+                let mut item = item.clone();
+                for operation in operations(&mut item) {
+                    let parameters = operation.parameters.get_or_insert_with(Vec::new);
+                    parameters.insert(0, utoipa::openapi::RefOr::T(account.clone()));
+                    operation.operation_id = operation
+                        .operation_id
+                        .as_ref()
+                        .map(|id| format!("{id}_of_connected_account"));
+                }
+                (crate::paths::connected(path), item)
+            })
+            .collect();
+        openapi.paths.paths.extend(twins);
+    }
+}
+
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        item.get.as_mut(),
+        item.post.as_mut(),
+        item.put.as_mut(),
+        item.delete.as_mut(),
+        item.patch.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {

@@ -1,7 +1,6 @@
 //! `GET /v1/orders/{order_id}`: a one-off payment (a PaymentIntent with `metadata.order_id`),
 //! `pending` until Stripe reports it succeeded.
 
-use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -9,6 +8,7 @@ use axum::Json;
 use crate::auth::Authorized;
 use crate::entitlements::engine_failed;
 use crate::error::ApiError;
+use crate::paths::RouteNames;
 
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders",
     params(("order_id" = String, Path, description = "The PaymentIntent's metadata.order_id")),
@@ -17,9 +17,14 @@ use crate::error::ApiError;
     security(("bearer" = [])))]
 pub(crate) async fn order(
     Authorized(state): Authorized,
-    Path(order_id): Path<String>,
+    names: RouteNames,
 ) -> Result<Response, ApiError> {
-    let order = state.engine.order(&order_id).await.map_err(engine_failed)?;
+    let (account, order_id) = names.order()?;
+    let order = state
+        .engine
+        .order(account, order_id)
+        .await
+        .map_err(engine_failed)?;
     let order = order.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

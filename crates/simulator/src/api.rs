@@ -125,6 +125,33 @@ impl Account {
             .ok_or_else(|| ApiError::missing("test_clock", clock))
     }
 
+    /// Whose object `id` is, over every clock: `Some(account)` (`Some(None)`: the
+    /// platform's own), `None` for an id no clock holds.
+    fn owner_of_id(&self, id: &str) -> Option<Option<String>> {
+        self.clocks
+            .values()
+            .find_map(|sim| sim.owner_of_id(id))
+            .map(|owner| owner.map(str::to_owned))
+    }
+
+    /// Whose rendered object is: an event names its account; anything else belongs to the
+    /// customer it is, or names (itself or through its invoice or PaymentIntent). `None` for
+    /// objects of no customer (prices, test clocks), which every account sees here.
+    fn owner_of(&self, object: &Value) -> Option<Option<String>> {
+        if object.get("object").and_then(Value::as_str) == Some("event") {
+            return Some(
+                object
+                    .get("account")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            );
+        }
+        ["id", "customer", "invoice", "payment_intent"]
+            .iter()
+            .filter_map(|field| object.get(*field).and_then(Value::as_str))
+            .find_map(|id| self.owner_of_id(id))
+    }
+
     fn customer_clock(&self, customer: &str) -> Result<String, ApiError> {
         self.clock_of(|sim| sim.customer(customer).is_ok())
             .ok_or_else(|| ApiError::missing("customer", customer))
@@ -369,6 +396,10 @@ pub fn router(account: SharedAccount) -> Router {
         .route("/v1/events/{id}", get(retrieve_event))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&account),
+            keep_accounts_apart,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&account),
             answer_rate_limited,
         ))
         .layer(axum::middleware::from_fn(require_api_key))
@@ -445,6 +476,78 @@ async fn switch_webhooks(
     Ok(Json(
         json!({ "object": "webhook_endpoint", "enabled": enabled }),
     ))
+}
+
+/// Stripe keeps each connected account's objects apart: a request made for one (the
+/// `Stripe-Account` header; none: the platform's own account) finds, lists and changes only
+/// that account's objects, and anything else is `No such …` (Stripe's docs, "Making API calls
+/// for connected accounts"). Here the objects of every account live in one simulator, and
+/// this layer draws the lines: objects named in the path or by `?customer=` must be the
+/// account's, lists keep only its objects, and a retrieved object of another account is 404.
+/// Of the creating calls, only `POST /v1/customers` acts in a connected account here (the
+/// scenario runner makes the rest of a connected account's story on the simulator itself);
+/// any other is refused rather than made in the platform's account by mistake.
+async fn keep_accounts_apart(
+    State(account): State<SharedAccount>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let asked = match request.headers().get("stripe-account").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(id)) if id.starts_with("acct_") => Some(id.to_owned()),
+        Some(_) => {
+            return ApiError::invalid("Stripe-Account must be an account id (acct_…)", None)
+                .into_response()
+        }
+    };
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let named_customer = request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("customer="))
+            .map(str::to_owned)
+    });
+    let mut segments = path.trim_start_matches('/').split('/');
+    let resource = segments.nth(1).unwrap_or_default().to_owned();
+    let in_path = segments.next().map(str::to_owned);
+    {
+        let account = account.lock().await;
+        for id in in_path.iter().chain(named_customer.iter()) {
+            if account.owner_of_id(id).is_some_and(|owner| owner != asked) {
+                return ApiError::missing(resource.trim_end_matches('s'), id).into_response();
+            }
+        }
+    }
+    if asked.is_some() && method == Method::POST && in_path.is_none() && path != "/v1/customers" {
+        return ApiError::invalid(
+            format!("the simulator makes only customers in a connected account, not `{path}`"),
+            None,
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    if method != Method::GET || !response.status().is_success() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::invalid("the answer could not be read", None).into_response();
+    };
+    let Ok(mut answer) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    let account = account.lock().await;
+    if let Some(data) = answer.get_mut("data").and_then(Value::as_array_mut) {
+        data.retain(|object| account.owner_of(object).is_none_or(|owner| owner == asked));
+    } else if account
+        .owner_of(&answer)
+        .is_some_and(|owner| owner != asked)
+    {
+        let id = in_path.unwrap_or_default();
+        return ApiError::missing(resource.trim_end_matches('s'), &id).into_response();
+    }
+    (parts.status, Json(answer)).into_response()
 }
 
 /// Stripe refuses requests without a secret or restricted key.
@@ -592,7 +695,8 @@ async fn create_customer(
             .map_or_else(|| account.default_clock.clone(), str::to_owned);
         let sim = account.sim(&clock)?;
         let id = sim.fresh_id("cus");
-        sim.create_customer(&id, metadata(&params))?;
+        let connected = headers.get("stripe-account").and_then(|v| v.to_str().ok());
+        sim.create_customer_in(connected, &id, metadata(&params))?;
         if let Some(card) = param(&params, "payment_method") {
             let pm = sim.attach_payment_method(&id, card)?;
             if param(&params, "invoice_settings[default_payment_method]").is_some() {

@@ -214,6 +214,8 @@ pub struct Price {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Customer {
     pub id: String,
+    /// The connected account the customer belongs to (`None`: the platform's own).
+    pub account: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub default_payment_method: Option<String>,
     pub created: DateTime<Utc>,

@@ -15,7 +15,9 @@ use subledger_domain::billing::{
     SubscriptionStatus, SummaryProvenance, Was, WriteOff,
 };
 use subledger_domain::customer::CustomerCommand;
-use subledger_domain::ids::{CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId};
+use subledger_domain::ids::{
+    is_account_id, scoped, CustomerId, InvoiceId, PaymentIntentId, PriceId, SubscriptionId,
+};
 use subledger_domain::money::Money;
 use subledger_domain::payment::{PaymentCommand, PaymentFacts};
 
@@ -59,14 +61,16 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
         .and_then(|data| data.get("object"))
         .and_then(Value::as_object)
         .ok_or_else(|| invalid("data.object", "an object"))?;
+    let account = event_account(event)?;
     let object = Fields {
         map: object,
         prefix: "data.object",
+        account,
     };
 
     let translation = match event_type {
         "customer.created" | "customer.updated" => Translation::Customer {
-            customer_id: CustomerId::new(object.str("id")?),
+            customer_id: CustomerId::in_account(object.account, object.str("id")?),
             command: CustomerCommand::RecordDetails {
                 metadata: object.metadata()?,
                 occurred_at: created,
@@ -74,7 +78,7 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
             },
         },
         "customer.deleted" => Translation::Customer {
-            customer_id: CustomerId::new(object.str("id")?),
+            customer_id: CustomerId::in_account(object.account, object.str("id")?),
             command: CustomerCommand::RecordDeletion {
                 occurred_at: created,
             },
@@ -172,7 +176,7 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
                 .and_then(Value::as_array)
                 .and_then(|entries| lookup_keys(entries, "previous_attributes").ok());
             Translation::Customer {
-                customer_id: CustomerId::new(object.id("customer")?),
+                customer_id: object.customer("customer")?,
                 command: CustomerCommand::RecordStripeEntitlements {
                     features,
                     occurred_at: created,
@@ -290,6 +294,17 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
     Ok(translation)
 }
 
+/// The connected account an event comes from: Stripe sets a top-level `account` on every
+/// event of a connected account and leaves it out (or null) for the platform's own (Stripe's
+/// docs, "Connect webhooks"; the Event object's `account`).
+fn event_account(event: &Value) -> Result<Option<&str>, TranslationError> {
+    match event.get("account") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(account)) if is_account_id(account) => Ok(Some(account)),
+        Some(_) => Err(invalid("account", "a Stripe account id (`acct_…`)")),
+    }
+}
+
 /// The lookup keys of active entitlements (`entitlements.active_entitlement` objects).
 fn lookup_keys(entries: &[Value], path: &str) -> Result<BTreeSet<String>, TranslationError> {
     entries
@@ -321,6 +336,7 @@ pub fn translate_fetched(
     let fields = Fields {
         map,
         prefix: "fetched",
+        account: customer.account(),
     };
     match fields.str("object")? {
         "subscription" => {
@@ -336,13 +352,13 @@ pub fn translate_fetched(
         }
         // A deleted customer is a stub: `{"id", "object": "customer", "deleted": true}`.
         "customer" if fields.bool("deleted") => Ok(Translation::Customer {
-            customer_id: CustomerId::new(fields.str("id")?),
+            customer_id: CustomerId::in_account(fields.account, fields.str("id")?),
             command: CustomerCommand::RecordDeletion {
                 occurred_at: second,
             },
         }),
         "customer" => Ok(Translation::Customer {
-            customer_id: CustomerId::new(fields.str("id")?),
+            customer_id: CustomerId::in_account(fields.account, fields.str("id")?),
             command: CustomerCommand::RecordDetails {
                 metadata: fields.metadata()?,
                 occurred_at: second,
@@ -622,9 +638,18 @@ fn timestamp(value: &Value, field: &str) -> Result<DateTime<Utc>, TranslationErr
 struct Fields<'a> {
     map: &'a Map<String, Value>,
     prefix: &'a str,
+    /// The connected account the object belongs to (`None`: the platform's own): every
+    /// customer and order it names is keyed within that account.
+    account: Option<&'a str>,
 }
 
 impl<'a> Fields<'a> {
+    /// The customer whose Stripe id is `field` (an id or an expanded object), keyed within
+    /// the object's account.
+    fn customer(&self, field: &str) -> Result<CustomerId, TranslationError> {
+        Ok(CustomerId::in_account(self.account, self.id(field)?))
+    }
+
     fn path(&self, field: &str) -> String {
         format!("{}.{field}", self.prefix)
     }
@@ -680,6 +705,7 @@ impl<'a> Fields<'a> {
             .map(|map| Fields {
                 map,
                 prefix: self.prefix,
+                account: self.account,
             })
     }
 
@@ -718,6 +744,7 @@ fn subscription_snapshot(object: &Fields<'_>) -> Result<SubscriptionSnapshot, Tr
         let item = Fields {
             map: item,
             prefix: "data.object.items.data[]",
+            account: object.account,
         };
         // Prices replaced plans in 2018; very old API versions only carry `plan`.
         let price = item.object("price").or_else(|| item.object("plan"));
@@ -732,7 +759,7 @@ fn subscription_snapshot(object: &Fields<'_>) -> Result<SubscriptionSnapshot, Tr
     }
     Ok(SubscriptionSnapshot {
         id: SubscriptionId::new(object.str("id")?),
-        customer_id: CustomerId::new(object.id("customer")?),
+        customer_id: object.customer("customer")?,
         status,
         items,
         cancel_at_period_end: object.bool("cancel_at_period_end"),
@@ -783,6 +810,7 @@ fn schedule_facts(
         let phase = Fields {
             map: phase,
             prefix: "data.object.phases[]",
+            account: object.account,
         };
         let Some(starts_at) = phase
             .opt_time("start_date")
@@ -803,6 +831,7 @@ fn schedule_facts(
             let item = Fields {
                 map: item,
                 prefix: "data.object.phases[].items[]",
+                account: object.account,
             };
             let price = item.id("price")?;
             let lookup_key = item
@@ -824,7 +853,7 @@ fn schedule_facts(
         next_phase: next_phase.filter(|_| stage != ScheduleStage::Ended),
         stage,
     };
-    Ok((CustomerId::new(object.id("customer")?), schedule))
+    Ok((object.customer("customer")?, schedule))
 }
 
 fn invoice_facts(object: &Fields<'_>) -> Result<(CustomerId, InvoiceFacts), TranslationError> {
@@ -848,19 +877,22 @@ fn invoice_facts(object: &Fields<'_>) -> Result<(CustomerId, InvoiceFacts), Tran
         attempt_count,
         next_payment_attempt: object.opt_time("next_payment_attempt"),
     };
-    Ok((CustomerId::new(object.id("customer")?), invoice))
+    Ok((object.customer("customer")?, invoice))
 }
 
 fn payment_facts(object: &Fields<'_>) -> Result<PaymentFacts, TranslationError> {
     let error = object.object("last_payment_error");
     Ok(PaymentFacts {
         id: PaymentIntentId::new(object.str("id")?),
-        customer_id: object.opt_id("customer").map(CustomerId::new),
+        customer_id: object
+            .opt_id("customer")
+            .map(|id| CustomerId::in_account(object.account, id)),
         amount: Money::new(object.i64("amount")?, object.str("currency")?),
         order_id: object
             .object("metadata")
             .and_then(|metadata| metadata.opt_str("order_id"))
-            .map(str::to_owned),
+            // Each account names its own orders: two accounts' `order_1` are two orders.
+            .map(|order| scoped(object.account, order)),
         failure_code: error
             .as_ref()
             .and_then(|e| e.opt_str("code"))

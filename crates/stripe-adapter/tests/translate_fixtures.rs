@@ -523,3 +523,88 @@ fn disputes_and_invoice_payments_go_to_the_payment_they_concern() {
     };
     assert_eq!(invoice.as_str(), "in_7");
 }
+
+/// Stripe's docs, "Connect webhooks": an event of a connected account carries a top-level
+/// `account`. Every customer and order such an event names is keyed within that account.
+#[test]
+fn a_connected_accounts_event_keys_its_customers_and_orders_by_account() {
+    let connected = |event_type: &str, object: Value| {
+        let mut event = event(event_type, object);
+        event["account"] = json!("acct_1Connected");
+        translate(&event).unwrap()
+    };
+    let Translation::Customer {
+        customer_id,
+        command: CustomerCommand::RecordSubscription { subscription, .. },
+    } = connected("customer.subscription.updated", fixture("subscription"))
+    else {
+        panic!("not a subscription command");
+    };
+    assert_eq!(customer_id.as_str(), "acct_1Connected/cus_QXg1o8vcGmoR32");
+    assert_eq!(subscription.customer_id, customer_id);
+    assert_eq!(customer_id.stripe_id(), "cus_QXg1o8vcGmoR32");
+
+    for (event_type, resource) in [
+        ("customer.updated", "customer"),
+        ("invoice.paid", "invoice"),
+    ] {
+        let Translation::Customer { customer_id, .. } = connected(event_type, fixture(resource))
+        else {
+            panic!("{event_type} is not a customer's fact");
+        };
+        assert_eq!(
+            customer_id.account(),
+            Some("acct_1Connected"),
+            "{event_type}"
+        );
+    }
+
+    let mut intent = fixture("payment_intent");
+    intent["metadata"] = json!({ "order_id": "order_9" });
+    intent["customer"] = json!("cus_buyer");
+    let Translation::Payment {
+        order_id,
+        command: PaymentCommand::RecordCreated { payment, .. },
+        ..
+    } = connected("payment_intent.created", intent)
+    else {
+        panic!("not a payment");
+    };
+    assert_eq!(order_id.as_deref(), Some("acct_1Connected/order_9"));
+    assert_eq!(
+        payment.customer_id.as_ref().and_then(|c| c.account()),
+        Some("acct_1Connected")
+    );
+
+    // The platform's own events (no `account`, or null) keep the bare ids.
+    let mut platform = event("customer.updated", fixture("customer"));
+    platform["account"] = Value::Null;
+    let Translation::Customer { customer_id, .. } = translate(&platform).unwrap() else {
+        panic!("not a customer's fact");
+    };
+    assert_eq!(customer_id.account(), None);
+}
+
+#[test]
+fn an_account_that_is_not_an_account_id_is_refused() {
+    for account in [json!("cus_1"), json!("acct_1/cus_2"), json!(7), json!("")] {
+        let mut event = event("customer.updated", fixture("customer"));
+        event["account"] = account.clone();
+        assert!(
+            matches!(translate(&event), Err(TranslationError::InvalidField { ref field, .. }) if field == "account"),
+            "{account}"
+        );
+    }
+}
+
+#[test]
+fn a_fetched_object_is_keyed_within_the_account_it_was_fetched_for() {
+    let owner =
+        subledger_domain::ids::CustomerId::in_account(Some("acct_1X"), "cus_QXg1o8vcGmoR32");
+    let Translation::Customer { customer_id, .. } =
+        translate_fetched(&fixture("subscription"), created(), &owner).unwrap()
+    else {
+        panic!("not a customer's fact");
+    };
+    assert_eq!(customer_id, owner);
+}

@@ -35,7 +35,7 @@ use stripe_billing::subscription_schedule::{
 use stripe_billing::test_helpers_test_clock::{
     AdvanceTestHelpersTestClock, CreateTestHelpersTestClock, RetrieveTestHelpersTestClock,
 };
-use stripe_client_core::{RequestBuilder, StripeMethod};
+use stripe_client_core::{AccountId, RequestBuilder, StripeMethod};
 use stripe_core::customer::{
     CreateCustomer, DeleteCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings,
 };
@@ -646,7 +646,7 @@ impl StripeApi {
     /// Pays the subscription's newest invoice now (`POST /v1/invoices/{id}/pay`) with the
     /// customer's default payment method.
     pub async fn pay_latest_invoice(&self, key: &str, subscription: &str) -> Result<(), ApiError> {
-        let object = self.object("subscriptions", subscription).await?;
+        let object = self.object("subscriptions", subscription, None).await?;
         let invoice = object["latest_invoice"]
             .as_str()
             .or_else(|| object["latest_invoice"]["id"].as_str())
@@ -671,15 +671,26 @@ impl StripeApi {
     /// exactly as Stripe returns it, whatever the account's API version: the worker reads it
     /// with the same translator as the events, which tolerates every shape, where async-stripe's
     /// typed model follows one version.
-    pub async fn object(&self, resource: &str, id: &str) -> Result<serde_json::Value, ApiError> {
+    /// `account` is the connected account it lives in (the `Stripe-Account` header); `None`
+    /// for the platform's own.
+    pub async fn object(
+        &self,
+        resource: &str,
+        id: &str,
+        account: Option<&str>,
+    ) -> Result<serde_json::Value, ApiError> {
         let id = stripe_id(id)?;
-        self.get_json(&format!("/{resource}/{id}"), &BTreeMap::new())
+        self.get_json(&format!("/{resource}/{id}"), &BTreeMap::new(), account)
             .await
     }
 
     /// A customer's active entitlements (`GET /v1/entitlements/active_entitlements`), every
     /// page, as one list object.
-    pub async fn active_entitlements(&self, customer: &str) -> Result<serde_json::Value, ApiError> {
+    pub async fn active_entitlements(
+        &self,
+        customer: &str,
+        account: Option<&str>,
+    ) -> Result<serde_json::Value, ApiError> {
         let mut entries: Vec<serde_json::Value> = Vec::new();
         loop {
             let mut query = BTreeMap::from([("customer", customer), ("limit", "100")]);
@@ -692,7 +703,7 @@ impl StripeApi {
                 query.insert("starting_after", after);
             }
             let page = self
-                .get_json("/entitlements/active_entitlements", &query)
+                .get_json("/entitlements/active_entitlements", &query, account)
                 .await?;
             let data = page.get("data").and_then(serde_json::Value::as_array);
             let Some(data) = data.filter(|d| !d.is_empty()) else {
@@ -706,18 +717,24 @@ impl StripeApi {
         Ok(serde_json::json!({ "object": "list", "data": entries, "has_more": false }))
     }
 
-    /// A GET whose answer is kept as JSON rather than read into async-stripe's types.
+    /// A GET whose answer is kept as JSON rather than read into async-stripe's types, in
+    /// connected account `account` when one is named.
     async fn get_json(
         &self,
         path: &str,
         query: &BTreeMap<&str, &str>,
+        account: Option<&str>,
     ) -> Result<serde_json::Value, ApiError> {
         let answer = self
             .with_retries(path, || {
-                RequestBuilder::new(StripeMethod::Get, path)
+                let request = RequestBuilder::new(StripeMethod::Get, path)
                     .query(query)
-                    .customize::<miniserde::json::Value>()
-                    .send(&self.client)
+                    .customize::<miniserde::json::Value>();
+                match account {
+                    Some(account) => request.account_id(AccountId::from(account)),
+                    None => request,
+                }
+                .send(&self.client)
             })
             .await?;
         serde_json::from_str(&miniserde::json::to_string(&answer))

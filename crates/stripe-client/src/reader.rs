@@ -15,6 +15,7 @@
 //! response headers that async-stripe keeps to itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -83,9 +84,11 @@ pub struct StripeReader {
     authorization: HeaderValue,
     test_mode_key: bool,
     policy: ReadPolicy,
-    /// The earliest moment the next request may start.
-    next_slot: Mutex<Instant>,
-    requests: AtomicU64,
+    /// The connected account read (the `Stripe-Account` header); `None`: the key's own.
+    account: Option<HeaderValue>,
+    /// The earliest moment the next request may start, shared by every account's reader.
+    next_slot: Arc<Mutex<Instant>>,
+    requests: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for StripeReader {
@@ -138,8 +141,34 @@ impl StripeReader {
             authorization,
             test_mode_key: key.is_test_mode(),
             policy,
-            next_slot: Mutex::new(Instant::now()),
-            requests: AtomicU64::new(0),
+            account: None,
+            next_slot: Arc::new(Mutex::new(Instant::now())),
+            requests: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The same reader, reading connected account `account` (`None`: the key's own account)
+    /// through the `Stripe-Account` header (Stripe's docs, "Making API calls for connected
+    /// accounts"). It shares this reader's rate limit and request count.
+    pub fn in_account(&self, account: Option<&str>) -> Result<Self, ApiError> {
+        let account = account
+            .map(|account| {
+                crate::stripe_id(account).and_then(|id| {
+                    HeaderValue::from_str(id).map_err(|_| {
+                        ApiError::Unexpected(format!("`{account}` cannot be sent as a header"))
+                    })
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            authorization: self.authorization.clone(),
+            test_mode_key: self.test_mode_key,
+            policy: self.policy,
+            account,
+            next_slot: Arc::clone(&self.next_slot),
+            requests: Arc::clone(&self.requests),
         })
     }
 
@@ -244,10 +273,11 @@ impl StripeReader {
     }
 
     async fn attempt(&self, uri: &str) -> Attempt {
-        let request = match Request::get(uri)
-            .header(AUTHORIZATION, self.authorization.clone())
-            .body(Empty::<Bytes>::new())
-        {
+        let mut request = Request::get(uri).header(AUTHORIZATION, self.authorization.clone());
+        if let Some(account) = &self.account {
+            request = request.header("stripe-account", account.clone());
+        }
+        let request = match request.body(Empty::<Bytes>::new()) {
             Ok(request) => request,
             Err(e) => return Attempt::Final(ApiError::Unexpected(format!("bad request URI: {e}"))),
         };

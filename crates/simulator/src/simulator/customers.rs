@@ -12,6 +12,17 @@ impl Simulator {
         id: &str,
         metadata: BTreeMap<String, String>,
     ) -> Result<(), SimError> {
+        self.create_customer_in(None, id, metadata)
+    }
+
+    /// A customer of connected account `account` (`None`: the platform's own). Every event
+    /// about it, its subscriptions, invoices and payments carries the account.
+    pub fn create_customer_in(
+        &mut self,
+        account: Option<&str>,
+        id: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<(), SimError> {
         if self.customers.contains_key(id) {
             return Err(SimError::AlreadyExists(id.to_owned()));
         }
@@ -19,6 +30,7 @@ impl Simulator {
             id.to_owned(),
             Customer {
                 id: id.to_owned(),
+                account: account.map(str::to_owned),
                 metadata,
                 default_payment_method: None,
                 created: self.now,

@@ -318,7 +318,7 @@ impl Simulator {
         if let Some(previous) = previous {
             data["previous_attributes"] = previous;
         }
-        self.events.push(json!({
+        let mut event = json!({
             "id": id,
             "object": "event",
             "api_version": render::API_VERSION,
@@ -328,7 +328,66 @@ impl Simulator {
             "pending_webhooks": 1,
             "request": { "id": null, "idempotency_key": null },
             "type": event_type,
-        }));
+        });
+        // Stripe's docs, "Connect webhooks": every event of a connected account carries a
+        // top-level `account`; the platform's own events have none.
+        if let Some(account) = self.account_of(&event["data"]["object"]) {
+            event["account"] = json!(account);
+        }
+        self.events.push(event);
+    }
+
+    /// The connected account customer `id` belongs to; `None` for the platform's own (and for
+    /// a customer this Stripe does not know).
+    pub fn account_of_customer(&self, id: &str) -> Option<&str> {
+        self.customers.get(id)?.account.as_deref()
+    }
+
+    /// Whose object `id` (a customer, subscription, invoice, schedule or PaymentIntent) is:
+    /// `Some(account)` (`Some(None)`: the platform's own) when this clock holds it, `None`
+    /// when it does not.
+    pub fn owner_of_id(&self, id: &str) -> Option<Option<&str>> {
+        let customer = if self.customers.contains_key(id) {
+            id
+        } else if let Some(subscription) = self.subscriptions.get(id) {
+            subscription.customer.as_str()
+        } else if let Some(invoice) = self.invoices.get(id) {
+            invoice.customer.as_str()
+        } else if let Some(schedule) = self.schedules.get(id) {
+            schedule.customer.as_str()
+        } else {
+            self.payment_intents.get(id)?.customer.as_str()
+        };
+        Some(self.account_of_customer(customer))
+    }
+
+    /// The connected account whose order `order_id` is (its PaymentIntent's customer's).
+    pub fn account_of_order(&self, order_id: &str) -> Option<&str> {
+        let intent = self
+            .payment_intents
+            .values()
+            .find(|pi| pi.order_id.as_deref() == Some(order_id))?;
+        self.account_of_customer(&intent.customer)
+    }
+
+    /// The connected account `object` (as rendered) lives in: its customer's, found through
+    /// the customer, PaymentIntent or invoice it names. `None` for the platform's own objects
+    /// and for objects of no customer (prices, test clocks).
+    pub fn account_of(&self, object: &Value) -> Option<String> {
+        let named = |field: &str| object.get(field).and_then(Value::as_str);
+        let customer = if named("object") == Some("customer") {
+            named("id")
+        } else if let Some(customer) = named("customer") {
+            Some(customer)
+        } else if let Some(intent) = named("payment_intent") {
+            self.payment_intents
+                .get(intent)
+                .map(|p| p.customer.as_str())
+        } else {
+            named("invoice")
+                .and_then(|invoice| self.invoices.get(invoice).map(|i| i.customer.as_str()))
+        }?;
+        self.customers.get(customer)?.account.clone()
     }
 
     fn render_subscription(&self, id: &str) -> Result<Value, SimError> {
