@@ -77,7 +77,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
-    /// Only this customer (repeatable). Default: every customer Subledger or Stripe knows.
+    /// Only this customer (repeatable; a connected account's as `acct_…/cus_…`). Default:
+    /// every customer Subledger or Stripe knows, in the platform's account and in each
+    /// connected account Subledger has heard from.
     #[arg(long = "customer", value_name = "ID")]
     pub customers: Vec<String>,
 
@@ -180,6 +182,11 @@ pub struct BackfillArgs {
     #[arg(long = "customer", value_name = "ID")]
     pub customers: Vec<String>,
 
+    /// Read this Stripe Connect connected account (sent as `Stripe-Account`) instead of the
+    /// key's own; its customers are kept as `acct_…/cus_…`. Run once per connected account.
+    #[arg(long, value_name = "ACCOUNT", value_parser = parse_account)]
+    pub account: Option<String>,
+
     /// Only objects created at or after this date (YYYY-MM-DD or RFC 3339).
     #[arg(long, value_parser = parse_date)]
     pub since: Option<chrono::DateTime<chrono::Utc>>,
@@ -191,6 +198,17 @@ pub struct BackfillArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// A Stripe account id (`acct_…`), as `--account` takes it.
+fn parse_account(text: &str) -> Result<String, String> {
+    if subledger_domain::ids::is_account_id(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "`{text}` is not a Stripe account id (acct_ and letters and digits)"
+        ))
+    }
 }
 
 /// `YYYY-MM-DD` (midnight UTC) or an RFC 3339 moment.

@@ -19,6 +19,7 @@ pub async fn backfill(database_url: &str, args: BackfillArgs) -> anyhow::Result<
     let options = BackfillOptions {
         customers: args.customers,
         since: args.since,
+        account: args.account,
     };
     let mut progress = Progress::new();
     let result = engine

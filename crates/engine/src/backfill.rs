@@ -33,6 +33,9 @@ pub struct BackfillOptions {
     pub customers: Vec<String>,
     /// Only objects created at or after this moment.
     pub since: Option<DateTime<Utc>>,
+    /// The Stripe Connect connected account to read (`Stripe-Account`), whose customers are
+    /// kept as `acct_…/cus_…`; `None`: the key's own account.
+    pub account: Option<String>,
 }
 
 /// The lists a backfill reads, in order.
@@ -153,6 +156,8 @@ pub enum BackfillError {
 struct Run<'a> {
     engine: &'a Engine,
     reader: &'a StripeReader,
+    /// The connected account read; `None`: the key's own.
+    account: Option<&'a str>,
     run_id: String,
     started_requests: u64,
     objects_read: u64,
@@ -172,6 +177,13 @@ impl Engine {
     ) -> Result<BackfillSummary, BackfillError> {
         let started = Instant::now();
         self.refuse_other_mode(reader).await?;
+        let account = options.account.as_deref();
+        let reader = &reader
+            .in_account(account)
+            .map_err(|source| BackfillError::Stripe {
+                what: format!("account `{}`", account.unwrap_or_default()),
+                source,
+            })?;
         let prefix = scope_prefix(options);
         let existing = self.db.backfill_cursors(&prefix).await?;
         let resumed = !existing.is_empty();
@@ -182,6 +194,7 @@ impl Engine {
         let mut run = Run {
             engine: self,
             reader,
+            account,
             run_id,
             started_requests: reader.requests_made(),
             objects_read: 0,
@@ -232,15 +245,19 @@ impl Engine {
     }
 }
 
-/// Cursors of runs over different customer sets never mix.
+/// Cursors of runs over different accounts or customer sets never mix.
 fn scope_prefix(options: &BackfillOptions) -> String {
+    let account = options
+        .account
+        .as_deref()
+        .map_or_else(String::new, |account| format!("{account}:"));
     if options.customers.is_empty() {
-        "account/".to_owned()
+        format!("{account}account/")
     } else {
         let mut ids = options.customers.clone();
         ids.sort();
         ids.dedup();
-        format!("customers:{}/", ids.join(","))
+        format!("{account}customers:{}/", ids.join(","))
     }
 }
 
@@ -384,7 +401,9 @@ impl Run<'_> {
         };
         loop {
             let ids = match customer {
-                Some(id) if cursor.starting_after.is_none() => vec![id.to_owned()],
+                Some(id) if cursor.starting_after.is_none() => {
+                    vec![CustomerId::in_account(self.account, id).as_str().to_owned()]
+                }
                 Some(_) => Vec::new(),
                 None => {
                     self.engine
@@ -397,7 +416,13 @@ impl Run<'_> {
                 cursor.done = true;
                 return self.save(&cursor).await;
             }
-            for id in &ids {
+            for key in &ids {
+                // Each account's customers are read in their account, by their own run.
+                let key = CustomerId::new(key.as_str());
+                if key.account() != self.account {
+                    continue;
+                }
+                let id = key.stripe_id();
                 let list = match self.reader_active_entitlements(id).await {
                     // A customer deleted at Stripe has none.
                     Err(BackfillError::Stripe {
@@ -421,13 +446,12 @@ impl Run<'_> {
                         .of(self.reader, &list, Some(id), now)
                         .await
                         .map_err(Self::stripe_error(format!("the test clock of `{id}`")))?;
-                    let translation =
-                        translate_fetched(&list, read_at, &CustomerId::new(id.as_str())).map_err(
-                            |e| BackfillError::Unreadable {
-                                what: format!("the active entitlements of `{id}`"),
-                                reason: e.to_string(),
-                            },
-                        )?;
+                    let translation = translate_fetched(&list, read_at, &key).map_err(|e| {
+                        BackfillError::Unreadable {
+                            what: format!("the active entitlements of `{id}`"),
+                            reason: e.to_string(),
+                        }
+                    })?;
                     self.record(translation, id).await?;
                 }
                 self.report(phase, done_here, total);
@@ -483,8 +507,9 @@ impl Run<'_> {
             what: format!("`{id}`"),
             reason: e.to_string(),
         };
-        // The customer is only needed for entitlement lists, which are not listed here.
-        let nobody = CustomerId::new("");
+        // The customer is only needed for entitlement lists, which are not listed here; its
+        // account keys every customer the object names.
+        let nobody = CustomerId::in_account(self.account, "");
         let translation = translate_fetched(object, read_at, &nobody).map_err(unreadable)?;
         self.record(translation, &id).await?;
         if let Some(invoice) = object.get("latest_invoice").filter(|i| i.is_object()) {
@@ -523,7 +548,14 @@ impl Run<'_> {
     /// An event Stripe could not deliver, stored in the inbox as if it had arrived now: read
     /// from Stripe's API with our key, it needs no signature. A known id is a duplicate.
     async fn enqueue_event(&mut self, event: &Value) -> Result<(), BackfillError> {
-        let body = serde_json::to_vec(event).map_err(|e| BackfillError::Unreadable {
+        // A connected account's event says so in `account` (Stripe's docs, "Connect
+        // webhooks"); whether Stripe also sets it on events listed *in* the account is not
+        // documented, so one without it is given the account it was listed in.
+        let mut event = event.clone();
+        if let (Some(account), None | Some(Value::Null)) = (self.account, event.get("account")) {
+            event["account"] = Value::from(account);
+        }
+        let body = serde_json::to_vec(&event).map_err(|e| BackfillError::Unreadable {
             what: "an event".to_owned(),
             reason: e.to_string(),
         })?;

@@ -59,6 +59,7 @@
 //!   - webhooks: on                  #   with delivery_success=false); `on` resumes delivery
 //!   - silently: { delete_customer: { id: cus_x } }   # any Stripe step, with no event at all
 //!   - backfill: {}                  # `subledger backfill` against the simulated account
+//!   - backfill: { account: acct_1 } # … reading a connected account (`--account`)
 //!   - reconcile:                    # `subledger reconcile`; `apply: true` heals
 //!       apply: true
 //!       expect: { sub_x: stale_at_subledger, sub_x/invoice: dunning, cus_y: deleted_at_stripe }
@@ -246,7 +247,10 @@ pub enum Action {
     /// A Stripe-side step that no event will ever tell (`silently: { cancel: { … } }`).
     Silently(Box<Action>),
     /// `subledger backfill` against the simulated account.
-    Backfill,
+    Backfill {
+        /// The connected account to read (`None`: the platform's own).
+        account: Option<String>,
+    },
     /// `subledger reconcile`: `apply` heals; `expect` lists every difference it must report,
     /// exactly, as object id → drift class.
     Reconcile {
@@ -284,7 +288,7 @@ impl Action {
                 | Self::LiftHold { .. }
                 | Self::Webhooks { .. }
                 | Self::Silently(_)
-                | Self::Backfill
+                | Self::Backfill { .. }
                 | Self::Reconcile { .. }
                 | Self::Expect(_)
         )
@@ -379,7 +383,10 @@ impl Action {
             Self::OrderAction { action, id, .. } => format!("{} {id}", action.as_str()),
             Self::Webhooks { on } => format!("webhooks {}", if *on { "on" } else { "off" }),
             Self::Silently(action) => format!("silently (no event): {}", action.describe()),
-            Self::Backfill => "backfill".to_owned(),
+            Self::Backfill { account: None } => "backfill".to_owned(),
+            Self::Backfill {
+                account: Some(account),
+            } => format!("backfill {account}"),
             Self::Reconcile { apply, .. } => {
                 if *apply {
                     "reconcile --apply".to_owned()
@@ -638,6 +645,20 @@ impl Reader {
         Ok(self.scalar(node, &format!("`{key}`"))?.as_str())
     }
 
+    /// An optional `account`: a Stripe Connect account id.
+    fn account(&self, map: &MarkedMappingNode) -> Result<Option<String>, ScenarioError> {
+        let account = self.optional_str(map, "account")?;
+        if let (Some(account), Some(node)) = (&account, map.get_node("account")) {
+            if !subledger_domain::ids::is_account_id(account) {
+                return Err(self.error(
+                    node.span(),
+                    format!("`account` must be a Stripe account id (acct_…), not `{account}`"),
+                ));
+            }
+        }
+        Ok(account)
+    }
+
     fn optional_str(
         &self,
         map: &MarkedMappingNode,
@@ -842,18 +863,9 @@ impl Reader {
         Ok(match name {
             "create_customer" => {
                 let map = self.args(value, name, &["id", "account", "card", "metadata"])?;
-                let account = self.optional_str(map, "account")?;
-                if let (Some(account), Some(node)) = (&account, map.get_node("account")) {
-                    if !subledger_domain::ids::is_account_id(account) {
-                        return Err(self.error(
-                            node.span(),
-                            format!("`account` must be a Stripe account id (acct_…), not `{account}`"),
-                        ));
-                    }
-                }
                 Action::CreateCustomer {
                     id: self.required_str(map, "id")?.to_owned(),
-                    account,
+                    account: self.account(map)?,
                     card: self.optional_str(map, "card")?,
                     metadata: match map.get_node("metadata") {
                         Some(node) => self.string_map(node, "`metadata`")?,
@@ -1022,8 +1034,10 @@ impl Reader {
                 Action::Silently(Box::new(inner))
             }
             "backfill" => {
-                self.args(value, name, &[])?;
-                Action::Backfill
+                let map = self.args(value, name, &["account"])?;
+                Action::Backfill {
+                    account: self.account(map)?,
+                }
             }
             "reconcile" => {
                 let map = self.args(value, name, &["apply", "expect"])?;

@@ -345,7 +345,7 @@ impl LiveRun<'_> {
             Action::Webhooks { .. } | Action::Silently(_) => {
                 return Err("Stripe's API cannot hold back webhooks from `stripe listen` or change an object without an event (run this scenario on the simulator)".to_owned())
             }
-            Action::Backfill | Action::Reconcile { .. } => {
+            Action::Backfill { .. } | Action::Reconcile { .. } => {
                 return Err("run `subledger backfill` and `subledger reconcile` against the engine under test yourself; this runner only drives Stripe (run this scenario on the simulator)".to_owned())
             }
             Action::Expect(_) => {}

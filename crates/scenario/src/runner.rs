@@ -225,7 +225,9 @@ async fn play(
         }
         let mut report = StepReport::of(step);
         let outcome = match &step.action {
-            Action::Expect(_) | Action::Backfill | Action::Reconcile { .. } if reference => Ok(()),
+            Action::Expect(_) | Action::Backfill { .. } | Action::Reconcile { .. } if reference => {
+                Ok(())
+            }
             Action::Webhooks { on } => {
                 webhooks_on = *on || reference;
                 Ok(())
@@ -237,14 +239,21 @@ async fn play(
                 }
                 applied
             }
-            Action::Backfill => {
+            Action::Backfill { account } => {
                 drop(simulator);
                 let read =
                     read_account(&engine, &mut deliverer, &shared, scenario, &undelivered).await;
                 let outcome = match read {
                     Err(e) => Err(e),
-                    Ok(account) => engine
-                        .backfill(&account.reader, &BackfillOptions::default(), &mut |_| {})
+                    Ok(stripe) => engine
+                        .backfill(
+                            &stripe.reader,
+                            &BackfillOptions {
+                                account: account.clone(),
+                                ..BackfillOptions::default()
+                            },
+                            &mut |_| {},
+                        )
                         .await
                         .map(|_| ())
                         .map_err(|e| format!("backfill failed: {e}")),
@@ -308,19 +317,29 @@ async fn play(
                 id,
                 subscription,
                 reason,
-            } => engine
-                .place_hold(
-                    &customer_key(&simulator, customer),
-                    id,
-                    subscription
-                        .as_deref()
-                        .map(subledger_domain::ids::SubscriptionId::new),
-                    reason,
-                    Some(simulator.now()),
-                    "scenario",
-                )
-                .await
-                .map_err(|e| format!("Subledger refused the hold: {e}")),
+            } => {
+                // An operator holds a customer Subledger already answers for: what was sent
+                // so far arrives first (the reference story, which skips expectations, too).
+                drop(simulator);
+                let settled = settle(&engine, &mut deliverer, &shared).await;
+                simulator = shared.lock().await;
+                match settled {
+                    Err(e) => Err(e),
+                    Ok(()) => engine
+                        .place_hold(
+                            &customer_key(&simulator, customer),
+                            id,
+                            subscription
+                                .as_deref()
+                                .map(subledger_domain::ids::SubscriptionId::new),
+                            reason,
+                            Some(simulator.now()),
+                            "scenario",
+                        )
+                        .await
+                        .map_err(|e| format!("Subledger refused the hold: {e}")),
+                }
+            }
             Action::LiftHold { customer, id } => engine
                 .lift_hold(
                     &customer_key(&simulator, customer),
@@ -719,7 +738,7 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
         // Handled by the runner itself.
         Action::Webhooks { .. }
         | Action::Silently(_)
-        | Action::Backfill
+        | Action::Backfill { .. }
         | Action::Reconcile { .. }
         | Action::Expect(_) => Ok(()),
     }

@@ -197,7 +197,7 @@ async fn bad_input_stops_with_a_named_problem_and_records_nothing_wrong() {
     let (engine, reader, account) = never_delivered(&story, &scratch).await;
     let unknown = BackfillOptions {
         customers: vec!["cus_nobody".to_owned()],
-        since: None,
+        ..BackfillOptions::default()
     };
     let error = engine
         .backfill(&reader, &unknown, &mut |_| {})
@@ -246,7 +246,7 @@ async fn bad_input_stops_with_a_named_problem_and_records_nothing_wrong() {
     // One customer only: that customer's facts, nobody else's.
     let one = BackfillOptions {
         customers: vec!["cus_00001".to_owned()],
-        since: None,
+        ..BackfillOptions::default()
     };
     engine.backfill(&reader, &one, &mut |_| {}).await.unwrap();
     assert!(engine.entitlements("cus_00001").is_some());

@@ -188,6 +188,83 @@ async fn a_tie_the_events_cannot_order_is_settled_by_what_stripe_returns() {
     }
 }
 
+/// A simulated Stripe over HTTP whose one subscription is a connected account's: the
+/// customer lives in `acct_1Shop`, so Stripe finds its objects only with that
+/// `Stripe-Account`.
+async fn connected_stripe_with_subscription() -> (StripeApi, Value) {
+    let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+    let mut story = subledger_simulator::Simulator::new(start, RetryPolicy::default());
+    story
+        .create_price(
+            "price_pro",
+            2900,
+            "usd",
+            subledger_simulator::model::Interval::Month,
+            None,
+        )
+        .unwrap();
+    story
+        .create_customer_in(Some("acct_1Shop"), "cus_shop", Default::default())
+        .unwrap();
+    story.attach_card("cus_shop", "pm_card_visa").unwrap();
+    story
+        .subscribe("cus_shop", "sub_shop", "price_pro", 1, None)
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(Account::with_default_clock(story, RetryPolicy::default(), None).shared());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let api = StripeApi::new(
+        &ApiKey::new("rk_test_reader"),
+        Some(&format!("http://{addr}/")),
+        "refetch",
+    )
+    .unwrap();
+    let object = api
+        .object("subscriptions", "sub_shop", Some("acct_1Shop"))
+        .await
+        .unwrap();
+    (api, object)
+}
+
+/// A tie about a connected account's subscription is settled by fetching it in that account
+/// (`Stripe-Account`): asked in the platform's name, Stripe answers 404.
+#[tokio::test]
+async fn a_connected_accounts_tie_is_fetched_with_its_stripe_account() {
+    let (api, object) = connected_stripe_with_subscription().await;
+    assert!(
+        api.object("subscriptions", "sub_shop", None).await.is_err(),
+        "the platform must not see a connected account's subscription"
+    );
+    let with_account = |mut event: Value| {
+        event["account"] = json!("acct_1Shop");
+        event
+    };
+    let [start, a, b] = tie(&object).map(with_account);
+    let stripe: Arc<dyn StripeObjects> = Arc::new(api);
+    let db = ScratchDatabase::sqlite().await.unwrap();
+    let engine = engine(&db, Some(stripe)).await;
+    for event in [&start, &a, &b] {
+        deliver(&engine, event).await;
+    }
+    engine.project().await.unwrap();
+    let stats = engine.inbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.processed), (0, 3));
+    // Stripe's state (no cancellation) wins, recorded under the account's customer.
+    let timeline = engine.timeline("acct_1Shop/cus_shop").await.unwrap();
+    assert!(timeline
+        .iter()
+        .any(|entry| serde_json::to_value(&entry.event)
+            .unwrap()
+            .to_string()
+            .contains("\"fetched\":true")));
+    assert!(engine.timeline("cus_shop").await.unwrap().is_empty());
+    let answer = engine.entitlements("acct_1Shop/cus_shop").unwrap();
+    assert!(answer.feature("sso").enabled, "a price id selects the plan");
+    engine.close().await;
+    db.cleanup().await.unwrap();
+}
+
 #[tokio::test]
 async fn without_a_key_to_fetch_with_the_undecided_event_is_parked_not_dropped() {
     let (_api, object) = stripe_with_subscription(1_769_904_000).await;

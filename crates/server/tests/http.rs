@@ -1023,9 +1023,19 @@ async fn the_openapi_document_describes_every_route_the_router_serves() {
         "/v1/orders/{order_id}",
         "/v1/customers/{customer_id}/holds",
         "/v1/customers/{customer_id}/timeline",
+        "/v1/accounts/{account}/customers/{customer_id}/entitlements",
+        "/v1/accounts/{account}/users/{user_id}/entitlements",
+        "/v1/accounts/{account}/orders/{order_id}",
+        "/v1/accounts/{account}/customers/{customer_id}/holds/{hold_id}",
     ] {
         assert!(paths.contains_key(expected), "{expected} is not documented");
     }
+    let account = &paths["/v1/accounts/{account}/customers/{customer_id}/entitlements"]["get"]
+        ["parameters"][0];
+    assert_eq!(
+        (&account["name"], &account["in"]),
+        (&json!("account"), &json!("path"))
+    );
     let entitlements = &document["components"]["schemas"]["Entitlements"]["properties"];
     for property in [
         "customer",
@@ -1128,4 +1138,203 @@ async fn a_panicking_handler_answers_500_in_json_and_the_server_lives() {
         (status, body["raw"].clone()),
         (StatusCode::OK, json!("fine"))
     );
+}
+
+/// Stripe's docs, "Connect webhooks": an event of a connected account carries `account`.
+fn in_account(account: &str, mut event: Value) -> Value {
+    event["account"] = json!(account);
+    event
+}
+
+/// A connected account's customers, users and orders are answered under
+/// `/v1/accounts/{account}` and never mixed with the platform's, even with the same ids; the
+/// platform's routes cannot be made to reach them; a connected account's lookup key selects
+/// no plan.
+#[tokio::test]
+async fn connected_accounts_are_kept_apart_from_the_platform() {
+    for test_db in ScratchDatabase::all().await.unwrap() {
+        let (engine, app) = start_with(&test_db, &[], &[ADMIN]).await;
+        let t0 = now() - 600;
+        let customer = |id: &str| {
+            let object = fixtures::customer("cus_1", json!({ "user_id": "u_1" }));
+            fixtures::event(id, "customer.created", t0, object)
+        };
+        let subscription = |id: &str, sub: &str, customer: &str, price: &str, key: Option<&str>| {
+            let mut object = fixtures::subscription(sub, customer, "active", price);
+            object["items"]["data"][0]["price"]["lookup_key"] = json!(key);
+            fixtures::event(id, "customer.subscription.created", t0 + 1, object)
+        };
+        let intent = |id: &str| {
+            let mut pi = fixtures::resource("payment_intent");
+            pi["id"] = json!(id);
+            pi["status"] = json!("succeeded");
+            pi["customer"] = json!("cus_1");
+            pi["metadata"] = json!({ "order_id": "order_42" });
+            pi["last_payment_error"] = Value::Null;
+            fixtures::event(&format!("evt_{id}"), "payment_intent.succeeded", t0 + 2, pi)
+        };
+        for event in [
+            customer("evt_c_platform"),
+            subscription(
+                "evt_s_platform",
+                "sub_p",
+                "cus_1",
+                "price_1ProMonthly",
+                None,
+            ),
+            in_account("acct_1Shop", customer("evt_c_shop")),
+            in_account(
+                "acct_1Shop",
+                subscription("evt_s_shop", "sub_s", "cus_1", "price_team", None),
+            ),
+            // The platform's `pro_monthly` lookup key on a price of another connected account.
+            in_account(
+                "acct_1Key",
+                subscription(
+                    "evt_s_key",
+                    "sub_k",
+                    "cus_k",
+                    "price_its_own",
+                    Some("pro_monthly"),
+                ),
+            ),
+            intent("pi_platform"),
+            in_account("acct_1Shop", intent("pi_shop")),
+        ] {
+            let (status, body) = send(&app, signed_webhook(&event)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        engine.drain().await.unwrap();
+
+        let (status, platform) = send(&app, admin_get("/v1/customers/cus_1/entitlements")).await;
+        assert_eq!(status, StatusCode::OK, "{platform}");
+        assert_eq!(platform["plans"], json!(["pro"]));
+        assert!(platform.get("account").is_none(), "{platform}");
+        let shop_uri = "/v1/accounts/acct_1Shop/customers/cus_1/entitlements";
+        let (status, shop) = send(&app, admin_get(shop_uri)).await;
+        assert_eq!(status, StatusCode::OK, "{shop}");
+        assert_eq!(
+            (&shop["customer"], &shop["account"], &shop["plans"]),
+            (&json!("cus_1"), &json!("acct_1Shop"), &json!(["team"]))
+        );
+        let (_, seats) = send(&app, admin_get(&format!("{shop_uri}/seats"))).await;
+        assert_eq!(
+            (&seats["limit"], &seats["account"]),
+            (&json!(50), &json!("acct_1Shop"))
+        );
+        let (_, key) = send(
+            &app,
+            admin_get("/v1/accounts/acct_1Key/customers/cus_k/entitlements"),
+        )
+        .await;
+        assert_eq!(
+            key["plans"],
+            json!(["free"]),
+            "a connected account's lookup key: {key}"
+        );
+
+        // Users and orders are names within an account.
+        let (_, user) = send(&app, admin_get("/v1/users/u_1/entitlements")).await;
+        assert_eq!(user["plans"], json!(["pro"]));
+        let (_, user) = send(
+            &app,
+            admin_get("/v1/accounts/acct_1Shop/users/u_1/entitlements"),
+        )
+        .await;
+        assert_eq!(
+            (&user["account"], &user["plans"]),
+            (&json!("acct_1Shop"), &json!(["team"]))
+        );
+        let (_, order) = send(&app, admin_get("/v1/orders/order_42")).await;
+        assert_eq!(order["payment_intent"], json!("pi_platform"));
+        let (_, order) = send(&app, admin_get("/v1/accounts/acct_1Shop/orders/order_42")).await;
+        assert_eq!(
+            (
+                &order["payment_intent"],
+                &order["order_id"],
+                &order["customer"]
+            ),
+            (&json!("pi_shop"), &json!("order_42"), &json!("cus_1"))
+        );
+
+        // A hold on the shop's customer leaves the platform's alone.
+        let hold = json!({ "hold_id": "hold_1", "reason": "fraud review" });
+        let (status, placed) = send(
+            &app,
+            json_request(
+                "POST",
+                "/v1/accounts/acct_1Shop/customers/cus_1/holds",
+                hold,
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{placed}");
+        assert_eq!(placed["account"], json!("acct_1Shop"));
+        engine.drain().await.unwrap();
+        assert_eq!(
+            send(&app, admin_get(shop_uri)).await.1["plans"],
+            json!(["free"])
+        );
+        let (_, platform) = send(&app, admin_get("/v1/customers/cus_1/entitlements")).await;
+        assert_eq!(platform["plans"], json!(["pro"]));
+        let (_, timeline) = send(
+            &app,
+            admin_get("/v1/accounts/acct_1Shop/customers/cus_1/timeline"),
+        )
+        .await;
+        assert_eq!(timeline["account"], json!("acct_1Shop"));
+        assert_eq!(
+            timeline["events"].as_array().map(Vec::len),
+            Some(3),
+            "{timeline}"
+        );
+
+        // The platform's routes cannot be made to name a connected account's customer, and
+        // an account must be an account id.
+        for (uri, status, error) in [
+            (
+                "/v1/customers/acct_1Shop%2Fcus_1/entitlements",
+                StatusCode::BAD_REQUEST,
+                "invalid_id",
+            ),
+            (
+                "/v1/orders/acct_1Shop%2Forder_42",
+                StatusCode::BAD_REQUEST,
+                "invalid_id",
+            ),
+            (
+                "/v1/customers/acct_1Shop/cus_1/entitlements",
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                "/v1/accounts/shop/customers/cus_1/entitlements",
+                StatusCode::BAD_REQUEST,
+                "invalid_account",
+            ),
+            (
+                "/v1/accounts/acct_1Other/customers/cus_1/entitlements",
+                StatusCode::NOT_FOUND,
+                "customer_not_found",
+            ),
+            (
+                "/v1/accounts/acct_1Other/users/u_1/entitlements",
+                StatusCode::NOT_FOUND,
+                "user_not_found",
+            ),
+            (
+                "/v1/accounts/acct_1Other/orders/order_42",
+                StatusCode::NOT_FOUND,
+                "order_not_found",
+            ),
+        ] {
+            let (got, body) = send(&app, admin_get(uri)).await;
+            assert_eq!(
+                (got, body["error"].as_str()),
+                (status, Some(error)),
+                "{uri}: {body}"
+            );
+        }
+        engine.close().await;
+    }
 }

@@ -591,3 +591,136 @@ async fn clock_advances_are_limited_and_schedules_release_on_request() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{twice}");
 }
+
+/// A call made for connected account `account` (the `Stripe-Account` header).
+async fn call_as(
+    app: &Router,
+    account: &str,
+    method: &str,
+    uri: &str,
+    form: &str,
+) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", KEY)
+        .header("stripe-account", account)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(form.to_owned()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+/// Stripe's docs, "Making API calls for connected accounts": with `Stripe-Account` a request
+/// acts in that account; each account's customers, lists and events are its own, and another
+/// account's object is `No such …` (404).
+#[tokio::test]
+async fn connected_accounts_see_only_their_own_objects() {
+    let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+    let app = router(Account::new(start, RetryPolicy::default(), None).shared());
+    let (status, platform) =
+        call(&app, "POST", "/v1/customers", "metadata[user_id]=u_1", None).await;
+    assert_eq!(status, StatusCode::OK, "{platform}");
+    let (status, shop) = call_as(
+        &app,
+        "acct_1Shop",
+        "POST",
+        "/v1/customers",
+        "metadata[user_id]=u_1",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{shop}");
+    let (platform, shop) = (
+        platform["id"].as_str().unwrap(),
+        shop["id"].as_str().unwrap(),
+    );
+
+    let ids = |list: &Value| -> Vec<String> {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, listed) = call(&app, "GET", "/v1/customers", "", None).await;
+    assert_eq!(ids(&listed), [platform]);
+    let (_, listed) = call_as(&app, "acct_1Shop", "GET", "/v1/customers", "").await;
+    assert_eq!(ids(&listed), [shop]);
+    let (_, listed) = call_as(&app, "acct_1Other", "GET", "/v1/customers", "").await;
+    assert!(ids(&listed).is_empty());
+
+    // Another account's customer cannot be read or changed.
+    let (status, error) = call(&app, "GET", &format!("/v1/customers/{shop}"), "", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    assert_eq!(error["error"]["code"], "resource_missing");
+    let (status, _) = call_as(
+        &app,
+        "acct_1Shop",
+        "GET",
+        &format!("/v1/customers/{platform}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/v1/customers/{shop}"),
+        "metadata[x]=y",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, found) = call_as(
+        &app,
+        "acct_1Shop",
+        "GET",
+        &format!("/v1/customers/{shop}"),
+        "",
+    )
+    .await;
+    assert_eq!((status, found["id"].as_str()), (StatusCode::OK, Some(shop)));
+
+    // Events: the connected account's carry `account` and are listed in it only.
+    let (_, events) = call_as(&app, "acct_1Shop", "GET", "/v1/events", "").await;
+    let events = events["data"].as_array().unwrap().clone();
+    assert!(!events.is_empty());
+    assert!(
+        events.iter().all(|e| e["account"] == "acct_1Shop"),
+        "{events:?}"
+    );
+    let (_, events) = call(&app, "GET", "/v1/events", "", None).await;
+    assert!(events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e.get("account").is_none()));
+
+    // A list filtered by another account's customer finds no such customer.
+    let (status, _) = call(
+        &app,
+        "GET",
+        &format!("/v1/subscriptions?customer={shop}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Only customers are made in a connected account here; nothing is made by mistake in the
+    // platform's instead.
+    let (status, error) = call_as(
+        &app,
+        "acct_1Shop",
+        "POST",
+        "/v1/subscriptions",
+        &format!("customer={shop}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let (status, _) = call_as(&app, "not-an-account", "GET", "/v1/customers", "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
