@@ -117,6 +117,9 @@ impl EventEnvelope {
         } else {
             object.customer.text().or_else(|| object.id.text())
         };
+        // Two accounts' `cus_1` are two customers: their events need not wait for each other.
+        let ordering_key =
+            ordering_key.map(|key| subledger_domain::ids::scoped(raw.account.as_deref(), &key));
         Ok(Self {
             ordering_key,
             id: raw.id,
@@ -169,6 +172,13 @@ mod tests {
         assert_eq!(
             key(r#"{"id":"pi_1","customer":null}"#),
             Some("pi_1".to_owned())
+        );
+        let connected = r#"{"id":"evt_1","object":"event","type":"x","created":1,"account":"acct_1","data":{"object":{"id":"cus_1","object":"customer"}}}"#;
+        assert_eq!(
+            EventEnvelope::parse(connected.as_bytes())
+                .unwrap()
+                .ordering_key,
+            Some("acct_1/cus_1".to_owned())
         );
         // Odd shapes are tolerated, never refused.
         assert_eq!(key(r#"{"id":7,"customer":[1]}"#), None);
