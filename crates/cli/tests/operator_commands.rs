@@ -106,6 +106,19 @@ async fn operator_commands_report_work_and_problems_with_their_exit_statuses() {
         &database,
         &stripe,
         key,
+        &["backfill", "--account", "cus_not_an_account"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("`cus_not_an_account` is not a Stripe account id"),
+        "{}",
+        text(&out)
+    );
+    let out = subledger(
+        &database,
+        &stripe,
+        key,
         &["backfill", "--customer", "cus_nobody"],
     )
     .await;

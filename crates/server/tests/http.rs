@@ -1338,3 +1338,130 @@ async fn connected_accounts_are_kept_apart_from_the_platform() {
         engine.close().await;
     }
 }
+
+/// What a store holds, to show a refused request changed none of it.
+async fn stored(engine: &Engine) -> (i64, i64, i64, String) {
+    let inbox = engine.inbox_stats().await.unwrap();
+    let ready = engine.readiness(Duration::from_secs(5)).await.unwrap();
+    let views = serde_json::to_string(&engine.current_views().await).unwrap();
+    (
+        inbox.pending + inbox.processed + inbox.ignored,
+        inbox.failing,
+        ready.log_head,
+        views,
+    )
+}
+
+/// The bad-input table of the HTTP API: every endpoint, each way a caller can get it wrong.
+/// Each answer is the status and JSON error code in the table, and nothing stored changes.
+#[tokio::test]
+async fn every_endpoint_refuses_bad_input_with_a_json_error_and_stores_nothing() {
+    for test_db in ScratchDatabase::all().await.unwrap() {
+        let (engine, app) = start_with(&test_db, &["tok_read"], &[ADMIN]).await;
+        let event = subscription_event(
+            "evt_1",
+            "customer.subscription.created",
+            now(),
+            "active",
+            "price_1ProMonthly",
+        );
+        assert_eq!(send(&app, signed_webhook(&event)).await.0, StatusCode::OK);
+        engine.drain().await.unwrap();
+        let before = stored(&engine).await;
+
+        let body = serde_json::to_vec(&subscription_event(
+            "evt_2",
+            "customer.subscription.updated",
+            now(),
+            "canceled",
+            "price_team",
+        ))
+        .unwrap();
+        let secret = WebhookSecret::new(SECRET);
+        let webhook = |signature: Option<String>, body: Vec<u8>| {
+            let mut request =
+                Request::post("/webhooks/stripe").header("content-type", "application/json");
+            if let Some(signature) = signature {
+                request = request.header("stripe-signature", signature);
+            }
+            request.body(Body::from(body)).unwrap()
+        };
+        let signed = |body: &[u8]| Some(secret.header(now(), body));
+        let not_an_event = br#"{"id":"evt_3","object":"customer","type":"x","created":1,"livemode":false,"data":{"object":{}}}"#.to_vec();
+        let request = |method: &str, uri: &str, token: Option<&str>, body: Option<&str>| {
+            let mut request = Request::builder().method(method).uri(uri);
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            if body.is_some() {
+                request = request.header("content-type", "application/json");
+            }
+            request
+                .body(Body::from(body.unwrap_or_default().to_owned()))
+                .unwrap()
+        };
+        let admin = Some(ADMIN);
+        let hold = "/v1/customers/cus_1/holds";
+        let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
+            ("webhook without a signature", webhook(None, body.clone()), StatusCode::BAD_REQUEST, "missing_signature"),
+            ("webhook with a garbled signature header", webhook(Some("t=abc,v1".to_owned()), body.clone()), StatusCode::BAD_REQUEST, "malformed_signature_header"),
+            ("webhook signed with another secret", webhook(Some(WebhookSecret::new("whsec_other").header(now(), &body)), body.clone()), StatusCode::BAD_REQUEST, "signature_mismatch"),
+            ("webhook signed an hour ago", webhook(Some(secret.header(now() - 3600, &body)), body.clone()), StatusCode::BAD_REQUEST, "timestamp_outside_tolerance"),
+            ("webhook whose body changed after signing", webhook(signed(&body), [&body[..], b" "].concat()), StatusCode::BAD_REQUEST, "signature_mismatch"),
+            ("webhook that is not JSON", webhook(signed(b"not json"), b"not json".to_vec()), StatusCode::BAD_REQUEST, "not_a_stripe_event"),
+            ("webhook that is not an event", webhook(signed(&not_an_event), not_an_event.clone()), StatusCode::BAD_REQUEST, "not_a_stripe_event"),
+            ("webhook over 1 MiB", webhook(signed(&[b' '; 1024 * 1024 + 1]), vec![b' '; 1024 * 1024 + 1]), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ("read without a token", request("GET", "/v1/customers/cus_1/entitlements", None, None), StatusCode::UNAUTHORIZED, "unauthorized"),
+            ("read with an unknown token", request("GET", "/v1/customers/cus_1/entitlements", Some("tok_nope"), None), StatusCode::UNAUTHORIZED, "unauthorized"),
+            ("malformed time", request("GET", "/v1/customers/cus_1/entitlements?at=yesterday", admin, None), StatusCode::BAD_REQUEST, "invalid_time"),
+            ("two moments at once", request("GET", "/v1/customers/cus_1/entitlements/sso?at=2026-01-01T00:00:00Z&as_known_at=2026-01-01T00:00:00Z", admin, None), StatusCode::BAD_REQUEST, "invalid_query"),
+            ("unknown customer", request("GET", "/v1/customers/cus_nobody/entitlements", admin, None), StatusCode::NOT_FOUND, "customer_not_found"),
+            ("a path that is not UTF-8", request("GET", "/v1/customers/cus_%FF/entitlements", admin, None), StatusCode::BAD_REQUEST, "invalid_path"),
+            ("an account key through a platform route", request("GET", "/v1/customers/acct_1%2Fcus_1/timeline", admin, None), StatusCode::BAD_REQUEST, "invalid_id"),
+            ("an account that is no account id", request("GET", "/v1/accounts/me/customers/cus_1/entitlements", admin, None), StatusCode::BAD_REQUEST, "invalid_account"),
+            ("unknown user", request("GET", "/v1/users/u_nobody/entitlements/sso", admin, None), StatusCode::NOT_FOUND, "user_not_found"),
+            ("explain for an unknown customer", request("GET", "/v1/customers/cus_nobody/entitlements/sso/explain", admin, None), StatusCode::NOT_FOUND, "customer_not_found"),
+            ("timeline of an unknown customer", request("GET", "/v1/customers/cus_nobody/timeline", admin, None), StatusCode::NOT_FOUND, "customer_not_found"),
+            ("unknown order", request("GET", "/v1/orders/order_nobody", admin, None), StatusCode::NOT_FOUND, "order_not_found"),
+            ("hold with a read token", request("POST", hold, Some("tok_read"), Some(r#"{"reason":"r"}"#)), StatusCode::FORBIDDEN, "forbidden"),
+            ("hold without a body", request("POST", hold, admin, None), StatusCode::BAD_REQUEST, "invalid_body"),
+            ("hold whose body is not JSON", request("POST", hold, admin, Some("{reason")), StatusCode::BAD_REQUEST, "invalid_body"),
+            ("hold with a field of the wrong type", request("POST", hold, admin, Some(r#"{"reason":7}"#)), StatusCode::BAD_REQUEST, "invalid_body"),
+            ("hold without a reason", request("POST", hold, admin, Some(r#"{"reason":"  "}"#)), StatusCode::BAD_REQUEST, "invalid_body"),
+            ("hold with a bad hold_id", request("POST", hold, admin, Some(r#"{"reason":"r","hold_id":"a b"}"#)), StatusCode::BAD_REQUEST, "invalid_body"),
+            ("hold at a malformed time", request("POST", hold, admin, Some(r#"{"reason":"r","at":"soon"}"#)), StatusCode::BAD_REQUEST, "invalid_time"),
+            ("hold on a subscription the customer lacks", request("POST", hold, admin, Some(r#"{"reason":"r","subscription":"sub_other"}"#)), StatusCode::UNPROCESSABLE_ENTITY, "subscription_not_found"),
+            ("hold on an unknown customer", request("POST", "/v1/customers/cus_nobody/holds", admin, Some(r#"{"reason":"r"}"#)), StatusCode::NOT_FOUND, "customer_not_found"),
+            ("lifting a hold not in force", request("DELETE", "/v1/customers/cus_1/holds/hold_none", admin, None), StatusCode::NOT_FOUND, "hold_not_found"),
+            ("lifting at a malformed time", request("DELETE", "/v1/customers/cus_1/holds/hold_none?at=later", admin, None), StatusCode::BAD_REQUEST, "invalid_time"),
+            ("unknown route", request("GET", "/v2/anything", admin, None), StatusCode::NOT_FOUND, "not_found"),
+            ("wrong method", request("PUT", "/v1/customers/cus_1/entitlements", admin, None), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        ];
+        let tried = cases.len();
+        for (case, request, status, code) in cases {
+            let (got, body) = send(&app, request).await;
+            assert_eq!(
+                (got, body["error"].as_str()),
+                (status, Some(code)),
+                "{}: {case}: {body}",
+                test_db.name
+            );
+            assert!(
+                body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{case}: {body}"
+            );
+        }
+        engine.drain().await.unwrap();
+        assert_eq!(
+            stored(&engine).await,
+            before,
+            "{}: a refused request changed the store",
+            test_db.name
+        );
+        println!(
+            "{}: {tried} bad inputs refused, nothing stored",
+            test_db.name
+        );
+        engine.close().await;
+    }
+}
