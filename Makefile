@@ -9,6 +9,9 @@
 #                on SQLite and, with SUBLEDGER_TEST_POSTGRES_URL, PostgreSQL; writes docs/benchmarks.md
 #   make fuzz    every fuzz target for FUZZ_SECS seconds (default 60; a nightly toolchain and
 #                cargo-fuzz); make fuzz-ci: the short pass CI runs (the light targets, 10 s each)
+#   make deny    cargo deny (cargo install cargo-deny): licences, sources, duplicates and the
+#                RustSec advisories of deny/advisory-db.tar.gz, offline; make deny-latest: the
+#                live advisory database (needs GitHub)
 
 CARGO ?= cargo
 CATALOG ?= catalog.example.yaml
@@ -17,7 +20,7 @@ CATALOG ?= catalog.example.yaml
 SUBLEDGER_WEBHOOK_SECRETS ?= whsec_subledger_local_development
 export SUBLEDGER_WEBHOOK_SECRETS
 
-.PHONY: run worker migrate test lint fmt ci build scenarios bench fuzz fuzz-ci
+.PHONY: run worker migrate test lint fmt ci build scenarios bench fuzz fuzz-ci deny deny-latest
 
 build:
 	$(CARGO) build --workspace
@@ -81,3 +84,17 @@ fuzz-ci:
 		mkdir -p $(FUZZ_WORK)/$$target && \
 		cargo +nightly fuzz run $$target $(FUZZ_WORK)/$$target fuzz/corpus/$$target -- -max_total_time=10 || exit 1; \
 	done
+
+# cargo deny keeps the database of each URL in deny.toml's db-path under a directory named
+# after the URL; the snapshot is unpacked where it looks for rustsec/advisory-db's.
+ADVISORY_DB := target/advisory-dbs/advisory-db-3157b0e258782691
+
+deny:
+	rm -rf $(ADVISORY_DB) && mkdir -p $(ADVISORY_DB)
+	tar -xzf deny/advisory-db.tar.gz -C $(ADVISORY_DB)
+	@echo "advisories as of $$(cat deny/advisory-db.snapshot)"
+	$(CARGO) deny --offline check
+
+deny-latest:
+	rm -rf $(ADVISORY_DB)
+	$(CARGO) deny check
