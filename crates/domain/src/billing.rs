@@ -110,6 +110,11 @@ pub struct DetailsProvenance {
     pub previous_metadata: Option<BTreeMap<String, Option<String>>>,
     /// Fetched from Stripe's API to settle a same-second tie: follows every event from it.
     pub fetched: bool,
+    /// The customer object's `created`: when Stripe created the customer. The same in every
+    /// snapshot, so it is known whichever snapshot arrives (absent in details recorded before
+    /// it was read).
+    #[serde(default)]
+    pub stripe_created: Option<DateTime<Utc>>,
 }
 
 impl DetailsProvenance {

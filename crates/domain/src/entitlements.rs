@@ -47,12 +47,10 @@ pub struct BillingView {
     /// Changes subscription schedules will make, by subscription.
     #[serde(default)]
     pub scheduled: SmallMap<SubscriptionId, crate::billing::NextPhase>,
-    /// Stripe time of the latest fact applied.
-    pub updated_at: Option<DateTime<Utc>>,
-    /// Stripe time of the earliest fact applied (the earliest whatever order they came in):
-    /// when Stripe first told of this customer.
+    /// When Stripe created the customer (the customer object's `created`), once a snapshot of
+    /// its details told: the same whichever snapshot arrived, in whatever order.
     #[serde(default)]
-    pub first_seen_at: Option<DateTime<Utc>>,
+    pub stripe_created: Option<DateTime<Utc>>,
 }
 
 /// An invoice of a subscription that was paid, and when (Stripe time).
@@ -100,8 +98,7 @@ impl BillingView {
             holds: SmallMap::new(),
             scheduled: SmallMap::new(),
             disputes: SmallMap::new(),
-            updated_at: None,
-            first_seen_at: None,
+            stripe_created: None,
         }
     }
 
@@ -117,8 +114,13 @@ impl BillingView {
 
     pub fn apply(&mut self, event: &CustomerEvent) {
         match event {
-            CustomerEvent::DetailsRecorded { metadata, .. } => {
+            CustomerEvent::DetailsRecorded {
+                metadata,
+                provenance,
+                ..
+            } => {
                 self.metadata = SmallMap::from(metadata.clone());
+                self.stripe_created = provenance.stripe_created.or(self.stripe_created);
             }
             CustomerEvent::CustomerDeleted { .. } => self.deleted = true,
             CustomerEvent::SubscriptionStarted { subscription, .. }
@@ -228,12 +230,6 @@ impl BillingView {
                 }
             }
         }
-        let occurred_at = event.occurred_at();
-        self.updated_at = Some(self.updated_at.map_or(occurred_at, |t| t.max(occurred_at)));
-        self.first_seen_at = Some(
-            self.first_seen_at
-                .map_or(occurred_at, |t| t.min(occurred_at)),
-        );
     }
 }
 

@@ -39,7 +39,11 @@ const BATCH: i64 = 500;
 ///   (`pending_updates`).
 /// - 4: `first_seen_at`, the Stripe time of a customer's earliest fact (which customer answers
 ///   for a user id several name).
-pub const BILLING_VIEW_VERSION: i32 = 4;
+/// - 5: `stripe_created` (the customer object's `created`) replaces `first_seen_at`, and
+///   `updated_at` is gone: both depended on the delivery order (a fact older than one already
+///   recorded, or the same as it, records nothing), which the ordering properties found
+///   (`crates/domain/tests/ordering_properties.rs`).
+pub const BILLING_VIEW_VERSION: i32 = 5;
 
 /// A customer's features, shared by every customer whose features are the same (most
 /// customers of one plan are).
@@ -120,10 +124,10 @@ pub struct EntitlementIndex {
 
 /// The customers each product user id names. When several customers' metadata name one user
 /// id, the one that answers for it is, in this order: a customer that is not deleted; the one
-/// Stripe first told of most recently (its earliest billing fact, `first_seen_at`: a user who
-/// signs up again gets a new customer); the greatest customer id. Each part is a fact of the
-/// views, not of the order they were published in, so every server answers the same, before
-/// and after a restart.
+/// Stripe created most recently (the customer object's `created`: a user who signs up again
+/// gets a new customer); the greatest customer id. Each part is a fact Stripe states the same
+/// in every snapshot, not of the order the facts or the views arrived in, so every server
+/// answers the same, before and after a restart, however Stripe delivered.
 ///
 /// A user id is a name within one Stripe account: a connected account's customers claim
 /// user ids of that account only, so two accounts' `u_1` are two users.
@@ -140,7 +144,7 @@ type AccountUser = (Option<String>, String);
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct UserClaim {
     not_deleted: bool,
-    first_seen_at: Option<DateTime<Utc>>,
+    created: Option<DateTime<Utc>>,
     customer: String,
 }
 
@@ -300,7 +304,7 @@ impl UserIndex {
             .or_default()
             .push(UserClaim {
                 not_deleted: !view.deleted,
-                first_seen_at: view.first_seen_at,
+                created: view.stripe_created,
                 customer: customer.to_owned(),
             });
         self.user_of.insert(customer.to_owned(), user);

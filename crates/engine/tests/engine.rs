@@ -451,12 +451,16 @@ async fn a_worker_and_an_operator_racing_on_one_customer_lose_nothing() {
 /// customers still naming it.
 #[tokio::test]
 async fn a_user_id_several_customers_name_is_answered_by_one_rule_in_any_order() {
+    // The customer object's `created` is when Stripe created it; the rule reads that, not
+    // when (or in which order) its events arrived.
     let created = |id: &str, user: &str, offset: i64| {
+        let mut customer = fixtures::customer(id, json!({ "user_id": user }));
+        customer["created"] = json!(at(offset));
         fixtures::event(
             &format!("evt_created_{id}"),
             "customer.created",
             at(offset),
-            fixtures::customer(id, json!({ "user_id": user })),
+            customer,
         )
     };
     for newest_first in [false, true] {

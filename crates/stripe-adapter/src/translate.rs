@@ -364,6 +364,7 @@ pub fn translate_fetched(
                 occurred_at: second,
                 provenance: DetailsProvenance {
                     fetched: true,
+                    stripe_created: fields.opt_time("created"),
                     ..DetailsProvenance::default()
                 },
             },
@@ -548,6 +549,10 @@ fn details_provenance(event: &Value, creation: bool) -> DetailsProvenance {
         creation,
         previous_metadata,
         fetched: false,
+        stripe_created: event
+            .pointer("/data/object/created")
+            .and_then(Value::as_i64)
+            .and_then(|t| DateTime::from_timestamp(t, 0)),
     }
 }
 

@@ -496,8 +496,11 @@ impl History<BTreeSet<String>> for SummaryProvenance {
 /// - a creation is the first state, so nothing known is older than it;
 /// - the same snapshot again is no news, except a fetched one, which settles its second so
 ///   that later arrivals from it need no fetch, and one whose change started from a state
-///   other than the known one (the second half of a set-and-undo, delivered first), kept for
-///   what its `previous_attributes` will say about the first half;
+///   other than the known one: the second half of a set-and-undo delivered first, kept for
+///   what its `previous_attributes` will say about the first half, and a return to the known
+///   state at a later second (A, B, A again), which a redelivery of the first change to A is
+///   not (same second, same `previous_attributes`): recorded so that the known state is
+///   dated by it, and B from that later second cannot pass for newer;
 /// - within one second: a fetched snapshot follows every event from it; a change follows the
 ///   state its `previous_attributes` name; else `no_clue` (the object's own rules, such as
 ///   legal status transitions).
@@ -514,8 +517,8 @@ fn judge<T: PartialEq, P: History<T> + PartialEq>(
     no_clue: impl FnOnce(&T) -> Option<bool>,
 ) -> Option<bool> {
     let settles = provenance.fetched() && !known.provenance.fetched();
-    let skipped_a_state =
-        provenance.moved_away_from(&known.value) == Some(false) && known.provenance != *provenance;
+    let skipped_a_state = provenance.moved_away_from(&known.value) == Some(false)
+        && (known.provenance != *provenance || occurred_at != known.as_of);
     if provenance.creation() || known.value == *incoming && !settles && !skipped_a_state {
         return Some(false);
     }
