@@ -22,17 +22,8 @@ const CATALOG: &str = "default_plan: free\nplans:\n  free: {}\n  pro:\n    price
 /// A simulated Stripe over HTTP holding one active subscription whose `cancel_at` is `truth`,
 /// of a customer whose `user_id` is `u_truth`.
 async fn stripe_with_subscription(truth: i64) -> (StripeApi, Value) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
-    let app = router(Account::new(start, RetryPolicy::default(), None).shared());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let api = StripeApi::new(
-        &ApiKey::new("rk_test_reader"),
-        Some(&format!("http://{addr}/")),
-        "refetch",
-    )
-    .unwrap();
+    let api = serve(Account::new(start, RetryPolicy::default(), None)).await;
     let clock = api
         .create_test_clock("clock", 1_767_225_600, "c")
         .await
@@ -71,6 +62,20 @@ async fn stripe_with_subscription(truth: i64) -> (StripeApi, Value) {
         .await
         .unwrap();
     (api, object)
+}
+
+/// `account` served over loopback HTTP, and a client of it.
+async fn serve(account: Account) -> StripeApi {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(account.shared());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    StripeApi::new(
+        &ApiKey::new("rk_test_reader"),
+        Some(&format!("http://{addr}/")),
+        "refetch",
+    )
+    .unwrap()
 }
 
 fn event(id: &str, kind: &str, created: i64, object: &Value, previous: Option<Value>) -> Value {
@@ -210,16 +215,12 @@ async fn connected_stripe_with_subscription() -> (StripeApi, Value) {
     story
         .subscribe("cus_shop", "sub_shop", "price_pro", 1, None)
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = router(Account::with_default_clock(story, RetryPolicy::default(), None).shared());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let api = StripeApi::new(
-        &ApiKey::new("rk_test_reader"),
-        Some(&format!("http://{addr}/")),
-        "refetch",
-    )
-    .unwrap();
+    let api = serve(Account::with_default_clock(
+        story,
+        RetryPolicy::default(),
+        None,
+    ))
+    .await;
     let object = api
         .object("subscriptions", "sub_shop", Some("acct_1Shop"))
         .await
