@@ -9,6 +9,7 @@
 #                on SQLite and, with SUBLEDGER_TEST_POSTGRES_URL, PostgreSQL; writes docs/benchmarks.md
 #   make fuzz    every fuzz target for FUZZ_SECS seconds (default 60; a nightly toolchain and
 #                cargo-fuzz); make fuzz-ci: the short pass CI runs (the light targets, 10 s each)
+#   make alerts  promtool check rules and test rules on deploy/prometheus (Debian's prometheus)
 #   make deny    cargo deny (cargo install cargo-deny): licences, sources, duplicates and the
 #                RustSec advisories of deny/advisory-db.tar.gz, offline; make deny-latest: the
 #                live advisory database (needs GitHub)
@@ -20,7 +21,7 @@ CATALOG ?= catalog.example.yaml
 SUBLEDGER_WEBHOOK_SECRETS ?= whsec_subledger_local_development
 export SUBLEDGER_WEBHOOK_SECRETS
 
-.PHONY: run worker migrate test lint fmt ci build scenarios bench fuzz fuzz-ci deny deny-latest
+.PHONY: run worker migrate test lint fmt ci build scenarios bench fuzz fuzz-ci deny deny-latest alerts
 
 build:
 	$(CARGO) build --workspace
@@ -53,7 +54,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-ci: lint test scenarios
+ci: lint alerts test scenarios
 
 # Every scenario through the CLI, in order and in shuffled-with-duplicates delivery.
 scenarios:
@@ -98,3 +99,7 @@ deny:
 deny-latest:
 	rm -rf $(ADVISORY_DB)
 	$(CARGO) deny check
+
+alerts:
+	promtool check rules deploy/prometheus/alerts.yml
+	cd deploy/prometheus && promtool test rules alerts_test.yml

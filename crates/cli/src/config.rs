@@ -328,6 +328,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SUBLEDGER_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
 
+    /// Also serve `GET /metrics` here, without a token, for a Prometheus scraper on a private
+    /// network. Without it, `/metrics` is on the API's address behind an admin token.
+    #[arg(long, env = "SUBLEDGER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -345,6 +350,11 @@ impl ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
+    /// Serve `GET /metrics` here, without a token, for a Prometheus scraper on a private
+    /// network: a worker has no other address.
+    #[arg(long, env = "SUBLEDGER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }

@@ -7,6 +7,7 @@ mod progress;
 mod scenarios;
 mod supervise;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -89,10 +90,13 @@ async fn serve(database_url: &str, args: ServeArgs) -> anyhow::Result<()> {
     if api_tokens.is_empty() {
         tracing::warn!("no API token is set: /v1 reads are open to anyone who can reach {}, and holds are refused (set SUBLEDGER_API_TOKENS and SUBLEDGER_ADMIN_TOKENS)", args.addr);
     }
+    // Recording starts before the engine does, so nothing it counts is lost.
+    subledger_server::metrics::install();
     let engine = Engine::start(config).await.context("starting the engine")?;
     let (stop, shutdown) = Shutdown::new();
     let mut tasks = BackgroundTasks::default();
     tasks.add("projector", engine.spawn_projector(shutdown.clone()));
+    serve_metrics(args.metrics_addr, &engine).await?;
     if !args.no_worker {
         tasks.add("inbox worker", engine.spawn_worker(shutdown.clone()));
     }
@@ -113,9 +117,30 @@ async fn serve(database_url: &str, args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `GET /metrics`, open, on `addr` when one is given (`--metrics-addr`), until SIGTERM.
+async fn serve_metrics(addr: Option<SocketAddr>, engine: &Arc<Engine>) -> anyhow::Result<()> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {addr}"))?;
+    tracing::info!(%addr, "metrics served without a token at /metrics");
+    let metrics = subledger_server::metrics_router(Arc::clone(engine));
+    tokio::spawn(subledger_server::serve(
+        listener,
+        metrics,
+        subledger_server::HttpLimits::default(),
+        shutdown_signal(),
+    ));
+    Ok(())
+}
+
 async fn worker(database_url: &str, args: WorkerArgs) -> anyhow::Result<()> {
     let config = args.engine.engine_config(database_url)?;
+    subledger_server::metrics::install();
     let engine = Engine::start(config).await.context("starting the engine")?;
+    serve_metrics(args.metrics_addr, &engine).await?;
     let (stop, shutdown) = Shutdown::new();
     // The projector runs here too, so saved read models stay current without a server.
     let mut tasks = BackgroundTasks::default();

@@ -265,6 +265,12 @@ impl DisputeBlock {
     pub fn blocks(&self) -> bool {
         !(self.status == "won" || self.status.starts_with("warning_"))
     }
+
+    /// Whether the dispute still waits for an outcome: every status but `won`, `lost` and
+    /// `warning_closed` (Stripe's API reference, the Dispute object's `status`).
+    pub fn is_open(&self) -> bool {
+        !matches!(self.status.as_str(), "won" | "lost" | "warning_closed")
+    }
 }
 
 /// One feature's answer.

@@ -26,6 +26,8 @@ use crate::projector::{BillingProjector, CustomerEntitlements, EntitlementIndex,
 pub struct Readiness {
     /// Inbox rows not applied yet.
     pub pending: i64,
+    /// Of those, the rows whose last attempt failed (retried with backoff).
+    pub failing: i64,
     /// How long the oldest of them has waited since it was received.
     pub oldest_pending_age: Option<Duration>,
     /// The newest event's position in the log.
@@ -542,6 +544,12 @@ impl Engine {
         self.db.inbox_stats().await
     }
 
+    /// Customers by dunning state and the disputes still open, from this process's answers
+    /// (memory only: cheap enough for every metrics scrape).
+    pub fn census(&self) -> crate::projector::Census {
+        self.entitlements.census()
+    }
+
     /// The log position this process's answers reflect (from memory).
     pub fn projected_position(&self) -> i64 {
         self.entitlements.projected_position()
@@ -565,6 +573,7 @@ impl Engine {
         let now_ms = self.now_ms();
         Ok(Readiness {
             pending: pending.pending,
+            failing: pending.failing,
             oldest_pending_age: pending.oldest_received_at_ms.map(|received| {
                 Duration::from_millis(u64::try_from(now_ms.saturating_sub(received)).unwrap_or(0))
             }),

@@ -35,7 +35,7 @@ pub use engine::{
     ViewDifference,
 };
 pub use ingest::{IngestError, Receipt};
-pub use projector::CustomerEntitlements;
+pub use projector::{Census, CustomerEntitlements};
 pub use reconcile::{Difference, Drift, ReconcileError, ReconcileOptions, ReconcileReport};
 pub use refetch::StripeObjects;
 pub use subledger_domain as domain;

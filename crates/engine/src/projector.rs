@@ -15,8 +15,10 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use subledger_domain::catalog::Catalog;
 use subledger_domain::customer::{Customer, CustomerEvent};
+use subledger_domain::dunning::DunningState;
 use subledger_domain::entitlements::{BillingView, Entitlements, FeatureValue};
 use subledger_domain::ids::CustomerId;
+use subledger_domain::payment::Payment;
 use subledger_store::projection::{QuarantinedEvent, ViewRow};
 use subledger_store::{Checkpoint, Database, StoreError, StoredEvent};
 
@@ -62,6 +64,8 @@ pub struct CustomerEntitlements {
     valid_until: Option<DateTime<Utc>>,
     /// The facts it was resolved from, to resolve again when a deadline passes.
     view: Arc<BillingView>,
+    /// The most serious dunning state of the answer, for the metrics' census.
+    dunning: DunningState,
 }
 
 impl CustomerEntitlements {
@@ -82,6 +86,14 @@ impl CustomerEntitlements {
     fn holds_at(&self, at: DateTime<Utc>) -> bool {
         self.valid_until.is_none_or(|until| at < until)
     }
+}
+
+/// The customers by dunning state, and the disputes still open: see
+/// [`EntitlementIndex::census`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    pub by_dunning_state: BTreeMap<DunningState, u64>,
+    pub open_disputes: usize,
 }
 
 /// Feature sets in use, so that customers with the same features share one copy.
@@ -159,6 +171,26 @@ impl EntitlementIndex {
             dictionary: AnswerDictionary::for_catalog(catalog),
             projected: AtomicI64::new(0),
         }
+    }
+
+    /// How many customers are in each dunning state, and how many disputes are open, by the
+    /// answers as prepared (a grace period that ended since counts when next asked).
+    pub fn census(&self) -> Census {
+        let answers = self
+            .by_customer
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut census = Census::default();
+        for answer in answers.values() {
+            *census.by_dunning_state.entry(answer.dunning).or_default() += 1;
+            census.open_disputes += answer
+                .view
+                .disputes
+                .values()
+                .filter(|dispute| dispute.is_open())
+                .count();
+        }
+        census
     }
 
     /// The log position the answers reflect.
@@ -239,6 +271,7 @@ impl EntitlementIndex {
             features,
             valid_until: entitlements.valid_until,
             view,
+            dunning: entitlements.dunning.state,
         })
     }
 
@@ -371,6 +404,31 @@ pub(crate) struct BillingProjector {
     /// Events skipped because they cannot be decoded, not recorded in the store yet (a
     /// rebuild's are all it found).
     quarantined: Vec<QuarantinedEvent>,
+}
+
+/// What a batch the live projector just published tells the metrics: how long each event took
+/// from being recorded (a webhook's acknowledgement) to being in the answers, the payments
+/// that failed, and the disputes opened. A rebuild records none of it: it is history.
+fn record_projected(events: &[StoredEvent], disputes_opened: u64) {
+    let now = Utc::now();
+    let lag = metrics::histogram!("subledger_ack_to_projection_seconds");
+    for event in events {
+        if let Ok(metadata) = event.metadata() {
+            let millis = (now - metadata.received_at).num_milliseconds().max(0);
+            lag.record(
+                std::time::Duration::from_millis(u64::try_from(millis).unwrap_or(0)).as_secs_f64(),
+            );
+        }
+        let failed = match (event.aggregate_type.as_str(), event.event_type.as_str()) {
+            (Customer::TYPE, "InvoicePaymentFailed") => Some("invoice"),
+            (Payment::TYPE, "PaymentFailed") => Some("order"),
+            _ => None,
+        };
+        if let Some(kind) = failed {
+            metrics::counter!("subledger_payments_failed_total", "kind" => kind).increment(1);
+        }
+    }
+    metrics::counter!("subledger_disputes_opened_total").increment(disputes_opened);
 }
 
 /// Saved views, or why they cannot be trusted.
@@ -608,7 +666,9 @@ impl BillingProjector {
             };
             applied += events.len();
             let mut changed = BTreeSet::new();
+            let mut disputes_opened = 0_u64;
             for event in &events {
+                disputes_opened += u64::from(self.opens_dispute(event));
                 if let Some(customer_id) = self.apply(event) {
                     changed.insert(customer_id);
                 }
@@ -616,11 +676,27 @@ impl BillingProjector {
             self.applied = last;
             index.publish(self.resolve(changed.iter(), index, catalog, now)?);
             index.mark_projected(last);
+            record_projected(&events, disputes_opened);
             // Recorded before the checkpoint moves past them; kept in memory until recorded.
             db.quarantine_projection_events(&self.quarantined).await?;
             self.quarantined.clear();
             self.save(db).await?;
         }
+    }
+
+    /// Whether `stored` records a dispute its customer's view does not hold yet (read before
+    /// [`Self::apply`]). Only dispute events are decoded here.
+    fn opens_dispute(&self, stored: &StoredEvent) -> bool {
+        if stored.aggregate_type != Customer::TYPE || stored.event_type != "DisputeRecorded" {
+            return false;
+        }
+        let Ok(CustomerEvent::DisputeRecorded { dispute, .. }) = decode(stored) else {
+            return false;
+        };
+        let customer = CustomerId::new(stored.aggregate_id.as_str());
+        self.views
+            .get(&customer)
+            .is_none_or(|view| !view.disputes.contains_key(&dispute.id))
     }
 
     /// Applies one log event; the customer whose view changed, if any. An event that cannot

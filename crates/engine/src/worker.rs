@@ -113,16 +113,17 @@ struct StagedLane {
 
 /// How a handled row is finished, counted in `report`.
 fn finish(row: &ClaimedEvent, outcome: Outcome, report: &mut WorkReport) -> FinishedRow {
-    let (status, outcome) = match outcome {
+    let (status, outcome, counted) = match outcome {
         Outcome::Applied(text) => {
             report.applied += 1;
-            (InboxStatus::Processed, text)
+            (InboxStatus::Processed, text, "applied")
         }
         Outcome::Ignored(reason) => {
             report.ignored += 1;
-            (InboxStatus::Ignored, reason)
+            (InboxStatus::Ignored, reason, "ignored")
         }
     };
+    metrics::counter!("subledger_inbox_rows_total", "outcome" => counted).increment(1);
     FinishedRow {
         event_id: row.event_id.clone(),
         status,
@@ -410,6 +411,7 @@ impl Engine {
                 .retry_inbox_event_later(&row.event_id, &failure.to_string(), retry_at)
                 .await?;
             report.failed += 1;
+            metrics::counter!("subledger_inbox_rows_total", "outcome" => "failed").increment(1);
         }
         Ok(())
     }

@@ -25,7 +25,9 @@ async fn every_delivery_order_ends_in_the_same_billing_views() {
     let slots = Arc::new(Semaphore::new(2));
     let mut runs = 0u64;
     let mut failures = Vec::new();
+    let mut per_file = Vec::new();
     for file in &files {
+        let file_started = std::time::Instant::now();
         let scenario = Arc::new(parse_file(file).unwrap());
         let in_order = RunOptions {
             delivery: DeliveryMode::InOrder,
@@ -73,6 +75,11 @@ async fn every_delivery_order_ends_in_the_same_billing_views() {
                 failures.push(failure);
             }
         }
+        per_file.push((file_started.elapsed(), file.display().to_string()));
+    }
+    per_file.sort();
+    for (took, file) in per_file.iter().rev().take(5) {
+        eprintln!("  {took:?} {file}");
     }
     eprintln!(
         "{runs} delivery permutations over {} scenario files in {:?}: {} failed",

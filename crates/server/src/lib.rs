@@ -9,6 +9,8 @@
 //! - `GET /v1/customers/{id}/entitlements/{feature}/explain`: the decision and its reasons.
 //! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
 //! - `GET /healthz` (from memory), `GET /readyz` (the store, bounded); `GET /openapi.json` ([`openapi`]): this API's OpenAPI document.
+//! - `GET /metrics` ([`metrics`]): Prometheus metrics, behind an admin token (or open on
+//!   `--metrics-addr`, [`metrics_router`]).
 //! - Every `/v1` route above has a twin under `/v1/accounts/{account}` for the customers, users
 //!   and orders of a Stripe Connect connected account ([`paths`]).
 //! - [`auth`]: bearer tokens for `/v1`, read and admin; [`error`]: the one JSON error type.
@@ -17,6 +19,7 @@ pub mod auth;
 pub mod entitlements;
 pub mod error;
 pub mod holds;
+pub mod metrics;
 pub mod openapi;
 pub mod orders;
 mod paths;
@@ -26,6 +29,7 @@ pub mod webhooks;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
@@ -49,6 +53,7 @@ pub struct AppState {
 /// The whole HTTP API. With no `api_tokens` at all, `/v1` reads are open (for local use);
 /// writes always need an admin token (see [`auth`]).
 pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
+    metrics::install();
     let state = AppState {
         engine,
         api_tokens: Arc::new(api_tokens),
@@ -102,9 +107,27 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::document))
-        .fallback(not_found)
+        .route("/metrics", get(metrics::scrape))
+        .route_layer(axum::middleware::from_fn(metrics::record_request))
+        // Unknown routes are counted and logged too (as `unmatched`).
+        .fallback(not_found.layer(axum::middleware::from_fn(metrics::record_request)))
         .method_not_allowed_fallback(method_not_allowed);
     contain_panics(routes.with_state(state))
+}
+
+/// `GET /metrics` alone, open, for `--metrics-addr`: a scraper on a private network needs no
+/// token, and the API's address need not be reachable from it.
+pub fn metrics_router(engine: Arc<Engine>) -> Router {
+    metrics::install();
+    let state = AppState {
+        engine,
+        api_tokens: Arc::new(ApiTokens::none()),
+    };
+    Router::new()
+        .route("/metrics", get(metrics::open_scrape))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
 }
 
 /// What a panic said: its message when it carried one (`panic!` with a literal or with

@@ -34,10 +34,28 @@ fn timed_out(rejection: &BytesRejection) -> bool {
         (status = 408, description = "The body stopped arriving", body = crate::error::ApiErrorBody),
         (status = 503, description = "Store unavailable: Stripe retries", body = crate::error::ApiErrorBody)))]
 pub(crate) async fn receive(
-    State(state): State<AppState>,
+    state: State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let answered = store(state, headers, body).await;
+    // `subledger_webhooks_received_total`: accepted, duplicate, or rejected with the reason
+    // (the error code the answer carries).
+    let (outcome, reason) = match &answered {
+        Ok((_, receipt)) if receipt.duplicate => ("duplicate", ""),
+        Ok(_) => ("accepted", ""),
+        Err(error) => ("rejected", error.code),
+    };
+    metrics::counter!("subledger_webhooks_received_total", "outcome" => outcome, "reason" => reason)
+        .increment(1);
+    answered.map(|(response, _)| response)
+}
+
+async fn store(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Response, WebhookReceipt), ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -74,19 +92,19 @@ pub(crate) async fn receive(
         .receive_webhook(signature, &body, &correlation_id)
         .await
     {
-        Ok(receipt) => Ok((
-            [("x-request-id", correlation_id)],
-            Json(WebhookReceipt {
+        Ok(receipt) => {
+            let receipt = WebhookReceipt {
                 received: true,
                 duplicate: receipt.duplicate,
-            }),
-        )
-            .into_response()),
+            };
+            let response = ([("x-request-id", correlation_id)], Json(receipt)).into_response();
+            Ok((response, receipt))
+        }
         Err(error) => Err(ingest_error(error)),
     }
 }
 
-#[derive(serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct WebhookReceipt {
     received: bool,
     /// The event id was already stored (a redelivery).

@@ -1465,3 +1465,125 @@ async fn every_endpoint_refuses_bad_input_with_a_json_error_and_stores_nothing()
         engine.close().await;
     }
 }
+
+/// The body of a request's answer, as text.
+async fn text(app: &Router, request: Request<Body>) -> (StatusCode, String, Option<String>) {
+    use tower::ServiceExt;
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        String::from_utf8_lossy(&bytes).into_owned(),
+        content_type,
+    )
+}
+
+/// `GET /metrics`: an operator route (admin token) in Prometheus' text format, open on the
+/// separate metrics router; every metric described once, the store's and the answers' gauges
+/// read at the scrape, and the alert rules and the Grafana dashboard name only metrics
+/// Subledger exports.
+#[tokio::test]
+async fn metrics_are_exported_for_prometheus_behind_an_admin_token() {
+    let test_db = ScratchDatabase::sqlite().await.unwrap();
+    let (engine, app) = start_with(&test_db, &["tok_read"], &[ADMIN]).await;
+    let event = subscription_event(
+        "evt_m1",
+        "customer.subscription.created",
+        now(),
+        "active",
+        "price_1ProMonthly",
+    );
+    assert_eq!(send(&app, signed_webhook(&event)).await.0, StatusCode::OK);
+    assert_eq!(send(&app, signed_webhook(&event)).await.0, StatusCode::OK);
+    let forged = Request::post("/webhooks/stripe")
+        .header("stripe-signature", "t=1,v1=00")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(send(&app, forged).await.0, StatusCode::BAD_REQUEST);
+    engine.drain().await.unwrap();
+    send(&app, admin_get("/v1/customers/cus_1/entitlements")).await;
+
+    for (token, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("tok_read"), StatusCode::FORBIDDEN),
+    ] {
+        let mut request = Request::get("/metrics");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        assert_eq!(
+            send(&app, request.body(Body::empty()).unwrap()).await.0,
+            status
+        );
+    }
+    let (status, exposition, content_type) = text(&app, admin_get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.is_some_and(|t| t.starts_with("text/plain; version=0.0.4")));
+    for expected in [
+        r#"subledger_webhooks_received_total{outcome="accepted",reason=""}"#,
+        r#"subledger_webhooks_received_total{outcome="duplicate",reason=""}"#,
+        r#"subledger_webhooks_received_total{outcome="rejected",reason="signature_mismatch"}"#,
+        r#"subledger_inbox_rows_total{outcome="applied"}"#,
+        r#"subledger_customers{dunning_state="ok"} 1"#,
+        r#"subledger_customers{dunning_state="past_due"} 0"#,
+        "subledger_inbox_pending 0",
+        "subledger_projection_lag_events 0",
+        "subledger_store_up 1",
+        r#"subledger_http_requests_total{route="/v1/customers/{customer_id}/entitlements",method="GET",status="200"}"#,
+        "subledger_http_request_duration_seconds_bucket{",
+        "subledger_ack_to_projection_seconds_bucket{",
+        "# HELP subledger_inbox_pending Stripe events stored and not applied yet.",
+        "# TYPE subledger_webhooks_received_total counter",
+        "process_resident_memory_bytes ",
+    ] {
+        assert!(
+            exposition.contains(expected),
+            "{expected} missing from:\n{exposition}"
+        );
+    }
+    // The open router of --metrics-addr answers without a token, and only /metrics.
+    let open = subledger_server::metrics_router(engine.clone());
+    let (status, body, _) = text(&open, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("subledger_store_up 1"));
+    assert_eq!(
+        send(&open, get("/v1/customers/cus_1/entitlements")).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // The alert rules and the dashboard query only metrics Subledger exports.
+    let known: Vec<&str> = subledger_server::metrics::METRICS
+        .iter()
+        .map(|(name, _, _)| *name)
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/subledger.json",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut named = 0;
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !(word.starts_with("subledger_") || word.starts_with("process_")) {
+                continue;
+            }
+            let metric = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix).filter(|m| known.contains(m)))
+                .unwrap_or(word);
+            assert!(
+                known.contains(&metric),
+                "{file} names {word}, which Subledger does not export"
+            );
+            named += 1;
+        }
+        assert!(named >= 7, "{file} names only {named} metrics");
+    }
+    engine.close().await;
+}

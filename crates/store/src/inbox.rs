@@ -118,6 +118,8 @@ pub struct InboxStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingInbox {
     pub pending: i64,
+    /// Pending rows whose last attempt failed.
+    pub failing: i64,
     /// When the oldest pending row was received (milliseconds), if any is pending.
     pub oldest_received_at_ms: Option<i64>,
 }
@@ -363,12 +365,13 @@ impl Database {
 
     /// How many rows are pending and since when; see [`PendingInbox`].
     pub async fn pending_inbox(&self) -> Result<PendingInbox, StoreError> {
-        const SQL: &str =
-            "SELECT COUNT(*), MIN(received_at_ms) FROM inbox WHERE status = 'pending'";
-        let (pending, oldest_received_at_ms): (i64, Option<i64>) =
+        const SQL: &str = "SELECT COUNT(*), COUNT(last_error), MIN(received_at_ms) \
+             FROM inbox WHERE status = 'pending'";
+        let (pending, failing, oldest_received_at_ms): (i64, i64, Option<i64>) =
             on_pool!(self, pool => sqlx::query_as(SQL).fetch_one(pool).await?);
         Ok(PendingInbox {
             pending,
+            failing,
             oldest_received_at_ms,
         })
     }

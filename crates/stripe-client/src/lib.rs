@@ -107,6 +107,21 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The error's class, as metrics and alerts name it.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Card { .. } => "card",
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::Authentication => "authentication",
+            Self::Permission(_) => "permission",
+            Self::NotFound(_) => "not_found",
+            Self::Idempotency(_) => "idempotency",
+            Self::RateLimit => "rate_limit",
+            Self::Unavailable(_) => "unavailable",
+            Self::Unexpected(_) => "unexpected",
+        }
+    }
+
     fn from_stripe(error: StripeError) -> Self {
         match error {
             StripeError::Stripe(details, status) => {
@@ -222,8 +237,10 @@ impl StripeApi {
         loop {
             let answered = tokio::time::timeout(self.request_timeout, call())
                 .await
-                .unwrap_or_else(|_| Err(StripeError::Timeout));
-            match answered.map_err(ApiError::from_stripe) {
+                .unwrap_or_else(|_| Err(StripeError::Timeout))
+                .map_err(ApiError::from_stripe);
+            record_attempt("api", answered.as_ref().err());
+            match answered {
                 Ok(value) => return Ok(value),
                 Err(error) if error.is_transient() && attempt < self.max_attempts => {
                     tracing::warn!(%error, attempt, what, "Stripe call failed; retrying");
@@ -770,6 +787,22 @@ impl StripeApi {
 }
 
 /// An id that becomes part of a path: only Stripe's id alphabet may reach it.
+/// Counts one request to Stripe (`subledger_stripe_requests_total`): by `client` (`api`:
+/// async-stripe's calls; `reader`: whole-account reads), outcome, and the error's class.
+pub(crate) fn record_attempt(client: &'static str, error: Option<&ApiError>) {
+    let (outcome, class) = match error {
+        None => ("ok", ""),
+        Some(error) => ("error", error.class()),
+    };
+    metrics::counter!(
+        "subledger_stripe_requests_total",
+        "client" => client,
+        "outcome" => outcome,
+        "class" => class
+    )
+    .increment(1);
+}
+
 pub(crate) fn stripe_id(id: &str) -> Result<&str, ApiError> {
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(ApiError::InvalidRequest {

@@ -195,7 +195,15 @@ impl StripeReader {
         loop {
             self.wait_for_slot().await;
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let (error, wait) = match self.attempt(&uri).await {
+            let attempt_made = self.attempt(&uri).await;
+            crate::record_attempt(
+                "reader",
+                match &attempt_made {
+                    Attempt::Done(_) => None,
+                    Attempt::Final(error) | Attempt::Retry(error, _) => Some(error),
+                },
+            );
+            let (error, wait) = match attempt_made {
                 Attempt::Done(value) => return Ok(value),
                 Attempt::Final(error) => return Err(error),
                 Attempt::Retry(error, wait) => (error, wait),

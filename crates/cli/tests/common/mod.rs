@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 /// Every variable `serve` reads, removed from each started process so the test's own
 /// environment cannot leak into a case.
-pub const SERVE_VARIABLES: [&str; 24] = [
+pub const SERVE_VARIABLES: [&str; 25] = [
+    "SUBLEDGER_METRICS_ADDR",
     "SUBLEDGER_DATABASE_URL",
     "SUBLEDGER_ADDR",
     "SUBLEDGER_CATALOG",
