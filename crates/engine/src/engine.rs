@@ -253,7 +253,7 @@ impl Engine {
             .await
             .map_err(|_| IngestError::StoreUnavailable(Arc::new(StoreError::TimedOut(timeout))))?
             .map_err(IngestError::StoreUnavailable)?;
-        tracing::debug!(stripe_event_id = %event_id, duplicate = !is_new, "webhook stored");
+        tracing::debug!(stripe_event_id = %event_id, %correlation_id, duplicate = !is_new, "webhook stored");
         Ok(Receipt {
             event_id,
             duplicate: !is_new,

@@ -20,7 +20,7 @@ use subledger_domain::entitlements::{BillingView, Entitlements, FeatureValue};
 use subledger_domain::ids::CustomerId;
 use subledger_domain::payment::Payment;
 use subledger_store::projection::{QuarantinedEvent, ViewRow};
-use subledger_store::{Checkpoint, Database, StoreError, StoredEvent};
+use subledger_store::{Checkpoint, Database, EventMetadata, Origin, StoreError, StoredEvent};
 
 use crate::clock::Clock;
 use crate::compact_answer::{AnswerDictionary, CompactJson, CorruptAnswer};
@@ -412,12 +412,21 @@ pub(crate) struct BillingProjector {
 fn record_projected(events: &[StoredEvent], disputes_opened: u64) {
     let now = Utc::now();
     let lag = metrics::histogram!("subledger_ack_to_projection_seconds");
+    let logged = tracing::enabled!(tracing::Level::DEBUG);
     for event in events {
         if let Ok(metadata) = event.metadata() {
             let millis = (now - metadata.received_at).num_milliseconds().max(0);
             lag.record(
                 std::time::Duration::from_millis(u64::try_from(millis).unwrap_or(0)).as_secs_f64(),
             );
+            // The last line about a webhook: its fact is in the answers.
+            if let (true, Origin::Webhook { event_id, .. }) = (logged, &metadata.origin) {
+                tracing::debug!(
+                    stripe_event_id = %event_id, correlation_id = %metadata.correlation_id,
+                    aggregate = %event.aggregate_id, event_type = %event.event_type,
+                    lag_ms = millis, "projected"
+                );
+            }
         }
         let failed = match (event.aggregate_type.as_str(), event.event_type.as_str()) {
             (Customer::TYPE, "InvoicePaymentFailed") => Some("invoice"),
@@ -710,7 +719,19 @@ impl BillingProjector {
         let event: CustomerEvent = match decode(stored) {
             Ok(event) => event,
             Err(error) => {
-                tracing::error!(%error, position = stored.checkpoint.position, "event quarantined: the projection skips it");
+                let (stripe_event_id, correlation_id) = match stored.metadata() {
+                    Ok(EventMetadata {
+                        origin: Origin::Webhook { event_id, .. },
+                        correlation_id,
+                        ..
+                    }) => (Some(event_id), Some(correlation_id)),
+                    Ok(metadata) => (None, Some(metadata.correlation_id)),
+                    Err(_) => (None, None),
+                };
+                tracing::error!(
+                    %error, position = stored.checkpoint.position, ?stripe_event_id, ?correlation_id,
+                    "event quarantined: the projection skips it"
+                );
                 self.quarantined.push(QuarantinedEvent {
                     position: stored.checkpoint.position,
                     aggregate_type: stored.aggregate_type.clone(),

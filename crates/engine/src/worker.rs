@@ -124,6 +124,10 @@ fn finish(row: &ClaimedEvent, outcome: Outcome, report: &mut WorkReport) -> Fini
         }
     };
     metrics::counter!("subledger_inbox_rows_total", "outcome" => counted).increment(1);
+    tracing::debug!(
+        stripe_event_id = %row.event_id, correlation_id = %row.correlation_id,
+        event_type = %row.event_type, outcome = counted, "stripe event handled"
+    );
     FinishedRow {
         event_id: row.event_id.clone(),
         status,

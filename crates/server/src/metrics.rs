@@ -231,10 +231,10 @@ async fn exposition(engine: &Engine) -> Result<Response, ApiError> {
 }
 
 /// Counts every request and times it, by the route that matched (its pattern, so ids do not
-/// become labels), method and status, and writes the access log line. Each request carries a
-/// request id: the caller's `X-Request-Id` when it is a sane one, else a new one, given to the
-/// handler (a webhook's correlation id, followed through the worker and the projection) and
-/// sent back in the answer.
+/// become labels), method and status, and writes the access log line. A request carries a
+/// request id: the caller's `X-Request-Id` when it is a sane one, else a new one (except for a
+/// read that came without one), given to the handler (a webhook's correlation id, followed
+/// through the worker and the projection) and sent back in the answer.
 pub(crate) async fn record_request(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -242,11 +242,18 @@ pub(crate) async fn record_request(mut request: Request, next: Next) -> Response
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = request.method().as_str().to_owned();
-    let request_id = crate::webhooks::correlation_id(request.headers());
-    let id_header = HeaderValue::from_str(&request_id).ok();
+    // A read the caller gave no id is not given one: entitlement checks come thousands a
+    // second, and a fresh id costs more than the check.
+    let request_id = (request.method() != axum::http::Method::GET
+        || request.headers().contains_key(REQUEST_ID))
+    .then(|| crate::webhooks::correlation_id(request.headers()));
+    let id_header = request_id
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok());
     if let Some(value) = &id_header {
         request.headers_mut().insert(REQUEST_ID, value.clone());
     }
+    let request_id = request_id.unwrap_or_default();
     let mut response = next.run(request).await;
     if let Some(value) = id_header {
         response.headers_mut().insert(REQUEST_ID, value);

@@ -1547,6 +1547,33 @@ async fn metrics_are_exported_for_prometheus_behind_an_admin_token() {
             "{expected} missing from:\n{exposition}"
         );
     }
+    // Each request's id comes back: the caller's, or (for anything but a read without one) a
+    // new one, which is also the webhook's correlation id.
+    use tower::ServiceExt;
+    let echoed = app
+        .clone()
+        .oneshot(
+            Request::get("/v1/customers/cus_1/entitlements")
+                .header("authorization", format!("Bearer {ADMIN}"))
+                .header("x-request-id", "req-42")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "req-42");
+    let hold = json_request(
+        "POST",
+        "/v1/customers/cus_1/holds",
+        json!({ "reason": "r" }),
+    );
+    let given = app.clone().oneshot(hold).await.unwrap();
+    assert!(
+        given.headers()["x-request-id"].len() >= 32,
+        "{:?}",
+        given.headers()
+    );
+
     // The open router of --metrics-addr answers without a token, and only /metrics.
     let open = subledger_server::metrics_router(engine.clone());
     let (status, body, _) = text(&open, get("/metrics")).await;
