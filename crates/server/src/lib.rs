@@ -13,9 +13,11 @@
 //!   `--metrics-addr`, [`metrics_router`]).
 //! - Every `/v1` route above has a twin under `/v1/accounts/{account}` for the customers, users
 //!   and orders of a Stripe Connect connected account ([`paths`]).
+//! - `/dashboard` ([`dashboard`]): the operators' pages, behind an admin token or a session.
 //! - [`auth`]: bearer tokens for `/v1`, read and admin; [`error`]: the one JSON error type.
 
 pub mod auth;
+pub mod dashboard;
 pub mod entitlements;
 pub mod error;
 pub mod holds;
@@ -48,6 +50,8 @@ pub const MAX_WEBHOOK_BODY: usize = 1024 * 1024;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub api_tokens: Arc<ApiTokens>,
+    /// The dashboard's signed-in browsers.
+    pub sessions: Arc<dashboard::Sessions>,
 }
 
 /// The whole HTTP API. With no `api_tokens` at all, `/v1` reads are open (for local use);
@@ -57,6 +61,7 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
     let state = AppState {
         engine,
         api_tokens: Arc::new(api_tokens),
+        sessions: Arc::default(),
     };
     // Full paths rather than a nested `/v1` router: nesting rewrites every request's URI.
     // Each `/v1` route serves the platform's own customers and, under
@@ -95,7 +100,7 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
     ];
     let routes = v1
         .into_iter()
-        .fold(Router::new(), |router, (path, handler)| {
+        .fold(dashboard::routes(), |router, (path, handler)| {
             router
                 .route(&paths::connected(path), handler.clone())
                 .route(path, handler)
@@ -122,6 +127,7 @@ pub fn metrics_router(engine: Arc<Engine>) -> Router {
     let state = AppState {
         engine,
         api_tokens: Arc::new(ApiTokens::none()),
+        sessions: Arc::default(),
     };
     Router::new()
         .route("/metrics", get(metrics::open_scrape))
@@ -201,8 +207,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if uri.path().starts_with("/dashboard") {
+        return dashboard::not_found().await;
+    }
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
 }
 
 async fn method_not_allowed() -> ApiError {
