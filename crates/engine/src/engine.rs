@@ -221,6 +221,11 @@ impl Engine {
         Ok(Arc::new(engine))
     }
 
+    /// Which of Stripe's modes this deployment serves (`--livemode`).
+    pub fn livemode(&self) -> bool {
+        self.config.livemode
+    }
+
     pub fn backend(&self) -> Backend {
         self.db.backend()
     }

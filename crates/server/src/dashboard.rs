@@ -95,6 +95,14 @@ pub(crate) fn routes() -> Router<AppState> {
             "/dashboard/accounts/{account}/customers/{customer_id}/holds/{hold_id}/lift",
             post(lift_hold),
         )
+        .route(
+            "/dashboard/customers/{customer_id}/features/{feature}",
+            get(explain),
+        )
+        .route(
+            "/dashboard/accounts/{account}/customers/{customer_id}/features/{feature}",
+            get(explain),
+        )
         .route("/dashboard/assets/dashboard.css", get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))
 }
@@ -391,6 +399,7 @@ struct FeatureRow {
     name: String,
     enabled: bool,
     limit: Option<u64>,
+    explain_href: String,
 }
 
 struct SubscriptionRow {
@@ -484,6 +493,7 @@ async fn customer(Operator(state): Operator, names: RouteNames) -> Response {
                 name: name.clone(),
                 enabled: value.enabled,
                 limit: value.limit,
+                explain_href: format!("{href}/features/{name}"),
             })
             .collect(),
         subscriptions: entitlements
@@ -520,6 +530,130 @@ async fn customer(Operator(state): Operator, names: RouteNames) -> Response {
             .collect(),
         holds,
         place_hold_href: format!("{href}/holds"),
+    };
+    render(&page, StatusCode::OK)
+}
+
+/// A fact behind a decision, with a link to the Stripe event it came from.
+struct EvidenceRow {
+    what: String,
+    at: String,
+    stripe_event: Option<(String, String)>,
+}
+
+/// A reason or a blocker, as a person reads it.
+struct ReasonRow {
+    headline: String,
+    detail: String,
+    evidence: Vec<EvidenceRow>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/explain.html")]
+struct ExplainPage {
+    customer: String,
+    customer_href: String,
+    feature: String,
+    enabled: bool,
+    limit: Option<u64>,
+    at: String,
+    reasons: Vec<ReasonRow>,
+    blockers: Vec<ReasonRow>,
+}
+
+/// Stripe's Dashboard page of an event (the test-mode one for a test-mode deployment; a
+/// connected account's under its account).
+fn stripe_event_link(event_id: &str, livemode: bool, account: Option<&str>) -> String {
+    let mode = if livemode { "" } else { "test/" };
+    match account {
+        Some(account) => format!("https://dashboard.stripe.com/{account}/{mode}events/{event_id}"),
+        None => format!("https://dashboard.stripe.com/{mode}events/{event_id}"),
+    }
+}
+
+fn evidence_rows(
+    evidence: &[subledger_engine::explain::Evidence],
+    livemode: bool,
+    account: Option<&str>,
+) -> Vec<EvidenceRow> {
+    evidence
+        .iter()
+        .map(|e| EvidenceRow {
+            what: match (&e.actor, &e.drift) {
+                (Some(actor), Some(drift)) => format!("{} (by {actor}: {drift})", e.event_type),
+                (Some(actor), None) => format!("{} (by {actor})", e.event_type),
+                _ => e.event_type.clone(),
+            },
+            at: e.occurred_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            stripe_event: e
+                .stripe_event_id
+                .as_ref()
+                .map(|id| (id.clone(), stripe_event_link(id, livemode, account))),
+        })
+        .collect()
+}
+
+/// Why the customer has, or lacks, one feature.
+async fn explain(Operator(state): Operator, names: RouteNames) -> Response {
+    let (Ok(customer), Ok(feature)) = (names.customer(), names.feature()) else {
+        return not_a_customer(&names);
+    };
+    let explanation = match state.engine.explain(customer.as_str(), feature, None).await {
+        Ok(Some(explanation)) => explanation,
+        Ok(None) => return not_a_customer(&names),
+        Err(error) => {
+            tracing::warn!(%error, "dashboard: an explanation could not be computed");
+            return page_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+                "The explanation could not be computed; try again shortly.",
+                true,
+            );
+        }
+    };
+    let (livemode, account) = (state.engine.livemode(), customer.account());
+    let on = |subscription: &Option<subledger_engine::domain::ids::SubscriptionId>| {
+        subscription
+            .as_ref()
+            .map_or_else(String::new, |s| format!(" through {s}"))
+    };
+    let page = ExplainPage {
+        customer: customer.stripe_id().to_owned(),
+        customer_href: customer_href(&customer),
+        feature: explanation.feature.clone(),
+        enabled: explanation.enabled,
+        limit: explanation.limit,
+        at: explanation.at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        reasons: explanation
+            .reasons
+            .iter()
+            .map(|reason| ReasonRow {
+                headline: reason.rule.clone(),
+                detail: format!(
+                    "{}{}{}",
+                    reason.source.replace('_', " "),
+                    on(&reason.subscription),
+                    reason
+                        .status
+                        .as_ref()
+                        .map_or_else(String::new, |s| format!(", status {s}"))
+                ),
+                evidence: evidence_rows(&reason.evidence, livemode, account),
+            })
+            .collect(),
+        blockers: explanation
+            .blockers
+            .iter()
+            .map(|blocker| ReasonRow {
+                headline: blocker.detail.clone(),
+                detail: format!(
+                    "{}{}",
+                    blocker.kind.replace('_', " "),
+                    on(&blocker.subscription)
+                ),
+                evidence: evidence_rows(&blocker.evidence, livemode, account),
+            })
+            .collect(),
     };
     render(&page, StatusCode::OK)
 }

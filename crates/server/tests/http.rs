@@ -1788,6 +1788,32 @@ async fn operators_sign_in_find_a_customer_and_hold_it_on_the_dashboard() {
         "{body}"
     );
     assert!(body.contains("No hold is in force."));
+    assert!(
+        body.contains("href=\"/dashboard/customers/cus_1/features/sso\""),
+        "{body}"
+    );
+
+    // Why it has sso: the catalog rule, the subscription, and the Stripe event behind it.
+    let (status, body, _) = visit(
+        &app,
+        page(
+            "GET",
+            "/dashboard/customers/cus_1/features/sso",
+            signed_in,
+            None,
+        ),
+        "x",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("Why cus_1 has sso") && body.contains("plan pro grants sso: true"),
+        "{body}"
+    );
+    assert!(
+        body.contains("href=\"https://dashboard.stripe.com/test/events/evt_s\""),
+        "{body}"
+    );
 
     // A hold placed and lifted from the page; one posted from another site is refused.
     let mut forged = page(
@@ -1824,6 +1850,21 @@ async fn operators_sign_in_find_a_customer_and_hold_it_on_the_dashboard() {
     assert!(
         body.contains("fraud review") && body.contains("<strong>free</strong>"),
         "{body}"
+    );
+    let (_, why, _) = visit(
+        &app,
+        page(
+            "GET",
+            "/dashboard/customers/cus_1/features/sso",
+            signed_in,
+            None,
+        ),
+        "x",
+    )
+    .await;
+    assert!(
+        why.contains("Why cus_1 lacks sso") && why.contains("fraud review"),
+        "{why}"
     );
     let lift = body
         .split("action=\"")
