@@ -103,6 +103,8 @@ pub(crate) fn routes() -> Router<AppState> {
             "/dashboard/accounts/{account}/customers/{customer_id}/features/{feature}",
             get(explain),
         )
+        .route("/dashboard/inbox", get(inbox))
+        .route("/dashboard/inbox/{event_id}/retry", post(retry))
         .route("/dashboard/assets/dashboard.css", get(stylesheet))
         .layer(axum::middleware::from_fn(security_headers))
 }
@@ -656,6 +658,144 @@ async fn explain(Operator(state): Operator, names: RouteNames) -> Response {
             .collect(),
     };
     render(&page, StatusCode::OK)
+}
+
+/// An inbox row as the page lists it.
+struct InboxLine {
+    event_id: String,
+    stripe_href: String,
+    event_type: String,
+    attempts: i32,
+    received: String,
+    error: String,
+}
+
+struct QuarantineLine {
+    position: i64,
+    customer: String,
+    event_type: String,
+    error: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/inbox.html")]
+struct InboxPage {
+    failing: Vec<InboxLine>,
+    waiting: Vec<InboxLine>,
+    quarantined: Vec<QuarantineLine>,
+}
+
+/// How many rows of each kind the inbox page lists (oldest first).
+const INBOX_PAGE_ROWS: i64 = 100;
+
+/// The events that wait or fail, with their errors, and those the projection set aside.
+async fn inbox(Operator(state): Operator) -> Response {
+    let rows = |wanted| subledger_store::InboxFilter {
+        state: Some(wanted),
+        event_type: None,
+        since_ms: None,
+        limit: INBOX_PAGE_ROWS,
+    };
+    let (failing, pending, quarantined) = match (
+        state
+            .engine
+            .inbox_rows(&rows(subledger_store::InboxState::Failing))
+            .await,
+        state
+            .engine
+            .inbox_rows(&rows(subledger_store::InboxState::Pending))
+            .await,
+        state.engine.projection_quarantine().await,
+    ) {
+        (Ok(failing), Ok(pending), Ok(quarantined)) => (failing, pending, quarantined),
+        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
+            tracing::warn!(%error, "dashboard: the inbox could not be read");
+            return page_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+                "The inbox could not be read; try again shortly.",
+                true,
+            );
+        }
+    };
+    let livemode = state.engine.livemode();
+    let line = |row: subledger_store::InboxRow| InboxLine {
+        stripe_href: stripe_event_link(&row.event_id, livemode, None),
+        event_id: row.event_id,
+        event_type: row.event_type,
+        attempts: row.attempts,
+        received: chrono::DateTime::from_timestamp_millis(row.received_at_ms)
+            .map_or_else(String::new, |t| {
+                t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+            }),
+        error: row.last_error.unwrap_or_default(),
+    };
+    let page = InboxPage {
+        failing: failing.into_iter().map(line).collect(),
+        waiting: pending
+            .into_iter()
+            .filter(|row| row.last_error.is_none())
+            .map(line)
+            .collect(),
+        quarantined: quarantined
+            .into_iter()
+            .map(|q| QuarantineLine {
+                position: q.position,
+                customer: q.aggregate_id,
+                event_type: q.event_type,
+                error: q.error,
+            })
+            .collect(),
+    };
+    render(&page, StatusCode::OK)
+}
+
+/// Makes a waiting or failing event due now, then back to the inbox.
+async fn retry(
+    Operator(state): Operator,
+    axum::extract::Path(event_id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
+    let well_formed = event_id.starts_with("evt_")
+        && event_id.len() <= 255
+        && event_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !well_formed {
+        return page_error(
+            StatusCode::BAD_REQUEST,
+            "Not an event id",
+            "A Stripe event id looks like evt_ followed by letters and digits.",
+            true,
+        );
+    }
+    match state
+        .engine
+        .retry_inbox(std::slice::from_ref(&event_id))
+        .await
+    {
+        Ok(statuses) if statuses.iter().any(|(_, status)| status.is_some()) => {
+            Redirect::to("/dashboard/inbox").into_response()
+        }
+        Ok(_) => page_error(
+            StatusCode::NOT_FOUND,
+            "No such event",
+            &format!("The inbox holds no event {event_id}."),
+            true,
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "dashboard: a retry could not be recorded");
+            page_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+                "The retry could not be recorded; try again shortly.",
+                true,
+            )
+        }
+    }
 }
 
 #[derive(Deserialize)]

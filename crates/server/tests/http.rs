@@ -1615,6 +1615,17 @@ async fn metrics_are_exported_for_prometheus_behind_an_admin_token() {
     engine.close().await;
 }
 
+/// A subscription event whose status no Stripe API version has: it cannot be applied.
+fn subledger_event_with_status(id: &str, status: &str) -> Value {
+    subscription_event(
+        id,
+        "customer.subscription.updated",
+        now(),
+        status,
+        "price_1ProMonthly",
+    )
+}
+
 /// A dashboard request: `cookie` is a signed-in browser's session, `form` a posted form.
 fn page(method: &str, uri: &str, cookie: Option<&str>, form: Option<&str>) -> Request<Body> {
     let mut request = Request::builder()
@@ -1913,6 +1924,37 @@ async fn operators_sign_in_find_a_customer_and_hold_it_on_the_dashboard() {
     }
     let (status, _, _) = visit(&app, admin_get("/dashboard/customers/cus_1"), "x").await;
     assert_eq!(status, StatusCode::OK);
+
+    // The inbox: a delivery that cannot be applied is listed with its error, and retried on
+    // demand.
+    let bad = subledger_event_with_status("evt_bad", "not_a_status");
+    assert_eq!(send(&app, signed_webhook(&bad)).await.0, StatusCode::OK);
+    engine.process_inbox().await.unwrap();
+    let (status, body, _) =
+        visit(&app, page("GET", "/dashboard/inbox", signed_in, None), "x").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("evt_bad") && body.contains("unknown subscription status"),
+        "{body}"
+    );
+    assert!(
+        body.contains("action=\"/dashboard/inbox/evt_bad/retry\""),
+        "{body}"
+    );
+    for (uri, status) in [
+        ("/dashboard/inbox/evt_bad/retry", StatusCode::SEE_OTHER),
+        ("/dashboard/inbox/evt_nothing/retry", StatusCode::NOT_FOUND),
+        (
+            "/dashboard/inbox/not-an-event/retry",
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        assert_eq!(
+            visit(&app, page("POST", uri, signed_in, None), "x").await.0,
+            status,
+            "{uri}"
+        );
+    }
 
     // Signing out ends the session.
     let (status, _, cleared) = visit(
