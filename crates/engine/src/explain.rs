@@ -164,15 +164,7 @@ pub(crate) fn explain(
                 "the customer was deleted at Stripe".to_owned(),
             )
         } else if !entitlement.holds.is_empty() {
-            let holds: Vec<String> = entitlement
-                .holds
-                .iter()
-                .map(|id| match view.holds.get(id) {
-                    Some(hold) => format!("{id} ({})", hold.reason),
-                    None => id.clone(),
-                })
-                .collect();
-            ("hold", format!("held by {}", holds.join(", ")))
+            ("hold", format!("held by {}", entitlement.holds.join(", ")))
         } else if !entitlement.disputes.is_empty() {
             (
                 "dispute",

@@ -614,6 +614,19 @@ async fn explain(Operator(state): Operator, names: RouteNames) -> Response {
         }
     };
     let (livemode, account) = (state.engine.livemode(), customer.account());
+    let hold_reasons: Vec<String> = state
+        .engine
+        .entitlements(customer.as_str())
+        .and_then(|answer| answer.json().ok())
+        .and_then(|json| serde_json::from_slice::<Entitlements>(&json).ok())
+        .map(|entitlements| {
+            entitlements
+                .holds
+                .iter()
+                .map(|hold| format!("{} ({})", hold.id, hold.reason))
+                .collect()
+        })
+        .unwrap_or_default();
     let on = |subscription: &Option<subledger_engine::domain::ids::SubscriptionId>| {
         subscription
             .as_ref()
@@ -647,7 +660,13 @@ async fn explain(Operator(state): Operator, names: RouteNames) -> Response {
             .blockers
             .iter()
             .map(|blocker| ReasonRow {
-                headline: blocker.detail.clone(),
+                // A support person wants the hold's reason, which the API's detail (a
+                // recorded answer that may grow, never change) does not carry.
+                headline: if blocker.kind == "hold" && !hold_reasons.is_empty() {
+                    format!("{}: {}", blocker.detail, hold_reasons.join("; "))
+                } else {
+                    blocker.detail.clone()
+                },
                 detail: format!(
                     "{}{}",
                     blocker.kind.replace('_', " "),
