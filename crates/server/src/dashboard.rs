@@ -187,6 +187,17 @@ fn page_error(status: StatusCode, title: &str, message: &str, signed_in: bool) -
     )
 }
 
+/// The page for a store that failed or did not answer in time: `what` could not be done.
+fn store_unavailable(error: &dyn std::fmt::Display, what: &str) -> Response {
+    tracing::warn!(%error, what, "dashboard: the store failed");
+    page_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Store unavailable",
+        &format!("{what}; try again shortly."),
+        true,
+    )
+}
+
 /// The state, for a request from a signed-in browser or with an admin bearer token. Anyone
 /// else gets a 401 page that leads to the sign-in form.
 pub(crate) struct Operator(AppState);
@@ -316,13 +327,7 @@ async fn home(Operator(state): Operator) -> Response {
     let ready = match state.engine.readiness(crate::READINESS_BOUND).await {
         Ok(ready) => ready,
         Err(error) => {
-            tracing::warn!(%error, "dashboard: the store did not answer");
-            return page_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Store unavailable",
-                "The store did not answer in time; try again shortly.",
-                true,
-            );
+            return store_unavailable(&error, "The store did not answer in time");
         }
     };
     let census = state.engine.census();
@@ -604,13 +609,7 @@ async fn explain(Operator(state): Operator, names: RouteNames) -> Response {
         Ok(Some(explanation)) => explanation,
         Ok(None) => return not_a_customer(&names),
         Err(error) => {
-            tracing::warn!(%error, "dashboard: an explanation could not be computed");
-            return page_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Store unavailable",
-                "The explanation could not be computed; try again shortly.",
-                true,
-            );
+            return store_unavailable(&error, "The explanation could not be computed");
         }
     };
     let (livemode, account) = (state.engine.livemode(), customer.account());
@@ -728,13 +727,7 @@ async fn inbox(Operator(state): Operator) -> Response {
     ) {
         (Ok(failing), Ok(pending), Ok(quarantined)) => (failing, pending, quarantined),
         (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
-            tracing::warn!(%error, "dashboard: the inbox could not be read");
-            return page_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Store unavailable",
-                "The inbox could not be read; try again shortly.",
-                true,
-            );
+            return store_unavailable(&error, "The inbox could not be read");
         }
     };
     let livemode = state.engine.livemode();
@@ -805,15 +798,7 @@ async fn retry(
             &format!("The inbox holds no event {event_id}."),
             true,
         ),
-        Err(error) => {
-            tracing::warn!(%error, "dashboard: a retry could not be recorded");
-            page_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Store unavailable",
-                "The retry could not be recorded; try again shortly.",
-                true,
-            )
-        }
+        Err(error) => store_unavailable(&error, "The retry could not be recorded"),
     }
 }
 

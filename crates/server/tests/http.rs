@@ -1643,6 +1643,12 @@ fn page(method: &str, uri: &str, cookie: Option<&str>, form: Option<&str>) -> Re
         .unwrap()
 }
 
+/// A dashboard page as a browser with `cookie` sees it: status and body.
+async fn show(app: &Router, uri: &str, cookie: Option<&str>) -> (StatusCode, String) {
+    let (status, body, _) = visit(app, page("GET", uri, cookie, None), "x").await;
+    (status, body)
+}
+
 /// The answer's status, body, and the one header asked for.
 async fn visit(
     app: &Router,
@@ -1747,7 +1753,7 @@ async fn operators_sign_in_find_a_customer_and_hold_it_on_the_dashboard() {
     let session = cookie.split(';').next().unwrap().to_owned();
     let signed_in = Some(session.as_str());
 
-    let (status, body, _) = visit(&app, page("GET", "/dashboard", signed_in, None), "x").await;
+    let (status, body) = show(&app, "/dashboard", signed_in).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         body.contains("Find a customer") && body.contains("Stripe event(s) waiting"),
@@ -1768,29 +1774,14 @@ async fn operators_sign_in_find_a_customer_and_hold_it_on_the_dashboard() {
             "{q}"
         );
     }
-    let (status, body, _) = visit(
-        &app,
-        page("GET", "/dashboard/search?q=u_nobody", signed_in, None),
-        "x",
-    )
-    .await;
+    let (status, body) = show(&app, "/dashboard/search?q=u_nobody", signed_in).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("u_nobody"));
-    let (status, _, _) = visit(
-        &app,
-        page("GET", "/dashboard/search?q=", signed_in, None),
-        "x",
-    )
-    .await;
+    let (status, _) = show(&app, "/dashboard/search?q=", signed_in).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // The customer's page: plans, features, subscriptions.
-    let (status, body, _) = visit(
-        &app,
-        page("GET", "/dashboard/customers/cus_1", signed_in, None),
-        "x",
-    )
-    .await;
+    let (status, body) = show(&app, "/dashboard/customers/cus_1", signed_in).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         body.contains("<strong>pro</strong>")
@@ -1852,12 +1843,7 @@ async fn operators_sign_in_find_a_customer_and_hold_it_on_the_dashboard() {
         (status, location.as_deref()),
         (StatusCode::SEE_OTHER, Some("/dashboard/customers/cus_1"))
     );
-    let (_, body, _) = visit(
-        &app,
-        page("GET", "/dashboard/customers/cus_1", signed_in, None),
-        "x",
-    )
-    .await;
+    let (_, body) = show(&app, "/dashboard/customers/cus_1", signed_in).await;
     assert!(
         body.contains("fraud review") && body.contains("<strong>free</strong>"),
         "{body}"
@@ -1892,12 +1878,7 @@ async fn operators_sign_in_find_a_customer_and_hold_it_on_the_dashboard() {
             .0,
         StatusCode::SEE_OTHER
     );
-    let (_, body, _) = visit(
-        &app,
-        page("GET", "/dashboard/customers/cus_1", signed_in, None),
-        "x",
-    )
-    .await;
+    let (_, body) = show(&app, "/dashboard/customers/cus_1", signed_in).await;
     assert!(body.contains("No hold is in force.") && body.contains("<strong>pro</strong>"));
     let (status, _, _) = visit(
         &app,
@@ -1918,7 +1899,7 @@ async fn operators_sign_in_find_a_customer_and_hold_it_on_the_dashboard() {
         "/dashboard/customers/acct_1%2Fcus_1",
         "/dashboard/nowhere",
     ] {
-        let (status, body, _) = visit(&app, page("GET", uri, signed_in, None), "x").await;
+        let (status, body) = show(&app, uri, signed_in).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
         assert!(body.contains("<h1>"), "{uri}");
     }
@@ -1930,8 +1911,7 @@ async fn operators_sign_in_find_a_customer_and_hold_it_on_the_dashboard() {
     let bad = subledger_event_with_status("evt_bad", "not_a_status");
     assert_eq!(send(&app, signed_webhook(&bad)).await.0, StatusCode::OK);
     engine.process_inbox().await.unwrap();
-    let (status, body, _) =
-        visit(&app, page("GET", "/dashboard/inbox", signed_in, None), "x").await;
+    let (status, body) = show(&app, "/dashboard/inbox", signed_in).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         body.contains("evt_bad") && body.contains("unknown subscription status"),
@@ -1966,9 +1946,7 @@ async fn operators_sign_in_find_a_customer_and_hold_it_on_the_dashboard() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert!(cleared.is_some_and(|c| c.contains("Max-Age=0")));
     assert_eq!(
-        visit(&app, page("GET", "/dashboard", signed_in, None), "x")
-            .await
-            .0,
+        show(&app, "/dashboard", signed_in).await.0,
         StatusCode::UNAUTHORIZED
     );
     engine.close().await;
