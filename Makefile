@@ -94,6 +94,9 @@ deny:
 	rm -rf $(ADVISORY_DB) && mkdir -p $(ADVISORY_DB)
 	tar -xzf deny/advisory-db.tar.gz -C $(ADVISORY_DB)
 	@echo "advisories as of $$(cat deny/advisory-db.snapshot)"
+	# Every crate of every platform deny.toml checks (the build fetched only this one's);
+	# then cargo deny runs offline, which also keeps it from fetching the advisories.
+	$(CARGO) fetch --locked
 	$(CARGO) deny --offline check
 
 deny-latest:
