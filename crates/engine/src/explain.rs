@@ -46,6 +46,10 @@ pub struct Blocker {
     pub subscription: Option<SubscriptionId>,
     pub detail: String,
     pub evidence: Vec<Evidence>,
+    /// For a `hold`: the holds in force, with who's reason (an answer may grow, never change,
+    /// so the reasons are here rather than in `detail`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<subledger_domain::entitlements::Hold>,
 }
 
 /// A domain event behind a reason, with the Stripe event it came from, or who recorded it
@@ -187,11 +191,21 @@ pub(crate) fn explain(
                 ),
             )
         };
+        let holds = if kind == "hold" {
+            entitlement
+                .holds
+                .iter()
+                .filter_map(|id| view.holds.get(id).cloned())
+                .collect()
+        } else {
+            Vec::new()
+        };
         blockers.push(Blocker {
             kind,
             subscription: Some(entitlement.id.clone()),
             detail: format!("{} ({})", detail, rule(&plan.name, feature, grant)),
             evidence,
+            holds,
         });
     }
     let default = catalog.default_plan();
@@ -227,6 +241,7 @@ pub(crate) fn explain(
                 subscription: None,
                 detail: format!("Stripe lists {feature}, but no subscription grants access now"),
                 evidence,
+                holds: Vec::new(),
             });
         }
     }

@@ -613,19 +613,7 @@ async fn explain(Operator(state): Operator, names: RouteNames) -> Response {
         }
     };
     let (livemode, account) = (state.engine.livemode(), customer.account());
-    let hold_reasons: Vec<String> = state
-        .engine
-        .entitlements(customer.as_str())
-        .and_then(|answer| answer.json().ok())
-        .and_then(|json| serde_json::from_slice::<Entitlements>(&json).ok())
-        .map(|entitlements| {
-            entitlements
-                .holds
-                .iter()
-                .map(|hold| format!("{} ({})", hold.id, hold.reason))
-                .collect()
-        })
-        .unwrap_or_default();
+
     let on = |subscription: &Option<subledger_engine::domain::ids::SubscriptionId>| {
         subscription
             .as_ref()
@@ -659,12 +647,15 @@ async fn explain(Operator(state): Operator, names: RouteNames) -> Response {
             .blockers
             .iter()
             .map(|blocker| ReasonRow {
-                // A support person wants the hold's reason, which the API's detail (a
-                // recorded answer that may grow, never change) does not carry.
-                headline: if blocker.kind == "hold" && !hold_reasons.is_empty() {
-                    format!("{}: {}", blocker.detail, hold_reasons.join("; "))
-                } else {
+                headline: if blocker.holds.is_empty() {
                     blocker.detail.clone()
+                } else {
+                    let reasons: Vec<String> = blocker
+                        .holds
+                        .iter()
+                        .map(|hold| format!("{} ({})", hold.id, hold.reason))
+                        .collect();
+                    format!("{}: {}", blocker.detail, reasons.join("; "))
                 },
                 detail: format!(
                     "{}{}",
