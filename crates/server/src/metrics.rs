@@ -67,6 +67,19 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("process_start_time_seconds", Kind::Gauge, "When the process started, in seconds since the epoch."),
 ];
 
+/// A method as a label: the ones this API answers, else `other` (a label set must stay small).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
 /// The header a request id travels in, both ways.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -241,7 +254,7 @@ pub(crate) async fn record_request(mut request: Request, next: Next) -> Response
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     // A read the caller gave no id is not given one: entitlement checks come thousands a
     // second, and a fresh id costs more than the check.
     let request_id = (request.method() != axum::http::Method::GET
@@ -263,23 +276,23 @@ pub(crate) async fn record_request(mut request: Request, next: Next) -> Response
     // Entitlement checks come thousands a second: a successful read is logged at debug
     // (`RUST_LOG=info,subledger::access=debug` shows them), everything else at info.
     let routine = method == "GET" && route.starts_with("/v1/") && status.is_success();
+    let status_label = status.as_str().to_owned();
     if routine {
         tracing::debug!(target: "subledger::access", request_id = %request_id, method = %method, route = %route, status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1000.0, "request");
     } else {
         tracing::info!(target: "subledger::access", request_id = %request_id, method = %method, route = %route, status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1000.0, "request");
     }
-    let status = status.as_u16().to_string();
     metrics::histogram!(
         "subledger_http_request_duration_seconds",
         "route" => route.clone(),
-        "method" => method.clone()
+        "method" => method
     )
     .record(elapsed.as_secs_f64());
     metrics::counter!(
         "subledger_http_requests_total",
         "route" => route,
         "method" => method,
-        "status" => status
+        "status" => status_label
     )
     .increment(1);
     response
