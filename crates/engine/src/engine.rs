@@ -1,3 +1,4 @@
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -5,6 +6,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use subledger_domain::customer::{Customer, CustomerCommand, CustomerError, CustomerEvent};
+use subledger_domain::dunning::{Dunning, DunningState};
 use subledger_domain::entitlements::{BillingView, Entitlements};
 use subledger_domain::ids::{CustomerId, SubscriptionId};
 use subledger_domain::payment::{OrderView, Payment, PaymentEvent};
@@ -121,6 +123,15 @@ pub struct TimelineEntry {
     #[serde(rename = "data")]
     #[schema(value_type = Object)]
     pub event: CustomerEvent,
+}
+
+/// A stretch of Stripe time a customer spent owing money: past due (in grace) or suspended,
+/// from the moment the facts made it so until the moment they no longer did (`None`: still).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DunningSpan {
+    pub state: DunningState,
+    pub from: DateTime<Utc>,
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// What `subledger replay` did.
@@ -320,6 +331,11 @@ impl Engine {
         }
     }
 
+    /// Now, by the engine's clock (a scenario's simulated time in tests).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.config.clock.now()
+    }
+
     /// A customer's current entitlements, from memory. `None` for a customer never seen.
     pub fn entitlements(&self, customer_id: &str) -> Option<Arc<CustomerEntitlements>> {
         self.entitlements.get(
@@ -362,6 +378,63 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// The stretches of Stripe time, from `from` to now, the customer spent past due or
+    /// suspended, by their `timeline` (as [`Engine::timeline`] returns it). The state can only
+    /// change when a fact happened or a grace period ended, so it is resolved at those moments
+    /// alone, each from the facts that had happened by then: the same answers `?at=` gives.
+    pub fn dunning_history(
+        &self,
+        customer_id: &str,
+        timeline: &[TimelineEntry],
+        from: DateTime<Utc>,
+    ) -> Vec<DunningSpan> {
+        let now = self.config.clock.now();
+        let dunning_at = |at: DateTime<Utc>| {
+            fold_view(customer_id, timeline, Some((at, Basis::Effective)))
+                .map_or(Dunning::OK, |view| {
+                    Entitlements::resolve(&view, &self.config.catalog, at).dunning
+                })
+        };
+        let mut states = BTreeMap::new();
+        let mut grace_ends = Vec::new();
+        let moments: BTreeSet<DateTime<Utc>> = timeline
+            .iter()
+            .map(|entry| entry.occurred_at)
+            .filter(|at| (from..=now).contains(at))
+            .collect();
+        for at in moments {
+            let dunning = dunning_at(at);
+            grace_ends.extend(dunning.grace_ends_at.filter(|end| (at..=now).contains(end)));
+            states.insert(at, dunning.state);
+        }
+        for end in grace_ends {
+            states.entry(end).or_insert_with(|| dunning_at(end).state);
+        }
+        let mut spans = Vec::new();
+        let mut current: Option<(DunningState, DateTime<Utc>)> = None;
+        for (at, state) in states {
+            if current.is_some_and(|(known, _)| known == state) {
+                continue;
+            }
+            if let Some((known, since)) = current.replace((state, at)) {
+                spans.push(DunningSpan {
+                    state: known,
+                    from: since,
+                    until: Some(at),
+                });
+            }
+        }
+        if let Some((state, since)) = current {
+            spans.push(DunningSpan {
+                state,
+                from: since,
+                until: None,
+            });
+        }
+        spans.retain(|span| matches!(span.state, DunningState::PastDue | DunningState::Suspended));
+        spans
     }
 
     /// An operator places a hold: the customer (or one subscription) loses access until it is
@@ -689,7 +762,7 @@ impl Engine {
         let rebuilt = BillingProjector::rebuild(&self.db, Some(saved.checkpoint), on_progress)
             .await?
             .into_views();
-        let mut saved_views: std::collections::BTreeMap<String, String> = saved
+        let mut saved_views: BTreeMap<String, String> = saved
             .rows
             .into_iter()
             .map(|row| (row.key, row.json))

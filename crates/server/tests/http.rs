@@ -1828,6 +1828,27 @@ async fn operators_sign_in_find_a_customer_and_hold_it_on_the_dashboard() {
         .headers_mut()
         .insert("origin", "https://evil.example".parse().unwrap());
     assert_eq!(visit(&app, forged, "x").await.0, StatusCode::FORBIDDEN);
+    // Fetch Metadata, when the browser sends it, decides: another site's page is refused even
+    // when its Origin is hidden ("null").
+    for (site, origin) in [("cross-site", "null"), ("same-site", "https://app.example")] {
+        let mut forged = page(
+            "POST",
+            "/dashboard/customers/cus_1/holds",
+            signed_in,
+            Some("reason=x"),
+        );
+        forged
+            .headers_mut()
+            .insert("sec-fetch-site", site.parse().unwrap());
+        forged
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        assert_eq!(
+            visit(&app, forged, "x").await.0,
+            StatusCode::FORBIDDEN,
+            "{site}"
+        );
+    }
     let (status, _, location) = visit(
         &app,
         page(

@@ -29,6 +29,10 @@ use serde::Deserialize;
 use subledger_engine::domain::entitlements::Entitlements;
 use subledger_engine::domain::ids::CustomerId;
 
+mod timeline;
+
+use timeline::TimelinePicture;
+
 use crate::auth::Scope;
 use crate::paths::RouteNames;
 use crate::AppState;
@@ -137,7 +141,9 @@ fn add_security_headers(headers: &mut HeaderMap) {
         ),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        // Other sites (Stripe's Dashboard, from an event's link) learn nothing of these pages'
+        // addresses; posts to this server still carry their origin (see `cross_site`).
+        ("referrer-policy", "same-origin"),
         ("cross-origin-opener-policy", "same-origin"),
         ("cache-control", "no-store"),
     ] {
@@ -148,7 +154,7 @@ fn add_security_headers(headers: &mut HeaderMap) {
 async fn stylesheet() -> Response {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
-        include_str!("../assets/dashboard.css"),
+        include_str!("../../assets/dashboard.css"),
     )
         .into_response()
 }
@@ -234,12 +240,27 @@ fn session_id(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The refusal of a change posted from another site: the browser names the page's origin,
-/// which must be this server's host. `None` when the post may go on.
+/// The refusal of a change posted from another site. `None` when the post may go on.
+///
+/// A browser says where the post comes from: `Sec-Fetch-Site` (Fetch Metadata) when it sends
+/// it, else the page's `Origin`, which must be this server's host. Pages here send their
+/// origin to themselves (`Referrer-Policy: same-origin`: under `no-referrer` Chromium posts
+/// `Origin: null`, which says nothing; the browser test found that).
 fn cross_site(headers: &HeaderMap) -> Option<Response> {
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())?;
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
-    (origin.split_once("://").map(|(_, rest)| rest) != Some(host)).then(|| {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let from_elsewhere = match text(header::HeaderName::from_static("sec-fetch-site")) {
+        Some(site) => !matches!(site, "same-origin" | "none"),
+        None => {
+            let origin = text(header::ORIGIN)?;
+            let host = text(header::HOST)?;
+            origin.split_once("://").map(|(_, rest)| rest) != Some(host)
+        }
+    };
+    from_elsewhere.then(|| {
         page_error(
             StatusCode::FORBIDDEN,
             "Refused",
@@ -440,6 +461,18 @@ struct CustomerPage {
     scheduled: Vec<String>,
     holds: Vec<HoldRow>,
     place_hold_href: String,
+    timeline: TimelinePicture,
+    history: Vec<HistoryRow>,
+}
+
+/// One fact of the customer's timeline, as the table under the picture lists it.
+struct HistoryRow {
+    happened: String,
+    learned: String,
+    what: String,
+    stripe_event: Option<(String, String)>,
+    /// Who recorded it, when no Stripe event did.
+    source: String,
 }
 
 fn not_a_customer(names: &RouteNames) -> Response {
@@ -472,6 +505,37 @@ async fn customer(Operator(state): Operator, names: RouteNames) -> Response {
             )
         }
     };
+    let entries = match state.engine.timeline(customer.as_str()).await {
+        Ok(entries) => entries,
+        Err(error) => return store_unavailable(&error, "The customer's history could not be read"),
+    };
+    let drawn = &entries[entries.len().saturating_sub(timeline::MOST_MARKS)..];
+    let spans = drawn.first().map_or_else(Vec::new, |first| {
+        state
+            .engine
+            .dunning_history(customer.as_str(), &entries, first.occurred_at)
+    });
+    let picture = TimelinePicture::draw(drawn, &spans, state.engine.now());
+    let (livemode, account) = (state.engine.livemode(), customer.account());
+    let history = drawn
+        .iter()
+        .rev()
+        .map(|entry| HistoryRow {
+            happened: entry.occurred_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            learned: entry
+                .recorded_at
+                .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+            what: match &entry.stripe_event_type {
+                Some(stripe) => format!("{} ({stripe})", entry.event_type),
+                None => entry.event_type.clone(),
+            },
+            stripe_event: entry
+                .stripe_event_id
+                .as_ref()
+                .map(|id| (id.clone(), stripe_event_link(id, livemode, account))),
+            source: entry.actor.clone().unwrap_or_default(),
+        })
+        .collect();
     let href = customer_href(&customer);
     let holds = entitlements
         .holds
@@ -537,6 +601,8 @@ async fn customer(Operator(state): Operator, names: RouteNames) -> Response {
             .collect(),
         holds,
         place_hold_href: format!("{href}/holds"),
+        timeline: picture,
+        history,
     };
     render(&page, StatusCode::OK)
 }
