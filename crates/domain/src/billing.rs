@@ -115,18 +115,37 @@ pub struct DetailsProvenance {
     /// it was read).
     #[serde(default)]
     pub stripe_created: Option<DateTime<Utc>>,
+    /// `previous_attributes.email`, when the change touched the email (`Was(None)`: it had
+    /// none). Absent in details recorded before emails were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_email: Option<Was<Option<String>>>,
+}
+
+/// What Subledger keeps of a Stripe customer object's own fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerDetails {
+    pub metadata: BTreeMap<String, String>,
+    pub email: Option<String>,
 }
 
 impl DetailsProvenance {
-    /// Whether this change moved the metadata away from `metadata`: `None` when the event
-    /// lists no earlier metadata values.
-    pub fn moved_away_from(&self, metadata: &BTreeMap<String, String>) -> Option<bool> {
-        let previous = self.previous_metadata.as_ref().filter(|p| !p.is_empty())?;
-        Some(
-            previous
-                .iter()
-                .all(|(key, was)| metadata.get(key) == was.as_ref()),
-        )
+    /// Whether this change moved the details away from `details`: `None` when the event lists
+    /// no earlier values of the fields Subledger keeps.
+    pub fn moved_away_from(&self, details: &CustomerDetails) -> Option<bool> {
+        let metadata = self
+            .previous_metadata
+            .as_ref()
+            .filter(|p| !p.is_empty())
+            .map(|previous| {
+                previous
+                    .iter()
+                    .all(|(key, was)| details.metadata.get(key) == was.as_ref())
+            });
+        let email = self.previous_email.as_ref().map(|w| w.was == details.email);
+        match (metadata, email) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(true) && b.unwrap_or(true)),
+        }
     }
 }
 

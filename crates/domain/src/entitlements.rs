@@ -22,6 +22,9 @@ pub struct BillingView {
     pub customer_id: CustomerId,
     pub deleted: bool,
     pub metadata: SmallMap<String, String>,
+    /// The customer's email at Stripe, for operators looking a customer up (never in answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     pub subscriptions: SmallMap<SubscriptionId, SubscriptionSnapshot>,
     /// Each subscription's invoices whose payment failed and that are neither paid nor
     /// written off, by invoice.
@@ -90,6 +93,7 @@ impl BillingView {
             customer_id,
             deleted: false,
             metadata: SmallMap::new(),
+            email: None,
             subscriptions: SmallMap::new(),
             unpaid: SmallMap::new(),
             pending_updates: BTreeSet::new(),
@@ -116,10 +120,12 @@ impl BillingView {
         match event {
             CustomerEvent::DetailsRecorded {
                 metadata,
+                email,
                 provenance,
                 ..
             } => {
                 self.metadata = SmallMap::from(metadata.clone());
+                self.email.clone_from(email);
                 self.stripe_created = provenance.stripe_created.or(self.stripe_created);
             }
             CustomerEvent::CustomerDeleted { .. } => self.deleted = true,

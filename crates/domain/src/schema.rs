@@ -151,6 +151,7 @@ mod tests {
         let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
         let today = CustomerEvent::DetailsRecorded {
             metadata: [("user_id".to_owned(), "u_1".to_owned())].into(),
+            email: None,
             occurred_at: at,
             provenance: DetailsProvenance {
                 creation: true,
@@ -171,6 +172,7 @@ mod tests {
             event,
             CustomerEvent::DetailsRecorded {
                 metadata: [("user_id".to_owned(), "u_1".to_owned())].into(),
+                email: None,
                 occurred_at: at,
                 provenance: DetailsProvenance::default(),
             }

@@ -148,6 +148,7 @@ fn story() -> impl Strategy<Value = Vec<CustomerCommand>> {
                 metadata.insert("user_id".to_owned(), user_id.clone());
                 facts.push(CustomerCommand::RecordDetails {
                     metadata,
+                    email: Some(format!("{user_id}@example.com")),
                     occurred_at: at(i64::try_from(n).unwrap() * 3_600 + 30),
                     provenance: DetailsProvenance {
                         creation: n == 0,

@@ -812,6 +812,11 @@ impl Engine {
         self.entitlements.customer_of_user(account, user_id)
     }
 
+    /// The customers whose email at Stripe is `email` (ignoring case), at most `limit`.
+    pub fn customers_with_email(&self, email: &str, limit: usize) -> Vec<String> {
+        self.entitlements.customers_with_email(email, limit)
+    }
+
     pub fn knows_customer(&self, customer_id: &CustomerId) -> bool {
         self.entitlements(customer_id.as_str()).is_some()
     }

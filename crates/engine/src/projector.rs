@@ -45,7 +45,8 @@ const BATCH: i64 = 500;
 ///   `updated_at` is gone: both depended on the delivery order (a fact older than one already
 ///   recorded, or the same as it, records nothing), which the ordering properties found
 ///   (`crates/domain/tests/ordering_properties.rs`).
-pub const BILLING_VIEW_VERSION: i32 = 5;
+/// - 6: `email`, the customer's email at Stripe, for the dashboard's search.
+pub const BILLING_VIEW_VERSION: i32 = 6;
 
 /// A customer's features, shared by every customer whose features are the same (most
 /// customers of one plan are).
@@ -80,6 +81,11 @@ impl CustomerEntitlements {
             .get(name)
             .copied()
             .unwrap_or(FeatureValue::DISABLED)
+    }
+
+    /// The most serious dunning state of the customer's subscriptions.
+    pub fn dunning_state(&self) -> DunningState {
+        self.dunning
     }
 
     /// Whether the answer still holds at `at` (no grace period has ended since).
@@ -212,6 +218,30 @@ impl EntitlementIndex {
             .get(&key)
             .and_then(|claims| claims.iter().max())
             .map(|claim| claim.customer.clone())
+    }
+
+    /// The customers whose email at Stripe is `email`, ignoring case (Stripe lets several
+    /// customers share one), in id order, at most `limit` of them. A scan of the answers in
+    /// memory: an operator's search, not a product's hot path, so no index costs memory.
+    pub fn customers_with_email(&self, email: &str, limit: usize) -> Vec<String> {
+        let answers = self
+            .by_customer
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut found: Vec<String> = answers
+            .iter()
+            .filter(|(_, answer)| {
+                answer
+                    .view
+                    .email
+                    .as_deref()
+                    .is_some_and(|known| known.eq_ignore_ascii_case(email))
+            })
+            .map(|(customer, _)| customer.clone())
+            .collect();
+        found.sort_unstable();
+        found.truncate(limit);
+        found
     }
 
     /// A customer's entitlements now: the prepared answer, or, when a deadline (the end of a

@@ -29,7 +29,7 @@ use subledger_domain::billing::SubscriptionSnapshot;
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::entitlements::BillingView;
 use subledger_domain::ids::{CustomerId, ACCOUNT_SEPARATOR};
-use subledger_store::{EventMetadata, Origin, StoreError};
+use subledger_store::{EventMetadata, Origin, ReconciliationRun, StoreError};
 use subledger_stripe::{translate_fetched, Translation};
 use subledger_stripe_client::{ApiError, StripeReader};
 
@@ -133,6 +133,8 @@ pub enum ReconcileError {
     Unreadable { what: String, reason: String },
     #[error("recording the correction of {what} failed: {reason}")]
     Record { what: String, reason: String },
+    #[error("the report cannot be kept: {0}")]
+    Report(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -224,13 +226,29 @@ impl Engine {
         if options.apply {
             self.project().await?;
         }
-        Ok(ReconcileReport {
+        let report = ReconcileReport {
             run_id,
             customers_checked: checked,
             differences,
             requests: reader.requests_made().saturating_sub(first_request),
             elapsed: started.elapsed(),
-        })
+        };
+        // Kept for operators (the dashboard's inbox page shows the last run).
+        let json =
+            serde_json::to_string(&report).map_err(|e| ReconcileError::Report(e.to_string()))?;
+        self.db
+            .record_reconciliation(&ReconciliationRun {
+                run_id: report.run_id.clone(),
+                finished_at_ms: self.now_ms(),
+                report: json,
+            })
+            .await?;
+        Ok(report)
+    }
+
+    /// The newest reconciliation's report, as `subledger reconcile --json` writes it.
+    pub async fn last_reconciliation(&self) -> Result<Option<ReconciliationRun>, StoreError> {
+        self.db.last_reconciliation().await
     }
 
     /// Every customer Subledger knows, and every customer Stripe lists: the platform's own,

@@ -182,6 +182,23 @@ async fn reconcile_reports_each_drift_and_apply_heals_it_by_appending() {
         "the failing card's renewal: {found:?}"
     );
     assert_eq!(report.unresolved(), report.differences.len());
+    // The run is kept, and operators see its differences on the dashboard's inbox page.
+    let kept = world.drifted.last_reconciliation().await.unwrap().unwrap();
+    assert_eq!(kept.run_id, report.run_id);
+    assert_eq!(kept.report, serde_json::to_string(&report).unwrap());
+    let inbox = inbox_page(&world.drifted).await;
+    assert!(
+        inbox.contains(&format!(
+            "{}, finished {}",
+            report.run_id,
+            world.at.format("%Y-%m-%d %H:%M UTC")
+        )) && inbox.contains(&format!(
+            "{} difference(s) with Stripe, 0 corrected",
+            report.differences.len()
+        )) && inbox.contains("<a href=\"/dashboard/customers/cus_00001\">cus_00001</a>")
+            && inbox.contains("deleted at stripe"),
+        "{inbox}"
+    );
     // Reporting changed nothing.
     assert_eq!(differences(&world).await.len(), before.len());
 
@@ -217,6 +234,36 @@ async fn reconcile_reports_each_drift_and_apply_heals_it_by_appending() {
         .await
         .unwrap();
     assert!(again.differences.is_empty(), "{:#?}", again.differences);
+    let inbox = inbox_page(&world.drifted).await;
+    assert!(
+        inbox.contains(&format!("{}, finished", again.run_id))
+            && inbox.contains("0 difference(s) with Stripe")
+            && !inbox.contains(&report.run_id),
+        "the newest run is shown: {inbox}"
+    );
+}
+
+/// The dashboard's inbox page, as an operator with an admin token gets it.
+async fn inbox_page(engine: &Arc<subledger_engine::Engine>) -> String {
+    use tower::ServiceExt;
+    const ADMIN: &str = "reconcile-test-admin";
+    let app = subledger_server::router(
+        Arc::clone(engine),
+        subledger_server::ApiTokens::new(
+            Vec::new(),
+            vec![subledger_server::ApiToken::new(&ADMIN.into())],
+        ),
+    );
+    let request = axum::http::Request::get("/dashboard/inbox")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), axum::http::StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    String::from_utf8(body.to_vec()).unwrap()
 }
 
 /// Stripe keeps retrying the webhooks that failed; they may arrive before, while or after the

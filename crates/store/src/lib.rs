@@ -28,6 +28,7 @@ pub mod event_log;
 pub mod inbox;
 pub mod metadata;
 pub mod projection;
+pub mod reconciliation;
 pub mod scratch;
 
 pub use backfill::BackfillCursor;
@@ -42,3 +43,4 @@ pub use inbox::{
 };
 pub use metadata::{EventMetadata, Origin};
 pub use projection::{QuarantinedEvent, SavedViews, ViewRow};
+pub use reconciliation::ReconciliationRun;

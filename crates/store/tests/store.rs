@@ -215,6 +215,7 @@ fn metadata(event_id: &str) -> EventMetadata {
 async fn record_details(db: &Database, customer: &str, event_id: &str, second: i64) {
     let command = CustomerCommand::RecordDetails {
         metadata: BTreeMap::from([("n".to_owned(), second.to_string())]),
+        email: None,
         occurred_at: DateTime::from_timestamp(1_700_000_000 + second, 0).unwrap(),
         provenance: Default::default(),
     };
@@ -479,6 +480,7 @@ async fn cached_aggregates_read_what_other_workers_appended() {
         let second = subledger_store::CommandBus::<Customer>::new(db, upcasters);
         let details = |n: i64| CustomerCommand::RecordDetails {
             metadata: BTreeMap::from([("n".to_owned(), n.to_string())]),
+            email: None,
             occurred_at: DateTime::from_timestamp(1_700_000_000 + n, 0).unwrap(),
             provenance: Default::default(),
         };

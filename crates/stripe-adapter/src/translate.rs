@@ -73,6 +73,7 @@ pub fn translate(event: &Value) -> Result<Translation, TranslationError> {
             customer_id: CustomerId::in_account(object.account, object.str("id")?),
             command: CustomerCommand::RecordDetails {
                 metadata: object.metadata()?,
+                email: object.email()?,
                 occurred_at: created,
                 provenance: details_provenance(event, event_type == "customer.created"),
             },
@@ -361,6 +362,7 @@ pub fn translate_fetched(
             customer_id: CustomerId::in_account(fields.account, fields.str("id")?),
             command: CustomerCommand::RecordDetails {
                 metadata: fields.metadata()?,
+                email: fields.email()?,
                 occurred_at: second,
                 provenance: DetailsProvenance {
                     fetched: true,
@@ -532,11 +534,19 @@ fn fetched_invoice(
 }
 
 /// Where a customer's details sit in their history: a creation, or a change away from the
-/// metadata values `data.previous_attributes.metadata` lists (null: the key was not set).
+/// metadata values `data.previous_attributes.metadata` lists (null: the key was not set) and
+/// the email `data.previous_attributes.email` names.
 fn details_provenance(event: &Value, creation: bool) -> DetailsProvenance {
-    let previous_metadata = event
+    let previous = event
         .get("data")
-        .and_then(|data| data.get("previous_attributes"))
+        .and_then(|data| data.get("previous_attributes"));
+    // Listed as null when the customer had no email before.
+    let previous_email = previous
+        .and_then(|previous| previous.get("email"))
+        .map(|was| Was {
+            was: was.as_str().map(str::to_owned),
+        });
+    let previous_metadata = previous
         .and_then(|previous| previous.get("metadata"))
         .and_then(Value::as_object)
         .map(|metadata| {
@@ -548,6 +558,7 @@ fn details_provenance(event: &Value, creation: bool) -> DetailsProvenance {
     DetailsProvenance {
         creation,
         previous_metadata,
+        previous_email,
         fetched: false,
         stripe_created: event
             .pointer("/data/object/created")
@@ -668,6 +679,18 @@ impl<'a> Fields<'a> {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| invalid(self.path(field), "a non-empty string"))
+    }
+
+    /// A customer's `email`: a string or null (Stripe's customer object); an empty one is
+    /// none, anything else is refused.
+    fn email(&self) -> Result<Option<String>, TranslationError> {
+        match self.map.get("email") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(email)) => {
+                Ok(Some(email.trim().to_owned()).filter(|e| !e.is_empty()))
+            }
+            Some(_) => Err(invalid(self.path("email"), "a string or null")),
+        }
     }
 
     fn opt_str(&self, field: &str) -> Option<&'a str> {

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use subledger_domain::billing::{ScheduleStage, SubscriptionStatus, WriteOff};
+use subledger_domain::billing::{ScheduleStage, SubscriptionStatus, Was, WriteOff};
 use subledger_domain::customer::CustomerCommand;
 use subledger_domain::payment::PaymentCommand;
 use subledger_stripe::{translate, translate_fetched, Translation, TranslationError};
@@ -148,13 +148,43 @@ fn customer_fixtures_record_details_and_deletion() {
     let translation = translate(&event("customer.created", customer.clone())).unwrap();
     let Translation::Customer {
         customer_id,
-        command: CustomerCommand::RecordDetails { metadata, .. },
+        command: CustomerCommand::RecordDetails {
+            metadata, email, ..
+        },
     } = translation
     else {
         panic!("not a details command");
     };
     assert_eq!(customer_id.as_str(), "cus_QXg1o8vcGmoR32");
     assert_eq!(metadata["user_id"], "u_42");
+    assert_eq!(email, customer["email"].as_str().map(str::to_owned));
+    // `email` is a string or null in Stripe's customer object; anything else is refused,
+    // naming the field.
+    for (value, expected) in [
+        (json!(null), Ok(None)),
+        (json!("  "), Ok(None)),
+        (
+            json!(" Ada@Example.com "),
+            Ok(Some("Ada@Example.com".to_owned())),
+        ),
+        (json!(42), Err("data.object.email")),
+    ] {
+        let mut odd = customer.clone();
+        odd["email"] = value;
+        let email = match translate(&event("customer.updated", odd)) {
+            Ok(Translation::Customer {
+                command: CustomerCommand::RecordDetails { email, .. },
+                ..
+            }) => Ok(email),
+            Ok(other) => panic!("not a details command: {other:?}"),
+            Err(error) => {
+                let text = error.to_string();
+                assert!(text.contains("data.object.email"), "{text}");
+                Err("data.object.email")
+            }
+        };
+        assert_eq!(email, expected);
+    }
     assert!(matches!(
         translate(&event("customer.deleted", customer)).unwrap(),
         Translation::Customer {
@@ -182,6 +212,22 @@ fn a_customer_change_names_the_metadata_it_moved_away_from() {
     let previous = provenance.previous_metadata.unwrap();
     assert_eq!(previous["user_id"].as_deref(), Some("u_1"));
     assert_eq!(previous["plan"], None, "null: the key was not set");
+    assert_eq!(
+        provenance.previous_email, None,
+        "the change did not touch the email"
+    );
+
+    // An email set where there was none: previous_attributes lists it as null.
+    updated["data"]["previous_attributes"] = json!({ "email": null });
+    let Translation::Customer {
+        command: CustomerCommand::RecordDetails { provenance, .. },
+        ..
+    } = translate(&updated).unwrap()
+    else {
+        panic!("not a details command");
+    };
+    assert_eq!(provenance.previous_email, Some(Was { was: None }));
+    assert_eq!(provenance.previous_metadata, None);
 }
 
 #[test]

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{CustomerCommand, CustomerEvent};
 use crate::billing::{
-    DetailsProvenance, InvoiceFacts, Provenance, ScheduleFacts, ScheduleProvenance, ScheduleStage,
-    SubscriptionSnapshot, SummaryProvenance,
+    CustomerDetails, DetailsProvenance, InvoiceFacts, Provenance, ScheduleFacts,
+    ScheduleProvenance, ScheduleStage, SubscriptionSnapshot, SummaryProvenance,
 };
 use crate::ids::{InvoiceId, SubscriptionId};
 
@@ -22,7 +22,7 @@ use crate::ids::{InvoiceId, SubscriptionId};
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Customer {
     /// The customer's metadata, once a `customer.*` event told it.
-    details: Option<Tracked<BTreeMap<String, String>, DetailsProvenance>>,
+    details: Option<Tracked<CustomerDetails, DetailsProvenance>>,
     deleted: bool,
     subscriptions: BTreeMap<SubscriptionId, Tracked<SubscriptionSnapshot>>,
     invoices: BTreeMap<InvoiceId, TrackedInvoice>,
@@ -182,9 +182,10 @@ impl Customer {
             } => self.decide_subscription(subscription, occurred_at, provenance),
             CustomerCommand::RecordDetails {
                 metadata,
+                email,
                 occurred_at,
                 provenance,
-            } => self.decide_details(metadata, occurred_at, provenance),
+            } => self.decide_details(CustomerDetails { metadata, email }, occurred_at, provenance),
             CustomerCommand::RecordStripeEntitlements {
                 features,
                 occurred_at,
@@ -280,7 +281,7 @@ impl Customer {
     /// The customer's details: see [`judge`].
     fn decide_details(
         &self,
-        metadata: BTreeMap<String, String>,
+        details: CustomerDetails,
         occurred_at: DateTime<Utc>,
         provenance: DetailsProvenance,
     ) -> Result<Vec<CustomerEvent>, CustomerError> {
@@ -288,7 +289,7 @@ impl Customer {
             return Ok(vec![]);
         }
         let known = self.details.as_ref();
-        let news = is_news(known, &metadata, occurred_at, &provenance, |_| None).ok_or(
+        let news = is_news(known, &details, occurred_at, &provenance, |_| None).ok_or(
             CustomerError::OrderUndecided {
                 object: TiedObject::Customer,
                 second: occurred_at,
@@ -296,7 +297,8 @@ impl Customer {
         )?;
         Ok(news
             .then_some(CustomerEvent::DetailsRecorded {
-                metadata,
+                metadata: details.metadata,
+                email: details.email,
                 occurred_at,
                 provenance,
             })
@@ -453,14 +455,14 @@ impl History<SubscriptionSnapshot> for Provenance {
     }
 }
 
-impl History<BTreeMap<String, String>> for DetailsProvenance {
+impl History<CustomerDetails> for DetailsProvenance {
     fn creation(&self) -> bool {
         self.creation
     }
     fn fetched(&self) -> bool {
         self.fetched
     }
-    fn moved_away_from(&self, state: &BTreeMap<String, String>) -> Option<bool> {
+    fn moved_away_from(&self, state: &CustomerDetails) -> Option<bool> {
         DetailsProvenance::moved_away_from(self, state)
     }
 }
@@ -578,11 +580,12 @@ impl Aggregate for Customer {
         match event {
             CustomerEvent::DetailsRecorded {
                 metadata,
+                email,
                 occurred_at,
                 provenance,
             } => {
                 self.details = Some(Tracked {
-                    value: metadata,
+                    value: CustomerDetails { metadata, email },
                     as_of: occurred_at,
                     provenance,
                 });
@@ -689,7 +692,7 @@ mod tests {
 
     use super::*;
     use crate::billing::Provenance;
-    use crate::billing::{SubscriptionItem, SubscriptionStatus};
+    use crate::billing::{SubscriptionItem, SubscriptionStatus, Was};
     use crate::ids::{CustomerId, PriceId};
     use crate::money::Money;
 
@@ -956,6 +959,7 @@ mod tests {
             .given(vec![CustomerEvent::CustomerDeleted { occurred_at: at(5) }])
             .when(CustomerCommand::RecordDetails {
                 metadata: BTreeMap::from([("user_id".to_owned(), "u1".to_owned())]),
+                email: None,
                 occurred_at: at(9),
                 provenance: DetailsProvenance::default(),
             })
@@ -968,11 +972,13 @@ mod tests {
             .given_no_previous_events()
             .when(CustomerCommand::RecordDetails {
                 metadata: BTreeMap::new(),
+                email: None,
                 occurred_at: at(1),
                 provenance: created(),
             })
             .then_expect_events(vec![CustomerEvent::DetailsRecorded {
                 metadata: BTreeMap::new(),
+                email: None,
                 occurred_at: at(1),
                 provenance: created(),
             }]);
@@ -1004,6 +1010,7 @@ mod tests {
         // u1 -> u2 -> u3 in one second, the last change delivered first.
         let latest = CustomerEvent::DetailsRecorded {
             metadata: user("u3"),
+            email: None,
             occurred_at: at(4),
             provenance: changed_from("u2"),
         };
@@ -1011,6 +1018,7 @@ mod tests {
             .given(vec![latest.clone()])
             .when(CustomerCommand::RecordDetails {
                 metadata: user("u2"),
+                email: None,
                 occurred_at: at(4),
                 provenance: changed_from("u1"),
             })
@@ -1020,10 +1028,60 @@ mod tests {
             .given(vec![latest])
             .when(CustomerCommand::RecordDetails {
                 metadata: user("u0"),
+                email: None,
                 occurred_at: at(4),
                 provenance: created(),
             })
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn same_second_email_changes_follow_the_email_they_started_from() {
+        // a@ -> b@ -> c@ in one second, metadata untouched, the last change delivered first:
+        // `previous_attributes.email` orders them as metadata does.
+        let email_from = |was: Option<&str>| DetailsProvenance {
+            previous_email: Some(Was {
+                was: was.map(str::to_owned),
+            }),
+            ..DetailsProvenance::default()
+        };
+        let latest = CustomerEvent::DetailsRecorded {
+            metadata: user("u1"),
+            email: Some("c@example.com".to_owned()),
+            occurred_at: at(4),
+            provenance: email_from(Some("b@example.com")),
+        };
+        CustomerTest::with(())
+            .given(vec![latest.clone()])
+            .when(CustomerCommand::RecordDetails {
+                metadata: user("u1"),
+                email: Some("b@example.com".to_owned()),
+                occurred_at: at(4),
+                provenance: email_from(Some("a@example.com")),
+            })
+            .then_expect_events(vec![]);
+        // Delivered in order, the second change is news; an email first set is too.
+        let first = CustomerEvent::DetailsRecorded {
+            metadata: user("u1"),
+            email: None,
+            occurred_at: at(4),
+            provenance: created(),
+        };
+        let set = CustomerCommand::RecordDetails {
+            metadata: user("u1"),
+            email: Some("a@example.com".to_owned()),
+            occurred_at: at(4),
+            provenance: email_from(None),
+        };
+        CustomerTest::with(())
+            .given(vec![first])
+            .when(set)
+            .then_expect_events(vec![CustomerEvent::DetailsRecorded {
+                metadata: user("u1"),
+                email: Some("a@example.com".to_owned()),
+                occurred_at: at(4),
+                provenance: email_from(None),
+            }]);
     }
 
     #[test]
@@ -1032,11 +1090,13 @@ mod tests {
         CustomerTest::with(())
             .given(vec![CustomerEvent::DetailsRecorded {
                 metadata: user("u2"),
+                email: None,
                 occurred_at: at(4),
                 provenance: changed_from("u1"),
             }])
             .when(CustomerCommand::RecordDetails {
                 metadata: user("u1"),
+                email: None,
                 occurred_at: at(4),
                 provenance: changed_from("u2"),
             })
@@ -1054,11 +1114,13 @@ mod tests {
         CustomerTest::with(())
             .given(vec![CustomerEvent::DetailsRecorded {
                 metadata: user("u2"),
+                email: None,
                 occurred_at: at(4),
                 provenance: changed_from("u1"),
             }])
             .when(CustomerCommand::RecordDetails {
                 metadata: user("u2"),
+                email: None,
                 occurred_at: at(4),
                 provenance: changed_from("u3"),
             })

@@ -12,6 +12,7 @@ use crate::billing::{
 pub enum CustomerCommand {
     RecordDetails {
         metadata: BTreeMap<String, String>,
+        email: Option<String>,
         occurred_at: DateTime<Utc>,
         provenance: DetailsProvenance,
     },

@@ -14,6 +14,9 @@ use crate::billing::{
 pub enum CustomerEvent {
     DetailsRecorded {
         metadata: BTreeMap<String, String>,
+        /// The customer's email at Stripe (absent in details recorded before emails were read).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        email: Option<String>,
         occurred_at: DateTime<Utc>,
         provenance: DetailsProvenance,
     },

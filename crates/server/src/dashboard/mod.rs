@@ -384,8 +384,29 @@ fn customer_href(customer: &CustomerId) -> String {
     }
 }
 
+/// How many customers sharing one email the results page lists.
+const MOST_RESULTS: usize = 50;
+
+/// One customer found by email.
+struct FoundRow {
+    customer: String,
+    account: Option<String>,
+    href: String,
+    plans: String,
+    dunning: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/results.html")]
+struct ResultsPage {
+    q: String,
+    found: Vec<FoundRow>,
+    more: bool,
+}
+
 /// A Stripe customer id (`cus_…`, or `acct_…/cus_…` for a connected account's), else a
-/// product user id of the platform's customers.
+/// product user id of the platform's customers, else an email (customers of any account;
+/// several may share one: then a list to choose from).
 async fn search(
     Operator(state): Operator,
     query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
@@ -399,7 +420,7 @@ async fn search(
         return page_error(
             StatusCode::BAD_REQUEST,
             "Nothing to find",
-            "Enter a Stripe customer id (cus_…) or a user id of at most 200 characters.",
+            "Enter a Stripe customer id (cus_…), a user id or an email of at most 200 characters.",
             true,
         );
     }
@@ -411,14 +432,52 @@ async fn search(
             .customer_of_user(None, &q)
             .map(|id| CustomerId::new(id.as_str()))
     };
-    match found {
-        Some(customer) => Redirect::to(&customer_href(&customer)).into_response(),
-        None => page_error(
+    if let Some(customer) = found {
+        return Redirect::to(&customer_href(&customer)).into_response();
+    }
+    let by_email = if q.contains('@') {
+        state.engine.customers_with_email(&q, MOST_RESULTS + 1)
+    } else {
+        Vec::new()
+    };
+    match by_email.as_slice() {
+        [] => page_error(
             StatusCode::NOT_FOUND,
             "No such customer",
-            &format!("No customer has the id or user id “{q}”."),
+            &format!("No customer has the id, user id or email “{q}”."),
             true,
         ),
+        [only] => Redirect::to(&customer_href(&CustomerId::new(only.as_str()))).into_response(),
+        several => {
+            let found = several
+                .iter()
+                .take(MOST_RESULTS)
+                .map(|id| {
+                    let customer = CustomerId::new(id.as_str());
+                    let answer = state.engine.entitlements(id);
+                    FoundRow {
+                        customer: customer.stripe_id().to_owned(),
+                        account: customer.account().map(str::to_owned),
+                        href: customer_href(&customer),
+                        plans: answer
+                            .as_ref()
+                            .and_then(|a| a.json().ok())
+                            .and_then(|json| serde_json::from_slice::<Entitlements>(&json).ok())
+                            .map(|e| e.plans.join(", "))
+                            .unwrap_or_default(),
+                        dunning: answer.map_or("unknown", |a| a.dunning_state().as_str()),
+                    }
+                })
+                .collect();
+            render(
+                &ResultsPage {
+                    q,
+                    found,
+                    more: several.len() > MOST_RESULTS,
+                },
+                StatusCode::OK,
+            )
+        }
     }
 }
 
@@ -758,7 +817,69 @@ struct InboxPage {
     failing: Vec<InboxLine>,
     waiting: Vec<InboxLine>,
     quarantined: Vec<QuarantineLine>,
+    reconciliation: Option<LastReconciliation>,
 }
+
+/// The newest reconciliation, as the inbox page shows it.
+struct LastReconciliation {
+    run_id: String,
+    finished: String,
+    /// `None`: the stored report has a shape this build cannot read.
+    report: Option<ReportSummary>,
+}
+
+struct ReportSummary {
+    customers_checked: u64,
+    differences: usize,
+    corrected: usize,
+    /// The first [`MOST_DIFFERENCES`] differences.
+    shown: Vec<StoredDifference>,
+}
+
+/// A reconciliation's report as stored (`subledger reconcile --json`'s shape), as far as the
+/// page reads it.
+#[derive(Deserialize)]
+struct StoredReport {
+    customers_checked: u64,
+    differences: Vec<StoredDifference>,
+}
+
+#[derive(Deserialize)]
+struct StoredDifference {
+    customer: String,
+    object_type: String,
+    object: String,
+    field: String,
+    subledger: serde_json::Value,
+    stripe: serde_json::Value,
+    drift: String,
+    applied: bool,
+}
+
+impl StoredDifference {
+    fn customer_href(&self) -> String {
+        customer_href(&CustomerId::new(self.customer.as_str()))
+    }
+}
+
+impl From<StoredReport> for ReportSummary {
+    fn from(mut report: StoredReport) -> Self {
+        let (differences, corrected) = (
+            report.differences.len(),
+            report.differences.iter().filter(|d| d.applied).count(),
+        );
+        report.differences.truncate(MOST_DIFFERENCES);
+        Self {
+            customers_checked: report.customers_checked,
+            differences,
+            corrected,
+            shown: report.differences,
+        }
+    }
+}
+
+/// How many of the last reconciliation's differences the inbox page lists.
+const MOST_DIFFERENCES: usize = 100;
 
 /// How many rows of each kind the inbox page lists (oldest first).
 const INBOX_PAGE_ROWS: i64 = 100;
@@ -786,6 +907,23 @@ async fn inbox(Operator(state): Operator) -> Response {
         (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
             return store_unavailable(&error, "The inbox could not be read");
         }
+    };
+    let reconciliation = match state.engine.last_reconciliation().await {
+        Ok(run) => run.map(|run| {
+            let report = serde_json::from_str::<StoredReport>(&run.report)
+                .inspect_err(|error| {
+                    tracing::warn!(%error, run_id = %run.run_id, "a stored reconciliation report cannot be read");
+                })
+                .ok()
+                .map(ReportSummary::from);
+            LastReconciliation {
+                run_id: run.run_id,
+                finished: chrono::DateTime::from_timestamp_millis(run.finished_at_ms)
+                    .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M UTC").to_string()),
+                report,
+            }
+        }),
+        Err(error) => return store_unavailable(&error, "The last reconciliation could not be read"),
     };
     let livemode = state.engine.livemode();
     let line = |row: subledger_store::InboxRow| InboxLine {
@@ -815,6 +953,7 @@ async fn inbox(Operator(state): Operator) -> Response {
                 error: q.error,
             })
             .collect(),
+        reconciliation,
     };
     render(&page, StatusCode::OK)
 }
