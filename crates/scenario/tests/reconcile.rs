@@ -263,7 +263,10 @@ async fn inbox_page(engine: &Arc<subledger_engine::Engine>) -> String {
     let body = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .unwrap();
-    String::from_utf8(body.to_vec()).unwrap()
+    let page = String::from_utf8(body.to_vec()).unwrap();
+    assert!(page.contains("<title>Inbox · Subledger</title>"), "{page}");
+    assert_eq!(page.matches("<h2>Last reconciliation</h2>").count(), 1);
+    page
 }
 
 /// Stripe keeps retrying the webhooks that failed; they may arrive before, while or after the
