@@ -23,7 +23,7 @@ impl Database {
             "INSERT INTO reconciliation_runs (run_id, finished_at_ms, report) VALUES ($1, $2, $3)";
         const TRIM: &str = "DELETE FROM reconciliation_runs WHERE run_id NOT IN (
                                 SELECT run_id FROM reconciliation_runs
-                                 ORDER BY finished_at_ms DESC, run_id DESC LIMIT $1)";
+                                 ORDER BY seq DESC LIMIT $1)";
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(INSERT)
@@ -38,10 +38,10 @@ impl Database {
         Ok(())
     }
 
-    /// The newest recorded run, if any ran.
+    /// The run recorded last, if any ran.
     pub async fn last_reconciliation(&self) -> Result<Option<ReconciliationRun>, StoreError> {
         const SQL: &str = "SELECT run_id, finished_at_ms, report FROM reconciliation_runs
-                            ORDER BY finished_at_ms DESC, run_id DESC LIMIT 1";
+                            ORDER BY seq DESC LIMIT 1";
         let row: Option<(String, i64, String)> =
             on_pool!(self, pool => sqlx::query_as(SQL).fetch_optional(pool).await?);
         Ok(

@@ -802,3 +802,50 @@ async fn preloaded_aggregates_are_current() {
         test.cleanup().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn the_last_reconciliation_is_the_last_recorded_and_only_the_newest_are_kept() {
+    for test in ScratchDatabase::all().await.unwrap() {
+        let db = &test.database;
+        assert_eq!(
+            db.last_reconciliation().await.unwrap(),
+            None,
+            "{}",
+            test.name
+        );
+        let kept = subledger_store::reconciliation::RUNS_KEPT;
+        // All in one millisecond, as under a test clock: the order of recording decides.
+        for n in 0..kept + 5 {
+            db.record_reconciliation(&subledger_store::ReconciliationRun {
+                run_id: format!("reconcile_{}", kept + 5 - n),
+                finished_at_ms: 1_700_000_000_000,
+                report: format!("{{\"n\":{n}}}"),
+            })
+            .await
+            .unwrap();
+        }
+        let last = db.last_reconciliation().await.unwrap().unwrap();
+        assert_eq!(
+            (last.run_id.as_str(), last.report.as_str()),
+            ("reconcile_1", format!("{{\"n\":{}}}", kept + 4).as_str()),
+            "{}",
+            test.name
+        );
+        let count: i64 = match db {
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM reconciliation_runs")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+            }
+            Database::Postgres(pool) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM reconciliation_runs")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(count, kept, "{}", test.name);
+        test.cleanup().await.unwrap();
+    }
+}
