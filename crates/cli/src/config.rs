@@ -373,6 +373,12 @@ pub struct EngineArgs {
     )]
     pub signature_tolerance_secs: u64,
 
+    /// How long product services may reuse an entitlement answer without asking again, in
+    /// seconds (`Cache-Control: max-age`, never past the answer's next grace end). 0: they
+    /// revalidate each time with the `ETag`.
+    #[arg(long, env = "SUBLEDGER_ANSWER_MAX_AGE_SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub answer_max_age_secs: u64,
+
     /// How often to look for work written by other processes, in milliseconds.
     #[arg(long, env = "SUBLEDGER_POLL_INTERVAL_MS", default_value_t = 250)]
     pub poll_interval_ms: u64,
@@ -445,6 +451,7 @@ impl EngineArgs {
         config.store_timeout = Duration::from_millis(self.store_timeout_ms);
         config.livemode = self.livemode;
         config.worker_row_timeout = Duration::from_secs(self.worker_row_timeout_secs);
+        config.answer_max_age = Duration::from_secs(self.answer_max_age_secs);
         config
             .user_id_metadata_key
             .clone_from(&self.user_id_metadata_key);

@@ -43,6 +43,10 @@ pub struct EngineConfig {
     /// The longest the worker spends on one row it runs on its own (one that asks Stripe, a
     /// payment, a refused command) before it leaves it to be retried.
     pub worker_row_timeout: Duration,
+    /// The longest product services may reuse an entitlement answer without asking again
+    /// (`Cache-Control: max-age`); never longer than the answer holds (the next grace end).
+    /// Zero: revalidate each time (with the `ETag`), since a webhook may change it any moment.
+    pub answer_max_age: Duration,
 }
 
 impl EngineConfig {
@@ -76,6 +80,7 @@ impl EngineConfig {
             store_timeout: Self::DEFAULT_STORE_TIMEOUT,
             livemode: false,
             worker_row_timeout: Duration::from_secs(30),
+            answer_max_age: Duration::ZERO,
         }
     }
 }
@@ -90,6 +95,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("worker_batch_size", &self.worker_batch_size)
             .field("worker_concurrency", &self.worker_concurrency)
             .field("worker_lease", &self.worker_lease)
+            .field("answer_max_age", &self.answer_max_age)
             .field("poll_interval", &self.poll_interval)
             .field("user_id_metadata_key", &self.user_id_metadata_key)
             .field("fetches_from_stripe", &self.stripe_objects.is_some())

@@ -62,11 +62,16 @@ pub struct Engine {
     verifier: WebhookVerifier,
     inbox: InboxWriter,
     projector: Mutex<BillingProjector>,
-    entitlements: EntitlementIndex,
+    pub(crate) entitlements: EntitlementIndex,
     /// Rows were stored in the inbox: wake the worker.
     inbox_stored: Arc<Notify>,
     /// Domain events were appended: wake the projector.
     pub(crate) events_appended: Notify,
+    /// This process recorded entitlement changes: wake the change streams.
+    pub(crate) changes_recorded: Notify,
+    /// Whether this process has compared every answer with the feed once (see
+    /// [`crate::changes`]).
+    pub(crate) feed_compared_all: std::sync::atomic::AtomicBool,
 }
 
 /// Whether `entry` had happened (or was known) at `at`.
@@ -226,6 +231,8 @@ impl Engine {
             entitlements,
             inbox_stored,
             events_appended: Notify::new(),
+            changes_recorded: Notify::new(),
+            feed_compared_all: std::sync::atomic::AtomicBool::new(false),
             db,
             config,
         };
@@ -301,7 +308,7 @@ impl Engine {
                 BillingProjector::load(&self.db, &self.config.catalog, &self.entitlements, now)
                     .await?;
         }
-        projector
+        let applied = projector
             .catch_up(
                 &self.db,
                 &self.config.catalog,
@@ -309,7 +316,13 @@ impl Engine {
                 now,
                 between_batches,
             )
-            .await
+            .await?;
+        // The answers are at the projector's checkpoint while its lock is held: the feed
+        // compares them there. A failure leaves the feed where it was, to be tried next time.
+        if let Err(error) = self.record_changes(projector.applied()).await {
+            tracing::warn!(%error, "entitlement changes could not be recorded; retrying later");
+        }
+        Ok(applied)
     }
 
     /// Processes the inbox until nothing is due, then projects until every committed event is
@@ -329,6 +342,12 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// How long an answer may be reused without asking again (see
+    /// [`EngineConfig::answer_max_age`]).
+    pub fn answer_max_age(&self) -> Duration {
+        self.config.answer_max_age
     }
 
     /// Now, by the engine's clock (a scenario's simulated time in tests).

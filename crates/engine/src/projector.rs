@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
+use sha2::{Digest, Sha256};
 use subledger_domain::catalog::Catalog;
 use subledger_domain::customer::{Customer, CustomerEvent};
 use subledger_domain::dunning::DunningState;
@@ -67,6 +68,9 @@ pub struct CustomerEntitlements {
     view: Arc<BillingView>,
     /// The most serious dunning state of the answer, for the metrics' census.
     dunning: DunningState,
+    /// The first 8 bytes of the answer's SHA-256: its `ETag`, and what the change feed
+    /// compares.
+    digest: [u8; 8],
 }
 
 impl CustomerEntitlements {
@@ -81,6 +85,16 @@ impl CustomerEntitlements {
             .get(name)
             .copied()
             .unwrap_or(FeatureValue::DISABLED)
+    }
+
+    /// The answer's digest, in hex: the same answer has the same digest on every server.
+    pub fn digest(&self) -> String {
+        self.digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// When the answer stops holding without any new fact (the next grace period's end).
+    pub fn valid_until(&self) -> Option<DateTime<Utc>> {
+        self.valid_until
     }
 
     /// The most serious dunning state of the customer's subscriptions.
@@ -220,6 +234,16 @@ impl EntitlementIndex {
             .map(|claim| claim.customer.clone())
     }
 
+    /// Every customer with an answer.
+    pub fn customer_ids(&self) -> Vec<String> {
+        self.by_customer
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// The customers whose email at Stripe is `email`, ignoring case (Stripe lets several
     /// customers share one), in id order, at most `limit` of them. A scan of the answers in
     /// memory: an operator's search, not a product's hot path, so no index costs memory.
@@ -288,9 +312,10 @@ impl EntitlementIndex {
         at: DateTime<Utc>,
     ) -> Result<CustomerEntitlements, serde_json::Error> {
         let entitlements = Entitlements::resolve(&view, catalog, at);
-        let json = self
-            .dictionary
-            .compress(&serde_json::to_vec(&entitlements)?);
+        let plain = serde_json::to_vec(&entitlements)?;
+        let mut digest = [0; 8];
+        digest.copy_from_slice(&Sha256::digest(&plain)[..8]);
+        let json = self.dictionary.compress(&plain);
         let features = self
             .features
             .lock()
@@ -302,6 +327,7 @@ impl EntitlementIndex {
             valid_until: entitlements.valid_until,
             view,
             dunning: entitlements.dunning.state,
+            digest,
         })
     }
 

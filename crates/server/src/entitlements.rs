@@ -2,13 +2,15 @@
 //! index: no query per request, the whole-customer answer serialized when it last changed.
 //! Questions about the past (`?at=`, `?as_known_at=`) replay the customer's events.
 
+use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use subledger_domain::entitlements::{Entitlements, FeatureValue};
 use subledger_domain::ids::CustomerId;
 use subledger_engine::Basis;
@@ -116,10 +118,11 @@ async fn in_the_past(
 pub(crate) async fn customer_entitlements(
     Authorized(state): Authorized,
     names: RouteNames,
+    headers: HeaderMap,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let customer = names.customer()?;
-    entitlements_of(&state, customer.as_str(), AsOf::parse(query)?).await
+    entitlements_of(&state, customer.as_str(), AsOf::parse(query)?, &headers).await
 }
 
 /// `GET /v1/users/{user_id}/entitlements`: the same answer, found by the product's user id.
@@ -136,10 +139,11 @@ pub(crate) async fn customer_entitlements(
 pub(crate) async fn user_entitlements(
     Authorized(state): Authorized,
     names: RouteNames,
+    headers: HeaderMap,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let as_of = AsOf::parse(query)?;
-    entitlements_of(&state, &customer_of_user(&state, &names)?, as_of).await
+    entitlements_of(&state, &customer_of_user(&state, &names)?, as_of, &headers).await
 }
 
 fn customer_of_user(state: &AppState, names: &RouteNames) -> Result<String, ApiError> {
@@ -156,13 +160,68 @@ fn customer_of_user(state: &AppState, names: &RouteNames) -> Result<String, ApiE
         })
 }
 
+/// The `ETag` of an answer's bytes (a past answer's, a feature's of the past: those not
+/// prepared with a digest).
+fn etag_of(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// Whether the client's `If-None-Match` names `etag` (or `*`).
+fn client_has(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == etag || tag == "*")
+}
+
+/// An answer with its validator and how long it may be reused: `304 Not Modified` (no body)
+/// when the client already has it. `max_age` never reaches past `valid_until`.
+fn validated(
+    headers: &HeaderMap,
+    etag: &str,
+    max_age: std::time::Duration,
+    valid_until: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    body: Bytes,
+) -> Response {
+    let until_deadline = valid_until.map_or(u64::MAX, |until| {
+        u64::try_from((until - now).num_seconds()).unwrap_or(0)
+    });
+    let max_age = max_age.as_secs().min(until_deadline);
+    let cache = [
+        (header::ETAG, etag.to_owned()),
+        (header::CACHE_CONTROL, format!("private, max-age={max_age}")),
+    ];
+    if client_has(headers, etag) {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    (cache, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 async fn entitlements_of(
     state: &AppState,
     customer_id: &str,
     as_of: Option<(DateTime<Utc>, Basis)>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    let now = state.engine.now();
     if let Some(past) = in_the_past(state, customer_id, as_of).await? {
-        return Ok(Json(past).into_response());
+        let body = Bytes::from(serde_json::to_vec(&past).map_err(engine_failed)?);
+        // A later-learned fact can still change an answer about the past: revalidate.
+        let etag = etag_of(&body);
+        return Ok(validated(
+            headers,
+            &etag,
+            std::time::Duration::ZERO,
+            None,
+            now,
+            body,
+        ));
     }
     let found = state
         .engine
@@ -176,7 +235,14 @@ async fn entitlements_of(
             "this customer's entitlements cannot be answered right now",
         )
     })?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+    Ok(validated(
+        headers,
+        &format!("\"{}\"", found.digest()),
+        state.engine.answer_max_age(),
+        found.valid_until(),
+        now,
+        json,
+    ))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -215,10 +281,18 @@ pub(crate) struct Timeline {
 pub(crate) async fn customer_feature(
     Authorized(state): Authorized,
     names: RouteNames,
+    headers: HeaderMap,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let customer = names.customer()?;
-    feature_of(&state, &customer, names.feature()?, AsOf::parse(query)?).await
+    feature_of(
+        &state,
+        &customer,
+        names.feature()?,
+        AsOf::parse(query)?,
+        &headers,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/entitlements/{feature}", tag = "entitlements",
@@ -234,11 +308,12 @@ pub(crate) async fn customer_feature(
 pub(crate) async fn user_feature(
     Authorized(state): Authorized,
     names: RouteNames,
+    headers: HeaderMap,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let as_of = AsOf::parse(query)?;
     let customer = CustomerId::new(customer_of_user(&state, &names)?);
-    feature_of(&state, &customer, names.feature()?, as_of).await
+    feature_of(&state, &customer, names.feature()?, as_of, &headers).await
 }
 
 async fn feature_of(
@@ -246,24 +321,51 @@ async fn feature_of(
     customer: &CustomerId,
     feature: &str,
     as_of: Option<(DateTime<Utc>, Basis)>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let customer_id = customer.as_str();
-    let value: FeatureValue = match in_the_past(state, customer_id, as_of).await? {
-        Some(past) => past.feature(feature),
-        None => state
-            .engine
-            .entitlements(customer_id)
-            .ok_or_else(|| not_found(customer_id))?
-            .feature(feature),
+    let now = state.engine.now();
+    // The whole answer's digest stands for the feature's too (the same answer, the same
+    // feature), so the hot path hashes nothing; an answer about the past is hashed.
+    let (value, prepared): (FeatureValue, _) = match in_the_past(state, customer_id, as_of).await? {
+        Some(past) => (past.feature(feature), None),
+        None => {
+            let found = state
+                .engine
+                .entitlements(customer_id)
+                .ok_or_else(|| not_found(customer_id))?;
+            (found.feature(feature), Some(found))
+        }
     };
-    Ok(Json(FeatureAnswer {
+    let body = serde_json::to_vec(&FeatureAnswer {
         customer: customer.stripe_id().to_owned(),
         account: customer.account().map(str::to_owned),
         feature: feature.to_owned(),
         enabled: value.enabled,
         limit: value.limit,
     })
-    .into_response())
+    .map_err(engine_failed)?;
+    Ok(match prepared {
+        Some(found) => validated(
+            headers,
+            &format!("\"{}\"", found.digest()),
+            state.engine.answer_max_age(),
+            found.valid_until(),
+            now,
+            Bytes::from(body),
+        ),
+        None => {
+            let etag = etag_of(&body);
+            validated(
+                headers,
+                &etag,
+                std::time::Duration::ZERO,
+                None,
+                now,
+                Bytes::from(body),
+            )
+        }
+    })
 }
 
 /// `GET /v1/customers/{id}/entitlements/{feature}/explain`: the decision with its reasons.

@@ -8,6 +8,9 @@
 //! - `POST /v1/customers/{id}/holds`, `DELETE …/holds/{hold_id}` ([`holds`]): operators' holds.
 //! - `GET /v1/customers/{id}/entitlements/{feature}/explain`: the decision and its reasons.
 //! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
+//! - `GET /v1/changes`, `GET /v1/changes/stream` ([`changes`]): every change of a customer's
+//!   entitlements, in order, resumable by cursor; as pages or Server-Sent Events.
+//!   `GET /v1/entitlements?customers=…|changed_since=…`: answers in bulk.
 //! - `GET /healthz` (from memory), `GET /readyz` (the store, bounded); `GET /openapi.json` ([`openapi`]): this API's OpenAPI document.
 //! - `GET /metrics` ([`metrics`]): Prometheus metrics, behind an admin token (or open on
 //!   `--metrics-addr`, [`metrics_router`]).
@@ -17,6 +20,7 @@
 //! - [`auth`]: bearer tokens for `/v1`, read and admin; [`error`]: the one JSON error type.
 
 pub mod auth;
+pub mod changes;
 pub mod dashboard;
 pub mod entitlements;
 pub mod error;
@@ -52,6 +56,8 @@ pub struct AppState {
     pub api_tokens: Arc<ApiTokens>,
     /// The dashboard's signed-in browsers.
     pub sessions: Arc<dashboard::Sessions>,
+    /// The change feed's reader shared by every stream of this server.
+    pub change_tail: Arc<changes::ChangeTail>,
 }
 
 /// The whole HTTP API. With no `api_tokens` at all, `/v1` reads are open (for local use);
@@ -62,6 +68,7 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
         engine,
         api_tokens: Arc::new(api_tokens),
         sessions: Arc::default(),
+        change_tail: Arc::default(),
     };
     // Full paths rather than a nested `/v1` router: nesting rewrites every request's URI.
     // Each `/v1` route serves the platform's own customers and, under
@@ -105,6 +112,10 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
                 .route(&paths::connected(path), handler.clone())
                 .route(path, handler)
         })
+        // The feed covers every account's customers: no per-account twins.
+        .route("/v1/changes", get(changes::list))
+        .route("/v1/changes/stream", get(changes::stream))
+        .route("/v1/entitlements", get(changes::bulk))
         .route(
             "/webhooks/stripe",
             post(webhooks::receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY)),
@@ -128,6 +139,7 @@ pub fn metrics_router(engine: Arc<Engine>) -> Router {
         engine,
         api_tokens: Arc::new(ApiTokens::none()),
         sessions: Arc::default(),
+        change_tail: Arc::default(),
     };
     Router::new()
         .route("/metrics", get(metrics::open_scrape))

@@ -25,6 +25,9 @@ use utoipa::{Modify, OpenApi};
         crate::holds::place,
         crate::holds::lift,
         crate::orders::order,
+        crate::changes::list,
+        crate::changes::stream,
+        crate::changes::bulk,
     ),
     components(schemas(crate::error::ApiErrorBody)),
     modifiers(&BearerTokens, &ConnectedAccounts)
@@ -61,7 +64,11 @@ impl Modify for ConnectedAccounts {
             .paths
             .paths
             .iter()
-            .filter(|(path, _)| path.starts_with("/v1/"))
+            .filter(|(path, _)| {
+                path.starts_with("/v1/")
+                    && !path.starts_with("/v1/changes")
+                    && path.as_str() != "/v1/entitlements"
+            })
             .map(|(path, item)| {
                 let mut item = item.clone();
                 for operation in operations(&mut item) {

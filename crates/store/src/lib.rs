@@ -21,6 +21,7 @@ macro_rules! on_pool {
 }
 
 pub mod backfill;
+pub mod changes;
 pub mod command_bus;
 pub mod database;
 pub mod error;
@@ -32,6 +33,7 @@ pub mod reconciliation;
 pub mod scratch;
 
 pub use backfill::BackfillCursor;
+pub use changes::{ChangeRow, FedAnswer, FeedCheckpoint, NewChange};
 pub use command_bus::CommandBus;
 pub use command_bus::UnitOfWork;
 pub use database::{Backend, Database};

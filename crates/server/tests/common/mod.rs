@@ -115,3 +115,14 @@ pub fn admin_get(uri: &str) -> Request<Body> {
         .body(Body::empty())
         .unwrap()
 }
+
+/// A request with a JSON body and the admin token.
+pub fn json_request(method: &str, uri: &str, body: Value) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}

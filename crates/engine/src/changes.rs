@@ -1,0 +1,142 @@
+//! The entitlement change feed: every change of a customer's answer, recorded once in the
+//! store with a number that orders it, for `GET /v1/changes`, its stream and notifications.
+//!
+//! Each server's projector, after it applied a batch of the log, compares the answers of the
+//! customers whose events it applied (and of those whose answer's deadline, a grace period's
+//! end, has passed) with the answers last recorded for them (a digest per customer), and
+//! records those that differ, moving the feed's checkpoint in the same transaction. Servers
+//! share the feed: the checkpoint is compare-and-set, so when two look at the same part of
+//! the log one records it and the other finds it recorded. A server whose answers are behind
+//! the feed records nothing until it has caught up, so no older answer is recorded after a
+//! newer one.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use subledger_store::{ChangeRow, Checkpoint, FedAnswer, NewChange, StoreError};
+
+use crate::engine::Engine;
+
+/// Why the feed recorded a change.
+fn log_cause(position: i64) -> String {
+    format!("log:{position}")
+}
+
+fn deadline_cause(at: DateTime<Utc>) -> String {
+    format!("deadline:{}", at.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+/// A change found when a server starts: its catalog or its build answers differently.
+const START_CAUSE: &str = "start";
+
+impl Engine {
+    /// Records the changes of the answers this process's projector reached at `applied`
+    /// (see the module's docs); how many it recorded.
+    pub(crate) async fn record_changes(&self, applied: Checkpoint) -> Result<usize, StoreError> {
+        let seen = self.db.feed_checkpoint().await?;
+        if seen.checkpoint > applied {
+            return Ok(0);
+        }
+        let now = self.config.clock.now();
+        let mut causes: BTreeMap<String, String> = BTreeMap::new();
+        if seen.checkpoint != applied {
+            for (customer, position) in self.db.customers_touched(seen.checkpoint, applied).await? {
+                causes.insert(customer, log_cause(position));
+            }
+        }
+        let due = self.db.feed_due(now.timestamp_millis()).await?;
+        let first_look = !self.feed_compared_all.load(Ordering::Relaxed);
+        if first_look {
+            // A server that starts compares every answer once: another catalog or build may
+            // answer differently from what was recorded.
+            for customer in self.entitlements.customer_ids() {
+                causes
+                    .entry(customer)
+                    .or_insert_with(|| START_CAUSE.to_owned());
+            }
+        }
+        let customers: Vec<String> = causes.keys().chain(due.iter()).cloned().collect();
+        if customers.is_empty() && seen.checkpoint == applied {
+            return Ok(0);
+        }
+        let fed = self.db.fed_answers(&customers).await?;
+        let mut changes = Vec::new();
+        let mut now_fed = Vec::new();
+        for customer in &customers {
+            let Some(answer) = self.entitlements(customer) else {
+                continue;
+            };
+            let digest = answer.digest();
+            let valid_until_ms = answer.valid_until().map(|t| t.timestamp_millis());
+            let before = fed.get(customer);
+            if before.is_some_and(|f| f.digest == digest && f.valid_until_ms == valid_until_ms) {
+                continue;
+            }
+            if before.is_none_or(|f| f.digest != digest) {
+                let Ok(json) = answer.json() else {
+                    tracing::error!(
+                        customer,
+                        "a prepared answer cannot be expanded for the feed"
+                    );
+                    continue;
+                };
+                let cause = causes.get(customer).cloned().unwrap_or_else(|| {
+                    before
+                        .and_then(|f| f.valid_until_ms)
+                        .and_then(DateTime::from_timestamp_millis)
+                        .map_or_else(|| START_CAUSE.to_owned(), deadline_cause)
+                });
+                changes.push(NewChange {
+                    customer_id: customer.clone(),
+                    cause,
+                    changed_at_ms: now.timestamp_millis(),
+                    answer: String::from_utf8_lossy(&json).into_owned(),
+                });
+            }
+            now_fed.push(FedAnswer {
+                customer_id: customer.clone(),
+                digest,
+                valid_until_ms,
+            });
+        }
+        if changes.is_empty() && now_fed.is_empty() && seen.checkpoint == applied {
+            self.feed_compared_all.store(true, Ordering::Relaxed);
+            return Ok(0);
+        }
+        let recorded = self
+            .db
+            .record_changes(seen, applied, &changes, &now_fed)
+            .await?;
+        if !recorded {
+            // Another server moved the feed first; what it recorded is compared next time.
+            return Ok(0);
+        }
+        if first_look {
+            self.feed_compared_all.store(true, Ordering::Relaxed);
+        }
+        if !changes.is_empty() {
+            self.changes_recorded.notify_waiters();
+        }
+        Ok(changes.len())
+    }
+
+    /// Up to `limit` recorded changes after number `after` (0: from the first), oldest first.
+    pub async fn changes_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        self.db.changes_after(after, limit).await
+    }
+
+    /// The number of the newest recorded change (0: none yet).
+    pub async fn last_change(&self) -> Result<i64, StoreError> {
+        self.db.last_change().await
+    }
+
+    /// Resolves when this process records changes (others' are found by asking the store).
+    pub async fn changes_recorded(&self) {
+        self.changes_recorded.notified().await;
+    }
+}

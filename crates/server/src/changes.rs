@@ -1,0 +1,511 @@
+//! The entitlement change feed, for product services that would rather hear of a change than
+//! ask on every request:
+//!
+//! - `GET /v1/changes?after=CURSOR&limit=N`: the changes after a cursor (from the first one
+//!   without `after`), oldest first, each with its cursor, when it was recorded, what caused
+//!   it and the customer's complete new entitlements answer; `next_cursor` to continue.
+//! - `GET /v1/changes/stream`: the same as Server-Sent Events (`id:` is the cursor), from
+//!   `Last-Event-ID` when the client sends one, else from now; a comment line as heartbeat.
+//! - `GET /v1/entitlements?customers=a,b,c` and `?changed_since=CURSOR`: answers in bulk, to
+//!   fill a local copy before following the stream.
+//!
+//! A cursor names a row of the shared store's feed (see `subledger_engine::changes`), so it
+//! means the same on every server and after restarts. One task per server reads new rows and
+//! hands them to every stream, so subscribers cost no queries of their own once caught up.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use subledger_domain::ids::CustomerId;
+use subledger_engine::Engine;
+use subledger_store::ChangeRow;
+use tokio::sync::broadcast;
+
+use crate::auth::Authorized;
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Changes per page when `limit` is not given, and the most a page may hold.
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+
+/// How often the tail asks the store for changes other servers recorded.
+const TAIL_POLL: Duration = Duration::from_millis(500);
+/// How often an idle stream sends a heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Changes a stream may fall behind the tail before it reads them from the store instead.
+const TAIL_CAPACITY: usize = 4096;
+
+const CURSOR_PREFIX: &str = "chg_";
+
+fn cursor_of(seq: i64) -> String {
+    format!("{CURSOR_PREFIX}{seq}")
+}
+
+fn invalid_cursor(name: &str, value: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_cursor",
+        format!("`{name}` must be a cursor this API gave (chg_ and digits), not `{value}`"),
+    )
+}
+
+/// The row number a cursor names, checked against the newest one: a cursor this feed never
+/// gave is refused rather than silently answered with nothing.
+async fn parse_cursor(engine: &Engine, name: &str, value: &str) -> Result<i64, ApiError> {
+    let seq = value
+        .strip_prefix(CURSOR_PREFIX)
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<i64>().ok())
+        .ok_or_else(|| invalid_cursor(name, value))?;
+    let last = engine.last_change().await.map_err(store_failed)?;
+    if seq > last {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_cursor",
+            format!(
+                "`{name}` names no change of this feed: `{value}` is newer than the newest, {}",
+                cursor_of(last)
+            ),
+        ));
+    }
+    Ok(seq)
+}
+
+fn store_failed(error: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(%error, "the change feed could not be read");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the change feed cannot be read right now; retry shortly",
+    )
+}
+
+/// One change as the API gives it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Change {
+    /// Continue after this change with `after=` (or `Last-Event-ID`).
+    pub cursor: String,
+    /// When the change was recorded.
+    pub changed_at: DateTime<Utc>,
+    /// The customer's Stripe id.
+    pub customer: String,
+    /// The connected account the customer belongs to; absent for the platform's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// What made it: `log:<position>` (the customer's newest event it reflects),
+    /// `deadline:<time>` (a grace period ended) or `start` (a server started with a catalog
+    /// or build that answers differently).
+    pub cause: String,
+    /// The customer's complete new entitlements answer.
+    #[schema(value_type = subledger_domain::entitlements::Entitlements)]
+    pub entitlements: Value,
+}
+
+impl Change {
+    fn of(row: &ChangeRow) -> Self {
+        let customer = CustomerId::new(row.customer_id.as_str());
+        Self {
+            cursor: cursor_of(row.seq),
+            changed_at: DateTime::from_timestamp_millis(row.changed_at_ms).unwrap_or_default(),
+            customer: customer.stripe_id().to_owned(),
+            account: customer.account().map(str::to_owned),
+            cause: row.cause.clone(),
+            entitlements: serde_json::from_str(&row.answer).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// A page of changes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChangesPage {
+    pub changes: Vec<Change>,
+    /// Where to continue: the last change's cursor, or the `after` given when there is
+    /// nothing newer (absent only while the feed is empty and no `after` was given).
+    pub next_cursor: Option<String>,
+    /// Whether more changes follow right away.
+    pub has_more: bool,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ChangesQuery {
+    /// A cursor: the changes after it (default: from the first)
+    after: Option<String>,
+    /// How many changes at most, 1 to 1000 (default 100)
+    limit: Option<String>,
+}
+
+fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
+    let Some(text) = limit else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    text.parse::<i64>()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_limit",
+                format!("`limit` must be a whole number from 1 to {MAX_LIMIT}, not `{text}`"),
+            )
+        })
+}
+
+/// The changes after a cursor, oldest first.
+#[utoipa::path(get, path = "/v1/changes", tag = "changes",
+    params(ChangesQuery),
+    responses((status = 200, body = ChangesPage),
+        (status = 400, description = "A malformed or unknown cursor, or a limit out of range", body = crate::error::ApiErrorBody),
+        (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 503, description = "The store cannot be read", body = crate::error::ApiErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn list(
+    Authorized(state): Authorized,
+    query: Result<Query<ChangesQuery>, QueryRejection>,
+) -> Result<Json<ChangesPage>, ApiError> {
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
+    })?;
+    let limit = parse_limit(query.limit.as_deref())?;
+    let after = match query.after.as_deref() {
+        Some(cursor) => Some(parse_cursor(&state.engine, "after", cursor).await?),
+        None => None,
+    };
+    // One more than asked tells whether more follow.
+    let mut rows = state
+        .engine
+        .changes_after(after.unwrap_or(0), limit + 1)
+        .await
+        .map_err(store_failed)?;
+    let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = rows.last().map(|row| row.seq).or(after).map(cursor_of);
+    Ok(Json(ChangesPage {
+        changes: rows.iter().map(Change::of).collect(),
+        next_cursor,
+        has_more,
+    }))
+}
+
+/// Reads the changes other servers and this one record, once per server, for every stream.
+#[derive(Debug)]
+pub struct ChangeTail {
+    sender: broadcast::Sender<Arc<ChangeRow>>,
+    /// The newest change handed out.
+    head: AtomicI64,
+}
+
+impl ChangeTail {
+    /// The tail of the state's feed, started on first use. It runs for as long as the
+    /// process does (one small query every half second), so no stream can catch it stopping.
+    fn of(state: &AppState) -> Arc<Self> {
+        let tail = Arc::clone(&state.change_tail);
+        tail.start(Arc::clone(&state.engine));
+        tail
+    }
+
+    fn start(self: &Arc<Self>, engine: Arc<Engine>) {
+        // -1 until started: only the first caller starts it.
+        if self
+            .head
+            .compare_exchange(-1, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let tail = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut head = match engine.last_change().await {
+                Ok(last) => last,
+                Err(error) => {
+                    tracing::warn!(%error, "the change tail starts from the first change");
+                    0
+                }
+            };
+            tail.head.store(head, Ordering::Release);
+            loop {
+                match engine.changes_after(head, 500).await {
+                    Ok(rows) => {
+                        let full = rows.len() == 500;
+                        for row in rows {
+                            head = row.seq;
+                            // No receiver is no error: nobody is listening right now.
+                            let _ = tail.sender.send(Arc::new(row));
+                        }
+                        tail.head.store(head, Ordering::Release);
+                        if full {
+                            continue;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "the change tail cannot read the store"),
+                }
+                tokio::select! {
+                    () = engine.changes_recorded() => {}
+                    () = tokio::time::sleep(TAIL_POLL) => {}
+                }
+            }
+        });
+    }
+}
+
+impl Default for ChangeTail {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(TAIL_CAPACITY).0,
+            head: AtomicI64::new(-1),
+        }
+    }
+}
+
+/// One stream's place in the feed.
+struct Follower {
+    engine: Arc<Engine>,
+    tail: Arc<ChangeTail>,
+    receiver: Option<broadcast::Receiver<Arc<ChangeRow>>>,
+    /// The newest change sent.
+    cursor: i64,
+    ready: VecDeque<Arc<ChangeRow>>,
+}
+
+impl Follower {
+    /// The next change after the cursor: from the store until caught up with the tail, then
+    /// from the tail (back to the store if it fell too far behind).
+    async fn next(&mut self) -> Arc<ChangeRow> {
+        loop {
+            if let Some(row) = self.ready.pop_front() {
+                if row.seq > self.cursor {
+                    self.cursor = row.seq;
+                    return row;
+                }
+                continue;
+            }
+            match &mut self.receiver {
+                Some(receiver) => match receiver.recv().await {
+                    Ok(row) => self.ready.push_back(row),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.receiver = None,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        self.receiver = None;
+                        tokio::time::sleep(TAIL_POLL).await;
+                    }
+                },
+                None => {
+                    // Listen first, then read what came before: nothing falls in between.
+                    let receiver = self.tail.sender.subscribe();
+                    match self.engine.changes_after(self.cursor, 500).await {
+                        Ok(rows) => {
+                            let caught_up = rows.len() < 500;
+                            self.ready.extend(rows.into_iter().map(Arc::new));
+                            if caught_up {
+                                self.receiver = Some(receiver);
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "a change stream cannot read the store; retrying");
+                            tokio::time::sleep(TAIL_POLL).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The changes as Server-Sent Events.
+#[utoipa::path(get, path = "/v1/changes/stream", tag = "changes",
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor (default: from now)")),
+    responses((status = 200, description = "Server-Sent Events: `id:` the cursor, `event: entitlements.updated`, `data:` a change as `GET /v1/changes` gives it", content_type = "text/event-stream"),
+        (status = 400, description = "A malformed or unknown Last-Event-ID", body = crate::error::ApiErrorBody),
+        (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 503, description = "The store cannot be read", body = crate::error::ApiErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn stream(
+    Authorized(state): Authorized,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let resume = headers.get("last-event-id").map(|value| value.to_str());
+    let cursor = match resume {
+        Some(Ok(cursor)) => parse_cursor(&state.engine, "Last-Event-ID", cursor.trim()).await?,
+        Some(Err(_)) => return Err(invalid_cursor("Last-Event-ID", "(not text)")),
+        None => state.engine.last_change().await.map_err(store_failed)?,
+    };
+    let follower = Follower {
+        engine: Arc::clone(&state.engine),
+        tail: ChangeTail::of(&state),
+        receiver: None,
+        cursor,
+        ready: VecDeque::new(),
+    };
+    let events = futures_util::stream::unfold(follower, |mut follower| async move {
+        let row = follower.next().await;
+        let change = Change::of(&row);
+        let event = Event::default()
+            .id(change.cursor.clone())
+            .event("entitlements.updated")
+            .json_data(&change)
+            .unwrap_or_else(|_| Event::default().comment("a change could not be serialized"));
+        Some((Ok(event), follower))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+}
+
+/// The most customers one bulk read names.
+const MAX_CUSTOMERS: usize = 100;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct BulkQuery {
+    /// Customer ids, comma-separated (at most 100; a connected account's as acct_…/cus_…)
+    customers: Option<String>,
+    /// A cursor: the newest answer of each customer whose entitlements changed after it
+    changed_since: Option<String>,
+    /// With `changed_since`: how many changes to look at, 1 to 1000 (default 100)
+    limit: Option<String>,
+}
+
+/// Answers in bulk.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BulkAnswer {
+    /// Each customer's answer, as `GET /v1/customers/{id}/entitlements` gives it.
+    #[schema(value_type = Vec<subledger_domain::entitlements::Entitlements>)]
+    pub entitlements: Vec<Value>,
+    /// With `customers`: those Subledger knows nothing of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_found: Option<Vec<String>>,
+    /// With `changed_since`: where to continue (as in `GET /v1/changes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// With `changed_since`: whether more changes follow right away.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_more: Option<bool>,
+}
+
+fn bad_query(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// Several customers' answers at once: named, or those changed since a cursor.
+#[utoipa::path(get, path = "/v1/entitlements", tag = "changes",
+    params(BulkQuery),
+    responses((status = 200, body = BulkAnswer),
+        (status = 400, description = "Neither or both of `customers` and `changed_since`, too many or malformed customer ids, a malformed or unknown cursor, a limit out of range", body = crate::error::ApiErrorBody),
+        (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 503, description = "The store cannot be read", body = crate::error::ApiErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn bulk(
+    Authorized(state): Authorized,
+    query: Result<Query<BulkQuery>, QueryRejection>,
+) -> Result<Json<BulkAnswer>, ApiError> {
+    let Query(query) =
+        query.map_err(|rejection| bad_query("invalid_query", rejection.body_text()))?;
+    match (query.customers.as_deref(), query.changed_since.as_deref()) {
+        (Some(customers), None) => named(&state, customers),
+        (None, Some(cursor)) => {
+            let limit = parse_limit(query.limit.as_deref())?;
+            changed_since(&state, cursor, limit).await
+        }
+        _ => Err(bad_query(
+            "invalid_query",
+            "ask for either `customers` (ids, comma-separated) or `changed_since` (a cursor)",
+        )),
+    }
+}
+
+fn named(state: &AppState, customers: &str) -> Result<Json<BulkAnswer>, ApiError> {
+    let ids: Vec<&str> = customers.split(',').map(str::trim).collect();
+    if ids.len() > MAX_CUSTOMERS {
+        return Err(bad_query(
+            "too_many_customers",
+            format!(
+                "`customers` names {} customers; ask for at most {MAX_CUSTOMERS} at once",
+                ids.len()
+            ),
+        ));
+    }
+    if let Some(bad) = ids.iter().find(|id| {
+        id.is_empty()
+            || id.len() > 255
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'/')
+    }) {
+        return Err(bad_query(
+            "invalid_customers",
+            format!(
+                "`customers` must be Stripe customer ids separated by commas; `{bad}` is not one"
+            ),
+        ));
+    }
+    let mut entitlements = Vec::with_capacity(ids.len());
+    let mut not_found = Vec::new();
+    for id in ids {
+        let answer = state
+            .engine
+            .entitlements(id)
+            .and_then(|found| found.json().ok());
+        match answer.and_then(|json| serde_json::from_slice(&json).ok()) {
+            Some(answer) => entitlements.push(answer),
+            None => not_found.push(id.to_owned()),
+        }
+    }
+    Ok(Json(BulkAnswer {
+        entitlements,
+        not_found: Some(not_found),
+        next_cursor: None,
+        has_more: None,
+    }))
+}
+
+/// The newest recorded answer of each customer changed after `cursor`: read from the feed,
+/// not from this server's memory, so a consumer that continues from `next_cursor` is never
+/// ahead of the answers it was given.
+async fn changed_since(
+    state: &AppState,
+    cursor: &str,
+    limit: i64,
+) -> Result<Json<BulkAnswer>, ApiError> {
+    let after = parse_cursor(&state.engine, "changed_since", cursor).await?;
+    let mut rows = state
+        .engine
+        .changes_after(after, limit + 1)
+        .await
+        .map_err(store_failed)?;
+    let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = cursor_of(rows.last().map_or(after, |row| row.seq));
+    let mut newest: std::collections::BTreeMap<&str, &ChangeRow> =
+        std::collections::BTreeMap::new();
+    for row in &rows {
+        newest.insert(&row.customer_id, row);
+    }
+    let mut latest: Vec<&ChangeRow> = newest.into_values().collect();
+    latest.sort_by_key(|row| row.seq);
+    Ok(Json(BulkAnswer {
+        entitlements: latest
+            .into_iter()
+            .map(|row| serde_json::from_str(&row.answer).unwrap_or(Value::Null))
+            .collect(),
+        not_found: None,
+        next_cursor: Some(next_cursor),
+        has_more: Some(has_more),
+    }))
+}

@@ -1,0 +1,236 @@
+//! The entitlement change feed's rows (`entitlement_changes`), the answer each customer's last
+//! change carried (`entitlement_feed_state`) and how far into the log the feed has looked
+//! (`entitlement_feed`). See `migrations/*/0007_entitlement_changes.sql`.
+
+use std::collections::HashMap;
+
+use sqlx::QueryBuilder;
+
+use crate::database::Database;
+use crate::error::StoreError;
+use crate::event_log::Checkpoint;
+
+/// How far into the log the feed has looked, and the version a writer must find unchanged to
+/// record the next changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedCheckpoint {
+    pub checkpoint: Checkpoint,
+    pub version: i64,
+}
+
+/// A recorded change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRow {
+    pub seq: i64,
+    pub customer_id: String,
+    pub cause: String,
+    pub changed_at_ms: i64,
+    /// The customer's complete new entitlements answer (JSON).
+    pub answer: String,
+}
+
+/// A change to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChange {
+    pub customer_id: String,
+    pub cause: String,
+    pub changed_at_ms: i64,
+    pub answer: String,
+}
+
+/// What the feed compares a customer's next answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FedAnswer {
+    pub customer_id: String,
+    pub digest: String,
+    pub valid_until_ms: Option<i64>,
+}
+
+/// Rows per statement when many are written or looked up at once.
+const CHUNK: usize = 500;
+
+impl Database {
+    pub async fn feed_checkpoint(&self) -> Result<FeedCheckpoint, StoreError> {
+        const SQL: &str =
+            "SELECT tx, position, version FROM entitlement_feed WHERE name = 'changes'";
+        let (tx, position, version): (i64, i64, i64) =
+            on_pool!(self, pool => sqlx::query_as(SQL).fetch_one(pool).await?);
+        Ok(FeedCheckpoint {
+            checkpoint: Checkpoint { tx, position },
+            version,
+        })
+    }
+
+    /// The customers with events after `after` up to `upto` (in the projector's order), each
+    /// with the position of its newest one there.
+    pub async fn customers_touched(
+        &self,
+        after: Checkpoint,
+        upto: Checkpoint,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = match self {
+            Self::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT aggregate_id, MAX(position) FROM events
+                      WHERE aggregate_type = 'Customer' AND position > $1 AND position <= $2
+                      GROUP BY aggregate_id ORDER BY aggregate_id",
+                )
+                .bind(after.position)
+                .bind(upto.position)
+                .fetch_all(pool)
+                .await?
+            }
+            Self::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT aggregate_id, MAX(position) FROM events
+                      WHERE aggregate_type = 'Customer'
+                        AND (tx, position) > ($1::bigint::text::xid8, $2)
+                        AND (tx, position) <= ($3::bigint::text::xid8, $4)
+                      GROUP BY aggregate_id ORDER BY aggregate_id",
+                )
+                .bind(after.tx)
+                .bind(after.position)
+                .bind(upto.tx)
+                .bind(upto.position)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// The customers whose last fed answer stopped holding at or before `now_ms`.
+    pub async fn feed_due(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        const SQL: &str = "SELECT customer_id FROM entitlement_feed_state
+                            WHERE valid_until_ms <= $1 ORDER BY customer_id";
+        let rows: Vec<String> =
+            on_pool!(self, pool => sqlx::query_scalar(SQL).bind(now_ms).fetch_all(pool).await?);
+        Ok(rows)
+    }
+
+    /// The answers last fed for `customers` (those never fed are absent).
+    pub async fn fed_answers(
+        &self,
+        customers: &[String],
+    ) -> Result<HashMap<String, FedAnswer>, StoreError> {
+        let mut found = HashMap::with_capacity(customers.len());
+        for chunk in customers.chunks(CHUNK) {
+            let rows: Vec<(String, String, Option<i64>)> = on_pool!(self, pool => {
+                let mut query = QueryBuilder::new(
+                    "SELECT customer_id, answer_digest, valid_until_ms FROM entitlement_feed_state
+                      WHERE customer_id IN (",
+                );
+                let mut ids = query.separated(", ");
+                for customer in chunk {
+                    ids.push_bind(customer);
+                }
+                query.push(")");
+                query.build_query_as().fetch_all(pool).await?
+            });
+            for (customer_id, digest, valid_until_ms) in rows {
+                found.insert(
+                    customer_id.clone(),
+                    FedAnswer {
+                        customer_id,
+                        digest,
+                        valid_until_ms,
+                    },
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records `changes` and the answers now fed (`fed`), and moves the feed to `to`, if the
+    /// feed is still as `seen` (else another server recorded them first: `false`, nothing
+    /// written). One transaction; the numbers of the rows follow the order of commits, as
+    /// writers queue on the feed's row.
+    pub async fn record_changes(
+        &self,
+        seen: FeedCheckpoint,
+        to: Checkpoint,
+        changes: &[NewChange],
+        fed: &[FedAnswer],
+    ) -> Result<bool, StoreError> {
+        const MOVE: &str =
+            "UPDATE entitlement_feed SET tx = $1, position = $2, version = version + 1
+                             WHERE name = 'changes' AND version = $3";
+        let moved = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let moved = sqlx::query(MOVE)
+                .bind(to.tx)
+                .bind(to.position)
+                .bind(seen.version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if moved {
+                for chunk in changes.chunks(CHUNK) {
+                    let mut insert = QueryBuilder::new(
+                        "INSERT INTO entitlement_changes (customer_id, cause, changed_at_ms, answer) ",
+                    );
+                    insert.push_values(chunk, |mut row, change| {
+                        row.push_bind(&change.customer_id)
+                            .push_bind(&change.cause)
+                            .push_bind(change.changed_at_ms)
+                            .push_bind(&change.answer);
+                    });
+                    insert.build().execute(&mut *tx).await?;
+                }
+                for chunk in fed.chunks(CHUNK) {
+                    let mut upsert = QueryBuilder::new(
+                        "INSERT INTO entitlement_feed_state (customer_id, answer_digest, valid_until_ms) ",
+                    );
+                    upsert.push_values(chunk, |mut row, answer| {
+                        row.push_bind(&answer.customer_id)
+                            .push_bind(&answer.digest)
+                            .push_bind(answer.valid_until_ms);
+                    });
+                    upsert.push(
+                        " ON CONFLICT (customer_id) DO UPDATE
+                             SET answer_digest = excluded.answer_digest,
+                                 valid_until_ms = excluded.valid_until_ms",
+                    );
+                    upsert.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+            moved
+        });
+        Ok(moved)
+    }
+
+    /// Up to `limit` changes after number `after`, oldest first.
+    pub async fn changes_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        const SQL: &str = "SELECT seq, customer_id, cause, changed_at_ms, answer
+                             FROM entitlement_changes WHERE seq > $1 ORDER BY seq LIMIT $2";
+        type Row = (i64, String, String, i64, String);
+        let rows: Vec<Row> = on_pool!(self, pool => {
+            sqlx::query_as(SQL).bind(after).bind(limit).fetch_all(pool).await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(
+                |(seq, customer_id, cause, changed_at_ms, answer)| ChangeRow {
+                    seq,
+                    customer_id,
+                    cause,
+                    changed_at_ms,
+                    answer,
+                },
+            )
+            .collect())
+    }
+
+    /// The number of the newest change (0 when none was recorded).
+    pub async fn last_change(&self) -> Result<i64, StoreError> {
+        const SQL: &str = "SELECT COALESCE(MAX(seq), 0) FROM entitlement_changes";
+        let last: i64 = on_pool!(self, pool => sqlx::query_scalar(SQL).fetch_one(pool).await?);
+        Ok(last)
+    }
+}
