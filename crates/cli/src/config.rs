@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 use subledger_domain::catalog::Catalog;
+use subledger_engine::notify::NotifyConfig;
 use subledger_engine::{EngineConfig, StripeObjects, WebhookSecret};
 use subledger_server::{ApiToken, ApiTokens};
 use subledger_stripe_client::{ApiKey, ReadPolicy, StripeApi, StripeReader};
@@ -379,6 +380,15 @@ pub struct EngineArgs {
     #[arg(long, env = "SUBLEDGER_ANSWER_MAX_AGE_SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub answer_max_age_secs: u64,
 
+    /// How long a change that an endpoint of SUBLEDGER_NOTIFY_URLS refuses is retried before
+    /// it is given up, in seconds (default three days).
+    #[arg(long, env = "SUBLEDGER_NOTIFY_RETRY_FOR_SECS", default_value_t = 259_200, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    pub notify_retry_for_secs: u64,
+
+    /// How long an endpoint of SUBLEDGER_NOTIFY_URLS has to answer, in seconds.
+    #[arg(long, env = "SUBLEDGER_NOTIFY_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub notify_timeout_secs: u64,
+
     /// How often to look for work written by other processes, in milliseconds.
     #[arg(long, env = "SUBLEDGER_POLL_INTERVAL_MS", default_value_t = 250)]
     pub poll_interval_ms: u64,
@@ -452,6 +462,7 @@ impl EngineArgs {
         config.livemode = self.livemode;
         config.worker_row_timeout = Duration::from_secs(self.worker_row_timeout_secs);
         config.answer_max_age = Duration::from_secs(self.answer_max_age_secs);
+        config.notify = notify_config(self.notify_retry_for_secs, self.notify_timeout_secs)?;
         config
             .user_id_metadata_key
             .clone_from(&self.user_id_metadata_key);
@@ -554,6 +565,54 @@ fn webhook_secrets() -> anyhow::Result<Vec<WebhookSecret>> {
         secrets.push(WebhookSecret::new(secret));
     }
     Ok(secrets)
+}
+
+/// `SUBLEDGER_NOTIFY_URLS` and `SUBLEDGER_NOTIFY_SECRET` (each comma-separated): where
+/// entitlement changes are POSTed, signed with every secret. URLs without a secret are
+/// refused (nothing is sent unsigned), as are URLs that are not `https://` (or `http://` to a
+/// loopback address) and secrets shorter than 32 characters.
+fn notify_config(retry_for_secs: u64, timeout_secs: u64) -> anyhow::Result<Option<NotifyConfig>> {
+    let urls: Vec<String> = std::env::var("SUBLEDGER_NOTIFY_URLS")
+        .map(|value| list(&value).map(str::to_owned).collect())
+        .unwrap_or_default();
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    for (index, url) in urls.iter().enumerate() {
+        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+            .iter()
+            .any(|prefix| {
+                url.strip_prefix(prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+            });
+        if !url.starts_with("https://") && !loopback {
+            bail!(
+                "SUBLEDGER_NOTIFY_URLS: entry {} ({}) must be an https:// URL (http:// only to a loopback address)",
+                index + 1,
+                subledger_engine::notify::redacted(url)
+            );
+        }
+    }
+    let Some(value) = secret_var("SUBLEDGER_NOTIFY_SECRET")? else {
+        bail!("SUBLEDGER_NOTIFY_URLS is set but SUBLEDGER_NOTIFY_SECRET is not: notifications are always signed");
+    };
+    let mut secrets = Vec::new();
+    for (index, secret) in list(value.expose_secret()).enumerate() {
+        if secret.len() < 32 {
+            bail!(
+                "SUBLEDGER_NOTIFY_SECRET: entry {} is shorter than 32 characters (e.g. `openssl rand -hex 32`)",
+                index + 1
+            );
+        }
+        secrets.push(WebhookSecret::new(secret));
+    }
+    if secrets.is_empty() {
+        bail!("SUBLEDGER_NOTIFY_SECRET is empty: notifications are always signed");
+    }
+    let mut config = NotifyConfig::new(urls, secrets);
+    config.retry_for = Duration::from_secs(retry_for_secs);
+    config.timeout = Duration::from_secs(timeout_secs);
+    Ok(Some(config))
 }
 
 /// `SUBLEDGER_API_TOKENS` (read) and `SUBLEDGER_ADMIN_TOKENS` (admin): comma-separated bearer

@@ -100,6 +100,9 @@ async fn serve(database_url: &str, args: ServeArgs) -> anyhow::Result<()> {
     if !args.no_worker {
         tasks.add("inbox worker", engine.spawn_worker(shutdown.clone()));
     }
+    if let Some(notifier) = engine.spawn_notifier(shutdown.clone()) {
+        tasks.add("notifier", notifier);
+    }
     let listener = TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("binding {}", args.addr))?;
@@ -145,6 +148,9 @@ async fn worker(database_url: &str, args: WorkerArgs) -> anyhow::Result<()> {
     // The projector runs here too, so saved read models stay current without a server.
     let mut tasks = BackgroundTasks::default();
     tasks.add("inbox worker", engine.spawn_worker(shutdown.clone()));
+    if let Some(notifier) = engine.spawn_notifier(shutdown.clone()) {
+        tasks.add("notifier", notifier);
+    }
     tasks.add("projector", engine.spawn_projector(shutdown));
     tracing::info!(backend = ?engine.backend(), "subledger worker running");
     tokio::select! {

@@ -185,6 +185,36 @@ fn every_bad_flag_variable_and_file_is_refused_with_its_name_and_nothing_stored(
             "--stripe-timeout-ms",
         ),
         (
+            "a notification endpoint over plain HTTP to another host",
+            vec!["--catalog", catalog],
+            with(&[
+                ("SUBLEDGER_NOTIFY_URLS", "http://hooks.example.com/subledger"),
+                ("SUBLEDGER_NOTIFY_SECRET", "0123456789abcdef0123456789abcdef"),
+            ]),
+            "SUBLEDGER_NOTIFY_URLS: entry 1 (http://hooks.example.com/subledger) must be an https:// URL",
+        ),
+        (
+            "a notification endpoint without a secret",
+            vec!["--catalog", catalog],
+            with(&[("SUBLEDGER_NOTIFY_URLS", "https://hooks.example.com/subledger")]),
+            "SUBLEDGER_NOTIFY_SECRET is not",
+        ),
+        (
+            "a short notification secret",
+            vec!["--catalog", catalog],
+            with(&[
+                ("SUBLEDGER_NOTIFY_URLS", "https://user:pw@hooks.example.com/x"),
+                ("SUBLEDGER_NOTIFY_SECRET", "short"),
+            ]),
+            "SUBLEDGER_NOTIFY_SECRET: entry 1 is shorter than 32 characters",
+        ),
+        (
+            "a notification retry window of zero",
+            vec!["--catalog", catalog],
+            with(&[("SUBLEDGER_NOTIFY_RETRY_FOR_SECS", "0")]),
+            "--notify-retry-for-secs",
+        ),
+        (
             "an unknown log format",
             vec!["--catalog", catalog],
             with(&[("SUBLEDGER_LOG_FORMAT", "xml")]),

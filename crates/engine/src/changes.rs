@@ -14,9 +14,55 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use subledger_domain::ids::CustomerId;
 use subledger_store::{ChangeRow, Checkpoint, FedAnswer, NewChange, StoreError};
 
 use crate::engine::Engine;
+
+/// What a cursor looks like: this prefix and the change's number.
+pub const CURSOR_PREFIX: &str = "chg_";
+
+/// The cursor of change number `seq`.
+pub fn cursor_of(seq: i64) -> String {
+    format!("{CURSOR_PREFIX}{seq}")
+}
+
+/// One change as the API and the outbound notifications give it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Change {
+    /// Continue after this change with `after=` (or `Last-Event-ID`).
+    pub cursor: String,
+    /// When the change was recorded.
+    pub changed_at: DateTime<Utc>,
+    /// The customer's Stripe id.
+    pub customer: String,
+    /// The connected account the customer belongs to; absent for the platform's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// What made it: `log:<position>` (the customer's newest event it reflects),
+    /// `deadline:<time>` (a grace period ended) or `start` (a server started with a catalog
+    /// or build that answers differently).
+    pub cause: String,
+    /// The customer's complete new entitlements answer.
+    #[schema(value_type = subledger_domain::entitlements::Entitlements)]
+    pub entitlements: Value,
+}
+
+impl Change {
+    pub fn of(row: &ChangeRow) -> Self {
+        let customer = CustomerId::new(row.customer_id.as_str());
+        Self {
+            cursor: cursor_of(row.seq),
+            changed_at: DateTime::from_timestamp_millis(row.changed_at_ms).unwrap_or_default(),
+            customer: customer.stripe_id().to_owned(),
+            account: customer.account().map(str::to_owned),
+            cause: row.cause.clone(),
+            entitlements: serde_json::from_str(&row.answer).unwrap_or(Value::Null),
+        }
+    }
+}
 
 /// Why the feed recorded a change.
 fn log_cause(position: i64) -> String {

@@ -47,6 +47,8 @@ pub struct EngineConfig {
     /// (`Cache-Control: max-age`); never longer than the answer holds (the next grace end).
     /// Zero: revalidate each time (with the `ETag`), since a webhook may change it any moment.
     pub answer_max_age: Duration,
+    /// Where entitlement changes are POSTed (`None`: nowhere).
+    pub notify: Option<crate::notify::NotifyConfig>,
 }
 
 impl EngineConfig {
@@ -81,6 +83,7 @@ impl EngineConfig {
             livemode: false,
             worker_row_timeout: Duration::from_secs(30),
             answer_max_age: Duration::ZERO,
+            notify: None,
         }
     }
 }
@@ -96,6 +99,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("worker_concurrency", &self.worker_concurrency)
             .field("worker_lease", &self.worker_lease)
             .field("answer_max_age", &self.answer_max_age)
+            .field("notify", &self.notify)
             .field("poll_interval", &self.poll_interval)
             .field("user_id_metadata_key", &self.user_id_metadata_key)
             .field("fetches_from_stripe", &self.stripe_objects.is_some())

@@ -195,12 +195,12 @@ impl Shutdown {
         (sender, Self(receiver))
     }
 
-    fn is_requested(&self) -> bool {
+    pub(crate) fn is_requested(&self) -> bool {
         *self.0.borrow()
     }
 
     /// Waits up to `timeout` or until shutdown is requested.
-    async fn sleep(&mut self, timeout: Duration, wake: &Notify) {
+    pub(crate) async fn sleep(&mut self, timeout: Duration, wake: &Notify) {
         tokio::select! {
             _ = tokio::time::sleep(timeout) => {}
             _ = wake.notified() => {}

@@ -20,6 +20,7 @@ mod config;
 mod engine;
 pub mod explain;
 pub mod ingest;
+pub mod notify;
 pub mod projector;
 mod read_time;
 pub mod reconcile;

@@ -28,7 +28,6 @@ use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use subledger_domain::ids::CustomerId;
 use subledger_engine::Engine;
 use subledger_store::ChangeRow;
 use tokio::sync::broadcast;
@@ -48,11 +47,7 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Changes a stream may fall behind the tail before it reads them from the store instead.
 const TAIL_CAPACITY: usize = 4096;
 
-const CURSOR_PREFIX: &str = "chg_";
-
-fn cursor_of(seq: i64) -> String {
-    format!("{CURSOR_PREFIX}{seq}")
-}
+use subledger_engine::changes::{cursor_of, Change, CURSOR_PREFIX};
 
 fn invalid_cursor(name: &str, value: &str) -> ApiError {
     ApiError::new(
@@ -91,41 +86,6 @@ fn store_failed(error: impl std::fmt::Display) -> ApiError {
         "store_unavailable",
         "the change feed cannot be read right now; retry shortly",
     )
-}
-
-/// One change as the API gives it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Change {
-    /// Continue after this change with `after=` (or `Last-Event-ID`).
-    pub cursor: String,
-    /// When the change was recorded.
-    pub changed_at: DateTime<Utc>,
-    /// The customer's Stripe id.
-    pub customer: String,
-    /// The connected account the customer belongs to; absent for the platform's own.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub account: Option<String>,
-    /// What made it: `log:<position>` (the customer's newest event it reflects),
-    /// `deadline:<time>` (a grace period ended) or `start` (a server started with a catalog
-    /// or build that answers differently).
-    pub cause: String,
-    /// The customer's complete new entitlements answer.
-    #[schema(value_type = subledger_domain::entitlements::Entitlements)]
-    pub entitlements: Value,
-}
-
-impl Change {
-    fn of(row: &ChangeRow) -> Self {
-        let customer = CustomerId::new(row.customer_id.as_str());
-        Self {
-            cursor: cursor_of(row.seq),
-            changed_at: DateTime::from_timestamp_millis(row.changed_at_ms).unwrap_or_default(),
-            customer: customer.stripe_id().to_owned(),
-            account: customer.account().map(str::to_owned),
-            cause: row.cause.clone(),
-            entitlements: serde_json::from_str(&row.answer).unwrap_or(Value::Null),
-        }
-    }
 }
 
 /// A page of changes.
@@ -507,5 +467,93 @@ async fn changed_since(
         not_found: None,
         next_cursor: Some(next_cursor),
         has_more: Some(has_more),
+    }))
+}
+
+/// One endpoint's lane, as operators see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LaneStatus {
+    /// The endpoint, without credentials.
+    pub endpoint: String,
+    pub lane: i64,
+    /// The newest change this lane is done with (delivered or given up).
+    pub delivered_through: String,
+    /// The change it is retrying, how often it tried, and when it tries next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// One attempt to deliver one change.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AttemptStatus {
+    pub endpoint: String,
+    pub change: String,
+    pub customer: String,
+    pub attempt: i64,
+    pub at: DateTime<Utc>,
+    /// `delivered`, `failed` (to be retried) or `gave_up`.
+    pub outcome: String,
+    /// The endpoint's HTTP status, when it answered.
+    pub status: Option<i64>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// Outbound notifications: where each endpoint's lanes are, and the newest attempts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NotificationStatus {
+    pub lanes: Vec<LaneStatus>,
+    /// The newest 100, newest first.
+    pub attempts: Vec<AttemptStatus>,
+}
+
+/// Outbound notifications, for operators.
+#[utoipa::path(get, path = "/v1/notifications", tag = "changes",
+    responses((status = 200, body = NotificationStatus),
+        (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 403, description = "Not an admin token", body = crate::error::ApiErrorBody),
+        (status = 503, description = "The store cannot be read", body = crate::error::ApiErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn notifications(
+    crate::auth::Admin(state): crate::auth::Admin,
+) -> Result<Json<NotificationStatus>, ApiError> {
+    use subledger_engine::notify::redacted;
+    let (lanes, attempts) = state
+        .engine
+        .notification_status(100)
+        .await
+        .map_err(store_failed)?;
+    let time = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    Ok(Json(NotificationStatus {
+        lanes: lanes
+            .into_iter()
+            .map(|lane| LaneStatus {
+                endpoint: redacted(&lane.endpoint),
+                lane: lane.lane,
+                delivered_through: cursor_of(lane.delivered_through),
+                retrying: lane.retry.as_ref().map(|r| cursor_of(r.seq)),
+                attempts: lane.retry.as_ref().map(|r| r.attempts),
+                next_attempt_at: lane.retry.as_ref().map(|r| time(r.next_attempt_ms)),
+            })
+            .collect(),
+        attempts: attempts
+            .into_iter()
+            .map(|a| AttemptStatus {
+                endpoint: redacted(&a.endpoint),
+                change: cursor_of(a.change_seq),
+                customer: a.customer_id,
+                attempt: a.attempt,
+                at: time(a.at_ms),
+                outcome: a.outcome,
+                status: a.status,
+                error: a.error,
+                duration_ms: a.duration_ms,
+            })
+            .collect(),
     }))
 }

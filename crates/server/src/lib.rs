@@ -10,7 +10,8 @@
 //! - `GET /v1/customers/{id}/timeline`: the customer's domain events with both clocks.
 //! - `GET /v1/changes`, `GET /v1/changes/stream` ([`changes`]): every change of a customer's
 //!   entitlements, in order, resumable by cursor; as pages or Server-Sent Events.
-//!   `GET /v1/entitlements?customers=…|changed_since=…`: answers in bulk.
+//!   `GET /v1/entitlements?customers=…|changed_since=…`: answers in bulk;
+//!   `GET /v1/notifications` (admin): the outbound notifications' lanes and attempts.
 //! - `GET /healthz` (from memory), `GET /readyz` (the store, bounded); `GET /openapi.json` ([`openapi`]): this API's OpenAPI document.
 //! - `GET /metrics` ([`metrics`]): Prometheus metrics, behind an admin token (or open on
 //!   `--metrics-addr`, [`metrics_router`]).
@@ -116,6 +117,7 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
         .route("/v1/changes", get(changes::list))
         .route("/v1/changes/stream", get(changes::stream))
         .route("/v1/entitlements", get(changes::bulk))
+        .route("/v1/notifications", get(changes::notifications))
         .route(
             "/webhooks/stripe",
             post(webhooks::receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY)),

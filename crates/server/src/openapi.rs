@@ -28,6 +28,7 @@ use utoipa::{Modify, OpenApi};
         crate::changes::list,
         crate::changes::stream,
         crate::changes::bulk,
+        crate::changes::notifications,
     ),
     components(schemas(crate::error::ApiErrorBody)),
     modifiers(&BearerTokens, &ConnectedAccounts)
@@ -68,6 +69,7 @@ impl Modify for ConnectedAccounts {
                 path.starts_with("/v1/")
                     && !path.starts_with("/v1/changes")
                     && path.as_str() != "/v1/entitlements"
+                    && path.as_str() != "/v1/notifications"
             })
             .map(|(path, item)| {
                 let mut item = item.clone();

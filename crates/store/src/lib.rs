@@ -28,6 +28,7 @@ pub mod error;
 pub mod event_log;
 pub mod inbox;
 pub mod metadata;
+pub mod notifications;
 pub mod projection;
 pub mod reconciliation;
 pub mod scratch;
