@@ -24,6 +24,7 @@ pub async fn run(args: ScenarioRunArgs, database_url: Option<String>) -> anyhow:
         delivery,
         seed: args.seed,
         database_url,
+        at_the_end: None,
     };
     let live = if args.stripe {
         Some(live_options(&args)?)

@@ -11,4 +11,4 @@ pub mod live;
 pub mod runner;
 
 pub use format::{parse_file, Scenario, ScenarioError};
-pub use runner::{run, RunOptions, ScenarioReport};
+pub use runner::{run, AtTheEnd, RunOptions, ScenarioReport};

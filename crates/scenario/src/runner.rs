@@ -27,6 +27,24 @@ pub struct RunOptions {
     pub seed: u64,
     /// `None`: an in-memory SQLite store. A `postgres://` URL gets a fresh schema per run.
     pub database_url: Option<String>,
+    /// A check of the engine at the story's end (its failures fail the story).
+    pub at_the_end: Option<AtTheEnd>,
+}
+
+/// A check run on the engine when a story has ended, before the engine closes: the failures
+/// it returns are the story's (the client crate's test compares its local copy this way).
+#[derive(Clone)]
+pub struct AtTheEnd(pub Arc<EngineCheck>);
+
+/// What [`AtTheEnd`] runs: the engine in, the failures out.
+pub type EngineCheck = dyn Fn(Arc<Engine>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<String>> + Send>>
+    + Send
+    + Sync;
+
+impl std::fmt::Debug for AtTheEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AtTheEnd(..)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -428,6 +446,11 @@ async fn play(
         closing
             .description
             .push_str("; every customer answers as with every webhook delivered");
+    }
+    if let (Some(check), false) = (&options.at_the_end, reference) {
+        closing
+            .failures
+            .extend((check.0)(Arc::clone(&engine)).await);
     }
     steps.push(closing);
 

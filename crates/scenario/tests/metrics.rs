@@ -57,6 +57,7 @@ async fn metrics_follow_failing_payment_stories_and_the_alert_rules_fire() {
             delivery: DeliveryMode::InOrder,
             seed: 0,
             database_url: None,
+            at_the_end: None,
         };
         let report = run(&scenario, &options).await.unwrap();
         assert!(report.passed(), "{}", report.render());

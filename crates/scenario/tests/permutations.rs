@@ -33,6 +33,7 @@ async fn every_delivery_order_ends_in_the_same_billing_views() {
             delivery: DeliveryMode::InOrder,
             seed: 0,
             database_url: None,
+            at_the_end: None,
         };
         let reference = run(&scenario, &in_order).await.unwrap();
         assert!(reference.passed(), "{}", reference.render());
@@ -56,6 +57,7 @@ async fn every_delivery_order_ends_in_the_same_billing_views() {
                     delivery,
                     seed: 1_000 + seed,
                     database_url: None,
+                    at_the_end: None,
                 };
                 let report = run(&scenario, &options).await.unwrap();
                 if !report.passed() {

@@ -47,6 +47,7 @@ async fn every_scenario_passes_in_every_delivery_mode_with_identical_results() {
                 delivery,
                 seed,
                 database_url,
+                at_the_end: None,
             };
             let report = run(&scenario, &options).await.unwrap();
             if !report.passed() {
