@@ -102,7 +102,14 @@ impl Engine {
                     .or_insert_with(|| START_CAUSE.to_owned());
             }
         }
-        let customers: Vec<String> = causes.keys().chain(due.iter()).cloned().collect();
+        // A customer may be both touched and due: compared once.
+        let customers: Vec<String> = causes
+            .keys()
+            .chain(due.iter())
+            .cloned()
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
+            .collect();
         if customers.is_empty() && seen.checkpoint == applied {
             return Ok(0);
         }

@@ -137,13 +137,8 @@ pub(crate) async fn list(
     Authorized(state): Authorized,
     query: Result<Query<ChangesQuery>, QueryRejection>,
 ) -> Result<Json<ChangesPage>, ApiError> {
-    let Query(query) = query.map_err(|rejection| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            rejection.body_text(),
-        )
-    })?;
+    let Query(query) =
+        query.map_err(|rejection| bad_query("invalid_query", rejection.body_text()))?;
     let limit = parse_limit(query.limit.as_deref())?;
     let after = match query.after.as_deref() {
         Some(cursor) => Some(parse_cursor(&state.engine, "after", cursor).await?),
