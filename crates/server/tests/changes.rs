@@ -505,6 +505,52 @@ async fn a_grace_period_that_ends_is_a_change_of_its_own() {
     }
 }
 
+/// An event that arrives after a grace period ended, before the feed looked again: one
+/// change, not one for the event and one for the deadline.
+#[tokio::test]
+async fn an_event_after_a_passed_deadline_makes_one_change() {
+    let catalog = format!("policy:\n  grace_period_days: 3\n{CATALOG}");
+    let scratch = ScratchDatabase::sqlite().await.unwrap();
+    let start = chrono::Utc::now();
+    let clock = Arc::new(ManualClock::new(start));
+    let (engine, app) = server_on(&scratch, clock.clone(), &catalog).await;
+    let t = start.timestamp();
+    let mut invoice = fixtures::invoice("in_1", "cus_1", "sub_1", false, 1);
+    invoice["billing_reason"] = json!("subscription_cycle");
+    for event in [
+        subscription_event(
+            "evt_1",
+            "customer.subscription.created",
+            t - 60,
+            "active",
+            "price_1ProMonthly",
+        ),
+        fixtures::event("evt_2", "invoice.payment_failed", t - 30, invoice),
+    ] {
+        send(&app, signed_at(&event, t)).await;
+    }
+    engine.drain().await.unwrap();
+    let (_, cursor) = changes(&app, None).await;
+
+    let later = start + chrono::Duration::days(4);
+    clock.set(later);
+    let renamed = fixtures::event(
+        "evt_3",
+        "customer.updated",
+        later.timestamp(),
+        fixtures::customer("cus_1", json!({ "note": "vip" })),
+    );
+    send(&app, signed_at(&renamed, later.timestamp())).await;
+    engine.drain().await.unwrap();
+    let (after, _) = changes(&app, cursor.as_deref()).await;
+    assert_eq!(after.len(), 1, "{after:#?}");
+    assert_eq!(
+        after[0]["entitlements"]["dunning"]["state"],
+        json!("suspended")
+    );
+    engine.close().await;
+}
+
 /// Servers sharing one PostgreSQL record each change once, whichever server heard it; a
 /// consumer that follows any of them, across a server killed and started again, sees every
 /// change once and in order.
