@@ -33,6 +33,8 @@ use crate::engine::{Engine, Shutdown};
 pub const LANES: i64 = 8;
 /// Changes a lane's holder reads at once.
 const BATCH: i64 = 100;
+/// How often lanes are looked at when no change was recorded.
+const SWEEP: Duration = Duration::from_secs(1);
 /// The longest wait between two retries of one change.
 const MOST_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -233,13 +235,27 @@ impl Engine {
         let engine = Arc::clone(self);
         Some(tokio::spawn(async move {
             let mut ready = false;
+            // Lanes are looked at when a change was recorded, and otherwise once a second
+            // (retries that are due, lanes a dead server left): an idle server does not claim
+            // and release every lane at every poll, in the store's writer that webhook
+            // acknowledgements use too.
+            let mut seen_head = None;
+            let mut next_sweep = tokio::time::Instant::now();
             while !shutdown.is_requested() {
                 if !ready {
                     ready = engine.prepare_lanes(&config).await;
                 }
-                if ready {
-                    if let Err(error) = engine.notify_once(&client, &config).await {
-                        tracing::warn!(%error, "notifications: the store failed; retrying");
+                let head = engine.db.last_change().await.ok();
+                let due = head != seen_head || tokio::time::Instant::now() >= next_sweep;
+                if ready && due {
+                    match engine.notify_once(&client, &config).await {
+                        Ok(()) => {
+                            seen_head = head;
+                            next_sweep = tokio::time::Instant::now() + SWEEP;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "notifications: the store failed; retrying");
+                        }
                     }
                 }
                 shutdown
