@@ -37,7 +37,7 @@ pub use engine::{
     TimelineEntry, ViewDifference,
 };
 pub use ingest::{IngestError, Receipt};
-pub use projector::{Census, CustomerEntitlements};
+pub use projector::{answer_digest, digest_hex, Census, CustomerEntitlements};
 pub use reconcile::{Difference, Drift, ReconcileError, ReconcileOptions, ReconcileReport};
 pub use refetch::StripeObjects;
 pub use subledger_domain as domain;

@@ -89,7 +89,7 @@ impl CustomerEntitlements {
 
     /// The answer's digest, in hex: the same answer has the same digest on every server.
     pub fn digest(&self) -> String {
-        self.digest.iter().map(|b| format!("{b:02x}")).collect()
+        digest_hex(&self.digest)
     }
 
     /// When the answer stops holding without any new fact (the next grace period's end).
@@ -106,6 +106,25 @@ impl CustomerEntitlements {
     fn holds_at(&self, at: DateTime<Utc>) -> bool {
         self.valid_until.is_none_or(|until| at < until)
     }
+}
+
+/// The digest of an answer's JSON: the first 8 bytes of its SHA-256. What `ETag`s and the
+/// change feed compare, for prepared answers and answers about the past alike.
+pub fn answer_digest(json: &[u8]) -> [u8; 8] {
+    let mut digest = [0; 8];
+    digest.copy_from_slice(&Sha256::digest(json)[..8]);
+    digest
+}
+
+/// A digest in lower-case hex.
+pub fn digest_hex(digest: &[u8; 8]) -> String {
+    use std::fmt::Write as _;
+    digest
+        .iter()
+        .fold(String::with_capacity(16), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 /// The customers by dunning state, and the disputes still open: see
@@ -313,8 +332,7 @@ impl EntitlementIndex {
     ) -> Result<CustomerEntitlements, serde_json::Error> {
         let entitlements = Entitlements::resolve(&view, catalog, at);
         let plain = serde_json::to_vec(&entitlements)?;
-        let mut digest = [0; 8];
-        digest.copy_from_slice(&Sha256::digest(&plain)[..8]);
+        let digest = answer_digest(&plain);
         let json = self.dictionary.compress(&plain);
         let features = self
             .features

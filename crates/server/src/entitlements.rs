@@ -10,10 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use subledger_domain::entitlements::{Entitlements, FeatureValue};
 use subledger_domain::ids::CustomerId;
-use subledger_engine::Basis;
+use subledger_engine::{answer_digest, digest_hex, Basis};
 
 use crate::auth::Authorized;
 use crate::error::ApiError;
@@ -163,9 +162,7 @@ fn customer_of_user(state: &AppState, names: &RouteNames) -> Result<String, ApiE
 /// The `ETag` of an answer's bytes (a past answer's, a feature's of the past: those not
 /// prepared with a digest).
 fn etag_of(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("\"{hex}\"")
+    format!("\"{}\"", digest_hex(&answer_digest(bytes)))
 }
 
 /// Whether the client's `If-None-Match` names `etag` (or `*`).
