@@ -540,7 +540,9 @@ fn details_provenance(event: &Value, creation: bool) -> DetailsProvenance {
     let previous = event
         .get("data")
         .and_then(|data| data.get("previous_attributes"));
-    // Listed as null when the customer had no email before.
+    // Stripe's docs ("The Event object", `data.previous_attributes`): the changed attributes
+    // with their values before the event, so an email set where there was none is listed as
+    // null; the translator test covers both shapes.
     let previous_email = previous
         .and_then(|previous| previous.get("email"))
         .map(|was| Was {
@@ -681,8 +683,10 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| invalid(self.path(field), "a non-empty string"))
     }
 
-    /// A customer's `email`: a string or null (Stripe's customer object); an empty one is
-    /// none, anything else is refused.
+    /// A customer's `email`: a nullable string in Stripe's API reference ("The Customer
+    /// object", `email`; null in the customer of Stripe's OpenAPI fixtures,
+    /// `fixtures/stripe-openapi/fixtures3.json`); an empty one is none, anything else is
+    /// refused.
     fn email(&self) -> Result<Option<String>, TranslationError> {
         match self.map.get("email") {
             None | Some(Value::Null) => Ok(None),
