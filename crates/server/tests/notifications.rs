@@ -149,6 +149,7 @@ async fn until_answered(app: &Router, what: &str, check: impl Fn(&Value) -> bool
 /// moment before their change is recorded), then until every change has reached the receiver.
 async fn all_arrive(app: &Router, receiver: &Arc<Receiver>) {
     let mut recorded = Vec::new();
+    let mut caught_up = false;
     for _ in 0..400 {
         recorded = feed(app).await;
         let (_, answers) = send(
@@ -165,10 +166,15 @@ async fn all_arrive(app: &Router, receiver: &Arc<Receiver>) {
                 .is_some_and(|c| &c["entitlements"] == answer)
         });
         if fed {
+            caught_up = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    assert!(
+        caught_up,
+        "the feed never held every current answer: {recorded:#?}"
+    );
     let cursors: Vec<String> = recorded
         .iter()
         .map(|c| c["cursor"].as_str().unwrap().to_owned())
