@@ -13,26 +13,6 @@ use subledger_store::scratch::ScratchDatabase;
 use subledger_store::Database;
 use subledger_stripe::fixtures;
 
-/// A store two engines (or an engine and the test's own SQL) can share: a SQLite file, or a
-/// PostgreSQL schema.
-async fn shared_stores() -> Vec<ScratchDatabase> {
-    let file = std::env::temp_dir().join(format!(
-        "subledger-history-{}-{}.db",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let mut stores = vec![
-        ScratchDatabase::sqlite_at(&format!("sqlite://{}", file.display()))
-            .await
-            .unwrap(),
-    ];
-    stores.extend(ScratchDatabase::postgres().await.unwrap());
-    stores
-}
-
 async fn execute(db: &Database, sql: &str, binds: &[&str]) {
     match db {
         Database::Sqlite(pool) => {
@@ -89,7 +69,7 @@ fn plans(engine: &Engine, customer: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn replay_puts_the_log_back_in_charge_and_running_servers_follow() {
-    for test_db in shared_stores().await {
+    for test_db in ScratchDatabase::shared().await.unwrap() {
         let h = Harness::on(test_db).await;
         let name = h.name;
         two_customers(&h).await;
@@ -139,7 +119,7 @@ async fn replay_puts_the_log_back_in_charge_and_running_servers_follow() {
 /// restart too, the quarantine is counted and listed, and a replay decides it again.
 #[tokio::test]
 async fn an_event_the_projector_cannot_read_is_quarantined_and_blocks_no_one_else() {
-    for test_db in shared_stores().await {
+    for test_db in ScratchDatabase::shared().await.unwrap() {
         let h = Harness::on(test_db).await;
         let name = h.name;
         // Both customers' events are appended, not projected yet; then cus_a's is damaged.
@@ -224,7 +204,7 @@ async fn an_event_the_projector_cannot_read_is_quarantined_and_blocks_no_one_els
 
 #[tokio::test]
 async fn saved_views_of_another_version_are_rebuilt_on_start_not_refused() {
-    for test_db in shared_stores().await {
+    for test_db in ScratchDatabase::shared().await.unwrap() {
         let h = Harness::on(test_db).await;
         let name = h.name;
         two_customers(&h).await;
@@ -259,7 +239,7 @@ async fn saved_views_of_another_version_are_rebuilt_on_start_not_refused() {
 
 #[tokio::test]
 async fn reprocess_runs_handled_events_through_todays_translator_once() {
-    for test_db in shared_stores().await {
+    for test_db in ScratchDatabase::shared().await.unwrap() {
         let h = Harness::on(test_db).await;
         let name = h.name;
         h.deliver(&fixtures::event(

@@ -196,7 +196,8 @@ async fn feed(app: &Router) -> Vec<Value> {
 
 #[tokio::test]
 async fn every_change_reaches_the_receiver_in_order_per_customer_through_outages_and_kills() {
-    for scratch in ScratchDatabase::all().await.unwrap() {
+    // Two servers one after the other on the same data: SQLite in a file, not in memory.
+    for scratch in ScratchDatabase::shared().await.unwrap() {
         let name = scratch.name;
         let receiver = Arc::new(Receiver::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -359,7 +360,33 @@ async fn every_change_reaches_the_receiver_in_order_per_customer_through_outages
                 admin_get(&format!("/v1/customers/{customer}/entitlements")),
             )
             .await;
-            assert_eq!(last.2, now, "{name}: {customer}");
+            let story: Vec<(String, Value, Value)> = received
+                .iter()
+                .filter(|r| r.1 == customer)
+                .map(|r| {
+                    (
+                        r.0.clone(),
+                        r.2["plans"].clone(),
+                        r.2["subscriptions"][0]["status"].clone(),
+                    )
+                })
+                .collect();
+            let fed: Vec<(Value, Value, Value)> = feed(&second_app)
+                .await
+                .iter()
+                .filter(|c| c["customer"] == json!(customer))
+                .map(|c| {
+                    (
+                        c["cursor"].clone(),
+                        c["entitlements"]["plans"].clone(),
+                        c["cause"].clone(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                last.2, now,
+                "{name}: {customer}: received (id, plans, status) {story:?}, feed {fed:?}"
+            );
         }
         stop.send(true).unwrap();
         for task in second_tasks {

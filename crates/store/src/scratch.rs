@@ -18,9 +18,13 @@ pub const POSTGRES_URL_VAR: &str = "SUBLEDGER_TEST_POSTGRES_URL";
 pub struct ScratchDatabase {
     pub name: &'static str,
     pub database: Database,
-    /// The URL another process can use to reach the same data.
+    /// The URL another engine or process can use to reach the same data, except for
+    /// [`ScratchDatabase::sqlite`]'s: `sqlite::memory:` opens a new, empty database each time
+    /// (use [`ScratchDatabase::sqlite_file`] where two engines must share one).
     pub url: String,
     schema: Option<(String, String)>,
+    /// The SQLite file this database lives in, removed by `cleanup`.
+    file: Option<std::path::PathBuf>,
 }
 
 impl ScratchDatabase {
@@ -38,7 +42,20 @@ impl ScratchDatabase {
             database,
             url: "sqlite::memory:".to_owned(),
             schema: None,
+            file: None,
         })
+    }
+
+    /// A fresh SQLite database in a file of its own in the temporary directory, which two
+    /// engines can share.
+    pub async fn sqlite_file() -> Result<Self, StoreError> {
+        let file = std::env::temp_dir().join(format!(
+            "subledger-scratch-{}.db",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut scratch = Self::sqlite_at(&format!("sqlite://{}", file.display())).await?;
+        scratch.file = Some(file);
+        Ok(scratch)
     }
 
     /// A SQLite database at `url` (a file the caller chose), migrated.
@@ -50,6 +67,7 @@ impl ScratchDatabase {
             database,
             url: url.to_owned(),
             schema: None,
+            file: None,
         })
     }
 
@@ -93,12 +111,24 @@ impl ScratchDatabase {
             database,
             url,
             schema: Some((base_url, schema)),
+            file: None,
         })
     }
 
-    /// Every configured backend, SQLite first.
+    /// Every configured backend, SQLite (in memory) first.
     pub async fn all() -> Result<Vec<Self>, StoreError> {
-        let mut databases = vec![Self::sqlite().await?];
+        Self::beside_postgres(Self::sqlite().await?).await
+    }
+
+    /// Every configured backend, SQLite first, each reachable by several engines at once
+    /// through `url`.
+    pub async fn shared() -> Result<Vec<Self>, StoreError> {
+        Self::beside_postgres(Self::sqlite_file().await?).await
+    }
+
+    /// `sqlite`, and PostgreSQL if it is configured.
+    async fn beside_postgres(sqlite: Self) -> Result<Vec<Self>, StoreError> {
+        let mut databases = vec![sqlite];
         match Self::postgres().await? {
             Some(postgres) => databases.push(postgres),
             None => eprintln!("PostgreSQL skipped: {POSTGRES_URL_VAR} is not set"),
@@ -106,9 +136,17 @@ impl ScratchDatabase {
         Ok(databases)
     }
 
-    /// Drops the test's PostgreSQL schema.
+    /// Drops the test's PostgreSQL schema, or removes its SQLite file.
     pub async fn cleanup(self) -> Result<(), StoreError> {
         self.database.close().await;
+        if let Some(file) = &self.file {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = file.clone().into_os_string();
+                path.push(suffix);
+                // Already gone is as good as removed.
+                let _ = std::fs::remove_file(path);
+            }
+        }
         if let Some((base_url, schema)) = self.schema {
             let admin = Database::connect(&base_url).await?;
             if let Database::Postgres(pool) = &admin {
