@@ -393,8 +393,9 @@ pub struct EngineArgs {
     #[arg(long, env = "SUBLEDGER_POLL_INTERVAL_MS", default_value_t = 250)]
     pub poll_interval_ms: u64,
 
-    /// How long a worker keeps the inbox rows it claimed, in seconds: a worker that dies
-    /// mid-batch leaves them to the others after this long.
+    /// How long a worker keeps the inbox rows it claimed, and a notifier the lanes of
+    /// SUBLEDGER_NOTIFY_URLS it works, in seconds: a process that dies mid-batch leaves them to
+    /// the others after this long (lanes after three notification timeouts more).
     #[arg(long, env = "SUBLEDGER_WORKER_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub worker_lease_secs: u64,
 
@@ -462,7 +463,12 @@ impl EngineArgs {
         config.livemode = self.livemode;
         config.worker_row_timeout = Duration::from_secs(self.worker_row_timeout_secs);
         config.answer_max_age = Duration::from_secs(self.answer_max_age_secs);
-        config.notify = notify_config(self.notify_retry_for_secs, self.notify_timeout_secs)?;
+        config.notify = notify_config(self.notify_retry_for_secs, self.notify_timeout_secs)?.map(
+            |mut notify| {
+                notify.lease = config.worker_lease;
+                notify
+            },
+        );
         config
             .user_id_metadata_key
             .clone_from(&self.user_id_metadata_key);

@@ -14,86 +14,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Months};
 use serde_json::Value;
 use subledger_domain::catalog::Catalog;
 use subledger_engine::{Engine, EngineConfig, WebhookSecret};
-use subledger_simulator::delivery::http_request;
-use subledger_simulator::model::Interval;
-use subledger_simulator::{RetryPolicy, Simulator};
 use subledger_store::scratch::ScratchDatabase;
 use subledger_store::{Checkpoint, Database, Origin};
 
-const SECRET: &str = "whsec_crash_harness";
-const CATALOG: &str = "default_plan: free\nplans:\n  free:\n    features: { api_calls: 1000 }\n  basic:\n    prices: [price_basic]\n    features: { api_calls: 10000 }\n  pro:\n    prices: [price_pro]\n    features: { sso: true, api_calls: 100000 }\n";
-const CUSTOMERS: usize = 16;
-const MONTHS: u32 = 4;
+#[path = "common/processes.rs"]
+mod processes;
+
+use processes::{burst, deliver, free_addr, Process, Rng, CATALOG, SECRET};
+
 /// Concurrent deliveries, as Stripe sends them.
 const SENDERS: usize = 4;
 /// How long the burst is spread over, so that kills land in the middle of it.
 const BURST: Duration = Duration::from_secs(8);
-
-/// A small, seedable generator: the same seed gives the same kills.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
-/// A few months of a Stripe account: sign-ups, renewals paid and failed (with retries and
-/// dunning), upgrades and cancellations, as the simulator emits them.
-fn burst() -> Vec<Value> {
-    let start = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
-    let mut sim = Simulator::new(start, RetryPolicy::default());
-    sim.create_price("price_basic", 900, "usd", Interval::Month, Some("basic"))
-        .unwrap();
-    sim.create_price("price_pro", 2900, "usd", Interval::Month, Some("pro"))
-        .unwrap();
-    for c in 0..CUSTOMERS {
-        let customer = format!("cus_crash{c}");
-        sim.create_customer(&customer, BTreeMap::new()).unwrap();
-        sim.attach_card(&customer, "pm_card_visa").unwrap();
-        let price = if c % 2 == 0 {
-            "price_basic"
-        } else {
-            "price_pro"
-        };
-        sim.subscribe(&customer, &format!("sub_crash{c}"), price, 1, None)
-            .unwrap();
-    }
-    for month in 0..MONTHS {
-        for c in 0..CUSTOMERS {
-            let (customer, subscription) = (format!("cus_crash{c}"), format!("sub_crash{c}"));
-            match (c % 4, month) {
-                (0, 1) => sim
-                    .change_price_now(&subscription, "price_pro", "create_prorations")
-                    .unwrap(),
-                (1, 1) => {
-                    sim.attach_card(&customer, "pm_card_chargeCustomerFail")
-                        .unwrap();
-                }
-                (2, 2) => sim.cancel_at_period_end(&subscription).unwrap(),
-                _ => {}
-            }
-        }
-        sim.advance_to(start.checked_add_months(Months::new(month + 1)).unwrap())
-            .unwrap();
-    }
-    sim.take_new_events()
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -106,65 +48,48 @@ struct Fleet {
     database_url: String,
     catalog: PathBuf,
     addr: SocketAddr,
-    processes: Vec<(Role, Child)>,
+    processes: Vec<(Role, Process)>,
 }
 
 impl Fleet {
-    fn spawn(&self, role: Role) -> Child {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_subledger"));
-        match role {
-            Role::Server { with_worker } => {
-                command.args(["serve", "--addr", &self.addr.to_string()]);
-                if !with_worker {
-                    command.arg("--no-worker");
-                }
-            }
-            Role::Worker => {
-                command.arg("worker");
-            }
-        }
-        command
-            .arg("--catalog")
-            .arg(&self.catalog)
-            .args(["--database-url", &self.database_url])
-            .args(["--poll-interval-ms", "20", "--worker-lease-secs", "2"])
-            .env("SUBLEDGER_WEBHOOK_SECRETS", SECRET)
-            .env_remove("SUBLEDGER_API_TOKENS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-
     fn start(&mut self, roles: &[Role]) {
         for role in roles {
-            let child = self.spawn(*role);
-            self.processes.push((*role, child));
+            let mut args: Vec<String> = match role {
+                Role::Server { with_worker } => {
+                    let mut args = vec!["serve".into(), "--addr".into(), self.addr.to_string()];
+                    if !with_worker {
+                        args.push("--no-worker".into());
+                    }
+                    args
+                }
+                Role::Worker => vec!["worker".into()],
+            };
+            args.extend([
+                "--catalog".into(),
+                self.catalog.display().to_string(),
+                "--database-url".into(),
+                self.database_url.clone(),
+                "--poll-interval-ms".into(),
+                "20".into(),
+                "--worker-lease-secs".into(),
+                "2".into(),
+            ]);
+            let env = vec![("SUBLEDGER_WEBHOOK_SECRETS".into(), SECRET.into())];
+            self.processes.push((*role, Process::start(args, env)));
         }
     }
 
     /// `kill -9` one process and start it again.
     fn crash_and_restart(&mut self, index: usize) -> Role {
-        let (role, child) = &mut self.processes[index];
-        let role = *role;
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let restarted = self.spawn(role);
-        self.processes[index].1 = restarted;
-        role
+        let (role, process) = &mut self.processes[index];
+        process.crash_and_restart();
+        *role
     }
 
     fn kill_all(&mut self) {
-        for (_, child) in &mut self.processes {
-            let _ = child.kill();
-            let _ = child.wait();
+        for (_, process) in &mut self.processes {
+            process.kill();
         }
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        self.kill_all();
     }
 }
 
@@ -173,34 +98,6 @@ struct Figures {
     events: usize,
     attempts: AtomicUsize,
     acknowledged: Mutex<HashSet<String>>,
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// Delivers one event until Subledger acknowledges it, as Stripe does: a refused connection, a
-/// reset or a 503 is tried again; anything else but 200 is a defect.
-async fn deliver(addr: SocketAddr, event: &Value, figures: &Figures) {
-    let id = event["id"].as_str().unwrap().to_owned();
-    let body = serde_json::to_vec(event).unwrap();
-    loop {
-        figures.attempts.fetch_add(1, Ordering::Relaxed);
-        let header = WebhookSecret::new(SECRET).header(chrono::Utc::now().timestamp(), &body);
-        let headers = [
-            ("Stripe-Signature", header.as_str()),
-            ("Content-Type", "application/json"),
-        ];
-        match http_request(addr, "POST", "/webhooks/stripe", &headers, &body).await {
-            Ok((200, _)) => {
-                figures.acknowledged.lock().unwrap().insert(id);
-                return;
-            }
-            Ok((503, _)) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Ok((status, answer)) => panic!("event {id} answered {status}: {answer}"),
-        }
-    }
 }
 
 /// Runs the burst against `roles` on `database_url` and checks every property.
@@ -235,7 +132,10 @@ async fn crash_run(name: &str, database_url: &str, roles: &[Role], events: &[Val
             loop {
                 let next = queue.lock().unwrap().pop_front();
                 let Some(event) = next else { break };
-                deliver(addr, &event, &figures).await;
+                let attempts = deliver(&[addr], &event).await;
+                figures.attempts.fetch_add(attempts, Ordering::Relaxed);
+                let id = event["id"].as_str().unwrap().to_owned();
+                figures.acknowledged.lock().unwrap().insert(id);
                 tokio::time::sleep(pace).await;
             }
         }));
@@ -374,10 +274,7 @@ async fn clean_run(events: &[Value]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_killed_mid_burst_lose_nothing_and_apply_everything_once() {
-    let seed = std::env::var("SUBLEDGER_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| u64::from(chrono::Utc::now().timestamp_subsec_nanos()));
+    let seed = processes::seed();
     let events = burst();
 
     let file = std::env::temp_dir().join(format!("subledger-crash-{}.db", std::process::id()));

@@ -5,7 +5,9 @@
 //!   without `after`), oldest first, each with its cursor, when it was recorded, what caused
 //!   it and the customer's complete new entitlements answer; `next_cursor` to continue.
 //! - `GET /v1/changes/stream`: the same as Server-Sent Events (`id:` is the cursor), from
-//!   `Last-Event-ID` when the client sends one, else from now; a comment line as heartbeat.
+//!   `Last-Event-ID` when the client sends one, else from now; it opens with a block naming
+//!   where it starts (`id:`, no data), so a consumer whose connection dies before the first
+//!   change still resumes without a gap; a comment line as heartbeat.
 //! - `GET /v1/entitlements?customers=a,b,c` and `?changed_since=CURSOR`: answers in bulk, to
 //!   fill a local copy before following the stream.
 //!
@@ -25,7 +27,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use subledger_engine::Engine;
@@ -286,7 +288,7 @@ impl Follower {
 /// The changes as Server-Sent Events.
 #[utoipa::path(get, path = "/v1/changes/stream", tag = "changes",
     params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor (default: from now)")),
-    responses((status = 200, description = "Server-Sent Events: `id:` the cursor, `event: entitlements.updated`, `data:` a change as `GET /v1/changes` gives it", content_type = "text/event-stream"),
+    responses((status = 200, description = "Server-Sent Events: first a block with only `id:`, the cursor the stream starts after; then per change `id:` the cursor, `event: entitlements.updated`, `data:` a change as `GET /v1/changes` gives it", content_type = "text/event-stream"),
         (status = 400, description = "A malformed or unknown Last-Event-ID", body = crate::error::ApiErrorBody),
         (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
         (status = 503, description = "The store cannot be read", body = crate::error::ApiErrorBody),
@@ -302,6 +304,11 @@ pub(crate) async fn stream(
         Some(Err(_)) => return Err(invalid_cursor("Last-Event-ID", "(not text)")),
         None => state.engine.last_change().await.map_err(store_failed)?,
     };
+    // The block that names where the stream starts: a consumer (an EventSource too) takes the
+    // cursor as its last event id although no event is dispatched.
+    let start = Event::default()
+        .id(cursor_of(cursor))
+        .comment("following from here");
     let follower = Follower {
         engine: Arc::clone(&state.engine),
         tail: ChangeTail::of(&state),
@@ -319,6 +326,7 @@ pub(crate) async fn stream(
             .unwrap_or_else(|_| Event::default().comment("a change could not be serialized"));
         Some((Ok(event), follower))
     });
+    let events = futures_util::stream::once(std::future::ready(Ok(start))).chain(events);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
 }
 

@@ -232,6 +232,22 @@ async fn the_stream_starts_from_now_or_resumes_after_the_last_event_id() {
         "text/event-stream"
     );
     let mut live = live.into_body();
+    // It opens by naming where it starts, with no data: the last change so far.
+    let opening = tokio::time::timeout(Duration::from_secs(10), live.frame())
+        .await
+        .expect("the opening block")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    let opening = String::from_utf8_lossy(&opening).into_owned();
+    assert!(
+        opening
+            .lines()
+            .any(|line| line == format!("id: {}", before[1]["cursor"].as_str().unwrap()))
+            && !opening.contains("data:"),
+        "{opening:?}"
+    );
     let mut resumed = admin_get("/v1/changes/stream");
     resumed.headers_mut().insert(
         "last-event-id",

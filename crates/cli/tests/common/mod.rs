@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// Every variable `serve` reads, removed from each started process so the test's own
 /// environment cannot leak into a case.
-pub const SERVE_VARIABLES: [&str; 25] = [
+pub const SERVE_VARIABLES: &[&str] = &[
     "SUBLEDGER_METRICS_ADDR",
     "SUBLEDGER_DATABASE_URL",
     "SUBLEDGER_ADDR",
@@ -30,6 +30,17 @@ pub const SERVE_VARIABLES: [&str; 25] = [
     "SUBLEDGER_WORKER_CONCURRENCY",
     "SUBLEDGER_LIVEMODE",
     "SUBLEDGER_LOG_FORMAT",
+    "SUBLEDGER_NO_WORKER",
+    "SUBLEDGER_POLL_INTERVAL_MS",
+    "SUBLEDGER_SIGNATURE_TOLERANCE_SECS",
+    "SUBLEDGER_USER_ID_METADATA_KEY",
+    "SUBLEDGER_ANSWER_MAX_AGE_SECS",
+    "SUBLEDGER_NOTIFY_URLS",
+    "SUBLEDGER_NOTIFY_SECRET",
+    "SUBLEDGER_NOTIFY_SECRET_FILE",
+    "SUBLEDGER_NOTIFY_RETRY_FOR_SECS",
+    "SUBLEDGER_NOTIFY_TIMEOUT_SECS",
+    "STRIPE_API_BASE",
 ];
 
 /// The example catalog the README ships.
