@@ -15,12 +15,17 @@
 //!   acknowledgement to the answer changing;
 //! - a restart: how long until every customer is answered, and the heap each customer costs;
 //! - the entitlement check, in process (p99 of one call) and over HTTP at 32 connections;
-//! - a rebuild of the read models from the whole log (`subledger replay`).
+//! - a rebuild of the read models from the whole log (`subledger replay`);
+//! - product services listening: the same open-loop ingest with `--subscribers` following
+//!   `/v1/changes/stream`, for the acknowledgement's p99 beside the run without them and the
+//!   time from acknowledgement to the change heard on a stream; and a revalidation of one
+//!   answer by its `ETag` (`304`) beside the full answer.
 //!
 //! It writes the figures, and the machine they were taken on, to `--out` (Markdown).
 
 mod floors;
 mod http_load;
+mod stream_load;
 mod workload;
 
 use std::cell::{Cell, RefCell};
@@ -69,6 +74,9 @@ struct Args {
     /// Customers the worker applies at once on PostgreSQL (the engine's default when absent).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Subscribers following the change stream during the third open-loop run.
+    #[arg(long, default_value_t = 200)]
+    subscribers: usize,
     /// Where the report goes.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
@@ -111,6 +119,13 @@ struct Figures {
     replay_rate: f64,
     rebuild_rate: f64,
     replay_floor: f64,
+    subscribed_ack_p99: Duration,
+    subscribed_visible_p99: Duration,
+    heard_p99: Duration,
+    /// Changes heard by all subscribers together, and how many they should have heard.
+    stream_changes: (u64, u64),
+    revalidate_http: f64,
+    full_answer_http: f64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +289,7 @@ async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<F
         engine.spawn_worker(shutdown.clone()),
         engine.spawn_projector(shutdown),
     ];
-    let (mut acks, mut visible) =
+    let (mut acks, mut visible, _) =
         ack_and_visibility(&engine, addr, &deliveries, figures.ingest_rate, first).await?;
     let _ = stop.send(true);
     for task in background {
@@ -282,6 +297,66 @@ async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<F
     }
     figures.ingest_ack_p99 = quantile(&mut acks, 0.99);
     figures.visible_p99 = quantile(&mut visible, 0.99);
+    engine.drain().await?;
+
+    eprintln!(
+        "{store}: the same with {} subscribers following the change stream",
+        args.subscribers
+    );
+    // Everything before this run is fed before the subscribers start from now.
+    engine.project().await?;
+    let subscribers = stream_load::subscribe(addr, API_TOKEN, args.subscribers).await?;
+    let first = next;
+    let deliveries = signed(&new_customers(first..first + count))?;
+    next += count;
+    let (stop, shutdown) = Shutdown::new();
+    let background = [
+        engine.spawn_worker(shutdown.clone()),
+        engine.spawn_projector(shutdown),
+    ];
+    let (mut acks, mut visible, acked_at) =
+        ack_and_visibility(&engine, addr, &deliveries, figures.ingest_rate, first).await?;
+    let expected = u64::from(count) * as_u64(args.subscribers);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while subscribers
+        .changes
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < expected
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(true);
+    for task in background {
+        task.await?;
+    }
+    figures.subscribed_ack_p99 = quantile(&mut acks, 0.99);
+    figures.subscribed_visible_p99 = quantile(&mut visible, 0.99);
+    figures.stream_changes = (
+        subscribers
+            .changes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        expected,
+    );
+    let mut heard: Vec<Duration> = {
+        let heard = subscribers
+            .heard
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a subscriber panicked"))?;
+        acked_at
+            .iter()
+            .filter_map(|(id, at)| heard.get(id).map(|h| h.saturating_duration_since(*at)))
+            .collect()
+    };
+    if heard.len() != acked_at.len() {
+        bail!(
+            "the timed subscriber heard {} of {} new customers",
+            heard.len(),
+            acked_at.len()
+        );
+    }
+    figures.heard_p99 = quantile(&mut heard, 0.99);
+    drop(subscribers);
     engine.drain().await?;
     server.abort();
     let _ = server.await;
@@ -332,6 +407,21 @@ async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<F
     let unknown_script = script("/v1/no-such-route");
     figures.check_http = http_load::wrk(addr, &check_script, 32, args.floor_secs, true)?;
     figures.unknown_route_http = http_load::wrk(addr, &unknown_script, 32, args.floor_secs, false)?;
+    // One customer's answer asked again and again, with and without the ETag it last had.
+    let path = format!("/v1/customers/{}/entitlements", customer(0));
+    let etag = stream_load::etag(addr, API_TOKEN, &path).await?;
+    let one = |revalidate: bool| {
+        let condition = if revalidate {
+            format!("wrk.headers[\"If-None-Match\"] = '{etag}'\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "wrk.headers[\"Authorization\"] = \"Bearer {API_TOKEN}\"\n{condition}wrk.path = \"{path}\"\n"
+        )
+    };
+    figures.revalidate_http = http_load::wrk(addr, &one(true), 32, args.floor_secs, true)?;
+    figures.full_answer_http = http_load::wrk(addr, &one(false), 32, args.floor_secs, true)?;
     server.abort();
     let _ = server.await;
 
@@ -350,13 +440,14 @@ async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<F
 /// Sends `deliveries` open-loop at `rate` and watches every new customer's answer appear:
 /// each delivery's acknowledgement latency (from when it was due) and the time from its
 /// acknowledgement until the customer is answered from memory.
+/// Each customer's acknowledgement instant is returned too.
 async fn ack_and_visibility(
     engine: &Engine,
     addr: SocketAddr,
     deliveries: &[(String, Vec<u8>)],
     rate: f64,
     first: u32,
-) -> Result<(Vec<Duration>, Vec<Duration>)> {
+) -> Result<(Vec<Duration>, Vec<Duration>, Vec<(String, Instant)>)> {
     let acked: RefCell<Vec<(String, Instant)>> = RefCell::new(Vec::new());
     let sent = Cell::new(false);
     let sender = async {
@@ -370,10 +461,13 @@ async fn ack_and_visibility(
     };
     let watcher = async {
         let mut waiting: Vec<(String, Instant)> = Vec::new();
+        let mut acked_at = Vec::with_capacity(deliveries.len());
         let mut visible = Vec::with_capacity(deliveries.len());
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            waiting.append(&mut acked.borrow_mut());
+            let newly: Vec<(String, Instant)> = acked.borrow_mut().drain(..).collect();
+            acked_at.extend(newly.iter().cloned());
+            waiting.extend(newly);
             waiting.retain(|(id, at)| {
                 if engine.entitlements(id).is_some() {
                     visible.push(at.elapsed());
@@ -383,7 +477,7 @@ async fn ack_and_visibility(
                 }
             });
             if sent.get() && waiting.is_empty() && acked.borrow().is_empty() {
-                return Ok(visible);
+                return Ok((visible, acked_at));
             }
             if Instant::now() > deadline {
                 bail!(
@@ -394,13 +488,18 @@ async fn ack_and_visibility(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
-    let (acks, visible) = tokio::join!(sender, watcher);
-    Ok((acks?, visible?))
+    let (acks, watched) = tokio::join!(sender, watcher);
+    let (visible, acked_at) = watched?;
+    Ok((acks?, visible, acked_at))
 }
 
 pub(crate) fn per_sec<N: TryInto<u32>>(count: N, elapsed: Duration) -> f64 {
     let count = count.try_into().map_or(f64::from(u32::MAX), f64::from);
     count / elapsed.as_secs_f64().max(1e-9)
+}
+
+pub(crate) fn as_u64(count: usize) -> u64 {
+    u64::try_from(count).unwrap_or(u64::MAX)
 }
 
 /// A count as a float, for ratios (exact below 2^53; counts here are far smaller).
@@ -526,6 +625,33 @@ fn render(all: &[Figures], args: &Args) -> String {
             "target ≤ 1 s".to_owned(),
         );
         row(
+            format!(
+                "(the same rate) with {} subscribers following the change stream: acknowledgement p99",
+                args.subscribers
+            ),
+            millis(f.subscribed_ack_p99),
+            format!("without them: {}", millis(f.ingest_ack_p99)),
+            format!(
+                "{:.2}× the p99 without them",
+                f.subscribed_ack_p99.as_secs_f64() / f.ingest_ack_p99.as_secs_f64().max(1e-9)
+            ),
+        );
+        row(
+            "(the same run) acknowledgement → answer changed, p99".to_owned(),
+            millis(f.subscribed_visible_p99),
+            format!("without subscribers: {}", millis(f.visible_p99)),
+            String::new(),
+        );
+        row(
+            "(the same run) acknowledgement → change heard on a stream, p99".to_owned(),
+            millis(f.heard_p99),
+            format!(
+                "changes heard, all subscribers: {} of {}",
+                f.stream_changes.0, f.stream_changes.1
+            ),
+            "target ≤ 1 s".to_owned(),
+        );
+        row(
             format!("restart with {} customers", f.customers),
             format!("all answered after {:.2} s", f.restart.as_secs_f64()),
             String::new(),
@@ -552,6 +678,12 @@ fn render(all: &[Figures], args: &Args) -> String {
             format!("{:.0} requests/s", f.check_http),
             format!("unknown route, same server: {:.0}/s", f.unknown_route_http),
             against(f.check_http, f.unknown_route_http, "0.9"),
+        );
+        row(
+            "one customer's answer revalidated with `If-None-Match` (`304`), `wrk` at 32 connections".to_owned(),
+            format!("{:.0} requests/s", f.revalidate_http),
+            format!("the full answer (`200`), same customer: {:.0}/s", f.full_answer_http),
+            ratio(f.revalidate_http, f.full_answer_http),
         );
         let read_floor = if f.floor_eight_clients.is_some() {
             "`COPY events TO STDOUT` via psql"

@@ -83,6 +83,7 @@ async fn compare(engine: Arc<Engine>) -> Vec<String> {
                 "hold_client_test",
                 None,
                 "client test",
+                false,
                 None,
                 "client-test",
             )

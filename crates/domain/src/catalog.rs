@@ -158,6 +158,13 @@ impl Catalog {
         &self.features
     }
 
+    /// Whether `feature` is metered: some plan gives it a limit (else it is on or off).
+    pub fn is_metered(&self, feature: &str) -> bool {
+        self.plans
+            .values()
+            .any(|plan| matches!(plan.features.get(feature), Some(FeatureGrant::Limit(_))))
+    }
+
     /// Whether `feature`'s limits add up across subscriptions rather than the largest winning.
     pub fn sums(&self, feature: &str) -> bool {
         self.summed.contains(feature)

@@ -13,6 +13,7 @@ use crate::billing::{SubscriptionSnapshot, SubscriptionStatus};
 use crate::catalog::{AccessPolicy, Catalog, FeatureGrant, Grant};
 use crate::customer::CustomerEvent;
 use crate::dunning::{Dunning, UnpaidInvoice};
+use crate::grants::{CustomerGrant, GrantMode, GrantValue};
 use crate::ids::{CustomerId, InvoiceId, SubscriptionId};
 use crate::small_map::SmallMap;
 
@@ -44,6 +45,9 @@ pub struct BillingView {
     /// Operator holds in force, by id.
     #[serde(default)]
     pub holds: SmallMap<String, Hold>,
+    /// Operators' grants not revoked, by id (whether each counts is decided at a moment).
+    #[serde(default)]
+    pub grants: SmallMap<String, CustomerGrant>,
     /// Disputes of subscription payments, by dispute id.
     #[serde(default)]
     pub disputes: SmallMap<String, DisputeBlock>,
@@ -100,6 +104,7 @@ impl BillingView {
             last_paid: SmallMap::new(),
             stripe_features: BTreeSet::new(),
             holds: SmallMap::new(),
+            grants: SmallMap::new(),
             scheduled: SmallMap::new(),
             disputes: SmallMap::new(),
             stripe_created: None,
@@ -145,6 +150,7 @@ impl BillingView {
                 hold_id,
                 subscription,
                 reason,
+                covers_grants,
                 occurred_at,
             } => {
                 self.holds.insert(
@@ -154,11 +160,18 @@ impl BillingView {
                         subscription: subscription.clone(),
                         reason: reason.clone(),
                         since: *occurred_at,
+                        covers_grants: *covers_grants,
                     },
                 );
             }
             CustomerEvent::HoldLifted { hold_id, .. } => {
                 self.holds.remove(hold_id);
+            }
+            CustomerEvent::GrantGiven { grant, .. } => {
+                self.grants.insert(grant.id.clone(), grant.clone());
+            }
+            CustomerEvent::GrantRevoked { grant_id, .. } => {
+                self.grants.remove(grant_id);
             }
             CustomerEvent::DisputeRecorded {
                 dispute,
@@ -248,6 +261,9 @@ pub struct Hold {
     pub subscription: Option<SubscriptionId>,
     pub reason: String,
     pub since: DateTime<Utc>,
+    /// A customer-wide hold that takes the customer's grants away too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub covers_grants: bool,
 }
 
 /// A dispute of a subscription's payment. While it is open, or after it is lost, the
@@ -360,9 +376,94 @@ pub struct Entitlements {
     pub dunning: Dunning,
     pub scheduled_changes: Vec<ScheduledChange>,
     pub holds: Vec<Hold>,
-    /// When this answer stops being true without any new fact (a grace period ends).
+    /// Operators' grants that count in this answer (see [`crate::grants`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<CustomerGrant>,
+    /// When this answer stops being true without any new fact (a grace period ends, a grant
+    /// starts or expires).
     #[serde(skip)]
     pub valid_until: Option<DateTime<Utc>>,
+}
+
+/// Applies the grants that count at `at` to the plans' `features` by the rule in
+/// [`crate::grants`], and moves `valid_until` to the next start or expiry of any; returns the
+/// grants that counted.
+fn apply_grants(
+    view: &BillingView,
+    subscriptions: &[SubscriptionEntitlement],
+    features: &mut BTreeMap<String, FeatureValue>,
+    at: DateTime<Utc>,
+    valid_until: &mut Option<DateTime<Utc>>,
+) -> Vec<CustomerGrant> {
+    if view.deleted
+        || view
+            .holds
+            .values()
+            .any(|hold| hold.subscription.is_none() && hold.covers_grants)
+    {
+        return Vec::new();
+    }
+    // A grant scoped to a subscription ends with it.
+    let live: Vec<&CustomerGrant> = view
+        .grants
+        .values()
+        .filter(|grant| {
+            grant.terms.subscription.as_ref().is_none_or(|id| {
+                view.subscriptions
+                    .get(id)
+                    .is_some_and(|subscription| !subscription.status.is_terminal())
+            })
+        })
+        .collect();
+    for edge in live.iter().filter_map(|grant| grant.next_edge(at)) {
+        *valid_until = Some(valid_until.map_or(edge, |t| t.min(edge)));
+    }
+    let mut counted: Vec<&CustomerGrant> = live
+        .into_iter()
+        .filter(|grant| grant.in_window(at))
+        .filter(
+            |grant| match (&grant.terms.subscription, grant.terms.mode) {
+                // An addition to what a subscription gives pauses while it gives nothing.
+                (Some(id), GrantMode::Add) => {
+                    subscriptions.iter().any(|s| &s.id == id && s.grants_access)
+                }
+                _ => true,
+            },
+        )
+        .collect();
+    // Sets in the order they were given, so the last one given wins; then additions.
+    counted.sort_by(|a, b| {
+        (a.terms.mode == GrantMode::Add, a.granted_at, &a.id).cmp(&(
+            b.terms.mode == GrantMode::Add,
+            b.granted_at,
+            &b.id,
+        ))
+    });
+    for grant in &counted {
+        let value = features
+            .entry(grant.terms.feature.clone())
+            .or_insert(FeatureValue::DISABLED);
+        *value = match (grant.terms.mode, grant.terms.value) {
+            (GrantMode::Set, GrantValue::Enabled(enabled)) => FeatureValue {
+                enabled,
+                limit: None,
+            },
+            (GrantMode::Set, GrantValue::Limit(limit)) => FeatureValue {
+                enabled: limit > 0,
+                limit: Some(limit),
+            },
+            (GrantMode::Add, GrantValue::Limit(more)) => {
+                let limit = value.limit.unwrap_or(0).saturating_add(more);
+                FeatureValue {
+                    enabled: limit > 0,
+                    limit: Some(limit),
+                }
+            }
+            // Refused when given (only a limit can be added to); changes nothing if stored.
+            (GrantMode::Add, GrantValue::Enabled(_)) => *value,
+        };
+    }
+    counted.into_iter().cloned().collect()
 }
 
 /// Whether a subscription in `status`, with `dunning`, grants its plan under `policy`.
@@ -515,6 +616,7 @@ impl Entitlements {
                 };
             }
         }
+        let grants = apply_grants(view, &subscriptions, &mut features, at, &mut valid_until);
         Self {
             customer: CustomerId::new(view.customer_id.stripe_id()),
             account: view.customer_id.account().map(str::to_owned),
@@ -525,6 +627,7 @@ impl Entitlements {
             features,
             scheduled_changes,
             holds: view.holds.values().cloned().collect(),
+            grants,
             valid_until,
         }
     }
@@ -1092,6 +1195,7 @@ plans:
             hold_id: id.to_owned(),
             subscription: subscription.map(SubscriptionId::new),
             reason: "fraud review".to_owned(),
+            covers_grants: false,
             occurred_at: now(),
         };
         view.apply(&hold("hold_1", Some("sub_1")));
@@ -1112,6 +1216,198 @@ plans:
             Entitlements::resolve(&view, &catalog(), now()).plans,
             ["pro", "team"]
         );
+    }
+
+    fn give(
+        id: &str,
+        feature: &str,
+        value: GrantValue,
+        mode: GrantMode,
+        subscription: Option<&str>,
+        window: (Option<i64>, Option<i64>),
+        granted: i64,
+    ) -> CustomerEvent {
+        let t = |offset: i64| now() + chrono::Duration::seconds(offset);
+        CustomerEvent::GrantGiven {
+            grant: CustomerGrant {
+                id: id.to_owned(),
+                terms: crate::grants::GrantTerms {
+                    feature: feature.to_owned(),
+                    value,
+                    mode,
+                    subscription: subscription.map(SubscriptionId::new),
+                    starts_at: window.0.map(t),
+                    expires_at: window.1.map(t),
+                    reason: "sales".to_owned(),
+                },
+                granted_by: "ops".to_owned(),
+                granted_at: t(granted),
+            },
+            occurred_at: t(granted),
+        }
+    }
+
+    #[test]
+    fn a_set_grant_replaces_the_plans_value_and_an_add_grant_raises_it() {
+        let mut view = view_with(&[("sub_1", SubscriptionStatus::Active, "price_team")]);
+        view.apply(&give(
+            "g_sso",
+            "sso",
+            GrantValue::Enabled(true),
+            GrantMode::Set,
+            None,
+            (None, None),
+            -10,
+        ));
+        view.apply(&give(
+            "g_seats",
+            "seats",
+            GrantValue::Limit(5),
+            GrantMode::Add,
+            None,
+            (None, None),
+            -10,
+        ));
+        let answer = Entitlements::resolve(&view, &catalog(), now());
+        assert!(
+            answer.feature("sso").enabled,
+            "team has no sso; the grant gives it"
+        );
+        assert_eq!(answer.feature("seats").limit, Some(55));
+        assert_eq!(answer.grants.len(), 2);
+        // Two sets of one feature: the one given last wins, whatever order they were applied in.
+        let first = give(
+            "g_b",
+            "seats",
+            GrantValue::Limit(7),
+            GrantMode::Set,
+            None,
+            (None, None),
+            -5,
+        );
+        let second = give(
+            "g_a",
+            "seats",
+            GrantValue::Limit(3),
+            GrantMode::Set,
+            None,
+            (None, None),
+            -4,
+        );
+        for order in [[&first, &second], [&second, &first]] {
+            let mut both = view.clone();
+            for event in order {
+                both.apply(event);
+            }
+            let answer = Entitlements::resolve(&both, &catalog(), now());
+            assert_eq!(answer.feature("seats").limit, Some(8), "set 3, then add 5");
+        }
+    }
+
+    #[test]
+    fn grants_start_and_expire_with_no_event_and_the_answer_says_until_when() {
+        let mut view = view_with(&[]);
+        view.apply(&give(
+            "g_1",
+            "api_calls",
+            GrantValue::Limit(500),
+            GrantMode::Add,
+            None,
+            (Some(60), Some(120)),
+            -10,
+        ));
+        let before = Entitlements::resolve(&view, &catalog(), now());
+        assert_eq!(before.feature("api_calls").limit, Some(1000));
+        assert_eq!(
+            before.valid_until,
+            Some(now() + chrono::Duration::seconds(60))
+        );
+        let during =
+            Entitlements::resolve(&view, &catalog(), now() + chrono::Duration::seconds(60));
+        assert_eq!(during.feature("api_calls").limit, Some(1500));
+        assert_eq!(
+            during.valid_until,
+            Some(now() + chrono::Duration::seconds(120))
+        );
+        let after =
+            Entitlements::resolve(&view, &catalog(), now() + chrono::Duration::seconds(120));
+        assert_eq!(after.feature("api_calls").limit, Some(1000));
+        assert_eq!(after.valid_until, None);
+        // Given later than the moment asked about: it did not count then.
+        let mut late = view_with(&[]);
+        late.apply(&give(
+            "g_2",
+            "sso",
+            GrantValue::Enabled(true),
+            GrantMode::Set,
+            None,
+            (None, None),
+            30,
+        ));
+        assert!(
+            !Entitlements::resolve(&late, &catalog(), now())
+                .feature("sso")
+                .enabled
+        );
+    }
+
+    #[test]
+    fn holds_and_dunning_take_plans_not_set_grants_unless_the_hold_covers_grants() {
+        let mut view = view_with(&[("sub_1", SubscriptionStatus::Active, "price_pro")]);
+        view.apply(&give(
+            "g_sso",
+            "audit_log",
+            GrantValue::Enabled(true),
+            GrantMode::Set,
+            None,
+            (None, None),
+            -10,
+        ));
+        view.apply(&give(
+            "g_seats",
+            "seats",
+            GrantValue::Limit(5),
+            GrantMode::Add,
+            Some("sub_1"),
+            (None, None),
+            -10,
+        ));
+        let held = |covers_grants: bool| CustomerEvent::HoldPlaced {
+            hold_id: "hold_1".to_owned(),
+            subscription: None,
+            reason: "review".to_owned(),
+            covers_grants,
+            occurred_at: now(),
+        };
+        let mut on_hold = view.clone();
+        on_hold.apply(&held(false));
+        let answer = Entitlements::resolve(&on_hold, &catalog(), now());
+        assert_eq!(answer.plans, ["free"]);
+        assert!(answer.feature("audit_log").enabled, "a set grant stands");
+        assert_eq!(
+            answer.feature("seats"),
+            FeatureValue::DISABLED,
+            "an addition to a subscription that gives nothing pauses"
+        );
+        let mut covered = view.clone();
+        covered.apply(&held(true));
+        let answer = Entitlements::resolve(&covered, &catalog(), now());
+        assert!(!answer.feature("audit_log").enabled);
+        assert!(answer.grants.is_empty());
+        // A grant scoped to a subscription ends with it.
+        let mut ended = view.clone();
+        if let Some(subscription) = ended.subscriptions.values_mut().next() {
+            subscription.status = SubscriptionStatus::Canceled;
+        }
+        let answer = Entitlements::resolve(&ended, &catalog(), now());
+        assert_eq!(answer.grants.len(), 1);
+        assert_eq!(answer.grants[0].id, "g_sso");
+        // A deleted customer has nothing.
+        let mut deleted = view;
+        deleted.apply(&CustomerEvent::CustomerDeleted { occurred_at: now() });
+        assert!(Entitlements::resolve(&deleted, &catalog(), now())
+            .grants
+            .is_empty());
     }
 
     #[test]

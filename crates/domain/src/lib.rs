@@ -11,6 +11,7 @@
 //! - [`dunning`]: where a subscription stands when renewal payments fail.
 //! - [`schema`]: the stored shape of events, its versions and the upcasters between them.
 //! - [`entitlements`]: what a customer may use, derived from their subscriptions and the catalog.
+//! - [`grants`]: features operators give one customer beyond the plans, and how they combine.
 //! - [`small_map`]: the compact ordered map a customer's view is made of.
 
 pub mod billing;
@@ -18,6 +19,7 @@ pub mod catalog;
 pub mod customer;
 pub mod dunning;
 pub mod entitlements;
+pub mod grants;
 pub mod ids;
 pub mod money;
 pub mod payment;

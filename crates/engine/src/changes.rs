@@ -9,6 +9,11 @@
 //! the log one records it and the other finds it recorded. A server whose answers are behind
 //! the feed records nothing until it has caught up, so no older answer is recorded after a
 //! newer one.
+//!
+//! A look that finds the feed at the projector's checkpoint with nothing due is remembered:
+//! until the log moves, the next fed answer stops holding, or five seconds pass, an idle
+//! projector does not ask the store again (two queries at every poll, in the writer that
+//! webhook acknowledgements use on SQLite).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -50,17 +55,42 @@ pub struct Change {
     pub entitlements: Value,
 }
 
+/// A recorded change that cannot be read back: its stored answer or time is damaged (this
+/// build wrote neither). It is never passed on as a change with no answer: a consumer would
+/// take that for a customer who has nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("change {cursor} cannot be read: {reason}")]
+pub struct UnreadableChange {
+    pub cursor: String,
+    pub reason: String,
+}
+
 impl Change {
-    pub fn of(row: &ChangeRow) -> Self {
+    pub fn of(row: &ChangeRow) -> Result<Self, UnreadableChange> {
+        let cursor = cursor_of(row.seq);
+        let unreadable = |reason: String| UnreadableChange {
+            cursor: cursor.clone(),
+            reason,
+        };
+        let changed_at = DateTime::from_timestamp_millis(row.changed_at_ms).ok_or_else(|| {
+            unreadable(format!(
+                "its time ({} ms) is out of range",
+                row.changed_at_ms
+            ))
+        })?;
+        let entitlements = serde_json::from_str::<Value>(&row.answer)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or_else(|| unreadable("its answer is not a JSON object".to_owned()))?;
         let customer = CustomerId::new(row.customer_id.as_str());
-        Self {
-            cursor: cursor_of(row.seq),
-            changed_at: DateTime::from_timestamp_millis(row.changed_at_ms).unwrap_or_default(),
+        Ok(Self {
             customer: customer.stripe_id().to_owned(),
             account: customer.account().map(str::to_owned),
             cause: row.cause.clone(),
-            entitlements: serde_json::from_str(&row.answer).unwrap_or(Value::Null),
-        }
+            changed_at,
+            entitlements,
+            cursor,
+        })
     }
 }
 
@@ -76,15 +106,33 @@ fn deadline_cause(at: DateTime<Utc>) -> String {
 /// A change found when a server starts: its catalog or its build answers differently.
 const START_CAUSE: &str = "start";
 
+/// The feed as a look found it: at the projector's checkpoint, nothing due before `until`.
+/// Until then a look at the same checkpoint finds the same, so an idle projector does not
+/// ask the store at every poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QuietFeed {
+    applied: Checkpoint,
+    until: DateTime<Utc>,
+}
+
+/// The longest an idle projector trusts a quiet feed without looking: another server may
+/// have recorded an answer that stops holding sooner (it records that change itself when it
+/// comes; this bounds the wait if that server is gone).
+const QUIET_RECHECK: chrono::Duration = chrono::Duration::seconds(5);
+
 impl Engine {
     /// Records the changes of the answers this process's projector reached at `applied`
     /// (see the module's docs); how many it recorded.
     pub(crate) async fn record_changes(&self, applied: Checkpoint) -> Result<usize, StoreError> {
+        let now = self.config.clock.now();
+        let quiet = *self.feed_quiet.lock().unwrap_or_else(|p| p.into_inner());
+        if quiet.is_some_and(|q| q.applied == applied && now < q.until) {
+            return Ok(0);
+        }
         let seen = self.db.feed_checkpoint().await?;
         if seen.checkpoint > applied {
             return Ok(0);
         }
-        let now = self.config.clock.now();
         let mut causes: BTreeMap<String, String> = BTreeMap::new();
         if seen.checkpoint != applied {
             for (customer, position) in self.db.customers_touched(seen.checkpoint, applied).await? {
@@ -111,6 +159,7 @@ impl Engine {
             .into_iter()
             .collect();
         if customers.is_empty() && seen.checkpoint == applied {
+            self.feed_is_quiet(applied, now).await?;
             return Ok(0);
         }
         let fed = self.db.fed_answers(&customers).await?;
@@ -155,6 +204,7 @@ impl Engine {
         }
         if changes.is_empty() && now_fed.is_empty() && seen.checkpoint == applied {
             self.feed_compared_all.store(true, Ordering::Relaxed);
+            self.feed_is_quiet(applied, now).await?;
             return Ok(0);
         }
         let recorded = self
@@ -172,6 +222,30 @@ impl Engine {
             self.changes_recorded.notify_waiters();
         }
         Ok(changes.len())
+    }
+
+    /// Notes that the feed is at `applied` with nothing due now: looks at that checkpoint
+    /// wait for the next fed answer to stop holding, or [`QUIET_RECHECK`].
+    async fn feed_is_quiet(
+        &self,
+        applied: Checkpoint,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let next_due = self
+            .db
+            .feed_next_due()
+            .await?
+            .and_then(DateTime::from_timestamp_millis);
+        let until = next_due.map_or(now + QUIET_RECHECK, |due| due.min(now + QUIET_RECHECK));
+        *self.feed_quiet.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(QuietFeed { applied, until });
+        Ok(())
+    }
+
+    /// Forgets that the feed was quiet: the answers changed without the log moving (the saved
+    /// views were rebuilt).
+    pub(crate) fn feed_may_have_changed(&self) {
+        *self.feed_quiet.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Up to `limit` recorded changes after number `after` (0: from the first), oldest first.

@@ -72,6 +72,8 @@ pub struct Engine {
     /// Whether this process has compared every answer with the feed once (see
     /// [`crate::changes`]).
     pub(crate) feed_compared_all: std::sync::atomic::AtomicBool,
+    /// Where the feed was last found quiet (see [`crate::changes`]).
+    pub(crate) feed_quiet: std::sync::Mutex<Option<crate::changes::QuietFeed>>,
 }
 
 /// Whether `entry` had happened (or was known) at `at`.
@@ -174,6 +176,9 @@ pub enum EngineError {
     Refused(#[from] CustomerError),
     #[error("unknown customer `{0}`")]
     UnknownCustomer(String),
+    /// A grant whose terms do not fit the catalog or each other.
+    #[error(transparent)]
+    InvalidGrant(#[from] subledger_domain::grants::GrantInvalid),
     #[error("the command could not be stored: {0}")]
     Command(String),
     #[error("the projection did not catch up within {0:?}: a long transaction in the database holds back the events")]
@@ -233,6 +238,7 @@ impl Engine {
             events_appended: Notify::new(),
             changes_recorded: Notify::new(),
             feed_compared_all: std::sync::atomic::AtomicBool::new(false),
+            feed_quiet: std::sync::Mutex::new(None),
             db,
             config,
         };
@@ -307,6 +313,7 @@ impl Engine {
             *projector =
                 BillingProjector::load(&self.db, &self.config.catalog, &self.entitlements, now)
                     .await?;
+            self.feed_may_have_changed();
         }
         let applied = projector
             .catch_up(
@@ -459,12 +466,14 @@ impl Engine {
     /// An operator places a hold: the customer (or one subscription) loses access until it is
     /// lifted. Placing the same `hold_id` again changes nothing. `at` is when the hold starts
     /// (now when `None`; a replayed back-office action or a simulated story passes its own).
+    #[allow(clippy::too_many_arguments)]
     pub async fn place_hold(
         &self,
         customer_id: &str,
         hold_id: &str,
         subscription: Option<SubscriptionId>,
         reason: &str,
+        covers_grants: bool,
         at: Option<DateTime<Utc>>,
         correlation_id: &str,
     ) -> Result<(), EngineError> {
@@ -475,6 +484,7 @@ impl Engine {
             hold_id: hold_id.to_owned(),
             subscription,
             reason: reason.to_owned(),
+            covers_grants,
             placed_at: at.unwrap_or_else(|| self.config.clock.now()),
         };
         self.operator_command(customer_id, command, correlation_id)
@@ -491,6 +501,65 @@ impl Engine {
         let command = CustomerCommand::LiftHold {
             hold_id: hold_id.to_owned(),
             lifted_at: at.unwrap_or_else(|| self.config.clock.now()),
+        };
+        self.operator_command(customer_id, command, correlation_id)
+            .await
+    }
+
+    /// An operator gives the customer a feature beyond the plans (see
+    /// `subledger_domain::grants`). The terms must fit this server's catalog: a feature it
+    /// names, `enabled` for a boolean feature and a `limit` for a metered one. The same id with
+    /// the same terms again changes nothing; other terms are refused.
+    ///
+    /// Returns the grant as recorded: on a retry, the first request's (its time and operator).
+    pub async fn give_grant(
+        &self,
+        customer_id: &str,
+        grant: subledger_domain::grants::CustomerGrant,
+        correlation_id: &str,
+    ) -> Result<subledger_domain::grants::CustomerGrant, EngineError> {
+        if self.entitlements(customer_id).is_none() {
+            return Err(EngineError::UnknownCustomer(customer_id.to_owned()));
+        }
+        let catalog = &self.config.catalog;
+        let feature = grant.terms.feature.as_str();
+        grant.terms.check(
+            catalog.features().contains(feature),
+            catalog.is_metered(feature),
+        )?;
+        let id = grant.id.clone();
+        self.operator_command(
+            customer_id,
+            CustomerCommand::GiveGrant {
+                grant: grant.clone(),
+            },
+            correlation_id,
+        )
+        .await?;
+        let recorded = self
+            .timeline(customer_id)
+            .await?
+            .into_iter()
+            .find_map(|entry| match entry.event {
+                CustomerEvent::GrantGiven { grant, .. } if grant.id == id => Some(grant),
+                _ => None,
+            });
+        Ok(recorded.unwrap_or(grant))
+    }
+
+    /// Revokes a grant; revoking it again changes nothing.
+    pub async fn revoke_grant(
+        &self,
+        customer_id: &str,
+        grant_id: &str,
+        revoked_by: &str,
+        at: Option<DateTime<Utc>>,
+        correlation_id: &str,
+    ) -> Result<(), EngineError> {
+        let command = CustomerCommand::RevokeGrant {
+            grant_id: grant_id.to_owned(),
+            revoked_by: revoked_by.to_owned(),
+            revoked_at: at.unwrap_or_else(|| self.config.clock.now()),
         };
         self.operator_command(customer_id, command, correlation_id)
             .await

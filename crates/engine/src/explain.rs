@@ -7,6 +7,7 @@ use serde::Serialize;
 use subledger_domain::catalog::{Catalog, FeatureGrant};
 use subledger_domain::customer::CustomerEvent;
 use subledger_domain::entitlements::{BillingView, Entitlements};
+use subledger_domain::grants::{CustomerGrant, GrantMode, GrantValue};
 use subledger_domain::ids::SubscriptionId;
 
 use crate::engine::TimelineEntry;
@@ -28,7 +29,7 @@ pub struct Explanation {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Reason {
-    /// `subscription`, `default_plan` or `stripe_entitlements`.
+    /// `subscription`, `default_plan`, `stripe_entitlements` or `grant`.
     pub source: &'static str,
     pub plan: Option<String>,
     /// The catalog rule, e.g. `plan pro grants sso: true`.
@@ -36,12 +37,18 @@ pub struct Reason {
     pub subscription: Option<SubscriptionId>,
     pub status: Option<String>,
     pub evidence: Vec<Evidence>,
+    /// For a `grant`: which, who gave it, why, from and until when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<CustomerGrant>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Blocker {
-    /// `dunning`, `hold`, `dispute`, `status`, `deleted_customer` or
-    /// `no_access_for_stripe_entitlements`.
+    /// `dunning`, `hold`, `dispute`, `status`, `deleted_customer`,
+    /// `no_access_for_stripe_entitlements`, or for a grant of the feature that does not count
+    /// now: `grant_not_in_force` (before its start, after its expiry), `grant_ended` (its
+    /// subscription ended), `grant_paused` (an addition to a subscription that gives nothing)
+    /// or `hold_covers_grants`.
     pub kind: &'static str,
     pub subscription: Option<SubscriptionId>,
     pub detail: String,
@@ -50,6 +57,9 @@ pub struct Blocker {
     /// so the reasons are here rather than in `detail`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub holds: Vec<subledger_domain::entitlements::Hold>,
+    /// For the `grant_*` kinds: the grant that does not count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<CustomerGrant>,
 }
 
 /// A domain event behind a reason, with the Stripe event it came from, or who recorded it
@@ -159,6 +169,7 @@ pub(crate) fn explain(
                 subscription: Some(entitlement.id.clone()),
                 status,
                 evidence,
+                grant: None,
             });
             continue;
         }
@@ -206,6 +217,7 @@ pub(crate) fn explain(
             detail: format!("{} ({})", detail, rule(&plan.name, feature, grant)),
             evidence,
             holds,
+            grant: None,
         });
     }
     let default = catalog.default_plan();
@@ -218,6 +230,7 @@ pub(crate) fn explain(
                 subscription: None,
                 status: None,
                 evidence: Vec::new(),
+                grant: None,
             });
         }
     }
@@ -234,6 +247,7 @@ pub(crate) fn explain(
                 subscription: None,
                 status: None,
                 evidence,
+                grant: None,
             });
         } else {
             blockers.push(Blocker {
@@ -242,9 +256,19 @@ pub(crate) fn explain(
                 detail: format!("Stripe lists {feature}, but no subscription grants access now"),
                 evidence,
                 holds: Vec::new(),
+                grant: None,
             });
         }
     }
+    explain_grants(
+        view,
+        &resolved,
+        timeline,
+        feature,
+        at,
+        &mut reasons,
+        &mut blockers,
+    );
     Explanation {
         customer: view.customer_id.to_string(),
         feature: feature.to_owned(),
@@ -253,5 +277,116 @@ pub(crate) fn explain(
         at,
         reasons,
         blockers,
+    }
+}
+
+/// What a grant does to a feature, in a rule's words.
+fn grant_rule(grant: &CustomerGrant) -> String {
+    let value = match grant.terms.value {
+        GrantValue::Enabled(enabled) => enabled.to_string(),
+        GrantValue::Limit(limit) => limit.to_string(),
+    };
+    let verb = match grant.terms.mode {
+        GrantMode::Set => "sets",
+        GrantMode::Add => "adds",
+    };
+    let until = grant
+        .terms
+        .expires_at
+        .map(|t| format!(" until {}", t.to_rfc3339_opts(SecondsFormat::Secs, true)))
+        .unwrap_or_default();
+    format!(
+        "grant {} by {} {verb} {}: {value}{until} ({})",
+        grant.id, grant.granted_by, grant.terms.feature, grant.terms.reason
+    )
+}
+
+/// The grants of `feature`: those that count are reasons, the others blockers saying why not.
+fn explain_grants(
+    view: &BillingView,
+    resolved: &Entitlements,
+    timeline: &[TimelineEntry],
+    feature: &str,
+    at: DateTime<Utc>,
+    reasons: &mut Vec<Reason>,
+    blockers: &mut Vec<Blocker>,
+) {
+    for grant in view.grants.values().filter(|g| g.terms.feature == feature) {
+        let evidence: Vec<Evidence> = timeline
+            .iter()
+            .filter(|entry| {
+                matches!(&entry.event, CustomerEvent::GrantGiven { grant: g, .. } if g.id == grant.id)
+            })
+            .map(|entry| Evidence {
+                event_type: entry.event_type.clone(),
+                occurred_at: entry.occurred_at,
+                stripe_event_id: entry.stripe_event_id.clone(),
+                actor: entry.actor.clone(),
+                drift: entry.drift.clone(),
+            })
+            .collect();
+        if resolved.grants.iter().any(|counted| counted.id == grant.id) {
+            reasons.push(Reason {
+                source: "grant",
+                plan: None,
+                rule: grant_rule(grant),
+                subscription: grant.terms.subscription.clone(),
+                status: None,
+                evidence,
+                grant: Some(grant.clone()),
+            });
+            continue;
+        }
+        let subscription = grant
+            .terms
+            .subscription
+            .as_ref()
+            .and_then(|id| resolved.subscriptions.iter().find(|s| &s.id == id));
+        let (kind, detail) = if view.deleted {
+            (
+                "deleted_customer",
+                "the customer was deleted at Stripe".to_owned(),
+            )
+        } else if let Some(hold) = view
+            .holds
+            .values()
+            .find(|h| h.subscription.is_none() && h.covers_grants)
+        {
+            (
+                "hold_covers_grants",
+                format!("hold {} takes grants away too", hold.id),
+            )
+        } else if !grant.in_window(at) {
+            let window = match grant.terms.expires_at {
+                Some(end) => format!(
+                    "counts from {} until {}",
+                    grant.starts().to_rfc3339_opts(SecondsFormat::Secs, true),
+                    end.to_rfc3339_opts(SecondsFormat::Secs, true)
+                ),
+                None => format!(
+                    "counts from {}",
+                    grant.starts().to_rfc3339_opts(SecondsFormat::Secs, true)
+                ),
+            };
+            ("grant_not_in_force", window)
+        } else if subscription.is_none_or(|s| s.status.is_terminal()) {
+            (
+                "grant_ended",
+                "its subscription ended, and the grant with it".to_owned(),
+            )
+        } else {
+            (
+                "grant_paused",
+                "it adds to a subscription that gives nothing now".to_owned(),
+            )
+        };
+        blockers.push(Blocker {
+            kind,
+            subscription: grant.terms.subscription.clone(),
+            detail: format!("{detail} ({})", grant_rule(grant)),
+            evidence,
+            holds: Vec::new(),
+            grant: Some(grant.clone()),
+        });
     }
 }

@@ -26,7 +26,7 @@ use subledger_store::StoreError;
 use subledger_stripe::WebhookSecret;
 use tokio::task::JoinHandle;
 
-use crate::changes::Change;
+use crate::changes::{cursor_of, Change};
 use crate::engine::{Engine, Shutdown};
 
 /// Lanes per endpoint.
@@ -345,17 +345,28 @@ impl Engine {
                 }
                 break;
             };
-            let change = Change::of(row);
-            let body = serde_json::to_vec(&Notification {
-                id: &change.cursor,
-                kind: "entitlements.updated",
-                created: change.changed_at.timestamp(),
-                data: &change,
-            })
-            .unwrap_or_default();
             let started = Instant::now();
             let attempted_at = now();
-            let outcome = post(client, config, endpoint, body).await;
+            let body = Change::of(row)
+                .map_err(|e| e.to_string())
+                .and_then(|change| {
+                    serde_json::to_vec(&Notification {
+                        id: &change.cursor,
+                        kind: "entitlements.updated",
+                        created: change.changed_at.timestamp(),
+                        data: &change,
+                    })
+                    .map_err(|e| format!("change {} cannot be written: {e}", change.cursor))
+                });
+            // What cannot be sent is a failed attempt like any other: retried, shown to
+            // operators, given up only after `retry_for`; never sent without its answer.
+            let outcome = match body {
+                Ok(body) => post(client, config, endpoint, body).await,
+                Err(error) => Outcome {
+                    status: None,
+                    error: Some(error),
+                },
+            };
             let retry = state.retry.take().filter(|r| r.seq == row.seq);
             let attempt_number = retry.as_ref().map_or(1, |r| r.attempts + 1);
             let first_attempt_ms = retry.as_ref().map_or(attempted_at, |r| r.first_attempt_ms);
@@ -365,7 +376,7 @@ impl Engine {
                 "delivered"
             } else if attempted_at.saturating_sub(first_attempt_ms) >= retry_for {
                 state.delivered_through = row.seq;
-                tracing::error!(endpoint = %redacted(endpoint), change = %change.cursor, attempts = attempt_number, "a notification was given up");
+                tracing::error!(endpoint = %redacted(endpoint), change = %cursor_of(row.seq), attempts = attempt_number, "a notification was given up");
                 "gave_up"
             } else {
                 let backoff = config
@@ -381,7 +392,7 @@ impl Engine {
                     next_attempt_ms: now()
                         .saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX)),
                 });
-                tracing::warn!(endpoint = %redacted(endpoint), change = %change.cursor, error = ?outcome.error, "a notification failed; retrying");
+                tracing::warn!(endpoint = %redacted(endpoint), change = %cursor_of(row.seq), error = ?outcome.error, "a notification failed; retrying");
                 "failed"
             };
             let attempt = Attempt {

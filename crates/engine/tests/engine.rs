@@ -412,7 +412,15 @@ async fn a_worker_and_an_operator_racing_on_one_customer_lose_nothing() {
     });
     for n in 0..HOLDS {
         operator
-            .place_hold("cus_1", &format!("hold_{n}"), None, "review", None, "op")
+            .place_hold(
+                "cus_1",
+                &format!("hold_{n}"),
+                None,
+                "review",
+                false,
+                None,
+                "op",
+            )
             .await
             .unwrap_or_else(|e| panic!("hold_{n}: {e}"));
     }

@@ -52,6 +52,18 @@
 //!                payment_behavior: pending_if_incomplete }  # applies only once paid
 //! ```
 //!
+//! Operators' holds and grants, through Subledger's API (they happen at the story's time):
+//!
+//! ```yaml
+//!   - place_hold: { customer: cus_x, id: hold_1, reason: review }   # `subscription`: only that
+//!                                             # one; `covers_grants: true`: grants too
+//!   - lift_hold: { customer: cus_x, id: hold_1 }
+//!   - grant: { customer: cus_x, id: g_1, feature: seats, limit: 5, mode: add,  # or enabled:
+//!              expires_at: 2026-02-01T00:00:00Z, reason: outage }            # true|false, set
+//!   - revoke_grant: { customer: cus_x, id: g_1 }
+//!   - expect: { customer: cus_x, grants: [g_1], features: { seats: 15 } }  # grants that count
+//! ```
+//!
 //! Drift, and the operator commands that learn what was missed:
 //!
 //! ```yaml
@@ -197,8 +209,26 @@ pub enum Action {
         id: String,
         subscription: Option<String>,
         reason: String,
+        /// A customer-wide hold that takes the customer's grants away too.
+        covers_grants: bool,
     },
     LiftHold {
+        customer: String,
+        id: String,
+    },
+    /// An operator's grant, through Subledger's own API: `enabled` or `limit`, `set` or `add`.
+    Grant {
+        customer: String,
+        id: String,
+        feature: String,
+        value: subledger_domain::grants::GrantValue,
+        mode: subledger_domain::grants::GrantMode,
+        subscription: Option<String>,
+        starts_at: Option<DateTime<Utc>>,
+        expires_at: Option<DateTime<Utc>>,
+        reason: String,
+    },
+    RevokeGrant {
         customer: String,
         id: String,
     },
@@ -286,6 +316,8 @@ impl Action {
             self,
             Self::PlaceHold { .. }
                 | Self::LiftHold { .. }
+                | Self::Grant { .. }
+                | Self::RevokeGrant { .. }
                 | Self::Webhooks { .. }
                 | Self::Silently(_)
                 | Self::Backfill { .. }
@@ -358,6 +390,13 @@ impl Action {
             Self::DeleteCustomer { id } => format!("delete_customer {id}"),
             Self::PlaceHold { customer, id, .. } => format!("place hold {id} on {customer}"),
             Self::LiftHold { customer, id } => format!("lift hold {id} on {customer}"),
+            Self::Grant {
+                customer,
+                id,
+                feature,
+                ..
+            } => format!("grant {id} of {feature} to {customer}"),
+            Self::RevokeGrant { customer, id } => format!("revoke grant {id} of {customer}"),
             Self::Pause {
                 subscription,
                 behavior,
@@ -433,6 +472,8 @@ pub struct Expectation {
     pub dunning: Option<DunningExpectation>,
     pub subscriptions: BTreeMap<String, String>,
     pub plans: Option<Vec<String>>,
+    /// The ids of the operators' grants that count in the answer, in its order.
+    pub grants: Option<Vec<String>>,
     pub features: BTreeMap<String, FeatureExpectation>,
     pub stripe: BTreeMap<String, String>,
     pub invoices: BTreeMap<String, Vec<String>>,
@@ -953,12 +994,27 @@ impl Reader {
                 }
             }
             "place_hold" => {
-                let map = self.args(value, name, &["customer", "id", "subscription", "reason"])?;
+                let map = self.args(value, name, &["customer", "id", "subscription", "reason", "covers_grants"])?;
                 Action::PlaceHold {
                     customer: self.required_str(map, "customer")?.to_owned(),
                     id: self.required_str(map, "id")?.to_owned(),
                     subscription: self.optional_str(map, "subscription")?,
                     reason: self.required_str(map, "reason")?.to_owned(),
+                    covers_grants: match self.optional_str(map, "covers_grants")?.as_deref() {
+                        None | Some("false") => false,
+                        Some("true") => true,
+                        Some(other) => {
+                            return Err(self.error(value.span(), format!("`covers_grants` is true or false, not `{other}`")))
+                        }
+                    },
+                }
+            }
+            "grant" => self.grant(value, name)?,
+            "revoke_grant" => {
+                let map = self.args(value, name, &["customer", "id"])?;
+                Action::RevokeGrant {
+                    customer: self.required_str(map, "customer")?.to_owned(),
+                    id: self.required_str(map, "id")?.to_owned(),
                 }
             }
             "lift_hold" => {
@@ -1064,7 +1120,7 @@ impl Reader {
                         "unknown step `{other}` (expected create_customer, change_card, subscribe, advance, advance_to, \
                          upgrade, downgrade, release_schedule, cancel, undo_cancel, pause, resume, complete_3ds, abandon_3ds, \
                          open_dispute, close_dispute, order, pay_order, complete_order_3ds, cancel_at, place_hold, lift_hold, \
-                         cancel_order, refund_order, delete_customer, webhooks, silently, backfill, reconcile or expect)"
+                         grant, revoke_grant, cancel_order, refund_order, delete_customer, webhooks, silently, backfill, reconcile or expect)"
                     ),
                 ))
             }
@@ -1129,6 +1185,65 @@ impl Reader {
         Ok(step)
     }
 
+    /// `grant: { customer, id, feature, enabled | limit, mode, subscription, starts_at,
+    /// expires_at, reason }`.
+    fn grant(&self, value: &Node, name: &str) -> Result<Action, ScenarioError> {
+        use subledger_domain::grants::{GrantMode, GrantValue};
+        let map = self.args(
+            value,
+            name,
+            &[
+                "customer",
+                "id",
+                "feature",
+                "enabled",
+                "limit",
+                "mode",
+                "subscription",
+                "starts_at",
+                "expires_at",
+                "reason",
+            ],
+        )?;
+        let enabled = self.optional_str(map, "enabled")?;
+        let limit = self.optional_str(map, "limit")?;
+        let value_of = match (enabled.as_deref(), limit.as_deref()) {
+            (Some("true"), None) => GrantValue::Enabled(true),
+            (Some("false"), None) => GrantValue::Enabled(false),
+            (None, Some(limit)) => GrantValue::Limit(limit.parse().map_err(|_| {
+                self.error(
+                    value.span(),
+                    format!("`limit` must be a whole number, not `{limit}`"),
+                )
+            })?),
+            _ => {
+                return Err(self.error(
+                    value.span(),
+                    "a grant gives exactly one of `enabled: true|false` and `limit: N`",
+                ))
+            }
+        };
+        let mode = match self.optional_str(map, "mode")?.as_deref() {
+            None | Some("set") => GrantMode::Set,
+            Some("add") => GrantMode::Add,
+            Some(other) => {
+                return Err(self.error(value.span(), format!("`mode` is set or add, not `{other}`")))
+            }
+        };
+        let time = |key: &str| map.get_node(key).map(|node| self.time(node)).transpose();
+        Ok(Action::Grant {
+            customer: self.required_str(map, "customer")?.to_owned(),
+            id: self.required_str(map, "id")?.to_owned(),
+            feature: self.required_str(map, "feature")?.to_owned(),
+            value: value_of,
+            mode,
+            subscription: self.optional_str(map, "subscription")?,
+            starts_at: time("starts_at")?,
+            expires_at: time("expires_at")?,
+            reason: self.required_str(map, "reason")?.to_owned(),
+        })
+    }
+
     fn expectation(&self, node: &Node) -> Result<Expectation, ScenarioError> {
         let map = self.args(
             node,
@@ -1144,6 +1259,7 @@ impl Reader {
                 "user",
                 "stripe",
                 "invoices",
+                "grants",
             ],
         )?;
         let mut expectation = Expectation {
@@ -1159,6 +1275,9 @@ impl Reader {
         }
         if let Some(node) = map.get_node("plans") {
             expectation.plans = Some(self.string_list(node, "`plans`")?);
+        }
+        if let Some(node) = map.get_node("grants") {
+            expectation.grants = Some(self.string_list(node, "`grants`")?);
         }
         if let Some(node) = map.get_node("features") {
             let features = self.mapping(node, "`features`")?;
@@ -1229,6 +1348,7 @@ impl Reader {
         }
         let about_engine = !expectation.subscriptions.is_empty()
             || expectation.plans.is_some()
+            || expectation.grants.is_some()
             || !expectation.features.is_empty()
             || expectation.dunning.is_some()
             || !expectation.scheduled.is_empty()

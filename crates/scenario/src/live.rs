@@ -290,15 +290,49 @@ impl LiveRun<'_> {
                 id,
                 subscription,
                 reason,
+                covers_grants,
             } => {
                 // Subledger's clock is the wall clock; the story's is the test clock: say when.
                 let body = serde_json::json!({
                     "hold_id": id,
                     "reason": reason,
+                    "covers_grants": covers_grants,
                     "at": self.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     "subscription": subscription.as_deref().map(|s| self.id(s)).transpose()?,
                 });
                 self.engine_call("POST", &format!("/v1/customers/{}/holds", self.id(customer)?), Some(body)).await?;
+            }
+            Action::Grant {
+                customer,
+                id,
+                feature,
+                value,
+                mode,
+                subscription,
+                starts_at,
+                expires_at,
+                reason,
+            } => {
+                let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                let mut body = serde_json::json!({
+                    "grant_id": id,
+                    "feature": feature,
+                    "mode": mode,
+                    "reason": reason,
+                    "at": time(&self.now),
+                    "subscription": subscription.as_deref().map(|s| self.id(s)).transpose()?,
+                    "starts_at": starts_at.as_ref().map(time),
+                    "expires_at": expires_at.as_ref().map(time),
+                });
+                match value {
+                    subledger_domain::grants::GrantValue::Enabled(enabled) => body["enabled"] = serde_json::json!(enabled),
+                    subledger_domain::grants::GrantValue::Limit(limit) => body["limit"] = serde_json::json!(limit),
+                }
+                self.engine_call("POST", &format!("/v1/customers/{}/grants", self.id(customer)?), Some(body)).await?;
+            }
+            Action::RevokeGrant { customer, id } => {
+                let at = self.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                self.engine_call("DELETE", &format!("/v1/customers/{}/grants/{id}?at={at}", self.id(customer)?), None).await?;
             }
             Action::LiftHold { customer, id } => {
                 let at = self.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

@@ -335,6 +335,7 @@ async fn play(
                 id,
                 subscription,
                 reason,
+                covers_grants,
             } => {
                 // An operator holds a customer Subledger already answers for: what was sent
                 // so far arrives first (the reference story, which skips expectations, too).
@@ -351,6 +352,7 @@ async fn play(
                                 .as_deref()
                                 .map(subledger_domain::ids::SubscriptionId::new),
                             reason,
+                            *covers_grants,
                             Some(simulator.now()),
                             "scenario",
                         )
@@ -358,6 +360,56 @@ async fn play(
                         .map_err(|e| format!("Subledger refused the hold: {e}")),
                 }
             }
+            Action::Grant {
+                customer,
+                id,
+                feature,
+                value,
+                mode,
+                subscription,
+                starts_at,
+                expires_at,
+                reason,
+            } => {
+                // As with a hold: what was sent so far arrives first.
+                drop(simulator);
+                let settled = settle(&engine, &mut deliverer, &shared).await;
+                simulator = shared.lock().await;
+                let grant = subledger_domain::grants::CustomerGrant {
+                    id: id.clone(),
+                    terms: subledger_domain::grants::GrantTerms {
+                        feature: feature.clone(),
+                        value: *value,
+                        mode: *mode,
+                        subscription: subscription
+                            .as_deref()
+                            .map(subledger_domain::ids::SubscriptionId::new),
+                        starts_at: *starts_at,
+                        expires_at: *expires_at,
+                        reason: reason.clone(),
+                    },
+                    granted_by: "scenario".to_owned(),
+                    granted_at: simulator.now(),
+                };
+                match settled {
+                    Err(e) => Err(e),
+                    Ok(()) => engine
+                        .give_grant(&customer_key(&simulator, customer), grant, "scenario")
+                        .await
+                        .map(drop)
+                        .map_err(|e| format!("Subledger refused the grant: {e}")),
+                }
+            }
+            Action::RevokeGrant { customer, id } => engine
+                .revoke_grant(
+                    &customer_key(&simulator, customer),
+                    id,
+                    "scenario",
+                    Some(simulator.now()),
+                    "scenario",
+                )
+                .await
+                .map_err(|e| format!("Subledger refused to revoke the grant: {e}")),
             Action::LiftHold { customer, id } => engine
                 .lift_hold(
                     &customer_key(&simulator, customer),
@@ -735,7 +787,10 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
         Action::UndoCancel { subscription } => sim.undo_cancel(subscription),
         Action::ReleaseSchedule { subscription } => sim.release_schedule_of(subscription),
         Action::DeleteCustomer { id } => sim.delete_customer(id),
-        Action::PlaceHold { .. } | Action::LiftHold { .. } => Ok(()),
+        Action::PlaceHold { .. }
+        | Action::LiftHold { .. }
+        | Action::Grant { .. }
+        | Action::RevokeGrant { .. } => Ok(()),
         Action::Pause {
             subscription,
             behavior,
@@ -878,6 +933,17 @@ pub(crate) fn check_entitlements(
         if actual != *plans {
             failures.push(format!(
                 "plans: expected {plans:?}, Subledger says {actual:?}"
+            ));
+        }
+    }
+    if let Some(grants) = &expectation.grants {
+        let actual: Vec<&str> = answer["grants"]
+            .as_array()
+            .map(|g| g.iter().filter_map(|g| g["id"].as_str()).collect())
+            .unwrap_or_default();
+        if actual != *grants {
+            failures.push(format!(
+                "grants: expected {grants:?}, Subledger says {actual:?}"
             ));
         }
     }

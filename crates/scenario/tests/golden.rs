@@ -239,6 +239,7 @@ async fn write_golden() {
             "hold_fraud_review",
             None,
             "fraud review",
+            false,
             Some(at - chrono::Duration::days(2)),
             "golden",
         )

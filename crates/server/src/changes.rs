@@ -49,7 +49,7 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Changes a stream may fall behind the tail before it reads them from the store instead.
 const TAIL_CAPACITY: usize = 4096;
 
-use subledger_engine::changes::{cursor_of, Change, CURSOR_PREFIX};
+use subledger_engine::changes::{cursor_of, Change, UnreadableChange, CURSOR_PREFIX};
 
 fn invalid_cursor(name: &str, value: &str) -> ApiError {
     ApiError::new(
@@ -79,6 +79,16 @@ async fn parse_cursor(engine: &Engine, name: &str, value: &str) -> Result<i64, A
         ));
     }
     Ok(seq)
+}
+
+/// A stored change this build cannot read back: the feed cannot go past it.
+fn unreadable(error: UnreadableChange) -> ApiError {
+    tracing::error!(%error, "the change feed holds a damaged change");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "unreadable_change",
+        format!("{error}; an operator must repair it before the feed can go on"),
+    )
 }
 
 fn store_failed(error: impl std::fmt::Display) -> ApiError {
@@ -132,6 +142,7 @@ fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
     responses((status = 200, body = ChangesPage),
         (status = 400, description = "A malformed or unknown cursor, or a limit out of range", body = crate::error::ApiErrorBody),
         (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 500, description = "A stored change cannot be read back (`unreadable_change`)", body = crate::error::ApiErrorBody),
         (status = 503, description = "The store cannot be read", body = crate::error::ApiErrorBody),
     ),
     security(("bearer" = [])))]
@@ -156,16 +167,44 @@ pub(crate) async fn list(
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     let next_cursor = rows.last().map(|row| row.seq).or(after).map(cursor_of);
     Ok(Json(ChangesPage {
-        changes: rows.iter().map(Change::of).collect(),
+        changes: rows
+            .iter()
+            .map(Change::of)
+            .collect::<Result<_, _>>()
+            .map_err(unreadable)?,
         next_cursor,
         has_more,
     }))
 }
 
+/// A change as a stream sends it, written once for every stream that sends it: the cursor
+/// and the change's JSON (or why the stored row cannot be read). With hundreds of subscribers
+/// each change would otherwise be parsed and written again per subscriber, on the cores that
+/// acknowledge webhooks.
+#[derive(Debug)]
+struct PreparedChange {
+    seq: i64,
+    cursor: String,
+    json: Result<String, String>,
+}
+
+impl PreparedChange {
+    fn of(row: &ChangeRow) -> Self {
+        let json = Change::of(row)
+            .map_err(|error| error.to_string())
+            .and_then(|change| serde_json::to_string(&change).map_err(|e| e.to_string()));
+        Self {
+            seq: row.seq,
+            cursor: cursor_of(row.seq),
+            json,
+        }
+    }
+}
+
 /// Reads the changes other servers and this one record, once per server, for every stream.
 #[derive(Debug)]
 pub struct ChangeTail {
-    sender: broadcast::Sender<Arc<ChangeRow>>,
+    sender: broadcast::Sender<Arc<PreparedChange>>,
     /// The newest change handed out.
     head: AtomicI64,
 }
@@ -205,7 +244,9 @@ impl ChangeTail {
                         for row in rows {
                             head = row.seq;
                             // No receiver is no error: nobody is listening right now.
-                            let _ = tail.sender.send(Arc::new(row));
+                            if tail.sender.receiver_count() > 0 {
+                                let _ = tail.sender.send(Arc::new(PreparedChange::of(&row)));
+                            }
                         }
                         tail.head.store(head, Ordering::Release);
                         if full {
@@ -236,16 +277,16 @@ impl Default for ChangeTail {
 struct Follower {
     engine: Arc<Engine>,
     tail: Arc<ChangeTail>,
-    receiver: Option<broadcast::Receiver<Arc<ChangeRow>>>,
+    receiver: Option<broadcast::Receiver<Arc<PreparedChange>>>,
     /// The newest change sent.
     cursor: i64,
-    ready: VecDeque<Arc<ChangeRow>>,
+    ready: VecDeque<Arc<PreparedChange>>,
 }
 
 impl Follower {
     /// The next change after the cursor: from the store until caught up with the tail, then
     /// from the tail (back to the store if it fell too far behind).
-    async fn next(&mut self) -> Arc<ChangeRow> {
+    async fn next(&mut self) -> Arc<PreparedChange> {
         loop {
             if let Some(row) = self.ready.pop_front() {
                 if row.seq > self.cursor {
@@ -269,7 +310,8 @@ impl Follower {
                     match self.engine.changes_after(self.cursor, 500).await {
                         Ok(rows) => {
                             let caught_up = rows.len() < 500;
-                            self.ready.extend(rows.into_iter().map(Arc::new));
+                            self.ready
+                                .extend(rows.iter().map(|row| Arc::new(PreparedChange::of(row))));
                             if caught_up {
                                 self.receiver = Some(receiver);
                             }
@@ -316,15 +358,25 @@ pub(crate) async fn stream(
         cursor,
         ready: VecDeque::new(),
     };
-    let events = futures_util::stream::unfold(follower, |mut follower| async move {
-        let row = follower.next().await;
-        let change = Change::of(&row);
-        let event = Event::default()
-            .id(change.cursor.clone())
-            .event("entitlements.updated")
-            .json_data(&change)
-            .unwrap_or_else(|_| Event::default().comment("a change could not be serialized"));
-        Some((Ok(event), follower))
+    // A change that cannot be read ends the stream with a comment saying so: skipping it
+    // would lose it, and a reconnecting consumer meets the same error as a 500 from the list.
+    let events = futures_util::stream::unfold(Some(follower), |follower| async move {
+        let mut follower = follower?;
+        let change = follower.next().await;
+        match &change.json {
+            Ok(json) => {
+                let event = Event::default()
+                    .id(change.cursor.as_str())
+                    .event("entitlements.updated")
+                    .data(json);
+                Some((Ok(event), Some(follower)))
+            }
+            Err(error) => {
+                tracing::error!(%error, "a change stream ends at a damaged change");
+                let last = Event::default().comment(format!("{error}; the stream ends here"));
+                Some((Ok(last), None))
+            }
+        }
     });
     let events = futures_util::stream::once(std::future::ready(Ok(start))).chain(events);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
@@ -371,6 +423,7 @@ fn bad_query(code: &'static str, message: impl Into<String>) -> ApiError {
     responses((status = 200, body = BulkAnswer),
         (status = 400, description = "Neither or both of `customers` and `changed_since`, too many or malformed customer ids, a malformed or unknown cursor, a limit out of range", body = crate::error::ApiErrorBody),
         (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
+        (status = 500, description = "A stored change cannot be read back (`unreadable_change`)", body = crate::error::ApiErrorBody),
         (status = 503, description = "The store cannot be read", body = crate::error::ApiErrorBody),
     ),
     security(("bearer" = [])))]
@@ -465,8 +518,9 @@ async fn changed_since(
     Ok(Json(BulkAnswer {
         entitlements: latest
             .into_iter()
-            .map(|row| serde_json::from_str(&row.answer).unwrap_or(Value::Null))
-            .collect(),
+            .map(|row| Change::of(row).map(|change| change.entitlements))
+            .collect::<Result<_, _>>()
+            .map_err(unreadable)?,
         not_found: None,
         next_cursor: Some(next_cursor),
         has_more: Some(has_more),

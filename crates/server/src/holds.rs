@@ -28,6 +28,10 @@ pub(crate) struct NewHold {
     hold_id: Option<String>,
     /// RFC 3339: when the hold started, to record one decided earlier (default: now).
     at: Option<String>,
+    /// A customer-wide hold that takes the customer's grants away too (default: grants
+    /// stand; see the README's "Grants").
+    #[serde(default)]
+    covers_grants: bool,
 }
 
 /// `?at=<RFC 3339>` on a lift: when it was lifted (default: now).
@@ -126,6 +130,13 @@ pub(crate) async fn place(
             ))
         }
     };
+    if hold.covers_grants && hold.subscription.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "`covers_grants` is for a hold on the whole customer: leave out `subscription`",
+        ));
+    }
     let subscription = hold.subscription.map(SubscriptionId::new);
     let at = moment(hold.at.as_deref())?;
     state
@@ -135,6 +146,7 @@ pub(crate) async fn place(
             &hold_id,
             subscription.clone(),
             reason,
+            hold.covers_grants,
             at,
             &correlation_id(&headers),
         )
@@ -145,6 +157,7 @@ pub(crate) async fn place(
         "customer": customer.stripe_id(),
         "subscription": subscription,
         "reason": reason,
+        "covers_grants": hold.covers_grants,
     });
     if let Some(account) = customer.account() {
         body["account"] = json!(account);

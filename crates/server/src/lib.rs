@@ -25,6 +25,7 @@ pub mod changes;
 pub mod dashboard;
 pub mod entitlements;
 pub mod error;
+pub mod grants;
 pub mod holds;
 pub mod metrics;
 pub mod openapi;
@@ -74,7 +75,7 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
     // Full paths rather than a nested `/v1` router: nesting rewrites every request's URI.
     // Each `/v1` route serves the platform's own customers and, under
     // `/v1/accounts/{account}`, a connected account's ([`paths`]).
-    let v1: [(&str, MethodRouter<AppState>); 9] = [
+    let v1: [(&str, MethodRouter<AppState>); 11] = [
         (
             "/v1/customers/{customer_id}/entitlements",
             get(entitlements::customer_entitlements),
@@ -104,6 +105,11 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
         (
             "/v1/customers/{customer_id}/holds/{hold_id}",
             axum::routing::delete(holds::lift),
+        ),
+        ("/v1/customers/{customer_id}/grants", post(grants::give)),
+        (
+            "/v1/customers/{customer_id}/grants/{grant_id}",
+            axum::routing::delete(grants::revoke),
         ),
     ];
     let routes = v1

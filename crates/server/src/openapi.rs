@@ -24,6 +24,8 @@ use utoipa::{Modify, OpenApi};
         crate::entitlements::customer_timeline,
         crate::holds::place,
         crate::holds::lift,
+        crate::grants::give,
+        crate::grants::revoke,
         crate::orders::order,
         crate::changes::list,
         crate::changes::stream,

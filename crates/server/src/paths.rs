@@ -113,4 +113,8 @@ impl RouteNames {
     pub(crate) fn hold_id(&self) -> Result<&str, ApiError> {
         self.get("hold_id")
     }
+
+    pub(crate) fn grant_id(&self) -> Result<&str, ApiError> {
+        self.get("grant_id")
+    }
 }

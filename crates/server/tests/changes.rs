@@ -13,10 +13,8 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use subledger_domain::catalog::Catalog;
 use subledger_engine::clock::ManualClock;
-use subledger_engine::{Engine, EngineConfig, WebhookSecret};
-use subledger_server::{router, ApiTokens};
+use subledger_engine::{Engine, WebhookSecret};
 use subledger_store::scratch::ScratchDatabase;
 
 use common::*;
@@ -275,6 +273,72 @@ async fn the_stream_starts_from_now_or_resumes_after_the_last_event_id() {
     engine.close().await;
 }
 
+/// A change whose stored answer is damaged (by hand: this build never writes one) is never
+/// passed on as a change with no answer: the list and the bulk read refuse with a 500 naming
+/// it, and a stream ends at it saying why.
+#[tokio::test]
+async fn a_damaged_change_is_refused_by_name_not_passed_on_empty() {
+    let test_db = ScratchDatabase::sqlite_file().await.unwrap();
+    let (engine, app) = start_with(&test_db, &[], &[ADMIN]).await;
+    for (i, customer) in ["cus_a", "cus_b"].iter().enumerate() {
+        send(
+            &app,
+            signed_webhook(&customer_event(&format!("evt_{i}"), customer, now())),
+        )
+        .await;
+    }
+    engine.drain().await.unwrap();
+    let (before, _) = changes(&app, None).await;
+    assert_eq!(before.len(), 2);
+    let subledger_store::Database::Sqlite(pool) = &test_db.database else {
+        unreachable!("a SQLite scratch database")
+    };
+    sqlx::query("UPDATE entitlement_changes SET answer = 'null' WHERE seq = 2")
+        .execute(pool)
+        .await
+        .unwrap();
+    for path in [
+        "/v1/changes",
+        "/v1/changes?after=chg_1",
+        "/v1/entitlements?changed_since=chg_0",
+    ] {
+        let (status, body) = send(&app, admin_get(path)).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!("unreadable_change")
+            ),
+            "{path}: {body}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains("chg_2"),
+            "{path}: {body}"
+        );
+    }
+    // Before it, the feed reads as it did.
+    let (status, page) = send(&app, admin_get("/v1/changes?limit=1")).await;
+    assert_eq!((status, &page["changes"][0]), (StatusCode::OK, &before[0]));
+
+    let mut resume = admin_get("/v1/changes/stream");
+    resume
+        .headers_mut()
+        .insert("last-event-id", "chg_1".parse().unwrap());
+    let body = send_raw(&app, resume).await.into_body();
+    let text = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("the stream ends at the damaged change")
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("change chg_2 cannot be read") && !text.contains("data:"),
+        "{text}"
+    );
+    engine.close().await;
+    test_db.cleanup().await.unwrap();
+}
+
 /// The response itself, headers and all.
 async fn send_raw(app: &Router, request: Request<Body>) -> axum::response::Response {
     use tower::ServiceExt;
@@ -429,17 +493,13 @@ async fn server_on(
     clock: Arc<ManualClock>,
     catalog: &str,
 ) -> (Arc<Engine>, Router) {
-    let mut config = EngineConfig::new(
-        scratch.url.clone(),
-        Catalog::from_yaml("catalog", catalog).unwrap(),
-    );
-    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
-    config.poll_interval = Duration::from_millis(20);
+    let mut config = engine_config(scratch, catalog);
     config.clock = clock;
     // Long enough that the answer's own deadline is what bounds `max-age`.
     config.answer_max_age = Duration::from_secs(30 * 86_400);
     let engine = Engine::start(config).await.unwrap();
-    (engine.clone(), router(engine, ApiTokens::none()))
+    let app = app(&engine, &[], &[]);
+    (engine, app)
 }
 
 fn signed_at(event: &Value, at: i64) -> Request<Body> {

@@ -17,10 +17,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
-use subledger_domain::catalog::Catalog;
 use subledger_engine::notify::NotifyConfig;
-use subledger_engine::{Engine, EngineConfig, Shutdown, WebhookSecret, WebhookVerifier};
-use subledger_server::{router, ApiToken, ApiTokens};
+use subledger_engine::{Engine, Shutdown, WebhookSecret, WebhookVerifier};
 use subledger_store::scratch::ScratchDatabase;
 use tokio::task::JoinHandle;
 
@@ -89,12 +87,7 @@ async fn server(
     endpoint: &str,
     shutdown: &Shutdown,
 ) -> (Arc<Engine>, Router, Vec<JoinHandle<()>>) {
-    let mut config = EngineConfig::new(
-        scratch.url.clone(),
-        Catalog::from_yaml("catalog", CATALOG).unwrap(),
-    );
-    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
-    config.poll_interval = Duration::from_millis(20);
+    let mut config = engine_config(scratch, CATALOG);
     let mut notify = NotifyConfig::new(
         vec![endpoint.to_owned()],
         vec![
@@ -112,10 +105,7 @@ async fn server(
         engine.spawn_projector(shutdown.clone()),
         engine.spawn_notifier(shutdown.clone()).unwrap(),
     ];
-    let app = router(
-        engine.clone(),
-        ApiTokens::new(Vec::new(), vec![ApiToken::new(&ADMIN.into())]),
-    );
+    let app = app(&engine, &[], &[ADMIN]);
     (engine, app, tasks)
 }
 

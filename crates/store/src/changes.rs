@@ -108,6 +108,14 @@ impl Database {
         Ok(rows)
     }
 
+    /// When the first fed answer that holds only until some time stops holding.
+    pub async fn feed_next_due(&self) -> Result<Option<i64>, StoreError> {
+        const SQL: &str = "SELECT MIN(valid_until_ms) FROM entitlement_feed_state";
+        let next: Option<i64> =
+            on_pool!(self, pool => sqlx::query_scalar(SQL).fetch_one(pool).await?);
+        Ok(next)
+    }
+
     /// The answers last fed for `customers` (those never fed are absent).
     pub async fn fed_answers(
         &self,

@@ -38,6 +38,10 @@ pub struct Customer {
     /// Every hold id ever placed, so a repeated request is recognised after the lift too.
     #[serde(default)]
     placed_holds: BTreeSet<String>,
+    /// Every grant ever given, by id, and whether it was revoked: a repeated request is
+    /// recognised by its terms, after a revocation too.
+    #[serde(default)]
+    grants: BTreeMap<String, (crate::grants::GrantTerms, bool)>,
 }
 
 /// A recorded snapshot, the Stripe time it describes, and where it sat in the object's history.
@@ -69,6 +73,11 @@ struct TrackedInvoice {
 pub enum CustomerError {
     #[error("no hold `{0}` is in force")]
     NoSuchHold(String),
+    #[error("no grant `{0}` was given")]
+    NoSuchGrant(String),
+    /// The grant id is taken by other terms, or by a grant since revoked.
+    #[error("grant `{id}` was given with other terms{}", if *.revoked { " and has been revoked" } else { "" })]
+    GrantConflict { id: String, revoked: bool },
     #[error("the customer has no subscription `{0}`")]
     NoSuchSubscription(String),
     /// A fact about an invoice Subledger has not heard of yet: retried later, in order.
@@ -121,6 +130,7 @@ impl Customer {
                 hold_id,
                 subscription,
                 reason,
+                covers_grants,
                 placed_at,
             } => {
                 // The same request twice places one hold.
@@ -129,11 +139,28 @@ impl Customer {
                 }
                 Ok(vec![CustomerEvent::HoldPlaced {
                     hold_id,
+                    // Only a customer-wide hold reaches the customer's grants.
+                    covers_grants: covers_grants && subscription.is_none(),
                     subscription,
                     reason,
                     occurred_at: placed_at,
                 }])
             }
+            CustomerCommand::GiveGrant { grant } => self.decide_grant(grant),
+            CustomerCommand::RevokeGrant {
+                grant_id,
+                revoked_by,
+                revoked_at,
+            } => match self.grants.get(&grant_id) {
+                None => Err(CustomerError::NoSuchGrant(grant_id)),
+                // Revoking twice revokes once.
+                Some((_, true)) => Ok(vec![]),
+                Some((_, false)) => Ok(vec![CustomerEvent::GrantRevoked {
+                    grant_id,
+                    revoked_by,
+                    occurred_at: revoked_at,
+                }]),
+            },
             CustomerCommand::RecordDispute {
                 dispute,
                 occurred_at,
@@ -200,6 +227,35 @@ impl Customer {
         }
     }
 
+    /// A grant is given once: the same id with the same terms again is a retry, with other
+    /// terms (or after it was revoked) a conflict. One scoped to a subscription needs a
+    /// subscription of the customer's that has not ended.
+    fn decide_grant(
+        &self,
+        grant: crate::grants::CustomerGrant,
+    ) -> Result<Vec<CustomerEvent>, CustomerError> {
+        if let Some((terms, revoked)) = self.grants.get(&grant.id) {
+            if *terms == grant.terms && !revoked {
+                return Ok(vec![]);
+            }
+            return Err(CustomerError::GrantConflict {
+                id: grant.id,
+                revoked: *revoked,
+            });
+        }
+        if let Some(subscription) = &grant.terms.subscription {
+            let live = self
+                .subscriptions
+                .get(subscription)
+                .is_some_and(|known| !known.value.status.is_terminal());
+            if !live {
+                return Err(CustomerError::NoSuchSubscription(subscription.to_string()));
+            }
+        }
+        let occurred_at = grant.granted_at;
+        Ok(vec![CustomerEvent::GrantGiven { grant, occurred_at }])
+    }
+
     fn decide_fact(&self, command: CustomerCommand) -> Vec<CustomerEvent> {
         match command {
             CustomerCommand::RecordDeletion { occurred_at } => {
@@ -227,6 +283,8 @@ impl Customer {
             }
             CustomerCommand::PlaceHold { .. }
             | CustomerCommand::LiftHold { .. }
+            | CustomerCommand::GiveGrant { .. }
+            | CustomerCommand::RevokeGrant { .. }
             | CustomerCommand::RecordDetails { .. }
             | CustomerCommand::RecordStripeEntitlements { .. }
             | CustomerCommand::RecordSchedule { .. }
@@ -632,6 +690,14 @@ impl Aggregate for Customer {
             }
             CustomerEvent::HoldLifted { hold_id, .. } => {
                 self.holds.remove(&hold_id);
+            }
+            CustomerEvent::GrantGiven { grant, .. } => {
+                self.grants.insert(grant.id, (grant.terms, false));
+            }
+            CustomerEvent::GrantRevoked { grant_id, .. } => {
+                if let Some((_, revoked)) = self.grants.get_mut(&grant_id) {
+                    *revoked = true;
+                }
             }
             CustomerEvent::ScheduleRecorded {
                 schedule,
@@ -1537,6 +1603,7 @@ mod tests {
             hold_id: "hold_1".to_owned(),
             subscription: None,
             reason: "chargeback review".to_owned(),
+            covers_grants: false,
             occurred_at: at(1),
         };
         CustomerTest::with(())
@@ -1545,6 +1612,7 @@ mod tests {
                 hold_id: "hold_1".to_owned(),
                 subscription: None,
                 reason: "chargeback review".to_owned(),
+                covers_grants: false,
                 placed_at: at(1),
             })
             .then_expect_events(vec![placed.clone()]);
@@ -1575,7 +1643,108 @@ mod tests {
                 hold_id: "hold_1".to_owned(),
                 subscription: Some(SubscriptionId::new("sub_nope")),
                 reason: "r".to_owned(),
+                covers_grants: false,
                 placed_at: at(1),
+            })
+            .then_expect_error(CustomerError::NoSuchSubscription("sub_nope".to_owned()));
+    }
+
+    fn seats_grant(
+        id: &str,
+        limit: u64,
+        subscription: Option<&str>,
+    ) -> crate::grants::CustomerGrant {
+        crate::grants::CustomerGrant {
+            id: id.to_owned(),
+            terms: crate::grants::GrantTerms {
+                feature: "seats".to_owned(),
+                value: crate::grants::GrantValue::Limit(limit),
+                mode: crate::grants::GrantMode::Add,
+                subscription: subscription.map(SubscriptionId::new),
+                starts_at: None,
+                expires_at: None,
+                reason: "outage".to_owned(),
+            },
+            granted_by: "ops".to_owned(),
+            granted_at: at(5),
+        }
+    }
+
+    #[test]
+    fn a_grant_is_given_once_conflicts_by_terms_and_is_revoked_once() {
+        let given = CustomerEvent::GrantGiven {
+            grant: seats_grant("grant_1", 5, None),
+            occurred_at: at(5),
+        };
+        CustomerTest::with(())
+            .given_no_previous_events()
+            .when(CustomerCommand::GiveGrant {
+                grant: seats_grant("grant_1", 5, None),
+            })
+            .then_expect_events(vec![given.clone()]);
+        // A retry, given later by someone else, is the same grant.
+        let mut retried = seats_grant("grant_1", 5, None);
+        retried.granted_at = at(9);
+        retried.granted_by = "someone else".to_owned();
+        CustomerTest::with(())
+            .given(vec![given.clone()])
+            .when(CustomerCommand::GiveGrant { grant: retried })
+            .then_expect_events(vec![]);
+        CustomerTest::with(())
+            .given(vec![given.clone()])
+            .when(CustomerCommand::GiveGrant {
+                grant: seats_grant("grant_1", 6, None),
+            })
+            .then_expect_error(CustomerError::GrantConflict {
+                id: "grant_1".to_owned(),
+                revoked: false,
+            });
+        let revoked = CustomerEvent::GrantRevoked {
+            grant_id: "grant_1".to_owned(),
+            revoked_by: "ops".to_owned(),
+            occurred_at: at(7),
+        };
+        CustomerTest::with(())
+            .given(vec![given.clone()])
+            .when(CustomerCommand::RevokeGrant {
+                grant_id: "grant_1".to_owned(),
+                revoked_by: "ops".to_owned(),
+                revoked_at: at(7),
+            })
+            .then_expect_events(vec![revoked.clone()]);
+        CustomerTest::with(())
+            .given(vec![given.clone(), revoked.clone()])
+            .when(CustomerCommand::RevokeGrant {
+                grant_id: "grant_1".to_owned(),
+                revoked_by: "ops".to_owned(),
+                revoked_at: at(8),
+            })
+            .then_expect_events(vec![]);
+        CustomerTest::with(())
+            .given(vec![given, revoked])
+            .when(CustomerCommand::GiveGrant {
+                grant: seats_grant("grant_1", 5, None),
+            })
+            .then_expect_error(CustomerError::GrantConflict {
+                id: "grant_1".to_owned(),
+                revoked: true,
+            });
+        CustomerTest::with(())
+            .given_no_previous_events()
+            .when(CustomerCommand::RevokeGrant {
+                grant_id: "grant_9".to_owned(),
+                revoked_by: "ops".to_owned(),
+                revoked_at: at(8),
+            })
+            .then_expect_error(CustomerError::NoSuchGrant("grant_9".to_owned()));
+    }
+
+    #[test]
+    fn a_grant_scoped_to_a_subscription_needs_one_that_has_not_ended() {
+        CustomerTest::with(())
+            .given_no_previous_events()
+            .when(CustomerCommand::GiveGrant {
+                grant: seats_grant("grant_1", 5, Some("sub_nope")),
             })
             .then_expect_error(CustomerError::NoSuchSubscription("sub_nope".to_owned()));
     }

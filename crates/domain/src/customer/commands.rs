@@ -37,7 +37,18 @@ pub enum CustomerCommand {
         hold_id: String,
         subscription: Option<crate::ids::SubscriptionId>,
         reason: String,
+        /// Takes the customer's `set` grants away too (customer-wide holds only).
+        covers_grants: bool,
         placed_at: DateTime<Utc>,
+    },
+    /// An operator gives a feature beyond the plans; the same id and terms again is a retry.
+    GiveGrant {
+        grant: crate::grants::CustomerGrant,
+    },
+    RevokeGrant {
+        grant_id: String,
+        revoked_by: String,
+        revoked_at: DateTime<Utc>,
     },
     LiftHold {
         hold_id: String,

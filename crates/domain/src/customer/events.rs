@@ -47,10 +47,23 @@ pub enum CustomerEvent {
         hold_id: String,
         subscription: Option<crate::ids::SubscriptionId>,
         reason: String,
+        /// A customer-wide hold that takes the customer's `set` grants away too.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        covers_grants: bool,
         occurred_at: DateTime<Utc>,
     },
     HoldLifted {
         hold_id: String,
+        occurred_at: DateTime<Utc>,
+    },
+    /// An operator gave the customer a feature beyond the plans (see [`crate::grants`]).
+    GrantGiven {
+        grant: crate::grants::CustomerGrant,
+        occurred_at: DateTime<Utc>,
+    },
+    GrantRevoked {
+        grant_id: String,
+        revoked_by: String,
         occurred_at: DateTime<Utc>,
     },
     ScheduleRecorded {
@@ -92,6 +105,8 @@ impl CustomerEvent {
             | Self::StripeEntitlementsRecorded { occurred_at, .. }
             | Self::HoldPlaced { occurred_at, .. }
             | Self::HoldLifted { occurred_at, .. }
+            | Self::GrantGiven { occurred_at, .. }
+            | Self::GrantRevoked { occurred_at, .. }
             | Self::ScheduleRecorded { occurred_at, .. }
             | Self::DisputeRecorded { occurred_at, .. }
             | Self::InvoicePaid { occurred_at, .. }
@@ -112,6 +127,8 @@ impl DomainEvent for CustomerEvent {
             Self::StripeEntitlementsRecorded { .. } => "StripeEntitlementsRecorded",
             Self::HoldPlaced { .. } => "HoldPlaced",
             Self::HoldLifted { .. } => "HoldLifted",
+            Self::GrantGiven { .. } => "GrantGiven",
+            Self::GrantRevoked { .. } => "GrantRevoked",
             Self::ScheduleRecorded { .. } => "ScheduleRecorded",
             Self::DisputeRecorded { .. } => "DisputeRecorded",
             Self::InvoicePaid { .. } => "InvoicePaid",

@@ -1034,6 +1034,7 @@ async fn place_hold(
             &hold_id,
             None,
             &reason,
+            false,
             None,
             "dashboard",
         )

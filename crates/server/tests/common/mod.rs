@@ -45,24 +45,37 @@ pub async fn start_with(
     read_tokens: &[&str],
     admin_tokens: &[&str],
 ) -> (Arc<Engine>, Router) {
+    let engine = Engine::start(engine_config(test_db, CATALOG))
+        .await
+        .unwrap();
+    let app = app(&engine, read_tokens, admin_tokens);
+    (engine, app)
+}
+
+/// What every test server's engine has: `catalog`, the tests' webhook secret and a short poll,
+/// for the test to add to.
+pub fn engine_config(test_db: &ScratchDatabase, catalog: &str) -> EngineConfig {
     let mut config = EngineConfig::new(
         &test_db.url,
-        Catalog::from_yaml("catalog", CATALOG).unwrap(),
+        Catalog::from_yaml("catalog", catalog).unwrap(),
     );
     config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
     config.poll_interval = Duration::from_millis(20);
-    let engine = Engine::start(config).await.unwrap();
+    config
+}
+
+/// `engine`'s router with these tokens (none at all: reads are open).
+pub fn app(engine: &Arc<Engine>, read_tokens: &[&str], admin_tokens: &[&str]) -> Router {
     let tokens = |texts: &[&str]| {
         texts
             .iter()
             .map(|t| ApiToken::new(&(*t).into()))
             .collect::<Vec<_>>()
     };
-    let app = router(
-        engine.clone(),
+    router(
+        Arc::clone(engine),
         ApiTokens::new(tokens(read_tokens), tokens(admin_tokens)),
-    );
-    (engine, app)
+    )
 }
 
 pub fn now() -> i64 {

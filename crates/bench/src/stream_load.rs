@@ -1,0 +1,115 @@
+//! Product services listening: many subscribers on `/v1/changes/stream` at once, as the
+//! webhook load runs, and a revalidation of one answer by its `ETag`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+/// Subscribers following the stream until dropped.
+pub struct Subscribers {
+    tasks: Vec<JoinHandle<()>>,
+    /// When the first subscriber heard of each customer's newest change.
+    pub heard: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Changes heard, all subscribers together.
+    pub changes: Arc<AtomicU64>,
+}
+
+impl Drop for Subscribers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Opens `count` streams from now; returns once every one is answered `200`.
+pub async fn subscribe(addr: SocketAddr, token: &str, count: usize) -> Result<Subscribers> {
+    let heard = Arc::new(Mutex::new(HashMap::new()));
+    let changes = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(count);
+    for n in 0..count {
+        // HTTP/1.0: the body is the bare event stream, with no chunk framing to undo.
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!(
+            "GET /v1/changes/stream HTTP/1.0\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\
+             Accept: text/event-stream\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buffer = Vec::new();
+        let mut chunk = [0_u8; 4096];
+        let head_end = loop {
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                bail!("the stream closed before answering");
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        if head.split_whitespace().nth(1) != Some("200") {
+            bail!("the stream answered {head}");
+        }
+        buffer.drain(..head_end + 4);
+        let (heard, changes) = (Arc::clone(&heard), Arc::clone(&changes));
+        let timed = n == 0;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                    let block: Vec<u8> = buffer.drain(..end + 2).collect();
+                    let text = String::from_utf8_lossy(&block);
+                    let Some(data) = text.lines().find_map(|l| l.strip_prefix("data:")) else {
+                        continue;
+                    };
+                    changes.fetch_add(1, Ordering::Relaxed);
+                    if timed {
+                        let change: serde_json::Value =
+                            serde_json::from_str(data.trim_start()).unwrap_or_default();
+                        if let Some(customer) = change["customer"].as_str() {
+                            if let Ok(mut heard) = heard.lock() {
+                                heard.insert(customer.to_owned(), Instant::now());
+                            }
+                        }
+                    }
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                }
+            }
+        }));
+    }
+    Ok(Subscribers {
+        tasks,
+        heard,
+        changes,
+    })
+}
+
+/// The `ETag` of `path`'s answer.
+pub async fn etag(addr: SocketAddr, token: &str, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .lines()
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("etag")
+                .then(|| value.trim().to_owned())
+        })
+        .with_context(|| format!("{path} was answered without an ETag: {answer:.200}"))
+}
