@@ -106,6 +106,7 @@ async fn scenario_files_run_through_async_stripe_against_the_simulated_api() {
         "schedule-completes-or-is-released.yaml",
         "pending-update-not-a-debt.yaml",
         "cancel-at-date-and-holds.yaml",
+        "grants-beyond-the-plan.yaml",
         "customer-deleted.yaml",
     ];
     let mut failures = Vec::new();
