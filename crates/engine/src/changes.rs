@@ -3,7 +3,7 @@
 //!
 //! Each server's projector, after it applied a batch of the log, compares the answers of the
 //! customers whose events it applied (and of those whose answer's deadline, a grace period's
-//! end, has passed) with the answers last recorded for them (a digest per customer), and
+//! end or a grant's start or expiry, has passed) with the answers last recorded for them (a digest per customer), and
 //! records those that differ, moving the feed's checkpoint in the same transaction. Servers
 //! share the feed: the checkpoint is compare-and-set, so when two look at the same part of
 //! the log one records it and the other finds it recorded. A server whose answers are behind
@@ -47,7 +47,8 @@ pub struct Change {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
     /// What made it: `log:<position>` (the customer's newest event it reflects),
-    /// `deadline:<time>` (a grace period ended) or `start` (a server started with a catalog
+    /// `deadline:<time>` (a grace period ended, a grant started or expired) or `start` (a
+    /// server started with a catalog
     /// or build that answers differently).
     pub cause: String,
     /// The customer's complete new entitlements answer.

@@ -78,9 +78,18 @@ pub struct Engine {
 
 /// Whether `entry` had happened (or was known) at `at`.
 fn counts(entry: &TimelineEntry, at: DateTime<Utc>, basis: Basis) -> bool {
+    let known_by = |t: DateTime<Utc>| entry.recorded_at.is_some_and(|recorded| recorded <= t);
     match basis {
         Basis::Effective => entry.occurred_at <= at,
-        Basis::Known => entry.recorded_at.is_some_and(|t| t <= at),
+        Basis::Known => known_by(at),
+        Basis::KnownBy(known_at) => entry.occurred_at <= at && known_by(known_at),
+    }
+}
+
+impl TimelineEntry {
+    /// Whether this event counts in an answer about `at` on `basis`.
+    pub fn counts(&self, at: DateTime<Utc>, basis: Basis) -> bool {
+        counts(self, at, basis)
     }
 }
 
@@ -107,6 +116,10 @@ pub enum Basis {
     Effective,
     /// When Subledger learned them (`?as_known_at=`).
     Known,
+    /// Both: what had happened at Stripe by the moment asked, of what Subledger had learned by
+    /// this time (`?at=` with `?as_known_at=`: "what did we believe last Tuesday about the
+    /// first of the month?").
+    KnownBy(DateTime<Utc>),
 }
 
 /// One domain event of a customer, with both clocks and its Stripe origin.

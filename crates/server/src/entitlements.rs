@@ -19,8 +19,9 @@ use crate::error::ApiError;
 use crate::paths::RouteNames;
 use crate::AppState;
 
-/// `?at=<RFC 3339>` (by when things happened at Stripe) or `?as_known_at=<RFC 3339>` (by
-/// what Subledger had learned then).
+/// `?at=<RFC 3339>` (by when things happened at Stripe), `?as_known_at=<RFC 3339>` (by what
+/// Subledger had learned then), or both (what Subledger had learned by `as_known_at` about the
+/// moment `at`).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct AsOf {
@@ -56,11 +57,10 @@ impl AsOf {
             )
         })?;
         match (query.at, query.as_known_at) {
-            (Some(_), Some(_)) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "ask either `at` or `as_known_at`, not both",
-            )),
+            (Some(at), Some(known)) => Ok(Some((
+                parse_time("at", &at)?,
+                Basis::KnownBy(parse_time("as_known_at", &known)?),
+            ))),
             (Some(at), None) => Ok(Some((parse_time("at", &at)?, Basis::Effective))),
             (None, Some(known)) => Ok(Some((parse_time("as_known_at", &known)?, Basis::Known))),
             (None, None) => Ok(None),
@@ -395,7 +395,7 @@ pub(crate) async fn explain_feature(
 /// `GET /v1/customers/{id}/timeline`: the customer's domain events in order, each with when it
 /// happened at Stripe, when Subledger learned it, and the Stripe event behind it.
 #[utoipa::path(get, path = "/v1/customers/{customer_id}/timeline", tag = "history",
-    params(("customer_id" = String, Path)),
+    params(("customer_id" = String, Path), AsOf),
     responses((status = 200, body = Timeline),
         (status = 400, description = "A malformed time or query", body = crate::error::ApiErrorBody),
         (status = 401, description = "Missing or wrong API token", body = crate::error::ApiErrorBody),
@@ -405,15 +405,21 @@ pub(crate) async fn explain_feature(
 pub(crate) async fn customer_timeline(
     Authorized(state): Authorized,
     names: RouteNames,
+    query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let customer = names.customer()?;
-    let events = state
+    let as_of = AsOf::parse(query)?;
+    let mut events = state
         .engine
         .timeline(customer.as_str())
         .await
         .map_err(engine_failed)?;
     if events.is_empty() {
         return Err(not_found(customer.as_str()));
+    }
+    // About the past: only the events that count then (an empty list: nothing yet).
+    if let Some((at, basis)) = as_of {
+        events.retain(|event| event.counts(at, basis));
     }
     Ok(Json(Timeline {
         customer: customer.stripe_id().to_owned(),

@@ -60,7 +60,10 @@ async fn a_grant_is_given_once_explained_and_revoked_once() {
         let by = given["granted_by"].as_str().unwrap();
         assert!(by.starts_with("dana (admin token "), "{by}");
         let (_, answer) = send(&app, admin_get(uri)).await;
-        assert_eq!(answer["features"]["seats"], json!({"enabled": true, "limit": 15}));
+        assert_eq!(
+            answer["features"]["seats"],
+            json!({"enabled": true, "limit": 15})
+        );
         assert_eq!(answer["grants"][0]["id"], json!("g_seats"), "{name}");
 
         // A retry is the same grant, answered as first recorded.
@@ -154,20 +157,50 @@ async fn grants_that_do_not_fit_are_refused_by_name() {
         body
     };
     for (changes, status, code, names) in [
-        (json!({"feature": "teleport"}), 422, "invalid_grant", "teleport"),
-        (json!({"enabled": null, "limit": 3}), 422, "invalid_grant", "boolean feature"),
-        (json!({"feature": "seats"}), 422, "invalid_grant", "metered feature"),
-        (json!({"enabled": null, "limit": 3, "mode": "add"}), 422, "invalid_grant", "added to"),
+        (
+            json!({"feature": "teleport"}),
+            422,
+            "invalid_grant",
+            "teleport",
+        ),
+        (
+            json!({"enabled": null, "limit": 3}),
+            422,
+            "invalid_grant",
+            "boolean feature",
+        ),
+        (
+            json!({"feature": "seats"}),
+            422,
+            "invalid_grant",
+            "metered feature",
+        ),
+        (
+            json!({"enabled": null, "limit": 3, "mode": "add"}),
+            422,
+            "invalid_grant",
+            "added to",
+        ),
         (
             json!({"starts_at": "2026-02-01T00:00:00Z", "expires_at": "2026-01-01T00:00:00Z"}),
             422,
             "invalid_grant",
             "expires_at",
         ),
-        (json!({"subscription": "sub_other"}), 422, "subscription_not_found", "sub_other"),
+        (
+            json!({"subscription": "sub_other"}),
+            422,
+            "subscription_not_found",
+            "sub_other",
+        ),
         (json!({"limit": 3}), 400, "invalid_body", "exactly one"),
         (json!({"enabled": null}), 400, "invalid_body", "exactly one"),
-        (json!({"expires_at": "next week"}), 400, "invalid_time", "expires_at"),
+        (
+            json!({"expires_at": "next week"}),
+            400,
+            "invalid_time",
+            "expires_at",
+        ),
         (json!({"grant_id": "a b"}), 400, "invalid_body", "grant_id"),
         (json!({"reason": " "}), 400, "invalid_body", "reason"),
         (json!({"mode": "multiply"}), 400, "invalid_body", "mode"),
@@ -195,10 +228,9 @@ async fn grants_that_do_not_fit_are_refused_by_name() {
     );
     // A read token may not give one.
     let mut request = give(with(json!({})));
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {READ}").parse().unwrap(),
-    );
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {READ}").parse().unwrap());
     assert_eq!(send(&app, request).await.0, StatusCode::FORBIDDEN);
     // Nothing refused was recorded.
     let (_, answer) = send(&app, admin_get("/v1/customers/cus_1/entitlements")).await;
@@ -224,9 +256,8 @@ async fn a_grant_counts_within_its_window_and_its_expiry_is_a_change() {
         subscribed(&app, &engine).await;
         // Given a minute after Subledger learned of the subscription.
         clock.advance(chrono::Duration::minutes(1));
-        let rfc = |t: chrono::DateTime<chrono::Utc>| {
-            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        };
+        let rfc =
+            |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let expires = start + chrono::Duration::hours(2);
         let (status, given) = send(
             &app,
@@ -243,8 +274,15 @@ async fn a_grant_counts_within_its_window_and_its_expiry_is_a_change() {
         assert_eq!(status, StatusCode::CREATED, "{given}");
         let uri = "/v1/customers/cus_1/entitlements";
         let answer = send_raw(&app, admin_get(uri)).await;
-        let max_age = answer.headers()["cache-control"].to_str().unwrap().to_owned();
-        assert_eq!(max_age, format!("private, max-age={}", 2 * 3600 - 60), "{name}");
+        let max_age = answer.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            max_age,
+            format!("private, max-age={}", 2 * 3600 - 60),
+            "{name}"
+        );
         let (_, answer) = send(&app, admin_get(uri)).await;
         assert_eq!(answer["features"]["api_calls"]["limit"], json!(105_000));
 
@@ -266,7 +304,11 @@ async fn a_grant_counts_within_its_window_and_its_expiry_is_a_change() {
         clock.advance(chrono::Duration::hours(3));
         engine.project().await.unwrap();
         let (_, answer) = send(&app, admin_get(uri)).await;
-        assert_eq!(answer["features"]["api_calls"]["limit"], json!(100_000), "{name}");
+        assert_eq!(
+            answer["features"]["api_calls"]["limit"],
+            json!(100_000),
+            "{name}"
+        );
         let (_, feed) = send(&app, admin_get("/v1/changes")).await;
         let last = feed["changes"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(

@@ -509,14 +509,26 @@ async fn the_past_can_be_asked_by_stripe_time_or_by_what_was_known_and_the_timel
                 "{bad}"
             );
         }
-        let (status, both) = send(
+        // Both: what Subledger knew at one time about another. Half an hour ago it knew
+        // nothing of the subscription; now it knows it was active a minute after it started.
+        let both = |known: i64| uri(format!("at={}&as_known_at={}", at(t0 + 60), at(known)));
+        let (status, _) = send(&app, get(&both(now() - 1800))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{}", test_db.name);
+        let (_, believed) = send(&app, get(&both(now() + 5))).await;
+        assert_eq!(believed["plans"], json!(["pro"]), "{}", test_db.name);
+        let (_, timeline_then) = send(
             &app,
-            get(&uri(format!("at={}&as_known_at={}", at(t0), at(t0)))),
+            get(&format!(
+                "/v1/customers/cus_1/timeline?at={}&as_known_at={}",
+                at(t0 + 60),
+                at(now() + 5)
+            )),
         )
         .await;
         assert_eq!(
-            (status, both["error"].clone()),
-            (StatusCode::BAD_REQUEST, json!("invalid_query"))
+            timeline_then["events"].as_array().unwrap().len(),
+            1,
+            "only the start had happened then: {timeline_then}"
         );
 
         let (status, timeline) = send(&app, get("/v1/customers/cus_1/timeline")).await;
@@ -1302,39 +1314,255 @@ async fn every_endpoint_refuses_bad_input_with_a_json_error_and_stores_nothing()
         let admin = Some(ADMIN);
         let hold = "/v1/customers/cus_1/holds";
         let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
-            ("webhook without a signature", webhook(None, body.clone()), StatusCode::BAD_REQUEST, "missing_signature"),
-            ("webhook with a garbled signature header", webhook(Some("t=abc,v1".to_owned()), body.clone()), StatusCode::BAD_REQUEST, "malformed_signature_header"),
-            ("webhook signed with another secret", webhook(Some(WebhookSecret::new("whsec_other").header(now(), &body)), body.clone()), StatusCode::BAD_REQUEST, "signature_mismatch"),
-            ("webhook signed an hour ago", webhook(Some(secret.header(now() - 3600, &body)), body.clone()), StatusCode::BAD_REQUEST, "timestamp_outside_tolerance"),
-            ("webhook whose body changed after signing", webhook(signed(&body), [&body[..], b" "].concat()), StatusCode::BAD_REQUEST, "signature_mismatch"),
-            ("webhook that is not JSON", webhook(signed(b"not json"), b"not json".to_vec()), StatusCode::BAD_REQUEST, "not_a_stripe_event"),
-            ("webhook that is not an event", webhook(signed(&not_an_event), not_an_event.clone()), StatusCode::BAD_REQUEST, "not_a_stripe_event"),
-            ("webhook over 1 MiB", webhook(signed(&[b' '; 1024 * 1024 + 1]), vec![b' '; 1024 * 1024 + 1]), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ("read without a token", request("GET", "/v1/customers/cus_1/entitlements", None, None), StatusCode::UNAUTHORIZED, "unauthorized"),
-            ("read with an unknown token", request("GET", "/v1/customers/cus_1/entitlements", Some("tok_nope"), None), StatusCode::UNAUTHORIZED, "unauthorized"),
-            ("malformed time", request("GET", "/v1/customers/cus_1/entitlements?at=yesterday", admin, None), StatusCode::BAD_REQUEST, "invalid_time"),
-            ("two moments at once", request("GET", "/v1/customers/cus_1/entitlements/sso?at=2026-01-01T00:00:00Z&as_known_at=2026-01-01T00:00:00Z", admin, None), StatusCode::BAD_REQUEST, "invalid_query"),
-            ("unknown customer", request("GET", "/v1/customers/cus_nobody/entitlements", admin, None), StatusCode::NOT_FOUND, "customer_not_found"),
-            ("a path that is not UTF-8", request("GET", "/v1/customers/cus_%FF/entitlements", admin, None), StatusCode::BAD_REQUEST, "invalid_path"),
-            ("an account key through a platform route", request("GET", "/v1/customers/acct_1%2Fcus_1/timeline", admin, None), StatusCode::BAD_REQUEST, "invalid_id"),
-            ("an account that is no account id", request("GET", "/v1/accounts/me/customers/cus_1/entitlements", admin, None), StatusCode::BAD_REQUEST, "invalid_account"),
-            ("unknown user", request("GET", "/v1/users/u_nobody/entitlements/sso", admin, None), StatusCode::NOT_FOUND, "user_not_found"),
-            ("explain for an unknown customer", request("GET", "/v1/customers/cus_nobody/entitlements/sso/explain", admin, None), StatusCode::NOT_FOUND, "customer_not_found"),
-            ("timeline of an unknown customer", request("GET", "/v1/customers/cus_nobody/timeline", admin, None), StatusCode::NOT_FOUND, "customer_not_found"),
-            ("unknown order", request("GET", "/v1/orders/order_nobody", admin, None), StatusCode::NOT_FOUND, "order_not_found"),
-            ("hold with a read token", request("POST", hold, Some("tok_read"), Some(r#"{"reason":"r"}"#)), StatusCode::FORBIDDEN, "forbidden"),
-            ("hold without a body", request("POST", hold, admin, None), StatusCode::BAD_REQUEST, "invalid_body"),
-            ("hold whose body is not JSON", request("POST", hold, admin, Some("{reason")), StatusCode::BAD_REQUEST, "invalid_body"),
-            ("hold with a field of the wrong type", request("POST", hold, admin, Some(r#"{"reason":7}"#)), StatusCode::BAD_REQUEST, "invalid_body"),
-            ("hold without a reason", request("POST", hold, admin, Some(r#"{"reason":"  "}"#)), StatusCode::BAD_REQUEST, "invalid_body"),
-            ("hold with a bad hold_id", request("POST", hold, admin, Some(r#"{"reason":"r","hold_id":"a b"}"#)), StatusCode::BAD_REQUEST, "invalid_body"),
-            ("hold at a malformed time", request("POST", hold, admin, Some(r#"{"reason":"r","at":"soon"}"#)), StatusCode::BAD_REQUEST, "invalid_time"),
-            ("hold on a subscription the customer lacks", request("POST", hold, admin, Some(r#"{"reason":"r","subscription":"sub_other"}"#)), StatusCode::UNPROCESSABLE_ENTITY, "subscription_not_found"),
-            ("hold on an unknown customer", request("POST", "/v1/customers/cus_nobody/holds", admin, Some(r#"{"reason":"r"}"#)), StatusCode::NOT_FOUND, "customer_not_found"),
-            ("lifting a hold not in force", request("DELETE", "/v1/customers/cus_1/holds/hold_none", admin, None), StatusCode::NOT_FOUND, "hold_not_found"),
-            ("lifting at a malformed time", request("DELETE", "/v1/customers/cus_1/holds/hold_none?at=later", admin, None), StatusCode::BAD_REQUEST, "invalid_time"),
-            ("unknown route", request("GET", "/v2/anything", admin, None), StatusCode::NOT_FOUND, "not_found"),
-            ("wrong method", request("PUT", "/v1/customers/cus_1/entitlements", admin, None), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            (
+                "webhook without a signature",
+                webhook(None, body.clone()),
+                StatusCode::BAD_REQUEST,
+                "missing_signature",
+            ),
+            (
+                "webhook with a garbled signature header",
+                webhook(Some("t=abc,v1".to_owned()), body.clone()),
+                StatusCode::BAD_REQUEST,
+                "malformed_signature_header",
+            ),
+            (
+                "webhook signed with another secret",
+                webhook(
+                    Some(WebhookSecret::new("whsec_other").header(now(), &body)),
+                    body.clone(),
+                ),
+                StatusCode::BAD_REQUEST,
+                "signature_mismatch",
+            ),
+            (
+                "webhook signed an hour ago",
+                webhook(Some(secret.header(now() - 3600, &body)), body.clone()),
+                StatusCode::BAD_REQUEST,
+                "timestamp_outside_tolerance",
+            ),
+            (
+                "webhook whose body changed after signing",
+                webhook(signed(&body), [&body[..], b" "].concat()),
+                StatusCode::BAD_REQUEST,
+                "signature_mismatch",
+            ),
+            (
+                "webhook that is not JSON",
+                webhook(signed(b"not json"), b"not json".to_vec()),
+                StatusCode::BAD_REQUEST,
+                "not_a_stripe_event",
+            ),
+            (
+                "webhook that is not an event",
+                webhook(signed(&not_an_event), not_an_event.clone()),
+                StatusCode::BAD_REQUEST,
+                "not_a_stripe_event",
+            ),
+            (
+                "webhook over 1 MiB",
+                webhook(
+                    signed(&[b' '; 1024 * 1024 + 1]),
+                    vec![b' '; 1024 * 1024 + 1],
+                ),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+            ),
+            (
+                "read without a token",
+                request("GET", "/v1/customers/cus_1/entitlements", None, None),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                "read with an unknown token",
+                request(
+                    "GET",
+                    "/v1/customers/cus_1/entitlements",
+                    Some("tok_nope"),
+                    None,
+                ),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                "malformed time",
+                request(
+                    "GET",
+                    "/v1/customers/cus_1/entitlements?at=yesterday",
+                    admin,
+                    None,
+                ),
+                StatusCode::BAD_REQUEST,
+                "invalid_time",
+            ),
+            (
+                "two moments, one malformed",
+                request(
+                    "GET",
+                    "/v1/customers/cus_1/entitlements/sso?at=2026-01-01T00:00:00Z&as_known_at=soon",
+                    admin,
+                    None,
+                ),
+                StatusCode::BAD_REQUEST,
+                "invalid_time",
+            ),
+            (
+                "unknown customer",
+                request("GET", "/v1/customers/cus_nobody/entitlements", admin, None),
+                StatusCode::NOT_FOUND,
+                "customer_not_found",
+            ),
+            (
+                "a path that is not UTF-8",
+                request("GET", "/v1/customers/cus_%FF/entitlements", admin, None),
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+            ),
+            (
+                "an account key through a platform route",
+                request("GET", "/v1/customers/acct_1%2Fcus_1/timeline", admin, None),
+                StatusCode::BAD_REQUEST,
+                "invalid_id",
+            ),
+            (
+                "an account that is no account id",
+                request(
+                    "GET",
+                    "/v1/accounts/me/customers/cus_1/entitlements",
+                    admin,
+                    None,
+                ),
+                StatusCode::BAD_REQUEST,
+                "invalid_account",
+            ),
+            (
+                "unknown user",
+                request("GET", "/v1/users/u_nobody/entitlements/sso", admin, None),
+                StatusCode::NOT_FOUND,
+                "user_not_found",
+            ),
+            (
+                "explain for an unknown customer",
+                request(
+                    "GET",
+                    "/v1/customers/cus_nobody/entitlements/sso/explain",
+                    admin,
+                    None,
+                ),
+                StatusCode::NOT_FOUND,
+                "customer_not_found",
+            ),
+            (
+                "timeline of an unknown customer",
+                request("GET", "/v1/customers/cus_nobody/timeline", admin, None),
+                StatusCode::NOT_FOUND,
+                "customer_not_found",
+            ),
+            (
+                "unknown order",
+                request("GET", "/v1/orders/order_nobody", admin, None),
+                StatusCode::NOT_FOUND,
+                "order_not_found",
+            ),
+            (
+                "hold with a read token",
+                request("POST", hold, Some("tok_read"), Some(r#"{"reason":"r"}"#)),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+            ),
+            (
+                "hold without a body",
+                request("POST", hold, admin, None),
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+            ),
+            (
+                "hold whose body is not JSON",
+                request("POST", hold, admin, Some("{reason")),
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+            ),
+            (
+                "hold with a field of the wrong type",
+                request("POST", hold, admin, Some(r#"{"reason":7}"#)),
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+            ),
+            (
+                "hold without a reason",
+                request("POST", hold, admin, Some(r#"{"reason":"  "}"#)),
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+            ),
+            (
+                "hold with a bad hold_id",
+                request(
+                    "POST",
+                    hold,
+                    admin,
+                    Some(r#"{"reason":"r","hold_id":"a b"}"#),
+                ),
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+            ),
+            (
+                "hold at a malformed time",
+                request("POST", hold, admin, Some(r#"{"reason":"r","at":"soon"}"#)),
+                StatusCode::BAD_REQUEST,
+                "invalid_time",
+            ),
+            (
+                "hold on a subscription the customer lacks",
+                request(
+                    "POST",
+                    hold,
+                    admin,
+                    Some(r#"{"reason":"r","subscription":"sub_other"}"#),
+                ),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "subscription_not_found",
+            ),
+            (
+                "hold on an unknown customer",
+                request(
+                    "POST",
+                    "/v1/customers/cus_nobody/holds",
+                    admin,
+                    Some(r#"{"reason":"r"}"#),
+                ),
+                StatusCode::NOT_FOUND,
+                "customer_not_found",
+            ),
+            (
+                "lifting a hold not in force",
+                request("DELETE", "/v1/customers/cus_1/holds/hold_none", admin, None),
+                StatusCode::NOT_FOUND,
+                "hold_not_found",
+            ),
+            (
+                "lifting at a malformed time",
+                request(
+                    "DELETE",
+                    "/v1/customers/cus_1/holds/hold_none?at=later",
+                    admin,
+                    None,
+                ),
+                StatusCode::BAD_REQUEST,
+                "invalid_time",
+            ),
+            (
+                "unknown route",
+                request("GET", "/v2/anything", admin, None),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                "wrong method",
+                request("PUT", "/v1/customers/cus_1/entitlements", admin, None),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
         ];
         let tried = cases.len();
         for (case, request, status, code) in cases {
