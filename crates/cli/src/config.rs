@@ -366,6 +366,12 @@ pub struct EngineArgs {
     #[arg(long, env = "SUBLEDGER_CATALOG")]
     pub catalog: Option<PathBuf>,
 
+    /// Publish the catalog file as the version in force when it differs from the newest one
+    /// recorded in the store. Without it such a server warns and serves the recorded version,
+    /// so servers sharing a store never answer differently because one file was edited.
+    #[arg(long, env = "SUBLEDGER_CATALOG_PUBLISH")]
+    pub catalog_publish: bool,
+
     /// How far a webhook signature's timestamp may be from now, either way, in seconds.
     #[arg(
         long,
@@ -463,6 +469,8 @@ impl EngineArgs {
         config.livemode = self.livemode;
         config.worker_row_timeout = Duration::from_secs(self.worker_row_timeout_secs);
         config.answer_max_age = Duration::from_secs(self.answer_max_age_secs);
+        config.catalog_publish = self.catalog_publish;
+        config.catalog_published_by = publisher();
         config.notify = notify_config(self.notify_retry_for_secs, self.notify_timeout_secs)?.map(
             |mut notify| {
                 notify.lease = config.worker_lease;
@@ -571,6 +579,22 @@ fn webhook_secrets() -> anyhow::Result<Vec<WebhookSecret>> {
         secrets.push(WebhookSecret::new(secret));
     }
     Ok(secrets)
+}
+
+/// Who publishes a catalog version from this process, as recorded beside it: the build and
+/// the machine (`HOSTNAME`, else `/etc/hostname`).
+fn publisher() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "an unnamed host".to_owned());
+    format!(
+        "subledger {} on {host} (pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    )
 }
 
 /// `SUBLEDGER_NOTIFY_URLS` and `SUBLEDGER_NOTIFY_SECRET` (each comma-separated): where

@@ -87,6 +87,9 @@ pub struct Catalog {
     features: BTreeSet<String>,
     /// Limits added up across subscriptions (and item quantities) instead of the largest.
     summed: BTreeSet<String>,
+    /// Where the catalog was read from, and its text: a version is recorded as written.
+    source: String,
+    text: String,
 }
 
 /// A catalog that could not be loaded: where, and why.
@@ -156,6 +159,16 @@ impl Catalog {
 
     pub fn features(&self) -> &BTreeSet<String> {
         &self.features
+    }
+
+    /// Where it was read from (a file's path).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The text it was read from.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// Whether `feature` is metered: some plan gives it a limit (else it is on or off).
@@ -322,6 +335,8 @@ impl Parser<'_> {
             plan_by_price,
             features,
             summed,
+            source: self.source.to_owned(),
+            text: text.to_owned(),
         })
     }
 

@@ -17,7 +17,14 @@ pub struct EngineConfig {
     pub webhook_secrets: Vec<WebhookSecret>,
     /// How far a signature's timestamp may be from now, either way.
     pub signature_tolerance: Duration,
+    /// The catalog file this server was started with. What it serves is settled against the
+    /// versions recorded in the store when it starts (see `crate::catalogs`).
     pub catalog: Arc<Catalog>,
+    /// Publish `catalog` as the version in force when it differs from the newest recorded
+    /// one (`--catalog-publish`); otherwise the recorded one is served.
+    pub catalog_publish: bool,
+    /// Who publishes a version, as recorded beside it.
+    pub catalog_published_by: String,
     pub clock: Arc<dyn Clock>,
     /// How many inbox rows a worker claims at once; `None` for the store's default
     /// ([`EngineConfig::DEFAULT_BATCH_SQLITE`], [`EngineConfig::DEFAULT_BATCH_POSTGRES`]).
@@ -72,6 +79,8 @@ impl EngineConfig {
             webhook_secrets: Vec::new(),
             signature_tolerance: Duration::from_secs(300),
             catalog: Arc::new(catalog),
+            catalog_publish: false,
+            catalog_published_by: "subledger".to_owned(),
             clock: Arc::new(SystemClock),
             worker_batch_size: None,
             worker_concurrency: 8,
@@ -99,6 +108,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("worker_concurrency", &self.worker_concurrency)
             .field("worker_lease", &self.worker_lease)
             .field("answer_max_age", &self.answer_max_age)
+            .field("catalog_publish", &self.catalog_publish)
             .field("notify", &self.notify)
             .field("poll_interval", &self.poll_interval)
             .field("user_id_metadata_key", &self.user_id_metadata_key)

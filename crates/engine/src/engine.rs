@@ -74,6 +74,8 @@ pub struct Engine {
     pub(crate) feed_compared_all: std::sync::atomic::AtomicBool,
     /// Where the feed was last found quiet (see [`crate::changes`]).
     pub(crate) feed_quiet: std::sync::Mutex<Option<crate::changes::QuietFeed>>,
+    /// Every catalog version recorded, for answers about any moment (see [`crate::catalogs`]).
+    pub(crate) catalogs: crate::catalogs::CatalogHistory,
 }
 
 /// Whether `entry` had happened (or was known) at `at`.
@@ -189,6 +191,8 @@ pub enum EngineError {
     Refused(#[from] CustomerError),
     #[error("unknown customer `{0}`")]
     UnknownCustomer(String),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalogs::CatalogHistoryError),
     /// A grant whose terms do not fit the catalog or each other.
     #[error(transparent)]
     InvalidGrant(#[from] subledger_domain::grants::GrantInvalid),
@@ -229,9 +233,19 @@ impl Shutdown {
 
 impl Engine {
     /// Connects, migrates, loads the saved read models and starts the inbox writer.
-    pub async fn start(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
+    pub async fn start(mut config: EngineConfig) -> Result<Arc<Self>, EngineError> {
         let db = Database::connect_with(&config.database_url, Some(config.store_timeout)).await?;
         db.migrate().await?;
+        let catalogs = crate::catalogs::settle(
+            &db,
+            &config.catalog,
+            config.catalog_publish,
+            &config.catalog_published_by,
+            config.clock.now(),
+        )
+        .await?;
+        // From here on the catalog is the one in force, whatever the file said.
+        config.catalog = Arc::clone(&catalogs.current().catalog);
         let entitlements =
             EntitlementIndex::new(config.user_id_metadata_key.clone(), &config.catalog);
         let projector =
@@ -252,6 +266,7 @@ impl Engine {
             changes_recorded: Notify::new(),
             feed_compared_all: std::sync::atomic::AtomicBool::new(false),
             feed_quiet: std::sync::Mutex::new(None),
+            catalogs,
             db,
             config,
         };
@@ -433,7 +448,7 @@ impl Engine {
         let dunning_at = |at: DateTime<Utc>| {
             fold_view(customer_id, timeline, Some((at, Basis::Effective)))
                 .map_or(Dunning::OK, |view| {
-                    Entitlements::resolve(&view, &self.config.catalog, at).dunning
+                    Entitlements::resolve(&view, &self.catalogs.at(at).catalog, at).dunning
                 })
         };
         let mut states = BTreeMap::new();
@@ -697,7 +712,7 @@ impl Engine {
     ) -> Result<Option<Entitlements>, EngineError> {
         let timeline = self.timeline(customer_id).await?;
         let view = fold_view(customer_id, &timeline, Some((at, basis)));
-        Ok(view.map(|view| Entitlements::resolve(&view, &self.config.catalog, at)))
+        Ok(view.map(|view| Entitlements::resolve(&view, &self.catalogs.at(at).catalog, at)))
     }
 
     /// Why the customer has (or lacks) `feature`, now or as of a moment in the past.
@@ -715,7 +730,7 @@ impl Engine {
             .collect();
         let view = fold_view(customer_id, &counted, None);
         Ok(view.map(|view| {
-            crate::explain::explain(&view, &self.config.catalog, &counted, feature, at)
+            crate::explain::explain(&view, self.catalogs.at(at), &counted, feature, at)
         }))
     }
 
@@ -960,11 +975,29 @@ impl Engine {
     pub fn spawn_projector(self: &Arc<Self>, mut shutdown: Shutdown) -> JoinHandle<()> {
         let engine = Arc::clone(self);
         tokio::spawn(async move {
+            let mut catalog_checked = tokio::time::Instant::now();
+            let mut warned_of: Option<String> = None;
             while !shutdown.is_requested() {
                 // Between batches it lets waiting deliveries go first, as the worker does:
                 // its saves share the store's writer with them.
                 if let Err(error) = engine.project_pausing(|| engine.yield_to_ingest()).await {
                     tracing::error!(%error, "projector failed; retrying");
+                }
+                // Another server published a catalog: this one keeps its version until it
+                // restarts, and says so once per version.
+                if catalog_checked.elapsed() >= GENERATION_CHECK {
+                    catalog_checked = tokio::time::Instant::now();
+                    if let Ok(Some(newer)) = engine.catalog_outdated().await {
+                        if warned_of.as_deref() != Some(newer.version.as_str()) {
+                            tracing::warn!(
+                                version = %newer.version,
+                                published_by = %newer.published_by,
+                                served = %engine.catalogs.current().version,
+                                "a newer catalog version was published; this server serves its own until restarted"
+                            );
+                            warned_of = Some(newer.version);
+                        }
+                    }
                 }
                 shutdown
                     .sleep(engine.config.poll_interval, &engine.events_appended)

@@ -25,6 +25,8 @@ pub struct Explanation {
     pub reasons: Vec<Reason>,
     /// What would grant it but is blocked.
     pub blockers: Vec<Blocker>,
+    /// The catalog version in force at `at`, whose rules these are.
+    pub catalog: crate::catalogs::CatalogRef,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -138,11 +140,12 @@ fn evidence(timeline: &[TimelineEntry], subscription: Option<&SubscriptionId>) -
 
 pub(crate) fn explain(
     view: &BillingView,
-    catalog: &Catalog,
+    version: &crate::catalogs::CatalogVersion,
     timeline: &[TimelineEntry],
     feature: &str,
     at: DateTime<Utc>,
 ) -> Explanation {
+    let catalog: &Catalog = &version.catalog;
     let resolved = Entitlements::resolve(view, catalog, at);
     let value = resolved.feature(feature);
     let mut reasons = Vec::new();
@@ -277,6 +280,7 @@ pub(crate) fn explain(
         at,
         reasons,
         blockers,
+        catalog: version.reference(),
     }
 }
 

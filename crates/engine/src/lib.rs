@@ -13,6 +13,7 @@
 //! - [`clock`]: the one place wall time is read, replaceable in tests.
 
 pub mod backfill;
+pub mod catalogs;
 pub mod changes;
 pub mod clock;
 mod compact_answer;

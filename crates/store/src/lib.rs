@@ -21,6 +21,7 @@ macro_rules! on_pool {
 }
 
 pub mod backfill;
+pub mod catalogs;
 pub mod changes;
 pub mod command_bus;
 pub mod database;

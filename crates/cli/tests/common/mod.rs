@@ -41,6 +41,7 @@ pub const SERVE_VARIABLES: &[&str] = &[
     "SUBLEDGER_NOTIFY_RETRY_FOR_SECS",
     "SUBLEDGER_NOTIFY_TIMEOUT_SECS",
     "STRIPE_API_BASE",
+    "SUBLEDGER_CATALOG_PUBLISH",
 ];
 
 /// The example catalog the README ships.
