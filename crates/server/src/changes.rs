@@ -21,13 +21,15 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
+use axum::http::header;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use subledger_engine::Engine;
@@ -284,6 +286,29 @@ struct Follower {
 }
 
 impl Follower {
+    /// The next change after the cursor if one is waiting already, without waiting.
+    fn next_waiting(&mut self) -> Option<Arc<PreparedChange>> {
+        loop {
+            if let Some(row) = self.ready.pop_front() {
+                if row.seq > self.cursor {
+                    self.cursor = row.seq;
+                    return Some(row);
+                }
+                continue;
+            }
+            match self.receiver.as_mut()?.try_recv() {
+                Ok(row) => self.ready.push_back(row),
+                Err(broadcast::error::TryRecvError::Empty) => return None,
+                // Fell behind the tail: `next` reads the store again.
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.receiver = None;
+                    return None;
+                }
+                Err(broadcast::error::TryRecvError::Closed) => return None,
+            }
+        }
+    }
+
     /// The next change after the cursor: from the store until caught up with the tail, then
     /// from the tail (back to the store if it fell too far behind).
     async fn next(&mut self) -> Arc<PreparedChange> {
@@ -339,18 +364,13 @@ impl Follower {
 pub(crate) async fn stream(
     Authorized(state): Authorized,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let resume = headers.get("last-event-id").map(|value| value.to_str());
     let cursor = match resume {
         Some(Ok(cursor)) => parse_cursor(&state.engine, "Last-Event-ID", cursor.trim()).await?,
         Some(Err(_)) => return Err(invalid_cursor("Last-Event-ID", "(not text)")),
         None => state.engine.last_change().await.map_err(store_failed)?,
     };
-    // The block that names where the stream starts: a consumer (an EventSource too) takes the
-    // cursor as its last event id although no event is dispatched.
-    let start = Event::default()
-        .id(cursor_of(cursor))
-        .comment("following from here");
     let follower = Follower {
         engine: Arc::clone(&state.engine),
         tail: ChangeTail::of(&state),
@@ -358,28 +378,59 @@ pub(crate) async fn stream(
         cursor,
         ready: VecDeque::new(),
     };
-    // A change that cannot be read ends the stream with a comment saying so: skipping it
-    // would lose it, and a reconnecting consumer meets the same error as a 500 from the list.
-    let events = futures_util::stream::unfold(Some(follower), |follower| async move {
-        let mut follower = follower?;
-        let change = follower.next().await;
-        match &change.json {
+    // The block that names where the stream starts: a consumer (an EventSource too) takes the
+    // cursor as its last event id although no event is dispatched.
+    let opening = format!("id: {}\n: following from here\n\n", cursor_of(cursor));
+    let body = futures_util::stream::once(std::future::ready(Ok(Bytes::from(opening))))
+        .chain(futures_util::stream::unfold(Some(follower), next_chunk));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// The most bytes of changes written as one chunk.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The stream's next chunk: the next change and every other one already waiting, written
+/// together (with hundreds of subscribers, one write per subscriber for a burst of changes
+/// rather than one per change), or a heartbeat after [`HEARTBEAT`] without any. A change
+/// that cannot be read ends the stream with a comment saying so: skipping it would lose it,
+/// and a reconnecting consumer meets the same error as a 500 from the list.
+async fn next_chunk(
+    follower: Option<Follower>,
+) -> Option<(Result<Bytes, Infallible>, Option<Follower>)> {
+    let mut follower = follower?;
+    // `Follower::next` is cancel-safe: a change leaves its queue only when returned.
+    let Ok(first) = tokio::time::timeout(HEARTBEAT, follower.next()).await else {
+        return Some((Ok(Bytes::from_static(b":heartbeat\n\n")), Some(follower)));
+    };
+    let mut chunk = Vec::new();
+    let mut change = Some(first);
+    while let Some(next) = change.take() {
+        match &next.json {
             Ok(json) => {
-                let event = Event::default()
-                    .id(change.cursor.as_str())
-                    .event("entitlements.updated")
-                    .data(json);
-                Some((Ok(event), Some(follower)))
+                chunk.extend_from_slice(b"id: ");
+                chunk.extend_from_slice(next.cursor.as_bytes());
+                chunk.extend_from_slice(b"\nevent: entitlements.updated\ndata: ");
+                chunk.extend_from_slice(json.as_bytes());
+                chunk.extend_from_slice(b"\n\n");
             }
             Err(error) => {
                 tracing::error!(%error, "a change stream ends at a damaged change");
-                let last = Event::default().comment(format!("{error}; the stream ends here"));
-                Some((Ok(last), None))
+                chunk.extend_from_slice(format!(": {error}; the stream ends here\n\n").as_bytes());
+                return Some((Ok(Bytes::from(chunk)), None));
             }
         }
-    });
-    let events = futures_util::stream::once(std::future::ready(Ok(start))).chain(events);
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+        if chunk.len() < CHUNK_BYTES {
+            change = follower.next_waiting();
+        }
+    }
+    Some((Ok(Bytes::from(chunk)), Some(follower)))
 }
 
 /// The most customers one bulk read names.
