@@ -80,11 +80,11 @@ async fn compare(engine: Arc<Engine>) -> Vec<String> {
         engine
             .place_hold(
                 customer,
-                "hold_client_test",
-                None,
-                "client test",
-                false,
-                None,
+                subledger_engine::NewHold {
+                    hold_id: "hold_client_test".to_owned(),
+                    reason: "client test".to_owned(),
+                    ..subledger_engine::NewHold::default()
+                },
                 "client-test",
             )
             .await

@@ -111,6 +111,21 @@ fn fold_view(
     view
 }
 
+/// An operator's hold as asked for (see [`Engine::place_hold`]).
+#[derive(Debug, Clone, Default)]
+pub struct NewHold {
+    /// Makes retries safe: the same id places one hold.
+    pub hold_id: String,
+    /// Only this subscription; the whole customer when `None`.
+    pub subscription: Option<SubscriptionId>,
+    pub reason: String,
+    /// A customer-wide hold that takes the customer's grants away too.
+    pub covers_grants: bool,
+    /// When the hold starts: now when `None` (a replayed back-office action or a simulated
+    /// story passes its own).
+    pub at: Option<DateTime<Utc>>,
+}
+
 /// Which clock a question about the past is asked on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Basis {
@@ -492,28 +507,22 @@ impl Engine {
     }
 
     /// An operator places a hold: the customer (or one subscription) loses access until it is
-    /// lifted. Placing the same `hold_id` again changes nothing. `at` is when the hold starts
-    /// (now when `None`; a replayed back-office action or a simulated story passes its own).
-    #[allow(clippy::too_many_arguments)]
+    /// lifted. Placing the same `hold_id` again changes nothing.
     pub async fn place_hold(
         &self,
         customer_id: &str,
-        hold_id: &str,
-        subscription: Option<SubscriptionId>,
-        reason: &str,
-        covers_grants: bool,
-        at: Option<DateTime<Utc>>,
+        hold: NewHold,
         correlation_id: &str,
     ) -> Result<(), EngineError> {
         if self.entitlements(customer_id).is_none() {
             return Err(EngineError::UnknownCustomer(customer_id.to_owned()));
         }
         let command = CustomerCommand::PlaceHold {
-            hold_id: hold_id.to_owned(),
-            subscription,
-            reason: reason.to_owned(),
-            covers_grants,
-            placed_at: at.unwrap_or_else(|| self.config.clock.now()),
+            hold_id: hold.hold_id,
+            subscription: hold.subscription,
+            reason: hold.reason,
+            covers_grants: hold.covers_grants,
+            placed_at: hold.at.unwrap_or_else(|| self.config.clock.now()),
         };
         self.operator_command(customer_id, command, correlation_id)
             .await

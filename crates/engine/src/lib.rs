@@ -34,8 +34,8 @@ pub use backfill::{
 pub use compact_answer::CorruptAnswer;
 pub use config::EngineConfig;
 pub use engine::{
-    Basis, DunningSpan, Engine, EngineError, Readiness, ReadinessError, ReplaySummary, Shutdown,
-    TimelineEntry, ViewDifference,
+    Basis, DunningSpan, Engine, EngineError, NewHold, Readiness, ReadinessError, ReplaySummary,
+    Shutdown, TimelineEntry, ViewDifference,
 };
 pub use ingest::{IngestError, Receipt};
 pub use projector::{answer_digest, digest_hex, Census, CustomerEntitlements};

@@ -414,11 +414,11 @@ async fn a_worker_and_an_operator_racing_on_one_customer_lose_nothing() {
         operator
             .place_hold(
                 "cus_1",
-                &format!("hold_{n}"),
-                None,
-                "review",
-                false,
-                None,
+                subledger_engine::NewHold {
+                    hold_id: format!("hold_{n}"),
+                    reason: "review".to_owned(),
+                    ..subledger_engine::NewHold::default()
+                },
                 "op",
             )
             .await

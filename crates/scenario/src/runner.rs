@@ -347,13 +347,15 @@ async fn play(
                     Ok(()) => engine
                         .place_hold(
                             &customer_key(&simulator, customer),
-                            id,
-                            subscription
-                                .as_deref()
-                                .map(subledger_domain::ids::SubscriptionId::new),
-                            reason,
-                            *covers_grants,
-                            Some(simulator.now()),
+                            subledger_engine::NewHold {
+                                hold_id: id.clone(),
+                                subscription: subscription
+                                    .as_deref()
+                                    .map(subledger_domain::ids::SubscriptionId::new),
+                                reason: reason.clone(),
+                                covers_grants: *covers_grants,
+                                at: Some(simulator.now()),
+                            },
                             "scenario",
                         )
                         .await

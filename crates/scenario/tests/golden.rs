@@ -236,11 +236,12 @@ async fn write_golden() {
     engine
         .place_hold(
             "cus_00005",
-            "hold_fraud_review",
-            None,
-            "fraud review",
-            false,
-            Some(at - chrono::Duration::days(2)),
+            subledger_engine::NewHold {
+                hold_id: "hold_fraud_review".to_owned(),
+                reason: "fraud review".to_owned(),
+                at: Some(at - chrono::Duration::days(2)),
+                ..subledger_engine::NewHold::default()
+            },
             "golden",
         )
         .await

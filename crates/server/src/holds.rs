@@ -143,11 +143,13 @@ pub(crate) async fn place(
         .engine
         .place_hold(
             customer_id,
-            &hold_id,
-            subscription.clone(),
-            reason,
-            hold.covers_grants,
-            at,
+            subledger_engine::NewHold {
+                hold_id: hold_id.clone(),
+                subscription: subscription.clone(),
+                reason: reason.to_owned(),
+                covers_grants: hold.covers_grants,
+                at,
+            },
             &correlation_id(&headers),
         )
         .await

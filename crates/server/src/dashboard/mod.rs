@@ -28,6 +28,7 @@ use axum::{Form, Router};
 use serde::Deserialize;
 use subledger_engine::domain::entitlements::Entitlements;
 use subledger_engine::domain::ids::CustomerId;
+use subledger_engine::NewHold;
 
 mod timeline;
 
@@ -1031,11 +1032,11 @@ async fn place_hold(
         .engine
         .place_hold(
             customer.as_str(),
-            &hold_id,
-            None,
-            &reason,
-            false,
-            None,
+            NewHold {
+                hold_id: hold_id.clone(),
+                reason: reason.clone(),
+                ..NewHold::default()
+            },
             "dashboard",
         )
         .await
