@@ -128,14 +128,20 @@ fn evidence(timeline: &[TimelineEntry], subscription: Option<&SubscriptionId>) -
             ) => true,
             _ => false,
         })
-        .map(|entry| Evidence {
+        .map(Evidence::of)
+        .collect()
+}
+
+impl Evidence {
+    fn of(entry: &TimelineEntry) -> Self {
+        Self {
             event_type: entry.event_type.clone(),
             occurred_at: entry.occurred_at,
             stripe_event_id: entry.stripe_event_id.clone(),
             actor: entry.actor.clone(),
             drift: entry.drift.clone(),
-        })
-        .collect()
+        }
+    }
 }
 
 pub(crate) fn explain(
@@ -321,13 +327,7 @@ fn explain_grants(
             .filter(|entry| {
                 matches!(&entry.event, CustomerEvent::GrantGiven { grant: g, .. } if g.id == grant.id)
             })
-            .map(|entry| Evidence {
-                event_type: entry.event_type.clone(),
-                occurred_at: entry.occurred_at,
-                stripe_event_id: entry.stripe_event_id.clone(),
-                actor: entry.actor.clone(),
-                drift: entry.drift.clone(),
-            })
+            .map(Evidence::of)
             .collect();
         if resolved.grants.iter().any(|counted| counted.id == grant.id) {
             reasons.push(Reason {

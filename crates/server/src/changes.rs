@@ -48,8 +48,13 @@ const MAX_LIMIT: i64 = 1000;
 const TAIL_POLL: Duration = Duration::from_millis(500);
 /// How often an idle stream sends a heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(15);
-/// Changes a stream may fall behind the tail before it reads them from the store instead.
-const TAIL_CAPACITY: usize = 4096;
+/// Batches of changes (up to 500 each) a stream may fall behind the tail before it reads them
+/// from the store instead.
+const TAIL_CAPACITY: usize = 1024;
+
+/// Changes as the tail hands them to every stream: all it read at once, so a stream wakes
+/// once per batch rather than once per change.
+type ChangeBatch = Arc<Vec<Arc<PreparedChange>>>;
 
 use subledger_engine::changes::{cursor_of, Change, UnreadableChange, CURSOR_PREFIX};
 
@@ -206,7 +211,7 @@ impl PreparedChange {
 /// Reads the changes other servers and this one record, once per server, for every stream.
 #[derive(Debug)]
 pub struct ChangeTail {
-    sender: broadcast::Sender<Arc<PreparedChange>>,
+    sender: broadcast::Sender<ChangeBatch>,
     /// The newest change handed out.
     head: AtomicI64,
 }
@@ -243,12 +248,11 @@ impl ChangeTail {
                 match engine.changes_after(head, 500).await {
                     Ok(rows) => {
                         let full = rows.len() == 500;
-                        for row in rows {
-                            head = row.seq;
-                            // No receiver is no error: nobody is listening right now.
-                            if tail.sender.receiver_count() > 0 {
-                                let _ = tail.sender.send(Arc::new(PreparedChange::of(&row)));
-                            }
+                        head = rows.last().map_or(head, |row| row.seq);
+                        // No receiver is no error: nobody is listening right now.
+                        if !rows.is_empty() && tail.sender.receiver_count() > 0 {
+                            let batch = rows.iter().map(|row| Arc::new(PreparedChange::of(row)));
+                            let _ = tail.sender.send(Arc::new(batch.collect()));
                         }
                         tail.head.store(head, Ordering::Release);
                         if full {
@@ -279,7 +283,7 @@ impl Default for ChangeTail {
 struct Follower {
     engine: Arc<Engine>,
     tail: Arc<ChangeTail>,
-    receiver: Option<broadcast::Receiver<Arc<PreparedChange>>>,
+    receiver: Option<broadcast::Receiver<ChangeBatch>>,
     /// The newest change sent.
     cursor: i64,
     ready: VecDeque<Arc<PreparedChange>>,
@@ -297,7 +301,7 @@ impl Follower {
                 continue;
             }
             match self.receiver.as_mut()?.try_recv() {
-                Ok(row) => self.ready.push_back(row),
+                Ok(batch) => self.ready.extend(batch.iter().cloned()),
                 Err(broadcast::error::TryRecvError::Empty) => return None,
                 // Fell behind the tail: `next` reads the store again.
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {
@@ -322,7 +326,7 @@ impl Follower {
             }
             match &mut self.receiver {
                 Some(receiver) => match receiver.recv().await {
-                    Ok(row) => self.ready.push_back(row),
+                    Ok(batch) => self.ready.extend(batch.iter().cloned()),
                     Err(broadcast::error::RecvError::Lagged(_)) => self.receiver = None,
                     Err(broadcast::error::RecvError::Closed) => {
                         self.receiver = None;

@@ -31,6 +31,20 @@ pub(crate) struct AsOf {
     as_known_at: Option<String>,
 }
 
+/// `?at=<RFC 3339>` on an operator's change: when it happened (default: now).
+#[derive(Debug, Deserialize)]
+pub(crate) struct AtQuery {
+    pub(crate) at: Option<String>,
+}
+
+/// An optional RFC 3339 time named `name`, or a `400 invalid_time` naming it.
+pub(crate) fn optional_time(
+    name: &str,
+    value: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    value.map(|value| parse_time(name, value)).transpose()
+}
+
 fn parse_time(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))

@@ -8,7 +8,6 @@ use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use subledger_domain::customer::CustomerError;
@@ -17,7 +16,7 @@ use subledger_domain::ids::SubscriptionId;
 use subledger_engine::EngineError;
 
 use crate::auth::{token_fingerprint, Admin};
-use crate::entitlements::engine_failed;
+use crate::entitlements::{engine_failed, optional_time, AtQuery};
 use crate::error::ApiError;
 use crate::paths::RouteNames;
 use crate::webhooks::correlation_id;
@@ -52,32 +51,8 @@ pub(crate) struct NewGrant {
     at: Option<String>,
 }
 
-/// `?at=<RFC 3339>` on a revocation: when it was revoked (default: now).
-#[derive(Debug, Deserialize)]
-pub(crate) struct RevokedAt {
-    at: Option<String>,
-}
-
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message)
-}
-
-fn time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    value
-        .map(|text| {
-            DateTime::parse_from_rfc3339(text)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_time",
-                        format!(
-                            "`{name}` must be an RFC 3339 time like 2026-01-31T12:00:00Z, not `{text}`"
-                        ),
-                    )
-                })
-        })
-        .transpose()
 }
 
 /// `granted_by` (or `revoked_by`): the name given, and always the token that acted.
@@ -166,13 +141,13 @@ pub(crate) async fn give(
             value,
             mode: asked.mode.unwrap_or(GrantMode::Set),
             subscription: asked.subscription.map(SubscriptionId::new),
-            starts_at: time("starts_at", asked.starts_at.as_deref())?,
-            expires_at: time("expires_at", asked.expires_at.as_deref())?,
+            starts_at: optional_time("starts_at", asked.starts_at.as_deref())?,
+            expires_at: optional_time("expires_at", asked.expires_at.as_deref())?,
             reason: reason.to_owned(),
         },
         id,
         granted_by: operator(&headers, asked.granted_by.as_deref())?,
-        granted_at: time("at", asked.at.as_deref())?.unwrap_or_else(|| state.engine.now()),
+        granted_at: optional_time("at", asked.at.as_deref())?.unwrap_or_else(|| state.engine.now()),
     };
     let recorded = state
         .engine
@@ -194,12 +169,12 @@ pub(crate) async fn give(
 pub(crate) async fn revoke(
     Admin(state): Admin,
     names: RouteNames,
-    Query(revoked): Query<RevokedAt>,
+    Query(revoked): Query<AtQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let customer = names.customer()?;
     let grant_id = names.grant_id()?;
-    let at = time("at", revoked.at.as_deref())?;
+    let at = optional_time("at", revoked.at.as_deref())?;
     if state.engine.entitlements(customer.as_str()).is_none() {
         return Err(refused(
             EngineError::UnknownCustomer(customer.as_str().to_owned()),

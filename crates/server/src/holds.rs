@@ -13,7 +13,7 @@ use subledger_domain::ids::SubscriptionId;
 use subledger_engine::EngineError;
 
 use crate::auth::Admin;
-use crate::entitlements::engine_failed;
+use crate::entitlements::{engine_failed, optional_time, AtQuery};
 use crate::error::ApiError;
 use crate::paths::RouteNames;
 use crate::webhooks::correlation_id;
@@ -32,27 +32,6 @@ pub(crate) struct NewHold {
     /// stand; see the README's "Grants").
     #[serde(default)]
     covers_grants: bool,
-}
-
-/// `?at=<RFC 3339>` on a lift: when it was lifted (default: now).
-#[derive(Debug, Deserialize)]
-pub(crate) struct LiftedAt {
-    at: Option<String>,
-}
-
-fn moment(at: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
-    at.map(|at| {
-        chrono::DateTime::parse_from_rfc3339(at)
-            .map(|t| t.with_timezone(&chrono::Utc))
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_time",
-                    format!("`at` must be an RFC 3339 time like 2026-01-31T12:00:00Z, not `{at}`"),
-                )
-            })
-    })
-    .transpose()
 }
 
 fn refused(error: EngineError, customer_id: &str) -> ApiError {
@@ -138,7 +117,7 @@ pub(crate) async fn place(
         ));
     }
     let subscription = hold.subscription.map(SubscriptionId::new);
-    let at = moment(hold.at.as_deref())?;
+    let at = optional_time("at", hold.at.as_deref())?;
     state
         .engine
         .place_hold(
@@ -179,12 +158,12 @@ pub(crate) async fn place(
 pub(crate) async fn lift(
     Admin(state): Admin,
     names: RouteNames,
-    Query(lifted): Query<LiftedAt>,
+    Query(lifted): Query<AtQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let customer = names.customer()?;
     let hold_id = names.hold_id()?;
-    let at = moment(lifted.at.as_deref())?;
+    let at = optional_time("at", lifted.at.as_deref())?;
     state
         .engine
         .lift_hold(customer.as_str(), hold_id, at, &correlation_id(&headers))
