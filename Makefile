@@ -1,6 +1,7 @@
 # Every target here is what CI runs, one to one (.ci/run calls `make ci`).
 #
-#   make run     serve on the embedded SQLite store with the example catalog
+#   make run     serve on the embedded SQLite store with the example catalog (published, so
+#                an edited file takes effect at the next `make run`)
 #   make test    every test on SQLite, and on PostgreSQL too when SUBLEDGER_TEST_POSTGRES_URL is set
 #   make lint    rustfmt and clippy, warnings denied
 #   make scenarios  every scenario file through the CLI, in every delivery mode
@@ -27,7 +28,7 @@ build:
 	$(CARGO) build --workspace
 
 run:
-	$(CARGO) run -p subledger-cli -- serve --catalog $(CATALOG)
+	$(CARGO) run -p subledger-cli -- serve --catalog $(CATALOG) --catalog-publish
 
 worker:
 	$(CARGO) run -p subledger-cli -- worker --catalog $(CATALOG)
