@@ -8,6 +8,7 @@
 #   make ci      lint + test + scenarios
 #   make bench   the worker beside its store's floor (release build; not part of `make ci`),
 #                on SQLite and, with SUBLEDGER_TEST_POSTGRES_URL, PostgreSQL; writes docs/benchmarks.md
+#   make bench-smoke  the same paths at tiny sizes in a debug build, as CI runs it (about a minute)
 #   make fuzz    every fuzz target for FUZZ_SECS seconds (default 60; a nightly toolchain and
 #                cargo-fuzz); make fuzz-ci: the short pass CI runs (the light targets, 10 s each)
 #   make alerts  promtool check rules and test rules on deploy/prometheus (Debian's prometheus)
@@ -22,7 +23,7 @@ CATALOG ?= catalog.example.yaml
 SUBLEDGER_WEBHOOK_SECRETS ?= whsec_subledger_local_development
 export SUBLEDGER_WEBHOOK_SECRETS
 
-.PHONY: run worker migrate test lint fmt ci build scenarios bench fuzz fuzz-ci deny deny-latest alerts
+.PHONY: run worker migrate test lint fmt ci build scenarios bench bench-smoke fuzz fuzz-ci deny deny-latest alerts
 
 build:
 	$(CARGO) build --workspace
@@ -67,6 +68,11 @@ scenarios:
 BENCH_ARGS ?=
 bench:
 	$(CARGO) run --release -q -p subledger-bench -- $(BENCH_ARGS)
+
+# What CI runs of make bench: a debug build at tiny sizes, so every measured path still runs
+# (the figures mean nothing at that size); the report goes to target/, not docs/.
+bench-smoke:
+	$(CARGO) run -q -p subledger-bench -- --rows 100 --history 600 --floor-secs 1 --subscribers 5 --out target/bench-smoke.md
 
 FUZZ_SECS ?= 60
 # Targets that need only the Stripe adapter and the domain; scenario_file also builds the
