@@ -86,10 +86,7 @@ impl CatalogHistory {
 
 /// The content version of a catalog file's text.
 pub fn content_version(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::projector::digest_hex(&Sha256::digest(text.as_bytes()))
 }
 
 /// Why a server cannot settle which catalog to serve.
@@ -105,11 +102,18 @@ pub enum CatalogHistoryError {
 
 fn parsed(row: &CatalogVersionRow) -> Result<CatalogVersion, String> {
     let catalog = Catalog::from_yaml(&row.source, &row.text).map_err(|e| e.to_string())?;
+    // A damaged time would put the version in force at the wrong moments: unreadable instead.
+    let published_at = DateTime::from_timestamp_millis(row.published_at_ms).ok_or_else(|| {
+        format!(
+            "its publishing time ({} ms) is out of range",
+            row.published_at_ms
+        )
+    })?;
     Ok(CatalogVersion {
         seq: row.seq,
         version: row.version.clone(),
         published_by: row.published_by.clone(),
-        published_at: DateTime::from_timestamp_millis(row.published_at_ms).unwrap_or_default(),
+        published_at,
         catalog: Arc::new(catalog),
     })
 }
@@ -125,7 +129,7 @@ pub(crate) async fn settle(
 ) -> Result<CatalogHistory, EngineError> {
     let file_version = content_version(file.text());
     loop {
-        let rows = db.catalog_versions().await?;
+        let rows = db.catalog_versions(0).await?;
         let newest = rows.last();
         let publishing = match newest {
             None => true,
@@ -195,12 +199,13 @@ impl Engine {
     /// A version newer than the one this server serves, if another server published one:
     /// this server keeps its version until restarted.
     pub async fn catalog_outdated(&self) -> Result<Option<CatalogRef>, EngineError> {
-        let rows = self.db.catalog_versions().await?;
-        let served = self.catalogs.current().seq;
-        Ok(rows
-            .iter()
-            .rev()
-            .find(|row| row.seq > served)
+        // Only what was published after the served version: usually nothing.
+        let newer = self
+            .db
+            .catalog_versions(self.catalogs.current().seq)
+            .await?;
+        Ok(newer
+            .last()
             .and_then(|row| parsed(row).ok())
             .map(|version| version.reference()))
     }

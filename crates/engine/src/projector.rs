@@ -116,12 +116,12 @@ pub fn answer_digest(json: &[u8]) -> [u8; 8] {
     digest
 }
 
-/// A digest in lower-case hex.
-pub fn digest_hex(digest: &[u8; 8]) -> String {
+/// A digest (or any bytes) in lower-case hex.
+pub fn digest_hex(digest: &[u8]) -> String {
     use std::fmt::Write as _;
     digest
         .iter()
-        .fold(String::with_capacity(16), |mut hex, byte| {
+        .fold(String::with_capacity(digest.len() * 2), |mut hex, byte| {
             let _ = write!(hex, "{byte:02x}");
             hex
         })

@@ -153,10 +153,7 @@ pub(crate) fn token_fingerprint(headers: &axum::http::HeaderMap) -> Option<Strin
     let digest = digest(presented);
     Some(format!(
         "admin token {}",
-        digest[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+        subledger_engine::digest_hex(&digest[..4])
     ))
 }
 

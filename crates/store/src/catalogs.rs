@@ -34,10 +34,11 @@ fn row((seq, version, source, text, published_by, published_at_ms): Row) -> Cata
 const COLUMNS: &str = "seq, version, source, text, published_by, published_at_ms";
 
 impl Database {
-    /// Every published version, oldest first.
-    pub async fn catalog_versions(&self) -> Result<Vec<CatalogVersionRow>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM catalog_versions ORDER BY seq");
-        let rows: Vec<Row> = on_pool!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?);
+    /// The versions published after number `after` (0: every one), oldest first.
+    pub async fn catalog_versions(&self, after: i64) -> Result<Vec<CatalogVersionRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM catalog_versions WHERE seq > $1 ORDER BY seq");
+        let rows: Vec<Row> =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(after).fetch_all(pool).await?);
         Ok(rows.into_iter().map(row).collect())
     }
 
