@@ -284,17 +284,10 @@ async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<F
     let first = next;
     let deliveries = signed(&new_customers(first..first + count))?;
     next += count;
-    let (stop, shutdown) = Shutdown::new();
-    let background = [
-        engine.spawn_worker(shutdown.clone()),
-        engine.spawn_projector(shutdown),
-    ];
+    let background = Background::start(&engine);
     let (mut acks, mut visible, _) =
         ack_and_visibility(&engine, addr, &deliveries, figures.ingest_rate, first).await?;
-    let _ = stop.send(true);
-    for task in background {
-        task.await?;
-    }
+    background.stop().await?;
     figures.ingest_ack_p99 = quantile(&mut acks, 0.99);
     figures.visible_p99 = quantile(&mut visible, 0.99);
     engine.drain().await?;
@@ -309,11 +302,7 @@ async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<F
     let first = next;
     let deliveries = signed(&new_customers(first..first + count))?;
     next += count;
-    let (stop, shutdown) = Shutdown::new();
-    let background = [
-        engine.spawn_worker(shutdown.clone()),
-        engine.spawn_projector(shutdown),
-    ];
+    let background = Background::start(&engine);
     let (mut acks, mut visible, acked_at) =
         ack_and_visibility(&engine, addr, &deliveries, figures.ingest_rate, first).await?;
     let expected = u64::from(count) * as_u64(args.subscribers);
@@ -326,10 +315,7 @@ async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<F
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _ = stop.send(true);
-    for task in background {
-        task.await?;
-    }
+    background.stop().await?;
     figures.subscribed_ack_p99 = quantile(&mut acks, 0.99);
     figures.subscribed_visible_p99 = quantile(&mut visible, 0.99);
     figures.stream_changes = (
@@ -435,6 +421,32 @@ async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<F
     figures.rebuild_rate = per_sec(figures.replay_events, summary.rebuilt_in);
     engine.close().await;
     Ok(figures)
+}
+
+/// The worker and the projector running, as `subledger serve` runs them.
+struct Background {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Background {
+    fn start(engine: &Arc<Engine>) -> Self {
+        let (stop, shutdown) = Shutdown::new();
+        let tasks = [
+            engine.spawn_worker(shutdown.clone()),
+            engine.spawn_projector(shutdown),
+        ];
+        Self { stop, tasks }
+    }
+
+    /// Stops both after the item in hand.
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await?;
+        }
+        Ok(())
+    }
 }
 
 /// Sends `deliveries` open-loop at `rate` and watches every new customer's answer appear:

@@ -995,18 +995,24 @@ impl Reader {
             }
             "place_hold" => {
                 let map = self.args(value, name, &["customer", "id", "subscription", "reason", "covers_grants"])?;
+                let subscription = self.optional_str(map, "subscription")?;
+                let covers_grants = match self.optional_str(map, "covers_grants")?.as_deref() {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(self.error(value.span(), format!("`covers_grants` is true or false, not `{other}`")))
+                    }
+                };
+                // As the API refuses it: only a hold on the whole customer reaches its grants.
+                if covers_grants && subscription.is_some() {
+                    return Err(self.error(value.span(), "`covers_grants` is for a hold on the whole customer: leave out `subscription`"));
+                }
                 Action::PlaceHold {
                     customer: self.required_str(map, "customer")?.to_owned(),
                     id: self.required_str(map, "id")?.to_owned(),
-                    subscription: self.optional_str(map, "subscription")?,
+                    subscription,
                     reason: self.required_str(map, "reason")?.to_owned(),
-                    covers_grants: match self.optional_str(map, "covers_grants")?.as_deref() {
-                        None | Some("false") => false,
-                        Some("true") => true,
-                        Some(other) => {
-                            return Err(self.error(value.span(), format!("`covers_grants` is true or false, not `{other}`")))
-                        }
-                    },
+                    covers_grants,
                 }
             }
             "grant" => self.grant(value, name)?,

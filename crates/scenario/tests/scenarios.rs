@@ -90,6 +90,9 @@ fn a_malformed_scenario_names_the_file_the_line_and_the_problem() {
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - advance: 200 years\n", 5, "at most 100 years"),
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - subscribe: { customer: c, subscription: s, price: p,\n      payment_behavior: sometimes }\n", 6, "`payment_behavior` is `sometimes`, expected allow_incomplete"),
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - confirm: { subscription: s }\n", 5, "missing `card`"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - grant: { customer: c, id: g, feature: f, enabled: true, limit: 3, reason: r }\n", 5, "exactly one of `enabled"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - grant: { customer: c, id: g, feature: f, limit: 3, mode: double, reason: r }\n", 5, "`mode` is set or add"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - place_hold: { customer: c, id: h, subscription: s, reason: r, covers_grants: true }\n", 5, "whole customer"),
     ];
     for (text, line, message) in cases {
         let path = dir.join("bad.yaml");
