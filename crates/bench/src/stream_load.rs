@@ -1,20 +1,28 @@
 //! Product services listening: many subscribers on `/v1/changes/stream` at once, as the
 //! webhook load runs, and a revalidation of one answer by its `ETag`.
+//!
+//! The subscribers run in a process of their own at the lowest priority (`nice -n 19`), standing
+//! for product services on other machines: on one 2-core machine their reading would otherwise
+//! be charged to the server's acknowledgements. The server's own cost of writing the streams
+//! is measured in full.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-/// Subscribers following the stream until dropped.
+/// Subscribers following the stream in their own process, until dropped.
+#[derive(Debug)]
 pub struct Subscribers {
-    tasks: Vec<JoinHandle<()>>,
+    process: Child,
     /// When the first subscriber heard of each customer's newest change.
     pub heard: Arc<Mutex<HashMap<String, Instant>>>,
     /// Changes heard, all subscribers together.
@@ -23,6 +31,114 @@ pub struct Subscribers {
 
 impl Drop for Subscribers {
     fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Starts `count` subscribers following the stream from now, in a process of their own;
+/// returns once every stream is answered `200`.
+pub fn spawn(addr: SocketAddr, token: &str, count: usize) -> Result<Subscribers> {
+    let bench = std::env::current_exe().context("cannot find the bench's own executable")?;
+    let mut process = Command::new("nice")
+        .args(["-n", "19"])
+        .arg(bench)
+        .args(["--subscriber-process", &addr.to_string()])
+        .args(["--subscribers", &count.to_string()])
+        .env(TOKEN_VARIABLE, token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start the subscribers' process (`nice` runs it)")?;
+    let stdout = process
+        .stdout
+        .take()
+        .context("the subscribers' process has no output")?;
+    let mut lines = BufReader::new(stdout).lines();
+    match lines.next() {
+        Some(Ok(line)) if line == "ready" => {}
+        Some(Ok(line)) => bail!("the subscribers' process said {line:?} instead of ready"),
+        Some(Err(error)) => bail!("cannot read the subscribers' process: {error}"),
+        None => bail!("the subscribers' process ended before its streams were open"),
+    }
+    let heard = Arc::new(Mutex::new(HashMap::new()));
+    let changes = Arc::new(AtomicU64::new(0));
+    // Instants of this process from the other's wall-clock times.
+    let (anchor, anchor_wall) = (Instant::now(), SystemTime::now());
+    let (heard_by, counted) = (Arc::clone(&heard), Arc::clone(&changes));
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut words = line.split(' ');
+            match (words.next(), words.next(), words.next()) {
+                (Some("changes"), Some(count), None) => {
+                    counted.store(count.parse().unwrap_or(0), Ordering::Relaxed);
+                }
+                (Some("heard"), Some(customer), Some(micros)) => {
+                    let wall = UNIX_EPOCH + Duration::from_micros(micros.parse().unwrap_or(0));
+                    let at = match wall.duration_since(anchor_wall) {
+                        Ok(after) => anchor + after,
+                        Err(before) => anchor.checked_sub(before.duration()).unwrap_or(anchor),
+                    };
+                    if let Ok(mut heard) = heard_by.lock() {
+                        heard.insert(customer.to_owned(), at);
+                    }
+                }
+                _ => eprintln!("the subscribers' process said {line:?}"),
+            }
+        }
+    });
+    Ok(Subscribers {
+        process,
+        heard,
+        changes,
+    })
+}
+
+/// Where the subscribers' process finds the API token (not on its command line).
+const TOKEN_VARIABLE: &str = "SUBLEDGER_BENCH_TOKEN";
+
+/// The subscribers' process: opens `count` streams, says `ready`, then every 100 ms the
+/// changes heard so far (`changes N`) and when the timed subscriber heard each customer
+/// (`heard CUSTOMER UNIX_MICROS`), until killed.
+pub async fn subscriber_process(addr: SocketAddr, count: usize) -> Result<()> {
+    let token = std::env::var(TOKEN_VARIABLE)
+        .with_context(|| format!("{TOKEN_VARIABLE} must hold the API token"))?;
+    let subscribers = subscribe(addr, &token, count).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let heard: Vec<(String, SystemTime)> = match subscribers.heard.lock() {
+            Ok(mut heard) => heard.drain(..).collect(),
+            Err(_) => bail!("the timed subscriber panicked"),
+        };
+        for (customer, at) in heard {
+            let micros = at
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
+            writeln!(out, "heard {customer} {micros}")?;
+        }
+        writeln!(
+            out,
+            "changes {}",
+            subscribers.changes.load(Ordering::Relaxed)
+        )?;
+        out.flush()?;
+    }
+}
+
+/// Subscribers following the stream inside this process.
+struct InProcess {
+    tasks: Vec<JoinHandle<()>>,
+    /// Each customer the timed subscriber heard, and when.
+    heard: Arc<Mutex<Vec<(String, SystemTime)>>>,
+    changes: Arc<AtomicU64>,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
         }
@@ -30,8 +146,8 @@ impl Drop for Subscribers {
 }
 
 /// Opens `count` streams from now; returns once every one is answered `200`.
-pub async fn subscribe(addr: SocketAddr, token: &str, count: usize) -> Result<Subscribers> {
-    let heard = Arc::new(Mutex::new(HashMap::new()));
+async fn subscribe(addr: SocketAddr, token: &str, count: usize) -> Result<InProcess> {
+    let heard = Arc::new(Mutex::new(Vec::new()));
     let changes = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(count);
     for n in 0..count {
@@ -69,7 +185,7 @@ pub async fn subscribe(addr: SocketAddr, token: &str, count: usize) -> Result<Su
             }
         }));
     }
-    Ok(Subscribers {
+    Ok(InProcess {
         tasks,
         heard,
         changes,
@@ -106,7 +222,7 @@ async fn count_changes(mut stream: TcpStream, first: Vec<u8>, changes: &AtomicU6
 async fn follow_timed(
     mut stream: TcpStream,
     mut buffer: Vec<u8>,
-    heard: &Mutex<HashMap<String, Instant>>,
+    heard: &Mutex<Vec<(String, SystemTime)>>,
     changes: &AtomicU64,
 ) {
     let mut chunk = vec![0_u8; 64 * 1024];
@@ -123,7 +239,7 @@ async fn follow_timed(
                 serde_json::from_str(data.trim_start()).unwrap_or_default();
             if let Some(customer) = change["customer"].as_str() {
                 if let Ok(mut heard) = heard.lock() {
-                    heard.insert(customer.to_owned(), Instant::now());
+                    heard.push((customer.to_owned(), SystemTime::now()));
                 }
             }
         }

@@ -145,6 +145,10 @@ struct Shared {
     cursor: Mutex<Option<String>>,
     synced: AtomicBool,
     http: Http,
+    /// For the change stream: never a connection other requests used, because Subledger
+    /// sorts a connection by its first request and serves streams at a lower priority than
+    /// webhook acknowledgements only when the stream comes first.
+    stream_http: Http,
 }
 
 /// A customer's key in answers and in changes: `acct_…/cus_…` for a connected account's.
@@ -189,7 +193,10 @@ impl Entitlements {
             .https_or_http()
             .enable_http1()
             .build();
-        let http = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let http = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector.clone());
+        let stream_http = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
         let entitlements = Self {
             shared: Arc::new(Shared {
                 config,
@@ -197,6 +204,7 @@ impl Entitlements {
                 cursor: Mutex::new(None),
                 synced: AtomicBool::new(false),
                 http,
+                stream_http,
             }),
         };
         let weak = Arc::downgrade(&entitlements.shared);
@@ -341,7 +349,12 @@ impl Shared {
         let request = request
             .body(Empty::new())
             .map_err(|e| unreachable(e.to_string()))?;
-        let response = tokio::time::timeout(Duration::from_secs(30), self.http.request(request))
+        let http = if path.ends_with("/stream") {
+            &self.stream_http
+        } else {
+            &self.http
+        };
+        let response = tokio::time::timeout(Duration::from_secs(30), http.request(request))
             .await
             .map_err(|_| unreachable("no answer within 30 s".to_owned()))?
             .map_err(|e| unreachable(e.to_string()))?;

@@ -9,7 +9,10 @@
 //! - at most `max_connections` are open at once; while that many are, new ones wait in the
 //!   kernel's accept queue rather than being accepted and starved;
 //! - on shutdown it stops accepting, lets requests in flight finish (at most `drain_timeout`),
-//!   then returns.
+//!   then returns;
+//! - a connection whose first request opens the change stream is served on a thread of its
+//!   own with a lower scheduling priority ([`streams`]): hundreds of subscribers receiving
+//!   every change must not delay a webhook's acknowledgement, which is what Stripe waits for.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,10 +24,12 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+
+mod streams;
 
 /// The limits of [`serve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +69,7 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(LazyTimer)
         .header_read_timeout(limits.header_read_timeout);
+    let http = Arc::new(http);
     tokio::pin!(shutdown);
     loop {
         // A free slot first, so that over the limit connections wait to be accepted.
@@ -86,16 +92,22 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
-        let connection = graceful.watch(connection);
+        let (http, router, watcher) = (Arc::clone(&http), router.clone(), graceful.watcher());
+        let header_read_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
+            match streams::lane_of(&stream, header_read_timeout).await {
+                streams::Lane::Closed => {}
+                streams::Lane::Stream => {
+                    streams::serve(stream, move |stream| async move {
+                        serve_connection(&http, router, watcher, stream).await;
+                        drop(slot);
+                    });
+                }
+                streams::Lane::Requests => {
+                    serve_connection(&http, router, watcher, stream).await;
+                    drop(slot);
+                }
             }
-            drop(slot);
         });
     }
     drop(listener);
@@ -107,6 +119,19 @@ pub async fn serve(
             after = ?limits.drain_timeout,
             "requests still in flight at shutdown were cut off"
         );
+    }
+}
+
+/// Serves the requests of one connection until it closes or the server shuts down.
+async fn serve_connection(
+    http: &hyper::server::conn::http1::Builder,
+    router: Router,
+    watcher: Watcher,
+    stream: TcpStream,
+) {
+    let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%error, "connection ended with an error");
     }
 }
 

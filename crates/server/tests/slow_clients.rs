@@ -1,7 +1,9 @@
 //! The HTTP limits over real sockets: slow clients sending their headers byte by byte are cut
 //! off at the header timeout and do not hold up other deliveries' acknowledgements; an idle
 //! keep-alive connection is closed; a body that never finishes gets a 408; connections over
-//! the limit wait to be accepted; shutdown answers what is in flight.
+//! the limit wait to be accepted; shutdown answers what is in flight; change streams are
+//! served on a thread of lower priority, and still served when their request line arrives in
+//! pieces.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -219,4 +221,83 @@ async fn over_the_connection_limit_a_connection_waits_and_shutdown_answers_what_
             read_response(&mut late).await.is_none()
         }
     );
+}
+
+/// Opens `/v1/changes/stream` (HTTP/1.0: the body is the bare event stream) and reads up to
+/// the opening block; with `in_pieces` the request line arrives in two writes.
+async fn open_stream(addr: SocketAddr, in_pieces: bool) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = b"GET /v1/changes/stream HTTP/1.0\r\nHost: t\r\n\r\n";
+    if in_pieces {
+        stream.write_all(&request[..12]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.write_all(&request[12..]).await.unwrap();
+    } else {
+        stream.write_all(request).await.unwrap();
+    }
+    let seen = read_until(&mut stream, String::new(), "following from here\n\n").await;
+    assert!(seen.starts_with("HTTP/1.0 200"), "{seen}");
+    (stream, seen)
+}
+
+/// Reads `stream` onto `seen` until it holds `mark`; panics after 10 s.
+async fn read_until(stream: &mut TcpStream, mut seen: String, mark: &str) -> String {
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains(mark) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = tokio::time::timeout(left, stream.read(&mut buffer)).await;
+        let read = read.unwrap_or_else(|_| panic!("no {mark:?} within 10 s: {seen}"));
+        let read = read.unwrap();
+        assert!(read > 0, "the stream closed before {mark:?}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    seen
+}
+
+/// The nice value of a thread from `/proc/self/task/{tid}/stat` (its 19th field).
+fn nice_of(task: &std::path::Path) -> i32 {
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    after_name
+        .split_whitespace()
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_streams_run_on_a_lower_priority_thread_and_still_work_in_pieces() {
+    let (addr, engine, _stop) = server(HttpLimits::default()).await;
+    let (mut whole, mut seen_whole) = open_stream(addr, false).await;
+    let (mut pieces, mut seen_pieces) = open_stream(addr, true).await;
+
+    // The streams' thread runs ten nice steps below the process's main thread.
+    let tasks: Vec<_> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|task| task.unwrap().path())
+        .collect();
+    let streams = tasks
+        .iter()
+        .find(|task| {
+            std::fs::read_to_string(task.join("comm")).is_ok_and(|n| n.trim() == "change-streams")
+        })
+        .expect("a stream was opened, so the streams' thread runs");
+    let own = nice_of(std::path::Path::new("/proc/self"));
+    assert_eq!(nice_of(streams), (own + 10).min(19));
+
+    // Both connections hear a change: the one on the streams' thread and the one whose
+    // request line came in pieces (served where requests are).
+    let mut poster = TcpStream::connect(addr).await.unwrap();
+    poster.write_all(&delivery(7)).await.unwrap();
+    assert_eq!(read_response(&mut poster).await, Some(200));
+    engine.drain().await.unwrap();
+    engine.project().await.unwrap();
+    seen_whole = read_until(&mut whole, seen_whole, "\"cus_7\"").await;
+    seen_pieces = read_until(&mut pieces, seen_pieces, "\"cus_7\"").await;
+    for seen in [seen_whole, seen_pieces] {
+        assert!(seen.contains("event: entitlements.updated"), "{seen}");
+    }
 }
