@@ -260,6 +260,13 @@ pub struct SubscriptionSnapshot {
     /// waiting to be paid (the subscription's `latest_invoice` while `pending_update` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_update_invoice: Option<InvoiceId>,
+    /// Stripe's `start_date`: when the subscription began (a backdated one, before it was
+    /// created), the same in every snapshot. A plan whose changes apply to new subscriptions
+    /// only gives the subscription the features of the catalog version in force then. Absent
+    /// in facts recorded before Subledger kept it: such a subscription follows every change
+    /// until Stripe describes it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 /// How Stripe stopped asking for an invoice's payment without it being paid.

@@ -21,6 +21,21 @@
 //!   paused: none           # what a `paused` subscription grants: none | plan
 //! ```
 //!
+//! A plan's `changes_apply_to` says whom a change of its features reaches when a new catalog
+//! version is published: `everyone` (the default) or `new_subscriptions`, in which case a
+//! subscription keeps the plan's features of the version in force when it started (Stripe's
+//! `start_date`). Versions are followed in order: a version that marks the plan `everyone`
+//! moves every subscription to its features, one that marks it `new_subscriptions` leaves
+//! them where they were; a subscription whose plan did not exist yet takes the first version
+//! that has it.
+//!
+//! ```yaml
+//!   pro:
+//!     prices: [pro_monthly]
+//!     features: { seats: 20 }
+//!     changes_apply_to: new_subscriptions   # grandfathered: existing ones keep their seats
+//! ```
+//!
 //! `sum_limits: [seats]` makes those limits add up across subscriptions (each item's limit
 //! times its quantity) instead of the largest one winning.
 //!
@@ -28,6 +43,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 
 use crate::billing::SubscriptionItem;
 use crate::ids::CustomerId;
@@ -46,6 +64,17 @@ pub struct Plan {
     pub name: String,
     pub prices: Vec<String>,
     pub features: BTreeMap<String, FeatureGrant>,
+    pub changes_apply_to: ChangesApplyTo,
+}
+
+/// Whom a new catalog version's change of a plan reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChangesApplyTo {
+    /// Every subscription on the plan.
+    #[default]
+    Everyone,
+    /// Subscriptions that start from then on; existing ones keep what they had.
+    NewSubscriptions,
 }
 
 /// What a subscription in a troubled status still grants.
@@ -90,6 +119,11 @@ pub struct Catalog {
     /// Where the catalog was read from, and its text: a version is recorded as written.
     source: String,
     text: String,
+    /// When this catalog was published as a version, and the versions published before it
+    /// (oldest first), for plans whose changes apply to new subscriptions only. Empty for a
+    /// catalog read from a file and not yet part of a history.
+    published_at: Option<DateTime<Utc>>,
+    earlier: Vec<(DateTime<Utc>, Arc<Catalog>)>,
 }
 
 /// A catalog that could not be loaded: where, and why.
@@ -134,6 +168,56 @@ impl Catalog {
 
     pub fn plan(&self, name: &str) -> Option<&Plan> {
         self.plans.get(name)
+    }
+
+    /// This catalog as the version published at `published_at`, after `earlier` (oldest
+    /// first, each with its publishing time).
+    pub fn in_history(
+        mut self,
+        published_at: DateTime<Utc>,
+        earlier: Vec<(DateTime<Utc>, Arc<Catalog>)>,
+    ) -> Self {
+        self.published_at = Some(published_at);
+        self.earlier = earlier;
+        self
+    }
+
+    /// What `plan` (one of this catalog's) grants a subscription that started at
+    /// `started_at`: its features in this version unless the plan's changes apply to new
+    /// subscriptions only and the subscription started under an earlier version (the rule in
+    /// the module's docs). An unknown start follows every change.
+    pub fn as_started<'a>(&'a self, plan: &'a Plan, started_at: Option<DateTime<Utc>>) -> &'a Plan {
+        let (Some(started_at), Some(published_at)) = (started_at, self.published_at) else {
+            return plan;
+        };
+        if plan.changes_apply_to == ChangesApplyTo::Everyone || started_at >= published_at {
+            return plan;
+        }
+        // The version in force when the subscription started (the first if it started
+        // before any), then every later one before this.
+        let first = self
+            .earlier
+            .iter()
+            .rposition(|(at, _)| *at <= started_at)
+            .unwrap_or(0);
+        let mut held: Option<&Plan> = None;
+        for (_, version) in self.earlier.iter().skip(first) {
+            held = match version.plan(&plan.name) {
+                Some(found)
+                    if found.changes_apply_to == ChangesApplyTo::NewSubscriptions
+                        && held.is_some() =>
+                {
+                    held
+                }
+                found => found,
+            };
+        }
+        held.unwrap_or(plan)
+    }
+
+    /// When this catalog was published as a version, if it is one.
+    pub fn published_at(&self) -> Option<DateTime<Utc>> {
+        self.published_at
     }
 
     /// The plan a subscription item belongs to, by price id first, then by lookup key.
@@ -209,6 +293,7 @@ static EMPTY_PLAN: Plan = Plan {
     name: String::new(),
     prices: Vec::new(),
     features: BTreeMap::new(),
+    changes_apply_to: ChangesApplyTo::Everyone,
 };
 
 struct Parser<'a> {
@@ -337,6 +422,8 @@ impl Parser<'_> {
             summed,
             source: self.source.to_owned(),
             text: text.to_owned(),
+            published_at: None,
+            earlier: Vec::new(),
         })
     }
 
@@ -387,16 +474,29 @@ impl Parser<'_> {
             .as_mapping()
             .ok_or_else(|| self.error(node.span(), format!("plan `{name}` must be a mapping")))?;
         for key in map.keys() {
-            if !matches!(key.as_str(), "prices" | "features") {
+            if !matches!(key.as_str(), "prices" | "features" | "changes_apply_to") {
                 return Err(self.error(
                     key.span(),
                     format!(
-                        "unknown key `{}` in plan `{name}` (expected `prices` or `features`)",
+                        "unknown key `{}` in plan `{name}` (expected `prices`, `features` or `changes_apply_to`)",
                         key.as_str()
                     ),
                 ));
             }
         }
+        let changes_apply_to = match map.get_node("changes_apply_to") {
+            None => ChangesApplyTo::Everyone,
+            Some(node) => match node.as_scalar().map(|s| s.as_str()) {
+                Some("everyone") => ChangesApplyTo::Everyone,
+                Some("new_subscriptions") => ChangesApplyTo::NewSubscriptions,
+                _ => {
+                    return Err(self.error(
+                        node.span(),
+                        format!("`changes_apply_to` of plan `{name}` must be `everyone` or `new_subscriptions`"),
+                    ))
+                }
+            },
+        };
         let mut prices = Vec::new();
         if let Some(prices_node) = map.get_node("prices") {
             let list = prices_node.as_sequence().ok_or_else(|| {
@@ -446,6 +546,7 @@ impl Parser<'_> {
             name: name.to_owned(),
             prices,
             features,
+            changes_apply_to,
         })
     }
 }
@@ -559,6 +660,25 @@ plans:
         assert_eq!(error.line, Some(9));
         assert!(
             error.message.contains("`paused` must be `none` or `plan`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn it_reads_whom_a_plan_change_reaches() {
+        let text = EXAMPLE.replace(
+            "    features: { sso: true, seats: 10, api_calls: 100000 }\n",
+            "    features: { sso: true, seats: 10, api_calls: 100000 }\n    changes_apply_to: new_subscriptions\n",
+        );
+        let catalog = Catalog::from_yaml("catalog.yaml", &text).unwrap();
+        let plan = |name: &str| catalog.plan(name).unwrap().changes_apply_to;
+        assert_eq!(plan("pro"), ChangesApplyTo::NewSubscriptions);
+        assert_eq!(plan("free"), ChangesApplyTo::Everyone);
+        let wrong = text.replace("new_subscriptions", "existing");
+        let error = Catalog::from_yaml("catalog.yaml", &wrong).unwrap_err();
+        assert_eq!(error.line, Some(8), "{error}");
+        assert!(
+            error.message.contains("`everyone` or `new_subscriptions`"),
             "{error}"
         );
     }

@@ -517,7 +517,9 @@ impl Entitlements {
             if grants {
                 for item in &subscription.items {
                     if let Some(plan) = catalog.plan_of_item(&view.customer_id, item) {
-                        if !plans.iter().any(|known| known.name == plan.name) {
+                        // Two subscriptions on one plan may hold different versions of it.
+                        let plan = catalog.as_started(plan, subscription.started_at);
+                        if !plans.iter().any(|known| std::ptr::eq(*known, plan)) {
                             plans.push(plan);
                         }
                     }
@@ -599,7 +601,9 @@ impl Entitlements {
                 continue;
             };
             for item in &subscription.items {
-                let plan = catalog.plan_of_item(&view.customer_id, item);
+                let plan = catalog
+                    .plan_of_item(&view.customer_id, item)
+                    .map(|plan| catalog.as_started(plan, subscription.started_at));
                 for (name, grant) in plan.iter().flat_map(|plan| &plan.features) {
                     if let (true, FeatureGrant::Limit(limit)) = (catalog.sums(name), grant) {
                         let sum = sums.entry(name.as_str()).or_insert(0);
@@ -623,7 +627,12 @@ impl Entitlements {
             deleted: view.deleted,
             dunning: Dunning::most_serious(subscriptions.iter().map(|s| s.dunning.clone())),
             subscriptions,
-            plans: plans.iter().map(|plan| plan.name.clone()).collect(),
+            plans: plans.iter().fold(Vec::new(), |mut names, plan| {
+                if !names.contains(&plan.name) {
+                    names.push(plan.name.clone());
+                }
+                names
+            }),
             features,
             scheduled_changes,
             holds: view.holds.values().cloned().collect(),
@@ -694,6 +703,7 @@ plans:
                 current_period_end: None,
                 trial_end: None,
                 pending_update_invoice: None,
+                started_at: None,
             };
             view.apply(&CustomerEvent::SubscriptionStarted {
                 subscription,

@@ -55,6 +55,7 @@ fn snapshot(state: State) -> SubscriptionSnapshot {
         current_period_end: Some(at(30 * 86_400)),
         trial_end: None,
         pending_update_invoice: None,
+        started_at: None,
     }
 }
 

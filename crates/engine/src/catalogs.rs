@@ -155,10 +155,19 @@ pub(crate) async fn settle(
             }
             continue;
         }
-        let mut versions = Vec::with_capacity(rows.len());
+        let mut versions: Vec<CatalogVersion> = Vec::with_capacity(rows.len());
         for (index, row) in rows.iter().enumerate() {
             match parsed(row) {
-                Ok(version) => versions.push(version),
+                // Each version knows those before it, for plans that grandfather.
+                Ok(mut version) => {
+                    let earlier = versions
+                        .iter()
+                        .map(|v| (v.published_at, Arc::clone(&v.catalog)))
+                        .collect();
+                    let catalog = Catalog::clone(&version.catalog);
+                    version.catalog = Arc::new(catalog.in_history(version.published_at, earlier));
+                    versions.push(version);
+                }
                 Err(reason) if index + 1 == rows.len() => {
                     return Err(CatalogHistoryError::Unreadable {
                         version: row.version.clone(),

@@ -132,6 +132,7 @@ fn sample_view(price: &str, cancelling: bool, at: DateTime<Utc>) -> BillingView 
             current_period_end: Some(at),
             trial_end: None,
             pending_update_invoice: None,
+            started_at: None,
         },
     );
     view

@@ -160,10 +160,11 @@ pub(crate) fn explain(
         let Some(snapshot) = view.subscriptions.get(&entitlement.id) else {
             continue;
         };
-        let plan = snapshot
+        let current = snapshot
             .items
             .iter()
             .find_map(|item| catalog.plan_of_item(&view.customer_id, item));
+        let plan = current.map(|plan| catalog.as_started(plan, snapshot.started_at));
         let Some((plan, grant)) = plan.and_then(|p| p.features.get(feature).map(|g| (p, *g)))
         else {
             continue;
@@ -171,10 +172,19 @@ pub(crate) fn explain(
         let status = Some(entitlement.status.as_str().to_owned());
         let evidence = evidence(timeline, Some(&entitlement.id));
         if entitlement.grants_access {
+            let mut rule = rule(&plan.name, feature, grant);
+            if let (Some(current), Some(started)) = (current, snapshot.started_at) {
+                if !std::ptr::eq(current, plan) {
+                    rule.push_str(&format!(
+                        ", as the plan stood for a subscription started {}: its changes since apply to new subscriptions only",
+                        started.to_rfc3339_opts(SecondsFormat::Secs, true)
+                    ));
+                }
+            }
             reasons.push(Reason {
                 source: "subscription",
                 plan: Some(plan.name.clone()),
-                rule: rule(&plan.name, feature, grant),
+                rule,
                 subscription: Some(entitlement.id.clone()),
                 status,
                 evidence,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::DateTime;
 use subledger_domain::catalog::Catalog;
 use subledger_engine::catalogs::content_version;
-use subledger_engine::clock::ManualClock;
+use subledger_engine::clock::{Clock, ManualClock};
 use subledger_engine::{Basis, Engine};
 use subledger_store::scratch::ScratchDatabase;
 use subledger_stripe::fixtures;
@@ -172,4 +172,139 @@ async fn a_recorded_catalog_this_build_cannot_read_stops_the_server_by_name() {
         "{message}"
     );
     test_db.cleanup().await.unwrap();
+}
+
+/// The tests' catalog with pro's seats changed and whom the change reaches.
+fn pro_seats_for(seats: u32, changes_apply_to: &str) -> String {
+    CATALOG.replace(
+        "    features: { sso: true, seats: 10, api_calls: 100000 }\n",
+        &format!(
+            "    features: {{ sso: true, seats: {seats}, api_calls: 100000 }}\n    changes_apply_to: {changes_apply_to}\n"
+        ),
+    )
+}
+
+/// Delivers a pro subscription of `customer` that started at `start` (Stripe's `start_date`;
+/// none: a fact recorded without it), and applies it.
+async fn subscribe(engine: &Engine, clock: &ManualClock, customer: &str, start: Option<i64>) {
+    let mut subscription =
+        fixtures::subscription(&format!("sub_{customer}"), customer, "active", "price_pro");
+    match start {
+        Some(start) => subscription["start_date"] = serde_json::json!(start),
+        None => {
+            if let Some(object) = subscription.as_object_mut() {
+                object.remove("start_date");
+            }
+        }
+    }
+    let body = serde_json::to_vec(&fixtures::event(
+        &format!("evt_{customer}"),
+        "customer.subscription.created",
+        start.unwrap_or(at(0)),
+        subscription,
+    ))
+    .unwrap();
+    let header =
+        subledger_engine::WebhookSecret::new(SECRET).header(clock.now().timestamp(), &body);
+    engine
+        .receive_webhook(Some(&header), &body, "test")
+        .await
+        .unwrap();
+    engine.drain().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_plan_whose_changes_apply_to_new_subscriptions_keeps_existing_ones_on_their_version() {
+    for test_db in ScratchDatabase::shared().await.unwrap() {
+        let name = test_db.name;
+        let url = test_db.url.clone();
+        let clock = Arc::new(ManualClock::new(
+            DateTime::from_timestamp(START, 0).unwrap(),
+        ));
+        let v1 = engine_with(&url, &clock, CATALOG, false, "v1").await;
+        subscribe(&v1, &clock, "cus_old", Some(at(-60))).await;
+        subscribe(&v1, &clock, "cus_unknown_start", None).await;
+        assert_eq!(seats(&v1, "cus_old"), Some(10), "{name}");
+
+        // An hour later pro gets 20 seats, for new subscriptions only.
+        clock.advance(chrono::Duration::hours(1));
+        let v2 = engine_with(
+            &url,
+            &clock,
+            &pro_seats_for(20, "new_subscriptions"),
+            true,
+            "v2",
+        )
+        .await;
+        subscribe(&v2, &clock, "cus_new", Some(at(3700))).await;
+        assert_eq!(seats(&v2, "cus_old"), Some(10), "{name}: grandfathered");
+        assert_eq!(seats(&v2, "cus_new"), Some(20), "{name}: started under v2");
+        assert_eq!(
+            seats(&v2, "cus_unknown_start"),
+            Some(20),
+            "{name}: a subscription without a known start follows every change"
+        );
+
+        // Then 30 seats for everyone: both move.
+        clock.advance(chrono::Duration::hours(1));
+        let v3 = engine_with(&url, &clock, &pro_seats_for(30, "everyone"), true, "v3").await;
+        assert_eq!(seats(&v3, "cus_old"), Some(30), "{name}");
+        assert_eq!(seats(&v3, "cus_new"), Some(30), "{name}");
+
+        // Then 40 for new subscriptions only: existing ones keep the 30 they were moved to.
+        clock.advance(chrono::Duration::hours(1));
+        let v4 = engine_with(
+            &url,
+            &clock,
+            &pro_seats_for(40, "new_subscriptions"),
+            true,
+            "v4",
+        )
+        .await;
+        subscribe(&v4, &clock, "cus_newest", Some(at(3 * 3600 + 100))).await;
+        let now = [("cus_old", 30), ("cus_new", 30), ("cus_newest", 40)];
+        for (customer, expected) in now {
+            assert_eq!(seats(&v4, customer), Some(expected), "{name} {customer}");
+        }
+
+        // The explanation says why the old subscription has 30 seats, not 40.
+        let explained = v4.explain("cus_old", "seats", None).await.unwrap().unwrap();
+        assert_eq!(explained.limit, Some(30), "{name}");
+        let rules: Vec<&str> = explained.reasons.iter().map(|r| r.rule.as_str()).collect();
+        assert!(
+            rules
+                .iter()
+                .any(|r| r.contains("apply to new subscriptions only")),
+            "{name}: {rules:?}"
+        );
+
+        // An answer about a moment under v2 uses v2 and its rule.
+        let under_v2 = DateTime::from_timestamp(at(5000), 0).unwrap();
+        for (customer, expected) in [("cus_old", 10), ("cus_new", 20)] {
+            let then = v4
+                .entitlements_at(customer, under_v2, Basis::Effective)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                then.feature("seats").limit,
+                Some(expected),
+                "{name} {customer}"
+            );
+        }
+
+        // A rebuild from the log gives the same answers.
+        v4.replay(&mut |_| {}).await.unwrap();
+        for (customer, expected) in now {
+            assert_eq!(
+                seats(&v4, customer),
+                Some(expected),
+                "{name} {customer} after replay"
+            );
+        }
+        for engine in [v1, v2, v3, v4] {
+            engine.close().await;
+        }
+        test_db.cleanup().await.unwrap();
+    }
 }

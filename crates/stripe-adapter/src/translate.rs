@@ -805,6 +805,10 @@ fn subscription_snapshot(object: &Fields<'_>) -> Result<SubscriptionSnapshot, Tr
             .object("pending_update")
             .and_then(|_| object.opt_id("latest_invoice"))
             .map(InvoiceId::new),
+        // Stripe's API reference, the subscription object: "start_date: Date when the
+        // subscription was first created. The date might differ from the created date due
+        // to backdating."
+        started_at: object.opt_time("start_date"),
     })
 }
 

@@ -783,6 +783,7 @@ mod tests {
             current_period_end: None,
             trial_end: None,
             pending_update_invoice: None,
+            started_at: None,
         }
     }
 
