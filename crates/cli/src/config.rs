@@ -74,6 +74,23 @@ pub enum Command {
     /// Look at and re-run the inbox of Stripe events.
     #[command(subcommand)]
     Inbox(InboxCommand),
+    /// Look at a catalog file before publishing it.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Validate a catalog file: every problem, each with its file and line. Exit status 0:
+    /// valid, 1: problems found, 2: the file cannot be read.
+    Check(CatalogCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CatalogCheckArgs {
+    /// The catalog file (default: the one `serve` would read).
+    #[arg(env = "SUBLEDGER_CATALOG")]
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -171,7 +188,11 @@ impl Command {
     /// differences" (as `diff` does); the long-running ones keep 1.
     pub fn failure_status(&self) -> u8 {
         match self {
-            Self::Backfill(_) | Self::Reconcile(_) | Self::Replay(_) | Self::Inbox(_) => 2,
+            Self::Backfill(_)
+            | Self::Reconcile(_)
+            | Self::Replay(_)
+            | Self::Inbox(_)
+            | Self::Catalog(_) => 2,
             _ => 1,
         }
     }

@@ -18,8 +18,8 @@ use subledger_store::Database;
 use tokio::net::TcpListener;
 
 use crate::config::{
-    Cli, Command, LogFormat, ScenarioCommand, ServeArgs, SimulatorCommand, SimulatorServeArgs,
-    WorkerArgs,
+    CatalogCommand, Cli, Command, LogFormat, ScenarioCommand, ServeArgs, SimulatorCommand,
+    SimulatorServeArgs, WorkerArgs,
 };
 use crate::supervise::BackgroundTasks;
 
@@ -63,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile(args) => operator::reconcile(&database_url, args).await,
         Command::Replay(args) => operator::replay(&database_url, args).await,
         Command::Inbox(command) => operator::inbox(&database_url, command).await,
+        Command::Catalog(CatalogCommand::Check(args)) => operator::check_catalog(&args),
         Command::Migrate => {
             let db = Database::connect(&database_url)
                 .await

@@ -9,8 +9,9 @@ use subledger_engine::{BackfillOptions, Engine, ReconcileOptions};
 
 use subledger_store::{InboxFilter, InboxState};
 
-use crate::config::{BackfillArgs, InboxCommand, ReconcileArgs, ReplayArgs};
+use crate::config::{BackfillArgs, CatalogCheckArgs, InboxCommand, ReconcileArgs, ReplayArgs};
 use crate::progress::{format_duration, thousands, Progress, Reading};
+use subledger_domain::catalog::Catalog;
 
 pub async fn backfill(database_url: &str, args: BackfillArgs) -> anyhow::Result<ExitCode> {
     let reader = args.engine.account_reader(args.max_requests_per_sec)?;
@@ -286,4 +287,38 @@ async fn report_inbox(engine: &Engine) -> anyhow::Result<()> {
         thousands(u64::try_from(stats.failing).unwrap_or(0)),
     );
     Ok(())
+}
+
+/// `subledger catalog check`: every problem of a catalog file, or what it holds.
+pub fn check_catalog(args: &CatalogCheckArgs) -> anyhow::Result<ExitCode> {
+    let source = args.file.display().to_string();
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read the catalog file {source}"))?;
+    match Catalog::check(&source, &text) {
+        Ok(catalog) => {
+            let plans: Vec<&str> = catalog.plans().map(|plan| plan.name.as_str()).collect();
+            let prices: usize = catalog.plans().map(|plan| plan.prices.len()).sum();
+            println!(
+                "{source}: valid: {} plans ({}), {} features, {prices} prices or lookup keys; default plan {}; version {}",
+                plans.len(),
+                plans.join(", "),
+                catalog.features().len(),
+                catalog.default_plan().name,
+                subledger_engine::catalogs::content_version(&text),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(mut problems) => {
+            problems.sort_by_key(|problem| problem.line);
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            eprintln!(
+                "{source}: {} problem{}",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
 }

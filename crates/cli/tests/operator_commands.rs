@@ -1,6 +1,7 @@
 //! The operator commands as a user runs them: `backfill`, `reconcile`, `replay` and `inbox`
-//! against a simulated Stripe account served over HTTP, checking what they print and their
-//! exit statuses (0 done, 1 differences found, 2 error).
+//! against a simulated Stripe account served over HTTP, and `catalog check` on files,
+//! checking what they print and their exit statuses (0 done, 1 differences or problems found,
+//! 2 error).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -193,4 +194,53 @@ async fn operator_commands_report_work_and_problems_with_their_exit_statuses() {
         text(&out)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn catalog_check_lists_every_problem_with_its_line() {
+    let check = |file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_subledger"))
+            .args(["catalog", "check"])
+            .arg(file)
+            .env_remove("SUBLEDGER_CATALOG")
+            .output()
+            .unwrap()
+    };
+    // Every shipped catalog is valid, and the check names what it holds.
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../catalog.example.yaml");
+    for file in [shipped, scenarios_catalog()] {
+        let output = check(&file);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+        assert!(text(&output).contains(": valid: "), "{}", text(&output));
+    }
+
+    let dir = std::env::temp_dir().join(format!("subledger-catalog-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("catalog.yaml");
+    std::fs::write(
+        &broken,
+        "default_plan: free\nplans:\n  free:\n    features: { seats: -1 }\n  pro:\n    \
+         prices: [pro_monthly]\n    features: { sso: maybe }\n    colour: blue\n  team:\n    \
+         prices: [pro_monthly]\n",
+    )
+    .unwrap();
+    let output = check(&broken);
+    let printed = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    let name = broken.display().to_string();
+    for expected in [
+        format!("{name}:4: feature `seats` of plan `free`"),
+        format!("{name}:7: feature `sso` of plan `pro`"),
+        format!("{name}:8: unknown key `colour` in plan `pro`"),
+        format!("{name}:10: price `pro_monthly` is listed by both plan `pro` and plan `team`"),
+        format!("{name}: 4 problems"),
+    ] {
+        assert!(printed.contains(&expected), "{expected:?} in {printed}");
+    }
+
+    // A file that cannot be read is an error, not a verdict.
+    let output = check(&dir.join("missing.yaml"));
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("cannot read the catalog file"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -148,7 +148,27 @@ impl std::error::Error for CatalogError {}
 impl Catalog {
     /// Parses a catalog. `source` names where the text came from (a file path) for errors.
     pub fn from_yaml(source: &str, text: &str) -> Result<Self, CatalogError> {
-        Parser { source }.catalog(text)
+        Self::check(source, text).map_err(|mut problems| problems.swap_remove(0))
+    }
+
+    /// Parses a catalog, finding every problem rather than stopping at the first (in the
+    /// order they were found: unknown keys first, then plans, then the rest); never an empty
+    /// list. Only a problem that leaves nothing to read on (broken YAML, no `plans`) ends it.
+    pub fn check(source: &str, text: &str) -> Result<Self, Vec<CatalogError>> {
+        let parser = Parser {
+            source,
+            problems: std::cell::RefCell::default(),
+        };
+        let read = parser.catalog(text);
+        let mut problems = parser.problems.into_inner();
+        match read {
+            Ok(catalog) if problems.is_empty() => Ok(catalog),
+            Ok(_) => Err(problems),
+            Err(fatal) => {
+                problems.push(fatal);
+                Err(problems)
+            }
+        }
     }
 
     pub fn default_plan(&self) -> &Plan {
@@ -298,9 +318,16 @@ static EMPTY_PLAN: Plan = Plan {
 
 struct Parser<'a> {
     source: &'a str,
+    /// Problems found so far that did not stop the reading: a check lists them all.
+    problems: std::cell::RefCell<Vec<CatalogError>>,
 }
 
 impl Parser<'_> {
+    /// Records a problem and reads on.
+    fn note(&self, problem: CatalogError) {
+        self.problems.borrow_mut().push(problem);
+    }
+
     fn error(&self, span: &Span, message: impl Into<String>) -> CatalogError {
         CatalogError {
             source: self.source.to_owned(),
@@ -330,7 +357,7 @@ impl Parser<'_> {
                 key.as_str(),
                 "default_plan" | "plans" | "policy" | "sum_limits"
             ) {
-                return Err(self.error(
+                self.note(self.error(
                     key.span(),
                     format!(
                         "unknown key `{}` (expected `default_plan`, `plans`, `policy` or `sum_limits`)",
@@ -359,11 +386,17 @@ impl Parser<'_> {
         let mut plan_by_price: HashMap<String, String> = HashMap::new();
         let mut features = BTreeSet::new();
         for (name, node) in plans_map.iter() {
-            let plan = self.plan(name.as_str(), node)?;
+            let plan = match self.plan(name.as_str(), node) {
+                Ok(plan) => plan,
+                Err(problem) => {
+                    self.note(problem);
+                    continue;
+                }
+            };
             if let Some(prices) = node.as_mapping().and_then(|m| m.get_sequence("prices")) {
                 for (price, price_node) in plan.prices.iter().zip(prices.iter()) {
                     if let Some(other) = plan_by_price.insert(price.clone(), plan.name.clone()) {
-                        return Err(self.error(
+                        self.note(self.error(
                             price_node.span(),
                             format!(
                                 "price `{price}` is listed by both plan `{other}` and plan `{}`",
@@ -387,14 +420,21 @@ impl Parser<'_> {
             .as_scalar()
             .map(|s| s.as_str().to_owned())
             .ok_or_else(|| self.error(default.span(), "`default_plan` must be a plan name"))?;
-        if !plans.contains_key(&default_plan) {
-            return Err(self.error(
+        // A plan that could not be read is reported already.
+        let unreadable_plan = plans_map
+            .keys()
+            .any(|name| name.as_str() == default_plan && !plans.contains_key(&default_plan));
+        if !plans.contains_key(&default_plan) && !unreadable_plan {
+            self.note(self.error(
                 default.span(),
                 format!("default_plan `{default_plan}` is not one of the plans"),
             ));
         }
         let policy = match root.get_node("policy") {
-            Some(node) => self.policy(node)?,
+            Some(node) => self.policy(node).unwrap_or_else(|problem| {
+                self.note(problem);
+                AccessPolicy::default()
+            }),
             None => AccessPolicy::default(),
         };
         let mut summed = BTreeSet::new();
@@ -405,7 +445,7 @@ impl Parser<'_> {
             for item in list.iter() {
                 let name = item.as_scalar().map(|s| s.as_str()).unwrap_or_default();
                 if !features.contains(name) {
-                    return Err(self.error(
+                    self.note(self.error(
                         item.span(),
                         format!("`sum_limits` names `{name}`, which no plan grants"),
                     ));
@@ -436,20 +476,24 @@ impl Parser<'_> {
             let text = value.as_scalar().map(|s| s.as_str()).unwrap_or_default();
             match key.as_str() {
                 "grace_period_days" => {
-                    let days: i64 = text.parse().ok().filter(|d| (0..=365).contains(d)).ok_or_else(|| {
-                        self.error(value.span(), "`grace_period_days` must be a whole number of days from 0 to 365")
-                    })?;
-                    policy.grace_period = chrono::Duration::days(days);
+                    match text.parse().ok().filter(|d| (0..=365).contains(d)) {
+                        Some(days) => policy.grace_period = chrono::Duration::days(days),
+                        None => self.note(self.error(
+                            value.span(),
+                            "`grace_period_days` must be a whole number of days from 0 to 365",
+                        )),
+                    }
                 }
                 "unpaid" | "paused" => {
                     let grant = match text {
                         "none" => Grant::None,
                         "plan" => Grant::Plan,
                         _ => {
-                            return Err(self.error(
+                            self.note(self.error(
                                 value.span(),
                                 format!("`{}` must be `none` or `plan`", key.as_str()),
-                            ))
+                            ));
+                            continue;
                         }
                     };
                     if key.as_str() == "unpaid" {
@@ -458,12 +502,10 @@ impl Parser<'_> {
                         policy.paused = grant;
                     }
                 }
-                other => {
-                    return Err(self.error(
-                        key.span(),
-                        format!("unknown key `{other}` in `policy` (expected grace_period_days, unpaid or paused)"),
-                    ))
-                }
+                other => self.note(self.error(
+                    key.span(),
+                    format!("unknown key `{other}` in `policy` (expected grace_period_days, unpaid or paused)"),
+                )),
             }
         }
         Ok(policy)
@@ -475,7 +517,7 @@ impl Parser<'_> {
             .ok_or_else(|| self.error(node.span(), format!("plan `{name}` must be a mapping")))?;
         for key in map.keys() {
             if !matches!(key.as_str(), "prices" | "features" | "changes_apply_to") {
-                return Err(self.error(
+                self.note(self.error(
                     key.span(),
                     format!(
                         "unknown key `{}` in plan `{name}` (expected `prices`, `features` or `changes_apply_to`)",
@@ -490,10 +532,11 @@ impl Parser<'_> {
                 Some("everyone") => ChangesApplyTo::Everyone,
                 Some("new_subscriptions") => ChangesApplyTo::NewSubscriptions,
                 _ => {
-                    return Err(self.error(
+                    self.note(self.error(
                         node.span(),
                         format!("`changes_apply_to` of plan `{name}` must be `everyone` or `new_subscriptions`"),
-                    ))
+                    ));
+                    ChangesApplyTo::Everyone
                 }
             },
         };
@@ -506,16 +549,13 @@ impl Parser<'_> {
                 )
             })?;
             for price in list.iter() {
-                let id = price
-                    .as_scalar()
-                    .filter(|s| !s.as_str().is_empty())
-                    .ok_or_else(|| {
-                        self.error(
-                            price.span(),
-                            format!("a price of plan `{name}` must be a price id or lookup key"),
-                        )
-                    })?;
-                prices.push(id.as_str().to_owned());
+                match price.as_scalar().filter(|s| !s.as_str().is_empty()) {
+                    Some(id) => prices.push(id.as_str().to_owned()),
+                    None => self.note(self.error(
+                        price.span(),
+                        format!("a price of plan `{name}` must be a price id or lookup key"),
+                    )),
+                }
             }
         }
         let mut features = BTreeMap::new();
@@ -527,19 +567,18 @@ impl Parser<'_> {
                 )
             })?;
             for (feature, value) in feature_map.iter() {
-                let grant = value
-                    .as_scalar()
-                    .and_then(|s| parse_grant(s.as_str()))
-                    .ok_or_else(|| {
-                        self.error(
-                            value.span(),
-                            format!(
-                                "feature `{}` of plan `{name}` must be true, false or a non-negative integer limit",
-                                feature.as_str()
-                            ),
-                        )
-                    })?;
-                features.insert(feature.as_str().to_owned(), grant);
+                match value.as_scalar().and_then(|s| parse_grant(s.as_str())) {
+                    Some(grant) => {
+                        features.insert(feature.as_str().to_owned(), grant);
+                    }
+                    None => self.note(self.error(
+                        value.span(),
+                        format!(
+                            "feature `{}` of plan `{name}` must be true, false or a non-negative integer limit",
+                            feature.as_str()
+                        ),
+                    )),
+                }
             }
         }
         Ok(Plan {
@@ -681,6 +720,39 @@ plans:
             error.message.contains("`everyone` or `new_subscriptions`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_check_finds_every_problem_with_its_line() {
+        let text = "\
+default_plan: free
+plans:
+  free:
+    features: { seats: -1, sso: maybe }
+  pro:
+    prices: [pro_monthly, \"\"]
+    features: { seats: 10 }
+    changes_apply_to: sometimes
+    colour: blue
+  team:
+    prices: [pro_monthly]
+policy:
+  grace_period_days: 900
+  unpaid: plan
+  paused: never
+sum_limits: [seats, storage]
+extra: 1
+";
+        let problems = Catalog::check("catalog.yaml", text).unwrap_err();
+        let mut lines: Vec<usize> = problems.iter().filter_map(|p| p.line).collect();
+        lines.sort_unstable();
+        assert_eq!(lines, [4, 4, 6, 8, 9, 11, 13, 15, 16, 17], "{problems:#?}");
+        assert_eq!(
+            Catalog::from_yaml("catalog.yaml", text).unwrap_err(),
+            problems[0],
+            "a start reports the first"
+        );
+        assert!(Catalog::check("catalog.yaml", EXAMPLE).is_ok());
     }
 
     #[test]
