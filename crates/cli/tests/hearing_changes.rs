@@ -295,6 +295,14 @@ async fn changes_reach_stream_consumers_once_and_receivers_in_order_through_kill
             receiver.down.store(true, Ordering::SeqCst);
         }
         if kill == 5 {
+            // Up again only once a server met the outage: a fixed window can fall between
+            // notifications while both servers restart.
+            until(
+                "a notification refused while the receiver is down",
+                Duration::from_secs(60),
+                || receiver.refused.load(Ordering::Relaxed) > 0,
+            )
+            .await;
             receiver.down.store(false, Ordering::SeqCst);
         }
         let victim = usize::try_from(rng.below(2)).unwrap();

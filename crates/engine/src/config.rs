@@ -25,6 +25,9 @@ pub struct EngineConfig {
     pub catalog_publish: bool,
     /// Who publishes a version, as recorded beside it.
     pub catalog_published_by: String,
+    /// When a version published by this start counts from; `None`: the clock's now. The
+    /// scenario runner publishes at the story's time, which is what its `?at=` asks about.
+    pub catalog_published_at: Option<chrono::DateTime<chrono::Utc>>,
     pub clock: Arc<dyn Clock>,
     /// How many inbox rows a worker claims at once; `None` for the store's default
     /// ([`EngineConfig::DEFAULT_BATCH_SQLITE`], [`EngineConfig::DEFAULT_BATCH_POSTGRES`]).
@@ -81,6 +84,7 @@ impl EngineConfig {
             catalog: Arc::new(catalog),
             catalog_publish: false,
             catalog_published_by: "subledger".to_owned(),
+            catalog_published_at: None,
             clock: Arc::new(SystemClock),
             worker_batch_size: None,
             worker_concurrency: 8,
@@ -109,6 +113,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("worker_lease", &self.worker_lease)
             .field("answer_max_age", &self.answer_max_age)
             .field("catalog_publish", &self.catalog_publish)
+            .field("catalog_published_at", &self.catalog_published_at)
             .field("notify", &self.notify)
             .field("poll_interval", &self.poll_interval)
             .field("user_id_metadata_key", &self.user_id_metadata_key)

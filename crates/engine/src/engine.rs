@@ -256,7 +256,9 @@ impl Engine {
             &config.catalog,
             config.catalog_publish,
             &config.catalog_published_by,
-            config.clock.now(),
+            config
+                .catalog_published_at
+                .unwrap_or_else(|| config.clock.now()),
         )
         .await?;
         // From here on the catalog is the one in force, whatever the file said.

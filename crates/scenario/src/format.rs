@@ -64,6 +64,14 @@
 //!   - expect: { customer: cus_x, grants: [g_1], features: { seats: 15 } }  # grants that count
 //! ```
 //!
+//! The catalog changing during the story, as an operator publishes a new version (a restart
+//! with `--catalog-publish`, at the story's time), and what is in force:
+//!
+//! ```yaml
+//!   - publish_catalog: catalogs/pro-more-seats.yaml      # relative to this file
+//!   - expect_catalog: { versions: 2, in_force: catalogs/pro-more-seats.yaml }
+//! ```
+//!
 //! Drift, and the operator commands that learn what was missed:
 //!
 //! ```yaml
@@ -288,6 +296,14 @@ pub enum Action {
         expect: BTreeMap<String, String>,
     },
     Expect(Expectation),
+    /// An operator publishes a new catalog version: Subledger restarts with this file and
+    /// `--catalog-publish`, at the story's time.
+    PublishCatalog(Box<Catalog>),
+    /// The catalog versions recorded, and the one in force (its content version).
+    ExpectCatalog {
+        versions: Option<usize>,
+        in_force: Option<(String, String)>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +339,8 @@ impl Action {
                 | Self::Backfill { .. }
                 | Self::Reconcile { .. }
                 | Self::Expect(_)
+                | Self::PublishCatalog(_)
+                | Self::ExpectCatalog { .. }
         )
     }
 
@@ -434,6 +452,8 @@ impl Action {
                 }
             }
             Self::Expect(_) => "expect".to_owned(),
+            Self::PublishCatalog(catalog) => format!("publish catalog {}", catalog.source()),
+            Self::ExpectCatalog { .. } => "expect catalog".to_owned(),
         }
     }
 }
@@ -551,25 +571,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     let start_node = reader.required(root, "start")?;
     let start = reader.time(start_node)?;
     let catalog_node = reader.required(root, "catalog")?;
-    let catalog_path = reader.scalar(catalog_node, "`catalog` (a path to a catalog file)")?;
-    let catalog_path = path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(catalog_path.as_str());
-    let catalog_text = std::fs::read_to_string(&catalog_path).map_err(|e| {
-        reader.error(
-            catalog_node.span(),
-            format!("cannot read catalog {}: {e}", catalog_path.display()),
-        )
-    })?;
-    let catalog =
-        Catalog::from_yaml(&catalog_path.display().to_string(), &catalog_text).map_err(|e| {
-            ScenarioError {
-                file: e.source,
-                line: e.line,
-                message: e.message,
-            }
-        })?;
+    let (catalog, _) = reader.catalog(catalog_node, "`catalog` (a path to a catalog file)")?;
 
     let retry_policy = match root.get_node("retry_policy") {
         None => RetryPolicy::default(),
@@ -607,10 +609,33 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
 }
 
 struct Reader {
+    /// The scenario file: messages name it, and catalogs are found relative to it.
     file: String,
 }
 
 impl Reader {
+    /// The catalog file `node` names (relative to the scenario file), parsed, with its text.
+    fn catalog(&self, node: &Node, what: &str) -> Result<(Catalog, String), ScenarioError> {
+        let relative = self.scalar(node, what)?;
+        let path = Path::new(&self.file)
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(relative.as_str());
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            self.error(
+                node.span(),
+                format!("cannot read catalog {}: {e}", path.display()),
+            )
+        })?;
+        let catalog =
+            Catalog::from_yaml(&path.display().to_string(), &text).map_err(|e| ScenarioError {
+                file: e.source,
+                line: e.line,
+                message: e.message,
+            })?;
+        Ok((catalog, text))
+    }
+
     fn error(&self, span: &Span, message: impl Into<String>) -> ScenarioError {
         ScenarioError {
             file: self.file.clone(),
@@ -1119,6 +1144,33 @@ impl Reader {
                 }
             }
             "expect" => Action::Expect(self.expectation(value)?),
+            "publish_catalog" => {
+                let (catalog, _) = self.catalog(value, "`publish_catalog` (a path to a catalog file)")?;
+                Action::PublishCatalog(Box::new(catalog))
+            }
+            "expect_catalog" => {
+                let map = self.args(value, name, &["versions", "in_force"])?;
+                let versions = match map.get_node("versions") {
+                    None => None,
+                    Some(node) => Some(
+                        self.scalar(node, "`versions` (a count)")?
+                            .as_str()
+                            .parse::<usize>()
+                            .map_err(|_| self.error(node.span(), "`versions` must be a count"))?,
+                    ),
+                };
+                let in_force = match map.get_node("in_force") {
+                    None => None,
+                    Some(node) => {
+                        let (catalog, text) = self.catalog(node, "`in_force` (a path to a catalog file)")?;
+                        Some((catalog.source().to_owned(), subledger_engine::catalogs::content_version(&text)))
+                    }
+                };
+                if versions.is_none() && in_force.is_none() {
+                    return Err(self.error(value.span(), "`expect_catalog` needs `versions`, `in_force` or both"));
+                }
+                Action::ExpectCatalog { versions, in_force }
+            }
             other => {
                 return Err(self.error(
                     key.span(),
@@ -1126,7 +1178,8 @@ impl Reader {
                         "unknown step `{other}` (expected create_customer, change_card, subscribe, advance, advance_to, \
                          upgrade, downgrade, release_schedule, cancel, undo_cancel, pause, resume, complete_3ds, abandon_3ds, \
                          open_dispute, close_dispute, order, pay_order, complete_order_3ds, cancel_at, place_hold, lift_hold, \
-                         grant, revoke_grant, cancel_order, refund_order, delete_customer, webhooks, silently, backfill, reconcile or expect)"
+                         grant, revoke_grant, cancel_order, refund_order, delete_customer, webhooks, silently, backfill, reconcile, \
+                         publish_catalog, expect_catalog or expect)"
                     ),
                 ))
             }

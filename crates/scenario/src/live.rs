@@ -382,6 +382,9 @@ impl LiveRun<'_> {
             Action::Backfill { .. } | Action::Reconcile { .. } => {
                 return Err("run `subledger backfill` and `subledger reconcile` against the engine under test yourself; this runner only drives Stripe (run this scenario on the simulator)".to_owned())
             }
+            Action::PublishCatalog(_) | Action::ExpectCatalog { .. } => {
+                return Err("publishing a catalog restarts the Subledger under test with --catalog-publish; this runner only drives Stripe (run this scenario on the simulator)".to_owned())
+            }
             Action::Expect(_) => {}
         }
         Ok(())

@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
+use subledger_domain::catalog::Catalog;
 use subledger_engine::refetch::{Fetched, StripeResource};
 use subledger_engine::{
     BackfillOptions, Basis, Engine, EngineConfig, ReconcileOptions, ReconcileReport, StripeObjects,
@@ -184,7 +186,14 @@ async fn play(
 ) -> Result<(ScenarioReport, Answers), RunError> {
     let started = Instant::now();
     let reference = telling == Telling::Reference;
+    // Publishing a catalog starts the engine again on the same store: in memory, the second
+    // would find an empty one.
+    let restarts = scenario
+        .steps
+        .iter()
+        .any(|step| matches!(step.action, Action::PublishCatalog(_)));
     let scratch = match options.database_url.as_deref() {
+        None if restarts => ScratchDatabase::sqlite_file().await,
         None => ScratchDatabase::sqlite().await,
         Some(url) if url.starts_with("postgres") => ScratchDatabase::postgres_at(url).await,
         Some(url) => {
@@ -193,15 +202,22 @@ async fn play(
         }
     }
     .map_err(|e| RunError::Engine(e.to_string()))?;
-    let mut config = EngineConfig::new(scratch.url.clone(), scenario.catalog.clone());
-    config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
-    // The simulator is the Stripe the worker asks when events cannot be ordered.
     let shared = Arc::new(Mutex::new(Simulator::new(
         scenario.start,
         scenario.retry_policy.clone(),
     )));
-    config.stripe_objects = Some(Arc::new(SimulatorObjects(Arc::clone(&shared))));
-    let engine = Engine::start(config)
+    // The engine as a start with `catalog` makes it, publishing it at `at` (story time).
+    let config = |catalog: &Catalog, at: DateTime<Utc>| {
+        let mut config = EngineConfig::new(scratch.url.clone(), catalog.clone());
+        config.webhook_secrets = vec![WebhookSecret::new(SECRET)];
+        // The simulator is the Stripe the worker asks when events cannot be ordered.
+        config.stripe_objects = Some(Arc::new(SimulatorObjects(Arc::clone(&shared))));
+        config.catalog_publish = true;
+        config.catalog_published_by = "scenario".to_owned();
+        config.catalog_published_at = Some(at);
+        config
+    };
+    let mut engine = Engine::start(config(&scenario.catalog, scenario.start))
         .await
         .map_err(|e| RunError::Engine(e.to_string()))?;
     let router = subledger_server::router(engine.clone(), subledger_server::ApiTokens::none());
@@ -243,7 +259,57 @@ async fn play(
         }
         let mut report = StepReport::of(step);
         let outcome = match &step.action {
-            Action::Expect(_) | Action::Backfill { .. } | Action::Reconcile { .. } if reference => {
+            Action::Expect(_)
+            | Action::ExpectCatalog { .. }
+            | Action::Backfill { .. }
+            | Action::Reconcile { .. }
+                if reference =>
+            {
+                Ok(())
+            }
+            Action::PublishCatalog(catalog) => {
+                // What was sent before the restart is applied by the engine that took it.
+                drop(simulator);
+                let settled = settle(&engine, &mut deliverer, &shared).await;
+                simulator = shared.lock().await;
+                match settled {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        engine.close().await;
+                        match Engine::start(config(catalog, simulator.now())).await {
+                            Ok(restarted) => {
+                                engine = restarted;
+                                deliverer.retarget(Target::Router(subledger_server::router(
+                                    engine.clone(),
+                                    subledger_server::ApiTokens::none(),
+                                )));
+                                Ok(())
+                            }
+                            Err(e) => Err(format!("Subledger did not start with the catalog: {e}")),
+                        }
+                    }
+                }
+            }
+            Action::ExpectCatalog { versions, in_force } => {
+                let catalogs = engine.catalogs();
+                if let Some(expected) = versions {
+                    let recorded = catalogs.versions().len();
+                    if recorded != *expected {
+                        report.failures.push(format!(
+                            "catalog versions: expected {expected}, Subledger recorded {recorded}"
+                        ));
+                    }
+                }
+                if let Some((source, expected)) = in_force {
+                    let now = catalogs.at(simulator.now());
+                    if now.version != *expected {
+                        report.failures.push(format!(
+                            "catalog in force: expected {source} ({expected}), Subledger has {} ({})",
+                            now.catalog.source(),
+                            now.version
+                        ));
+                    }
+                }
                 Ok(())
             }
             Action::Webhooks { on } => {
@@ -820,7 +886,9 @@ fn apply(action: &Action, sim: &mut Simulator) -> Result<(), subledger_simulator
         | Action::Silently(_)
         | Action::Backfill { .. }
         | Action::Reconcile { .. }
-        | Action::Expect(_) => Ok(()),
+        | Action::Expect(_)
+        | Action::PublishCatalog(_)
+        | Action::ExpectCatalog { .. } => Ok(()),
     }
 }
 

@@ -93,6 +93,9 @@ fn a_malformed_scenario_names_the_file_the_line_and_the_problem() {
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - grant: { customer: c, id: g, feature: f, enabled: true, limit: 3, reason: r }\n", 5, "exactly one of `enabled"),
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - grant: { customer: c, id: g, feature: f, limit: 3, mode: double, reason: r }\n", 5, "`mode` is set or add"),
         ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - place_hold: { customer: c, id: h, subscription: s, reason: r, covers_grants: true }\n", 5, "whole customer"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - publish_catalog: catalogs/missing.yaml\n", 5, "cannot read catalog"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - expect_catalog: {}\n", 5, "needs `versions`, `in_force` or both"),
+        ("name: x\nstart: 2026-01-01T00:00:00Z\ncatalog: catalogs/c.yaml\nsteps:\n  - expect_catalog: { versions: two }\n", 5, "`versions` must be a count"),
     ];
     for (text, line, message) in cases {
         let path = dir.join("bad.yaml");

@@ -142,6 +142,12 @@ impl Deliverer {
         }
     }
 
+    /// Sends from now on to `target` (Subledger restarted); what is queued or held back
+    /// stays queued or held back.
+    pub fn retarget(&mut self, target: Target) {
+        self.target = target;
+    }
+
     pub fn stats(&self) -> DeliveryStats {
         self.stats
     }
