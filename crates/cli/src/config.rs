@@ -91,6 +91,20 @@ pub struct CatalogCheckArgs {
     /// The catalog file (default: the one `serve` would read).
     #[arg(env = "SUBLEDGER_CATALOG")]
     pub file: PathBuf,
+
+    /// Also ask Stripe, with the read key (SUBLEDGER_STRIPE_READ_KEY, which may then read
+    /// prices), that every price id and lookup key the file names exists, and list the active
+    /// prices no plan names.
+    #[arg(long)]
+    pub stripe: bool,
+
+    /// Stripe's API base URL (default: Stripe's own).
+    #[arg(long, env = "STRIPE_API_BASE")]
+    pub stripe_api_base: Option<String>,
+
+    /// How long one request to Stripe may take.
+    #[arg(long, env = "SUBLEDGER_STRIPE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub stripe_timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -507,19 +521,12 @@ impl EngineArgs {
 
     /// The read key and where to reach Stripe, for commands that read the whole account.
     pub fn account_reader(&self, max_requests_per_second: u32) -> anyhow::Result<StripeReader> {
-        let key = read_key()?.ok_or_else(|| {
-            anyhow::anyhow!("SUBLEDGER_STRIPE_READ_KEY is not set: give a restricted key (rk_…) with read access to customers, subscriptions, subscription schedules, invoices, payment intents, entitlements and events")
-        })?;
-        let policy = ReadPolicy {
+        stripe_reader(
+            "customers, subscriptions, subscription schedules, invoices, payment intents, entitlements and events",
+            self.stripe_api_base.as_deref(),
+            Duration::from_millis(self.stripe_timeout_ms),
             max_requests_per_second,
-            request_timeout: Duration::from_millis(self.stripe_timeout_ms),
-            ..ReadPolicy::default()
-        };
-        StripeReader::new(&ApiKey::new(key), self.stripe_api_base.as_deref(), policy).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot set up the Stripe reader (--stripe-api-base / STRIPE_API_BASE): {e}"
-            )
-        })
+        )
     }
 
     /// The worker asks Stripe for a subscription when two of its events from the same second
@@ -572,6 +579,28 @@ pub fn secret_var(name: &str) -> anyhow::Result<Option<SecretString>> {
 }
 
 /// `SUBLEDGER_STRIPE_READ_KEY`, when set; never printed.
+/// A reader of the Stripe account with the read key, which must be allowed to read `reads`.
+pub fn stripe_reader(
+    reads: &str,
+    api_base: Option<&str>,
+    request_timeout: Duration,
+    max_requests_per_second: u32,
+) -> anyhow::Result<StripeReader> {
+    let key = read_key()?.ok_or_else(|| {
+        anyhow::anyhow!("SUBLEDGER_STRIPE_READ_KEY is not set: give a restricted key (rk_…) with read access to {reads}")
+    })?;
+    let policy = ReadPolicy {
+        max_requests_per_second,
+        request_timeout,
+        ..ReadPolicy::default()
+    };
+    StripeReader::new(&ApiKey::new(key), api_base, policy).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot set up the Stripe reader (--stripe-api-base / STRIPE_API_BASE): {e}"
+        )
+    })
+}
+
 fn read_key() -> anyhow::Result<Option<String>> {
     let Some(key) = secret_var("SUBLEDGER_STRIPE_READ_KEY")? else {
         return Ok(None);

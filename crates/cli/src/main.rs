@@ -63,7 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile(args) => operator::reconcile(&database_url, args).await,
         Command::Replay(args) => operator::replay(&database_url, args).await,
         Command::Inbox(command) => operator::inbox(&database_url, command).await,
-        Command::Catalog(CatalogCommand::Check(args)) => operator::check_catalog(&args),
+        Command::Catalog(CatalogCommand::Check(args)) => operator::check_catalog(&args).await,
         Command::Migrate => {
             let db = Database::connect(&database_url)
                 .await

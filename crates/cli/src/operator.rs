@@ -289,36 +289,105 @@ async fn report_inbox(engine: &Engine) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `subledger catalog check`: every problem of a catalog file, or what it holds.
-pub fn check_catalog(args: &CatalogCheckArgs) -> anyhow::Result<ExitCode> {
+/// `subledger catalog check`: every problem of a catalog file, or what it holds; with
+/// `--stripe`, whether Stripe has every price it names.
+pub async fn check_catalog(args: &CatalogCheckArgs) -> anyhow::Result<ExitCode> {
     let source = args.file.display().to_string();
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read the catalog file {source}"))?;
-    match Catalog::check(&source, &text) {
-        Ok(catalog) => {
-            let plans: Vec<&str> = catalog.plans().map(|plan| plan.name.as_str()).collect();
-            let prices: usize = catalog.plans().map(|plan| plan.prices.len()).sum();
-            println!(
-                "{source}: valid: {} plans ({}), {} features, {prices} prices or lookup keys; default plan {}; version {}",
-                plans.len(),
-                plans.join(", "),
-                catalog.features().len(),
-                catalog.default_plan().name,
-                subledger_engine::catalogs::content_version(&text),
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+    let catalog = match Catalog::check(&source, &text) {
+        Ok(catalog) => catalog,
         Err(mut problems) => {
             problems.sort_by_key(|problem| problem.line);
             for problem in &problems {
                 eprintln!("{problem}");
             }
-            eprintln!(
-                "{source}: {} problem{}",
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" }
-            );
-            Ok(ExitCode::from(1))
+            eprintln!("{source}: {}", count(problems.len(), "problem"));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let plans: Vec<&str> = catalog.plans().map(|plan| plan.name.as_str()).collect();
+    let prices: usize = catalog.plans().map(|plan| plan.prices.len()).sum();
+    println!(
+        "{source}: valid: {} ({}), {}, {prices} prices or lookup keys; default plan {}; version {}",
+        count(plans.len(), "plan"),
+        plans.join(", "),
+        count(catalog.features().len(), "feature"),
+        catalog.default_plan().name,
+        subledger_engine::catalogs::content_version(&text),
+    );
+    if !args.stripe {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reader = crate::config::stripe_reader(
+        "prices",
+        args.stripe_api_base.as_deref(),
+        std::time::Duration::from_millis(args.stripe_timeout_ms),
+        20,
+    )?;
+    // Active and archived: an archived price still bills the subscriptions that have it.
+    let mut at_stripe = Vec::new();
+    for active in ["true", "false"] {
+        let listed = reader
+            .list_all("prices", &[("active", active)])
+            .await
+            .with_context(|| format!("listing Stripe's prices (active={active})"))?;
+        at_stripe.extend(listed.into_iter().map(|price| (price, active == "true")));
+    }
+    let names = |price: &serde_json::Value| {
+        let id = price["id"].as_str().unwrap_or_default().to_owned();
+        let lookup_key = price["lookup_key"].as_str().map(str::to_owned);
+        (id, lookup_key)
+    };
+    let mut missing = 0;
+    for plan in catalog.plans() {
+        for named in &plan.prices {
+            let found = at_stripe.iter().find(|(price, _)| {
+                let (id, lookup_key) = names(price);
+                id == *named || lookup_key.as_deref() == Some(named.as_str())
+            });
+            match found {
+                None => {
+                    missing += 1;
+                    eprintln!("{source}: plan `{}` names `{named}`, which is neither a price id nor a lookup key at Stripe", plan.name);
+                }
+                Some((price, false)) => println!(
+                    "{source}: plan `{}` names `{named}`, an archived price at Stripe ({}): only subscriptions that have it still use it",
+                    plan.name,
+                    names(price).0
+                ),
+                Some((_, true)) => {}
+            }
         }
     }
+    let unnamed: Vec<String> = at_stripe
+        .iter()
+        .filter(|(_, active)| *active)
+        .map(|(price, _)| names(price))
+        .filter(|(id, lookup_key)| catalog.plan_for_price(id, lookup_key.as_deref()).is_none())
+        .map(|(id, lookup_key)| match lookup_key {
+            Some(key) => format!("{id} ({key})"),
+            None => id,
+        })
+        .collect();
+    if !unnamed.is_empty() {
+        println!(
+            "active prices at Stripe that no plan names (their subscriptions get the default plan): {}",
+            unnamed.join(", ")
+        );
+    }
+    if missing > 0 {
+        eprintln!("{source}: {} not at Stripe", count(missing, "price"));
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "every price the catalog names is at Stripe ({} listed there)",
+        count(at_stripe.len(), "price")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `n thing` or `n things`.
+fn count(n: usize, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
 }

@@ -244,3 +244,74 @@ fn catalog_check_lists_every_problem_with_its_line() {
     assert!(text(&output).contains("cannot read the catalog file"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_check_with_stripe_finds_prices_the_catalog_names_and_those_it_does_not() {
+    // The account has one price: price_pro, lookup key pro_monthly.
+    let stripe = account().await;
+    let dir = std::env::temp_dir().join(format!("subledger-catalog-stripe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let database = dir.join("unused.db");
+    let check = |file: &Path| {
+        let file = file.display().to_string();
+        let (database, stripe) = (database.clone(), stripe.clone());
+        async move {
+            subledger(
+                &database,
+                &stripe,
+                Some("rk_test_catalog"),
+                &["catalog", "check", &file, "--stripe"],
+            )
+            .await
+        }
+    };
+
+    // The scenarios' catalog names prices this account does not have.
+    let output = check(&scenarios_catalog()).await;
+    let printed = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{printed}");
+    assert!(printed.contains("plan `team` names `team_monthly`, which is neither a price id nor a lookup key at Stripe"), "{printed}");
+    assert!(!printed.contains("names `pro_monthly`, which"), "{printed}");
+
+    // One that names only what the account has passes, and lists what it leaves out.
+    let only_free = dir.join("free-only.yaml");
+    std::fs::write(
+        &only_free,
+        "default_plan: free\nplans:\n  free:\n    features: { seats: 1 }\n",
+    )
+    .unwrap();
+    let output = check(&only_free).await;
+    let printed = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{printed}");
+    assert!(
+        printed.contains(
+            "no plan names (their subscriptions get the default plan): price_pro (pro_monthly)"
+        ),
+        "{printed}"
+    );
+    let pro = dir.join("pro.yaml");
+    std::fs::write(&pro, "default_plan: free\nplans:\n  free:\n    features: { seats: 1 }\n  pro:\n    prices: [pro_monthly]\n    features: { seats: 10 }\n").unwrap();
+    let output = check(&pro).await;
+    let printed = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{printed}");
+    assert!(
+        printed.contains("every price the catalog names is at Stripe (1 price listed there)"),
+        "{printed}"
+    );
+
+    // Without the read key it is an error, not a verdict.
+    let output = subledger(
+        &database,
+        &stripe,
+        None,
+        &["catalog", "check", &pro.display().to_string(), "--stripe"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("SUBLEDGER_STRIPE_READ_KEY is not set"),
+        "{}",
+        text(&output)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -358,7 +358,7 @@ pub fn router(account: SharedAccount) -> Router {
             "/v1/payment_methods/{id}/attach",
             post(attach_payment_method),
         )
-        .route("/v1/prices", post(create_price))
+        .route("/v1/prices", post(create_price).get(list_prices))
         .route(
             "/v1/subscriptions",
             post(create_subscription).get(list_subscriptions),
@@ -1083,6 +1083,25 @@ async fn list_customers(
         }
     }
     newest_listed(objects, "/v1/customers", &query)
+}
+
+/// `GET /v1/prices`: Stripe's API reference ("List all prices") lists the active prices
+/// unless `active=false` asks for the archived ones; this simulator archives none.
+async fn list_prices(
+    State(account): State<SharedAccount>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let account = account.lock().await;
+    let mut objects = Vec::new();
+    if query.get("active").map(String::as_str) != Some("false") {
+        // Prices belong to the account: every clock holds them all.
+        if let Some(sim) = account.clocks.get(&account.default_clock) {
+            for price in sim.prices_all() {
+                objects.push(sim.price_json(&price.id)?);
+            }
+        }
+    }
+    newest_listed(objects, "/v1/prices", &query)
 }
 
 async fn list_subscriptions(
