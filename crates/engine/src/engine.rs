@@ -52,6 +52,9 @@ pub enum ReadinessError {
     Store(StoreError),
 }
 
+/// How long an operator's command (a hold, a grant) waits for its answer to be projected.
+const OPERATOR_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
 /// Subledger's application façade. Share it as `Arc<Engine>`.
 #[derive(Debug)]
 pub struct Engine {
@@ -630,9 +633,26 @@ impl Engine {
             Err(other) => return Err(EngineError::Command(other.to_string())),
         }
         self.events_appended.notify_one();
-        // The operator expects the answer to reflect the hold at once.
-        self.project().await?;
-        Ok(())
+        // The operator expects the answer to reflect the command at once. On PostgreSQL the
+        // projector reads only transactions older than every running one, so while any other
+        // transaction is open (a worker's, another server's) one pass may stop short of this
+        // event: project until the log's end as of now is applied, for a moment at most.
+        let end = self.db.log_end().await?;
+        let deadline = std::time::Instant::now() + OPERATOR_ANSWER_WAIT;
+        loop {
+            self.project().await?;
+            if self.projector.lock().await.applied() >= end {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    wait = ?OPERATOR_ANSWER_WAIT,
+                    "an operator's command is recorded; its answer follows when running transactions end"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Records a fact read from Stripe's API (backfill, reconciliation) under `metadata`,

@@ -17,7 +17,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -212,38 +211,39 @@ impl PreparedChange {
 #[derive(Debug)]
 pub struct ChangeTail {
     sender: broadcast::Sender<ChangeBatch>,
-    /// The newest change handed out.
-    head: AtomicI64,
+    /// Set once the tail knows where it starts: no stream listens before that.
+    started: tokio::sync::OnceCell<()>,
 }
 
 impl ChangeTail {
     /// The tail of the state's feed, started on first use. It runs for as long as the
     /// process does (one small query every half second), so no stream can catch it stopping.
-    fn of(state: &AppState) -> Arc<Self> {
+    ///
+    /// A stream subscribes, then reads the store up to now, then follows the tail; so the
+    /// tail must have settled where it starts before any stream subscribes. Were it to settle
+    /// later, a change recorded between a stream's read and the tail's start would be in
+    /// neither (found by `crates/cli/tests/hearing_changes.rs`).
+    async fn of(state: &AppState) -> Arc<Self> {
         let tail = Arc::clone(&state.change_tail);
-        tail.start(Arc::clone(&state.engine));
+        let engine = &state.engine;
+        tail.started
+            .get_or_init(|| async {
+                let head = match engine.last_change().await {
+                    Ok(last) => last,
+                    Err(error) => {
+                        tracing::warn!(%error, "the change tail starts from the first change");
+                        0
+                    }
+                };
+                tail.follow(Arc::clone(engine), head);
+            })
+            .await;
         tail
     }
 
-    fn start(self: &Arc<Self>, engine: Arc<Engine>) {
-        // -1 until started: only the first caller starts it.
-        if self
-            .head
-            .compare_exchange(-1, 0, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return;
-        }
+    fn follow(self: &Arc<Self>, engine: Arc<Engine>, mut head: i64) {
         let tail = Arc::clone(self);
         tokio::spawn(async move {
-            let mut head = match engine.last_change().await {
-                Ok(last) => last,
-                Err(error) => {
-                    tracing::warn!(%error, "the change tail starts from the first change");
-                    0
-                }
-            };
-            tail.head.store(head, Ordering::Release);
             loop {
                 match engine.changes_after(head, 500).await {
                     Ok(rows) => {
@@ -254,7 +254,6 @@ impl ChangeTail {
                             let batch = rows.iter().map(|row| Arc::new(PreparedChange::of(row)));
                             let _ = tail.sender.send(Arc::new(batch.collect()));
                         }
-                        tail.head.store(head, Ordering::Release);
                         if full {
                             continue;
                         }
@@ -274,9 +273,16 @@ impl Default for ChangeTail {
     fn default() -> Self {
         Self {
             sender: broadcast::channel(TAIL_CAPACITY).0,
-            head: AtomicI64::new(-1),
+            started: tokio::sync::OnceCell::new(),
         }
     }
+}
+
+/// Whether `batch` leaves no number out after `last`.
+fn continues_after(last: i64, batch: &[Arc<PreparedChange>]) -> bool {
+    batch
+        .first()
+        .is_none_or(|first| first.seq <= last.saturating_add(1))
 }
 
 /// One stream's place in the feed.
@@ -290,6 +296,14 @@ struct Follower {
 }
 
 impl Follower {
+    /// Whether `batch` leaves nothing out after the cursor. A batch that starts further on
+    /// (the stream fell behind, or numbers were skipped by a transaction that rolled back)
+    /// sends the stream back to the store, which answers either way.
+    fn continues(&self, batch: &ChangeBatch) -> bool {
+        let last_queued = self.ready.back().map_or(self.cursor, |row| row.seq);
+        continues_after(last_queued, batch)
+    }
+
     /// The next change after the cursor if one is waiting already, without waiting.
     fn next_waiting(&mut self) -> Option<Arc<PreparedChange>> {
         loop {
@@ -301,7 +315,12 @@ impl Follower {
                 continue;
             }
             match self.receiver.as_mut()?.try_recv() {
-                Ok(batch) => self.ready.extend(batch.iter().cloned()),
+                Ok(batch) if self.continues(&batch) => self.ready.extend(batch.iter().cloned()),
+                // `next` reads the store from the cursor, which holds this batch too.
+                Ok(_) => {
+                    self.receiver = None;
+                    return None;
+                }
                 Err(broadcast::error::TryRecvError::Empty) => return None,
                 // Fell behind the tail: `next` reads the store again.
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {
@@ -326,7 +345,10 @@ impl Follower {
             }
             match &mut self.receiver {
                 Some(receiver) => match receiver.recv().await {
-                    Ok(batch) => self.ready.extend(batch.iter().cloned()),
+                    Ok(batch) if self.continues(&batch) => {
+                        self.ready.extend(batch.iter().cloned());
+                    }
+                    Ok(_) => self.receiver = None,
                     Err(broadcast::error::RecvError::Lagged(_)) => self.receiver = None,
                     Err(broadcast::error::RecvError::Closed) => {
                         self.receiver = None;
@@ -377,7 +399,7 @@ pub(crate) async fn stream(
     };
     let follower = Follower {
         engine: Arc::clone(&state.engine),
-        tail: ChangeTail::of(&state),
+        tail: ChangeTail::of(&state).await,
         receiver: None,
         cursor,
         ready: VecDeque::new(),
@@ -684,4 +706,31 @@ pub(crate) async fn notifications(
             })
             .collect(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seqs: std::ops::RangeInclusive<i64>) -> Vec<Arc<PreparedChange>> {
+        seqs.map(|seq| {
+            Arc::new(PreparedChange {
+                seq,
+                cursor: cursor_of(seq),
+                json: Ok(String::new()),
+            })
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_batch_that_skips_numbers_sends_the_stream_back_to_the_store() {
+        assert!(continues_after(12, &batch(13..=15)));
+        assert!(
+            continues_after(14, &batch(13..=15)),
+            "rows already sent are skipped"
+        );
+        assert!(!continues_after(12, &batch(14..=15)), "13 would be lost");
+        assert!(continues_after(12, &[]));
+    }
 }

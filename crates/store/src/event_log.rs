@@ -145,6 +145,33 @@ impl Database {
         Ok(head)
     }
 
+    /// The newest event committed so far, in the order projectors read (`(tx, position)` on
+    /// PostgreSQL): once a projector has applied this checkpoint it has applied every event
+    /// committed before this call. The default checkpoint for an empty log.
+    pub async fn log_end(&self) -> Result<Checkpoint, StoreError> {
+        let end: Option<(i64, i64)> = match self {
+            Self::Sqlite(pool) => {
+                sqlx::query_as("SELECT 0, position FROM events ORDER BY position DESC LIMIT 1")
+                    .fetch_optional(pool)
+                    .await?
+            }
+            // One step of the `events_commit_order` index.
+            Self::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT tx::text::bigint, position FROM events ORDER BY tx DESC, position DESC LIMIT 1",
+                )
+                .fetch_optional(pool)
+                .await?
+            }
+        };
+        Ok(
+            end.map_or_else(Checkpoint::default, |(tx, position)| Checkpoint {
+                tx,
+                position,
+            }),
+        )
+    }
+
     /// One aggregate's events, in its own order (for timelines and answers about the past).
     pub async fn events_of(
         &self,

@@ -282,6 +282,14 @@ async fn the_event_log_is_read_in_order_with_metadata() {
             .await
             .unwrap()
             .is_empty());
+        // The log's end is the last event a projector reads: an operator's command waits
+        // for its answer until the projector has applied it.
+        assert_eq!(
+            db.log_end().await.unwrap(),
+            events[2].checkpoint,
+            "{}",
+            test.name
+        );
         test.cleanup().await.unwrap();
     }
 }
