@@ -578,7 +578,6 @@ pub fn secret_var(name: &str) -> anyhow::Result<Option<SecretString>> {
     }
 }
 
-/// `SUBLEDGER_STRIPE_READ_KEY`, when set; never printed.
 /// A reader of the Stripe account with the read key, which must be allowed to read `reads`.
 pub fn stripe_reader(
     reads: &str,
@@ -601,6 +600,7 @@ pub fn stripe_reader(
     })
 }
 
+/// `SUBLEDGER_STRIPE_READ_KEY`, when set; never printed.
 fn read_key() -> anyhow::Result<Option<String>> {
     let Some(key) = secret_var("SUBLEDGER_STRIPE_READ_KEY")? else {
         return Ok(None);

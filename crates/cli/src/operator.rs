@@ -327,47 +327,52 @@ pub async fn check_catalog(args: &CatalogCheckArgs) -> anyhow::Result<ExitCode> 
     )?;
     // Active and archived: an archived price still bills the subscriptions that have it.
     let mut at_stripe = Vec::new();
-    for active in ["true", "false"] {
+    for active in [true, false] {
         let listed = reader
-            .list_all("prices", &[("active", active)])
+            .list_all(
+                "prices",
+                &[("active", if active { "true" } else { "false" })],
+            )
             .await
             .with_context(|| format!("listing Stripe's prices (active={active})"))?;
-        at_stripe.extend(listed.into_iter().map(|price| (price, active == "true")));
+        for price in listed {
+            let id = price["id"]
+                .as_str()
+                .with_context(|| format!("Stripe listed a price without an id: {price}"))?;
+            at_stripe.push(StripePrice {
+                id: id.to_owned(),
+                lookup_key: price["lookup_key"].as_str().map(str::to_owned),
+                active,
+            });
+        }
     }
-    let names = |price: &serde_json::Value| {
-        let id = price["id"].as_str().unwrap_or_default().to_owned();
-        let lookup_key = price["lookup_key"].as_str().map(str::to_owned);
-        (id, lookup_key)
-    };
     let mut missing = 0;
     for plan in catalog.plans() {
         for named in &plan.prices {
-            let found = at_stripe.iter().find(|(price, _)| {
-                let (id, lookup_key) = names(price);
-                id == *named || lookup_key.as_deref() == Some(named.as_str())
-            });
-            match found {
+            match at_stripe.iter().find(|price| price.is_named_by(named)) {
                 None => {
                     missing += 1;
                     eprintln!("{source}: plan `{}` names `{named}`, which is neither a price id nor a lookup key at Stripe", plan.name);
                 }
-                Some((price, false)) => println!(
+                Some(price) if !price.active => println!(
                     "{source}: plan `{}` names `{named}`, an archived price at Stripe ({}): only subscriptions that have it still use it",
-                    plan.name,
-                    names(price).0
+                    plan.name, price.id
                 ),
-                Some((_, true)) => {}
+                Some(_) => {}
             }
         }
     }
     let unnamed: Vec<String> = at_stripe
         .iter()
-        .filter(|(_, active)| *active)
-        .map(|(price, _)| names(price))
-        .filter(|(id, lookup_key)| catalog.plan_for_price(id, lookup_key.as_deref()).is_none())
-        .map(|(id, lookup_key)| match lookup_key {
-            Some(key) => format!("{id} ({key})"),
-            None => id,
+        .filter(|price| {
+            price.active
+                && catalog
+                    .plan_for_price(&price.id, price.lookup_key.as_deref())
+                    .is_none()
+        })
+        .map(|price| match &price.lookup_key {
+            Some(key) => format!("{} ({key})", price.id),
+            None => price.id.clone(),
         })
         .collect();
     if !unnamed.is_empty() {
@@ -385,6 +390,20 @@ pub async fn check_catalog(args: &CatalogCheckArgs) -> anyhow::Result<ExitCode> 
         count(at_stripe.len(), "price")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A price as `catalog check --stripe` compares it with the catalog.
+struct StripePrice {
+    id: String,
+    lookup_key: Option<String>,
+    active: bool,
+}
+
+impl StripePrice {
+    /// Whether a catalog entry (a price id or a lookup key) names this price.
+    fn is_named_by(&self, named: &str) -> bool {
+        self.id == named || self.lookup_key.as_deref() == Some(named)
+    }
 }
 
 /// `n thing` or `n things`.
