@@ -268,27 +268,26 @@ async fn play(
                 Ok(())
             }
             Action::PublishCatalog(catalog) => {
-                // What was sent before the restart is applied by the engine that took it.
                 drop(simulator);
-                let settled = settle(&engine, &mut deliverer, &shared).await;
-                simulator = shared.lock().await;
-                match settled {
-                    Err(e) => Err(e),
-                    Ok(()) => {
-                        engine.close().await;
-                        match Engine::start(config(catalog, simulator.now())).await {
-                            Ok(restarted) => {
-                                engine = restarted;
-                                deliverer.retarget(Target::Router(subledger_server::router(
-                                    engine.clone(),
-                                    subledger_server::ApiTokens::none(),
-                                )));
-                                Ok(())
-                            }
-                            Err(e) => Err(format!("Subledger did not start with the catalog: {e}")),
-                        }
-                    }
+                let restarted = async {
+                    // What was sent before the restart is applied by the engine that took it.
+                    settle(&engine, &mut deliverer, &shared).await?;
+                    engine.close().await;
+                    let at = shared.lock().await.now();
+                    Engine::start(config(catalog, at))
+                        .await
+                        .map_err(|e| format!("Subledger did not start with the catalog: {e}"))
                 }
+                .await;
+                simulator = shared.lock().await;
+                restarted.map(|restarted| {
+                    engine = restarted;
+                    let router = subledger_server::router(
+                        engine.clone(),
+                        subledger_server::ApiTokens::none(),
+                    );
+                    deliverer.retarget(Target::Router(router));
+                })
             }
             Action::ExpectCatalog { versions, in_force } => {
                 let catalogs = engine.catalogs();
