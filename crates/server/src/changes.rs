@@ -17,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use subledger_engine::Engine;
 use subledger_store::ChangeRow;
+use tokio::runtime::Handle;
 use tokio::sync::broadcast;
 
 use crate::auth::Authorized;
@@ -68,12 +70,22 @@ fn invalid_cursor(name: &str, value: &str) -> ApiError {
 /// The row number a cursor names, checked against the newest one: a cursor this feed never
 /// gave is refused rather than silently answered with nothing.
 async fn parse_cursor(engine: &Engine, name: &str, value: &str) -> Result<i64, ApiError> {
-    let seq = value
+    let seq = cursor_seq(name, value)?;
+    let last = engine.last_change().await.map_err(store_failed)?;
+    not_newer(name, value, seq, last)
+}
+
+/// The row number a cursor names, if it is one this API gives.
+fn cursor_seq(name: &str, value: &str) -> Result<i64, ApiError> {
+    value
         .strip_prefix(CURSOR_PREFIX)
         .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|digits| digits.parse::<i64>().ok())
-        .ok_or_else(|| invalid_cursor(name, value))?;
-    let last = engine.last_change().await.map_err(store_failed)?;
+        .ok_or_else(|| invalid_cursor(name, value))
+}
+
+/// `seq`, unless it is newer than the newest change, `last`.
+fn not_newer(name: &str, value: &str, seq: i64, last: i64) -> Result<i64, ApiError> {
     if seq > last {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -213,6 +225,8 @@ pub struct ChangeTail {
     sender: broadcast::Sender<ChangeBatch>,
     /// Set once the tail knows where it starts: no stream listens before that.
     started: tokio::sync::OnceCell<()>,
+    /// The runtime of the request threads, where the tail and the streams read the store.
+    store_lane: Option<Handle>,
 }
 
 impl ChangeTail {
@@ -228,22 +242,57 @@ impl ChangeTail {
         let engine = &state.engine;
         tail.started
             .get_or_init(|| async {
-                let head = match engine.last_change().await {
+                let engine = Arc::clone(engine);
+                let head = match tail
+                    .read_store(async move { engine.last_change().await })
+                    .await
+                {
                     Ok(last) => last,
                     Err(error) => {
                         tracing::warn!(%error, "the change tail starts from the first change");
                         0
                     }
                 };
-                tail.follow(Arc::clone(engine), head);
+                tail.follow(Arc::clone(&state.engine), head);
             })
             .await;
         tail
     }
 
+    /// Runs a read of the store on the request threads and waits for its answer.
+    ///
+    /// Streams are served on a thread of lower priority (`serve::streams`). A read made there
+    /// holds its store connection until that thread next gets a core, which on a busy
+    /// machine can be tens of milliseconds; on SQLite the pool has one connection, so the
+    /// inbox writer, and with it every webhook's acknowledgement, would wait on the streams
+    /// after all. Made on the request threads, the read lets go of its connection at once.
+    async fn read_store<T, E>(
+        &self,
+        work: impl Future<Output = Result<T, E>> + Send + 'static,
+    ) -> Result<T, StoreReadFailed>
+    where
+        T: Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        match &self.store_lane {
+            Some(lane) => lane
+                .spawn(work)
+                .await
+                .map_err(|error| StoreReadFailed(error.to_string()))?
+                .map_err(|error| StoreReadFailed(error.to_string())),
+            None => work
+                .await
+                .map_err(|error| StoreReadFailed(error.to_string())),
+        }
+    }
+
     fn follow(self: &Arc<Self>, engine: Arc<Engine>, mut head: i64) {
         let tail = Arc::clone(self);
-        tokio::spawn(async move {
+        let spawn = |work| match &self.store_lane {
+            Some(lane) => drop(lane.spawn(work)),
+            None => drop(tokio::spawn(work)),
+        };
+        spawn(async move {
             loop {
                 match engine.changes_after(head, 500).await {
                     Ok(rows) => {
@@ -270,11 +319,25 @@ impl ChangeTail {
 }
 
 impl Default for ChangeTail {
+    /// A tail that reads the store on the runtime it is made on (the request threads', when
+    /// the router is built), or wherever a stream asks when made outside any runtime.
     fn default() -> Self {
         Self {
             sender: broadcast::channel(TAIL_CAPACITY).0,
             started: tokio::sync::OnceCell::new(),
+            store_lane: Handle::try_current().ok(),
         }
+    }
+}
+
+/// A read of the store for the streams failed, or the request threads could not run it
+/// (the process is shutting down).
+#[derive(Debug)]
+struct StoreReadFailed(String);
+
+impl std::fmt::Display for StoreReadFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -358,7 +421,9 @@ impl Follower {
                 None => {
                     // Listen first, then read what came before: nothing falls in between.
                     let receiver = self.tail.sender.subscribe();
-                    match self.engine.changes_after(self.cursor, 500).await {
+                    let (engine, cursor) = (Arc::clone(&self.engine), self.cursor);
+                    let read = async move { engine.changes_after(cursor, 500).await };
+                    match self.tail.read_store(read).await {
                         Ok(rows) => {
                             let caught_up = rows.len() < 500;
                             self.ready
@@ -391,15 +456,25 @@ pub(crate) async fn stream(
     Authorized(state): Authorized,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let resume = headers.get("last-event-id").map(|value| value.to_str());
-    let cursor = match resume {
-        Some(Ok(cursor)) => parse_cursor(&state.engine, "Last-Event-ID", cursor.trim()).await?,
+    let resume = match headers.get("last-event-id").map(|value| value.to_str()) {
+        Some(Ok(cursor)) => Some((cursor_seq("Last-Event-ID", cursor.trim())?, cursor.trim())),
         Some(Err(_)) => return Err(invalid_cursor("Last-Event-ID", "(not text)")),
-        None => state.engine.last_change().await.map_err(store_failed)?,
+        None => None,
+    };
+    let tail = ChangeTail::of(&state).await;
+    // Served on the streams' thread: the store is read on the request threads (`read_store`).
+    let engine = Arc::clone(&state.engine);
+    let last = tail
+        .read_store(async move { engine.last_change().await })
+        .await
+        .map_err(store_failed)?;
+    let cursor = match resume {
+        Some((seq, cursor)) => not_newer("Last-Event-ID", cursor, seq, last)?,
+        None => last,
     };
     let follower = Follower {
         engine: Arc::clone(&state.engine),
-        tail: ChangeTail::of(&state).await,
+        tail,
         receiver: None,
         cursor,
         ready: VecDeque::new(),
@@ -732,5 +807,29 @@ mod tests {
         );
         assert!(!continues_after(12, &batch(14..=15)), "13 would be lost");
         assert!(continues_after(12, &[]));
+    }
+
+    /// Streams are served on a thread of lower priority; their store reads must run on the
+    /// request threads the tail was made on, or a read would hold a store connection (on
+    /// SQLite the only one) until the streams' thread got a core again.
+    #[test]
+    fn streams_read_the_store_on_the_request_threads() -> std::io::Result<()> {
+        let requests = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("request-thread")
+            .enable_all()
+            .build()?;
+        let tail = requests.block_on(async { ChangeTail::default() });
+        let streams = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let read_on = streams.block_on(tail.read_store(async {
+            Ok::<_, Infallible>(std::thread::current().name().map(str::to_owned))
+        }));
+        assert_eq!(
+            read_on.map_err(|error| error.to_string()),
+            Ok(Some("request-thread".to_owned()))
+        );
+        Ok(())
     }
 }
