@@ -7,15 +7,42 @@ use anyhow::{bail, Context, Result};
 
 use crate::{per_sec, PAYLOAD_BYTES};
 
-/// The same one-row insert of a delivery's size, one connection, for `secs` seconds, on a
-/// SQLite file configured as Subledger configures its own: inserts per second, then the p99
-/// of one insert sent open-loop at `rate` (from when it was due), the floor of a webhook's
-/// acknowledgement at that rate.
-pub async fn sqlite_floor(url: &str, secs: u64, rate: f64) -> Result<(f64, Duration)> {
+/// The columns Subledger's inbox INSERT sets (`subledger_store`'s inbox), in order.
+const INBOX_COLUMNS: &str = "event_id, event_type, api_version, livemode, account, \
+     stripe_created, payload, received_at_ms, correlation_id, available_at_ms, ordering_key";
+
+/// What the store does with one delivery's row, one connection at a time.
+///
+/// Ingest is compared with "the same one-row insert" (issue 11): Subledger's own inbox
+/// INSERT, with a real delivery's bytes, into a table made by Subledger's migrations (the
+/// same columns, indexes and `ON CONFLICT`), sent by the store's own client with nothing of
+/// Subledger in the way. A bare insert of as many bytes into a two-column table is measured
+/// beside it: what the inbox's schema and a real payload cost over the cheapest insert.
+#[derive(Debug)]
+pub struct InsertFloors {
+    /// The bare insert: `id` and a payload of `x`s, inserts per second.
+    pub bare: f64,
+    /// The inbox's own insert, inserts per second.
+    pub inbox: f64,
+    /// The inbox's insert sent open-loop at a rate: its p99 from when each was due, the
+    /// floor of a webhook's acknowledgement at that rate.
+    pub inbox_p99: Duration,
+}
+
+/// [`InsertFloors`] on a SQLite file configured as Subledger configures its own (WAL,
+/// `synchronous = FULL`), for `secs` seconds each, the open-loop one at `rate`.
+pub async fn sqlite_floors(
+    url: &str,
+    secs: u64,
+    rate: f64,
+    delivery: &str,
+) -> Result<InsertFloors> {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
     use std::str::FromStr;
+    let schema = subledger_store::Database::connect(url).await?;
+    schema.migrate().await?;
+    schema.close().await;
     let options = SqliteConnectOptions::from_str(url)?
-        .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full);
     let pool = sqlx::SqlitePool::connect_with(options).await?;
@@ -23,47 +50,89 @@ pub async fn sqlite_floor(url: &str, secs: u64, rate: f64) -> Result<(f64, Durat
         .execute(&pool)
         .await?;
     let payload = "x".repeat(PAYLOAD_BYTES);
-    let started = Instant::now();
-    let mut rows = 0u64;
-    while started.elapsed() < Duration::from_secs(secs) {
+    let bare = per_second_for(secs, |_| {
         sqlx::query("INSERT INTO floor (payload) VALUES (?)")
             .bind(&payload)
             .execute(&pool)
-            .await?;
-        rows += 1;
-    }
-    let throughput = per_sec(rows, started.elapsed());
+    })
+    .await?;
+    let insert = format!(
+        "INSERT INTO inbox ({INBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    );
+    let inbox_row = |n: u64| {
+        sqlx::query(&insert)
+            .bind(format!("evt_floor{n}"))
+            .bind("customer.subscription.created")
+            .bind("2024-06-20")
+            .bind(false)
+            .bind(None::<String>)
+            .bind(1_767_225_600_i64)
+            .bind(delivery)
+            .bind(1_767_225_600_000_i64)
+            .bind(format!("floor-{n}"))
+            .bind(1_767_225_600_000_i64)
+            .bind(format!("cus_floor{n}"))
+            .fetch_all(&pool)
+    };
+    let inbox = per_second_for(secs, inbox_row).await?;
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let started = tokio::time::Instant::now();
     let mut due = started;
     let mut latencies = Vec::new();
+    // Rows of their own: a conflict would skip the insert and flatter the floor.
+    let mut n = 1 << 40;
     while due.duration_since(started) < Duration::from_secs(secs) {
         tokio::time::sleep_until(due).await;
-        sqlx::query("INSERT INTO floor (payload) VALUES (?)")
-            .bind(&payload)
-            .execute(&pool)
-            .await?;
+        inbox_row(n).await?;
         latencies.push(due.elapsed());
         due += interval;
+        n += 1;
     }
     pool.close().await;
-    Ok((throughput, crate::http_load::quantile(&mut latencies, 0.99)))
+    Ok(InsertFloors {
+        bare,
+        inbox,
+        inbox_p99: crate::http_load::quantile(&mut latencies, 0.99),
+    })
 }
 
-/// What `pgbench` measured with the same one-row insert.
+/// Runs `insert(n)` for n = 0, 1, … one after another for `secs` seconds: per second.
+async fn per_second_for<T, E, Fut>(secs: u64, mut insert: impl FnMut(u64) -> Fut) -> Result<f64>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let mut rows = 0u64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        insert(rows).await?;
+        rows += 1;
+    }
+    Ok(per_sec(rows, started.elapsed()))
+}
+
+/// What `pgbench` measured.
 #[derive(Debug)]
 pub struct PgbenchFloors {
-    pub one_client: f64,
+    /// The bare insert at 1 client, and the inbox's insert at 1 client and open-loop.
+    pub one_client: InsertFloors,
+    /// The bare insert at 8 clients (the worker's concurrency).
     pub eight_clients: f64,
-    /// One client throttled to a rate (`-R`): the p99 latency from each transaction's
-    /// scheduled start.
-    pub commit_p99: Duration,
 }
 
-/// `pgbench` running the same one-row insert at 1 and at 8 clients (transactions per second),
-/// then at one client throttled to `rate` (latency p99).
-pub fn pgbench_floors(base_url: &str, secs: u64, rate: f64) -> Result<PgbenchFloors> {
+/// `pgbench` running the bare insert at 1 and at 8 clients, and the inbox's insert (into a
+/// copy of `schema`'s inbox, with its indexes) at 1 client and at 1 client throttled to
+/// `rate` (see [`InsertFloors`]).
+pub fn pgbench_floors(
+    base_url: &str,
+    schema: &str,
+    secs: u64,
+    rate: f64,
+    delivery: &str,
+) -> Result<PgbenchFloors> {
     let table = format!("subledger_bench_floor_{}", std::process::id());
+    let inbox = format!("{table}_inbox");
     let psql = |sql: &str| -> Result<()> {
         let status = std::process::Command::new("psql")
             .args([base_url, "-q", "-c", sql])
@@ -77,19 +146,36 @@ pub fn pgbench_floors(base_url: &str, secs: u64, rate: f64) -> Result<PgbenchFlo
     psql(&format!(
         "CREATE TABLE {table} (id bigserial PRIMARY KEY, payload text NOT NULL)"
     ))?;
-    let script = std::env::temp_dir().join(format!("{table}.sql"));
+    psql(&format!(
+        "CREATE TABLE {inbox} (LIKE {schema}.inbox INCLUDING ALL)"
+    ))?;
+    let bare_script = std::env::temp_dir().join(format!("{table}.sql"));
+    let inbox_script = std::env::temp_dir().join(format!("{inbox}.sql"));
     // The payload is a literal in the statement, so it crosses the connection as a delivery
     // does (`repeat('x', n)` would be made by the server and never sent).
     let payload = "x".repeat(PAYLOAD_BYTES);
     std::fs::write(
-        &script,
+        &bare_script,
         format!("INSERT INTO {table} (payload) VALUES ('{payload}');\n"),
     )?;
-    let run = |clients: u32| -> Result<f64> {
+    // pgbench leaves `:name` alone unless it names one of its variables, and the delivery's
+    // JSON names none of `floor_row`.
+    let delivery = delivery.replace('\'', "''").replace('\n', " ");
+    std::fs::write(
+        &inbox_script,
+        format!(
+            "\\set floor_row random(1, 1000000000000)\n\
+             INSERT INTO {inbox} ({INBOX_COLUMNS}) VALUES ('evt_floor' || :floor_row, \
+             'customer.subscription.created', '2024-06-20', false, NULL, 1767225600, \
+             '{delivery}', 1767225600000, 'floor-' || :floor_row, 1767225600000, \
+             'cus_floor' || :floor_row) ON CONFLICT (event_id) DO NOTHING RETURNING event_id;\n"
+        ),
+    )?;
+    let run = |script: &std::path::Path, clients: u32| -> Result<f64> {
         let output = std::process::Command::new("pgbench")
             .args(["-n", "-T", &secs.to_string(), "-c", &clients.to_string()])
             .args(["-j", &clients.min(2).to_string(), "-f"])
-            .arg(&script)
+            .arg(script)
             .arg(base_url)
             .output()
             .context("cannot run pgbench (install PostgreSQL's contrib tools)")?;
@@ -99,16 +185,21 @@ pub fn pgbench_floors(base_url: &str, secs: u64, rate: f64) -> Result<PgbenchFlo
                 let rest = line.strip_prefix("tps = ")?;
                 rest.split_whitespace().next()?.parse::<f64>().ok()
             })
-            .with_context(|| format!("pgbench printed no tps: {text}"))
+            .with_context(|| {
+                format!(
+                    "pgbench printed no tps: {text}{}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })
     };
-    let throttled = || -> Result<Duration> {
+    let throttled = |script: &std::path::Path| -> Result<Duration> {
         let prefix = std::env::temp_dir().join(format!("{table}-log"));
         let status = std::process::Command::new("pgbench")
             .args(["-n", "-T", &secs.to_string(), "-c", "1", "-j", "1"])
             .args(["-R", &format!("{rate:.0}"), "-l", "--log-prefix"])
             .arg(&prefix)
             .arg("-f")
-            .arg(&script)
+            .arg(script)
             .arg(base_url)
             .stdout(std::process::Stdio::null())
             .status()
@@ -141,15 +232,19 @@ pub fn pgbench_floors(base_url: &str, secs: u64, rate: f64) -> Result<PgbenchFlo
         }
         Ok(crate::http_load::quantile(&mut latencies, 0.99))
     };
-    let result = run(1).and_then(|one_client| {
+    let result = (|| {
         Ok(PgbenchFloors {
-            one_client,
-            eight_clients: run(8)?,
-            commit_p99: throttled()?,
+            one_client: InsertFloors {
+                bare: run(&bare_script, 1)?,
+                inbox: run(&inbox_script, 1)?,
+                inbox_p99: throttled(&inbox_script)?,
+            },
+            eight_clients: run(&bare_script, 8)?,
         })
-    });
-    let _ = std::fs::remove_file(&script);
-    psql(&format!("DROP TABLE {table}"))?;
+    })();
+    let _ = std::fs::remove_file(&bare_script);
+    let _ = std::fs::remove_file(&inbox_script);
+    psql(&format!("DROP TABLE {table}, {inbox}"))?;
     result
 }
 

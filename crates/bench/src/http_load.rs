@@ -68,17 +68,42 @@ impl Connection {
     }
 }
 
+/// Runs a client's `load` on a thread and runtime of its own, as `pgbench` and `wrk` run in
+/// processes of their own: on the server's runtime threads, the client's work would queue
+/// with the server's and be counted against it.
+async fn on_own_thread<T: Send + 'static>(
+    load: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-client".to_owned())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(load));
+            let _ = answer.send(result);
+        })?;
+    answered
+        .await
+        .context("the client's thread ended without an answer")?
+}
+
 /// Sends every delivery as fast as one connection allows: deliveries per second.
-pub async fn saturate(addr: SocketAddr, deliveries: &[(String, Vec<u8>)]) -> Result<f64> {
-    let mut connection = Connection::open(addr).await?;
-    let started = Instant::now();
-    for (signature, body) in deliveries {
-        let status = connection.post_webhook(signature, body).await?;
-        if status != 200 {
-            bail!("a delivery was answered {status}");
+pub async fn saturate(addr: SocketAddr, deliveries: Vec<(String, Vec<u8>)>) -> Result<f64> {
+    on_own_thread(async move {
+        let mut connection = Connection::open(addr).await?;
+        let started = Instant::now();
+        for (signature, body) in &deliveries {
+            let status = connection.post_webhook(signature, body).await?;
+            if status != 200 {
+                bail!("a delivery was answered {status}");
+            }
         }
-    }
-    Ok(crate::per_sec(deliveries.len(), started.elapsed()))
+        Ok(crate::per_sec(deliveries.len(), started.elapsed()))
+    })
+    .await
 }
 
 /// Sends the deliveries on one connection at `rate` per second, each due at a fixed time, and
@@ -86,26 +111,29 @@ pub async fn saturate(addr: SocketAddr, deliveries: &[(String, Vec<u8>)]) -> Res
 /// latency from when it was due, so a slow answer also counts against the ones queued behind.
 pub async fn open_loop(
     addr: SocketAddr,
-    deliveries: &[(String, Vec<u8>)],
+    deliveries: Vec<(String, Vec<u8>)>,
     rate: f64,
-    mut acked: impl FnMut(usize),
+    mut acked: impl FnMut(usize) + Send + 'static,
 ) -> Result<Vec<Duration>> {
-    let mut connection = Connection::open(addr).await?;
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
-    let started = tokio::time::Instant::now();
-    let mut latencies = Vec::with_capacity(deliveries.len());
-    let mut due = started;
-    for (n, (signature, body)) in deliveries.iter().enumerate() {
-        tokio::time::sleep_until(due).await;
-        let status = connection.post_webhook(signature, body).await?;
-        if status != 200 {
-            bail!("a delivery was answered {status}");
+    on_own_thread(async move {
+        let mut connection = Connection::open(addr).await?;
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+        let started = tokio::time::Instant::now();
+        let mut latencies = Vec::with_capacity(deliveries.len());
+        let mut due = started;
+        for (n, (signature, body)) in deliveries.iter().enumerate() {
+            tokio::time::sleep_until(due).await;
+            let status = connection.post_webhook(signature, body).await?;
+            if status != 200 {
+                bail!("a delivery was answered {status}");
+            }
+            acked(n);
+            latencies.push(due.elapsed());
+            due += interval;
         }
-        acked(n);
-        latencies.push(due.elapsed());
-        due += interval;
-    }
-    Ok(latencies)
+        Ok(latencies)
+    })
+    .await
 }
 
 /// `wrk` at `connections` connections for `secs` seconds running `script` (Lua): requests per
