@@ -131,8 +131,10 @@ struct Figures {
     replay_rate: f64,
     rebuild_rate: f64,
     replay_floor: f64,
-    /// The rate of the runs without and with subscribers.
+    /// The rate of the runs without and with subscribers, and whether a run without them
+    /// kept up with it.
     stream_rate: f64,
+    stream_rate_kept_up: bool,
     /// Acknowledgement (p50, p99), medians of the runs without and with subscribers.
     stream_acks: [(Duration, Duration); 2],
     heard_p99: Duration,
@@ -320,12 +322,34 @@ async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<F
     figures.visible_p99 = quantile(&mut visible, 0.99);
     engine.drain().await?;
 
-    // Subscribers are compared at half that rate. At half of saturation the worker and the
-    // projector leave this machine no room: acknowledgements fall further behind through the
-    // whole run (their p99 measures the run's length), so any extra work at all shows as a
-    // slowdown. Below saturation, a slowdown is the subscribers' doing.
-    figures.stream_rate = figures.ingest_rate / 2.0;
-    let count = count / 2;
+    // Subscribers are compared at a rate the server keeps up with while its worker and
+    // projector run. Where it does not, acknowledgements fall further behind through the
+    // whole run (a p99 then measures the run's length), and any extra work at all shows as a
+    // slowdown; below it, a slowdown is the subscribers' doing. From half of the rate above,
+    // halved while a run without subscribers falls behind (three times at most).
+    figures.stream_rate = figures.ingest_rate;
+    let mut count = count;
+    for _ in 0..4 {
+        figures.stream_rate /= 2.0;
+        count = (count / 2).max(1);
+        let deliveries = signed(&new_customers(next..next + count))?;
+        let background = Background::start(&engine);
+        let (acks, _, _) =
+            ack_and_visibility(&engine, addr, &deliveries, figures.stream_rate, next).await?;
+        next += count;
+        background.stop().await?;
+        engine.drain().await?;
+        let kept_up = keeps_up(&acks);
+        figures.stream_rate_kept_up = kept_up;
+        eprintln!(
+            "{store}: at {:.0}/s with the worker and projector running, acknowledgements {}",
+            figures.stream_rate,
+            if kept_up { "keep up" } else { "fall behind" }
+        );
+        if kept_up {
+            break;
+        }
+    }
     // One stall of the store (a checkpoint, a slow fsync) decides a single run's p99 on a
     // shared machine, so runs without and with subscribers alternate and the medians of their
     // p99s are compared.
@@ -515,6 +539,20 @@ async fn subscribed_run(
     })
 }
 
+/// Whether open-loop acknowledgements kept up with their rate: the median latency of the
+/// run's last fifth is within three times that of its first fifth, plus 5 ms. A server that
+/// cannot keep up answers each delivery later than the one before, all run long.
+fn keeps_up(acks: &[Duration]) -> bool {
+    let fifth = acks.len() / 5;
+    if fifth == 0 {
+        return true;
+    }
+    let mut first = acks[..fifth].to_vec();
+    let mut last = acks[acks.len() - fifth..].to_vec();
+    let (first, last) = (median(&mut first), median(&mut last));
+    last <= first * 3 + Duration::from_millis(5)
+}
+
 /// The middle of a few runs' figures (the lower middle of an even count).
 fn median(figures: &mut [Duration]) -> Duration {
     figures.sort_unstable();
@@ -651,6 +689,11 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {memory} of memory")
 }
 
+/// `part` of `whole` as a power of two: "1/4".
+fn fraction(part: f64, whole: f64) -> String {
+    format!("1/{:.0}", whole / part.max(1e-9))
+}
+
 fn millis(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -764,8 +807,15 @@ fn render(all: &[Figures], args: &Args) -> String {
         let [(alone_p50, alone_p99), (with_p50, with_p99)] = f.stream_acks;
         row(
             format!(
-                "ingest open-loop at {:.0}/s (a quarter of saturation) with the worker and projector running, and {} subscribers following the change stream (their own process, `nice -n 19`): acknowledgement p50 / p99, medians of {SUBSCRIBER_ROUNDS} runs",
-                f.stream_rate, args.subscribers
+                "ingest open-loop at {:.0}/s ({} of saturation: with the worker and projector running, {}) with {} subscribers following the change stream (their own process, `nice -n 19`): acknowledgement p50 / p99, medians of {SUBSCRIBER_ROUNDS} runs",
+                f.stream_rate,
+                fraction(f.stream_rate, f.ingest_saturation),
+                if f.stream_rate_kept_up {
+                    "the highest such rate it kept up with"
+                } else {
+                    "it fell behind even at this rate"
+                },
+                args.subscribers
             ),
             format!("{} / {}", millis(with_p50), millis(with_p99)),
             format!(
