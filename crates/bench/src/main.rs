@@ -331,7 +331,6 @@ async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<F
     // rate above and halves while a run without subscribers falls behind (three times at
     // most); the comparison runs at half of where it stopped.
     figures.stream_rate = figures.ingest_rate;
-    let mut count = count;
     for _ in 0..4 {
         figures.stream_rate /= 2.0;
         count = (count / 2).max(1);
