@@ -17,12 +17,13 @@
 //! - a restart: how long until every customer is answered, and the heap each customer costs;
 //! - the entitlement check, in process (p99 of one call) and over HTTP at 32 connections;
 //! - a rebuild of the read models from the whole log (`subledger replay`);
-//! - product services listening: the same open-loop ingest with `--subscribers` following
-//!   `/v1/changes/stream` from a process of their own (at `nice -n 19`, standing for other
-//!   machines), alternating with runs without them (one stall of the store decides a single
-//!   run's p99), for the median acknowledgement p99 of each and the time from
-//!   acknowledgement to the change heard on a stream; and a revalidation of one answer by its
-//!   `ETag` (`304`) beside the full answer.
+//! - product services listening: open-loop ingest with the worker running, at half of the
+//!   highest rate it keeps up with, with `--subscribers` following `/v1/changes/stream` from
+//!   a process of their own (at the lowest priority, standing for other machines),
+//!   alternating with runs without them (one stall of the store decides a single run's p99),
+//!   for the median acknowledgement p50 and p99 of each and the time from acknowledgement to
+//!   the change heard on a stream; and a revalidation of one answer by its `ETag` (`304`)
+//!   beside the full answer.
 //!
 //! It writes the figures, and the machine they were taken on, to `--out` (Markdown).
 

@@ -1,10 +1,10 @@
 //! Product services listening: many subscribers on `/v1/changes/stream` at once, as the
 //! webhook load runs, and a revalidation of one answer by its `ETag`.
 //!
-//! The subscribers run in a process of their own at the lowest priority (`nice -n 19`), standing
-//! for product services on other machines: on one 2-core machine their reading would otherwise
-//! be charged to the server's acknowledgements. The server's own cost of writing the streams
-//! is measured in full.
+//! The subscribers run in a process, session and scheduling group of their own at the lowest
+//! priority (nice 19; see `lowest_scheduling_group`), standing for product services on other
+//! machines: on one 2-core machine their reading would otherwise be charged to the server's
+//! acknowledgements. The server's own cost of writing the streams is measured in full.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write as _};

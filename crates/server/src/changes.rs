@@ -274,16 +274,14 @@ impl ChangeTail {
         T: Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        match &self.store_lane {
+        let read = match &self.store_lane {
             Some(lane) => lane
                 .spawn(work)
                 .await
-                .map_err(|error| StoreReadFailed(error.to_string()))?
-                .map_err(|error| StoreReadFailed(error.to_string())),
-            None => work
-                .await
-                .map_err(|error| StoreReadFailed(error.to_string())),
-        }
+                .map_err(|error| StoreReadFailed(error.to_string()))?,
+            None => work.await,
+        };
+        read.map_err(|error| StoreReadFailed(error.to_string()))
     }
 
     fn follow(self: &Arc<Self>, engine: Arc<Engine>, mut head: i64) {
