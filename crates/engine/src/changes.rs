@@ -104,6 +104,13 @@ fn deadline_cause(at: DateTime<Utc>) -> String {
     format!("deadline:{}", at.to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
+/// Changes one transaction recorded, oldest first.
+pub type RecordedChanges = std::sync::Arc<[ChangeRow]>;
+
+/// Batches of recorded changes a reader of [`Engine::recorded_changes`] may fall behind
+/// before it must read the store instead.
+pub(crate) const RECORDED_CAPACITY: usize = 256;
+
 /// A change found when a server starts: its catalog or its build answers differently.
 const START_CAUSE: &str = "start";
 
@@ -208,19 +215,23 @@ impl Engine {
             self.feed_is_quiet(applied, now).await?;
             return Ok(0);
         }
-        let recorded = self
+        let Some(recorded) = self
             .db
             .record_changes(seen, applied, &changes, &now_fed)
-            .await?;
-        if !recorded {
+            .await?
+        else {
             // Another server moved the feed first; what it recorded is compared next time.
             return Ok(0);
-        }
+        };
         if first_look {
             self.feed_compared_all.store(true, Ordering::Relaxed);
         }
         if !changes.is_empty() {
             self.changes_recorded.notify_waiters();
+        }
+        if !recorded.is_empty() {
+            // No receiver is no error: no stream is open.
+            let _ = self.recorded.send(recorded.into());
         }
         Ok(changes.len())
     }
@@ -263,8 +274,12 @@ impl Engine {
         self.db.last_change().await
     }
 
-    /// Resolves when this process records changes (others' are found by asking the store).
-    pub async fn changes_recorded(&self) {
-        self.changes_recorded.notified().await;
+    /// The changes this process records from now on, each batch as one transaction recorded
+    /// it, numbered and oldest first (others' are found by asking the store). Numbers follow
+    /// the order of commits, so a batch whose first number follows the last one a reader has
+    /// seen leaves nothing out; one that does not (another server recorded in between, or a
+    /// transaction that rolled back took numbers) sends the reader to the store.
+    pub fn recorded_changes(&self) -> tokio::sync::broadcast::Receiver<RecordedChanges> {
+        self.recorded.subscribe()
     }
 }

@@ -70,8 +70,11 @@ pub struct Engine {
     inbox_stored: Arc<Notify>,
     /// Domain events were appended: wake the projector.
     pub(crate) events_appended: Notify,
-    /// This process recorded entitlement changes: wake the change streams.
+    /// This process recorded entitlement changes: wake the notifier.
     pub(crate) changes_recorded: Notify,
+    /// The changes this process recorded, as recorded, for the change streams: they need not
+    /// read back what this process just wrote (see [`Engine::recorded_changes`]).
+    pub(crate) recorded: tokio::sync::broadcast::Sender<crate::changes::RecordedChanges>,
     /// Whether this process has compared every answer with the feed once (see
     /// [`crate::changes`]).
     pub(crate) feed_compared_all: std::sync::atomic::AtomicBool,
@@ -284,6 +287,7 @@ impl Engine {
             inbox_stored,
             events_appended: Notify::new(),
             changes_recorded: Notify::new(),
+            recorded: tokio::sync::broadcast::channel(crate::changes::RECORDED_CAPACITY).0,
             feed_compared_all: std::sync::atomic::AtomicBool::new(false),
             feed_quiet: std::sync::Mutex::new(None),
             catalogs,

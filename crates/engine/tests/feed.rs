@@ -83,3 +83,47 @@ async fn an_idle_projector_looks_at_the_feed_again_only_when_something_can_have_
         h.cleanup().await;
     }
 }
+
+/// The changes this process records reach its readers as recorded: the same rows, numbers
+/// and order as the store gives back, a transaction's rows together (several customers in
+/// one here), so the change streams need not read back what this process wrote.
+#[tokio::test]
+async fn recorded_changes_are_handed_on_as_the_store_numbered_them() {
+    for h in Harness::all().await {
+        let name = h.name;
+        let mut recorded = h.engine.recorded_changes();
+        for (n, customer) in ["cus_a", "cus_b", "cus_c"].into_iter().enumerate() {
+            let event = fixtures::event(
+                &format!("evt_{n}"),
+                "customer.subscription.created",
+                at(-60),
+                fixtures::subscription(&format!("sub_{n}"), customer, "active", "price_pro"),
+            );
+            h.deliver(&event).await.unwrap();
+        }
+        h.engine.drain().await.unwrap();
+        h.engine.project().await.unwrap();
+        let upgraded = fixtures::event(
+            "evt_9",
+            "customer.subscription.updated",
+            at(-30),
+            fixtures::subscription("sub_1", "cus_b", "active", "price_team"),
+        );
+        h.deliver_and_apply(&upgraded).await;
+        h.engine.project().await.unwrap();
+
+        let mut batches = Vec::new();
+        while let Ok(batch) = recorded.try_recv() {
+            batches.push(batch);
+        }
+        let stored = h.engine.changes_after(0, 100).await.unwrap();
+        let handed: Vec<_> = batches.iter().flat_map(|b| b.iter().cloned()).collect();
+        assert_eq!(handed, stored, "{name}");
+        assert!(
+            batches.iter().any(|batch| batch.len() == 3),
+            "{name}: the three new customers were recorded together: {batches:?}"
+        );
+        assert_eq!(stored.len(), 4, "{name}: {stored:?}");
+        h.cleanup().await;
+    }
+}

@@ -12,8 +12,9 @@
 //!   fill a local copy before following the stream.
 //!
 //! A cursor names a row of the shared store's feed (see `subledger_engine::changes`), so it
-//! means the same on every server and after restarts. One task per server reads new rows and
-//! hands them to every stream, so subscribers cost no queries of their own once caught up.
+//! means the same on every server and after restarts. One task per server hands new changes
+//! to every stream, so subscribers cost no queries of their own once caught up: those this
+//! server records as it records them, and others' (or any it missed) read from the store.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -57,7 +58,9 @@ const TAIL_CAPACITY: usize = 1024;
 /// once per batch rather than once per change.
 type ChangeBatch = Arc<Vec<Arc<PreparedChange>>>;
 
-use subledger_engine::changes::{cursor_of, Change, UnreadableChange, CURSOR_PREFIX};
+use subledger_engine::changes::{
+    cursor_of, Change, RecordedChanges, UnreadableChange, CURSOR_PREFIX,
+};
 
 fn invalid_cursor(name: &str, value: &str) -> ApiError {
     ApiError::new(
@@ -219,7 +222,8 @@ impl PreparedChange {
     }
 }
 
-/// Reads the changes other servers and this one record, once per server, for every stream.
+/// Follows the feed, once per server, for every stream: the changes this server records and
+/// those others record.
 #[derive(Debug)]
 pub struct ChangeTail {
     sender: broadcast::Sender<ChangeBatch>,
@@ -242,6 +246,8 @@ impl ChangeTail {
         let engine = &state.engine;
         tail.started
             .get_or_init(|| async {
+                // Listen first, then read where the feed is: nothing falls in between.
+                let recorded = engine.recorded_changes();
                 let engine = Arc::clone(engine);
                 let head = match tail
                     .read_store(async move { engine.last_change().await })
@@ -253,7 +259,7 @@ impl ChangeTail {
                         0
                     }
                 };
-                tail.follow(Arc::clone(&state.engine), head);
+                tail.follow(Arc::clone(&state.engine), head, recorded);
             })
             .await;
         tail
@@ -284,7 +290,16 @@ impl ChangeTail {
         read.map_err(|error| StoreReadFailed(error.to_string()))
     }
 
-    fn follow(self: &Arc<Self>, engine: Arc<Engine>, mut head: i64) {
+    /// Hands every stream the changes after `head`, in order: those this process records as
+    /// it records them (`recorded`, subscribed before `head` was read), and from the store
+    /// those it did not see recorded (other servers', or after falling behind), which it
+    /// finds as a gap before this process's next batch or at the next poll.
+    fn follow(
+        self: &Arc<Self>,
+        engine: Arc<Engine>,
+        mut head: i64,
+        mut recorded: broadcast::Receiver<RecordedChanges>,
+    ) {
         let tail = Arc::clone(self);
         let spawn = |work| match &self.store_lane {
             Some(lane) => drop(lane.spawn(work)),
@@ -295,24 +310,47 @@ impl ChangeTail {
                 match engine.changes_after(head, 500).await {
                     Ok(rows) => {
                         let full = rows.len() == 500;
-                        head = rows.last().map_or(head, |row| row.seq);
-                        // No receiver is no error: nobody is listening right now.
-                        if !rows.is_empty() && tail.sender.receiver_count() > 0 {
-                            let batch = rows.iter().map(|row| Arc::new(PreparedChange::of(row)));
-                            let _ = tail.sender.send(Arc::new(batch.collect()));
-                        }
+                        tail.hand_on(&mut head, &rows);
                         if full {
                             continue;
                         }
                     }
                     Err(error) => tracing::warn!(%error, "the change tail cannot read the store"),
                 }
-                tokio::select! {
-                    () = engine.changes_recorded() => {}
-                    () = tokio::time::sleep(TAIL_POLL) => {}
+                // Until something is missing, what this process records needs no read.
+                loop {
+                    tokio::select! {
+                        batch = recorded.recv() => match batch {
+                            Ok(rows) => match on_recorded(head, &rows) {
+                                OnRecorded::HandOn => tail.hand_on(&mut head, &rows),
+                                OnRecorded::AlreadyRead => {}
+                                OnRecorded::ReadStore => break,
+                            },
+                            // Fell behind: the store has what was missed.
+                            Err(broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(broadcast::error::RecvError::Closed) => {
+                                tokio::time::sleep(TAIL_POLL).await;
+                                break;
+                            }
+                        },
+                        () = tokio::time::sleep(TAIL_POLL) => break,
+                    }
                 }
             }
         });
+    }
+
+    /// Hands the rows after `head` to every stream, and moves `head` past them.
+    fn hand_on(&self, head: &mut i64, rows: &[ChangeRow]) {
+        let new = rows.iter().filter(|row| row.seq > *head);
+        // No receiver is no error: nobody is listening right now.
+        if self.sender.receiver_count() > 0 {
+            let batch: Vec<_> = new.map(|row| Arc::new(PreparedChange::of(row))).collect();
+            if !batch.is_empty() {
+                let _ = self.sender.send(Arc::new(batch));
+            }
+        }
+        *head = rows.last().map_or(*head, |row| row.seq.max(*head));
     }
 }
 
@@ -339,11 +377,51 @@ impl std::fmt::Display for StoreReadFailed {
     }
 }
 
+/// What the tail does with a batch of changes this process recorded, having handed on every
+/// change up to `head`.
+#[derive(Debug, PartialEq, Eq)]
+enum OnRecorded {
+    /// It follows `head` with nothing left out: handed on as it is, with no read.
+    HandOn,
+    /// Read from the store already (the tail found it there first).
+    AlreadyRead,
+    /// Something came between (another server's changes, or numbers a rolled-back
+    /// transaction took): the store has it, and this batch too.
+    ReadStore,
+}
+
+fn on_recorded(head: i64, rows: &[ChangeRow]) -> OnRecorded {
+    if rows.last().is_none_or(|row| row.seq <= head) {
+        OnRecorded::AlreadyRead
+    } else if continues_after(head, rows) {
+        OnRecorded::HandOn
+    } else {
+        OnRecorded::ReadStore
+    }
+}
+
+/// Something numbered in the feed: a stored change, or one prepared for the streams.
+trait Numbered {
+    fn seq(&self) -> i64;
+}
+
+impl Numbered for ChangeRow {
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+}
+
+impl Numbered for Arc<PreparedChange> {
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+}
+
 /// Whether `batch` leaves no number out after `last`.
-fn continues_after(last: i64, batch: &[Arc<PreparedChange>]) -> bool {
+fn continues_after(last: i64, batch: &[impl Numbered]) -> bool {
     batch
         .first()
-        .is_none_or(|first| first.seq <= last.saturating_add(1))
+        .is_none_or(|first| first.seq() <= last.saturating_add(1))
 }
 
 /// One stream's place in the feed.
@@ -804,7 +882,49 @@ mod tests {
             "rows already sent are skipped"
         );
         assert!(!continues_after(12, &batch(14..=15)), "13 would be lost");
-        assert!(continues_after(12, &[]));
+        assert!(continues_after(12, &Vec::<Arc<PreparedChange>>::new()));
+    }
+
+    fn rows(seqs: &[i64]) -> Vec<ChangeRow> {
+        seqs.iter()
+            .map(|&seq| ChangeRow {
+                seq,
+                customer_id: format!("cus_{seq}"),
+                cause: "log:1".to_owned(),
+                changed_at_ms: 0,
+                answer: "{}".to_owned(),
+            })
+            .collect()
+    }
+
+    /// The changes this server records are handed to the streams without reading them back,
+    /// unless something may have come between.
+    #[test]
+    fn the_tail_reads_the_store_only_for_what_it_did_not_see_recorded() {
+        assert_eq!(on_recorded(5, &rows(&[6, 7])), OnRecorded::HandOn);
+        // Partly read from the store already: the rest is handed on.
+        assert_eq!(on_recorded(6, &rows(&[6, 7])), OnRecorded::HandOn);
+        assert_eq!(on_recorded(7, &rows(&[6, 7])), OnRecorded::AlreadyRead);
+        assert_eq!(on_recorded(5, &rows(&[])), OnRecorded::AlreadyRead);
+        // Number 6 is another server's, or was taken by a transaction that rolled back.
+        assert_eq!(on_recorded(5, &rows(&[7, 8])), OnRecorded::ReadStore);
+    }
+
+    /// What [`ChangeTail::hand_on`] sends: only what follows the head, once.
+    #[tokio::test]
+    async fn the_tail_hands_on_each_change_once() {
+        let tail = ChangeTail::default();
+        let mut stream = tail.sender.subscribe();
+        let mut head = 6;
+        tail.hand_on(&mut head, &rows(&[5, 6, 7, 8]));
+        tail.hand_on(&mut head, &rows(&[7, 8]));
+        tail.hand_on(&mut head, &rows(&[9]));
+        let mut sent = Vec::new();
+        while let Ok(batch) = stream.try_recv() {
+            sent.push(batch.iter().map(|change| change.seq).collect::<Vec<_>>());
+        }
+        assert_eq!(sent, [vec![7, 8], vec![9]]);
+        assert_eq!(head, 9);
     }
 
     /// Streams are served on a thread of lower priority; their store reads must run on the

@@ -150,19 +150,21 @@ impl Database {
     }
 
     /// Records `changes` and the answers now fed (`fed`), and moves the feed to `to`, if the
-    /// feed is still as `seen` (else another server recorded them first: `false`, nothing
-    /// written). One transaction; the numbers of the rows follow the order of commits, as
-    /// writers queue on the feed's row.
+    /// feed is still as `seen`: the rows as recorded, numbered, oldest first (else another
+    /// server recorded them first: `None`, nothing written). One transaction; the numbers of
+    /// the rows follow the order of commits, as writers queue on the feed's row, and each
+    /// `changes` names a customer once.
     pub async fn record_changes(
         &self,
         seen: FeedCheckpoint,
         to: Checkpoint,
         changes: &[NewChange],
         fed: &[FedAnswer],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Vec<ChangeRow>>, StoreError> {
         const MOVE: &str =
             "UPDATE entitlement_feed SET tx = $1, position = $2, version = version + 1
                              WHERE name = 'changes' AND version = $3";
+        let mut numbers: HashMap<String, i64> = HashMap::with_capacity(changes.len());
         let moved = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let moved = sqlx::query(MOVE)
@@ -184,7 +186,10 @@ impl Database {
                             .push_bind(change.changed_at_ms)
                             .push_bind(&change.answer);
                     });
-                    insert.build().execute(&mut *tx).await?;
+                    insert.push(" RETURNING customer_id, seq");
+                    let numbered: Vec<(String, i64)> =
+                        insert.build_query_as().fetch_all(&mut *tx).await?;
+                    numbers.extend(numbered);
                 }
                 for chunk in fed.chunks(CHUNK) {
                     let mut upsert = QueryBuilder::new(
@@ -206,7 +211,25 @@ impl Database {
             }
             moved
         });
-        Ok(moved)
+        if !moved {
+            return Ok(None);
+        }
+        // Every inserted row returns its number; were one missing, the row is left out here
+        // and a reader finds the gap and reads the store.
+        let mut recorded: Vec<ChangeRow> = changes
+            .iter()
+            .filter_map(|change| {
+                Some(ChangeRow {
+                    seq: *numbers.get(&change.customer_id)?,
+                    customer_id: change.customer_id.clone(),
+                    cause: change.cause.clone(),
+                    changed_at_ms: change.changed_at_ms,
+                    answer: change.answer.clone(),
+                })
+            })
+            .collect();
+        recorded.sort_by_key(|row| row.seq);
+        Ok(Some(recorded))
     }
 
     /// Up to `limit` changes after number `after`, oldest first.
