@@ -29,23 +29,25 @@ pub struct InsertFloors {
     pub inbox_p99: Duration,
 }
 
-/// [`InsertFloors`] on a SQLite file configured as Subledger configures its own (WAL,
-/// `synchronous = FULL`), for `secs` seconds each, the open-loop one at `rate`.
+/// [`InsertFloors`] on a SQLite file opened as Subledger opens its own, for `secs` seconds
+/// each, the open-loop one at `rate`: the store's own connection (WAL, `synchronous = FULL`,
+/// one connection) with its checkpoints beside the writer, not inside its commits. With
+/// SQLite's automatic checkpoints every thousandth page's commit would pay one; with none
+/// the WAL only grows, and a commit that appends to a file syncs more than one that rewrites
+/// a WAL checkpoints keep short. Either would measure a store set up otherwise than
+/// Subledger's.
 pub async fn sqlite_floors(
     url: &str,
     secs: u64,
     rate: f64,
     delivery: &str,
 ) -> Result<InsertFloors> {
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-    use std::str::FromStr;
-    let schema = subledger_store::Database::connect(url).await?;
-    schema.migrate().await?;
-    schema.close().await;
-    let options = SqliteConnectOptions::from_str(url)?
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full);
-    let pool = sqlx::SqlitePool::connect_with(options).await?;
+    let store = subledger_store::Database::connect(url).await?;
+    store.migrate().await?;
+    let subledger_store::Database::Sqlite(pool) = &store else {
+        anyhow::bail!("{url} is not a SQLite file");
+    };
+    let pool = pool.clone();
     sqlx::query("CREATE TABLE floor (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
         .execute(&pool)
         .await?;
@@ -89,7 +91,7 @@ pub async fn sqlite_floors(
         due += interval;
         n += 1;
     }
-    pool.close().await;
+    store.close().await;
     Ok(InsertFloors {
         bare,
         inbox,
