@@ -170,7 +170,11 @@ impl Engine {
             self.feed_is_quiet(applied, now).await?;
             return Ok(0);
         }
-        let fed = self.db.fed_answers(&customers).await?;
+        let fed = if first_look {
+            self.db.all_fed_answers().await?
+        } else {
+            self.db.fed_answers(&customers).await?
+        };
         let mut changes = Vec::new();
         let mut now_fed = Vec::new();
         for customer in &customers {

@@ -308,3 +308,64 @@ async fn a_plan_whose_changes_apply_to_new_subscriptions_keeps_existing_ones_on_
         test_db.cleanup().await.unwrap();
     }
 }
+
+/// A server that starts answering differently (here: a published catalog that gives pro more
+/// seats) records each customer whose answer it changes, with cause `start`, and only those;
+/// the next start with the same catalog records nothing. Issue 14: "a catalog change at
+/// restart" is in the feed.
+#[tokio::test]
+async fn a_catalog_change_at_restart_is_recorded_once_for_the_customers_it_changes() {
+    for test_db in ScratchDatabase::shared().await.unwrap() {
+        let name = test_db.name;
+        let url = test_db.url.clone();
+        let clock = Arc::new(ManualClock::new(
+            DateTime::from_timestamp(START, 0).unwrap(),
+        ));
+        let first = engine_with(&url, &clock, CATALOG, false, "first").await;
+        subscribe(&first, &clock, "cus_a", Some(at(-60))).await;
+        let team = fixtures::event(
+            "evt_team",
+            "customer.subscription.created",
+            at(-60),
+            fixtures::subscription("sub_b", "cus_b", "active", "price_team"),
+        );
+        let body = serde_json::to_vec(&team).unwrap();
+        let header =
+            subledger_engine::WebhookSecret::new(SECRET).header(clock.now().timestamp(), &body);
+        first
+            .receive_webhook(Some(&header), &body, "test")
+            .await
+            .unwrap();
+        first.drain().await.unwrap();
+        let before = first.last_change().await.unwrap();
+        assert!(
+            before >= 2,
+            "{name}: both customers' first answers are in the feed"
+        );
+        first.close().await;
+
+        clock.advance(chrono::Duration::hours(1));
+        let edited = with_pro_seats(20);
+        let second = engine_with(&url, &clock, &edited, true, "second").await;
+        assert_eq!(seats(&second, "cus_a"), Some(20), "{name}");
+        second.project().await.unwrap();
+        let recorded = second.changes_after(before, 100).await.unwrap();
+        let causes: Vec<(&str, &str)> = recorded
+            .iter()
+            .map(|row| (row.customer_id.as_str(), row.cause.as_str()))
+            .collect();
+        assert_eq!(causes, [("cus_a", "start")], "{name}");
+        assert!(
+            recorded[0].answer.contains("\"limit\":20"),
+            "{name}: {recorded:?}"
+        );
+        let after = second.last_change().await.unwrap();
+        second.close().await;
+
+        let third = engine_with(&url, &clock, &edited, false, "third").await;
+        third.project().await.unwrap();
+        assert_eq!(third.last_change().await.unwrap(), after, "{name}");
+        third.close().await;
+        test_db.cleanup().await.unwrap();
+    }
+}

@@ -149,6 +149,27 @@ impl Database {
         Ok(found)
     }
 
+    /// Every answer last fed: what a server that starts compares all its answers with. One
+    /// scan, rather than the customers' ids in lists of [`CHUNK`]: a query per 500 customers
+    /// made a start (and `subledger replay`) wait on the store for every answer it holds.
+    pub async fn all_fed_answers(&self) -> Result<HashMap<String, FedAnswer>, StoreError> {
+        const SQL: &str =
+            "SELECT customer_id, answer_digest, valid_until_ms FROM entitlement_feed_state";
+        let rows: Vec<(String, String, Option<i64>)> =
+            on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(customer_id, digest, valid_until_ms)| {
+                let answer = FedAnswer {
+                    customer_id: customer_id.clone(),
+                    digest,
+                    valid_until_ms,
+                };
+                (customer_id, answer)
+            })
+            .collect())
+    }
+
     /// Records `changes` and the answers now fed (`fed`), and moves the feed to `to`, if the
     /// feed is still as `seen`: the rows as recorded, numbered, oldest first (else another
     /// server recorded them first: `None`, nothing written). One transaction; the numbers of
