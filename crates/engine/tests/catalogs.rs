@@ -187,8 +187,19 @@ fn pro_seats_for(seats: u32, changes_apply_to: &str) -> String {
 /// Delivers a pro subscription of `customer` that started at `start` (Stripe's `start_date`;
 /// none: a fact recorded without it), and applies it.
 async fn subscribe(engine: &Engine, clock: &ManualClock, customer: &str, start: Option<i64>) {
+    subscribe_to(engine, clock, customer, "price_pro", start).await;
+}
+
+/// [`subscribe`] to `price`.
+async fn subscribe_to(
+    engine: &Engine,
+    clock: &ManualClock,
+    customer: &str,
+    price: &str,
+    start: Option<i64>,
+) {
     let mut subscription =
-        fixtures::subscription(&format!("sub_{customer}"), customer, "active", "price_pro");
+        fixtures::subscription(&format!("sub_{customer}"), customer, "active", price);
     match start {
         Some(start) => subscription["start_date"] = serde_json::json!(start),
         None => {
@@ -323,20 +334,7 @@ async fn a_catalog_change_at_restart_is_recorded_once_for_the_customers_it_chang
         ));
         let first = engine_with(&url, &clock, CATALOG, false, "first").await;
         subscribe(&first, &clock, "cus_a", Some(at(-60))).await;
-        let team = fixtures::event(
-            "evt_team",
-            "customer.subscription.created",
-            at(-60),
-            fixtures::subscription("sub_b", "cus_b", "active", "price_team"),
-        );
-        let body = serde_json::to_vec(&team).unwrap();
-        let header =
-            subledger_engine::WebhookSecret::new(SECRET).header(clock.now().timestamp(), &body);
-        first
-            .receive_webhook(Some(&header), &body, "test")
-            .await
-            .unwrap();
-        first.drain().await.unwrap();
+        subscribe_to(&first, &clock, "cus_b", "price_team", Some(at(-60))).await;
         let before = first.last_change().await.unwrap();
         assert!(
             before >= 2,
