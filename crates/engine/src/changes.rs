@@ -219,9 +219,10 @@ impl Engine {
             self.feed_is_quiet(applied, now).await?;
             return Ok(0);
         }
+        let count = changes.len();
         let Some(recorded) = self
             .db
-            .record_changes(seen, applied, &changes, &now_fed)
+            .record_changes(seen, applied, changes, &now_fed)
             .await?
         else {
             // Another server moved the feed first; what it recorded is compared next time.
@@ -230,14 +231,14 @@ impl Engine {
         if first_look {
             self.feed_compared_all.store(true, Ordering::Relaxed);
         }
-        if !changes.is_empty() {
+        if count > 0 {
             self.changes_recorded.notify_waiters();
         }
         if !recorded.is_empty() {
             // No receiver is no error: no stream is open.
             let _ = self.recorded.send(recorded.into());
         }
-        Ok(changes.len())
+        Ok(count)
     }
 
     /// Notes that the feed is at `applied` with nothing due now: looks at that checkpoint

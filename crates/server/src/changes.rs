@@ -393,35 +393,21 @@ enum OnRecorded {
 fn on_recorded(head: i64, rows: &[ChangeRow]) -> OnRecorded {
     if rows.last().is_none_or(|row| row.seq <= head) {
         OnRecorded::AlreadyRead
-    } else if continues_after(head, rows) {
+    } else if follows(head, rows.first().map(|row| row.seq)) {
         OnRecorded::HandOn
     } else {
         OnRecorded::ReadStore
     }
 }
 
-/// Something numbered in the feed: a stored change, or one prepared for the streams.
-trait Numbered {
-    fn seq(&self) -> i64;
-}
-
-impl Numbered for ChangeRow {
-    fn seq(&self) -> i64 {
-        self.seq
-    }
-}
-
-impl Numbered for Arc<PreparedChange> {
-    fn seq(&self) -> i64 {
-        self.seq
-    }
+/// Whether a batch starting at number `first` (none: empty) leaves no number out after `last`.
+fn follows(last: i64, first: Option<i64>) -> bool {
+    first.is_none_or(|first| first <= last.saturating_add(1))
 }
 
 /// Whether `batch` leaves no number out after `last`.
-fn continues_after(last: i64, batch: &[impl Numbered]) -> bool {
-    batch
-        .first()
-        .is_none_or(|first| first.seq() <= last.saturating_add(1))
+fn continues_after(last: i64, batch: &[Arc<PreparedChange>]) -> bool {
+    follows(last, batch.first().map(|change| change.seq))
 }
 
 /// One stream's place in the feed.
@@ -882,7 +868,7 @@ mod tests {
             "rows already sent are skipped"
         );
         assert!(!continues_after(12, &batch(14..=15)), "13 would be lost");
-        assert!(continues_after(12, &Vec::<Arc<PreparedChange>>::new()));
+        assert!(continues_after(12, &[]));
     }
 
     fn rows(seqs: &[i64]) -> Vec<ChangeRow> {

@@ -179,7 +179,7 @@ impl Database {
         &self,
         seen: FeedCheckpoint,
         to: Checkpoint,
-        changes: &[NewChange],
+        changes: Vec<NewChange>,
         fed: &[FedAnswer],
     ) -> Result<Option<Vec<ChangeRow>>, StoreError> {
         const MOVE: &str =
@@ -238,14 +238,14 @@ impl Database {
         // Every inserted row returns its number; were one missing, the row is left out here
         // and a reader finds the gap and reads the store.
         let mut recorded: Vec<ChangeRow> = changes
-            .iter()
+            .into_iter()
             .filter_map(|change| {
                 Some(ChangeRow {
                     seq: *numbers.get(&change.customer_id)?,
-                    customer_id: change.customer_id.clone(),
-                    cause: change.cause.clone(),
+                    customer_id: change.customer_id,
+                    cause: change.cause,
                     changed_at_ms: change.changed_at_ms,
-                    answer: change.answer.clone(),
+                    answer: change.answer,
                 })
             })
             .collect();
