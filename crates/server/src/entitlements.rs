@@ -4,15 +4,16 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::Query;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use subledger_domain::entitlements::{Entitlements, FeatureValue};
 use subledger_domain::ids::CustomerId;
-use subledger_engine::{answer_digest, digest_hex, Basis};
+use subledger_engine::{answer_digest, quoted_hex, Basis};
 
 use crate::auth::Authorized;
 use crate::error::ApiError;
@@ -131,11 +132,11 @@ async fn in_the_past(
 pub(crate) async fn customer_entitlements(
     Authorized(state): Authorized,
     names: RouteNames,
-    headers: HeaderMap,
+    client_has: IfNoneMatch,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let customer = names.customer()?;
-    entitlements_of(&state, customer.as_str(), AsOf::parse(query)?, &headers).await
+    entitlements_of(&state, customer.as_str(), AsOf::parse(query)?, &client_has).await
 }
 
 /// `GET /v1/users/{user_id}/entitlements`: the same answer, found by the product's user id.
@@ -152,11 +153,17 @@ pub(crate) async fn customer_entitlements(
 pub(crate) async fn user_entitlements(
     Authorized(state): Authorized,
     names: RouteNames,
-    headers: HeaderMap,
+    client_has: IfNoneMatch,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let as_of = AsOf::parse(query)?;
-    entitlements_of(&state, &customer_of_user(&state, &names)?, as_of, &headers).await
+    entitlements_of(
+        &state,
+        &customer_of_user(&state, &names)?,
+        as_of,
+        &client_has,
+    )
+    .await
 }
 
 fn customer_of_user(state: &AppState, names: &RouteNames) -> Result<String, ApiError> {
@@ -175,62 +182,109 @@ fn customer_of_user(state: &AppState, names: &RouteNames) -> Result<String, ApiE
 
 /// The `ETag` of an answer's bytes (a past answer's, a feature's of the past: those not
 /// prepared with a digest).
-fn etag_of(bytes: &[u8]) -> String {
-    format!("\"{}\"", digest_hex(&answer_digest(bytes)))
+fn etag_of(bytes: &[u8]) -> Result<HeaderValue, ApiError> {
+    etag(answer_digest(bytes))
 }
 
-/// Whether the client's `If-None-Match` names `etag` (or `*`).
-fn client_has(headers: &HeaderMap, etag: &str) -> bool {
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|list| list.split(','))
-        .map(|tag| tag.trim().trim_start_matches("W/"))
-        .any(|tag| tag == etag || tag == "*")
+fn etag(digest: [u8; 8]) -> Result<HeaderValue, ApiError> {
+    HeaderValue::try_from(quoted_hex(&digest)).map_err(engine_failed)
+}
+
+/// `Cache-Control` for an answer that may be reused for `max_age` seconds.
+pub(crate) fn cache_control(max_age: u64) -> HeaderValue {
+    // A formatted number always makes a valid header; `no-cache` is the safe side regardless.
+    HeaderValue::try_from(format!("private, max-age={max_age}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("no-cache"))
+}
+
+/// The request's `If-None-Match` values: the only header these routes read, taken without
+/// copying the request's whole header map (this runs on every entitlement check).
+#[derive(Debug)]
+pub(crate) struct IfNoneMatch(Vec<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .headers
+                .get_all(header::IF_NONE_MATCH)
+                .iter()
+                .cloned()
+                .collect(),
+        ))
+    }
+}
+
+impl IfNoneMatch {
+    /// Whether the client names `etag` (or `*`), weak or strong.
+    fn names(&self, etag: &HeaderValue) -> bool {
+        self.0
+            .iter()
+            .flat_map(|list| list.as_bytes().split(|byte| *byte == b','))
+            .map(|tag| {
+                let tag = tag.trim_ascii();
+                tag.strip_prefix(b"W/").unwrap_or(tag)
+            })
+            .any(|tag| tag == etag.as_bytes() || tag == b"*")
+    }
+}
+
+/// How long a prepared answer may be reused: the engine's answer max age, never past the
+/// answer's own deadline (`valid_until`, the next grace end).
+fn answer_cache_control(state: &AppState, valid_until: Option<DateTime<Utc>>) -> HeaderValue {
+    let max_age = state.engine.answer_max_age().as_secs();
+    match valid_until {
+        None => state.answer_cache_control.clone(),
+        Some(until) => {
+            let left = u64::try_from((until - state.engine.now()).num_seconds()).unwrap_or(0);
+            if left >= max_age {
+                state.answer_cache_control.clone()
+            } else {
+                cache_control(left)
+            }
+        }
+    }
 }
 
 /// An answer with its validator and how long it may be reused: `304 Not Modified` (no body)
-/// when the client already has it. `max_age` never reaches past `valid_until`.
+/// when the client already has it.
 fn validated(
-    headers: &HeaderMap,
-    etag: &str,
-    max_age: std::time::Duration,
-    valid_until: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
+    client_has: &IfNoneMatch,
+    etag: HeaderValue,
+    cache_control: HeaderValue,
     body: Bytes,
 ) -> Response {
-    let until_deadline = valid_until.map_or(u64::MAX, |until| {
-        u64::try_from((until - now).num_seconds()).unwrap_or(0)
-    });
-    let max_age = max_age.as_secs().min(until_deadline);
-    let cache = [
-        (header::ETAG, etag.to_owned()),
-        (header::CACHE_CONTROL, format!("private, max-age={max_age}")),
-    ];
-    if client_has(headers, etag) {
+    let not_modified = client_has.names(&etag);
+    let cache = [(header::ETAG, etag), (header::CACHE_CONTROL, cache_control)];
+    if not_modified {
         return (StatusCode::NOT_MODIFIED, cache).into_response();
     }
-    (cache, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    (
+        cache,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn entitlements_of(
     state: &AppState,
     customer_id: &str,
     as_of: Option<(DateTime<Utc>, Basis)>,
-    headers: &HeaderMap,
+    client_has: &IfNoneMatch,
 ) -> Result<Response, ApiError> {
-    let now = state.engine.now();
     if let Some(past) = in_the_past(state, customer_id, as_of).await? {
         let body = Bytes::from(serde_json::to_vec(&past).map_err(engine_failed)?);
         // A later-learned fact can still change an answer about the past: revalidate.
-        let etag = etag_of(&body);
         return Ok(validated(
-            headers,
-            &etag,
-            std::time::Duration::ZERO,
-            None,
-            now,
+            client_has,
+            etag_of(&body)?,
+            cache_control(0),
             body,
         ));
     }
@@ -247,11 +301,9 @@ async fn entitlements_of(
         )
     })?;
     Ok(validated(
-        headers,
-        &format!("\"{}\"", found.digest()),
-        state.engine.answer_max_age(),
-        found.valid_until(),
-        now,
+        client_has,
+        etag(found.raw_digest())?,
+        answer_cache_control(state, found.valid_until()),
         json,
     ))
 }
@@ -292,7 +344,7 @@ pub(crate) struct Timeline {
 pub(crate) async fn customer_feature(
     Authorized(state): Authorized,
     names: RouteNames,
-    headers: HeaderMap,
+    client_has: IfNoneMatch,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let customer = names.customer()?;
@@ -301,7 +353,7 @@ pub(crate) async fn customer_feature(
         &customer,
         names.feature()?,
         AsOf::parse(query)?,
-        &headers,
+        &client_has,
     )
     .await
 }
@@ -319,12 +371,12 @@ pub(crate) async fn customer_feature(
 pub(crate) async fn user_feature(
     Authorized(state): Authorized,
     names: RouteNames,
-    headers: HeaderMap,
+    client_has: IfNoneMatch,
     query: Result<Query<AsOf>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let as_of = AsOf::parse(query)?;
     let customer = CustomerId::new(customer_of_user(&state, &names)?);
-    feature_of(&state, &customer, names.feature()?, as_of, &headers).await
+    feature_of(&state, &customer, names.feature()?, as_of, &client_has).await
 }
 
 async fn feature_of(
@@ -332,10 +384,9 @@ async fn feature_of(
     customer: &CustomerId,
     feature: &str,
     as_of: Option<(DateTime<Utc>, Basis)>,
-    headers: &HeaderMap,
+    client_has: &IfNoneMatch,
 ) -> Result<Response, ApiError> {
     let customer_id = customer.as_str();
-    let now = state.engine.now();
     // The whole answer's digest stands for the feature's too (the same answer, the same
     // feature), so the hot path hashes nothing; an answer about the past is hashed.
     let (value, prepared): (FeatureValue, _) = match in_the_past(state, customer_id, as_of).await? {
@@ -358,24 +409,17 @@ async fn feature_of(
     .map_err(engine_failed)?;
     Ok(match prepared {
         Some(found) => validated(
-            headers,
-            &format!("\"{}\"", found.digest()),
-            state.engine.answer_max_age(),
-            found.valid_until(),
-            now,
+            client_has,
+            etag(found.raw_digest())?,
+            answer_cache_control(state, found.valid_until()),
             Bytes::from(body),
         ),
-        None => {
-            let etag = etag_of(&body);
-            validated(
-                headers,
-                &etag,
-                std::time::Duration::ZERO,
-                None,
-                now,
-                Bytes::from(body),
-            )
-        }
+        None => validated(
+            client_has,
+            etag_of(&body)?,
+            cache_control(0),
+            Bytes::from(body),
+        ),
     })
 }
 
@@ -441,4 +485,35 @@ pub(crate) async fn customer_timeline(
         events,
     })
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asked(values: &[&'static str]) -> IfNoneMatch {
+        IfNoneMatch(values.iter().map(|v| HeaderValue::from_static(v)).collect())
+    }
+
+    #[test]
+    fn if_none_match_names_the_tag_in_any_of_its_forms() {
+        let etag = HeaderValue::from_static("\"00ff00ff00ff00ff\"");
+        for values in [
+            &["\"00ff00ff00ff00ff\""][..],
+            &["W/\"00ff00ff00ff00ff\""],
+            &["\"0000000000000000\" , \"00ff00ff00ff00ff\""],
+            &["\"0000000000000000\"", "W/\"00ff00ff00ff00ff\""],
+            &["*"],
+        ] {
+            assert!(asked(values).names(&etag), "{values:?}");
+        }
+        for values in [
+            &[][..],
+            &["\"0000000000000000\""],
+            &["00ff00ff00ff00ff"],
+            &["\"00ff00ff00ff00ff"],
+        ] {
+            assert!(!asked(values).names(&etag), "{values:?}");
+        }
+    }
 }

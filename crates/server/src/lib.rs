@@ -52,26 +52,51 @@ pub use serve::{serve, HttpLimits};
 /// The largest webhook body accepted. Stripe's events are far smaller.
 pub const MAX_WEBHOOK_BODY: usize = 1024 * 1024;
 
+/// What every handler shares, behind one `Arc`: axum clones the state for each request (the
+/// route's service and each extractor that takes it), and one count to raise and lower is
+/// cheaper than four when both cores serve requests at once.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+pub struct Shared {
     pub engine: Arc<Engine>,
     pub api_tokens: Arc<ApiTokens>,
     /// The dashboard's signed-in browsers.
     pub sessions: Arc<dashboard::Sessions>,
     /// The change feed's reader shared by every stream of this server.
     pub change_tail: Arc<changes::ChangeTail>,
+    /// `Cache-Control` of a prepared answer that stays valid past the engine's answer max age
+    /// (nearly all of them), made once rather than formatted per request.
+    answer_cache_control: axum::http::HeaderValue,
+}
+
+impl AppState {
+    fn new(engine: Arc<Engine>, api_tokens: ApiTokens) -> Self {
+        let answer_cache_control = entitlements::cache_control(engine.answer_max_age().as_secs());
+        Self(Arc::new(Shared {
+            engine,
+            api_tokens: Arc::new(api_tokens),
+            sessions: Arc::default(),
+            change_tail: Arc::default(),
+            answer_cache_control,
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// The whole HTTP API. With no `api_tokens` at all, `/v1` reads are open (for local use);
 /// writes always need an admin token (see [`auth`]).
 pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
     metrics::install();
-    let state = AppState {
-        engine,
-        api_tokens: Arc::new(api_tokens),
-        sessions: Arc::default(),
-        change_tail: Arc::default(),
-    };
+    let state = AppState::new(engine, api_tokens);
     // Full paths rather than a nested `/v1` router: nesting rewrites every request's URI.
     // Each `/v1` route serves the platform's own customers and, under
     // `/v1/accounts/{account}`, a connected account's ([`paths`]).
@@ -143,12 +168,7 @@ pub fn router(engine: Arc<Engine>, api_tokens: ApiTokens) -> Router {
 /// token, and the API's address need not be reachable from it.
 pub fn metrics_router(engine: Arc<Engine>) -> Router {
     metrics::install();
-    let state = AppState {
-        engine,
-        api_tokens: Arc::new(ApiTokens::none()),
-        sessions: Arc::default(),
-        change_tail: Arc::default(),
-    };
+    let state = AppState::new(engine, ApiTokens::none());
     Router::new()
         .route("/metrics", get(metrics::open_scrape))
         .fallback(not_found)

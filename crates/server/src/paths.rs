@@ -9,9 +9,7 @@
 //! one (`%2F` included, since axum decodes it into the segment), so no request can reach a
 //! connected account's customer in the platform's name.
 
-use std::collections::HashMap;
-
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use subledger_domain::ids::{is_account_id, CustomerId, ACCOUNT_SEPARATOR};
@@ -27,14 +25,16 @@ pub(crate) fn connected(path: &str) -> String {
 }
 
 /// The names in a request's path, checked as they are read.
+/// The route's names, percent-decoded as axum matched them: a handful per route, looked up
+/// by a scan, without copying each into a map of its own (this runs on every entitlement check).
 #[derive(Debug)]
-pub(crate) struct RouteNames(HashMap<String, String>);
+pub(crate) struct RouteNames(RawPathParams);
 
 impl<S: Send + Sync> FromRequestParts<S> for RouteNames {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(names) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+        let names = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|rejection| {
                 ApiError::new(
@@ -48,8 +48,14 @@ impl<S: Send + Sync> FromRequestParts<S> for RouteNames {
 }
 
 impl RouteNames {
+    fn named(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find_map(|(key, value)| (key == name).then_some(value))
+    }
+
     fn get(&self, name: &str) -> Result<&str, ApiError> {
-        self.0.get(name).map(String::as_str).ok_or_else(|| {
+        self.named(name).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_path",
@@ -60,7 +66,7 @@ impl RouteNames {
 
     /// The connected account the route is under; `None` for the platform's routes.
     pub(crate) fn account(&self) -> Result<Option<&str>, ApiError> {
-        match self.0.get("account") {
+        match self.named("account") {
             None => Ok(None),
             Some(account) if is_account_id(account) => Ok(Some(account)),
             Some(account) => Err(ApiError::new(
