@@ -812,7 +812,7 @@ fn render(all: &[Figures], args: &Args) -> String {
         let [(alone_p50, alone_p99), (with_p50, with_p99)] = f.stream_acks;
         row(
             format!(
-                "ingest open-loop at {:.0}/s ({} of saturation: with the worker and projector running, {}) with {} subscribers following the change stream (their own process and scheduling group, at nice 19): acknowledgement p50 / p99, medians of {SUBSCRIBER_ROUNDS} runs",
+                "ingest open-loop at {:.0}/s ({} of saturation: with the worker and projector running, {}) with {} subscribers following the change stream (their own process and scheduling group, idle policy): acknowledgement p50 / p99, medians of {SUBSCRIBER_ROUNDS} runs",
                 f.stream_rate,
                 fraction(f.stream_rate, f.ingest_saturation),
                 if f.stream_rate_kept_up {
