@@ -58,6 +58,7 @@ pub const MAX_WEBHOOK_BODY: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<Shared>);
 
+/// The parts of [`AppState`].
 #[derive(Debug)]
 pub struct Shared {
     pub engine: Arc<Engine>,

@@ -24,9 +24,9 @@ pub(crate) fn connected(path: &str) -> String {
     }
 }
 
-/// The names in a request's path, checked as they are read.
-/// The route's names, percent-decoded as axum matched them: a handful per route, looked up
-/// by a scan, without copying each into a map of its own (this runs on every entitlement check).
+/// The names in a request's path, checked as they are read. They stay as axum matched and
+/// percent-decoded them and are found by a scan (a route has one to three): copying them into
+/// a map of their own cost allocations on every entitlement check.
 #[derive(Debug)]
 pub(crate) struct RouteNames(RawPathParams);
 
