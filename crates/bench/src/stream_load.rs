@@ -2,9 +2,9 @@
 //! webhook load runs, and a revalidation of one answer by its `ETag`.
 //!
 //! The subscribers run in a process, session and scheduling group of their own at the lowest
-//! priority (SCHED_IDLE and nice 19; see `spawn` and `lowest_scheduling_group`), standing for
-//! product services on other machines: on one 2-core machine their reading would otherwise be
-//! charged to the server's acknowledgements. The server's own cost of writing the streams is
+//! priority (SCHED_IDLE, see `spawn`; a group at nice 19, see `lowest_scheduling_group`),
+//! standing for product services on other machines: on one 2-core machine their reading would
+//! otherwise be charged to the server's acknowledgements. The server's own cost of writing the streams is
 //! measured in full.
 
 use std::collections::HashMap;
@@ -43,9 +43,10 @@ pub fn spawn(addr: SocketAddr, token: &str, count: usize) -> Result<Subscribers>
     let bench = std::env::current_exe().context("cannot find the bench's own executable")?;
     // SCHED_IDLE (`chrt --idle`, sched(7)): the subscribers run only on a core nothing else
     // wants, and any other thread that wakes takes the core from them at once, as if they were
-    // on machines of their own; the nice value still ranks them where the policy is refused.
+    // on machines of their own. A nice value has no influence under this policy; an
+    // unprivileged process may always choose it.
     let mut process = Command::new("chrt")
-        .args(["--idle", "0", "nice", "-n", "19"])
+        .args(["--idle", "0"])
         .arg(bench)
         .args(["--subscriber-process", &addr.to_string()])
         .args(["--subscribers", &count.to_string()])
@@ -53,7 +54,7 @@ pub fn spawn(addr: SocketAddr, token: &str, count: usize) -> Result<Subscribers>
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .context("cannot start the subscribers' process (`chrt` and `nice` of util-linux and coreutils run it)")?;
+        .context("cannot start the subscribers' process (util-linux's `chrt` runs it)")?;
     let stdout = process
         .stdout
         .take()
@@ -109,7 +110,8 @@ pub fn spawn(addr: SocketAddr, token: &str, count: usize) -> Result<Subscribers>
 /// at nice 19 in this process made PostgreSQL's acknowledgement p50 12× slower and left
 /// SQLite's, served inside the bench's session, unchanged.) So the process starts a session
 /// of its own and gives that session's group the lowest weight, nice 19 (sched(7),
-/// "The autogroup feature"). Where there are no autogroups, `nice -n 19` already did this.
+/// "The autogroup feature"). Where there are no autogroups, the idle policy the process is
+/// started under (`spawn`) already puts it below every other.
 fn lowest_scheduling_group() {
     #[cfg(target_os = "linux")]
     if rustix::process::setsid().is_ok() {

@@ -38,7 +38,7 @@ pub use engine::{
     Shutdown, TimelineEntry, ViewDifference,
 };
 pub use ingest::{IngestError, Receipt};
-pub use projector::{answer_digest, digest_hex, quoted_hex, Census, CustomerEntitlements};
+pub use projector::{answer_digest, digest_hex, Census, CustomerEntitlements};
 pub use reconcile::{Difference, Drift, ReconcileError, ReconcileOptions, ReconcileReport};
 pub use refetch::StripeObjects;
 pub use subledger_domain as domain;

@@ -92,7 +92,7 @@ impl CustomerEntitlements {
         digest_hex(&self.digest)
     }
 
-    /// The answer's digest as bytes (the `ETag` is [`quoted_hex`] of them).
+    /// The answer's digest as bytes, for an `ETag` made without an intermediate string.
     pub fn raw_digest(&self) -> [u8; 8] {
         self.digest
     }
@@ -123,27 +123,7 @@ pub fn answer_digest(json: &[u8]) -> [u8; 8] {
 
 /// A digest (or any bytes) in lower-case hex.
 pub fn digest_hex(digest: &[u8]) -> String {
-    let mut hex = String::with_capacity(digest.len() * 2);
-    push_hex(&mut hex, digest);
-    hex
-}
-
-/// Bytes in lower-case hex between double quotes, as an HTTP entity tag is written: made in
-/// one allocation, since every entitlement answer carries one.
-pub fn quoted_hex(bytes: &[u8]) -> String {
-    let mut quoted = String::with_capacity(bytes.len() * 2 + 2);
-    quoted.push('"');
-    push_hex(&mut quoted, bytes);
-    quoted.push('"');
-    quoted
-}
-
-fn push_hex(into: &mut String, bytes: &[u8]) {
-    for byte in bytes {
-        for nibble in [byte >> 4, byte & 0xf] {
-            into.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
-        }
-    }
+    hex::encode(digest)
 }
 
 /// The customers by dunning state, and the disputes still open: see

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use subledger_domain::entitlements::{Entitlements, FeatureValue};
 use subledger_domain::ids::CustomerId;
-use subledger_engine::{answer_digest, quoted_hex, Basis};
+use subledger_engine::{answer_digest, Basis};
 
 use crate::auth::Authorized;
 use crate::error::ApiError;
@@ -186,8 +186,12 @@ fn etag_of(bytes: &[u8]) -> Result<HeaderValue, ApiError> {
     etag(answer_digest(bytes))
 }
 
+/// An answer's `ETag`: its digest in hex between double quotes, written on the stack (every
+/// entitlement check sends one) and copied once into the header.
 fn etag(digest: [u8; 8]) -> Result<HeaderValue, ApiError> {
-    HeaderValue::try_from(quoted_hex(&digest)).map_err(engine_failed)
+    let mut quoted = [b'"'; 18];
+    hex::encode_to_slice(digest, &mut quoted[1..17]).map_err(engine_failed)?;
+    HeaderValue::from_bytes(&quoted).map_err(engine_failed)
 }
 
 /// `Cache-Control` for an answer that may be reused for `max_age` seconds.
@@ -234,12 +238,11 @@ impl IfNoneMatch {
 /// How long a prepared answer may be reused: the engine's answer max age, never past the
 /// answer's own deadline (`valid_until`, the next grace end).
 fn answer_cache_control(state: &AppState, valid_until: Option<DateTime<Utc>>) -> HeaderValue {
-    let max_age = state.engine.answer_max_age().as_secs();
     match valid_until {
         None => state.answer_cache_control.clone(),
         Some(until) => {
             let left = u64::try_from((until - state.engine.now()).num_seconds()).unwrap_or(0);
-            if left >= max_age {
+            if left >= state.engine.answer_max_age().as_secs() {
                 state.answer_cache_control.clone()
             } else {
                 cache_control(left)
