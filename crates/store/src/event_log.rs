@@ -50,7 +50,9 @@ impl StoredEvent {
     }
 }
 
-#[derive(FromRow)]
+/// A log row as [`Database::event_columns`] selects it, read by position: by name, every
+/// column of every row was a lookup in a hashed map of the statement's column names, a tenth
+/// of a replay's reading of the log.
 struct EventRow {
     tx: i64,
     position: i64,
@@ -61,6 +63,27 @@ struct EventRow {
     event_version: String,
     payload: String,
     metadata: String,
+}
+
+impl<'r, R: sqlx::Row> FromRow<'r, R> for EventRow
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            tx: row.try_get(0)?,
+            position: row.try_get(1)?,
+            aggregate_type: row.try_get(2)?,
+            aggregate_id: row.try_get(3)?,
+            sequence: row.try_get(4)?,
+            event_type: row.try_get(5)?,
+            event_version: row.try_get(6)?,
+            payload: row.try_get(7)?,
+            metadata: row.try_get(8)?,
+        })
+    }
 }
 
 impl EventRow {
@@ -100,7 +123,8 @@ fn postgres_read_after(columns: &str) -> String {
 
 impl Database {
     /// An [`EventRow`]'s columns as each backend spells them (PostgreSQL keeps JSON as `json` and
-    /// the transaction id as `xid8`; SQLite has no transaction id to order by).
+    /// the transaction id as `xid8`; SQLite has no transaction id to order by), in the order
+    /// [`EventRow`] reads them.
     fn event_columns(&self) -> &'static str {
         match self {
             Self::Sqlite(_) => {
