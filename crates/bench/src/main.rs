@@ -16,7 +16,8 @@
 //!   acknowledgement to the answer changing;
 //! - a restart: how long until every customer is answered, and the heap each customer costs;
 //! - the entitlement check, in process (p99 of one call) and over HTTP at 32 connections;
-//! - a rebuild of the read models from the whole log (`subledger replay`);
+//! - a rebuild of the read models from the whole log (`subledger replay`), five times, each
+//!   followed by its floor (reading the whole log), for the medians;
 //! - product services listening: open-loop ingest with the worker running, at half of the
 //!   highest rate it keeps up with, with `--subscribers` following `/v1/changes/stream` from
 //!   a process of their own (at the lowest priority, standing for other machines),
@@ -101,6 +102,9 @@ const INGEST_SATURATION_ROWS: u32 = 3_000;
 const SUBSCRIBER_ROUNDS: usize = 5;
 /// Calls of the in-process entitlement check whose latencies are sorted for the p99.
 const IN_PROCESS_CHECKS: usize = 200_000;
+/// Replays, each followed by its floor: one read of a few tenths of a second is at the mercy
+/// of a neighbour on a shared machine (the floor alone varied 85k–312k events/s between runs).
+const REPLAY_ROUNDS: usize = 5;
 
 /// One store's figures.
 #[derive(Debug, Default)]
@@ -170,8 +174,13 @@ async fn main() -> Result<()> {
     let mut all = Vec::new();
 
     let sqlite_url = format!("sqlite://{}", scratch_dir.join("bench.db").display());
-    let mut sqlite = measure_engine("SQLite", &sqlite_url, &args).await?;
-    sqlite.replay_floor = floors::read_sqlite_events(&sqlite_url).await?;
+    let mut sqlite = measure_engine(
+        "SQLite",
+        &sqlite_url,
+        LogReadFloor::Sqlite(&sqlite_url),
+        &args,
+    )
+    .await?;
     let floor_url = format!("sqlite://{}", scratch_dir.join("floor.db").display());
     let delivery = String::from_utf8(serde_json::to_vec(&subscription_event(
         "customer.subscription.created",
@@ -192,17 +201,16 @@ async fn main() -> Result<()> {
             .schema_name()
             .map(str::to_owned)
             .context("the scratch database names no schema")?;
-        let result = measure_engine("PostgreSQL", &scratch.url, &args).await;
-        let copy = match &result {
-            Ok(figures) => floors::copy_events(base, &schema, figures.replay_events),
-            Err(_) => Ok(0.0),
+        let read_floor = LogReadFloor::Copy {
+            base_url: base,
+            schema: &schema,
         };
+        let result = measure_engine("PostgreSQL", &scratch.url, read_floor, &args).await;
         let rate = result.as_ref().map_or(1.0, |figures| figures.ingest_rate);
         let floors = floors::pgbench_floors(base, &schema, args.floor_secs, rate, &delivery);
         scratch.cleanup().await?;
         let mut postgres = result?;
         let floors = floors?;
-        postgres.replay_floor = copy?;
         postgres.floor_one_client = floors.one_client.bare;
         postgres.floor_inbox = floors.one_client.inbox;
         postgres.floor_eight_clients = Some(floors.eight_clients);
@@ -266,7 +274,31 @@ fn new_customers(range: std::ops::Range<u32>) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<Figures> {
+/// The fastest way to read a store's whole log: a replay's floor.
+#[derive(Clone, Copy)]
+enum LogReadFloor<'a> {
+    /// sqlx reading every row of the SQLite file at this URL.
+    Sqlite(&'a str),
+    /// psql's `COPY` of the events of this schema of the PostgreSQL database at `base_url`.
+    Copy { base_url: &'a str, schema: &'a str },
+}
+
+impl LogReadFloor<'_> {
+    /// Reads the whole log of `events` rows once: events per second.
+    async fn events_per_sec(self, events: u64) -> Result<f64> {
+        match self {
+            Self::Sqlite(url) => floors::read_sqlite_events(url).await,
+            Self::Copy { base_url, schema } => floors::copy_events(base_url, schema, events),
+        }
+    }
+}
+
+async fn measure_engine(
+    store: &'static str,
+    url: &str,
+    read_floor: LogReadFloor<'_>,
+    args: &Args,
+) -> Result<Figures> {
     let mut figures = Figures {
         store,
         ..Figures::default()
@@ -464,14 +496,22 @@ async fn measure_engine(store: &'static str, url: &str, args: &Args) -> Result<F
     server.abort();
     let _ = server.await;
 
-    eprintln!("{store}: replay");
-    let applied = std::sync::atomic::AtomicU64::new(0);
-    let summary = engine
-        .replay(&mut |events| applied.store(events, std::sync::atomic::Ordering::Relaxed))
-        .await?;
-    figures.replay_events = applied.load(std::sync::atomic::Ordering::Relaxed);
-    figures.replay_rate = per_sec(figures.replay_events, summary.elapsed);
-    figures.rebuild_rate = per_sec(figures.replay_events, summary.rebuilt_in);
+    eprintln!("{store}: replay, {REPLAY_ROUNDS} rounds, each beside its floor");
+    let (mut whole, mut rebuild, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..REPLAY_ROUNDS {
+        let applied = std::sync::atomic::AtomicU64::new(0);
+        let summary = engine
+            .replay(&mut |events| applied.store(events, std::sync::atomic::Ordering::Relaxed))
+            .await?;
+        let events = applied.load(std::sync::atomic::Ordering::Relaxed);
+        figures.replay_events = events;
+        whole.push(per_sec(events, summary.elapsed));
+        rebuild.push(per_sec(events, summary.rebuilt_in));
+        floor.push(read_floor.events_per_sec(events).await?);
+    }
+    figures.replay_rate = median(&mut whole);
+    figures.rebuild_rate = median(&mut rebuild);
+    figures.replay_floor = median(&mut floor);
     engine.close().await;
     Ok(figures)
 }
@@ -558,9 +598,10 @@ fn keeps_up(acks: &[Duration]) -> bool {
     last <= first * 3 + Duration::from_millis(5)
 }
 
-/// The middle of a few runs' figures (the lower middle of an even count).
-fn median(figures: &mut [Duration]) -> Duration {
-    figures.sort_unstable();
+/// The middle of a few runs' figures (the lower middle of an even count; durations and
+/// rates are never NaN, so their partial order is total).
+fn median<T: Copy + Default + PartialOrd>(figures: &mut [T]) -> T {
+    figures.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     figures
         .get(figures.len().saturating_sub(1) / 2)
         .copied()
@@ -888,7 +929,8 @@ fn render(all: &[Figures], args: &Args) -> String {
         };
         row(
             format!(
-                "replay, its first part: read and apply {} events",
+                "replay, its first part: read and apply {} events (medians of {REPLAY_ROUNDS} \
+                 rounds, each beside its floor)",
                 f.replay_events
             ),
             format!("{:.0} events/s", f.rebuild_rate),
