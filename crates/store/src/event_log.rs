@@ -51,8 +51,8 @@ impl StoredEvent {
 }
 
 /// A log row as [`Database::event_columns`] selects it, read by position: by name, every
-/// column of every row was a lookup in a hashed map of the statement's column names, a tenth
-/// of a replay's reading of the log.
+/// column of every row was a lookup in a hashed map of the statement's column names, and a
+/// replay reads every row of the log.
 struct EventRow {
     tx: i64,
     position: i64,
