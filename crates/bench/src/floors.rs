@@ -117,6 +117,8 @@ pub enum InboxFloor {
     /// On a SQLite file of its own, opened as Subledger opens its store.
     Sqlite {
         store: subledger_store::Database,
+        /// `store`'s own pool.
+        pool: sqlx::SqlitePool,
         delivery: String,
         rounds: u64,
     },
@@ -135,8 +137,13 @@ impl InboxFloor {
     pub async fn sqlite(url: &str, delivery: &str) -> Result<Self> {
         let store = subledger_store::Database::connect(url).await?;
         store.migrate().await?;
+        let subledger_store::Database::Sqlite(pool) = &store else {
+            bail!("{url} is not a SQLite file");
+        };
+        let pool = pool.clone();
         Ok(Self::Sqlite {
             store,
+            pool,
             delivery: delivery.to_owned(),
             rounds: 0,
         })
@@ -156,13 +163,11 @@ impl InboxFloor {
     pub async fn per_second(&mut self, secs: u64) -> Result<f64> {
         match self {
             Self::Sqlite {
-                store,
+                pool,
                 delivery,
                 rounds,
+                ..
             } => {
-                let subledger_store::Database::Sqlite(pool) = &*store else {
-                    bail!("the SQLite floor's store is not SQLite");
-                };
                 // Rows of their own in every round: a conflict would skip the insert.
                 *rounds += 1;
                 let first = *rounds << 32;

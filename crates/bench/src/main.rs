@@ -194,8 +194,10 @@ async fn main() -> Result<()> {
         &args,
     )
     .await;
-    inbox_floor.close().await?;
+    // The measurement's own error, if any, is the one to report.
+    let closed = inbox_floor.close().await;
     let mut sqlite = measured?;
+    closed?;
     let floor_url = format!("sqlite://{}", scratch_dir.join("floor.db").display());
     let floors =
         floors::sqlite_floors(&floor_url, args.floor_secs, sqlite.ingest_rate, &delivery).await?;
@@ -305,7 +307,12 @@ impl LogReadFloor<'_> {
     async fn events_per_sec(self, events: u64) -> Result<f64> {
         match self {
             Self::Sqlite(url) => floors::read_sqlite_events(url).await,
-            Self::Copy { base_url, schema } => floors::copy_events(base_url, schema, events),
+            // Off the runtime, as the ingest floor's pgbench runs: the engine's tasks run beside.
+            Self::Copy { base_url, schema } => {
+                let (base_url, schema) = (base_url.to_owned(), schema.to_owned());
+                tokio::task::spawn_blocking(move || floors::copy_events(&base_url, &schema, events))
+                    .await?
+            }
         }
     }
 }
